@@ -1,0 +1,228 @@
+//! `automation-framework`: the command-line client. One command per connection,
+//! except `session`, which speaks JSON lines over one connection.
+//!
+//! Exit status: 0 done or allowed, 1 denied (or, for `config check`, invalid),
+//! 2 error (usage, connection, protocol) with the reason on stderr.
+
+#![forbid(unsafe_code)]
+
+mod render;
+mod session;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use automation_framework::client::{Client, ClientError};
+use automation_framework::config::Config;
+use automation_framework::paths;
+use automation_framework::protocol::{AdmitRequest, Outcome, ReportRequest};
+
+const CLIENT_NAME: &str = concat!("automation-framework-cli/", env!("CARGO_PKG_VERSION"));
+
+/// Ask the automation-framework daemon before an outgoing call, report how it
+/// went, and inspect what the daemon knows.
+#[derive(Debug, Parser)]
+#[command(name = "automation-framework", version)]
+struct Cli {
+    /// Daemon socket [default: $AUTOMATION_FRAMEWORK_SOCKET, then
+    /// /run/automation-framework/agent.sock if present, then the per-user path].
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// Agent name to act as.
+    #[arg(
+        long,
+        global = true,
+        env = "AUTOMATION_FRAMEWORK_AGENT",
+        default_value = "cli"
+    )]
+    agent: String,
+
+    /// Machine-readable output (one JSON document on stdout).
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check that the daemon answers.
+    Ping,
+    /// The daemon's health document.
+    Status,
+    /// Ask whether a call may be made now (exit 1 when denied). The reservation is
+    /// released when this command exits; use `session` to hold it.
+    Admit {
+        /// The upstream service.
+        #[arg(long)]
+        service: String,
+        /// Weight for unit-counted rate limits (e.g. estimated tokens).
+        #[arg(long, default_value_t = 1)]
+        units: u32,
+    },
+    /// Report the outcome of a call made without admission (or of a reservation
+    /// held by this connection); feeds the service's breaker.
+    Report {
+        /// The upstream service (for a call made without admission).
+        #[arg(long, required_unless_present = "reservation")]
+        service: Option<String>,
+        /// A reservation id from `admit` (only meaningful on the same connection).
+        #[arg(long, conflicts_with = "service")]
+        reservation: Option<u64>,
+        /// How the call went.
+        #[arg(long, value_parser = ["success", "failure"])]
+        outcome: String,
+        /// How long the call took, in milliseconds.
+        #[arg(long)]
+        latency_ms: Option<u64>,
+        /// Units actually used.
+        #[arg(long)]
+        units: Option<u32>,
+    },
+    /// Circuit breaker states.
+    Breakers {
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Configuration file tools (no daemon needed).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// JSON lines on one connection: one request per stdin line, one reply per
+    /// stdout line, in order, until EOF.
+    Session,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file (exit 0 valid, 1 invalid, 2 unreadable).
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+/// What a command concluded, mapped to the exit status.
+enum Verdict {
+    Done,
+    Denied,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("automation-framework: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(Verdict::Done) => ExitCode::SUCCESS,
+        Ok(Verdict::Denied) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("automation-framework: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<Verdict> {
+    let socket = cli.socket.clone().unwrap_or_else(paths::client_socket);
+    let json = cli.json;
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => Ok(config_check(&file, json)),
+        Command::Ping => {
+            let pong = connect(&socket, &cli.agent).await?.ping().await?;
+            render::pong(&pong, json);
+            Ok(Verdict::Done)
+        }
+        Command::Status => {
+            let status = connect(&socket, &cli.agent).await?.status().await?;
+            render::status(&status, json);
+            Ok(Verdict::Done)
+        }
+        Command::Admit { service, units } => {
+            let mut client = connect(&socket, &cli.agent).await?;
+            let reply = client
+                .admit(AdmitRequest {
+                    agent: None,
+                    service,
+                    units,
+                })
+                .await?;
+            render::admit(&reply, json);
+            Ok(if reply.allowed {
+                Verdict::Done
+            } else {
+                Verdict::Denied
+            })
+        }
+        Command::Report {
+            service,
+            reservation,
+            outcome,
+            latency_ms,
+            units,
+        } => {
+            let outcome = if outcome == "success" {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            };
+            let reply = connect(&socket, &cli.agent)
+                .await?
+                .report(ReportRequest {
+                    reservation,
+                    service,
+                    outcome,
+                    units,
+                    latency_ms,
+                })
+                .await?;
+            render::report(&reply, json);
+            Ok(Verdict::Done)
+        }
+        Command::Breakers { service } => {
+            let breakers = connect(&socket, &cli.agent)
+                .await?
+                .breakers(service)
+                .await?;
+            render::breakers(&breakers, json);
+            Ok(Verdict::Done)
+        }
+        Command::Session => {
+            let client = connect(&socket, &cli.agent).await?;
+            session::run(client).await?;
+            Ok(Verdict::Done)
+        }
+    }
+}
+
+async fn connect(socket: &Path, agent: &str) -> Result<Client, ClientError> {
+    Client::connect(socket, agent, CLIENT_NAME).await
+}
+
+fn config_check(file: &Path, json: bool) -> Verdict {
+    let result = Config::load(file);
+    render::config_check(file, &result, json);
+    match result {
+        Ok(_) => Verdict::Done,
+        Err(automation_framework::config::ConfigError::Read { .. }) => {
+            // Unreadable is an error of the command, not a verdict on the file.
+            std::process::exit(2)
+        }
+        Err(_) => Verdict::Denied,
+    }
+}

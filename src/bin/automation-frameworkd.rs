@@ -1,0 +1,129 @@
+//! `automation-frameworkd`: the daemon. Parses flags, loads the config, sets up
+//! logging, takes or binds the socket, and runs the server until SIGTERM/SIGINT.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use futures_util::StreamExt;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use tokio_util::sync::CancellationToken;
+
+use automation_framework::clock::SharedClock;
+use automation_framework::config::Config;
+use automation_framework::state::State;
+use automation_framework::{paths, server, socket, systemd};
+
+/// The automation-framework daemon: host-wide rate limits and circuit breakers for
+/// AI-agent processes, served on a Unix socket.
+#[derive(Debug, Parser)]
+#[command(name = "automation-frameworkd", version)]
+struct Args {
+    /// Configuration file (TOML). Without it the built-in defaults apply.
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        env = "AUTOMATION_FRAMEWORK_CONFIG"
+    )]
+    config: Option<PathBuf>,
+
+    /// Socket path; overrides the config. Ignored under socket activation.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// Log level on stderr: error, warn, info, debug, trace.
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        env = "AUTOMATION_FRAMEWORK_LOG",
+        default_value = "info"
+    )]
+    log_level: log::LevelFilter,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    env_logger::Builder::new()
+        .filter_level(args.log_level)
+        .format_timestamp_millis()
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            log::error!("{err:#}");
+            eprintln!("automation-frameworkd: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)
+            .with_context(|| format!("invalid configuration {}", path.display()))?,
+        None => Config::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("af-worker")
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(serve(args, config));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
+    let (listener, where_) =
+        match systemd::activated_listener().context("adopting the systemd socket")? {
+            Some(listener) => (listener, "systemd socket".to_owned()),
+            None => {
+                let path = args
+                    .socket
+                    .or_else(|| config.daemon.socket.clone())
+                    .unwrap_or_else(paths::default_socket);
+                let listener = socket::bind(&path).context("binding the agent socket")?;
+                (listener, path.display().to_string())
+            }
+        };
+    let state = State::new(config, SharedClock::system())?;
+    let shutdown = CancellationToken::new();
+    let mut signals = signal_hook_tokio::Signals::new([SIGHUP, SIGTERM, SIGINT])
+        .context("installing signal handlers")?;
+    let signal_handle = signals.handle();
+    let on_signal = shutdown.clone();
+    let signal_task = tokio::spawn(async move {
+        while let Some(signal) = signals.next().await {
+            match signal {
+                SIGHUP => log::warn!(
+                    "SIGHUP received: configuration reload is not implemented in this version; restart the daemon to apply a new configuration"
+                ),
+                _ => {
+                    log::info!("signal {signal} received: shutting down");
+                    on_signal.cancel();
+                    return;
+                }
+            }
+        }
+    });
+
+    log::info!(
+        "automation-frameworkd {} listening on {where_} ({} rate limit(s), mode {:?})",
+        env!("CARGO_PKG_VERSION"),
+        state.config().rate_limits.len(),
+        state.config().daemon.mode
+    );
+    systemd::notify_ready(&format!("serving on {where_}"));
+    let server = tokio::spawn(server::run(listener, state, shutdown.clone()));
+    shutdown.cancelled().await;
+    systemd::notify_stopping();
+    server.await.context("the server task panicked")?;
+    signal_handle.close();
+    signal_task.abort();
+    log::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! The one source of time for every guard.
+//!
+//! Guards never read the wall clock: dispatch reads [`Clock::now`] once per request and
+//! passes it down, and the rate limiter's governor clock is the same [`SharedClock`].
+//! Time is a monotonic `Duration` since the clock was created, so tests drive it with
+//! [`ManualClock`] and never sleep.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A monotonic clock measured from its own creation.
+pub trait Clock: Send + Sync + 'static {
+    /// Time elapsed since the clock's epoch. Never goes backwards.
+    fn now(&self) -> Duration;
+}
+
+/// The process's monotonic clock (`CLOCK_MONOTONIC` via `std::time::Instant`).
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    epoch: Instant,
+}
+
+/// A clock that moves only when told to; for tests.
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock {
+    nanos: Arc<AtomicU64>,
+}
+
+/// A cheaply clonable handle on whichever clock the daemon runs on. It also
+/// implements governor's `Clock`, so the rate limiter and the breakers agree on `now`.
+#[derive(Clone)]
+pub struct SharedClock(Arc<dyn Clock>);
+
+// === impl SystemClock ===
+
+impl SystemClock {
+    pub fn new() -> SystemClock {
+        SystemClock {
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+}
+
+// === impl ManualClock ===
+
+impl ManualClock {
+    pub fn new() -> ManualClock {
+        ManualClock::default()
+    }
+
+    /// Moves time forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(by, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
+    }
+}
+
+// === impl SharedClock ===
+
+impl SharedClock {
+    pub fn new(clock: impl Clock) -> SharedClock {
+        SharedClock(Arc::new(clock))
+    }
+
+    pub fn system() -> SharedClock {
+        SharedClock::new(SystemClock::new())
+    }
+
+    pub fn now(&self) -> Duration {
+        self.0.now()
+    }
+}
+
+impl std::fmt::Debug for SharedClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SharedClock").field(&self.0.now()).finish()
+    }
+}
+
+impl governor::clock::Clock for SharedClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        self.0.now()
+    }
+}

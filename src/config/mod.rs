@@ -1,0 +1,230 @@
+//! Configuration: a raw serde view of the TOML file (`raw.rs`, close to the file and
+//! strict about unknown keys), turned into a validated [`Config`] that the rest of
+//! the daemon can trust. Nothing outside this module sees the raw form.
+//!
+//! Every validation error names the key (`rate_limits[1].burst`) and says what is
+//! wrong, so `automation-framework config check` and a failed start read the same.
+
+mod raw;
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::guard::breaker::{BreakerConfig, Force};
+use crate::guard::rate::{RateSpec, Scope, Weight};
+use crate::names::check_name;
+
+/// A complete, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    /// Breaker settings for services without their own.
+    pub breaker: BreakerConfig,
+    /// Declared services with their settings.
+    pub services: BTreeMap<String, ServiceConfig>,
+    /// Rate limits in the order they run.
+    pub rate_limits: Vec<RateSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    /// Where to listen when neither systemd nor `--socket` says.
+    pub socket: Option<PathBuf>,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+    pub mode: Mode,
+    /// Accept services not declared under `[services]`.
+    pub allow_unknown_services: bool,
+    /// At most this many distinct services get a breaker (bounds memory).
+    pub max_services: usize,
+    /// Open reservations one connection may hold.
+    pub max_reservations_per_connection: usize,
+}
+
+/// Enforce decisions, or only record them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Enforce,
+    /// Every guard decides and records; no admission is denied.
+    Shadow,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    pub breaker: BreakerConfig,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+/// A provider's published limit, enabled with `preset = "…"` on a rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preset {
+    pub name: &'static str,
+    pub rate: u32,
+    pub per: Duration,
+}
+
+/// Provider presets (SPEC §3.1). The burst defaults to one period's worth.
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "openai",
+        rate: 3_500,
+        per: Duration::from_secs(60),
+    },
+    Preset {
+        name: "anthropic",
+        rate: 60,
+        per: Duration::from_secs(1),
+    },
+    Preset {
+        name: "groq",
+        rate: 30,
+        per: Duration::from_secs(1),
+    },
+];
+
+// === impl Config ===
+
+impl Default for Config {
+    /// The built-in defaults, used when no config file is given. They match the
+    /// shipped `config/automation-framework.toml`.
+    fn default() -> Self {
+        Config::from_toml("").expect("the built-in defaults are valid")
+    }
+}
+
+impl Config {
+    /// Parses and validates a configuration file's text.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first bad key.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text)?;
+        raw.validate()
+    }
+
+    /// Reads, parses and validates a configuration file.
+    ///
+    /// # Errors
+    /// As [`Config::from_toml`], plus a read error naming the path.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// The breaker settings of `service`.
+    pub fn breaker_for(&self, service: &str) -> &BreakerConfig {
+        self.services
+            .get(service)
+            .map_or(&self.breaker, |s| &s.breaker)
+    }
+
+    /// Is `service` one the daemon will track?
+    pub fn knows_service(&self, service: &str) -> bool {
+        self.daemon.allow_unknown_services || self.services.contains_key(service)
+    }
+}
+
+// Validation helpers shared by raw.rs.
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text).map_err(|e| {
+        invalid(
+            key,
+            format!("{e} in {text:?}; write e.g. \"500ms\", \"60s\" or \"5m\""),
+        )
+    })
+}
+
+fn nonzero(key: &str, value: u32) -> Result<NonZeroU32, ConfigError> {
+    NonZeroU32::new(value).ok_or_else(|| invalid(key, "must be at least 1, got 0"))
+}
+
+fn name(key: &str, value: &str) -> Result<(), ConfigError> {
+    check_name(value).map_err(|e| invalid(key, format!("name {value:?} {e}")))
+}
+
+fn scope(key: &str, text: &str) -> Result<Scope, ConfigError> {
+    match text {
+        "global" => Ok(Scope::Global),
+        "agent" => Ok(Scope::Agent),
+        "service" => Ok(Scope::Service),
+        "agent+service" => Ok(Scope::AgentService),
+        other => Err(invalid(
+            key,
+            format!("unknown scope {other:?}; use \"global\", \"agent\", \"service\" or \"agent+service\""),
+        )),
+    }
+}
+
+fn weight(key: &str, text: &str) -> Result<Weight, ConfigError> {
+    match text {
+        "requests" => Ok(Weight::Requests),
+        "units" => Ok(Weight::Units),
+        other => Err(invalid(
+            key,
+            format!("unknown weight {other:?}; use \"requests\" or \"units\""),
+        )),
+    }
+}
+
+fn force(key: &str, text: &str) -> Result<Force, ConfigError> {
+    match text {
+        "auto" => Ok(Force::Auto),
+        "open" => Ok(Force::Open),
+        "closed" => Ok(Force::Closed),
+        "disabled" => Ok(Force::Disabled),
+        other => Err(invalid(
+            key,
+            format!("unknown value {other:?}; use \"auto\", \"open\", \"closed\" or \"disabled\""),
+        )),
+    }
+}
+
+fn preset(key: &str, text: &str) -> Result<Preset, ConfigError> {
+    PRESETS
+        .iter()
+        .copied()
+        .find(|p| p.name == text)
+        .ok_or_else(|| {
+            let known: Vec<_> = PRESETS.iter().map(|p| p.name).collect();
+            invalid(
+                key,
+                format!(
+                    "unknown preset {text:?}; known presets: {}",
+                    known.join(", ")
+                ),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests;

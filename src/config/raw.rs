@@ -1,0 +1,353 @@
+//! The TOML file as serde sees it. Unknown keys are errors (a typo must not silently
+//! leave a default in force); values are checked in [`RawConfig::validate`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{
+    duration, force, invalid, name, nonzero, preset, scope, weight, Config, ConfigError,
+    DaemonConfig, Mode, ServiceConfig,
+};
+use crate::guard::breaker::BreakerConfig;
+use crate::guard::rate::{RateSpec, Scope};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawConfig {
+    daemon: RawDaemon,
+    breaker: RawBreaker,
+    services: BTreeMap<String, RawService>,
+    /// `None` (no `[[rate_limits]]` at all) means the built-in default rule; an
+    /// explicit empty list (`rate_limits = []`) means no rate limits.
+    rate_limits: Option<Vec<RawRateLimit>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDaemon {
+    socket: Option<PathBuf>,
+    max_connections: usize,
+    handshake_timeout: String,
+    idle_timeout: String,
+    drain_timeout: String,
+    mode: String,
+    allow_unknown_services: bool,
+    max_services: usize,
+    max_reservations_per_connection: usize,
+}
+
+/// Breaker keys; every one optional so a service can override just one of them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBreaker {
+    failure_threshold: Option<u32>,
+    window: Option<u32>,
+    failure_rate: Option<u8>,
+    min_calls: Option<u32>,
+    slow_call: Option<String>,
+    open_for: Option<String>,
+    half_open_trials: Option<u32>,
+    success_threshold: Option<u32>,
+    trial_timeout: Option<String>,
+    force: Option<String>,
+    shadow: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawService {
+    breaker: RawBreaker,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    name: String,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    rate: Option<u32>,
+    #[serde(default)]
+    per: Option<String>,
+    #[serde(default)]
+    burst: Option<u32>,
+    #[serde(default)]
+    weight: Option<String>,
+    #[serde(default)]
+    services: Vec<String>,
+    #[serde(default)]
+    agents: Vec<String>,
+    #[serde(default)]
+    preset: Option<String>,
+    #[serde(default)]
+    shadow: bool,
+}
+
+// === impl RawConfig ===
+
+impl RawConfig {
+    pub(super) fn validate(self) -> Result<Config, ConfigError> {
+        let daemon = self.daemon.validate()?;
+        let breaker = self.breaker.apply("breaker", BreakerConfig::default())?;
+        let mut services = BTreeMap::new();
+        for (service, raw) in self.services {
+            let key = format!("services.{service}");
+            name(&key, &service)?;
+            let breaker = raw
+                .breaker
+                .apply(&format!("{key}.breaker"), breaker.clone())?;
+            services.insert(service, ServiceConfig { breaker });
+        }
+        let rate_limits = match self.rate_limits {
+            None => vec![default_rate_limit()],
+            Some(list) => {
+                let mut specs: Vec<RateSpec> = Vec::with_capacity(list.len());
+                for (idx, raw) in list.into_iter().enumerate() {
+                    let key = format!("rate_limits[{idx}]");
+                    let spec = raw.validate(&key)?;
+                    if specs.iter().any(|s| s.name == spec.name) {
+                        return Err(invalid(
+                            format!("{key}.name"),
+                            format!(
+                                "{:?} is used by an earlier rate limit; names must be unique",
+                                spec.name
+                            ),
+                        ));
+                    }
+                    for service in &spec.services {
+                        if !daemon.allow_unknown_services && !services.contains_key(service) {
+                            return Err(invalid(
+                                format!("{key}.services"),
+                                format!("service {service:?} is not declared under [services] and daemon.allow_unknown_services is false"),
+                            ));
+                        }
+                    }
+                    specs.push(spec);
+                }
+                specs
+            }
+        };
+        Ok(Config {
+            daemon,
+            breaker,
+            services,
+            rate_limits,
+        })
+    }
+}
+
+/// SPEC §3.1: 10 requests per second with a burst of 100, per agent and service.
+fn default_rate_limit() -> RateSpec {
+    RateSpec {
+        name: "default".into(),
+        scope: Scope::AgentService,
+        services: Vec::new(),
+        agents: Vec::new(),
+        weight: crate::guard::rate::Weight::Requests,
+        rate: std::num::NonZeroU32::new(10).expect("10 is not zero"),
+        per: std::time::Duration::from_secs(1),
+        burst: std::num::NonZeroU32::new(100).expect("100 is not zero"),
+        shadow: false,
+    }
+}
+
+// === impl RawDaemon ===
+
+impl Default for RawDaemon {
+    fn default() -> Self {
+        RawDaemon {
+            socket: None,
+            max_connections: 1024,
+            handshake_timeout: "5s".into(),
+            idle_timeout: "10m".into(),
+            drain_timeout: "10s".into(),
+            mode: "enforce".into(),
+            allow_unknown_services: true,
+            max_services: 10_000,
+            max_reservations_per_connection: 4096,
+        }
+    }
+}
+
+impl RawDaemon {
+    fn validate(self) -> Result<DaemonConfig, ConfigError> {
+        let mode = match self.mode.as_str() {
+            "enforce" => Mode::Enforce,
+            "shadow" => Mode::Shadow,
+            other => {
+                return Err(invalid(
+                    "daemon.mode",
+                    format!("unknown mode {other:?}; use \"enforce\" or \"shadow\""),
+                ))
+            }
+        };
+        for (key, value) in [
+            ("daemon.max_connections", self.max_connections),
+            ("daemon.max_services", self.max_services),
+            (
+                "daemon.max_reservations_per_connection",
+                self.max_reservations_per_connection,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1, got 0"));
+            }
+        }
+        if let Some(socket) = &self.socket {
+            if !socket.is_absolute() {
+                return Err(invalid(
+                    "daemon.socket",
+                    format!("{} is relative; give an absolute path", socket.display()),
+                ));
+            }
+        }
+        let positive = |key: &str, text: &str| {
+            let value = duration(key, text)?;
+            if value.is_zero() {
+                return Err(invalid(key, "must be longer than zero"));
+            }
+            Ok(value)
+        };
+        Ok(DaemonConfig {
+            socket: self.socket,
+            max_connections: self.max_connections,
+            handshake_timeout: positive("daemon.handshake_timeout", &self.handshake_timeout)?,
+            idle_timeout: positive("daemon.idle_timeout", &self.idle_timeout)?,
+            drain_timeout: positive("daemon.drain_timeout", &self.drain_timeout)?,
+            mode,
+            allow_unknown_services: self.allow_unknown_services,
+            max_services: self.max_services,
+            max_reservations_per_connection: self.max_reservations_per_connection,
+        })
+    }
+}
+
+// === impl RawBreaker ===
+
+impl RawBreaker {
+    /// Applies the keys that are set onto `base`, validating each.
+    fn apply(self, prefix: &str, base: BreakerConfig) -> Result<BreakerConfig, ConfigError> {
+        let key = |field: &str| format!("{prefix}.{field}");
+        let mut out = base;
+        if let Some(v) = self.failure_threshold {
+            out.failure_threshold = v;
+        }
+        if let Some(v) = self.window {
+            out.window = v;
+        }
+        if let Some(v) = self.failure_rate {
+            if !(1..=100).contains(&v) {
+                return Err(invalid(
+                    key("failure_rate"),
+                    format!("must be a percentage from 1 to 100, got {v}"),
+                ));
+            }
+            out.failure_rate = v;
+        }
+        if let Some(v) = self.min_calls {
+            out.min_calls = v;
+        }
+        if let Some(v) = self.slow_call {
+            out.slow_call = Some(duration(&key("slow_call"), &v)?);
+        }
+        if let Some(v) = self.open_for {
+            out.open_for = duration(&key("open_for"), &v)?;
+        }
+        if let Some(v) = self.half_open_trials {
+            out.half_open_trials = nonzero(&key("half_open_trials"), v)?.get();
+        }
+        if let Some(v) = self.success_threshold {
+            out.success_threshold = nonzero(&key("success_threshold"), v)?.get();
+        }
+        if let Some(v) = self.trial_timeout {
+            let value = duration(&key("trial_timeout"), &v)?;
+            if value.is_zero() {
+                return Err(invalid(key("trial_timeout"), "must be longer than zero"));
+            }
+            out.trial_timeout = value;
+        }
+        if let Some(v) = self.force {
+            out.force = force(&key("force"), &v)?;
+        }
+        if let Some(v) = self.shadow {
+            out.shadow = v;
+        }
+        if out.failure_threshold == 0 && out.window == 0 && out.force == crate::guard::Force::Auto {
+            return Err(invalid(
+                prefix,
+                "failure_threshold and window are both 0, so the breaker could never open; set one, or force = \"disabled\"",
+            ));
+        }
+        Ok(out)
+    }
+}
+
+// === impl RawRateLimit ===
+
+impl RawRateLimit {
+    fn validate(self, prefix: &str) -> Result<RateSpec, ConfigError> {
+        let key = |field: &str| format!("{prefix}.{field}");
+        name(&key("name"), &self.name)?;
+        let preset = self
+            .preset
+            .as_deref()
+            .map(|p| preset(&key("preset"), p))
+            .transpose()?;
+        let rate = match (self.rate, preset) {
+            (Some(rate), _) => nonzero(&key("rate"), rate)?,
+            (None, Some(p)) => nonzero(&key("preset"), p.rate)?,
+            (None, None) => {
+                return Err(invalid(
+                    key("rate"),
+                    "missing; give `rate` (with `per`, default \"1s\") or a `preset`",
+                ))
+            }
+        };
+        let per = match (self.per, preset) {
+            (Some(text), _) => duration(&key("per"), &text)?,
+            (None, Some(p)) => p.per,
+            (None, None) => std::time::Duration::from_secs(1),
+        };
+        if per.is_zero() {
+            return Err(invalid(key("per"), "must be longer than zero"));
+        }
+        if per / rate.get() < std::time::Duration::from_nanos(1) {
+            return Err(invalid(
+                key("rate"),
+                format!("{rate} per {per:?} is faster than one per nanosecond"),
+            ));
+        }
+        let burst = match self.burst {
+            Some(burst) => nonzero(&key("burst"), burst)?,
+            None => rate,
+        };
+        let scope = match (self.scope, preset) {
+            (Some(text), _) => scope(&key("scope"), &text)?,
+            (None, Some(_)) => Scope::Service,
+            (None, None) => Scope::AgentService,
+        };
+        let weight = match self.weight {
+            Some(text) => weight(&key("weight"), &text)?,
+            None => crate::guard::rate::Weight::Requests,
+        };
+        for (idx, service) in self.services.iter().enumerate() {
+            name(&format!("{}[{idx}]", key("services")), service)?;
+        }
+        for (idx, agent) in self.agents.iter().enumerate() {
+            name(&format!("{}[{idx}]", key("agents")), agent)?;
+        }
+        Ok(RateSpec {
+            name: self.name,
+            scope,
+            services: self.services,
+            agents: self.agents,
+            weight,
+            rate,
+            per,
+            burst,
+            shadow: self.shadow,
+        })
+    }
+}

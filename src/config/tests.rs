@@ -1,0 +1,142 @@
+//! Config parsing and validation: every error names its key.
+
+use super::*;
+
+fn error_of(text: &str) -> String {
+    Config::from_toml(text).unwrap_err().to_string()
+}
+
+#[test]
+fn the_shipped_file_is_the_built_in_default() {
+    let shipped = Config::from_toml(include_str!("../../config/automation-framework.toml"))
+        .expect("shipped config is valid");
+    assert_eq!(shipped, Config::default());
+}
+
+#[test]
+fn built_in_defaults_follow_the_spec() {
+    let config = Config::default();
+    assert_eq!(config.breaker.failure_threshold, 5);
+    assert_eq!(config.breaker.open_for, Duration::from_secs(60));
+    assert_eq!(config.breaker.success_threshold, 3);
+    let rule = &config.rate_limits[0];
+    assert_eq!((rule.rate.get(), rule.burst.get()), (10, 100));
+    assert_eq!(rule.per, Duration::from_secs(1));
+    assert_eq!(config.daemon.mode, Mode::Enforce);
+}
+
+#[test]
+fn a_typo_is_rejected_with_the_key() {
+    let err = error_of("[breaker]\nfailure_treshold = 3\n");
+    assert!(err.contains("unknown field `failure_treshold`"), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+
+    let err = error_of("[[rate_limits]]\nname = \"x\"\nrat = 5\n");
+    assert!(err.contains("unknown field `rat`"), "{err}");
+}
+
+#[test]
+fn invalid_rates_name_the_rule() {
+    let err = error_of("[[rate_limits]]\nname = \"x\"\nrate = 0\n");
+    assert_eq!(err, "rate_limits[0].rate: must be at least 1, got 0");
+
+    let err = error_of("[[rate_limits]]\nname = \"x\"\n");
+    assert!(err.starts_with("rate_limits[0].rate: missing"), "{err}");
+
+    let err = error_of("[[rate_limits]]\nname = \"x\"\nrate = 5\nper = \"soon\"\n");
+    assert!(err.starts_with("rate_limits[0].per:"), "{err}");
+
+    let err = error_of("[[rate_limits]]\nname = \"x\"\nrate = 5\nscope = \"user\"\n");
+    assert!(err.contains("unknown scope \"user\""), "{err}");
+
+    let err = error_of(
+        "[[rate_limits]]\nname = \"x\"\nrate = 5\n[[rate_limits]]\nname = \"x\"\nrate = 6\n",
+    );
+    assert!(err.starts_with("rate_limits[1].name:"), "{err}");
+}
+
+#[test]
+fn presets() {
+    let config = Config::from_toml("[[rate_limits]]\nname = \"o\"\npreset = \"openai\"\n").unwrap();
+    let rule = &config.rate_limits[0];
+    assert_eq!(
+        (rule.rate.get(), rule.per, rule.burst.get()),
+        (3500, Duration::from_secs(60), 3500)
+    );
+    assert_eq!(rule.scope, Scope::Service);
+
+    let config =
+        Config::from_toml("[[rate_limits]]\nname = \"a\"\npreset = \"anthropic\"\nburst = 10\n")
+            .unwrap();
+    assert_eq!(config.rate_limits[0].burst.get(), 10);
+
+    let err = error_of("[[rate_limits]]\nname = \"o\"\npreset = \"openia\"\n");
+    assert!(
+        err.contains("known presets: openai, anthropic, groq"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_empty_list_means_no_rate_limits() {
+    assert!(Config::from_toml("rate_limits = []\n")
+        .unwrap()
+        .rate_limits
+        .is_empty());
+}
+
+#[test]
+fn service_overrides_inherit_the_defaults() {
+    let config = Config::from_toml(
+        "[breaker]\nfailure_threshold = 7\n[services.openai]\nbreaker = { open_for = \"5s\" }\n",
+    )
+    .unwrap();
+    let openai = config.breaker_for("openai");
+    assert_eq!(openai.failure_threshold, 7);
+    assert_eq!(openai.open_for, Duration::from_secs(5));
+    assert_eq!(
+        config.breaker_for("other").open_for,
+        Duration::from_secs(60)
+    );
+
+    let err = error_of("[services.openai]\nbreaker = { failure_rate = 150 }\n");
+    assert_eq!(
+        err,
+        "services.openai.breaker.failure_rate: must be a percentage from 1 to 100, got 150"
+    );
+}
+
+#[test]
+fn a_breaker_that_can_never_open_is_refused() {
+    let err = error_of("[breaker]\nfailure_threshold = 0\n");
+    assert!(
+        err.starts_with("breaker: failure_threshold and window are both 0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn strict_services() {
+    let err = error_of(
+        "[daemon]\nallow_unknown_services = false\n[[rate_limits]]\nname = \"x\"\nrate = 1\nservices = [\"openai\"]\n",
+    );
+    assert!(err.starts_with("rate_limits[0].services:"), "{err}");
+    let config =
+        Config::from_toml("[daemon]\nallow_unknown_services = false\n[services.openai]\n").unwrap();
+    assert!(config.knows_service("openai"));
+    assert!(!config.knows_service("opanai"));
+}
+
+#[test]
+fn daemon_values() {
+    assert_eq!(
+        error_of("[daemon]\nmode = \"dry\"\n"),
+        "daemon.mode: unknown mode \"dry\"; use \"enforce\" or \"shadow\""
+    );
+    assert_eq!(
+        error_of("[daemon]\nmax_connections = 0\n"),
+        "daemon.max_connections: must be at least 1, got 0"
+    );
+    assert!(error_of("[daemon]\nsocket = \"rel/a.sock\"\n").starts_with("daemon.socket:"));
+    assert!(error_of("[daemon]\nidle_timeout = \"0s\"\n").starts_with("daemon.idle_timeout:"));
+}

@@ -1,0 +1,391 @@
+//! The circuit breaker of one upstream service, shared by every agent on the host.
+//!
+//! Closed → Open when `failure_threshold` consecutive failures are reported, or when
+//! the failure rate over the last `window` calls reaches `failure_rate` percent after
+//! `min_calls`. Open → HalfOpen lazily, on the first look after `open_for`. HalfOpen lets
+//! at most `half_open_trials` trial calls be in flight host-wide; `success_threshold`
+//! successful trials close it, any failed trial re-opens it. A trial that is released
+//! (its connection dropped) or never reported within `trial_timeout` gives its slot
+//! back without counting, so a vanished agent cannot wedge the breaker half-open.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// Validated settings of one breaker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker; 0 turns the count trip off.
+    pub failure_threshold: u32,
+    /// Calls in the count-based sliding window; 0 turns the rate trip off.
+    pub window: u32,
+    /// Failure percentage (1..=100) over the window that opens the breaker.
+    pub failure_rate: u8,
+    /// No rate is computed over fewer calls than this.
+    pub min_calls: u32,
+    /// A call reported slower than this counts as a failure.
+    pub slow_call: Option<Duration>,
+    pub open_for: Duration,
+    /// Trial calls that may be in flight at once while half-open (at least 1).
+    pub half_open_trials: u32,
+    /// Successful trials that close the breaker (at least 1).
+    pub success_threshold: u32,
+    /// A trial not reported within this is forgotten and its slot reused.
+    pub trial_timeout: Duration,
+    pub force: Force,
+    /// Decide and record, never deny.
+    pub shadow: bool,
+}
+
+/// Operator override of the automatic state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Force {
+    Auto,
+    Open,
+    Closed,
+    Disabled,
+}
+
+/// What a caller sees of a breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Closed,
+    Open,
+    HalfOpen,
+    ForcedOpen,
+    ForcedClosed,
+    Disabled,
+}
+
+/// What an admission holds from the breaker until its outcome is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Admitted while closed (or forced closed): the outcome counts normally.
+    Normal,
+    /// A half-open trial slot with its id.
+    Trial(u64),
+    /// Admitted without taking anything (disabled, or shadow while denying).
+    Free,
+}
+
+/// Why the breaker refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BreakerDenial {
+    #[error("circuit open after {failures} failures; trial calls in {}ms", retry_after.as_millis())]
+    Open {
+        failures: u32,
+        retry_after: Duration,
+    },
+    #[error("circuit half-open and all {trials} trial calls are in flight")]
+    TrialsBusy { trials: u32, retry_after: Duration },
+    #[error("circuit forced open by the operator")]
+    ForcedOpen,
+}
+
+/// A state change, for logs and alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub from: Phase,
+    pub to: Phase,
+}
+
+/// A snapshot for `breakers` and health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerSnapshot {
+    pub phase: Phase,
+    pub consecutive_failures: u32,
+    pub window_failures: u32,
+    pub window_calls: u32,
+    pub trials_in_flight: u32,
+    pub trial_successes: u32,
+    pub open_remaining: Option<Duration>,
+    pub times_opened: u64,
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    config: BreakerConfig,
+    state: State,
+    consecutive_failures: u32,
+    /// Failures that tripped the breaker the last time, for the denial message.
+    tripped_after: u32,
+    /// Outcomes of the last `config.window` calls, `true` = failure.
+    window: VecDeque<bool>,
+    window_failures: u32,
+    times_opened: u64,
+    next_trial: u64,
+}
+
+#[derive(Debug)]
+enum State {
+    Closed,
+    Open { until: Duration },
+    HalfOpen { trials: Vec<Trial>, successes: u32 },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Trial {
+    id: u64,
+    started: Duration,
+}
+
+// === impl BreakerConfig ===
+
+impl Default for BreakerConfig {
+    /// The defaults of SPEC §3.2.
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 5,
+            window: 0,
+            failure_rate: 50,
+            min_calls: 20,
+            slow_call: None,
+            open_for: Duration::from_secs(60),
+            half_open_trials: 3,
+            success_threshold: 3,
+            trial_timeout: Duration::from_secs(30),
+            force: Force::Auto,
+            shadow: false,
+        }
+    }
+}
+
+// === impl Breaker ===
+
+impl Breaker {
+    pub fn new(config: BreakerConfig) -> Breaker {
+        Breaker {
+            config,
+            state: State::Closed,
+            consecutive_failures: 0,
+            tripped_after: 0,
+            window: VecDeque::new(),
+            window_failures: 0,
+            times_opened: 0,
+            next_trial: 1,
+        }
+    }
+
+    pub fn config(&self) -> &BreakerConfig {
+        &self.config
+    }
+
+    /// Replaces the settings, keeping the state (used by reload when a service's
+    /// breaker settings changed but its history should not be forgotten).
+    pub fn reconfigure(&mut self, config: BreakerConfig) {
+        self.config = config;
+        while self.window.len() > self.config.window as usize {
+            if self.window.pop_front() == Some(true) {
+                self.window_failures -= 1;
+            }
+        }
+    }
+
+    /// Applies the transitions that only depend on time: Open → HalfOpen once
+    /// `open_for` has passed, and forgetting trials older than `trial_timeout`.
+    pub fn advance(&mut self, now: Duration) -> Option<Transition> {
+        match &mut self.state {
+            State::Open { until } if now >= *until => {
+                self.state = State::HalfOpen {
+                    trials: Vec::new(),
+                    successes: 0,
+                };
+                Some(Transition {
+                    from: Phase::Open,
+                    to: Phase::HalfOpen,
+                })
+            }
+            State::HalfOpen { trials, .. } => {
+                let timeout = self.config.trial_timeout;
+                trials.retain(|trial| now < trial.started + timeout);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// May a call go through now? On success the returned [`Pass`] must be given back
+    /// through [`Breaker::record`] or [`Breaker::release`]. Call [`Breaker::advance`]
+    /// first so time-driven transitions are seen (and logged) by the caller.
+    ///
+    /// # Errors
+    /// A [`BreakerDenial`] with the time after which asking again makes sense.
+    pub fn check(&mut self, now: Duration) -> Result<Pass, BreakerDenial> {
+        match self.config.force {
+            Force::Disabled => return Ok(Pass::Free),
+            Force::Open => return Err(BreakerDenial::ForcedOpen),
+            Force::Closed => return Ok(Pass::Normal),
+            Force::Auto => {}
+        }
+        let trials_allowed = self.config.half_open_trials;
+        let trial_timeout = self.config.trial_timeout;
+        match &mut self.state {
+            State::Closed => Ok(Pass::Normal),
+            State::Open { until } => Err(BreakerDenial::Open {
+                failures: self.tripped_after,
+                retry_after: until.saturating_sub(now),
+            }),
+            State::HalfOpen { trials, .. } => {
+                if trials.len() as u32 >= trials_allowed {
+                    let oldest = trials.iter().map(|t| t.started).min().unwrap_or(now);
+                    let expiry = (oldest + trial_timeout).saturating_sub(now);
+                    return Err(BreakerDenial::TrialsBusy {
+                        trials: trials_allowed,
+                        retry_after: expiry.min(Duration::from_secs(1)),
+                    });
+                }
+                let id = self.next_trial;
+                self.next_trial += 1;
+                trials.push(Trial { id, started: now });
+                Ok(Pass::Trial(id))
+            }
+        }
+    }
+
+    /// Gives a pass back without counting an outcome: the admission was denied by
+    /// another guard, or its connection went away before reporting.
+    pub fn release(&mut self, pass: Pass) {
+        if let (Pass::Trial(id), State::HalfOpen { trials, .. }) = (pass, &mut self.state) {
+            trials.retain(|trial| trial.id != id);
+        }
+    }
+
+    /// Records the outcome of a call. `pass` is what its admission got, or `None` for
+    /// an outcome reported without admission. Returns the state change it caused.
+    pub fn record(
+        &mut self,
+        pass: Option<Pass>,
+        failure: bool,
+        latency: Option<Duration>,
+        now: Duration,
+    ) -> Option<Transition> {
+        let slow =
+            matches!((self.config.slow_call, latency), (Some(max), Some(took)) if took > max);
+        let failure = failure || slow;
+        match self.config.force {
+            Force::Disabled | Force::Open => return None,
+            Force::Closed => {
+                self.count(failure);
+                return None;
+            }
+            Force::Auto => {}
+        }
+        match &mut self.state {
+            State::Closed => {
+                self.count(failure);
+                if self.should_trip() {
+                    return Some(self.open(Phase::Closed, now));
+                }
+                None
+            }
+            // Outcomes of calls admitted before the breaker opened say nothing new.
+            State::Open { .. } => None,
+            State::HalfOpen { trials, successes } => {
+                let Some(Pass::Trial(id)) = pass else {
+                    return None;
+                };
+                let before = trials.len();
+                trials.retain(|trial| trial.id != id);
+                if trials.len() == before {
+                    // Timed out and forgotten already; a late report must not count.
+                    return None;
+                }
+                if failure {
+                    return Some(self.open(Phase::HalfOpen, now));
+                }
+                *successes += 1;
+                if *successes >= self.config.success_threshold {
+                    self.close();
+                    return Some(Transition {
+                        from: Phase::HalfOpen,
+                        to: Phase::Closed,
+                    });
+                }
+                None
+            }
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        match (self.config.force, &self.state) {
+            (Force::Disabled, _) => Phase::Disabled,
+            (Force::Open, _) => Phase::ForcedOpen,
+            (Force::Closed, _) => Phase::ForcedClosed,
+            (Force::Auto, State::Closed) => Phase::Closed,
+            (Force::Auto, State::Open { .. }) => Phase::Open,
+            (Force::Auto, State::HalfOpen { .. }) => Phase::HalfOpen,
+        }
+    }
+
+    pub fn snapshot(&self, now: Duration) -> BreakerSnapshot {
+        let (trials_in_flight, trial_successes, open_remaining) = match &self.state {
+            State::Closed => (0, 0, None),
+            State::Open { until } => (0, 0, Some(until.saturating_sub(now))),
+            State::HalfOpen { trials, successes } => (trials.len() as u32, *successes, None),
+        };
+        BreakerSnapshot {
+            phase: self.phase(),
+            consecutive_failures: self.consecutive_failures,
+            window_failures: self.window_failures,
+            window_calls: self.window.len() as u32,
+            trials_in_flight,
+            trial_successes,
+            open_remaining,
+            times_opened: self.times_opened,
+        }
+    }
+
+    fn count(&mut self, failure: bool) {
+        if failure {
+            self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        } else {
+            self.consecutive_failures = 0;
+        }
+        if self.config.window == 0 {
+            return;
+        }
+        if self.window.len() == self.config.window as usize && self.window.pop_front() == Some(true)
+        {
+            self.window_failures -= 1;
+        }
+        self.window.push_back(failure);
+        self.window_failures += u32::from(failure);
+    }
+
+    fn should_trip(&self) -> bool {
+        let by_count = self.config.failure_threshold > 0
+            && self.consecutive_failures >= self.config.failure_threshold;
+        let calls = self.window.len() as u64;
+        let by_rate = self.config.window > 0
+            && calls >= u64::from(self.config.min_calls.max(1))
+            && u64::from(self.window_failures) * 100 >= u64::from(self.config.failure_rate) * calls;
+        by_count || by_rate
+    }
+
+    fn open(&mut self, from: Phase, now: Duration) -> Transition {
+        self.tripped_after = match from {
+            Phase::HalfOpen => 1,
+            _ => self.consecutive_failures.max(self.window_failures),
+        };
+        self.state = State::Open {
+            until: now + self.config.open_for,
+        };
+        self.times_opened += 1;
+        self.consecutive_failures = 0;
+        self.window.clear();
+        self.window_failures = 0;
+        Transition {
+            from,
+            to: Phase::Open,
+        }
+    }
+
+    fn close(&mut self) {
+        self.state = State::Closed;
+        self.consecutive_failures = 0;
+        self.window.clear();
+        self.window_failures = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,310 @@
+//! Rate limits: GCRA from `governor`, over a keyed state store of our own.
+//!
+//! governor does the arithmetic (theoretical arrival times, `NotUntil`, the "more
+//! than the burst can ever hold" error). Its state lives in [`RateStore`], which we
+//! own, for two things governor does not offer: undoing a check exactly when another
+//! guard of the same admission says no (admission is all-or-nothing), and giving
+//! back the unused part of a weighted estimate when the call reports what it really
+//! used (tokens per minute are admitted on an estimate).
+//!
+//! Undo and adjust are only exact while nothing else touches the key in between; the
+//! admission layer guarantees that by running every guard under one short lock.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::state::StateStore;
+use governor::{Quota, RateLimiter};
+
+use crate::clock::SharedClock;
+
+/// What a rule is keyed by: one bucket for everyone, or one per agent, per service,
+/// or per agent and service pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Global,
+    Agent,
+    Service,
+    AgentService,
+}
+
+/// What one admission costs against a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weight {
+    /// Every admission takes one cell (requests per period).
+    Requests,
+    /// An admission takes as many cells as its `units` (tokens per period).
+    Units,
+}
+
+/// The validated description of a rule, from config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateSpec {
+    pub name: String,
+    pub scope: Scope,
+    /// Services the rule applies to; empty means every service.
+    pub services: Vec<String>,
+    /// Agents the rule applies to; empty means every agent.
+    pub agents: Vec<String>,
+    pub weight: Weight,
+    /// Cells replenished per `per`.
+    pub rate: NonZeroU32,
+    pub per: Duration,
+    /// Cells available at once.
+    pub burst: NonZeroU32,
+    pub shadow: bool,
+}
+
+/// One configured rate limit and its buckets.
+pub struct RateRule {
+    spec: RateSpec,
+    /// Time to replenish one cell.
+    interval: Duration,
+    limiter: RateLimiter<String, RateStore, SharedClock, NoOpMiddleware<Duration>>,
+    store: RateStore,
+}
+
+/// Cells an admission took from one rule, kept in its reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cells {
+    pub key: String,
+    pub taken: u32,
+    /// The bucket's state before the take, for an exact undo.
+    before: Option<Nanos>,
+}
+
+/// Why a rule refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RateDenial {
+    /// Not now: the bucket is short; the same request fits after `retry_after`.
+    #[error("rate limit of {rate} per {per:?} (burst {burst}) exceeded; retry in {}ms", retry_after.as_millis())]
+    NotUntil {
+        rate: u32,
+        per: Duration,
+        burst: u32,
+        retry_after: Duration,
+    },
+    /// Never: the request asks for more cells than the bucket can ever hold.
+    #[error("a weight of {asked} can never pass a limit with burst {burst}; split the call or raise the burst")]
+    Never { asked: u32, burst: u32 },
+}
+
+/// The keyed GCRA state: theoretical arrival time per key, in nanoseconds since the
+/// limiter's start.
+#[derive(Debug, Clone, Default)]
+pub struct RateStore(Arc<Mutex<HashMap<String, Nanos>>>);
+
+// === impl RateRule ===
+
+impl RateRule {
+    /// Builds the rule and its empty buckets on `clock`.
+    ///
+    /// # Errors
+    /// When `per / rate` is below one nanosecond (governor cannot represent it).
+    pub fn new(spec: RateSpec, clock: SharedClock) -> Result<RateRule, String> {
+        let interval = spec.per / spec.rate.get();
+        let quota = Quota::with_period(interval)
+            .ok_or_else(|| {
+                format!(
+                    "rate {} per {:?} is faster than one per nanosecond",
+                    spec.rate, spec.per
+                )
+            })?
+            .allow_burst(spec.burst);
+        let store = RateStore::default();
+        let limiter = RateLimiter::new(quota, store.clone(), clock);
+        Ok(RateRule {
+            spec,
+            interval,
+            limiter,
+            store,
+        })
+    }
+
+    pub fn spec(&self) -> &RateSpec {
+        &self.spec
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn shadow(&self) -> bool {
+        self.spec.shadow
+    }
+
+    /// Does this rule govern a call by `agent` to `service`?
+    pub fn applies(&self, agent: &str, service: &str) -> bool {
+        let matches =
+            |list: &[String], name: &str| list.is_empty() || list.iter().any(|n| n == name);
+        matches(&self.spec.services, service) && matches(&self.spec.agents, agent)
+    }
+
+    /// The bucket a call by `agent` to `service` counts against.
+    pub fn key(&self, agent: &str, service: &str) -> String {
+        match self.spec.scope {
+            Scope::Global => String::new(),
+            Scope::Agent => agent.to_owned(),
+            Scope::Service => service.to_owned(),
+            // NUL cannot appear in validated names, so the pair is unambiguous.
+            Scope::AgentService => format!("{agent}\0{service}"),
+        }
+    }
+
+    /// Cells a call of `units` takes from this rule.
+    pub fn weight_of(&self, units: NonZeroU32) -> NonZeroU32 {
+        match self.spec.weight {
+            Weight::Requests => NonZeroU32::MIN,
+            Weight::Units => units,
+        }
+    }
+
+    /// Takes `n` cells from `key`'s bucket, or says when (or that never) they fit.
+    /// Nothing is taken on a denial.
+    ///
+    /// # Errors
+    /// [`RateDenial::NotUntil`] with the wait, or [`RateDenial::Never`].
+    pub fn check(&self, key: String, n: NonZeroU32, now: Duration) -> Result<Cells, RateDenial> {
+        let before = self.store.get(&key);
+        match self.limiter.check_key_n(&key, n) {
+            Ok(Ok(())) => Ok(Cells {
+                key,
+                taken: n.get(),
+                before,
+            }),
+            Ok(Err(not_until)) => Err(RateDenial::NotUntil {
+                rate: self.spec.rate.get(),
+                per: self.spec.per,
+                burst: self.spec.burst.get(),
+                retry_after: not_until.wait_time_from(now),
+            }),
+            Err(governor::InsufficientCapacity(burst)) => Err(RateDenial::Never {
+                asked: n.get(),
+                burst,
+            }),
+        }
+    }
+
+    /// Puts the bucket back exactly as it was before `cells` were taken.
+    pub fn undo(&self, cells: &Cells) {
+        self.store.restore(&cells.key, cells.before);
+    }
+
+    /// Settles a weighted admission: gives back cells not used, or takes the excess
+    /// (spend is a fact, so an overrun delays the next calls).
+    pub fn settle(&self, cells: &Cells, used: u32) {
+        if self.spec.weight != Weight::Units || used == cells.taken {
+            return;
+        }
+        let step = u64::try_from(self.interval.as_nanos()).unwrap_or(u64::MAX);
+        let delta = step.saturating_mul(u64::from(used.abs_diff(cells.taken)));
+        self.store.shift(&cells.key, delta, used > cells.taken);
+    }
+
+    /// Forgets buckets that are full again (indistinguishable from new ones), so key
+    /// churn cannot grow memory without bound (governor#171).
+    pub fn purge(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    /// Buckets currently held.
+    pub fn bucket_count(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
+impl std::fmt::Debug for RateRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateRule")
+            .field("spec", &self.spec)
+            .finish()
+    }
+}
+
+// === impl RateStore ===
+
+impl RateStore {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Nanos>> {
+        // A panic while holding this lock cannot leave a half-written entry.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, key: &str) -> Option<Nanos> {
+        self.lock().get(key).copied()
+    }
+
+    fn restore(&self, key: &str, value: Option<Nanos>) {
+        let mut map = self.lock();
+        match value {
+            Some(tat) => {
+                map.insert(key.to_owned(), tat);
+            }
+            None => {
+                map.remove(key);
+            }
+        }
+    }
+
+    /// Moves a key's arrival time later (`later`) or earlier by `delta` nanoseconds.
+    fn shift(&self, key: &str, delta: u64, later: bool) {
+        if let Some(tat) = self.lock().get_mut(key) {
+            let value = tat.as_u64();
+            let value = if later {
+                value.saturating_add(delta)
+            } else {
+                value.saturating_sub(delta)
+            };
+            *tat = Nanos::new(value);
+        }
+    }
+}
+
+impl StateStore for RateStore {
+    type Key = String;
+
+    fn measure_and_replace<T, F, E>(&self, key: &String, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let mut map = self.lock();
+        match map.get_mut(key) {
+            Some(tat) => {
+                let (out, next) = f(Some(*tat))?;
+                *tat = next;
+                Ok(out)
+            }
+            None => {
+                let (out, next) = f(None)?;
+                map.insert(key.clone(), next);
+                Ok(out)
+            }
+        }
+    }
+}
+
+impl ShrinkableKeyedStateStore<String> for RateStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.lock().retain(|_, tat| *tat > drop_below);
+    }
+
+    fn shrink_to_fit(&self) {
+        self.lock().shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests;

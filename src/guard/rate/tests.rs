@@ -1,0 +1,146 @@
+//! Rate rules on a manual clock.
+
+use super::*;
+use crate::clock::{Clock, ManualClock};
+
+const MS: Duration = Duration::from_millis(1);
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap()
+}
+
+fn rule(rate: u32, per: Duration, burst: u32, weight: Weight) -> (RateRule, ManualClock) {
+    let clock = ManualClock::new();
+    let spec = RateSpec {
+        name: "test".into(),
+        scope: Scope::AgentService,
+        services: vec![],
+        agents: vec![],
+        weight,
+        rate: nz(rate),
+        per,
+        burst: nz(burst),
+        shadow: false,
+    };
+    (
+        RateRule::new(spec, SharedClock::new(clock.clone())).unwrap(),
+        clock,
+    )
+}
+
+#[test]
+fn burst_then_denial_with_the_exact_wait() {
+    // The SPEC default: 10/s, burst 100.
+    let (rule, clock) = rule(10, Duration::from_secs(1), 100, Weight::Requests);
+    for _ in 0..100 {
+        rule.check("k".into(), nz(1), clock.now()).unwrap();
+    }
+    match rule.check("k".into(), nz(1), clock.now()) {
+        Err(RateDenial::NotUntil { retry_after, .. }) => assert_eq!(retry_after, 100 * MS),
+        other => panic!("{other:?}"),
+    }
+    clock.advance(100 * MS);
+    rule.check("k".into(), nz(1), clock.now())
+        .expect("one cell replenished");
+    assert!(rule.check("k".into(), nz(1), clock.now()).is_err());
+}
+
+#[test]
+fn keys_are_independent() {
+    let (rule, clock) = rule(1, Duration::from_secs(1), 1, Weight::Requests);
+    rule.check(rule.key("a", "s"), nz(1), clock.now()).unwrap();
+    rule.check(rule.key("b", "s"), nz(1), clock.now()).unwrap();
+    assert!(rule.check(rule.key("a", "s"), nz(1), clock.now()).is_err());
+}
+
+#[test]
+fn weight_beyond_the_burst_is_never_not_later() {
+    let (rule, clock) = rule(100, Duration::from_secs(60), 50, Weight::Units);
+    assert_eq!(
+        rule.check("k".into(), nz(51), clock.now()),
+        Err(RateDenial::Never {
+            asked: 51,
+            burst: 50
+        })
+    );
+}
+
+#[test]
+fn undo_restores_the_bucket_exactly() {
+    let (rule, clock) = rule(1, Duration::from_secs(1), 2, Weight::Requests);
+    let first = rule.check("k".into(), nz(1), clock.now()).unwrap();
+    let second = rule.check("k".into(), nz(1), clock.now()).unwrap();
+    rule.undo(&second);
+    rule.undo(&first);
+    assert_eq!(rule.bucket_count(), 0, "undone to the never-seen state");
+    rule.check("k".into(), nz(2), clock.now())
+        .expect("full burst again");
+}
+
+#[test]
+fn settle_gives_back_unused_units_and_charges_overruns() {
+    // 1,000 tokens per minute, burst 1,000: one token per 60 ms.
+    let (rule, clock) = rule(1000, Duration::from_secs(60), 1000, Weight::Units);
+    let estimate = rule.check("k".into(), nz(1000), clock.now()).unwrap();
+    assert!(rule.check("k".into(), nz(1), clock.now()).is_err());
+    rule.settle(&estimate, 400);
+    rule.check("k".into(), nz(600), clock.now())
+        .expect("600 unused tokens were given back");
+    assert!(rule.check("k".into(), nz(1), clock.now()).is_err());
+
+    let (rule, clock) = rule_fresh();
+    let estimate = rule.check("k".into(), nz(10), clock.now()).unwrap();
+    rule.settle(&estimate, 1000);
+    match rule.check("k".into(), nz(1), clock.now()) {
+        Err(RateDenial::NotUntil { retry_after, .. }) => assert_eq!(retry_after, 60 * MS),
+        other => panic!("the overrun must be charged: {other:?}"),
+    }
+}
+
+fn rule_fresh() -> (RateRule, ManualClock) {
+    rule(1000, Duration::from_secs(60), 1000, Weight::Units)
+}
+
+#[test]
+fn requests_rules_ignore_units() {
+    let (rule, _) = rule(1, Duration::from_secs(1), 1, Weight::Requests);
+    assert_eq!(rule.weight_of(nz(500)), nz(1));
+}
+
+/// Reproducer for unbounded keyed state (governor#171).
+#[test]
+fn purge_forgets_full_buckets() {
+    let (rule, clock) = rule(10, Duration::from_secs(1), 10, Weight::Requests);
+    for i in 0..10_000 {
+        rule.check(format!("key-{i}"), nz(1), clock.now()).unwrap();
+    }
+    rule.check("busy".into(), nz(10), clock.now()).unwrap();
+    assert_eq!(rule.bucket_count(), 10_001);
+    clock.advance(200 * MS);
+    rule.purge();
+    assert_eq!(
+        rule.bucket_count(),
+        1,
+        "only the drained bucket is remembered"
+    );
+}
+
+#[test]
+fn filters_and_keys() {
+    let clock = SharedClock::new(ManualClock::new());
+    let spec = RateSpec {
+        name: "openai".into(),
+        scope: Scope::Service,
+        services: vec!["openai".into()],
+        agents: vec![],
+        weight: Weight::Requests,
+        rate: nz(1),
+        per: Duration::from_secs(1),
+        burst: nz(1),
+        shadow: false,
+    };
+    let rule = RateRule::new(spec, clock).unwrap();
+    assert!(rule.applies("anyone", "openai"));
+    assert!(!rule.applies("anyone", "anthropic"));
+    assert_eq!(rule.key("a", "openai"), "openai");
+}

@@ -1,0 +1,36 @@
+//! automation-framework: a host-wide sidecar daemon that AI-agent processes ask
+//! before each outgoing call — may I, now, at this cost?
+//!
+//! # Layout
+//!
+//! A request travels **frame → connection → dispatch → guards → state**:
+//!
+//! * [`protocol`] — frame limits, the bincode configuration and the wire types
+//!   shared by daemon and clients. No I/O.
+//! * [`connection`] — one client socket at the frame level: read a `ClientFrame`,
+//!   write a `ServerFrame`, the peer's kernel credentials.
+//! * [`server`] — the accept loop, the connection cap, and the per-connection
+//!   handler (handshake, timeouts, pipelining, shutdown).
+//! * [`cmd`] — dispatch: one file per request kind, each a function of
+//!   `(state, session, request, now)` returning a `Response`.
+//! * [`admission`] — runs the guards of one admission atomically and keeps the
+//!   reservations they produce.
+//! * [`guard`] — pure decision logic (rate limits, circuit breakers).
+//! * [`state`] — the shared handle: config, clock, admission engine, sessions.
+//! * Edges: [`config`], [`socket`] (binding the path), [`systemd`] (activation and
+//!   notify), [`client`] (the Rust client used by the CLI and the tests).
+
+pub mod admission;
+pub mod client;
+pub mod clock;
+pub mod cmd;
+pub mod config;
+pub mod connection;
+pub mod guard;
+pub mod names;
+pub mod paths;
+pub mod protocol;
+pub mod server;
+pub mod socket;
+pub mod state;
+pub mod systemd;

@@ -1,0 +1,63 @@
+//! systemd integration: adopting an activated socket (`LISTEN_FDS`) and
+//! `sd_notify` messages. Both are no-ops when not running under systemd.
+
+#![allow(unsafe_code)]
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{
+    getsockname, getsockopt, sockopt, AddressFamily, SockType, SockaddrLike, UnixAddr,
+};
+use tokio::net::UnixListener;
+
+/// Takes the first socket systemd passed us, if any.
+///
+/// # Errors
+/// When systemd passed something that is not a listening Unix stream socket.
+pub fn activated_listener() -> anyhow::Result<Option<UnixListener>> {
+    let Some(fd) = sd_notify::listen_fds()?.next() else {
+        return Ok(None);
+    };
+    check_unix_stream(fd)?;
+    // SAFETY: `listen_fds` checked LISTEN_PID is ours, so systemd handed this fd to
+    // this process, and nothing else in the process takes ownership of it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let std_listener = std::os::unix::net::UnixListener::from(owned);
+    std_listener.set_nonblocking(true)?;
+    Ok(Some(UnixListener::from_std(std_listener)?))
+}
+
+fn check_unix_stream(fd: RawFd) -> anyhow::Result<()> {
+    // SAFETY: the fd stays open for the duration of this borrow (we own it, see above).
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let kind = getsockopt(&borrowed, sockopt::SockType)?;
+    let addr: UnixAddr = getsockname(fd)?;
+    if kind != SockType::Stream || addr.family() != Some(AddressFamily::Unix) {
+        anyhow::bail!(
+            "socket activation passed fd {fd} of type {kind:?}, not a Unix stream socket; fix ListenStream= in automation-framework.socket"
+        );
+    }
+    Ok(())
+}
+
+/// Tells systemd we are ready to serve, with a one-line status.
+pub fn notify_ready(status: &str) {
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(status),
+    ]);
+}
+
+/// Tells systemd we are shutting down.
+pub fn notify_stopping() {
+    notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("draining"),
+    ]);
+}
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(err) = sd_notify::notify(states) {
+        log::warn!("sd_notify failed: {err}");
+    }
+}
