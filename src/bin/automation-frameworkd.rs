@@ -78,18 +78,23 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
-    let (listener, where_) =
-        match systemd::activated_listener().context("adopting the systemd socket")? {
-            Some(listener) => (listener, "systemd socket".to_owned()),
-            None => {
-                let path = args
-                    .socket
-                    .or_else(|| config.daemon.socket.clone())
-                    .unwrap_or_else(paths::default_socket);
-                let listener = socket::bind(&path).context("binding the agent socket")?;
-                (listener, path.display().to_string())
-            }
-        };
+    // The path we bound ourselves (and so remove on a clean exit); an activated
+    // socket belongs to systemd.
+    let mut bound_path = None;
+    let activated = systemd::activated_listener().context("adopting the systemd socket")?;
+    let (listener, where_) = match activated {
+        Some(listener) => (listener, "systemd socket".to_owned()),
+        None => {
+            let path = args
+                .socket
+                .or_else(|| config.daemon.socket.clone())
+                .unwrap_or_else(paths::default_socket);
+            let listener = socket::bind(&path).context("binding the agent socket")?;
+            let shown = path.display().to_string();
+            bound_path = Some(path);
+            (listener, shown)
+        }
+    };
     let state = State::new(config, SharedClock::system())?;
     let shutdown = CancellationToken::new();
     let mut signals = signal_hook_tokio::Signals::new([SIGHUP, SIGTERM, SIGINT])
@@ -118,12 +123,24 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
         state.config().daemon.mode
     );
     systemd::notify_ready(&format!("serving on {where_}"));
-    let server = tokio::spawn(server::run(listener, state, shutdown.clone()));
-    shutdown.cancelled().await;
+    let mut server = tokio::spawn(server::run(listener, state, shutdown.clone()));
+    let finished_early = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        result = &mut server => Some(result),
+    };
     systemd::notify_stopping();
-    server.await.context("the server task panicked")?;
+    let result = match finished_early {
+        Some(result) => result,
+        None => server.await,
+    };
     signal_handle.close();
     signal_task.abort();
+    if let Some(path) = bound_path {
+        if let Err(err) = std::fs::remove_file(&path) {
+            log::warn!("could not remove {}: {err}", path.display());
+        }
+    }
+    result.context("the server task failed")?;
     log::info!("stopped");
     Ok(())
 }

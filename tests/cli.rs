@@ -1,0 +1,240 @@
+//! The CLI binary as a user runs it.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use crate::util::Daemon;
+
+fn run(mut cmd: Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("run the CLI");
+    (
+        status.code().expect("exited normally"),
+        String::from_utf8(stdout).unwrap(),
+        String::from_utf8(stderr).unwrap(),
+    )
+}
+
+#[test]
+fn admit_prints_the_decision_and_exits_1_when_denied() {
+    let daemon =
+        Daemon::start("[[rate_limits]]\nname = \"pair\"\nrate = 1\nper = \"1h\"\nburst = 2\n");
+    for _ in 0..2 {
+        let mut cmd = daemon.cli();
+        cmd.args(["--agent", "a", "admit", "--service", "openai"]);
+        let (code, stdout, _) = run(cmd);
+        assert_eq!(code, 0, "{stdout}");
+        assert!(stdout.starts_with("allowed"), "{stdout}");
+    }
+    let mut cmd = daemon.cli();
+    cmd.args(["--agent", "a", "admit", "--service", "openai"]);
+    let (code, stdout, _) = run(cmd);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.starts_with("denied by rate \"pair\": rate limit of 1 per 3600s (burst 2) exceeded"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("retry after"), "{stdout}");
+
+    let mut cmd = daemon.cli();
+    cmd.args(["--json", "--agent", "a", "admit", "--service", "openai"]);
+    let (code, stdout, _) = run(cmd);
+    assert_eq!(code, 1);
+    let reply: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(reply["allowed"], false);
+    assert_eq!(reply["guard"], "rate");
+    assert!(reply["retry_after_ms"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn report_and_breakers() {
+    let daemon = Daemon::start("");
+    for _ in 0..5 {
+        let mut cmd = daemon.cli();
+        cmd.args(["report", "--service", "search", "--outcome", "failure"]);
+        assert_eq!(run(cmd).0, 0);
+    }
+    let mut cmd = daemon.cli();
+    cmd.args(["--json", "breakers"]);
+    let (code, stdout, _) = run(cmd);
+    assert_eq!(code, 0);
+    let breakers: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(breakers[0]["service"], "search");
+    assert_eq!(breakers[0]["state"], "open");
+
+    let mut cmd = daemon.cli();
+    cmd.args(["admit", "--service", "search"]);
+    let (code, stdout, _) = run(cmd);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.starts_with("denied by breaker \"search\""),
+        "{stdout}"
+    );
+
+    let mut cmd = daemon.cli();
+    cmd.args(["--json", "status"]);
+    let (code, stdout, _) = run(cmd);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(status["status"], "degraded");
+    assert_eq!(status["circuit_breakers"]["open"], 1);
+}
+
+#[test]
+fn ping_and_connection_errors() {
+    let daemon = Daemon::start("");
+    let mut cmd = daemon.cli();
+    cmd.arg("ping");
+    let (code, stdout, _) = run(cmd);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.starts_with("pong from automation-frameworkd"),
+        "{stdout}"
+    );
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_automation-framework"));
+    cmd.args(["--socket", "/nonexistent/af.sock", "ping"]);
+    let (code, _, stderr) = run(cmd);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("cannot connect to /nonexistent/af.sock"),
+        "{stderr}"
+    );
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_automation-framework"));
+    cmd.args(["admit"]);
+    assert_eq!(run(cmd).0, 2, "usage errors exit 2");
+}
+
+#[test]
+fn the_socket_is_found_from_the_environment() {
+    let daemon = Daemon::start("");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_automation-framework"));
+    cmd.env("AUTOMATION_FRAMEWORK_SOCKET", &daemon.socket)
+        .arg("ping");
+    assert_eq!(run(cmd).0, 0);
+}
+
+#[test]
+fn config_check_validates_without_a_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |text: &str| {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_automation-framework"));
+        cmd.arg("config").arg("check").arg(&path);
+        run(cmd)
+    };
+    let (code, stdout, _) = check(include_str!("../config/automation-framework.toml"));
+    assert_eq!(code, 0);
+    assert!(stdout.contains("valid (1 rate limit(s)"), "{stdout}");
+
+    let (code, _, stderr) = check("[[rate_limits]]\nname = \"x\"\nrate = 5\nburts = 10\n");
+    assert_eq!(code, 1);
+    assert!(stderr.contains("unknown field `burts`"), "{stderr}");
+
+    let (code, _, stderr) = check("[[rate_limits]]\nname = \"x\"\nrate = -5\n");
+    assert_eq!(code, 1);
+    assert!(stderr.contains("invalid value"), "{stderr}");
+
+    let (code, _, stderr) = check("[[rate_limits]]\nname = \"x\"\nrate = 0\n");
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("rate_limits[0].rate: must be at least 1, got 0"),
+        "{stderr}"
+    );
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_automation-framework"));
+    cmd.args(["config", "check", "/nonexistent.toml"]);
+    let (code, _, stderr) = run(cmd);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("cannot read /nonexistent.toml"), "{stderr}");
+}
+
+#[test]
+fn the_daemon_refuses_an_invalid_config_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[breaker]\nopen_for = \"forever\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("breaker.open_for:"), "{stderr}");
+}
+
+#[test]
+fn a_session_holds_a_reservation_across_lines() {
+    let daemon =
+        Daemon::start("[[rate_limits]]\nname = \"one\"\nrate = 1\nper = \"1h\"\nburst = 1\n");
+    let mut child = daemon
+        .cli()
+        .args(["--agent", "scripted", "session"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = [
+        r#"{"op":"ping","id":"p1"}"#,
+        r#"{"op":"admit","service":"openai","id":2}"#,
+        r#"{"op":"admit","service":"openai"}"#,
+        r#"{"op":"status"}"#,
+        "this is not json",
+        r#"{"op":"admit","servise":"openai"}"#,
+        r#"{"op":"teleport"}"#,
+        r#"{"op":"report","reservation":RES,"outcome":"failure","latency_ms":12}"#,
+        r#"{"op":"report","reservation":RES,"outcome":"failure"}"#,
+        r#"{"op":"breakers","service":"openai"}"#,
+    ];
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut replies = Vec::new();
+    let mut reservation = String::new();
+    for line in lines {
+        let line = line.replace("RES", &reservation);
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        let mut reply = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut reply).unwrap();
+        let value: serde_json::Value =
+            serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply}"));
+        if value["op"] == "admit" && value["allowed"] == true {
+            reservation = value["reservation"].to_string();
+        }
+        replies.push(value);
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+
+    assert_eq!(replies[0]["id"], "p1");
+    assert_eq!(replies[0]["ok"], true);
+    assert_eq!(replies[0]["agent"], "scripted");
+    assert_eq!(replies[1]["id"], 2);
+    assert_eq!(replies[1]["allowed"], true);
+    assert_eq!(replies[2]["allowed"], false);
+    assert_eq!(replies[2]["guard"], "rate");
+    assert_eq!(
+        replies[3]["open_reservations"], 1,
+        "held while the session lives"
+    );
+    assert_eq!(replies[4]["error"]["kind"], "malformed");
+    assert_eq!(replies[5]["error"]["kind"], "invalid_argument");
+    assert!(replies[5]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown field `servise`"));
+    assert_eq!(replies[6]["error"]["kind"], "unknown_request");
+    assert_eq!(replies[7]["ok"], true);
+    assert_eq!(replies[7]["duplicate"], false);
+    assert_eq!(replies[8]["duplicate"], true);
+    assert_eq!(replies[9]["breakers"][0]["failures"], 1);
+}

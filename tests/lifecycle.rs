@@ -1,0 +1,93 @@
+//! Starting and stopping the daemon.
+
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use automation_framework::protocol::AdmitRequest;
+
+use crate::util::Daemon;
+
+#[tokio::test]
+async fn sigterm_closes_sessions_with_a_reason_and_exits_0() {
+    let mut daemon = Daemon::start("");
+    let mut client = daemon.client("a").await;
+    assert!(
+        client
+            .admit(AdmitRequest {
+                agent: None,
+                service: "svc".into(),
+                units: 1
+            })
+            .await
+            .unwrap()
+            .allowed
+    );
+    kill(Pid::from_raw(daemon.pid()), Signal::SIGTERM).unwrap();
+    // The next frame the client sees, without asking, is the goodbye.
+    let err = client.recv().await.expect_err("the session ends");
+    assert!(err.to_string().contains("shutting down"), "{err}");
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        !daemon.socket.exists(),
+        "the socket file is removed on a clean exit"
+    );
+}
+
+#[tokio::test]
+async fn a_second_daemon_does_not_steal_a_live_socket() {
+    let daemon = Daemon::start("");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("another daemon is already listening"),
+        "{stderr}"
+    );
+    let mut client = daemon.client("still-here").await;
+    client.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stale_socket_from_a_killed_daemon_is_replaced() {
+    let mut first = Daemon::start("");
+    kill(Pid::from_raw(first.pid()), Signal::SIGKILL).unwrap();
+    first.wait_exit(Duration::from_secs(10));
+    assert!(
+        first.socket.exists(),
+        "SIGKILL leaves the socket file behind"
+    );
+    let dir = first.dir.path().to_owned();
+    let socket = first.socket.clone();
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+        .arg("--socket")
+        .arg(&socket)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = async {
+        for _ in 0..500 {
+            if let Ok(client) =
+                automation_framework::client::Client::connect(&socket, "a", "t").await
+            {
+                return client;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("second daemon never served {}", dir.display());
+    }
+    .await;
+    drop(client);
+    second.kill().unwrap();
+    second.wait().unwrap();
+}

@@ -1,0 +1,252 @@
+//! The wire protocol against the real daemon.
+
+use automation_framework::protocol::frame::encode;
+use automation_framework::protocol::{
+    AdmitRequest, BreakersRequest, ClientFrame, Envelope, ErrorCode, Hello, Outcome, ReportRequest,
+    Request, Response, ServerFrame,
+};
+
+use crate::util::Daemon;
+
+fn admit(service: &str) -> Request {
+    Request::Admit(AdmitRequest {
+        agent: None,
+        service: service.into(),
+        units: 1,
+    })
+}
+
+fn error_code(response: &Response) -> Option<ErrorCode> {
+    match response {
+        Response::Error(err) => Some(err.code),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn handshake_reports_the_kernel_view_of_the_peer() {
+    let daemon = Daemon::start("");
+    let client = daemon.client("planner").await;
+    let welcome = client.welcome();
+    assert_eq!(
+        welcome.version,
+        automation_framework::protocol::PROTOCOL_VERSION
+    );
+    assert_eq!(welcome.server, env!("CARGO_PKG_VERSION"));
+    assert_eq!(welcome.peer.uid, nix::unistd::getuid().as_raw());
+    assert_eq!(welcome.peer.gid, nix::unistd::getgid().as_raw());
+    assert_eq!(welcome.peer.pid, std::process::id() as i32);
+    let other = daemon.client("planner").await;
+    assert_ne!(
+        other.welcome().session,
+        welcome.session,
+        "sessions are distinct"
+    );
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_with_their_ids() {
+    let daemon = Daemon::start("");
+    let mut client = daemon.client("pipeliner").await;
+    let mut sent = Vec::new();
+    for i in 0..200 {
+        let request = match i % 3 {
+            0 => Request::Ping,
+            1 => admit("openai"),
+            _ => Request::Breakers(BreakersRequest { service: None }),
+        };
+        sent.push((client.send(request.clone()).await.unwrap(), request));
+    }
+    for (id, request) in sent {
+        let reply = client.recv().await.unwrap();
+        assert_eq!(reply.id, id);
+        let matches = matches!(
+            (&request, &reply.response),
+            (Request::Ping, Response::Pong(_))
+                | (Request::Admit(_), Response::Admit(_))
+                | (Request::Breakers(_), Response::Breakers(_))
+        );
+        assert!(matches, "{request:?} answered with {:?}", reply.response);
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_answered_in_one_frame_in_order() {
+    let daemon = Daemon::start("");
+    let mut client = daemon.client("batcher").await;
+    let replies = client
+        .batch(vec![
+            Request::Ping,
+            admit("openai"),
+            Request::Report(ReportRequest {
+                reservation: Some(999_999),
+                service: None,
+                outcome: Outcome::Success,
+                units: None,
+                latency_ms: None,
+            }),
+            Request::Status,
+        ])
+        .await
+        .unwrap();
+    assert_eq!(replies.len(), 4);
+    assert!(matches!(replies[0], Response::Pong(_)));
+    assert!(matches!(&replies[1], Response::Admit(a) if a.allowed));
+    assert_eq!(
+        error_code(&replies[2]),
+        Some(ErrorCode::UnknownReservation),
+        "one bad request fails alone"
+    );
+    assert!(matches!(&replies[3], Response::Status(s) if s.open_reservations == 1));
+}
+
+#[tokio::test]
+async fn a_wrong_protocol_version_gets_a_clear_error_then_close() {
+    let daemon = Daemon::start("");
+    let mut raw = daemon.raw().await;
+    raw.send(&ClientFrame::Hello(Hello {
+        version: 99,
+        client: "future".into(),
+        agent: "a".into(),
+    }))
+    .await;
+    match raw.recv().await {
+        Some(ServerFrame::Error(err)) => {
+            assert_eq!(err.code, ErrorCode::VersionMismatch);
+            assert!(err.message.contains("version 99"), "{}", err.message);
+        }
+        other => panic!("expected VersionMismatch, got {other:?}"),
+    }
+    raw.expect_closed().await;
+
+    // A future Hello whose layout this build cannot decode at all.
+    let mut raw = daemon.raw().await;
+    let mut body = 0u32.to_le_bytes().to_vec();
+    body.extend_from_slice(&2u16.to_le_bytes());
+    body.extend_from_slice(&[0xEE; 5]);
+    raw.send_body(body).await;
+    match raw.recv().await {
+        Some(ServerFrame::Error(err)) => assert_eq!(err.code, ErrorCode::VersionMismatch),
+        other => panic!("expected VersionMismatch, got {other:?}"),
+    }
+    raw.expect_closed().await;
+}
+
+#[tokio::test]
+async fn requests_before_the_handshake_are_refused() {
+    let daemon = Daemon::start("");
+    let mut raw = daemon.raw().await;
+    raw.send(&ClientFrame::Request(Envelope {
+        id: 1,
+        request: Request::Ping,
+    }))
+    .await;
+    match raw.recv().await {
+        Some(ServerFrame::Error(err)) => assert_eq!(err.code, ErrorCode::HandshakeRequired),
+        other => panic!("expected HandshakeRequired, got {other:?}"),
+    }
+    raw.expect_closed().await;
+}
+
+#[tokio::test]
+async fn an_unknown_request_kind_is_answered_and_the_connection_goes_on() {
+    let daemon = Daemon::start("");
+    let mut raw = daemon.raw().await;
+    raw.hello("newer-client").await;
+    let mut body = encode(&ClientFrame::Request(Envelope {
+        id: 41,
+        request: Request::Ping,
+    }))
+    .unwrap();
+    body[12..16].copy_from_slice(&200u32.to_le_bytes());
+    raw.send_body(body).await;
+    match raw.recv().await {
+        Some(ServerFrame::Reply(reply)) => {
+            assert_eq!(reply.id, 41);
+            assert_eq!(error_code(&reply.response), Some(ErrorCode::UnknownRequest));
+        }
+        other => panic!("expected an UnknownRequest reply, got {other:?}"),
+    }
+    raw.send(&ClientFrame::Request(Envelope {
+        id: 42,
+        request: Request::Ping,
+    }))
+    .await;
+    assert!(
+        matches!(raw.recv().await, Some(ServerFrame::Reply(r)) if r.id == 42 && matches!(r.response, Response::Pong(_)))
+    );
+}
+
+#[tokio::test]
+async fn invalid_arguments_are_typed_errors_that_change_nothing() {
+    let daemon =
+        Daemon::start("[[rate_limits]]\nname = \"one\"\nrate = 1\nper = \"1h\"\nburst = 1\n");
+    let mut client = daemon.client("a").await;
+    let bad = [
+        Request::Admit(AdmitRequest {
+            agent: None,
+            service: "openai".into(),
+            units: 0,
+        }),
+        Request::Admit(AdmitRequest {
+            agent: None,
+            service: String::new(),
+            units: 1,
+        }),
+        Request::Admit(AdmitRequest {
+            agent: Some("bad\nagent".into()),
+            service: "openai".into(),
+            units: 1,
+        }),
+        Request::Report(ReportRequest {
+            reservation: None,
+            service: None,
+            outcome: Outcome::Failure,
+            units: None,
+            latency_ms: None,
+        }),
+    ];
+    for request in bad {
+        let response = client.call(request.clone()).await.unwrap();
+        assert_eq!(
+            error_code(&response),
+            Some(ErrorCode::InvalidArgument),
+            "{request:?} -> {response:?}"
+        );
+    }
+    // Nothing was taken: the single cell of the bucket is still there.
+    let reply = client
+        .admit(AdmitRequest {
+            agent: None,
+            service: "openai".into(),
+            units: 1,
+        })
+        .await
+        .unwrap();
+    assert!(reply.allowed, "{reply:?}");
+}
+
+#[tokio::test]
+async fn unknown_services_are_refused_when_the_config_says_so() {
+    let daemon = Daemon::start("[daemon]\nallow_unknown_services = false\n[services.openai]\n");
+    let mut client = daemon.client("a").await;
+    assert!(
+        client
+            .admit(AdmitRequest {
+                agent: None,
+                service: "openai".into(),
+                units: 1
+            })
+            .await
+            .unwrap()
+            .allowed
+    );
+    let response = client.call(admit("opneai")).await.unwrap();
+    match response {
+        Response::Error(err) => {
+            assert_eq!(err.code, ErrorCode::UnknownService);
+            assert!(err.message.contains("[services.opneai]"), "{}", err.message);
+        }
+        other => panic!("{other:?}"),
+    }
+}

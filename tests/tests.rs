@@ -1,0 +1,22 @@
+//! Integration tests: each starts the real `automation-frameworkd` binary on a
+//! temporary socket and speaks the protocol to it, through the Rust client or as
+//! raw frames. One test binary; the modules are listed here.
+
+// Shared harness: start a daemon with a config, connect clients, send raw frames.
+mod util;
+
+// Handshake, pipelining, batches, version mismatch, unknown requests, typed errors.
+mod protocol;
+
+// Clients that send garbage, huge lengths, truncated frames or nothing at all, while
+// a well-behaved client connected alongside keeps being served.
+mod hostile;
+
+// Rate limits and circuit breakers through the socket, across connections.
+mod guards;
+
+// The CLI binary: exit codes, --json, config check, the JSON-lines session.
+mod cli;
+
+// Lifecycle: SIGTERM drains and exits 0, the socket path rules.
+mod lifecycle;
