@@ -20,6 +20,9 @@
 //! * Edges: [`config`], [`socket`] (binding the path), [`systemd`] (activation and
 //!   notify), [`client`] (the Rust client used by the CLI and the tests).
 
+#![deny(unsafe_code)]
+#![warn(clippy::await_holding_lock)]
+
 pub mod admission;
 pub mod client;
 pub mod clock;

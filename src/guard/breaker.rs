@@ -70,15 +70,23 @@ pub enum Pass {
 /// Why the breaker refused a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BreakerDenial {
-    #[error("circuit open after {failures} failures; trial calls in {}ms", retry_after.as_millis())]
-    Open {
-        failures: u32,
-        retry_after: Duration,
-    },
+    #[error("circuit open: {cause}")]
+    Open { cause: Trip, retry_after: Duration },
     #[error("circuit half-open and all {trials} trial calls are in flight")]
     TrialsBusy { trials: u32, retry_after: Duration },
     #[error("circuit forced open by the operator")]
     ForcedOpen,
+}
+
+/// Why a breaker opened, for denial messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Trip {
+    #[error("{0} consecutive failures")]
+    Consecutive(u32),
+    #[error("{failures} of the last {calls} calls failed")]
+    Rate { failures: u32, calls: u32 },
+    #[error("a trial call failed while half-open")]
+    TrialFailed,
 }
 
 /// A state change, for logs and alerts.
@@ -106,8 +114,8 @@ pub struct Breaker {
     config: BreakerConfig,
     state: State,
     consecutive_failures: u32,
-    /// Failures that tripped the breaker the last time, for the denial message.
-    tripped_after: u32,
+    /// Why the breaker opened the last time, for the denial message.
+    trip: Trip,
     /// Outcomes of the last `config.window` calls, `true` = failure.
     window: VecDeque<bool>,
     window_failures: u32,
@@ -157,7 +165,7 @@ impl Breaker {
             config,
             state: State::Closed,
             consecutive_failures: 0,
-            tripped_after: 0,
+            trip: Trip::Consecutive(0),
             window: VecDeque::new(),
             window_failures: 0,
             times_opened: 0,
@@ -221,7 +229,7 @@ impl Breaker {
         match &mut self.state {
             State::Closed => Ok(Pass::Normal),
             State::Open { until } => Err(BreakerDenial::Open {
-                failures: self.tripped_after,
+                cause: self.trip,
                 retry_after: until.saturating_sub(now),
             }),
             State::HalfOpen { trials, .. } => {
@@ -272,10 +280,8 @@ impl Breaker {
         match &mut self.state {
             State::Closed => {
                 self.count(failure);
-                if self.should_trip() {
-                    return Some(self.open(Phase::Closed, now));
-                }
-                None
+                let trip = self.should_trip()?;
+                Some(self.open(Phase::Closed, trip, now))
             }
             // Outcomes of calls admitted before the breaker opened say nothing new.
             State::Open { .. } => None,
@@ -290,7 +296,7 @@ impl Breaker {
                     return None;
                 }
                 if failure {
-                    return Some(self.open(Phase::HalfOpen, now));
+                    return Some(self.open(Phase::HalfOpen, Trip::TrialFailed, now));
                 }
                 *successes += 1;
                 if *successes >= self.config.success_threshold {
@@ -351,21 +357,25 @@ impl Breaker {
         self.window_failures += u32::from(failure);
     }
 
-    fn should_trip(&self) -> bool {
-        let by_count = self.config.failure_threshold > 0
-            && self.consecutive_failures >= self.config.failure_threshold;
+    /// The reason to open now, if any.
+    fn should_trip(&self) -> Option<Trip> {
+        if self.config.failure_threshold > 0
+            && self.consecutive_failures >= self.config.failure_threshold
+        {
+            return Some(Trip::Consecutive(self.consecutive_failures));
+        }
         let calls = self.window.len() as u64;
         let by_rate = self.config.window > 0
             && calls >= u64::from(self.config.min_calls.max(1))
             && u64::from(self.window_failures) * 100 >= u64::from(self.config.failure_rate) * calls;
-        by_count || by_rate
+        by_rate.then_some(Trip::Rate {
+            failures: self.window_failures,
+            calls: calls as u32,
+        })
     }
 
-    fn open(&mut self, from: Phase, now: Duration) -> Transition {
-        self.tripped_after = match from {
-            Phase::HalfOpen => 1,
-            _ => self.consecutive_failures.max(self.window_failures),
-        };
+    fn open(&mut self, from: Phase, trip: Trip, now: Duration) -> Transition {
+        self.trip = trip;
         self.state = State::Open {
             until: now + self.config.open_for,
         };

@@ -6,5 +6,5 @@
 pub mod breaker;
 pub mod rate;
 
-pub use breaker::{Breaker, BreakerConfig, BreakerDenial, Force, Pass, Transition};
+pub use breaker::{Breaker, BreakerConfig, BreakerDenial, Force, Pass, Transition, Trip};
 pub use rate::{Cells, RateDenial, RateRule, Scope, Weight};

@@ -82,7 +82,7 @@ pub struct Cells {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RateDenial {
     /// Not now: the bucket is short; the same request fits after `retry_after`.
-    #[error("rate limit of {rate} per {per:?} (burst {burst}) exceeded; retry in {}ms", retry_after.as_millis())]
+    #[error("rate limit of {rate} per {per:?} (burst {burst}) exceeded")]
     NotUntil {
         rate: u32,
         per: Duration,

@@ -59,7 +59,7 @@ fn open_denies_with_the_time_left_then_half_opens_lazily() {
     assert_eq!(
         denial,
         BreakerDenial::Open {
-            failures: 5,
+            cause: Trip::Consecutive(5),
             retry_after: 50 * S
         }
     );

@@ -28,7 +28,14 @@ where
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    // Collections of up to 16 elements: nested vectors (a batch of breaker lists)
+    // otherwise make each case megabytes large and the suite slow in debug builds,
+    // without exercising any encoding path the smaller cases do not.
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        max_default_size_range: 16,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn client_frames_round_trip(frame in any::<ClientFrame>()) {
@@ -36,8 +43,8 @@ proptest! {
     }
 
     #[test]
-    fn server_frames_round_trip(frame in any::<ServerFrame>()) {
-        prop_assert_eq!(through_codec(&frame), frame);
+    fn responses_round_trip(response in any::<Response>()) {
+        prop_assert_eq!(through_codec(&response), response);
     }
 
     #[test]
@@ -66,6 +73,22 @@ proptest! {
     #[test]
     fn random_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
         let _ = decode_client_frame(&body);
+    }
+}
+
+proptest! {
+    // Server frames nest the deepest (a batch of replies, each a list of breakers or
+    // votes); every reply kind is already covered by `responses_round_trip`, so fewer
+    // cases suffice here to cover the frame variants.
+    #![proptest_config(ProptestConfig {
+        cases: 32,
+        max_default_size_range: 4,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn server_frames_round_trip(frame in any::<ServerFrame>()) {
+        prop_assert_eq!(through_codec(&frame), frame);
     }
 }
 
