@@ -377,7 +377,7 @@ impl Engine {
     ) -> Result<Settlement, AdmissionError> {
         let Some(reservation) = self.reservations.remove(&id) else {
             if self.recently_closed.contains(id) {
-                return self.duplicate(id);
+                return Ok(Settlement::duplicate());
             }
             return Err(AdmissionError::UnknownReservation(id));
         };
@@ -416,16 +416,6 @@ impl Engine {
             service: service.to_owned(),
             phase: breaker.phase(),
             transition: transition.map(|t| (t.from, t.to)),
-        })
-    }
-
-    /// A repeated report: acknowledged, counted nowhere.
-    fn duplicate(&mut self, _id: u64) -> Result<Settlement, AdmissionError> {
-        Ok(Settlement {
-            duplicate: true,
-            service: String::new(),
-            phase: Phase::Closed,
-            transition: None,
         })
     }
 
@@ -469,6 +459,20 @@ impl Engine {
             self.breakers.insert(service.to_owned(), breaker);
         }
         Ok(self.breakers.get_mut(service).expect("inserted above"))
+    }
+}
+
+// === impl Settlement ===
+
+impl Settlement {
+    /// A repeated report: acknowledged, counted nowhere.
+    fn duplicate() -> Settlement {
+        Settlement {
+            duplicate: true,
+            service: String::new(),
+            phase: Phase::Closed,
+            transition: None,
+        }
     }
 }
 

@@ -172,9 +172,21 @@ async fn serve(
                 return;
             }
         };
-        if let Err(err) = conn.write_frame(&reply).await {
-            log::debug!(session = session.id; "session {}: write failed: {err}", session.id);
-            return;
+        // A client that stops reading gets backpressure, then, after the idle
+        // timeout, disconnected: it must not hold its slot and reservations forever.
+        match tokio::time::timeout(idle, conn.write_frame(&reply)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                log::debug!(session = session.id; "session {}: write failed: {err}", session.id);
+                return;
+            }
+            Err(_) => {
+                log::info!(
+                    session = session.id, agent = session.agent.as_str(), peer_uid = session.peer.uid, peer_pid = session.peer.pid;
+                    "closing session {} (agent {:?}): it has not read its replies for {idle:?}", session.id, session.agent
+                );
+                return;
+            }
         }
     }
 }

@@ -198,3 +198,34 @@ async fn a_client_that_pipelines_without_reading_does_not_stall_others() {
     }
     firehose.abort();
 }
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_disconnected_after_the_idle_timeout() {
+    let daemon = Daemon::start("[daemon]\nidle_timeout = \"500ms\"\n");
+    let mut raw = daemon.raw().await;
+    raw.hello("deaf").await;
+    let frame = ClientFrame::Batch(
+        (0..1000)
+            .map(|id| Envelope {
+                id,
+                request: Request::Status,
+            })
+            .collect(),
+    );
+    let firehose = tokio::spawn(async move {
+        for _ in 0..200 {
+            raw.send(&frame).await;
+        }
+    });
+    let mut probe = daemon.client("probe").await;
+    // The deaf client's slot is freed: only the probe remains connected.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while probe.status().await.unwrap().connections != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deaf client was never disconnected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    firehose.abort();
+}

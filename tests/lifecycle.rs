@@ -91,3 +91,50 @@ async fn a_stale_socket_from_a_killed_daemon_is_replaced() {
     second.kill().unwrap();
     second.wait().unwrap();
 }
+
+/// Under socket activation the daemon serves the socket systemd hands it
+/// (LISTEN_FDS) instead of binding its own path.
+#[tokio::test]
+async fn serves_a_socket_passed_by_systemd_socket_activation() {
+    let Ok(activate) = which("systemd-socket-activate") else {
+        eprintln!("SKIPPED serves_a_socket_passed_by_systemd_socket_activation: systemd-socket-activate not installed (Debian package systemd); .ci/run installs it");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let activated = dir.path().join("activated.sock");
+    let unused = dir.path().join("never-bound.sock");
+    let mut child = std::process::Command::new(activate)
+        .arg("--listen")
+        .arg(&activated)
+        .arg(env!("CARGO_BIN_EXE_automation-frameworkd"))
+        .arg("--socket")
+        .arg(&unused)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut client = None;
+    for _ in 0..500 {
+        if let Ok(c) = automation_framework::client::Client::connect(&activated, "a", "t").await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut client = client.expect("the activated daemon answers");
+    client.ping().await.unwrap();
+    assert!(
+        !unused.exists(),
+        "the daemon must not bind its own path when activated"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+        .ok_or(())
+}
