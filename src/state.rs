@@ -105,6 +105,13 @@ impl State {
         }
     }
 
+    /// May this peer run admin operations (set limits, reset windows, refund, force
+    /// breakers)? The single place that decides; today: root, or the daemon's own
+    /// user (an operator running it by hand).
+    pub fn is_admin(&self, peer: &Peer) -> bool {
+        peer.uid == 0 || peer.uid == nix::unistd::geteuid().as_raw()
+    }
+
     /// Live sessions, and the distinct agent names among them.
     pub fn session_counts(&self) -> (u32, u32) {
         let sessions = self.sessions();

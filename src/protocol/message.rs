@@ -334,6 +334,9 @@ pub enum ErrorCode {
     ShuttingDown,
     /// A bug or an unexpected failure inside the daemon.
     Internal,
+    /// The peer's credentials do not allow this (connecting, this agent name, or an
+    /// admin operation). The message names the uid and the rule.
+    NotPermitted,
 }
 
 impl ErrorReply {
