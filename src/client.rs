@@ -12,9 +12,10 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::protocol::frame::{decode, encode, length_codec};
 use crate::protocol::{
-    AdmitReply, AdmitRequest, BreakerInfo, BreakersRequest, ClientFrame, Envelope, ErrorReply,
-    Hello, Pong, ReplyEnvelope, ReportReply, ReportRequest, Request, Response, ServerFrame,
-    StatusReport, Welcome, PROTOCOL_VERSION,
+    AdminReply, AdminRequest, AdmitReply, AdmitRequest, BreakerInfo, BreakersRequest, BudgetReply,
+    BudgetRequest, ClientFrame, Envelope, ErrorReply, Hello, Pong, QuotaInfo, QuotasRequest,
+    ReplyEnvelope, ReportReply, ReportRequest, Request, Response, ServerFrame, StatusReport,
+    Welcome, PROTOCOL_VERSION,
 };
 
 /// A handshaken connection to the daemon.
@@ -221,6 +222,39 @@ impl Client {
             .await?
         {
             Response::Breakers(reply) => Ok(reply.breakers),
+            other => unexpected(other),
+        }
+    }
+}
+
+// === impl Client (budgets, quotas, admin) ===
+
+impl Client {
+    /// # Errors
+    /// Connection failures or an error reply.
+    pub async fn budget(&mut self, agent: Option<String>) -> Result<BudgetReply, ClientError> {
+        match self.call(Request::Budget(BudgetRequest { agent })).await? {
+            Response::Budget(reply) => Ok(reply),
+            other => unexpected(other),
+        }
+    }
+
+    /// # Errors
+    /// Connection failures or an error reply.
+    pub async fn quotas(&mut self, quota: Option<String>) -> Result<Vec<QuotaInfo>, ClientError> {
+        match self.call(Request::Quotas(QuotasRequest { quota })).await? {
+            Response::Quotas(reply) => Ok(reply.quotas),
+            other => unexpected(other),
+        }
+    }
+
+    /// An admin operation (the daemon refuses it unless the peer is an admin).
+    ///
+    /// # Errors
+    /// Connection failures or an error reply.
+    pub async fn admin(&mut self, request: AdminRequest) -> Result<AdminReply, ClientError> {
+        match self.call(Request::Admin(request)).await? {
+            Response::Admin(reply) => Ok(reply),
             other => unexpected(other),
         }
     }

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 pub trait Clock: Send + Sync + 'static {
     /// Time elapsed since the clock's epoch. Never goes backwards.
     fn now(&self) -> Duration;
+
+    /// Wall time, seconds since the Unix epoch (UTC): for calendar periods and the
+    /// ledger's timestamps, never for measuring intervals.
+    fn unix(&self) -> u64;
 }
 
 /// The process's monotonic clock (`CLOCK_MONOTONIC` via `std::time::Instant`).
@@ -21,10 +25,12 @@ pub struct SystemClock {
     epoch: Instant,
 }
 
-/// A clock that moves only when told to; for tests.
-#[derive(Debug, Clone, Default)]
+/// A clock that moves only when told to; for tests. Its wall time starts at
+/// `unix_start` (default 2026-11-23 00:00 UTC, a Monday) and moves with `advance`.
+#[derive(Debug, Clone)]
 pub struct ManualClock {
     nanos: Arc<AtomicU64>,
+    unix_start: u64,
 }
 
 /// A cheaply clonable handle on whichever clock the daemon runs on. It also
@@ -52,13 +58,33 @@ impl Clock for SystemClock {
     fn now(&self) -> Duration {
         self.epoch.elapsed()
     }
+
+    fn unix(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
 }
 
 // === impl ManualClock ===
 
+impl Default for ManualClock {
+    fn default() -> Self {
+        ManualClock::starting_at(1_795_392_000)
+    }
+}
+
 impl ManualClock {
     pub fn new() -> ManualClock {
         ManualClock::default()
+    }
+
+    /// A clock whose wall time starts at `unix_start` seconds.
+    pub fn starting_at(unix_start: u64) -> ManualClock {
+        ManualClock {
+            nanos: Arc::new(AtomicU64::new(0)),
+            unix_start,
+        }
     }
 
     /// Moves time forward by `by`.
@@ -71,6 +97,10 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Duration {
         Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
+    }
+
+    fn unix(&self) -> u64 {
+        self.unix_start + self.now().as_secs()
     }
 }
 
@@ -87,6 +117,10 @@ impl SharedClock {
 
     pub fn now(&self) -> Duration {
         self.0.now()
+    }
+
+    pub fn unix(&self) -> u64 {
+        self.0.unix()
     }
 }
 

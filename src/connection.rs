@@ -76,14 +76,22 @@ impl Connection {
         }
     }
 
-    /// Queues a frame and flushes unless another complete request is already
-    /// buffered, so pipelined requests are answered with one write.
+    /// Queues a frame without flushing (the codec flushes by itself when its
+    /// buffer grows past its backpressure boundary).
     ///
     /// # Errors
-    /// Socket write errors, or a reply too large to encode (a bug).
-    pub async fn write_frame(&mut self, frame: &ServerFrame) -> io::Result<()> {
+    /// Socket write errors; `InvalidInput` when the frame is too large to send.
+    pub async fn feed_frame(&mut self, frame: &ServerFrame) -> io::Result<()> {
         let body = encode(frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        self.framed.feed(bytes::Bytes::from(body)).await?;
+        self.framed.feed(bytes::Bytes::from(body)).await
+    }
+
+    /// Flushes queued frames unless another complete request is already buffered
+    /// (its reply will follow, and one write can carry both).
+    ///
+    /// # Errors
+    /// Socket write errors.
+    pub async fn flush_unless_busy(&mut self) -> io::Result<()> {
         if !self.has_buffered_frame() {
             SinkExt::<bytes::Bytes>::flush(&mut self.framed).await?;
         }

@@ -40,3 +40,31 @@ fn user_socket() -> PathBuf {
         )),
     }
 }
+
+/// The ledger's directory under systemd (`StateDirectory=automation-framework`).
+pub const SYSTEM_STATE_DIR: &str = "/var/lib/automation-framework";
+
+/// Where the ledger lives when neither `--state-dir` nor the config says:
+/// systemd's `$STATE_DIRECTORY`, the system path for root, else the user's
+/// `$XDG_STATE_HOME/automation-framework` (`~/.local/state/automation-framework`).
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+        // systemd may pass several, separated by ':'; ours is the first.
+        let dir = PathBuf::from(dir);
+        let first = dir.to_string_lossy().split(':').next().map(PathBuf::from);
+        return first.unwrap_or(dir);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from(SYSTEM_STATE_DIR);
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("automation-framework");
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/state/automation-framework"),
+        None => PathBuf::from(format!(
+            "/tmp/automation-framework-{}/state",
+            nix::unistd::geteuid()
+        )),
+    }
+}

@@ -8,8 +8,13 @@
 //! sends garbage, an oversized length or half a frame gets an error frame where one
 //! can still be sent, is disconnected, and nothing it did reaches another client.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::FutureExt;
 
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -21,7 +26,7 @@ use crate::connection::{Connection, ReadError};
 use crate::names::check_name;
 use crate::protocol::{
     ClientFrame, DecodeError, ErrorCode, ErrorReply, PeerIdentity, ReplyEnvelope, Response,
-    ServerFrame, Welcome, PROTOCOL_VERSION,
+    ServerFrame, Welcome, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 use crate::state::{Session, State};
 
@@ -114,80 +119,140 @@ async fn serve(
         session.id, session.peer.uid, session.peer.pid, session.agent
     );
     let idle = state.config().daemon.idle_timeout;
+    // Replies in the order their requests arrived; those waiting for the ledger
+    // wait concurrently. Bounded, so a client that pipelines without reading gets
+    // backpressure instead of unbounded buffering.
+    let mut in_flight: FuturesOrdered<PendingFrame> = FuturesOrdered::new();
+    let mut draining = false;
+    let mut eof = false;
     loop {
-        let read = tokio::select! {
+        if eof && in_flight.is_empty() {
+            return;
+        }
+        if draining && in_flight.is_empty() {
+            close(
+                &mut conn,
+                &session,
+                ErrorCode::ShuttingDown,
+                "the daemon is shutting down; reconnect to its successor".into(),
+            )
+            .await;
+            return;
+        }
+        tokio::select! {
             biased;
-            _ = shutdown.cancelled() => {
-                close(&mut conn, &session, ErrorCode::ShuttingDown, "the daemon is shutting down; reconnect to its successor".into()).await;
-                return;
-            }
-            read = tokio::time::timeout(idle, conn.read_frame()) => read,
-        };
-        let frame = match read {
-            Err(_elapsed) => {
-                close(
-                    &mut conn,
-                    &session,
-                    ErrorCode::Timeout,
-                    format!("no request for {idle:?} (daemon.idle_timeout); reconnect when needed"),
-                )
-                .await;
-                return;
-            }
-            Ok(Ok(Some(frame))) => frame,
-            Ok(Ok(None)) => return,
-            Ok(Err(ReadError::Decode(DecodeError::UnknownRequest { id, kind }))) => {
-                if conn.write_frame(&unknown_request(id, kind)).await.is_err() {
-                    return;
+            _ = shutdown.cancelled(), if !draining => draining = true,
+            Some(frame) = in_flight.next(), if !in_flight.is_empty() => {
+                // Write every reply that is ready now, then flush once. A client
+                // that stops reading gets backpressure, then, after the idle
+                // timeout, disconnected: it must not hold its slot forever.
+                let write_ready = async {
+                    let mut next = Some(frame);
+                    while let Some(frame) = next.take() {
+                        conn.feed_frame(&frame).await?;
+                        if let Some(Some(ready)) = in_flight.next().now_or_never() {
+                            next = Some(ready);
+                        }
+                    }
+                    conn.flush_unless_busy().await
+                };
+                match tokio::time::timeout(idle, write_ready).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) if err.kind() == std::io::ErrorKind::InvalidInput => {
+                        close(&mut conn, &session, ErrorCode::InvalidArgument, format!("the reply would exceed the maximum frame length of {MAX_FRAME_LEN} bytes ({err}); send smaller batches")).await;
+                        return;
+                    }
+                    Ok(Err(err)) => {
+                        log::debug!(session = session.id; "session {}: write failed: {err}", session.id);
+                        return;
+                    }
+                    Err(_) => {
+                        log::info!(
+                            session = session.id, agent = session.agent.as_str(), peer_uid = session.peer.uid, peer_pid = session.peer.pid;
+                            "closing session {} (agent {:?}): it has not read its replies for {idle:?}", session.id, session.agent
+                        );
+                        return;
+                    }
                 }
-                continue;
             }
-            Ok(Err(err)) => {
-                read_failed(&mut conn, &session, err).await;
-                return;
-            }
-        };
-        let reply = match frame {
-            ClientFrame::Request(envelope) => ServerFrame::Reply(ReplyEnvelope {
-                id: envelope.id,
-                response: cmd::dispatch(&state, &session, envelope.request),
-            }),
-            ClientFrame::Batch(envelopes) => ServerFrame::Batch(
-                envelopes
-                    .into_iter()
-                    .map(|envelope| ReplyEnvelope {
-                        id: envelope.id,
-                        response: cmd::dispatch(&state, &session, envelope.request),
-                    })
-                    .collect(),
-            ),
-            ClientFrame::Hello(_) => {
-                close(
-                    &mut conn,
-                    &session,
-                    ErrorCode::HandshakeRequired,
-                    "a second Hello on one connection; the handshake happens once".into(),
-                )
-                .await;
-                return;
-            }
-        };
-        // A client that stops reading gets backpressure, then, after the idle
-        // timeout, disconnected: it must not hold its slot and reservations forever.
-        match tokio::time::timeout(idle, conn.write_frame(&reply)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                log::debug!(session = session.id; "session {}: write failed: {err}", session.id);
-                return;
-            }
-            Err(_) => {
-                log::info!(
-                    session = session.id, agent = session.agent.as_str(), peer_uid = session.peer.uid, peer_pid = session.peer.pid;
-                    "closing session {} (agent {:?}): it has not read its replies for {idle:?}", session.id, session.agent
-                );
-                return;
+            read = tokio::time::timeout(idle, conn.read_frame()), if !draining && !eof && in_flight.len() < MAX_IN_FLIGHT => {
+                let frame = match read {
+                    Err(_elapsed) => {
+                        if !in_flight.is_empty() {
+                            continue;
+                        }
+                        close(&mut conn, &session, ErrorCode::Timeout, format!("no request for {idle:?} (daemon.idle_timeout); reconnect when needed")).await;
+                        return;
+                    }
+                    Ok(Ok(Some(frame))) => frame,
+                    Ok(Ok(None)) => {
+                        // The client is done sending; answer what it already sent.
+                        eof = true;
+                        continue;
+                    }
+                    Ok(Err(ReadError::Decode(DecodeError::UnknownRequest { id, kind }))) => {
+                        in_flight.push_back(Box::pin(std::future::ready(unknown_request(id, kind))));
+                        continue;
+                    }
+                    Ok(Err(ReadError::Decode(DecodeError::VersionMismatch { .. }))) => {
+                        // Only a Hello carries a version; after the handshake this is garbage.
+                        close(&mut conn, &session, ErrorCode::Malformed, "malformed message: a handshake frame after the handshake".into()).await;
+                        return;
+                    }
+                    Ok(Err(err)) => {
+                        read_failed(&mut conn, &session, err).await;
+                        return;
+                    }
+                };
+                match answer(&state, &session, frame) {
+                    Some(pending) => in_flight.push_back(pending),
+                    None => {
+                        close(&mut conn, &session, ErrorCode::HandshakeRequired, "a second Hello on one connection; the handshake happens once".into()).await;
+                        return;
+                    }
+                }
             }
         }
+    }
+}
+
+/// Most requests (or batches) of one connection being answered at once.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// A reply frame, possibly still waiting for the ledger.
+type PendingFrame = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
+
+/// Decides the requests of a frame now and returns the wait for its reply frame;
+/// `None` for a second `Hello`.
+fn answer(state: &State, session: &Session, frame: ClientFrame) -> Option<PendingFrame> {
+    match frame {
+        ClientFrame::Request(envelope) => {
+            let reply = cmd::dispatch(state, session, envelope.request);
+            let id = envelope.id;
+            Some(Box::pin(async move {
+                ServerFrame::Reply(ReplyEnvelope {
+                    id,
+                    response: reply.into_response().await,
+                })
+            }))
+        }
+        ClientFrame::Batch(envelopes) => {
+            let replies: Vec<(u64, cmd::Reply)> = envelopes
+                .into_iter()
+                .map(|envelope| (envelope.id, cmd::dispatch(state, session, envelope.request)))
+                .collect();
+            Some(Box::pin(async move {
+                let mut out = Vec::with_capacity(replies.len());
+                for (id, reply) in replies {
+                    out.push(ReplyEnvelope {
+                        id,
+                        response: reply.into_response().await,
+                    });
+                }
+                ServerFrame::Batch(out)
+            }))
+        }
+        ClientFrame::Hello(_) => None,
     }
 }
 
@@ -222,7 +287,11 @@ async fn handshake(conn: &mut Connection, state: &State) -> Option<Session> {
                         pid: peer.pid,
                     },
                 });
-                return conn.write_frame(&welcome).await.ok().map(|()| session);
+                let sent = async {
+                    conn.feed_frame(&welcome).await?;
+                    conn.flush_unless_busy().await
+                };
+                return sent.await.ok().map(|()| session);
             }
         }
         Ok(Ok(Some(_))) => Some((

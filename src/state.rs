@@ -11,13 +11,17 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::Admission;
+use crate::admission::{Admission, Moment};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::connection::Peer;
+use crate::store::{Snapshot, Store};
 
-/// How often full rate-limit buckets are forgotten.
+/// How often full rate-limit buckets and past quota windows are forgotten.
 const PURGE_EVERY: Duration = Duration::from_secs(30);
+
+/// How often orphaned reservations are checked for settlement.
+const SETTLE_EVERY: Duration = Duration::from_secs(1);
 
 /// The handle every connection task holds.
 #[derive(Clone)]
@@ -29,6 +33,7 @@ struct Shared {
     config: Arc<Config>,
     clock: SharedClock,
     admission: Admission,
+    store: Store,
     started: Duration,
     next_session: AtomicU64,
     sessions: Mutex<HashMap<u64, SessionInfo>>,
@@ -50,13 +55,19 @@ pub struct Session {
 // === impl State ===
 
 impl State {
-    /// Builds the state for a validated config.
+    /// Builds the state for a validated config, on an opened ledger and what it
+    /// held at startup.
     ///
     /// # Errors
     /// When the guards cannot be built from the config.
-    pub fn new(config: Config, clock: SharedClock) -> anyhow::Result<State> {
+    pub fn new(
+        config: Config,
+        clock: SharedClock,
+        store: Store,
+        snapshot: &Snapshot,
+    ) -> anyhow::Result<State> {
         let config = Arc::new(config);
-        let admission = Admission::new(Arc::clone(&config), &clock)
+        let admission = Admission::new(Arc::clone(&config), &clock, snapshot)
             .map_err(|e| anyhow::anyhow!("building the guards: {e}"))?;
         let started = clock.now();
         Ok(State {
@@ -64,6 +75,7 @@ impl State {
                 config,
                 clock,
                 admission,
+                store,
                 started,
                 next_session: AtomicU64::new(1),
                 sessions: Mutex::new(HashMap::new()),
@@ -80,8 +92,20 @@ impl State {
         self.shared.clock.now()
     }
 
+    /// The guards' moment (monotonic and wall time); read once per request.
+    pub fn moment(&self) -> Moment {
+        Moment {
+            mono: self.shared.clock.now(),
+            unix: self.shared.clock.unix(),
+        }
+    }
+
     pub fn admission(&self) -> &Admission {
         &self.shared.admission
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
     }
 
     pub fn uptime(&self) -> Duration {
@@ -121,15 +145,28 @@ impl State {
         (sessions.len() as u32, agents.len() as u32)
     }
 
-    /// Periodic housekeeping until `shutdown` fires.
+    /// Periodic housekeeping until `shutdown` fires: forgetting idle keyed state,
+    /// and settling orphaned reservations whose timeout passed.
     pub async fn maintain(self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(PURGE_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut purge = tokio::time::interval(PURGE_EVERY);
+        purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut settle = tokio::time::interval(SETTLE_EVERY);
+        settle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => self.admission().purge(),
+                _ = purge.tick() => self.admission().purge(self.moment()),
+                _ = settle.tick() => self.settle_orphans().await,
             }
+        }
+    }
+
+    /// Settles every due orphan by policy, durably; one that fails to write stays
+    /// open and is tried again at the next tick.
+    pub async fn settle_orphans(&self) {
+        for (id, entries) in self.admission().due_orphans(self.moment()) {
+            let written = self.store().write(entries.clone()).await.is_ok();
+            self.admission().finish_orphan(id, &entries, written);
         }
     }
 
@@ -146,11 +183,14 @@ impl State {
 impl Drop for Session {
     fn drop(&mut self) {
         self.state.sessions().remove(&self.id);
-        let released = self.state.admission().release_session(self.id);
-        if released > 0 {
+        let (released, orphaned) = self
+            .state
+            .admission()
+            .end_session(self.id, self.state.moment());
+        if released + orphaned > 0 {
             log::info!(
-                session = self.id, agent = self.agent.as_str(), released = released;
-                "session {} of agent {:?} ended with {released} unreported reservation(s); released without counting",
+                session = self.id, agent = self.agent.as_str(), released = released, orphaned = orphaned;
+                "session {} of agent {:?} ended with unreported reservations: {released} released without counting, {orphaned} holding money kept as orphans until budget.orphan_timeout",
                 self.id, self.agent
             );
         }

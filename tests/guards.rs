@@ -19,6 +19,7 @@ async fn admit_units(client: &mut Client, service: &str, units: u32) -> AdmitRep
             agent: None,
             service: service.into(),
             units,
+            ..Default::default()
         })
         .await
         .expect("admit answered")
@@ -32,6 +33,7 @@ async fn report(client: &mut Client, reservation: u64, outcome: Outcome) -> Brea
             outcome,
             units: None,
             latency_ms: None,
+            ..Default::default()
         })
         .await
         .expect("report answered")
@@ -155,6 +157,7 @@ async fn weighted_limits_count_units_and_refuse_the_impossible() {
             outcome: Outcome::Success,
             units: Some(20),
             latency_ms: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -238,6 +241,7 @@ async fn a_failed_trial_reopens_the_breaker() {
                 outcome: Outcome::Failure,
                 units: None,
                 latency_ms: None,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -271,6 +275,7 @@ async fn a_trial_slot_comes_back_when_its_connection_drops() {
                 outcome: Outcome::Failure,
                 units: None,
                 latency_ms: None,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -327,6 +332,7 @@ async fn a_report_repeated_after_reconnecting_changes_nothing() {
             outcome: Outcome::Failure,
             units: None,
             latency_ms: None,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -18,7 +18,8 @@ async fn sigterm_closes_sessions_with_a_reason_and_exits_0() {
             .admit(AdmitRequest {
                 agent: None,
                 service: "svc".into(),
-                units: 1
+                units: 1,
+                ..Default::default()
             })
             .await
             .unwrap()

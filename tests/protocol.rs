@@ -13,6 +13,7 @@ fn admit(service: &str) -> Request {
         agent: None,
         service: service.into(),
         units: 1,
+        ..Default::default()
     })
 }
 
@@ -84,6 +85,7 @@ async fn a_batch_is_answered_in_one_frame_in_order() {
                 outcome: Outcome::Success,
                 units: None,
                 latency_ms: None,
+                ..Default::default()
             }),
             Request::Status,
         ])
@@ -187,16 +189,19 @@ async fn invalid_arguments_are_typed_errors_that_change_nothing() {
             agent: None,
             service: "openai".into(),
             units: 0,
+            ..Default::default()
         }),
         Request::Admit(AdmitRequest {
             agent: None,
             service: String::new(),
             units: 1,
+            ..Default::default()
         }),
         Request::Admit(AdmitRequest {
             agent: Some("bad\nagent".into()),
             service: "openai".into(),
             units: 1,
+            ..Default::default()
         }),
         Request::Report(ReportRequest {
             reservation: None,
@@ -204,6 +209,7 @@ async fn invalid_arguments_are_typed_errors_that_change_nothing() {
             outcome: Outcome::Failure,
             units: None,
             latency_ms: None,
+            ..Default::default()
         }),
     ];
     for request in bad {
@@ -220,6 +226,7 @@ async fn invalid_arguments_are_typed_errors_that_change_nothing() {
             agent: None,
             service: "openai".into(),
             units: 1,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -235,7 +242,8 @@ async fn unknown_services_are_refused_when_the_config_says_so() {
             .admit(AdmitRequest {
                 agent: None,
                 service: "openai".into(),
-                units: 1
+                units: 1,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -1,66 +1,196 @@
-//! Admission semantics on a manual clock: all-or-nothing, connection-scoped release,
-//! idempotent reports, shadow mode.
+//! Admission semantics on a manual clock and a real ledger in a temp dir:
+//! all-or-nothing, connection-scoped release, budgets with reservations, prices,
+//! reset periods, orphans, restarts, quotas, admin operations, failing disks.
 
 use super::*;
 use crate::clock::{Clock, ManualClock};
+use crate::store::Store;
 
 const S: Duration = Duration::from_secs(1);
+const DAY: Duration = Duration::from_secs(86_400);
 
 struct Fixture {
     admission: Admission,
     clock: ManualClock,
+    store: Store,
+    config: Arc<Config>,
+    dir: tempfile::TempDir,
+}
+
+fn usd(dollars: f64) -> Usd {
+    Usd::from_dollars(dollars).unwrap()
 }
 
 fn fixture(toml: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new();
     let config = Arc::new(Config::from_toml(toml).expect("test config is valid"));
-    let admission = Admission::new(config, &SharedClock::new(clock.clone())).unwrap();
-    Fixture { admission, clock }
+    let (store, snapshot) = Store::open(dir.path()).unwrap();
+    let admission = Admission::new(
+        Arc::clone(&config),
+        &SharedClock::new(clock.clone()),
+        &snapshot,
+    )
+    .unwrap();
+    Fixture {
+        admission,
+        clock,
+        store,
+        config,
+        dir,
+    }
 }
 
-fn one() -> NonZeroU32 {
-    NonZeroU32::MIN
+fn plan(service: &str) -> Plan<'_> {
+    Plan {
+        service,
+        units: NonZeroU32::MIN,
+        input_units: 0,
+        output_units: 0,
+        cost: None,
+        model: None,
+    }
+}
+
+fn outcome(failure: bool) -> Outcome {
+    Outcome {
+        failure,
+        units: None,
+        input_units: None,
+        output_units: None,
+        cost: None,
+        latency: None,
+    }
 }
 
 impl Fixture {
-    fn admit(&self, session: u64, agent: &str, service: &str) -> Decision {
-        self.admission
-            .admit(
-                Caller { session, agent },
-                Plan {
-                    service,
-                    units: one(),
-                },
-                self.clock.now(),
-            )
+    fn now(&self) -> Moment {
+        Moment {
+            mono: self.clock.now(),
+            unix: self.clock.unix(),
+        }
+    }
+
+    /// Admits as `cmd::admit` does: decide, write, confirm (or abort).
+    async fn admit_plan(
+        &self,
+        session: u64,
+        agent: &str,
+        plan: Plan<'_>,
+    ) -> Result<Decision, String> {
+        let admitted = self
+            .admission
+            .admit(Caller { session, agent }, plan, self.now())
+            .map_err(|e| e.to_string())?;
+        if !admitted.entries.is_empty() {
+            let id = admitted.decision.reservation.unwrap();
+            match self.store.write(admitted.entries).await {
+                Ok(_) => self.admission.confirm(id),
+                Err(err) => {
+                    self.admission.abort(id);
+                    return Err(err.to_string());
+                }
+            }
+        }
+        Ok(admitted.decision)
+    }
+
+    async fn admit(&self, session: u64, agent: &str, service: &str) -> Decision {
+        self.admit_plan(session, agent, plan(service))
+            .await
             .expect("decided")
     }
 
-    fn report(&self, reservation: u64, failure: bool) -> Settlement {
-        self.admission
-            .report(
-                reservation,
-                Outcome {
-                    failure,
-                    units: None,
-                    latency: None,
-                },
-                self.clock.now(),
-            )
+    async fn admit_cost(&self, session: u64, agent: &str, service: &str, cost: f64) -> Decision {
+        let plan = Plan {
+            cost: Some(usd(cost)),
+            ..plan(service)
+        };
+        self.admit_plan(session, agent, plan)
+            .await
+            .expect("decided")
+    }
+
+    /// Reports as `cmd::report` does.
+    async fn finish(
+        &self,
+        reporting: Result<Reporting, AdmissionError>,
+    ) -> Result<Settlement, String> {
+        match reporting.map_err(|e| e.to_string())? {
+            Reporting::Settled(s) => Ok(s),
+            Reporting::Durable { entries, pending } => match self.store.write(entries).await {
+                Ok(out) => Ok(self
+                    .admission
+                    .finish_report(pending, Ok(out), self.now())
+                    .unwrap()),
+                Err(err) => {
+                    self.admission.finish_report(pending, Err(()), self.now());
+                    Err(err.to_string())
+                }
+            },
+            Reporting::Lookup { key, reservation } => match self.store.is_charged(&key).await {
+                Ok(true) => Ok(Settlement::duplicate()),
+                Ok(false) => Err(AdmissionError::UnknownReservation(reservation).to_string()),
+                Err(err) => Err(err.to_string()),
+            },
+        }
+    }
+
+    async fn report_with(&self, id: u64, outcome: Outcome) -> Result<Settlement, String> {
+        self.finish(self.admission.report(id, None, outcome, self.now()))
+            .await
+    }
+
+    async fn report(&self, id: u64, failure: bool) -> Settlement {
+        self.report_with(id, outcome(failure))
+            .await
             .expect("reported")
     }
 
     /// Five failures reported without admission open a default breaker.
-    fn open_breaker(&self, service: &str) {
+    async fn open_breaker(&self, service: &str) {
         for _ in 0..5 {
-            let failure = Outcome {
-                failure: true,
-                units: None,
-                latency: None,
-            };
-            self.admission
-                .report_unreserved(service, failure, self.clock.now())
-                .expect("reported");
+            self.finish(self.admission.report_unreserved(
+                "x",
+                service,
+                None,
+                outcome(true),
+                self.now(),
+            ))
+            .await
+            .unwrap();
+        }
+    }
+
+    fn budget(&self, name: &str) -> BudgetView {
+        self.admission
+            .budgets(None, self.now())
+            .into_iter()
+            .find(|b| b.name == name)
+            .unwrap_or_else(|| panic!("no budget {name}"))
+    }
+
+    /// Closes the ledger and builds a fresh engine from it, as a restart does.
+    fn restart(self) -> Fixture {
+        self.store.close();
+        let (store, snapshot) = Store::open(self.dir.path()).unwrap();
+        let admission = Admission::new(
+            Arc::clone(&self.config),
+            &SharedClock::new(self.clock.clone()),
+            &snapshot,
+        )
+        .unwrap();
+        Fixture {
+            admission,
+            store,
+            ..self
+        }
+    }
+
+    async fn settle_orphans(&self) {
+        for (id, entries) in self.admission.due_orphans(self.now()) {
+            let written = self.store.write(entries.clone()).await.is_ok();
+            self.admission.finish_orphan(id, &entries, written);
         }
     }
 }
@@ -77,12 +207,12 @@ rate = 1
 burst = 1
 "#;
 
-#[test]
-fn a_denial_by_a_later_rule_takes_nothing_from_earlier_ones() {
+#[tokio::test]
+async fn a_denial_by_a_later_rule_takes_nothing_from_earlier_ones() {
     let f = fixture(TWO_RULES);
-    assert!(f.admit(1, "a", "s").allowed);
+    assert!(f.admit(1, "a", "s").await.allowed);
     for _ in 0..50 {
-        let d = f.admit(1, "a", "s");
+        let d = f.admit(1, "a", "s").await;
         assert!(!d.allowed);
         assert_eq!(d.decisive_vote().unwrap().rule, "tight");
     }
@@ -90,7 +220,7 @@ fn a_denial_by_a_later_rule_takes_nothing_from_earlier_ones() {
     // these would pass.
     for n in 0..99 {
         f.clock.advance(S);
-        let d = f.admit(1, "a", "s");
+        let d = f.admit(1, "a", "s").await;
         assert!(
             d.allowed,
             "admission {n}: roomy must still have room: {:?}",
@@ -98,41 +228,49 @@ fn a_denial_by_a_later_rule_takes_nothing_from_earlier_ones() {
         );
     }
     f.clock.advance(S);
-    let d = f.admit(1, "a", "s");
+    let d = f.admit(1, "a", "s").await;
     assert_eq!(d.decisive_vote().unwrap().rule, "roomy");
 }
 
-#[test]
-fn a_rate_denial_gives_back_the_trial_slot() {
-    let f = fixture(
-        "[breaker]\nhalf_open_trials = 1\n[[rate_limits]]\nname = \"tight\"\nrate = 1\nburst = 1\nscope = \"agent\"\n",
-    );
-    f.open_breaker("s");
+#[tokio::test]
+async fn a_rate_denial_gives_back_the_trial_slot() {
+    let f = fixture("[breaker]\nhalf_open_trials = 1\n[[rate_limits]]\nname = \"tight\"\nrate = 1\nburst = 1\nscope = \"agent\"\n");
+    f.open_breaker("s").await;
     f.clock.advance(61 * S);
     // Agent "a" spends its only cell on another service, so its next admission for
     // "s" passes the breaker (taking the one trial slot) and then fails the rate.
-    assert!(f.admit(1, "a", "other").allowed);
-    let denied = f.admit(1, "a", "s");
+    assert!(f.admit(1, "a", "other").await.allowed);
+    let denied = f.admit(1, "a", "s").await;
     assert!(!denied.allowed);
     assert_eq!(
         denied.votes[0].reason,
         "circuit half-open: admitted as a trial call"
     );
     assert_eq!(denied.decisive_vote().unwrap().guard, Guard::Rate);
-    // The trial slot must be free for agent "b".
-    let trial = f.admit(2, "b", "s");
-    assert!(trial.allowed, "{:?}", trial.votes);
+    let trial = f.admit(2, "b", "s").await;
+    assert!(
+        trial.allowed,
+        "the trial slot must be free for agent b: {:?}",
+        trial.votes
+    );
 }
 
-#[test]
-fn a_dropped_session_frees_trial_slots_without_counting() {
+#[tokio::test]
+async fn a_dropped_session_frees_trial_slots_without_counting() {
     let f = fixture("[breaker]\nhalf_open_trials = 2\nsuccess_threshold = 1\n");
-    f.open_breaker("s");
+    f.open_breaker("s").await;
     f.clock.advance(61 * S);
-    assert!(f.admit(1, "a", "s").allowed);
-    assert!(f.admit(1, "a", "s").allowed);
-    assert!(!f.admit(2, "b", "s").allowed, "both trial slots are taken");
-    assert_eq!(f.admission.release_session(1), 2);
+    assert!(f.admit(1, "a", "s").await.allowed);
+    assert!(f.admit(1, "a", "s").await.allowed);
+    assert!(
+        !f.admit(2, "b", "s").await.allowed,
+        "both trial slots are taken"
+    );
+    assert_eq!(
+        f.admission.end_session(1, f.now()),
+        (0, 2),
+        "money-holding reservations become orphans"
+    );
     let snapshot = &f.admission.breakers(Some("s"), f.clock.now())[0].1;
     assert_eq!(
         snapshot.phase,
@@ -140,175 +278,578 @@ fn a_dropped_session_frees_trial_slots_without_counting() {
         "a vanished trial is not a success"
     );
     assert_eq!(snapshot.trials_in_flight, 0);
-    assert!(f.admit(2, "b", "s").allowed);
-    assert_eq!(f.admission.open_reservations(), 1);
+    assert!(f.admit(2, "b", "s").await.allowed);
 }
 
-#[test]
-fn a_repeated_report_is_acknowledged_once() {
+#[tokio::test]
+async fn a_repeated_report_is_acknowledged_once() {
     let f = fixture("");
-    let d = f.admit(1, "a", "s");
-    let id = d.reservation.unwrap();
-    assert!(!f.report(id, true).duplicate);
+    let id = f.admit(1, "a", "s").await.reservation.unwrap();
+    assert!(!f.report(id, true).await.duplicate);
     for _ in 0..10 {
-        assert!(f.report(id, true).duplicate);
+        assert!(f.report(id, true).await.duplicate);
     }
     let snapshot = &f.admission.breakers(Some("s"), f.clock.now())[0].1;
     assert_eq!(snapshot.consecutive_failures, 1, "counted once");
-    assert_eq!(
-        f.admission.report(
-            12345,
-            Outcome {
-                failure: false,
-                units: None,
-                latency: None
-            },
-            f.clock.now()
-        ),
-        Err(AdmissionError::UnknownReservation(12345))
-    );
+    let err = f.report_with(12345, outcome(false)).await.unwrap_err();
+    assert!(err.contains("reservation 12345 was never issued"), "{err}");
 }
 
-#[test]
-fn a_report_after_the_session_dropped_counts_nowhere() {
-    let f = fixture("");
-    let id = f.admit(1, "a", "s").reservation.unwrap();
-    f.admission.release_session(1);
-    assert!(f.report(id, true).duplicate);
+#[tokio::test]
+async fn without_budgets_a_dropped_sessions_reservation_is_released() {
+    let f = fixture("[budget]\nenabled = false\n");
+    let id = f.admit(1, "a", "s").await.reservation.unwrap();
+    assert_eq!(f.admission.end_session(1, f.now()), (1, 0));
+    let err = f.report_with(id, outcome(true)).await.unwrap_err();
+    assert!(err.contains("released when its connection closed"), "{err}");
 }
 
-#[test]
-fn an_open_breaker_denies_every_agent_with_the_time_left() {
+#[tokio::test]
+async fn an_open_breaker_denies_every_agent_with_the_time_left() {
     let f = fixture("");
-    f.open_breaker("s");
+    f.open_breaker("s").await;
     f.clock.advance(10 * S);
     for agent in ["a", "b", "c"] {
-        let d = f.admit(7, agent, "s");
+        let d = f.admit(7, agent, "s").await;
         assert!(!d.allowed);
         let vote = d.decisive_vote().unwrap();
         assert_eq!(vote.guard, Guard::Breaker);
         assert_eq!(vote.retry_after, Some(50 * S));
     }
     assert!(
-        f.admit(7, "a", "other").allowed,
+        f.admit(7, "a", "other").await.allowed,
         "other services are unaffected"
     );
 }
 
-#[test]
-fn shadow_mode_records_but_never_denies() {
-    let f = fixture(
-        "[daemon]\nmode = \"shadow\"\n[[rate_limits]]\nname = \"tight\"\nrate = 1\nburst = 1\n",
-    );
-    f.open_breaker("s");
-    assert!(f.admit(1, "a", "s").allowed);
-    let d = f.admit(1, "a", "s");
+#[tokio::test]
+async fn shadow_mode_records_but_never_denies() {
+    let f = fixture("[daemon]\nmode = \"shadow\"\n[budget]\nlimit = 1.0\n[[rate_limits]]\nname = \"tight\"\nrate = 1\nburst = 1\n");
+    f.open_breaker("s").await;
+    assert!(f.admit_cost(1, "a", "s", 0.5).await.allowed);
+    let d = f.admit_cost(1, "a", "s", 0.9).await;
     assert!(d.allowed);
-    assert!(d
-        .votes
-        .iter()
-        .any(|v| !v.allow && v.shadow && v.guard == Guard::Breaker));
-    assert!(d
-        .votes
-        .iter()
-        .any(|v| !v.allow && v.shadow && v.guard == Guard::Rate));
+    for guard in [Guard::Breaker, Guard::Rate, Guard::Budget] {
+        assert!(
+            d.votes
+                .iter()
+                .any(|v| !v.allow && v.shadow && v.guard == guard),
+            "{guard:?}: {:?}",
+            d.votes
+        );
+    }
 }
 
-#[test]
-fn a_shadow_rule_votes_no_but_does_not_deny() {
-    let f = fixture("[[rate_limits]]\nname = \"tight\"\nrate = 1\nburst = 1\nshadow = true\n");
-    assert!(f.admit(1, "a", "s").allowed);
-    let d = f.admit(1, "a", "s");
-    assert!(d.allowed);
-    assert!(!d.votes[1].allow && d.votes[1].shadow);
-}
-
-#[test]
-fn unknown_services_and_caps() {
+#[tokio::test]
+async fn unknown_services_and_caps() {
     let f = fixture("[daemon]\nallow_unknown_services = false\nmax_reservations_per_connection = 2\n[services.s]\n");
-    let err = f
-        .admission
-        .admit(
-            Caller {
-                session: 1,
-                agent: "a",
-            },
-            Plan {
-                service: "t",
-                units: one(),
-            },
-            f.clock.now(),
-        )
-        .unwrap_err();
-    assert_eq!(err, AdmissionError::UnknownService("t".into()));
-    f.admit(1, "a", "s");
-    f.admit(1, "a", "s");
-    let err = f
-        .admission
-        .admit(
-            Caller {
-                session: 1,
-                agent: "a",
-            },
-            Plan {
-                service: "s",
-                units: one(),
-            },
-            f.clock.now(),
-        )
-        .unwrap_err();
-    assert_eq!(err, AdmissionError::TooManyReservations(2));
-
-    let f = fixture("[daemon]\nmax_services = 1\n");
-    f.admit(1, "a", "s");
-    let err = f
-        .admission
-        .admit(
-            Caller {
-                session: 1,
-                agent: "a",
-            },
-            Plan {
-                service: "t",
-                units: one(),
-            },
-            f.clock.now(),
-        )
-        .unwrap_err();
-    assert_eq!(err, AdmissionError::TooManyServices(1));
+    let err = f.admit_plan(1, "a", plan("t")).await.unwrap_err();
+    assert!(err.starts_with("unknown service \"t\""), "{err}");
+    f.admit(1, "a", "s").await;
+    f.admit(1, "a", "s").await;
+    let err = f.admit_plan(1, "a", plan("s")).await.unwrap_err();
+    assert!(err.contains("already holds 2 open reservations"), "{err}");
 }
 
-#[test]
-fn reported_units_settle_weighted_limits() {
+#[tokio::test]
+async fn reported_units_settle_weighted_limits() {
     let f = fixture("[[rate_limits]]\nname = \"tokens\"\nweight = \"units\"\nrate = 1000\nper = \"60s\"\nburst = 1000\n");
-    let admit = |units| {
-        f.admission
-            .admit(
-                Caller {
-                    session: 1,
-                    agent: "a",
-                },
-                Plan {
-                    service: "s",
-                    units: NonZeroU32::new(units).unwrap(),
-                },
-                f.clock.now(),
-            )
-            .unwrap()
+    let tokens = |n| Plan {
+        units: NonZeroU32::new(n).unwrap(),
+        ..plan("s")
     };
-    let d = admit(1000);
+    let d = f.admit_plan(1, "a", tokens(1000)).await.unwrap();
     assert!(d.allowed);
-    assert!(!admit(1).allowed);
-    f.admission
-        .report(
-            d.reservation.unwrap(),
-            Outcome {
-                failure: false,
-                units: Some(300),
-                latency: None,
+    assert!(!f.admit_plan(1, "a", tokens(1)).await.unwrap().allowed);
+    let used = Outcome {
+        units: Some(300),
+        ..outcome(false)
+    };
+    f.report_with(d.reservation.unwrap(), used).await.unwrap();
+    assert!(
+        f.admit_plan(1, "a", tokens(700)).await.unwrap().allowed,
+        "700 unused tokens came back"
+    );
+}
+
+// --- budgets ---------------------------------------------------------------
+
+#[tokio::test]
+async fn concurrent_reservations_never_pass_the_limit() {
+    let f = fixture("[budget]\nlimit = 10.0\n");
+    let mut allowed = 0;
+    for session in 0..100 {
+        if f.admit_cost(session, "a", "s", 1.0).await.allowed {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 10);
+    let global = f.budget("global");
+    assert_eq!(
+        (global.spent, global.reserved, global.remaining),
+        (Usd::ZERO, usd(10.0), Usd::ZERO)
+    );
+    let d = f.admit_cost(200, "a", "s", 1.0).await;
+    let vote = d.decisive_vote().unwrap();
+    assert_eq!((vote.guard, vote.rule.as_str()), (Guard::Budget, "global"));
+    assert!(
+        vote.reason.contains("estimated at $1.00"),
+        "{}",
+        vote.reason
+    );
+}
+
+#[tokio::test]
+async fn report_commits_the_actual_cost_and_releases_the_rest() {
+    let f = fixture("[budget]\nlimit = 10.0\n");
+    let id = f.admit_cost(1, "a", "s", 4.0).await.reservation.unwrap();
+    assert_eq!(f.budget("global").reserved, usd(4.0));
+    let actual = Outcome {
+        cost: Some(usd(1.25)),
+        ..outcome(false)
+    };
+    let settled = f.report_with(id, actual).await.unwrap();
+    assert_eq!(settled.charged, Some(usd(1.25)));
+    let global = f.budget("global");
+    assert_eq!((global.spent, global.reserved), (usd(1.25), Usd::ZERO));
+}
+
+#[tokio::test]
+async fn an_overrun_is_recorded_and_blocks_further_admissions() {
+    let f = fixture("[budget]\nlimit = 10.0\n");
+    let id = f.admit_cost(1, "a", "s", 1.0).await.reservation.unwrap();
+    let actual = Outcome {
+        cost: Some(usd(12.0)),
+        ..outcome(false)
+    };
+    f.report_with(id, actual).await.unwrap();
+    assert_eq!(f.budget("global").spent, usd(12.0), "spend is a fact");
+    let d = f.admit_cost(1, "a", "s", 0.0).await;
+    assert!(!d.allowed);
+    assert!(d
+        .decisive_vote()
+        .unwrap()
+        .reason
+        .contains("is spent: $12.00 of $10.00"));
+}
+
+#[tokio::test]
+async fn sub_budgets_per_agent_and_per_service() {
+    let f = fixture("[budget]\nlimit = 100.0\n[budget.agents.planner]\nlimit = 2.0\n[budget.services.search]\nlimit = 3.0\n");
+    assert!(f.admit_cost(1, "planner", "llm", 1.0).await.allowed);
+    assert!(f.admit_cost(1, "planner", "llm", 1.0).await.allowed);
+    let d = f.admit_cost(1, "planner", "llm", 1.0).await;
+    assert_eq!(d.decisive_vote().unwrap().rule, "agent:planner");
+    assert!(
+        f.admit_cost(1, "coder", "llm", 5.0).await.allowed,
+        "other agents only meet the global budget"
+    );
+    for _ in 0..3 {
+        assert!(f.admit_cost(2, "coder", "search", 1.0).await.allowed);
+    }
+    let d = f.admit_cost(2, "coder", "search", 1.0).await;
+    assert_eq!(d.decisive_vote().unwrap().rule, "service:search");
+    let views = f.admission.budgets(Some("planner"), f.now());
+    let names: Vec<_> = views.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["global", "agent:planner"]);
+    assert_eq!(f.budget("global").reserved, usd(10.0));
+}
+
+#[tokio::test]
+async fn prices_per_request_unit_and_model() {
+    let f = fixture(
+        r#"
+[prices.llm]
+per_request = 0.01
+per_input_unit = 0.000002
+per_output_unit = 0.00001
+[prices."llm/big"]
+per_request = 0.05
+[prices.search]
+per_unit = 0.001
+"#,
+    );
+    let estimate = Plan {
+        input_units: 1000,
+        output_units: 500,
+        ..plan("llm")
+    };
+    let d = f.admit_plan(1, "a", estimate).await.unwrap();
+    assert_eq!(d.estimate, usd(0.01 + 0.002 + 0.005));
+    let used = Outcome {
+        input_units: Some(1000),
+        output_units: Some(100),
+        ..outcome(false)
+    };
+    let settled = f.report_with(d.reservation.unwrap(), used).await.unwrap();
+    assert_eq!(
+        settled.charged,
+        Some(usd(0.01 + 0.002 + 0.001)),
+        "actual from reported units"
+    );
+
+    let big = Plan {
+        model: Some("big"),
+        ..plan("llm")
+    };
+    assert_eq!(
+        f.admit_plan(1, "a", big).await.unwrap().estimate,
+        usd(0.05),
+        "the model's entry wins"
+    );
+    let search = Plan {
+        units: NonZeroU32::new(7).unwrap(),
+        ..plan("search")
+    };
+    assert_eq!(
+        f.admit_plan(1, "a", search).await.unwrap().estimate,
+        usd(0.007)
+    );
+    assert_eq!(
+        f.admit_plan(1, "a", plan("unpriced"))
+            .await
+            .unwrap()
+            .estimate,
+        Usd::ZERO
+    );
+    // No units reported and no cost: the estimate is charged.
+    let d = f.admit_plan(1, "a", plan("llm")).await.unwrap();
+    let settled = f.report(d.reservation.unwrap(), false).await;
+    assert_eq!(settled.charged, Some(usd(0.01)));
+}
+
+/// Budgets reset once per calendar period, also across restarts
+/// (BerriAI/litellm#7129, #22013, #10288).
+#[tokio::test]
+async fn a_daily_budget_resets_exactly_at_midnight_utc_even_across_a_restart() {
+    let f = fixture("[budget]\nlimit = 10.0\nreset = \"daily\"\n");
+    f.clock.advance(23 * 3600 * S);
+    let id = f.admit_cost(1, "a", "s", 10.0).await.reservation.unwrap();
+    f.report(id, false).await;
+    assert!(!f.admit_cost(1, "a", "s", 1.0).await.allowed);
+    assert_eq!(f.budget("global").resets_in, Some(3600));
+    let f = f.restart();
+    assert_eq!(
+        f.budget("global").spent,
+        usd(10.0),
+        "the same day after a restart"
+    );
+    assert!(!f.admit_cost(1, "a", "s", 1.0).await.allowed);
+    f.clock.advance(3599 * S);
+    assert!(!f.admit_cost(1, "a", "s", 1.0).await.allowed, "23:59:59");
+    f.clock.advance(S);
+    assert!(f.admit_cost(1, "a", "s", 1.0).await.allowed, "midnight");
+    assert_eq!(f.budget("global").spent, Usd::ZERO);
+    // Down across the next midnight: the new day starts from zero.
+    f.clock.advance(DAY);
+    let f = f.restart();
+    assert_eq!(f.budget("global").spent, Usd::ZERO);
+}
+
+#[tokio::test]
+async fn a_monthly_budget_and_a_duration_reset() {
+    let f = fixture("[budget]\nlimit = 1.0\nreset = \"monthly\"\n[budget.agents.a]\nlimit = 1.0\nreset = \"6h\"\n");
+    let id = f.admit_cost(1, "a", "s", 0.5).await.reservation.unwrap();
+    f.report(id, false).await;
+    assert_eq!(f.budget("agent:a").resets_in, Some(6 * 3600));
+    f.clock.advance(6 * 3600 * S);
+    assert_eq!(f.budget("agent:a").spent, Usd::ZERO, "6h period over");
+    assert_eq!(f.budget("global").spent, usd(0.5), "same month");
+    // 2026-11-23 → 2026-12-01 is 8 days.
+    f.clock.advance(8 * DAY);
+    assert_eq!(f.budget("global").spent, Usd::ZERO, "new month");
+}
+
+// --- orphans and restarts ----------------------------------------------------
+
+#[tokio::test]
+async fn an_orphan_is_reportable_until_its_timeout_then_charged_its_estimate() {
+    let f = fixture("[budget]\nlimit = 10.0\norphan_timeout = \"60s\"\n");
+    let kept = f.admit_cost(1, "a", "s", 2.0).await.reservation.unwrap();
+    let lost = f.admit_cost(1, "a", "s", 3.0).await.reservation.unwrap();
+    f.admission.end_session(1, f.now());
+    assert_eq!(f.budget("global").orphaned, 2);
+    // The agent reconnects and reports one of them.
+    let actual = Outcome {
+        cost: Some(usd(1.5)),
+        ..outcome(false)
+    };
+    f.report_with(kept, actual).await.unwrap();
+    f.clock.advance(59 * S);
+    f.settle_orphans().await;
+    assert_eq!(f.budget("global").reserved, usd(3.0), "not yet");
+    f.clock.advance(S);
+    f.settle_orphans().await;
+    let global = f.budget("global");
+    assert_eq!(
+        (global.spent, global.reserved, global.orphaned),
+        (usd(4.5), Usd::ZERO, 0)
+    );
+    assert!(
+        f.report_with(lost, outcome(false)).await.unwrap().duplicate,
+        "settled by policy already"
+    );
+}
+
+#[tokio::test]
+async fn the_release_policy_forgets_the_estimate() {
+    let f = fixture("[budget]\norphan_timeout = \"1s\"\norphan_policy = \"release\"\n");
+    f.admit_cost(1, "a", "s", 2.0).await;
+    f.admission.end_session(1, f.now());
+    f.clock.advance(S);
+    f.settle_orphans().await;
+    let global = f.budget("global");
+    assert_eq!((global.spent, global.reserved), (Usd::ZERO, Usd::ZERO));
+}
+
+#[tokio::test]
+async fn a_restart_recovers_open_reservations_as_orphans_that_can_still_be_reported() {
+    let f = fixture("[budget]\nlimit = 10.0\n");
+    let id = f.admit_cost(1, "a", "s", 2.0).await.reservation.unwrap();
+    let charged = f.admit_cost(1, "a", "s", 1.0).await.reservation.unwrap();
+    f.report(charged, false).await;
+    let f = f.restart();
+    let global = f.budget("global");
+    assert_eq!(
+        (global.spent, global.reserved, global.orphaned),
+        (usd(1.0), usd(2.0), 1)
+    );
+    assert!(
+        f.report(charged, false).await.duplicate,
+        "a report repeated after the restart counts once"
+    );
+    let settled = f.report(id, false).await;
+    assert_eq!(settled.charged, Some(usd(2.0)));
+    let next = f.admit_cost(1, "a", "s", 1.0).await.reservation.unwrap();
+    assert_ne!(
+        next >> 32,
+        id >> 32,
+        "ids of a new run never repeat old ones"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_ledger_fails_budgeted_admissions_closed_and_changes_nothing() {
+    let f = fixture("[budget]\nlimit = 10.0\n[[rate_limits]]\nname = \"one\"\nrate = 1\nper = \"1h\"\nburst = 1\n");
+    f.store.fail_writes(true);
+    let err = f
+        .admit_plan(
+            1,
+            "a",
+            Plan {
+                cost: Some(usd(1.0)),
+                ..plan("s")
             },
-            f.clock.now(),
         )
-        .unwrap();
-    assert!(admit(700).allowed, "700 unused tokens came back");
+        .await
+        .unwrap_err();
+    assert!(err.contains("ledger store"), "{err}");
+    let global = f.budget("global");
+    assert_eq!((global.spent, global.reserved), (Usd::ZERO, Usd::ZERO));
+    assert_eq!(f.admission.open_reservations(), 0);
+    f.store.fail_writes(false);
+    let d = f.admit_cost(1, "a", "s", 1.0).await;
+    assert!(d.allowed, "the rate cell was given back: {:?}", d.votes);
+    // A report whose charge cannot be written is not acknowledged, and can be retried.
+    f.store.fail_writes(true);
+    let id = d.reservation.unwrap();
+    assert!(f.report_with(id, outcome(false)).await.is_err());
+    assert_eq!(f.budget("global").spent, Usd::ZERO);
+    f.store.fail_writes(false);
+    assert_eq!(f.report(id, false).await.charged, Some(usd(1.0)));
+}
+
+#[tokio::test]
+async fn a_direct_charge_needs_a_key_and_counts_once() {
+    let f = fixture("");
+    let charge = |key: Option<&str>| {
+        let o = Outcome {
+            cost: Some(usd(0.75)),
+            ..outcome(false)
+        };
+        f.admission
+            .report_unreserved("a", "s", key.map(str::to_owned), o, f.now())
+    };
+    let err = f.finish(charge(None)).await.unwrap_err();
+    assert!(err.contains("needs an idempotency_key"), "{err}");
+    assert_eq!(
+        f.finish(charge(Some("call-1"))).await.unwrap().charged,
+        Some(usd(0.75))
+    );
+    assert!(f.finish(charge(Some("call-1"))).await.unwrap().duplicate);
+    assert_eq!(f.budget("global").spent, usd(0.75));
+}
+
+// --- quotas ------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_quota_of_three_blocks_the_fourth_and_survives_a_restart() {
+    let f =
+        fixture("[[quotas]]\nname = \"daily\"\nscope = \"agent\"\nlimit = 3\nwindow = \"day\"\n");
+    for _ in 0..3 {
+        assert!(f.admit(1, "a", "s").await.allowed);
+    }
+    let d = f.admit(1, "a", "s").await;
+    assert_eq!(d.decisive_vote().unwrap().guard, Guard::Quota);
+    assert_eq!(d.decisive_vote().unwrap().retry_after, Some(DAY));
+    let f = f.restart();
+    assert!(
+        !f.admit(1, "a", "s").await.allowed,
+        "the day's count survived"
+    );
+    assert!(f.admit(1, "b", "s").await.allowed);
+    let views = f.admission.quotas(None, f.now()).unwrap();
+    assert_eq!(
+        views
+            .iter()
+            .map(|v| (v.key.as_str(), v.used))
+            .collect::<Vec<_>>(),
+        [("a", 3), ("b", 1)]
+    );
+    f.clock.advance(DAY);
+    assert!(f.admit(1, "a", "s").await.allowed, "a new day");
+}
+
+#[tokio::test]
+async fn a_denial_by_any_guard_takes_nothing_from_quotas_or_budgets() {
+    let f = fixture(
+        "[budget]\nlimit = 2.0\n[[quotas]]\nname = \"q\"\nlimit = 5\nwindow = \"lifetime\"\n",
+    );
+    assert!(f.admit_cost(1, "a", "s", 2.0).await.allowed);
+    for _ in 0..10 {
+        assert_eq!(
+            f.admit_cost(1, "a", "s", 1.0)
+                .await
+                .decisive_vote()
+                .unwrap()
+                .guard,
+            Guard::Budget
+        );
+    }
+    let views = f.admission.quotas(Some("q"), f.now()).unwrap();
+    assert_eq!(views[0].used, 1, "the budget denials took no quota");
+}
+
+#[tokio::test]
+async fn zero_and_minute_quotas() {
+    let f = fixture("[[quotas]]\nname = \"none\"\nlimit = 0\nwindow = \"lifetime\"\nservices = [\"banned\"]\n[[quotas]]\nname = \"burst\"\nlimit = 2\nwindow = \"minute\"\n");
+    let d = f.admit(1, "a", "banned").await;
+    assert_eq!(d.decisive_vote().unwrap().rule, "none");
+    assert_eq!(d.decisive_vote().unwrap().retry_after, None);
+    f.admit(1, "a", "s").await;
+    f.admit(1, "a", "s").await;
+    assert!(!f.admit(1, "a", "s").await.allowed);
+    let f = f.restart();
+    assert!(
+        f.admit(1, "a", "s").await.allowed,
+        "minute windows are not worth a disk write"
+    );
+}
+
+// --- admin -------------------------------------------------------------------
+
+async fn admin(f: &Fixture, kind: AdminKind) -> Result<String, String> {
+    let pending = f
+        .admission
+        .admin(
+            AdminAction {
+                uid: 0,
+                pid: 42,
+                kind,
+            },
+            f.now(),
+        )
+        .map_err(|e| e.to_string())?;
+    let outcome = f
+        .store
+        .write(pending.entries.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    f.admission
+        .finish_admin(pending, outcome)
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn admin_operations_change_the_ledger_and_survive_a_restart() {
+    let f = fixture("[budget]\nlimit = 10.0\n[[quotas]]\nname = \"q\"\nscope = \"agent+service\"\nlimit = 1\nwindow = \"day\"\n");
+    let id = f.admit_cost(1, "a", "s", 4.0).await.reservation.unwrap();
+    f.report(id, false).await;
+    admin(
+        &f,
+        AdminKind::SetLimit {
+            budget: "global".into(),
+            limit: usd(5.0),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        !f.admit_cost(1, "b", "t", 2.0).await.allowed,
+        "$4 of $5 spent"
+    );
+    admin(
+        &f,
+        AdminKind::Refund {
+            key: reservation_key(id),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(f.budget("global").spent, Usd::ZERO);
+    let err = admin(
+        &f,
+        AdminKind::Refund {
+            key: reservation_key(id),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("no charge with idempotency key"), "{err}");
+    let err = admin(
+        &f,
+        AdminKind::SetLimit {
+            budget: "agent:nobody".into(),
+            limit: usd(1.0),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("no budget named"), "{err}");
+
+    assert!(
+        !f.admit(1, "a", "s").await.allowed,
+        "quota used by the first admission"
+    );
+    admin(
+        &f,
+        AdminKind::ResetQuota {
+            quota: "q".into(),
+            key: "a/s".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(f.admit(1, "a", "s").await.allowed);
+
+    let f = f.restart();
+    let global = f.budget("global");
+    assert_eq!(
+        (global.limit, global.spent),
+        (usd(5.0), Usd::ZERO),
+        "limit and refund are durable"
+    );
+    let id = f.admit_cost(2, "a", "x", 3.0).await.reservation.unwrap();
+    f.report(id, false).await;
+    admin(
+        &f,
+        AdminKind::ResetBudget {
+            budget: "global".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(f.budget("global").spent, Usd::ZERO);
+    let f = f.restart();
+    assert_eq!(f.budget("global").spent, Usd::ZERO);
 }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use automation_framework::clock::SharedClock;
 use automation_framework::config::Config;
 use automation_framework::state::State;
+use automation_framework::store::Store;
 use automation_framework::{paths, server, socket, systemd};
 
 /// The automation-framework daemon: host-wide rate limits and circuit breakers for
@@ -34,6 +35,12 @@ struct Args {
     /// Socket path; overrides the config. Ignored under socket activation.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+
+    /// Directory of the durable ledger (budgets, quotas) [default: $STATE_DIRECTORY,
+    /// else daemon.state_dir, else /var/lib/automation-framework for root, else
+    /// $XDG_STATE_HOME/automation-framework].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 
     /// Log level on stderr: error, warn, info, debug, trace.
     #[arg(
@@ -95,7 +102,19 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
             (listener, shown)
         }
     };
-    let state = State::new(config, SharedClock::system())?;
+    let state_dir = args
+        .state_dir
+        .clone()
+        .or_else(|| config.daemon.state_dir.clone())
+        .unwrap_or_else(paths::default_state_dir);
+    let (store, snapshot) = Store::open(&state_dir).context("opening the ledger")?;
+    log::info!(
+        "ledger {} opened (epoch {}, {} open reservation(s) recovered)",
+        store.path().display(),
+        snapshot.epoch,
+        snapshot.reservations.len()
+    );
+    let state = State::new(config, SharedClock::system(), store.clone(), &snapshot)?;
     let shutdown = CancellationToken::new();
     let mut signals = signal_hook_tokio::Signals::new([SIGHUP, SIGTERM, SIGINT])
         .context("installing signal handlers")?;
@@ -135,6 +154,9 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
     };
     signal_handle.close();
     signal_task.abort();
+    // Every handler has finished, so every acknowledged write is already durable;
+    // closing stops the writer thread.
+    store.close();
     if let Some(path) = bound_path {
         if let Err(err) = std::fs::remove_file(&path) {
             log::warn!("could not remove {}: {err}", path.display());

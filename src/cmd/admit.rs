@@ -1,57 +1,79 @@
-//! `Admit`: may this agent call this service now? Validates the request, runs the
-//! admission, logs denials, and turns the decision into an `AdmitReply`.
+//! `Admit`: may this agent call this service now, at this cost? Validates the
+//! request, runs the admission, makes its reservation durable when money or a
+//! durable quota is involved, and turns the decision into an `AdmitReply`.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use super::{error, log_transition};
-use crate::admission::{Caller, Decision, Guard, Plan};
+use super::{dollars, guard_name, invalid, log_transition, unavailable, Reply};
+use crate::admission::{Caller, Decision, Moment, Plan};
 use crate::names::check_name;
-use crate::protocol::{AdmitReply, AdmitRequest, ErrorCode, ErrorReply, GuardKind, Response, Vote};
+use crate::protocol::{AdmitReply, AdmitRequest, ErrorReply, Response, Vote};
 use crate::state::{Session, State};
 
-pub(super) fn apply(
+pub(super) fn apply(state: &State, session: &Session, req: AdmitRequest, now: Moment) -> Reply {
+    match decide(state, session, &req, now) {
+        Ok(reply) => reply,
+        Err(err) => Reply::Ready(Response::Error(err)),
+    }
+}
+
+fn decide(
     state: &State,
     session: &Session,
-    req: AdmitRequest,
-    now: Duration,
-) -> Response {
-    if let Err(err) = check_name(&req.service) {
-        return error(
-            ErrorCode::InvalidArgument,
-            format!("service name {:?} {err}", req.service),
-        );
-    }
+    req: &AdmitRequest,
+    now: Moment,
+) -> Result<Reply, ErrorReply> {
+    check_name(&req.service).map_err(|e| invalid(format!("service name {:?} {e}", req.service)))?;
     let agent = req.agent.as_deref().unwrap_or(&session.agent);
-    if let Err(err) = check_name(agent) {
-        return error(
-            ErrorCode::InvalidArgument,
-            format!("agent name {agent:?} {err}"),
-        );
+    check_name(agent).map_err(|e| invalid(format!("agent name {agent:?} {e}")))?;
+    if let Some(model) = &req.model {
+        check_name(model).map_err(|e| invalid(format!("model name {model:?} {e}")))?;
     }
-    let Some(units) = NonZeroU32::new(req.units) else {
-        return error(
-            ErrorCode::InvalidArgument,
-            "units must be at least 1, got 0",
-        );
+    let units =
+        NonZeroU32::new(req.units).ok_or_else(|| invalid("units must be at least 1, got 0"))?;
+    let cost = req.cost.map(|c| dollars("cost", c)).transpose()?;
+    let plan = Plan {
+        service: &req.service,
+        units,
+        input_units: req.input_units,
+        output_units: req.output_units,
+        cost,
+        model: req.model.as_deref(),
     };
     let caller = Caller {
         session: session.id,
         agent,
     };
-    let plan = Plan {
-        service: &req.service,
-        units,
-    };
-    let decision = match state.admission().admit(caller, plan, now) {
-        Ok(decision) => decision,
-        Err(err) => return Response::Error(ErrorReply::from(err)),
-    };
-    for (service, from, to) in &decision.transitions {
+    let admitted = state
+        .admission()
+        .admit(caller, plan, now)
+        .map_err(ErrorReply::from)?;
+    for (service, from, to) in &admitted.decision.transitions {
         log_transition(service, *from, *to);
     }
-    log_decision(session, agent, &req.service, &decision);
-    Response::Admit(into_reply(decision))
+    log_decision(session, agent, &req.service, &admitted.decision);
+    if admitted.entries.is_empty() {
+        return Ok(Reply::Ready(Response::Admit(into_reply(admitted.decision))));
+    }
+    let id = admitted
+        .decision
+        .reservation
+        .expect("an admission with ledger entries was allowed");
+    let state = state.clone();
+    let written = state.store().write(admitted.entries);
+    Ok(Reply::Pending(Box::pin(async move {
+        match written.await {
+            Ok(_) => {
+                state.admission().confirm(id);
+                Response::Admit(into_reply(admitted.decision))
+            }
+            Err(err) => {
+                state.admission().abort(id);
+                unavailable(&err)
+            }
+        }
+    })))
 }
 
 fn log_decision(session: &Session, agent: &str, service: &str, decision: &Decision) {
@@ -73,7 +95,7 @@ fn into_reply(decision: Decision) -> AdmitReply {
     AdmitReply {
         allowed: decision.allowed,
         reservation: decision.reservation,
-        guard: decisive.as_ref().map(|v| guard_kind(v.guard)),
+        guard: decisive.as_ref().map(|v| v.guard.into()),
         rule: decisive.as_ref().map(|v| v.rule.clone()),
         reason: decisive.as_ref().map(|v| v.reason.clone()),
         retry_after_ms: decisive.as_ref().and_then(|v| v.retry_after).map(millis_up),
@@ -81,7 +103,7 @@ fn into_reply(decision: Decision) -> AdmitReply {
             .votes
             .into_iter()
             .map(|v| Vote {
-                guard: guard_kind(v.guard),
+                guard: v.guard.into(),
                 rule: v.rule,
                 allow: v.allow,
                 shadow: v.shadow,
@@ -89,24 +111,11 @@ fn into_reply(decision: Decision) -> AdmitReply {
                 retry_after_ms: v.retry_after.map(millis_up),
             })
             .collect(),
+        cost: decision.allowed.then(|| decision.estimate.dollars()),
     }
 }
 
 /// Whole milliseconds, rounded up: coming back after the advertised wait must work.
 fn millis_up(d: Duration) -> u64 {
     u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
-}
-
-fn guard_kind(guard: Guard) -> GuardKind {
-    match guard {
-        Guard::Rate => GuardKind::Rate,
-        Guard::Breaker => GuardKind::Breaker,
-    }
-}
-
-fn guard_name(guard: Guard) -> &'static str {
-    match guard {
-        Guard::Rate => "rate",
-        Guard::Breaker => "breaker",
-    }
 }

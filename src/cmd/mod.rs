@@ -1,35 +1,87 @@
-//! Dispatch: a decoded request and the session that sent it become a `Response`.
+//! Dispatch: a decoded request and the session that sent it become a reply.
 //!
-//! One file per request kind, each a function of `(state, session, request, now)`.
-//! Commands never write to the socket, which lets the handler answer single requests,
-//! pipelined requests and batches the same way. This is also the edge where guard
-//! and admission types are translated into wire types.
+//! One file per request kind. The decision itself is synchronous and happens when
+//! `dispatch` is called, so requests are decided in the order they arrived; what
+//! must then wait for the ledger (a reservation, a charge) comes back as a
+//! [`Reply::Pending`] future that the handler awaits concurrently with other
+//! requests while keeping replies in order. Commands never write to the socket.
+//! This is also the edge where admission and guard types become wire types.
 
+mod admin;
 mod admit;
 mod breakers;
+mod budget;
 mod ping;
+mod quotas;
 mod report;
 mod status;
 
-use crate::admission::AdmissionError;
-use crate::guard::breaker::Phase;
-use crate::protocol::{BreakerState, ErrorCode, ErrorReply, Request, Response};
-use crate::state::{Session, State};
+use std::future::Future;
+use std::pin::Pin;
 
-/// Carries out one request.
-pub fn dispatch(state: &State, session: &Session, request: Request) -> Response {
-    let now = state.now();
+use crate::admission::{AdmissionError, Guard};
+use crate::guard::breaker::Phase;
+use crate::money::Usd;
+use crate::protocol::{BreakerState, ErrorCode, ErrorReply, GuardKind, Request, Response};
+use crate::state::{Session, State};
+use crate::store::StoreError;
+
+/// A response still waiting for the ledger.
+pub type ReplyFuture = Pin<Box<dyn Future<Output = Response> + Send + 'static>>;
+
+/// The answer to a request: now, or once the ledger has made it durable.
+pub enum Reply {
+    Ready(Response),
+    Pending(ReplyFuture),
+}
+
+/// Decides one request now; returns its reply or the wait for it.
+pub fn dispatch(state: &State, session: &Session, request: Request) -> Reply {
+    let now = state.moment();
     match request {
-        Request::Ping => ping::apply(state, session),
-        Request::Status => Response::Status(status::report(state, now)),
+        Request::Ping => Reply::Ready(ping::apply(state, session)),
+        Request::Status => Reply::Ready(Response::Status(status::report(state, now))),
         Request::Admit(req) => admit::apply(state, session, req, now),
-        Request::Report(req) => report::apply(state, req, now),
-        Request::Breakers(req) => breakers::apply(state, req, now),
+        Request::Report(req) => report::apply(state, session, req, now),
+        Request::Breakers(req) => Reply::Ready(breakers::apply(state, req, now.mono)),
+        Request::Budget(req) => Reply::Ready(budget::apply(state, req, now)),
+        Request::Quotas(req) => Reply::Ready(quotas::apply(state, req, now)),
+        Request::Admin(req) => admin::apply(state, session, req, now),
+    }
+}
+
+// === impl Reply ===
+
+impl Reply {
+    /// The response, waiting for the ledger if needed.
+    pub async fn into_response(self) -> Response {
+        match self {
+            Reply::Ready(response) => response,
+            Reply::Pending(future) => future.await,
+        }
     }
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Response {
     Response::Error(ErrorReply::new(code, message))
+}
+
+/// The answer when the ledger could not make something durable: nothing was
+/// acknowledged, so the caller can retry.
+fn unavailable(err: &StoreError) -> Response {
+    error(
+        ErrorCode::Unavailable,
+        format!("{err}; budget-governed requests are refused until the ledger recovers (fail closed), retry later"),
+    )
+}
+
+/// Parses a dollar amount from the wire.
+fn dollars(field: &str, value: f64) -> Result<Usd, ErrorReply> {
+    Usd::from_dollars(value).map_err(|e| invalid(format!("{field}: {e}")))
+}
+
+fn invalid(message: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(ErrorCode::InvalidArgument, message)
 }
 
 /// The single mapping from admission errors to wire error codes.
@@ -39,10 +91,24 @@ impl From<AdmissionError> for ErrorReply {
             AdmissionError::UnknownService(_) | AdmissionError::TooManyServices(_) => {
                 ErrorCode::UnknownService
             }
-            AdmissionError::TooManyReservations(_) => ErrorCode::InvalidArgument,
-            AdmissionError::UnknownReservation(_) => ErrorCode::UnknownReservation,
+            AdmissionError::UnknownReservation(_) | AdmissionError::Released(_) => {
+                ErrorCode::UnknownReservation
+            }
+            AdmissionError::Busy(_) => ErrorCode::Unavailable,
+            AdmissionError::TooManyReservations(_)
+            | AdmissionError::KeyRequired
+            | AdmissionError::Invalid(_)
+            | AdmissionError::UnknownBudget(_)
+            | AdmissionError::UnknownQuota(_)
+            | AdmissionError::NothingToRefund(_) => ErrorCode::InvalidArgument,
         };
         ErrorReply::new(code, err.to_string())
+    }
+}
+
+impl From<AdmissionError> for Response {
+    fn from(err: AdmissionError) -> Response {
+        Response::Error(err.into())
     }
 }
 
@@ -56,6 +122,26 @@ impl From<Phase> for BreakerState {
             Phase::ForcedClosed => BreakerState::ForcedClosed,
             Phase::Disabled => BreakerState::Disabled,
         }
+    }
+}
+
+impl From<Guard> for GuardKind {
+    fn from(guard: Guard) -> GuardKind {
+        match guard {
+            Guard::Rate => GuardKind::Rate,
+            Guard::Breaker => GuardKind::Breaker,
+            Guard::Budget => GuardKind::Budget,
+            Guard::Quota => GuardKind::Quota,
+        }
+    }
+}
+
+fn guard_name(guard: Guard) -> &'static str {
+    match guard {
+        Guard::Rate => "rate",
+        Guard::Breaker => "breaker",
+        Guard::Budget => "budget",
+        Guard::Quota => "quota",
     }
 }
 

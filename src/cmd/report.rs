@@ -1,52 +1,109 @@
-//! `Report`: the outcome of a call, which closes its reservation and feeds the
-//! service's breaker.
+//! `Report`: the outcome of a call. Closes its reservation, commits the actual
+//! cost durably (idempotently, by key), and feeds the service's breaker.
 
 use std::time::Duration;
 
-use super::{error, log_transition};
-use crate::admission::Outcome;
+use super::{dollars, error, invalid, log_transition, unavailable, Reply};
+use crate::admission::{Moment, Outcome, Reporting, Settlement};
 use crate::names::check_name;
 use crate::protocol::{ErrorCode, ErrorReply, ReportReply, ReportRequest, Response};
-use crate::state::State;
+use crate::state::{Session, State};
 
-pub(super) fn apply(state: &State, req: ReportRequest, now: Duration) -> Response {
+/// Longest idempotency key, in bytes.
+const MAX_KEY_LEN: usize = 256;
+
+pub(super) fn apply(state: &State, session: &Session, req: ReportRequest, now: Moment) -> Reply {
+    match start(state, session, req, now) {
+        Ok(Reporting::Settled(settlement)) => Reply::Ready(reply(settlement)),
+        Ok(Reporting::Durable { entries, pending }) => {
+            let state = state.clone();
+            let written = state.store().write(entries);
+            Reply::Pending(Box::pin(async move {
+                let written = written.await;
+                let now = state.moment();
+                match written {
+                    Ok(outcome) => match state.admission().finish_report(pending, Ok(outcome), now)
+                    {
+                        Some(settlement) => reply(settlement),
+                        None => error(
+                            ErrorCode::Internal,
+                            "a durable report produced no settlement",
+                        ),
+                    },
+                    Err(err) => {
+                        state.admission().finish_report(pending, Err(()), now);
+                        unavailable(&err)
+                    }
+                }
+            }))
+        }
+        Ok(Reporting::Lookup { key, reservation }) => {
+            // Not in memory: a report repeated after a restart is in the ledger.
+            let charged = state.store().is_charged(&key);
+            Reply::Pending(Box::pin(async move {
+                match charged.await {
+                    Ok(true) => reply(Settlement::duplicate()),
+                    Ok(false) => {
+                        crate::admission::AdmissionError::UnknownReservation(reservation).into()
+                    }
+                    Err(err) => unavailable(&err),
+                }
+            }))
+        }
+        Err(err) => Reply::Ready(Response::Error(err)),
+    }
+}
+
+fn start(
+    state: &State,
+    session: &Session,
+    req: ReportRequest,
+    now: Moment,
+) -> Result<Reporting, ErrorReply> {
+    if let Some(key) = &req.idempotency_key {
+        if key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(char::is_control) {
+            return Err(invalid(format!(
+                "idempotency_key must be 1 to {MAX_KEY_LEN} printable bytes"
+            )));
+        }
+    }
     let outcome = Outcome {
         failure: req.outcome == crate::protocol::Outcome::Failure,
         units: req.units,
+        input_units: req.input_units,
+        output_units: req.output_units,
+        cost: req.cost.map(|c| dollars("cost", c)).transpose()?,
         latency: req.latency_ms.map(Duration::from_millis),
     };
-    let settled = match (req.reservation, req.service.as_deref()) {
-        (Some(id), None) => state.admission().report(id, outcome, now),
+    let admission = state.admission();
+    let result = match (req.reservation, req.service.as_deref()) {
+        (Some(id), None) => admission.report(id, req.idempotency_key, outcome, now),
         (None, Some(service)) => {
-            if let Err(err) = check_name(service) {
-                return error(ErrorCode::InvalidArgument, format!("service name {service:?} {err}"));
-            }
-            state.admission().report_unreserved(service, outcome, now)
+            check_name(service).map_err(|e| invalid(format!("service name {service:?} {e}")))?;
+            let agent = req.agent.as_deref().unwrap_or(&session.agent);
+            check_name(agent).map_err(|e| invalid(format!("agent name {agent:?} {e}")))?;
+            admission.report_unreserved(agent, service, req.idempotency_key, outcome, now)
         }
         (Some(_), Some(_)) => {
-            return error(
-                ErrorCode::InvalidArgument,
-                "give either reservation (for an admitted call) or service (for a call made without admission), not both",
-            )
+            return Err(invalid("give either reservation (for an admitted call) or service (for a call made without admission), not both",
+            ))
         }
         (None, None) => {
-            return error(
-                ErrorCode::InvalidArgument,
-                "missing reservation: give the reservation id from admit, or service for a call made without admission",
-            )
+            return Err(invalid("missing reservation: give the reservation id from admit, or service for a call made without admission",
+            ))
         }
     };
-    match settled {
-        Ok(settlement) => {
-            if let Some((from, to)) = settlement.transition {
-                log_transition(&settlement.service, from, to);
-            }
-            Response::Report(ReportReply {
-                ok: true,
-                duplicate: settlement.duplicate,
-                breaker: (!settlement.duplicate).then(|| settlement.phase.into()),
-            })
-        }
-        Err(err) => Response::Error(ErrorReply::from(err)),
+    result.map_err(ErrorReply::from)
+}
+
+fn reply(settlement: Settlement) -> Response {
+    if let Some((from, to)) = settlement.transition {
+        log_transition(&settlement.service, from, to);
     }
+    Response::Report(ReportReply {
+        ok: true,
+        duplicate: settlement.duplicate,
+        breaker: settlement.phase.map(Into::into),
+        charged: settlement.charged.map(|c| c.dollars()),
+    })
 }

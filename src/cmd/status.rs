@@ -1,20 +1,19 @@
 //! `Status`: the daemon's health document (the body `/health` will serve).
 
-use std::time::Duration;
-
+use crate::admission::Moment;
 use crate::config::Mode;
 use crate::guard::breaker::Phase;
 use crate::protocol::{BreakerCounts, Health, StatusReport};
 use crate::state::State;
 
-pub(super) fn report(state: &State, now: Duration) -> StatusReport {
+pub(super) fn report(state: &State, now: Moment) -> StatusReport {
     let mut counts = BreakerCounts {
         closed: 0,
         open: 0,
         half_open: 0,
     };
     let mut reasons = Vec::new();
-    for (service, snapshot) in state.admission().breakers(None, now) {
+    for (service, snapshot) in state.admission().breakers(None, now.mono) {
         match snapshot.phase {
             Phase::Closed | Phase::ForcedClosed | Phase::Disabled => counts.closed += 1,
             Phase::Open | Phase::ForcedOpen => {
@@ -28,12 +27,22 @@ pub(super) fn report(state: &State, now: Duration) -> StatusReport {
         }
     }
     let (connections, active_agents) = state.session_counts();
+    let store = state.store().health();
+    let status = match (&store, reasons.is_empty()) {
+        (Some(_), _) => Health::Unhealthy,
+        (None, true) => Health::Healthy,
+        (None, false) => Health::Degraded,
+    };
+    if let Some(failure) = &store {
+        reasons.insert(0, format!("ledger store failing: {failure}"));
+    }
+    let global = state
+        .admission()
+        .budgets(None, now)
+        .into_iter()
+        .find(|b| b.name == "global");
     StatusReport {
-        status: if reasons.is_empty() {
-            Health::Healthy
-        } else {
-            Health::Degraded
-        },
+        status,
         reasons,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         uptime_s: state.uptime().as_secs(),
@@ -45,5 +54,8 @@ pub(super) fn report(state: &State, now: Duration) -> StatusReport {
         active_agents,
         open_reservations: state.admission().open_reservations(),
         circuit_breakers: counts,
+        store: store.map_or_else(|| "ok".to_owned(), |failure| format!("failing: {failure}")),
+        budget_spent: global.as_ref().map_or(0.0, |b| b.spent.dollars()),
+        budget_limit: global.as_ref().map_or(0.0, |b| b.limit.dollars()),
     }
 }

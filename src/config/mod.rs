@@ -13,7 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::guard::breaker::{BreakerConfig, Force};
+use crate::guard::budget::BudgetSpec;
+use crate::guard::period::Period;
+use crate::guard::quota::QuotaSpec;
 use crate::guard::rate::{RateSpec, Scope, Weight};
+use crate::money::Usd;
 use crate::names::check_name;
 
 /// A complete, validated configuration.
@@ -26,6 +30,45 @@ pub struct Config {
     pub services: BTreeMap<String, ServiceConfig>,
     /// Rate limits in the order they run.
     pub rate_limits: Vec<RateSpec>,
+    pub budget: BudgetConfig,
+    /// Price entries by `service` or `service/model`.
+    pub prices: BTreeMap<String, Price>,
+    /// Quotas in the order they run.
+    pub quotas: Vec<QuotaSpec>,
+}
+
+/// Money budgets (SPEC §3.5).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetConfig {
+    /// The host-wide budget; `None` when `budget.enabled = false`.
+    pub global: Option<BudgetSpec>,
+    /// Sub-budgets; a call must fit every budget that applies to it.
+    pub agents: BTreeMap<String, BudgetSpec>,
+    pub services: BTreeMap<String, BudgetSpec>,
+    /// Percentages of a limit at which a warning is logged, once per period.
+    pub thresholds: Vec<u8>,
+    /// How long a reservation whose connection is gone waits for its report.
+    pub orphan_timeout: Duration,
+    pub orphan_policy: OrphanPolicy,
+}
+
+/// What happens to a reservation whose agent vanished without reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanPolicy {
+    /// Assume the call happened at its estimated cost (the safe default: money the
+    /// upstream may have billed is not forgotten).
+    ChargeEstimate,
+    /// Assume the call did not happen.
+    Release,
+}
+
+/// What a call costs, in USD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Price {
+    pub per_request: Usd,
+    pub per_unit: Usd,
+    pub per_input_unit: Usd,
+    pub per_output_unit: Usd,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +87,8 @@ pub struct DaemonConfig {
     pub max_services: usize,
     /// Open reservations one connection may hold.
     pub max_reservations_per_connection: usize,
+    /// Where the ledger lives when `--state-dir` does not say.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Enforce decisions, or only record them.
@@ -140,6 +185,13 @@ impl Config {
             .map_or(&self.breaker, |s| &s.breaker)
     }
 
+    /// The price entry for a call: `service/model` first, then `service`.
+    pub fn price_for(&self, service: &str, model: Option<&str>) -> Option<&Price> {
+        model
+            .and_then(|m| self.prices.get(&format!("{service}/{m}")))
+            .or_else(|| self.prices.get(service))
+    }
+
     /// Is `service` one the daemon will track?
     pub fn knows_service(&self, service: &str) -> bool {
         self.daemon.allow_unknown_services || self.services.contains_key(service)
@@ -205,6 +257,45 @@ fn force(key: &str, text: &str) -> Result<Force, ConfigError> {
         other => Err(invalid(
             key,
             format!("unknown value {other:?}; use \"auto\", \"open\", \"closed\" or \"disabled\""),
+        )),
+    }
+}
+
+fn dollars(key: &str, value: f64) -> Result<Usd, ConfigError> {
+    Usd::from_dollars(value).map_err(|e| invalid(key, format!("{e}")))
+}
+
+/// A budget's reset: "never", "daily", "weekly", "monthly" or a duration ("6h").
+fn reset(key: &str, text: &str) -> Result<Period, ConfigError> {
+    match text {
+        "never" => Ok(Period::Forever),
+        "daily" => Ok(Period::Daily),
+        "weekly" => Ok(Period::Weekly),
+        "monthly" => Ok(Period::Monthly),
+        other => {
+            let length = humantime::parse_duration(other).map_err(|_| {
+                invalid(key, format!("unknown reset {other:?}; use \"never\", \"daily\", \"weekly\", \"monthly\" or a duration like \"6h\""))
+            })?;
+            if length < Duration::from_secs(1) {
+                return Err(invalid(key, "a reset period must be at least 1s"));
+            }
+            Ok(Period::Every(length))
+        }
+    }
+}
+
+/// A quota's window.
+fn window(key: &str, text: &str) -> Result<Period, ConfigError> {
+    match text {
+        "minute" => Ok(Period::Every(Duration::from_secs(60))),
+        "hour" => Ok(Period::Every(Duration::from_secs(3600))),
+        "day" => Ok(Period::Daily),
+        "week" => Ok(Period::Weekly),
+        "month" => Ok(Period::Monthly),
+        "lifetime" => Ok(Period::Forever),
+        other => Err(invalid(
+            key,
+            format!("unknown window {other:?}; use \"minute\", \"hour\", \"day\", \"week\", \"month\" or \"lifetime\""),
         )),
     }
 }

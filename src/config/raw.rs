@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{
-    duration, force, invalid, name, nonzero, preset, scope, weight, Config, ConfigError,
-    DaemonConfig, Mode, ServiceConfig,
+    dollars, duration, force, invalid, name, nonzero, preset, reset, scope, weight, window,
+    BudgetConfig, Config, ConfigError, DaemonConfig, Mode, OrphanPolicy, Price, ServiceConfig,
 };
 use crate::guard::breaker::BreakerConfig;
+use crate::guard::budget::BudgetSpec;
+use crate::guard::quota::QuotaSpec;
 use crate::guard::rate::{RateSpec, Scope};
 
 #[derive(Debug, Default, Deserialize)]
@@ -22,6 +24,61 @@ pub(super) struct RawConfig {
     /// `None` (no `[[rate_limits]]` at all) means the built-in default rule; an
     /// explicit empty list (`rate_limits = []`) means no rate limits.
     rate_limits: Option<Vec<RawRateLimit>>,
+    budget: RawBudget,
+    prices: BTreeMap<String, RawPrice>,
+    quotas: Vec<RawQuota>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBudget {
+    enabled: bool,
+    limit: f64,
+    reset: String,
+    thresholds: Vec<u8>,
+    orphan_timeout: String,
+    orphan_policy: String,
+    agents: BTreeMap<String, RawSubBudget>,
+    services: BTreeMap<String, RawSubBudget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubBudget {
+    limit: f64,
+    #[serde(default = "never")]
+    reset: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPrice {
+    per_request: f64,
+    per_unit: f64,
+    per_input_unit: f64,
+    per_output_unit: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuota {
+    name: String,
+    limit: u64,
+    window: String,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    weight: Option<String>,
+    #[serde(default)]
+    services: Vec<String>,
+    #[serde(default)]
+    agents: Vec<String>,
+    #[serde(default)]
+    shadow: bool,
+}
+
+fn never() -> String {
+    "never".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -36,6 +93,7 @@ struct RawDaemon {
     allow_unknown_services: bool,
     max_services: usize,
     max_reservations_per_connection: usize,
+    state_dir: Option<PathBuf>,
 }
 
 /// Breaker keys; every one optional so a service can override just one of them.
@@ -129,11 +187,161 @@ impl RawConfig {
                 specs
             }
         };
+        let budget = self.budget.validate()?;
+        let mut prices = BTreeMap::new();
+        for (target, raw) in self.prices {
+            let key = format!("prices.\"{target}\"");
+            let (service, model) = target.split_once('/').unwrap_or((&target, ""));
+            name(&key, service)?;
+            if target.contains('/') {
+                name(&key, model)?;
+            }
+            prices.insert(target, raw.validate(&key)?);
+        }
+        let mut quotas: Vec<QuotaSpec> = Vec::with_capacity(self.quotas.len());
+        for (idx, raw) in self.quotas.into_iter().enumerate() {
+            let key = format!("quotas[{idx}]");
+            let spec = raw.validate(&key)?;
+            if quotas.iter().any(|q| q.name == spec.name) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!(
+                        "{:?} is used by an earlier quota; names must be unique",
+                        spec.name
+                    ),
+                ));
+            }
+            quotas.push(spec);
+        }
         Ok(Config {
             daemon,
             breaker,
             services,
             rate_limits,
+            budget,
+            prices,
+            quotas,
+        })
+    }
+}
+
+// === impl RawBudget ===
+
+impl Default for RawBudget {
+    /// SPEC §3.5: $100 for the whole host, never reset, alerts at 50/80/100 %.
+    fn default() -> Self {
+        RawBudget {
+            enabled: true,
+            limit: 100.0,
+            reset: "never".into(),
+            thresholds: vec![50, 80, 100],
+            orphan_timeout: "5m".into(),
+            orphan_policy: "charge_estimate".into(),
+            agents: BTreeMap::new(),
+            services: BTreeMap::new(),
+        }
+    }
+}
+
+impl RawBudget {
+    fn validate(self) -> Result<BudgetConfig, ConfigError> {
+        let global = self
+            .enabled
+            .then(|| -> Result<BudgetSpec, ConfigError> {
+                Ok(BudgetSpec {
+                    name: "global".into(),
+                    limit: dollars("budget.limit", self.limit)?,
+                    reset: reset("budget.reset", &self.reset)?,
+                })
+            })
+            .transpose()?;
+        for (idx, t) in self.thresholds.iter().enumerate() {
+            if !(1..=100).contains(t) {
+                return Err(invalid(
+                    format!("budget.thresholds[{idx}]"),
+                    format!("must be a percentage from 1 to 100, got {t}"),
+                ));
+            }
+        }
+        let orphan_timeout = duration("budget.orphan_timeout", &self.orphan_timeout)?;
+        let orphan_policy = match self.orphan_policy.as_str() {
+            "charge_estimate" => OrphanPolicy::ChargeEstimate,
+            "release" => OrphanPolicy::Release,
+            other => {
+                return Err(invalid(
+                    "budget.orphan_policy",
+                    format!("unknown policy {other:?}; use \"charge_estimate\" or \"release\""),
+                ))
+            }
+        };
+        let sub = |kind: &str,
+                   raw: BTreeMap<String, RawSubBudget>|
+         -> Result<BTreeMap<String, BudgetSpec>, ConfigError> {
+            let mut out = BTreeMap::new();
+            for (who, b) in raw {
+                let key = format!("budget.{kind}s.{who}");
+                name(&key, &who)?;
+                let spec = BudgetSpec {
+                    name: format!("{kind}:{who}"),
+                    limit: dollars(&format!("{key}.limit"), b.limit)?,
+                    reset: reset(&format!("{key}.reset"), &b.reset)?,
+                };
+                out.insert(who, spec);
+            }
+            Ok(out)
+        };
+        Ok(BudgetConfig {
+            global,
+            agents: sub("agent", self.agents)?,
+            services: sub("service", self.services)?,
+            thresholds: self.thresholds,
+            orphan_timeout,
+            orphan_policy,
+        })
+    }
+}
+
+// === impl RawPrice ===
+
+impl RawPrice {
+    fn validate(self, prefix: &str) -> Result<Price, ConfigError> {
+        let key = |field: &str| format!("{prefix}.{field}");
+        Ok(Price {
+            per_request: dollars(&key("per_request"), self.per_request)?,
+            per_unit: dollars(&key("per_unit"), self.per_unit)?,
+            per_input_unit: dollars(&key("per_input_unit"), self.per_input_unit)?,
+            per_output_unit: dollars(&key("per_output_unit"), self.per_output_unit)?,
+        })
+    }
+}
+
+// === impl RawQuota ===
+
+impl RawQuota {
+    fn validate(self, prefix: &str) -> Result<QuotaSpec, ConfigError> {
+        let key = |field: &str| format!("{prefix}.{field}");
+        name(&key("name"), &self.name)?;
+        for (idx, service) in self.services.iter().enumerate() {
+            name(&format!("{}[{idx}]", key("services")), service)?;
+        }
+        for (idx, agent) in self.agents.iter().enumerate() {
+            name(&format!("{}[{idx}]", key("agents")), agent)?;
+        }
+        Ok(QuotaSpec {
+            name: self.name,
+            scope: match self.scope {
+                Some(text) => scope(&key("scope"), &text)?,
+                None => Scope::AgentService,
+            },
+            services: self.services,
+            agents: self.agents,
+            weight: match self.weight {
+                Some(text) => weight(&key("weight"), &text)?,
+                None => crate::guard::rate::Weight::Requests,
+            },
+            limit: self.limit,
+            window: window(&key("window"), &self.window)?,
+            shadow: self.shadow,
         })
     }
 }
@@ -167,6 +375,7 @@ impl Default for RawDaemon {
             allow_unknown_services: true,
             max_services: 10_000,
             max_reservations_per_connection: 4096,
+            state_dir: None,
         }
     }
 }
@@ -195,6 +404,14 @@ impl RawDaemon {
                 return Err(invalid(key, "must be at least 1, got 0"));
             }
         }
+        if let Some(dir) = &self.state_dir {
+            if !dir.is_absolute() {
+                return Err(invalid(
+                    "daemon.state_dir",
+                    format!("{} is relative; give an absolute path", dir.display()),
+                ));
+            }
+        }
         if let Some(socket) = &self.socket {
             if !socket.is_absolute() {
                 return Err(invalid(
@@ -220,6 +437,7 @@ impl RawDaemon {
             allow_unknown_services: self.allow_unknown_services,
             max_services: self.max_services,
             max_reservations_per_connection: self.max_reservations_per_connection,
+            state_dir: self.state_dir,
         })
     }
 }
@@ -273,6 +491,15 @@ impl RawBreaker {
         }
         if let Some(v) = self.shadow {
             out.shadow = v;
+        }
+        if out.window > 0 && out.min_calls > out.window {
+            return Err(invalid(
+                key("min_calls"),
+                format!(
+                    "is {} but the window holds only {} calls, so the failure rate could never trip; lower min_calls or widen the window",
+                    out.min_calls, out.window
+                ),
+            ));
         }
         if out.failure_threshold == 0 && out.window == 0 && out.force == crate::guard::Force::Auto {
             return Err(invalid(

@@ -147,13 +147,7 @@ impl RateRule {
 
     /// The bucket a call by `agent` to `service` counts against.
     pub fn key(&self, agent: &str, service: &str) -> String {
-        match self.spec.scope {
-            Scope::Global => String::new(),
-            Scope::Agent => agent.to_owned(),
-            Scope::Service => service.to_owned(),
-            // NUL cannot appear in validated names, so the pair is unambiguous.
-            Scope::AgentService => format!("{agent}\0{service}"),
-        }
+        super::scope_key(self.spec.scope, agent, service)
     }
 
     /// Cells a call of `units` takes from this rule.
@@ -204,6 +198,17 @@ impl RateRule {
         let step = u64::try_from(self.interval.as_nanos()).unwrap_or(u64::MAX);
         let delta = step.saturating_mul(u64::from(used.abs_diff(cells.taken)));
         self.store.shift(&cells.key, delta, used > cells.taken);
+    }
+
+    /// Gives `cells` back arithmetically (other checks may have run since they
+    /// were taken, so the bucket cannot simply be restored).
+    pub fn refund(&self, cells: &Cells) {
+        let step = u64::try_from(self.interval.as_nanos()).unwrap_or(u64::MAX);
+        self.store.shift(
+            &cells.key,
+            step.saturating_mul(u64::from(cells.taken)),
+            false,
+        );
     }
 
     /// Forgets buckets that are full again (indistinguishable from new ones), so key

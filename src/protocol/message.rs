@@ -66,12 +66,16 @@ pub enum Request {
     Admit(AdmitRequest),
     Report(ReportRequest),
     Breakers(BreakersRequest),
+    Budget(BudgetRequest),
+    Quotas(QuotasRequest),
+    /// Admin only: change limits, reset windows, refund charges.
+    Admin(AdminRequest),
 }
 
 impl Request {
     /// How many request kinds this build knows; a higher variant index is
     /// answered with `ErrorCode::UnknownRequest` instead of closing the connection.
-    pub const KIND_COUNT: u32 = 5;
+    pub const KIND_COUNT: u32 = 8;
 
     /// The request kind's name, as used in logs and in the JSON `"op"` field.
     pub fn op(&self) -> &'static str {
@@ -81,6 +85,9 @@ impl Request {
             Request::Admit(_) => "admit",
             Request::Report(_) => "report",
             Request::Breakers(_) => "breakers",
+            Request::Budget(_) => "budget",
+            Request::Quotas(_) => "quotas",
+            Request::Admin(_) => "admin",
         }
     }
 }
@@ -96,6 +103,9 @@ pub enum Response {
     Breakers(BreakersReply),
     /// The request could not be carried out; nothing changed.
     Error(ErrorReply),
+    Budget(BudgetReply),
+    Quotas(QuotasReply),
+    Admin(AdminReply),
 }
 
 /// Reply to `Ping`.
@@ -111,7 +121,7 @@ pub struct Pong {
 }
 
 /// "May I make this call now?" — runs every applicable guard at once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[serde(deny_unknown_fields)]
 pub struct AdmitRequest {
@@ -120,14 +130,26 @@ pub struct AdmitRequest {
     pub agent: Option<String>,
     /// The upstream service (breakers are per service; limits may be).
     pub service: String,
-    /// Weight of the call for rate limits counted in units (e.g. estimated tokens);
-    /// limits counted in requests take 1. Must be at least 1.
+    /// Weight of the call for rate limits and quotas counted in units (e.g.
+    /// estimated tokens); those counted in requests take 1. Must be at least 1.
     #[serde(default = "one")]
     pub units: u32,
+    /// Estimated cost in USD, reserved against every budget that applies. `None`:
+    /// computed from the price table (or 0 when no price applies).
+    #[serde(default)]
+    pub cost: Option<f64>,
+    /// Selects the price entry `"service/model"` before the service's own.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Estimated input and output units, priced per input/output unit.
+    #[serde(default)]
+    pub input_units: u32,
+    #[serde(default)]
+    pub output_units: u32,
 }
 
 /// The combined verdict of an admission.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct AdmitReply {
     pub allowed: bool,
@@ -144,6 +166,8 @@ pub struct AdmitReply {
     pub retry_after_ms: Option<u64>,
     /// Every guard that looked at the call, in the order they ran.
     pub votes: Vec<Vote>,
+    /// The estimate reserved against the budgets, in USD (when allowed).
+    pub cost: Option<f64>,
 }
 
 /// One guard's opinion on an admission.
@@ -166,11 +190,13 @@ pub struct Vote {
 pub enum GuardKind {
     Rate,
     Breaker,
+    Budget,
+    Quota,
 }
 
 /// "Here is how the call went." Closes a reservation, or reports on a service
 /// without one (a call made without admission still tells the breaker).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[serde(deny_unknown_fields)]
 pub struct ReportRequest {
@@ -189,6 +215,22 @@ pub struct ReportRequest {
     /// failures.
     #[serde(default)]
     pub latency_ms: Option<u64>,
+    /// Actual cost in USD. `None`: computed from the price table and the reported
+    /// units, or the reserved estimate when neither is known.
+    #[serde(default)]
+    pub cost: Option<f64>,
+    #[serde(default)]
+    pub input_units: Option<u32>,
+    #[serde(default)]
+    pub output_units: Option<u32>,
+    /// Makes the charge idempotent: a report repeated with the same key is
+    /// acknowledged and counted once, across reconnects and restarts. Defaults to
+    /// the reservation id; required for a charge without a reservation.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// The agent a charge without reservation is made for (default: the session's).
+    #[serde(default)]
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,7 +242,7 @@ pub enum Outcome {
 }
 
 /// Reply to `Report`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct ReportReply {
     pub ok: bool,
@@ -208,6 +250,8 @@ pub struct ReportReply {
     pub duplicate: bool,
     /// The service's breaker state after this report (`None` for a duplicate).
     pub breaker: Option<BreakerState>,
+    /// USD committed to the budgets by this report (`None` for a duplicate).
+    pub charged: Option<f64>,
 }
 
 /// Ask for breaker states: one service, or every known one.
@@ -261,8 +305,103 @@ pub enum BreakerState {
     Disabled,
 }
 
-/// The daemon's health: the same document `/health` will serve.
+/// Ask for the budgets: all of them, or those that apply to one agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(deny_unknown_fields)]
+pub struct BudgetRequest {
+    #[serde(default)]
+    pub agent: Option<String>,
+}
+
+/// Money, in USD. The top-level figures are those of the most specific budget asked
+/// for (the agent's own when `agent` was given and has one, else the global one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct BudgetReply {
+    pub spent: f64,
+    pub reserved: f64,
+    pub limit: f64,
+    pub remaining: f64,
+    pub budgets: Vec<BudgetInfo>,
+}
+
+/// One budget in its current period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct BudgetInfo {
+    /// `global`, `agent:NAME` or `service:NAME`.
+    pub name: String,
+    pub spent: f64,
+    /// Held by open reservations (admitted, not yet reported).
+    pub reserved: f64,
+    pub limit: f64,
+    /// `limit - spent - reserved`, never below 0.
+    pub remaining: f64,
+    /// Open reservations whose connection is gone, waiting to be settled by policy
+    /// (includes those recovered after a restart).
+    pub orphaned: u32,
+    /// `never`, `daily`, `weekly`, `monthly`, or a duration like `6h`.
+    pub reset: String,
+    /// Seconds until the period ends and spending starts again from 0.
+    pub resets_in_s: Option<u64>,
+}
+
+/// Ask for quota counters: all of them, or one quota's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(deny_unknown_fields)]
+pub struct QuotasRequest {
+    #[serde(default)]
+    pub quota: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct QuotasReply {
+    pub quotas: Vec<QuotaInfo>,
+}
+
+/// One quota counter (one key of one quota) in its current window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct QuotaInfo {
+    pub quota: String,
+    /// The counter's key (agent, service, `agent/service`, or empty for global).
+    pub key: String,
+    pub used: u64,
+    pub limit: u64,
+    /// `minute`, `hour`, `day`, `month` or `lifetime`.
+    pub window: String,
+    pub resets_in_s: Option<u64>,
+}
+
+/// Admin operations. Each is recorded in the ledger's audit table with the peer's
+/// uid and pid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(rename_all = "snake_case")]
+pub enum AdminRequest {
+    /// Change a budget's limit (USD) until the next restart or reload.
+    SetLimit { budget: String, limit: f64 },
+    /// Start the budget's current period over from 0 spent.
+    ResetBudget { budget: String },
+    /// Give back a committed charge, named by its idempotency key.
+    Refund { key: String },
+    /// Start a quota counter's window over from 0.
+    ResetQuota { quota: String, key: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AdminReply {
+    pub ok: bool,
+    /// What was done, for the operator.
+    pub message: String,
+}
+
+/// The daemon's health: the same document `/health` will serve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct StatusReport {
     pub status: Health,
@@ -277,6 +416,11 @@ pub struct StatusReport {
     /// Admissions not yet reported.
     pub open_reservations: u64,
     pub circuit_breakers: BreakerCounts,
+    /// `ok`, or why the ledger store is failing.
+    pub store: String,
+    /// The global budget's spending in its current period (USD).
+    pub budget_spent: f64,
+    pub budget_limit: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,6 +481,9 @@ pub enum ErrorCode {
     /// The peer's credentials do not allow this (connecting, this agent name, or an
     /// admin operation). The message names the uid and the rule.
     NotPermitted,
+    /// Temporarily impossible (the ledger store failed, or the same charge is being
+    /// committed right now); nothing changed. Retry later.
+    Unavailable,
 }
 
 impl ErrorReply {
@@ -350,6 +497,40 @@ impl ErrorReply {
 
 fn one() -> u32 {
     1
+}
+
+impl Default for AdmitRequest {
+    /// One unit, no cost estimate (priced by the daemon), the session's agent; set
+    /// at least `service`.
+    fn default() -> Self {
+        AdmitRequest {
+            agent: None,
+            service: String::new(),
+            units: 1,
+            cost: None,
+            model: None,
+            input_units: 0,
+            output_units: 0,
+        }
+    }
+}
+
+impl Default for ReportRequest {
+    /// A success with nothing else known; set `reservation` or `service`.
+    fn default() -> Self {
+        ReportRequest {
+            reservation: None,
+            service: None,
+            outcome: Outcome::Success,
+            units: None,
+            latency_ms: None,
+            cost: None,
+            input_units: None,
+            output_units: None,
+            idempotency_key: None,
+            agent: None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -43,6 +43,8 @@ impl Daemon {
             .arg(&config_path)
             .arg("--socket")
             .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
             .arg("--log-level")
             .arg("debug")
             .env_remove("LISTEN_FDS")

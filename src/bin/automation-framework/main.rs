@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 use automation_framework::client::{Client, ClientError};
 use automation_framework::config::Config;
 use automation_framework::paths;
-use automation_framework::protocol::{AdmitRequest, Outcome, ReportRequest};
+use automation_framework::protocol::{AdminRequest, AdmitRequest, Outcome, ReportRequest};
 
 const CLIENT_NAME: &str = concat!("automation-framework-cli/", env!("CARGO_PKG_VERSION"));
 
@@ -60,9 +60,15 @@ enum Command {
         /// The upstream service.
         #[arg(long)]
         service: String,
-        /// Weight for unit-counted rate limits (e.g. estimated tokens).
+        /// Weight for unit-counted rate limits and quotas (e.g. estimated tokens).
         #[arg(long, default_value_t = 1)]
         units: u32,
+        /// Estimated cost in USD (default: from the daemon's price table).
+        #[arg(long)]
+        cost: Option<f64>,
+        /// Model, to pick the price entry "service/model".
+        #[arg(long)]
+        model: Option<String>,
     },
     /// Report the outcome of a call made without admission (or of a reservation
     /// held by this connection); feeds the service's breaker.
@@ -82,6 +88,39 @@ enum Command {
         /// Units actually used.
         #[arg(long)]
         units: Option<u32>,
+        /// Actual cost in USD (a charge without reservation needs --key).
+        #[arg(long)]
+        cost: Option<f64>,
+        /// Idempotency key: a report repeated with the same key counts once.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Budgets: spent, reserved, limit and remaining (USD) in the current period.
+    Budget {
+        /// Only the budgets that apply to this agent.
+        #[arg(long = "for")]
+        for_agent: Option<String>,
+        /// Admin: set this budget's limit (USD); `--budget` names it.
+        #[arg(long, requires = "budget")]
+        set_limit: Option<f64>,
+        /// Admin: start this budget's current period over from $0 spent.
+        #[arg(long, requires = "budget", conflicts_with = "set_limit")]
+        reset: bool,
+        /// The budget for --set-limit/--reset: global, agent:NAME or service:NAME.
+        #[arg(long)]
+        budget: Option<String>,
+        /// Admin: refund the charge with this idempotency key.
+        #[arg(long, conflicts_with_all = ["set_limit", "reset"])]
+        refund: Option<String>,
+    },
+    /// Quota counters in their current windows.
+    Quota {
+        /// Only this quota.
+        #[arg(long)]
+        quota: Option<String>,
+        /// Admin: start the window of this key of --quota over from 0.
+        #[arg(long, requires = "quota")]
+        reset_key: Option<String>,
     },
     /// Circuit breaker states.
     Breakers {
@@ -153,13 +192,22 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
             render::status(&status, json);
             Ok(Verdict::Done)
         }
-        Command::Admit { service, units } => {
+        Command::Admit {
+            service,
+            units,
+            cost,
+            model,
+        } => {
             let mut client = connect(&socket, &cli.agent).await?;
             let reply = client
                 .admit(AdmitRequest {
                     agent: None,
                     service,
                     units,
+                    cost,
+                    model,
+                    input_units: 0,
+                    output_units: 0,
                 })
                 .await?;
             render::admit(&reply, json);
@@ -175,6 +223,8 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
             outcome,
             latency_ms,
             units,
+            cost,
+            key,
         } => {
             let outcome = if outcome == "success" {
                 Outcome::Success
@@ -189,9 +239,52 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
                     outcome,
                     units,
                     latency_ms,
+                    cost,
+                    input_units: None,
+                    output_units: None,
+                    idempotency_key: key,
+                    agent: None,
                 })
                 .await?;
             render::report(&reply, json);
+            Ok(Verdict::Done)
+        }
+        Command::Budget {
+            for_agent,
+            set_limit,
+            reset,
+            budget,
+            refund,
+        } => {
+            let mut client = connect(&socket, &cli.agent).await?;
+            let admin = match (set_limit, reset, refund) {
+                (Some(limit), _, _) => Some(AdminRequest::SetLimit {
+                    budget: budget.clone().unwrap_or_default(),
+                    limit,
+                }),
+                (None, true, _) => Some(AdminRequest::ResetBudget {
+                    budget: budget.clone().unwrap_or_default(),
+                }),
+                (None, false, Some(key)) => Some(AdminRequest::Refund { key }),
+                (None, false, None) => None,
+            };
+            match admin {
+                Some(request) => render::admin(&client.admin(request).await?, json),
+                None => render::budget(&client.budget(for_agent).await?, json),
+            }
+            Ok(Verdict::Done)
+        }
+        Command::Quota { quota, reset_key } => {
+            let mut client = connect(&socket, &cli.agent).await?;
+            match (quota, reset_key) {
+                (Some(quota), Some(key)) => render::admin(
+                    &client
+                        .admin(AdminRequest::ResetQuota { quota, key })
+                        .await?,
+                    json,
+                ),
+                (quota, _) => render::quotas(&client.quotas(quota).await?, json),
+            }
             Ok(Verdict::Done)
         }
         Command::Breakers { service } => {

@@ -5,7 +5,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use automation_framework::config::{Config, ConfigError};
-use automation_framework::protocol::{AdmitReply, BreakerInfo, Pong, ReportReply, StatusReport};
+use automation_framework::protocol::{
+    AdminReply, AdmitReply, BreakerInfo, BudgetReply, Pong, QuotaInfo, ReportReply, StatusReport,
+};
 
 fn print_json<T: Serialize>(value: &T) {
     match serde_json::to_string(value) {
@@ -53,6 +55,72 @@ pub fn status(status: &StatusReport, json: bool) {
         "breakers:     {} closed, {} open, {} half-open",
         b.closed, b.open, b.half_open
     );
+    println!(
+        "budget:       ${:.2} spent of ${:.2}",
+        status.budget_spent, status.budget_limit
+    );
+    println!("ledger:       {}", status.store);
+}
+
+pub fn budget(reply: &BudgetReply, json: bool) {
+    if json {
+        return print_json(reply);
+    }
+    if reply.budgets.is_empty() {
+        println!("no budgets configured");
+        return;
+    }
+    println!(
+        "{:<28} {:>12} {:>12} {:>12} {:>12} {:>8}  RESET",
+        "BUDGET", "SPENT", "RESERVED", "LIMIT", "REMAINING", "ORPHANS"
+    );
+    for b in &reply.budgets {
+        let reset = match b.resets_in_s {
+            Some(s) => format!(
+                "{} (in {})",
+                b.reset,
+                humantime::format_duration(std::time::Duration::from_secs(s))
+            ),
+            None => b.reset.clone(),
+        };
+        println!(
+            "{:<28} {:>12} {:>12} {:>12} {:>12} {:>8}  {}",
+            b.name,
+            format!("${:.6}", b.spent),
+            format!("${:.6}", b.reserved),
+            format!("${:.2}", b.limit),
+            format!("${:.6}", b.remaining),
+            b.orphaned,
+            reset
+        );
+    }
+}
+
+pub fn quotas(quotas: &[QuotaInfo], json: bool) {
+    if json {
+        return print_json(&quotas);
+    }
+    if quotas.is_empty() {
+        println!("no quota counters in their current windows");
+        return;
+    }
+    println!(
+        "{:<20} {:<28} {:>12} {:>12} {:>9}",
+        "QUOTA", "KEY", "USED", "LIMIT", "WINDOW"
+    );
+    for q in quotas {
+        println!(
+            "{:<20} {:<28} {:>12} {:>12} {:>9}",
+            q.quota, q.key, q.used, q.limit, q.window
+        );
+    }
+}
+
+pub fn admin(reply: &AdminReply, json: bool) {
+    if json {
+        return print_json(reply);
+    }
+    println!("ok: {}", reply.message);
 }
 
 pub fn admit(reply: &AdmitReply, json: bool) {
@@ -61,8 +129,9 @@ pub fn admit(reply: &AdmitReply, json: bool) {
     }
     if reply.allowed {
         println!(
-            "allowed (reservation {}; released when this command exits)",
-            reply.reservation.unwrap_or_default()
+            "allowed (reservation {}, ${:.6} reserved; released when this command exits)",
+            reply.reservation.unwrap_or_default(),
+            reply.cost.unwrap_or_default()
         );
     } else {
         let guard = reply.guard.as_ref().map(name).unwrap_or_default();
@@ -91,7 +160,10 @@ pub fn report(reply: &ReportReply, json: bool) {
     }
     match (&reply.breaker, reply.duplicate) {
         (_, true) => println!("ok (already reported; nothing counted again)"),
-        (Some(state), false) => println!("ok (breaker {})", name(state)),
+        (Some(state), false) => match reply.charged {
+            Some(usd) => println!("ok (charged ${usd:.6}; breaker {})", name(state)),
+            None => println!("ok (breaker {})", name(state)),
+        },
         (None, false) => println!("ok"),
     }
 }

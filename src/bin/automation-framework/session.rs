@@ -12,10 +12,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use automation_framework::client::{Client, ClientError};
 use automation_framework::protocol::{
-    AdmitRequest, BreakersRequest, ReportRequest, Request, Response,
+    AdminRequest, AdmitRequest, BreakersRequest, BudgetRequest, QuotasRequest, ReportRequest,
+    Request, Response,
 };
 
-const OPS: &str = "ping, status, admit, report, breakers";
+const OPS: &str = "ping, status, admit, report, breakers, budget, quotas, admin";
 
 /// A line that could not become a request.
 struct LineError {
@@ -31,7 +32,7 @@ pub async fn run(mut client: Client) -> anyhow::Result<()> {
             continue;
         }
         let (id, op, reply) = match parse(&line) {
-            Err(err) => (None, None, error_object(err.kind, &err.message)),
+            Err(err) => (line_id(&line), None, error_object(err.kind, &err.message)),
             Ok((id, request)) => {
                 let op = request.op();
                 match client.call(request).await {
@@ -85,6 +86,10 @@ fn parse(line: &str) -> Result<(Option<Value>, Request), LineError> {
         "admit" => Request::Admit(fields_of::<AdmitRequest>(&op, fields)?),
         "report" => Request::Report(fields_of::<ReportRequest>(&op, fields)?),
         "breakers" => Request::Breakers(fields_of::<BreakersRequest>(&op, fields)?),
+        "budget" => Request::Budget(fields_of::<BudgetRequest>(&op, fields)?),
+        "quotas" => Request::Quotas(fields_of::<QuotasRequest>(&op, fields)?),
+        // {"op":"admin","set_limit":{"budget":"global","limit":50}}
+        "admin" => Request::Admin(fields_of::<AdminRequest>(&op, fields)?),
         other => {
             return Err(LineError {
                 kind: "unknown_request",
@@ -93,6 +98,11 @@ fn parse(line: &str) -> Result<(Option<Value>, Request), LineError> {
         }
     };
     Ok((id, request))
+}
+
+/// The `"id"` of a line that could not become a request, if it has one.
+fn line_id(line: &str) -> Option<Value> {
+    serde_json::from_str::<Value>(line).ok()?.get("id").cloned()
 }
 
 fn no_fields(op: &str, fields: Map<String, Value>) -> Result<(), LineError> {
@@ -122,6 +132,9 @@ fn response_object(response: Response) -> Value {
         Response::Admit(v) => object(&v),
         Response::Report(v) => object(&v),
         Response::Breakers(v) => object(&v),
+        Response::Budget(v) => object(&v),
+        Response::Quotas(v) => object(&v),
+        Response::Admin(v) => object(&v),
         Response::Error(err) => error_object(&wire_name(&err.code), &err.message),
     }
 }

@@ -1,0 +1,459 @@
+//! The engine's money and counting side: budgets restored from the ledger, charges
+//! filed under the right periods, alert thresholds, orphan settlement, the budget
+//! and quota views, and admin operations.
+
+use super::{AdmissionError, Engine, Moment, Reservation, Stage};
+use crate::config::OrphanPolicy;
+use crate::guard::breaker::Pass;
+use crate::guard::budget::Budget;
+use crate::guard::display_key;
+use crate::guard::quota::Counter;
+use crate::money::Usd;
+use crate::store::{Entry, Outcome as LedgerOutcome, Snapshot};
+
+/// One budget as the `budget` request shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetView {
+    pub name: String,
+    pub spent: Usd,
+    pub reserved: Usd,
+    pub limit: Usd,
+    pub remaining: Usd,
+    pub orphaned: u32,
+    pub reset: String,
+    pub resets_in: Option<u64>,
+}
+
+/// One quota counter as the `quotas` request shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaView {
+    pub quota: String,
+    pub key: String,
+    pub used: u64,
+    pub limit: u64,
+    pub window: String,
+    pub resets_in: Option<u64>,
+}
+
+/// An admin operation, with who asked.
+#[derive(Debug, Clone)]
+pub struct AdminAction {
+    pub uid: u32,
+    pub pid: i32,
+    pub kind: AdminKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum AdminKind {
+    SetLimit { budget: String, limit: Usd },
+    ResetBudget { budget: String },
+    Refund { key: String },
+    ResetQuota { quota: String, key: String },
+}
+
+/// A validated admin operation waiting for its ledger write.
+#[derive(Debug, Clone)]
+pub struct PendingAdmin {
+    pub entries: Vec<Entry>,
+    kind: AdminKind,
+    period_start: u64,
+}
+
+impl Engine {
+    /// Rebuilds budgets, quota counters and orphaned reservations from the ledger.
+    pub(super) fn restore(&mut self, snapshot: &Snapshot, now: Moment) {
+        let config = &self.config.budget;
+        let specs = config
+            .global
+            .iter()
+            .chain(config.agents.values())
+            .chain(config.services.values())
+            .cloned();
+        for mut spec in specs {
+            if let Some((_, limit)) = snapshot.limits.iter().find(|(name, _)| *name == spec.name) {
+                spec.limit = *limit;
+            }
+            let start = spec.reset.start(now.unix);
+            let spent = snapshot
+                .balances
+                .iter()
+                .filter(|(name, period, _)| *name == spec.name && *period == start)
+                .map(|(_, _, spent)| *spent)
+                .fold(Usd::ZERO, |a, b| a + b);
+            self.budgets
+                .insert(spec.name.clone(), Budget::new(spec, now.unix, spent));
+        }
+        for (quota, key, window_start, used) in &snapshot.quotas {
+            if let Some(rule) = self.quotas.iter_mut().find(|q| q.name() == quota) {
+                rule.restore(
+                    key.clone(),
+                    Counter {
+                        window_start: *window_start,
+                        used: *used,
+                    },
+                );
+            }
+        }
+        for stored in &snapshot.reservations {
+            let budgets: Vec<String> = stored
+                .budgets
+                .iter()
+                .filter(|b| self.budgets.contains_key(*b))
+                .cloned()
+                .collect();
+            for name in &budgets {
+                if let Some(budget) = self.budgets.get_mut(name) {
+                    budget.reserve(stored.estimate);
+                }
+            }
+            self.reservations.insert(
+                stored.id,
+                Reservation {
+                    session: None,
+                    orphaned_at: Some(now.mono),
+                    agent: stored.agent.clone(),
+                    service: stored.service.clone(),
+                    model: stored.model.clone(),
+                    units: 1,
+                    input_units: 0,
+                    output_units: 0,
+                    pass: Pass::Free,
+                    cells: Vec::new(),
+                    quota_taken: Vec::new(),
+                    estimate: stored.estimate,
+                    budgets,
+                    stage: Stage::Open,
+                },
+            );
+        }
+        if !snapshot.reservations.is_empty() {
+            log::warn!(
+                "{} reservation(s) left open by the previous run are orphans now: reportable until budget.orphan_timeout, then settled by budget.orphan_policy",
+                snapshot.reservations.len()
+            );
+        }
+    }
+
+    /// The budgets a call by `agent` to `service` must fit: global, the agent's,
+    /// the service's (those configured).
+    pub(super) fn applicable_budgets(&self, agent: &str, service: &str) -> Vec<String> {
+        let mut names = Vec::with_capacity(3);
+        for name in [
+            "global".to_owned(),
+            format!("agent:{agent}"),
+            format!("service:{service}"),
+        ] {
+            if self.budgets.contains_key(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// Each budget with the start of the period a charge now is filed under.
+    pub(super) fn file(&mut self, budgets: &[String], now: Moment) -> Vec<(String, u64)> {
+        budgets
+            .iter()
+            .filter_map(|name| {
+                let budget = self.budgets.get_mut(name)?;
+                budget.roll(now.unix);
+                Some((name.clone(), budget.period_start()))
+            })
+            .collect()
+    }
+
+    /// Adds a durable charge to its budgets and logs thresholds it crossed.
+    pub(super) fn charge_filed(&mut self, filed: &[(String, u64)], amount: Usd) {
+        for (name, period_start) in filed {
+            let Some(budget) = self.budgets.get_mut(name) else {
+                continue;
+            };
+            budget.charge(amount, *period_start);
+            let Some(reached) = budget.threshold_reached(&self.config.budget.thresholds) else {
+                continue;
+            };
+            let logged = self.thresholds_logged.get(name).copied();
+            if logged.is_none_or(|(period, level)| period != *period_start || level < reached) {
+                self.thresholds_logged
+                    .insert(name.clone(), (*period_start, reached));
+                log::warn!(
+                    budget = name.as_str(), threshold = reached, spent = budget.spent().dollars(), limit = budget.limit().dollars();
+                    "budget {name} crossed {reached}%: {} spent of {}", budget.spent(), budget.limit()
+                );
+            }
+        }
+    }
+
+    pub(super) fn due_orphans(&mut self, now: Moment) -> Vec<(u64, Vec<Entry>)> {
+        let timeout = self.config.budget.orphan_timeout;
+        let policy = self.config.budget.orphan_policy;
+        let due: Vec<u64> = self
+            .reservations
+            .iter()
+            .filter(|(_, r)| {
+                r.stage == Stage::Open && r.orphaned_at.is_some_and(|t| now.mono >= t + timeout)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out = Vec::with_capacity(due.len());
+        for id in due {
+            let (estimate, budgets, agent, service) = {
+                let r = self.reservations.get_mut(&id).expect("collected above");
+                r.stage = Stage::Settling;
+                (
+                    r.estimate,
+                    r.budgets.clone(),
+                    r.agent.clone(),
+                    r.service.clone(),
+                )
+            };
+            let entries = match policy {
+                OrphanPolicy::ChargeEstimate => vec![Entry::Charge {
+                    key: super::reservation_key(id),
+                    reservation: Some(id),
+                    agent,
+                    service,
+                    amount: estimate,
+                    budgets: self.file(&budgets, now),
+                    at: now.unix,
+                }],
+                OrphanPolicy::Release => vec![Entry::Unreserve { id }],
+            };
+            out.push((id, entries));
+        }
+        out
+    }
+
+    pub(super) fn finish_orphan(&mut self, id: u64, entries: &[Entry], written: bool) {
+        if !written {
+            if let Some(r) = self.reservations.get_mut(&id) {
+                r.stage = Stage::Open;
+            }
+            return;
+        }
+        let Some(reservation) = self.reservations.remove(&id) else {
+            return;
+        };
+        for name in &reservation.budgets {
+            if let Some(budget) = self.budgets.get_mut(name) {
+                budget.release(reservation.estimate);
+            }
+        }
+        let mut charged = Usd::ZERO;
+        for entry in entries {
+            if let Entry::Charge {
+                amount, budgets, ..
+            } = entry
+            {
+                self.charge_filed(budgets, *amount);
+                charged = *amount;
+            }
+        }
+        self.recently_closed.insert(id, super::Closed::Reported);
+        log::info!(
+            agent = reservation.agent.as_str(), service = reservation.service.as_str();
+            "orphaned reservation {id} of agent {:?} settled by policy: {charged} charged", reservation.agent
+        );
+    }
+
+    pub(super) fn budget_views(&mut self, agent: Option<&str>, now: Moment) -> Vec<BudgetView> {
+        let mut orphaned: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+        for r in self.reservations.values() {
+            if r.session.is_none() {
+                for name in &r.budgets {
+                    *orphaned.entry(name.as_str()).or_default() += 1;
+                }
+            }
+        }
+        let mut names: Vec<String> = match agent {
+            Some(agent) => self
+                .budgets
+                .keys()
+                .filter(|n| *n == "global" || *n == &format!("agent:{agent}"))
+                .cloned()
+                .collect(),
+            None => self.budgets.keys().cloned().collect(),
+        };
+        names.sort_by_key(|n| (n != "global", n.clone()));
+        let orphaned: std::collections::HashMap<String, u32> = orphaned
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let budget = self.budgets.get_mut(&name)?;
+                budget.roll(now.unix);
+                Some(BudgetView {
+                    spent: budget.spent(),
+                    reserved: budget.reserved(),
+                    limit: budget.limit(),
+                    remaining: budget.remaining(),
+                    orphaned: orphaned.get(&name).copied().unwrap_or(0),
+                    reset: budget.spec().reset.name(),
+                    resets_in: budget.spec().reset.remaining(now.unix),
+                    name,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn quota_views(
+        &self,
+        quota: Option<&str>,
+        now: Moment,
+    ) -> Result<Vec<QuotaView>, AdmissionError> {
+        if let Some(name) = quota {
+            if !self.quotas.iter().any(|q| q.name() == name) {
+                return Err(AdmissionError::UnknownQuota(name.to_owned()));
+            }
+        }
+        let mut out = Vec::new();
+        for rule in self
+            .quotas
+            .iter()
+            .filter(|q| quota.is_none_or(|n| n == q.name()))
+        {
+            let spec = rule.spec();
+            let mut counters: Vec<_> = rule.counters(now.unix).collect();
+            counters.sort();
+            for (key, used) in counters {
+                out.push(QuotaView {
+                    quota: spec.name.clone(),
+                    key: display_key(key),
+                    used,
+                    limit: spec.limit,
+                    window: window_name(spec.window),
+                    resets_in: spec.window.remaining(now.unix),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn admin(
+        &mut self,
+        action: super::AdminAction,
+        now: Moment,
+    ) -> Result<PendingAdmin, AdmissionError> {
+        let (entry, description, period_start) = match &action.kind {
+            AdminKind::SetLimit { budget, limit } => {
+                self.known_budget(budget)?;
+                (
+                    Entry::SetLimit {
+                        budget: budget.clone(),
+                        limit: *limit,
+                    },
+                    format!("set_limit budget={budget} limit={limit}"),
+                    0,
+                )
+            }
+            AdminKind::ResetBudget { budget } => {
+                let b = self.known_budget(budget)?;
+                b.roll(now.unix);
+                let start = b.period_start();
+                (
+                    Entry::ResetBudget {
+                        budget: budget.clone(),
+                        period_start: start,
+                    },
+                    format!("reset_budget budget={budget} period_start={start}"),
+                    start,
+                )
+            }
+            AdminKind::Refund { key } => (
+                Entry::Refund { key: key.clone() },
+                format!("refund key={key}"),
+                0,
+            ),
+            AdminKind::ResetQuota { quota, key } => {
+                if !self.quotas.iter().any(|q| q.name() == quota) {
+                    return Err(AdmissionError::UnknownQuota(quota.clone()));
+                }
+                (
+                    Entry::QuotaReset {
+                        quota: quota.clone(),
+                        key: internal_key(key),
+                    },
+                    format!("reset_quota quota={quota} key={key}"),
+                    0,
+                )
+            }
+        };
+        let audit = Entry::Audit {
+            uid: action.uid,
+            pid: action.pid,
+            action: description,
+            at: now.unix,
+        };
+        Ok(PendingAdmin {
+            entries: vec![entry, audit],
+            kind: action.kind,
+            period_start,
+        })
+    }
+
+    pub(super) fn finish_admin(
+        &mut self,
+        pending: PendingAdmin,
+        outcome: LedgerOutcome,
+    ) -> Result<String, AdmissionError> {
+        match pending.kind {
+            AdminKind::SetLimit { budget, limit } => {
+                self.known_budget(&budget)?.set_limit(limit);
+                Ok(format!("budget {budget} limit set to {limit}"))
+            }
+            AdminKind::ResetBudget { budget } => {
+                let b = self.known_budget(&budget)?;
+                if b.period_start() == pending.period_start {
+                    b.reset_spent();
+                }
+                self.thresholds_logged.remove(&budget);
+                Ok(format!(
+                    "budget {budget}: current period starts over from $0.00 spent"
+                ))
+            }
+            AdminKind::Refund { key } => match outcome {
+                LedgerOutcome::Refunded { amount, budgets } => {
+                    for (name, period_start) in &budgets {
+                        if let Some(budget) = self.budgets.get_mut(name) {
+                            budget.refund(amount, *period_start);
+                        }
+                    }
+                    Ok(format!("refunded {amount} of charge {key:?}"))
+                }
+                _ => Err(AdmissionError::NothingToRefund(key)),
+            },
+            AdminKind::ResetQuota { quota, key } => {
+                if let Some(rule) = self.quotas.iter_mut().find(|q| q.name() == quota) {
+                    rule.reset(&internal_key(&key));
+                }
+                Ok(format!(
+                    "quota {quota} key {key:?}: window starts over from 0"
+                ))
+            }
+        }
+    }
+
+    fn known_budget(&mut self, name: &str) -> Result<&mut Budget, AdmissionError> {
+        self.budgets
+            .get_mut(name)
+            .ok_or_else(|| AdmissionError::UnknownBudget(name.to_owned()))
+    }
+}
+
+/// Counter keys of agent+service quotas use NUL inside and `/` in replies.
+fn internal_key(shown: &str) -> String {
+    shown.replacen('/', "\0", 1)
+}
+
+fn window_name(window: crate::guard::period::Period) -> String {
+    use crate::guard::period::Period;
+    match window {
+        Period::Forever => "lifetime".into(),
+        Period::Daily => "day".into(),
+        Period::Weekly => "week".into(),
+        Period::Monthly => "month".into(),
+        other => other.name(),
+    }
+}

@@ -1,0 +1,535 @@
+//! Admission: the guards of one planned call decided together, and the
+//! reservations that hold what an allowed call took until its outcome is known.
+//!
+//! Architecture Invariant: an admission is all-or-nothing. Every guard (breaker,
+//! rate limits, quotas, budgets) runs under the one `Engine` lock, in order, with
+//! early return; when a guard denies, everything the earlier guards took is put back
+//! before the lock is released. The lock is a `std::sync::Mutex` held for
+//! microseconds and never across an `.await`.
+//!
+//! Architecture Invariant: nothing is acknowledged before it is durable. Whatever
+//! must survive a crash (a reservation against a budget, durable quota usage, a
+//! charge) comes back from the engine as ledger entries; the caller writes them
+//! (group commit, outside the lock) and only then confirms. If the write fails the
+//! engine undoes the admission and the caller answers `Unavailable`: budgets fail
+//! closed.
+//!
+//! Architecture Invariant: a reservation belongs to the session that made it. When
+//! the session ends, trial slots go back to their breaker at once; a reservation
+//! that holds money becomes an orphan, still reportable after a reconnect, and is
+//! settled by `budget.orphan_policy` after `budget.orphan_timeout`.
+
+mod engine;
+mod ledger;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::guard::breaker::{Breaker, BreakerSnapshot, Pass, Phase};
+use crate::guard::budget::Budget;
+use crate::guard::quota::{QuotaRule, QuotaTaken};
+use crate::guard::rate::{Cells, RateRule};
+use crate::money::Usd;
+use crate::store::{Entry, Outcome as LedgerOutcome, Snapshot};
+
+/// How many closed reservation ids are remembered to recognise a repeated report.
+const RECENTLY_CLOSED: usize = 65_536;
+
+/// The admission engine: guards, breakers, budgets and open reservations.
+pub struct Admission {
+    engine: Mutex<Engine>,
+}
+
+/// The moment a request is decided at: monotonic time for intervals, wall time
+/// (Unix seconds) for calendar periods. Read once per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moment {
+    pub mono: Duration,
+    pub unix: u64,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub session: u64,
+    pub agent: &'a str,
+}
+
+/// A planned call.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan<'a> {
+    pub service: &'a str,
+    pub units: NonZeroU32,
+    pub input_units: u32,
+    pub output_units: u32,
+    /// The caller's own estimate; `None` prices the call from the config.
+    pub cost: Option<Usd>,
+    pub model: Option<&'a str>,
+}
+
+/// The verdict on a planned call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub reservation: Option<u64>,
+    pub votes: Vec<GuardVote>,
+    /// Index in `votes` of the vote that denied.
+    pub decisive: Option<usize>,
+    /// Breaker state changes this admission caused (Open → HalfOpen by time).
+    pub transitions: Vec<(String, Phase, Phase)>,
+    /// The estimate reserved against the budgets.
+    pub estimate: Usd,
+}
+
+/// Which guard voted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    Rate,
+    Breaker,
+    Budget,
+    Quota,
+}
+
+/// One guard's vote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardVote {
+    pub guard: Guard,
+    pub rule: String,
+    pub allow: bool,
+    pub shadow: bool,
+    pub reason: String,
+    pub retry_after: Option<Duration>,
+}
+
+/// A decision, and what must be made durable before it may be acknowledged.
+#[derive(Debug)]
+pub struct Admitted {
+    pub decision: Decision,
+    /// Non-empty: write these, then [`Admission::confirm`] (or [`Admission::abort`]
+    /// if the write failed).
+    pub entries: Vec<Entry>,
+}
+
+/// An outcome to record.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub failure: bool,
+    pub units: Option<u32>,
+    pub input_units: Option<u32>,
+    pub output_units: Option<u32>,
+    pub cost: Option<Usd>,
+    pub latency: Option<Duration>,
+}
+
+/// What a report asks the caller to do next.
+#[derive(Debug)]
+pub enum Reporting {
+    /// Done in memory; nothing to write.
+    Settled(Settlement),
+    /// Write `entries`, then [`Admission::finish_report`] with the ledger's answer.
+    Durable {
+        entries: Vec<Entry>,
+        pending: PendingReport,
+    },
+    /// The reservation is not in memory: ask the ledger whether `key` was charged
+    /// (a report repeated after a restart), then answer duplicate or unknown.
+    Lookup { key: String, reservation: u64 },
+}
+
+/// A report waiting for its charge to be durable.
+#[derive(Debug, Clone)]
+pub struct PendingReport {
+    reservation: Option<u64>,
+    service: String,
+    amount: Usd,
+    filed: Vec<(String, u64)>,
+    outcome: Outcome,
+}
+
+/// What a report did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// The charge was made before; nothing was counted again.
+    pub duplicate: bool,
+    pub service: String,
+    pub phase: Option<Phase>,
+    pub transition: Option<(Phase, Phase)>,
+    /// Committed to the budgets.
+    pub charged: Option<Usd>,
+}
+
+/// Why a request could not be carried out at all (as opposed to a denial, which is
+/// a normal answer).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmissionError {
+    #[error("unknown service {0:?}; declare it under [services.{0}] in the config, or set daemon.allow_unknown_services = true")]
+    UnknownService(String),
+    #[error("the daemon already tracks {0} services (daemon.max_services); refusing a new one")]
+    TooManyServices(usize),
+    #[error("this connection already holds {0} open reservations (daemon.max_reservations_per_connection); report outcomes before admitting more")]
+    TooManyReservations(usize),
+    #[error("reservation {0} was never issued by this daemon, or was closed too long ago to tell")]
+    UnknownReservation(u64),
+    #[error(
+        "reservation {0} was released when its connection closed; its outcome was not counted"
+    )]
+    Released(u64),
+    #[error("reservation {0} is being committed right now; retry in a moment")]
+    Busy(u64),
+    #[error("a charge without a reservation needs an idempotency_key, so that a repeated report is counted once")]
+    KeyRequired,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no budget named {0:?}; budgets are \"global\", \"agent:NAME\" and \"service:NAME\" as configured")]
+    UnknownBudget(String),
+    #[error("no quota named {0:?}")]
+    UnknownQuota(String),
+    #[error("no charge with idempotency key {0:?} to refund (never charged, or already refunded)")]
+    NothingToRefund(String),
+}
+
+struct Engine {
+    config: Arc<Config>,
+    rules: Vec<Arc<RateRule>>,
+    quotas: Vec<QuotaRule>,
+    budgets: HashMap<String, Budget>,
+    /// The highest alert threshold logged per budget, with its period.
+    thresholds_logged: HashMap<String, (u64, u8)>,
+    breakers: HashMap<String, Breaker>,
+    reservations: HashMap<u64, Reservation>,
+    by_session: HashMap<u64, HashSet<u64>>,
+    recently_closed: RecentlyClosed,
+    /// Reservation ids are `epoch << 32 | counter`, so they never repeat across
+    /// restarts and a stale id can never close a new reservation.
+    epoch: u64,
+    next_reservation: u64,
+}
+
+/// What an allowed admission took, held until its outcome is known.
+struct Reservation {
+    /// `None` once the connection is gone (or after a restart): an orphan.
+    session: Option<u64>,
+    orphaned_at: Option<Duration>,
+    agent: String,
+    service: String,
+    model: Option<String>,
+    units: u32,
+    input_units: u32,
+    output_units: u32,
+    pass: Pass,
+    cells: Vec<(Arc<RateRule>, Cells)>,
+    quota_taken: Vec<(usize, QuotaTaken)>,
+    estimate: Usd,
+    /// Budgets the estimate is reserved against; non-empty means durable.
+    budgets: Vec<String>,
+    stage: Stage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Decided; its ledger entries are being written.
+    Admitting,
+    Open,
+    /// Its charge (or orphan settlement) is being written.
+    Settling,
+}
+
+/// How a closed reservation ended, to answer a late report correctly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    Reported,
+    Released,
+}
+
+/// A bounded memory of closed reservation ids (FIFO eviction).
+#[derive(Default)]
+struct RecentlyClosed {
+    order: VecDeque<u64>,
+    ids: HashMap<u64, Closed>,
+}
+
+// === impl Admission ===
+
+impl Admission {
+    /// Builds the guards described by `config` on `clock`, with what the ledger
+    /// holds (`snapshot`) restored: spending of the current periods, durable quota
+    /// usage, admin-set limits, and reservations left open by the previous run (as
+    /// orphans).
+    ///
+    /// # Errors
+    /// When a rate limit cannot be represented (validated configs never fail here).
+    pub fn new(
+        config: Arc<Config>,
+        clock: &SharedClock,
+        snapshot: &Snapshot,
+    ) -> Result<Admission, String> {
+        let rules = config
+            .rate_limits
+            .iter()
+            .map(|spec| RateRule::new(spec.clone(), clock.clone()).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        let quotas = config.quotas.iter().cloned().map(QuotaRule::new).collect();
+        let mut engine = Engine {
+            config,
+            rules,
+            quotas,
+            budgets: HashMap::new(),
+            thresholds_logged: HashMap::new(),
+            breakers: HashMap::new(),
+            reservations: HashMap::new(),
+            by_session: HashMap::new(),
+            recently_closed: RecentlyClosed::default(),
+            epoch: snapshot.epoch,
+            next_reservation: 1,
+        };
+        engine.restore(
+            snapshot,
+            Moment {
+                mono: clock.now(),
+                unix: clock.unix(),
+            },
+        );
+        Ok(Admission {
+            engine: Mutex::new(engine),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Engine> {
+        // Every mutation under this lock completes or is undone before unlock, so a
+        // poisoned lock (a panic elsewhere) holds consistent state.
+        self.engine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs every applicable guard for `plan`, all or nothing.
+    ///
+    /// # Errors
+    /// [`AdmissionError`] when the request cannot be decided at all.
+    pub fn admit(
+        &self,
+        caller: Caller<'_>,
+        plan: Plan<'_>,
+        now: Moment,
+    ) -> Result<Admitted, AdmissionError> {
+        self.lock().admit(caller, plan, now)
+    }
+
+    /// The admission's ledger entries are durable: the reservation is open.
+    pub fn confirm(&self, reservation: u64) {
+        self.lock().confirm(reservation);
+    }
+
+    /// The admission's ledger entries could not be written: give back everything
+    /// it took, as if it had been denied.
+    pub fn abort(&self, reservation: u64) {
+        self.lock().abort(reservation);
+    }
+
+    /// Starts closing a reservation with its outcome.
+    ///
+    /// # Errors
+    /// Unknown, released or busy reservations.
+    pub fn report(
+        &self,
+        reservation: u64,
+        key: Option<String>,
+        outcome: Outcome,
+        now: Moment,
+    ) -> Result<Reporting, AdmissionError> {
+        self.lock().report(reservation, key, outcome, now)
+    }
+
+    /// Records an outcome, and possibly a charge, for a call made without
+    /// admission.
+    ///
+    /// # Errors
+    /// Unknown service, or a charge without an idempotency key.
+    pub fn report_unreserved(
+        &self,
+        agent: &str,
+        service: &str,
+        key: Option<String>,
+        outcome: Outcome,
+        now: Moment,
+    ) -> Result<Reporting, AdmissionError> {
+        self.lock()
+            .report_unreserved(agent, service, key, outcome, now)
+    }
+
+    /// Completes a durable report with the ledger's answer (`Err`: the write
+    /// failed, and the reservation is open again for a retry).
+    pub fn finish_report(
+        &self,
+        pending: PendingReport,
+        result: Result<LedgerOutcome, ()>,
+        now: Moment,
+    ) -> Option<Settlement> {
+        self.lock().finish_report(pending, result, now)
+    }
+
+    /// Ends a session: trial slots go back, money-holding reservations become
+    /// orphans, the rest are released. Returns (released, orphaned).
+    pub fn end_session(&self, session: u64, now: Moment) -> (usize, usize) {
+        self.lock().end_session(session, now)
+    }
+
+    /// Orphans whose timeout passed, marked settling, with the entries that settle
+    /// them by policy. Write each, then [`Admission::finish_orphan`].
+    pub fn due_orphans(&self, now: Moment) -> Vec<(u64, Vec<Entry>)> {
+        self.lock().due_orphans(now)
+    }
+
+    /// Completes an orphan's settlement (`written`: its entries are durable).
+    pub fn finish_orphan(&self, reservation: u64, entries: &[Entry], written: bool) {
+        self.lock().finish_orphan(reservation, entries, written);
+    }
+
+    /// Snapshots of breakers: one service, or all of them sorted by name.
+    pub fn breakers(&self, service: Option<&str>, now: Duration) -> Vec<(String, BreakerSnapshot)> {
+        let mut engine = self.lock();
+        let mut out: Vec<_> = engine
+            .breakers
+            .iter_mut()
+            .filter(|(name, _)| service.is_none_or(|s| s == name.as_str()))
+            .map(|(name, breaker)| {
+                breaker.advance(now);
+                (name.clone(), breaker.snapshot(now))
+            })
+            .collect();
+        if out.is_empty() {
+            if let Some(service) = service {
+                if engine.config.knows_service(service) {
+                    // A service never used still has a (closed) breaker to show.
+                    let breaker = Breaker::new(engine.config.breaker_for(service).clone());
+                    out.push((service.to_owned(), breaker.snapshot(now)));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Reservations not yet reported.
+    pub fn open_reservations(&self) -> u64 {
+        self.lock().reservations.len() as u64
+    }
+
+    /// Forgets full rate-limit buckets and past quota windows; called periodically.
+    pub fn purge(&self, now: Moment) {
+        let rules = {
+            let mut engine = self.lock();
+            for quota in &mut engine.quotas {
+                quota.purge(now.unix);
+            }
+            engine.rules.clone()
+        };
+        for rule in rules {
+            rule.purge();
+        }
+    }
+}
+
+pub use ledger::{AdminAction, AdminKind, BudgetView, PendingAdmin, QuotaView};
+
+// === impl Admission (budgets, quotas, admin) ===
+
+impl Admission {
+    /// Budgets in their current periods: all, or those that apply to `agent`.
+    pub fn budgets(&self, agent: Option<&str>, now: Moment) -> Vec<BudgetView> {
+        self.lock().budget_views(agent, now)
+    }
+
+    /// Quota counters of the current windows.
+    pub fn quotas(
+        &self,
+        quota: Option<&str>,
+        now: Moment,
+    ) -> Result<Vec<QuotaView>, AdmissionError> {
+        self.lock().quota_views(quota, now)
+    }
+
+    /// Validates an admin action and returns what to write.
+    ///
+    /// # Errors
+    /// Unknown budgets or quotas, invalid amounts.
+    pub fn admin(&self, action: AdminAction, now: Moment) -> Result<PendingAdmin, AdmissionError> {
+        self.lock().admin(action, now)
+    }
+
+    /// Applies a durable admin action to memory; returns what was done.
+    ///
+    /// # Errors
+    /// [`AdmissionError::NothingToRefund`].
+    pub fn finish_admin(
+        &self,
+        pending: PendingAdmin,
+        outcome: LedgerOutcome,
+    ) -> Result<String, AdmissionError> {
+        self.lock().finish_admin(pending, outcome)
+    }
+}
+
+// === impl Decision ===
+
+impl Decision {
+    fn denied(votes: Vec<GuardVote>, transitions: Vec<(String, Phase, Phase)>) -> Decision {
+        Decision {
+            allowed: false,
+            reservation: None,
+            decisive: Some(votes.len() - 1),
+            votes,
+            transitions,
+            estimate: Usd::ZERO,
+        }
+    }
+
+    /// The vote that denied, if any.
+    pub fn decisive_vote(&self) -> Option<&GuardVote> {
+        self.decisive.and_then(|idx| self.votes.get(idx))
+    }
+}
+
+// === impl Settlement ===
+
+impl Settlement {
+    /// A repeated report: acknowledged, counted nowhere.
+    pub fn duplicate() -> Settlement {
+        Settlement {
+            duplicate: true,
+            service: String::new(),
+            phase: None,
+            transition: None,
+            charged: None,
+        }
+    }
+}
+
+// === impl RecentlyClosed ===
+
+impl RecentlyClosed {
+    fn insert(&mut self, id: u64, how: Closed) {
+        if self.ids.insert(id, how).is_none() {
+            self.order.push_back(id);
+            if self.order.len() > RECENTLY_CLOSED {
+                if let Some(old) = self.order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn get(&self, id: u64) -> Option<Closed> {
+        self.ids.get(&id).copied()
+    }
+}
+
+/// The idempotency key of a reservation's charge.
+pub fn reservation_key(id: u64) -> String {
+    format!("reservation:{id}")
+}
+
+#[cfg(test)]
+mod tests;

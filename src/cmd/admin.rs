@@ -1,0 +1,57 @@
+//! `Admin`: set a budget's limit, reset a budget's period or a quota's window,
+//! refund a charge. Admin peers only; each operation is written to the ledger's
+//! audit table with the peer's uid and pid before it takes effect.
+
+use super::{dollars, error, unavailable, Reply};
+use crate::admission::{AdminAction, AdminKind, Moment};
+use crate::protocol::{AdminReply, AdminRequest, ErrorCode, Response};
+use crate::state::{Session, State};
+
+pub(super) fn apply(state: &State, session: &Session, req: AdminRequest, now: Moment) -> Reply {
+    let peer = session.peer;
+    if !state.is_admin(&peer) {
+        log::warn!(
+            peer_uid = peer.uid, peer_pid = peer.pid, decision = "deny";
+            "admin operation refused for uid {} pid {}: not an admin", peer.uid, peer.pid
+        );
+        return Reply::Ready(error(
+            ErrorCode::NotPermitted,
+            format!(
+                "uid {} may not run admin operations (admins: root and the daemon's own user)",
+                peer.uid
+            ),
+        ));
+    }
+    let kind = match req {
+        AdminRequest::SetLimit { budget, limit } => match dollars("limit", limit) {
+            Ok(limit) => AdminKind::SetLimit { budget, limit },
+            Err(err) => return Reply::Ready(Response::Error(err)),
+        },
+        AdminRequest::ResetBudget { budget } => AdminKind::ResetBudget { budget },
+        AdminRequest::Refund { key } => AdminKind::Refund { key },
+        AdminRequest::ResetQuota { quota, key } => AdminKind::ResetQuota { quota, key },
+    };
+    let action = AdminAction {
+        uid: peer.uid,
+        pid: peer.pid,
+        kind,
+    };
+    let pending = match state.admission().admin(action, now) {
+        Ok(pending) => pending,
+        Err(err) => return Reply::Ready(err.into()),
+    };
+    let state = state.clone();
+    let written = state.store().write(pending.entries.clone());
+    Reply::Pending(Box::pin(async move {
+        match written.await {
+            Ok(outcome) => match state.admission().finish_admin(pending, outcome) {
+                Ok(message) => {
+                    log::warn!(peer_uid = peer.uid, peer_pid = peer.pid; "admin operation by uid {} pid {}: {message}", peer.uid, peer.pid);
+                    Response::Admin(AdminReply { ok: true, message })
+                }
+                Err(err) => err.into(),
+            },
+            Err(err) => unavailable(&err),
+        }
+    }))
+}

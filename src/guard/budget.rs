@@ -1,0 +1,254 @@
+//! Money budgets: a limit per period, spending that is a fact, and reservations
+//! that hold an admitted call's estimate until its outcome is known.
+//!
+//! The check is `spent + reserved + estimate <= limit`, so concurrent admissions can
+//! never together pass the limit; once `spent` alone reaches the limit (a call cost
+//! more than estimated) nothing more is admitted until the period ends.
+
+use std::time::Duration;
+
+use super::period::Period;
+use crate::money::Usd;
+
+/// A validated budget from config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetSpec {
+    /// `global`, `agent:NAME` or `service:NAME`.
+    pub name: String,
+    pub limit: Usd,
+    pub reset: Period,
+}
+
+/// One budget's state in its current period.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    spec: BudgetSpec,
+    period_start: u64,
+    spent: Usd,
+    reserved: Usd,
+}
+
+/// Why a budget refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BudgetDenial {
+    #[error("budget {name} is spent: {spent} of {limit}")]
+    Exhausted {
+        name: String,
+        spent: Usd,
+        limit: Usd,
+        retry_after: Option<Duration>,
+    },
+    #[error(
+        "budget {name} has {remaining} left (of {limit}), the call is estimated at {estimate}"
+    )]
+    WouldExceed {
+        name: String,
+        estimate: Usd,
+        remaining: Usd,
+        limit: Usd,
+        retry_after: Option<Duration>,
+    },
+}
+
+// === impl Budget ===
+
+impl Budget {
+    /// A budget in the period containing `now` (Unix seconds), with what the ledger
+    /// says was already spent in that period.
+    pub fn new(spec: BudgetSpec, now: u64, spent: Usd) -> Budget {
+        Budget {
+            period_start: spec.reset.start(now),
+            spec,
+            spent,
+            reserved: Usd::ZERO,
+        }
+    }
+
+    pub fn spec(&self) -> &BudgetSpec {
+        &self.spec
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Moves to the period containing `now`; spending starts over at a boundary.
+    /// Reservations carry over: they are charged when they settle. Returns whether
+    /// a new period began.
+    pub fn roll(&mut self, now: u64) -> bool {
+        let start = self.spec.reset.start(now);
+        if start == self.period_start {
+            return false;
+        }
+        self.period_start = start;
+        self.spent = Usd::ZERO;
+        true
+    }
+
+    pub fn period_start(&self) -> u64 {
+        self.period_start
+    }
+
+    /// May `estimate` be reserved now? Call [`Budget::roll`] first.
+    ///
+    /// # Errors
+    /// A [`BudgetDenial`]; `retry_after` is the time to the next reset, if any.
+    pub fn check(&self, estimate: Usd, now: u64) -> Result<(), BudgetDenial> {
+        let limit = self.spec.limit;
+        let retry_after = self.spec.reset.remaining(now).map(Duration::from_secs);
+        if self.spent >= limit {
+            return Err(BudgetDenial::Exhausted {
+                name: self.spec.name.clone(),
+                spent: self.spent,
+                limit,
+                retry_after,
+            });
+        }
+        if self.spent + self.reserved + estimate > limit {
+            return Err(BudgetDenial::WouldExceed {
+                name: self.spec.name.clone(),
+                estimate,
+                remaining: self.remaining(),
+                limit,
+                retry_after,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn reserve(&mut self, amount: Usd) {
+        self.reserved += amount;
+    }
+
+    pub fn release(&mut self, amount: Usd) {
+        self.reserved -= amount;
+    }
+
+    /// Records spending filed under the period starting at `period_start`; spending
+    /// of another period (a refund of last month's charge) does not touch this one.
+    pub fn charge(&mut self, amount: Usd, period_start: u64) {
+        if period_start == self.period_start {
+            self.spent += amount;
+        }
+    }
+
+    pub fn refund(&mut self, amount: Usd, period_start: u64) {
+        if period_start == self.period_start {
+            self.spent -= amount;
+        }
+    }
+
+    pub fn set_limit(&mut self, limit: Usd) {
+        self.spec.limit = limit;
+    }
+
+    /// Starts the current period over.
+    pub fn reset_spent(&mut self) {
+        self.spent = Usd::ZERO;
+    }
+
+    pub fn spent(&self) -> Usd {
+        self.spent
+    }
+
+    pub fn reserved(&self) -> Usd {
+        self.reserved
+    }
+
+    pub fn limit(&self) -> Usd {
+        self.spec.limit
+    }
+
+    pub fn remaining(&self) -> Usd {
+        self.spec.limit - self.spent - self.reserved
+    }
+
+    /// The highest alert threshold (percent of the limit) that `spent` reached,
+    /// among `thresholds`.
+    pub fn threshold_reached(&self, thresholds: &[u8]) -> Option<u8> {
+        let limit = self.spec.limit.micros();
+        if limit == 0 {
+            return thresholds.iter().copied().max();
+        }
+        thresholds
+            .iter()
+            .copied()
+            .filter(|t| i128::from(self.spent.micros()) * 100 >= i128::from(limit) * i128::from(*t))
+            .max()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MON: u64 = 1_795_392_000;
+
+    fn usd(dollars: f64) -> Usd {
+        Usd::from_dollars(dollars).unwrap()
+    }
+
+    fn daily(limit: f64) -> Budget {
+        Budget::new(
+            BudgetSpec {
+                name: "global".into(),
+                limit: usd(limit),
+                reset: Period::Daily,
+            },
+            MON + 3600,
+            Usd::ZERO,
+        )
+    }
+
+    #[test]
+    fn reservations_count_against_the_limit() {
+        let mut b = daily(10.0);
+        for _ in 0..10 {
+            b.check(usd(1.0), MON).unwrap();
+            b.reserve(usd(1.0));
+        }
+        assert!(matches!(
+            b.check(usd(1.0), MON),
+            Err(BudgetDenial::WouldExceed { .. })
+        ));
+        assert!(b.check(Usd::ZERO, MON).is_ok(), "a free call still fits");
+    }
+
+    #[test]
+    fn an_overrun_is_recorded_and_blocks_until_the_reset() {
+        let mut b = daily(10.0);
+        b.reserve(usd(1.0));
+        b.release(usd(1.0));
+        b.charge(usd(12.0), b.period_start());
+        assert_eq!(b.spent(), usd(12.0));
+        match b.check(Usd::ZERO, MON + 3600) {
+            Err(BudgetDenial::Exhausted { retry_after, .. }) => {
+                assert_eq!(retry_after, Some(Duration::from_secs(86_400 - 3600)))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!b.roll(MON + 86_399));
+        assert!(b.roll(MON + 86_400), "a new day");
+        assert_eq!(b.spent(), Usd::ZERO);
+        assert!(!b.roll(MON + 86_401), "once per boundary");
+        b.check(usd(10.0), MON + 86_401).unwrap();
+    }
+
+    #[test]
+    fn charges_of_another_period_do_not_touch_this_one() {
+        let mut b = daily(10.0);
+        b.charge(usd(3.0), MON - 86_400);
+        assert_eq!(b.spent(), Usd::ZERO);
+        b.charge(usd(3.0), MON);
+        b.refund(usd(1.0), MON);
+        assert_eq!(b.spent(), usd(2.0));
+    }
+
+    #[test]
+    fn thresholds() {
+        let mut b = daily(100.0);
+        assert_eq!(b.threshold_reached(&[50, 80, 100]), None);
+        b.charge(usd(80.0), MON);
+        assert_eq!(b.threshold_reached(&[50, 80, 100]), Some(80));
+    }
+}

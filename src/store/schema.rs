@@ -1,0 +1,332 @@
+//! The ledger's tables, migrations, startup load, and how each entry is written.
+//!
+//! Amounts are INTEGER micro-dollars with CHECK constraints; `charges` is the
+//! append-only journal (refunds mark a row, never delete it) and `balances` the
+//! materialized spend per budget and period, updated in the same transaction.
+
+use rusqlite::{params, Connection, OptionalExtension, Savepoint};
+
+use super::{Entry, Outcome, Snapshot, StoredReservation};
+use crate::money::Usd;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` is how many ran.
+/// Append only: a released migration is never edited.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first ledger.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+     CREATE TABLE reservations (
+         id INTEGER PRIMARY KEY,
+         agent TEXT NOT NULL,
+         service TEXT NOT NULL,
+         model TEXT,
+         estimate INTEGER NOT NULL CHECK (estimate >= 0),
+         budgets TEXT NOT NULL,
+         at INTEGER NOT NULL);
+     CREATE TABLE charges (
+         key TEXT PRIMARY KEY,
+         reservation INTEGER,
+         agent TEXT NOT NULL,
+         service TEXT NOT NULL,
+         amount INTEGER NOT NULL CHECK (amount >= 0),
+         budgets TEXT NOT NULL,
+         at INTEGER NOT NULL,
+         refunded INTEGER NOT NULL DEFAULT 0 CHECK (refunded IN (0, 1)));
+     CREATE TABLE balances (
+         budget TEXT NOT NULL,
+         period_start INTEGER NOT NULL,
+         spent INTEGER NOT NULL CHECK (spent >= 0),
+         PRIMARY KEY (budget, period_start));
+     CREATE TABLE quota_usage (
+         quota TEXT NOT NULL,
+         key TEXT NOT NULL,
+         window_start INTEGER NOT NULL,
+         used INTEGER NOT NULL CHECK (used >= 0),
+         PRIMARY KEY (quota, key, window_start));
+     CREATE TABLE limits (budget TEXT PRIMARY KEY, amount INTEGER NOT NULL CHECK (amount >= 0));
+     CREATE TABLE audit (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         at INTEGER NOT NULL,
+         uid INTEGER NOT NULL,
+         pid INTEGER NOT NULL,
+         action TEXT NOT NULL);",
+];
+
+/// Pragmas for durability, then migrations.
+pub(super) fn prepare(conn: &mut Connection) -> Result<(), String> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(|e| format!("enabling WAL: {e}"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(format!(
+            "the filesystem does not support WAL (journal_mode is {mode})"
+        ));
+    }
+    // FULL: the WAL is fsynced at every commit, so an acknowledged charge survives
+    // power loss, not only a crash of the process.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(|e| e.to_string())?;
+    conn.pragma_update(None, "foreign_keys", true)
+        .map_err(|e| e.to_string())?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|e| e.to_string())?;
+    let version = usize::try_from(version).unwrap_or(usize::MAX);
+    if version > MIGRATIONS.len() {
+        return Err(format!(
+            "the ledger has schema version {version}, newer than this build knows ({}); run a newer automation-frameworkd",
+            MIGRATIONS.len()
+        ));
+    }
+    for (idx, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        tx.execute_batch(migration)
+            .and_then(|()| tx.pragma_update(None, "user_version", idx as i64 + 1))
+            .and_then(|()| tx.commit())
+            .map_err(|e| format!("migration {}: {e}", idx + 1))?;
+    }
+    Ok(())
+}
+
+/// Reads what the daemon needs at startup and starts a new epoch.
+pub(super) fn load(conn: &mut Connection) -> rusqlite::Result<Snapshot> {
+    let tx = conn.transaction()?;
+    let epoch: i64 = tx
+        .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |row| {
+            row.get(0)
+        })
+        .optional()?
+        .unwrap_or(0)
+        + 1;
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('epoch', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![epoch],
+    )?;
+    let mut snapshot = Snapshot {
+        epoch: to_u64(epoch),
+        ..Snapshot::default()
+    };
+    {
+        let mut stmt = tx.prepare(
+            "SELECT id, agent, service, model, estimate, budgets FROM reservations ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok(StoredReservation {
+                id: to_u64(row.get(0)?),
+                agent: row.get(1)?,
+                service: row.get(2)?,
+                model: row.get(3)?,
+                estimate: Usd::from_micros(row.get(4)?),
+                budgets: split_names(&row.get::<_, String>(5)?),
+            })
+        })?;
+        snapshot.reservations = rows.collect::<rusqlite::Result<_>>()?;
+        let mut stmt = tx.prepare("SELECT budget, period_start, spent FROM balances")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get(0)?,
+                to_u64(row.get(1)?),
+                Usd::from_micros(row.get(2)?),
+            ))
+        })?;
+        snapshot.balances = rows.collect::<rusqlite::Result<_>>()?;
+        // The latest window of each counter; older windows are history.
+        let mut stmt = tx.prepare(
+            "SELECT quota, key, MAX(window_start), used FROM quota_usage GROUP BY quota, key",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                to_u64(row.get(2)?),
+                to_u64(row.get(3)?),
+            ))
+        })?;
+        snapshot.quotas = rows.collect::<rusqlite::Result<_>>()?;
+        let mut stmt = tx.prepare("SELECT budget, amount FROM limits")?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, Usd::from_micros(row.get(1)?))))?;
+        snapshot.limits = rows.collect::<rusqlite::Result<_>>()?;
+    }
+    tx.commit()?;
+    Ok(snapshot)
+}
+
+pub(super) fn is_charged(conn: &Connection, key: &str) -> rusqlite::Result<bool> {
+    conn.query_row("SELECT 1 FROM charges WHERE key = ?1", params![key], |_| {
+        Ok(())
+    })
+    .optional()
+    .map(|found| found.is_some())
+}
+
+/// Applies one job's entries inside its savepoint.
+pub(super) fn apply(sp: &Savepoint<'_>, entries: &[Entry]) -> rusqlite::Result<Outcome> {
+    let mut outcome = Outcome::Done;
+    for entry in entries {
+        match entry {
+            Entry::Reserve {
+                id,
+                agent,
+                service,
+                model,
+                estimate,
+                budgets,
+                at,
+            } => {
+                sp.prepare_cached(
+                    "INSERT INTO reservations (id, agent, service, model, estimate, budgets, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![to_i64(*id), agent, service, model, estimate.micros(), budgets.join("\n"), to_i64(*at)])?;
+            }
+            Entry::Charge {
+                key,
+                reservation,
+                agent,
+                service,
+                amount,
+                budgets,
+                at,
+            } => {
+                let inserted = sp
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO charges (key, reservation, agent, service, amount, budgets, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?
+                    .execute(params![
+                        key,
+                        reservation.map(to_i64),
+                        agent,
+                        service,
+                        amount.micros(),
+                        join_filed(budgets),
+                        to_i64(*at)
+                    ])?;
+                if inserted == 0 {
+                    return Ok(Outcome::Duplicate);
+                }
+                if let Some(id) = reservation {
+                    sp.prepare_cached("DELETE FROM reservations WHERE id = ?1")?
+                        .execute(params![to_i64(*id)])?;
+                }
+                for (budget, period_start) in budgets {
+                    sp.prepare_cached(
+                        "INSERT INTO balances (budget, period_start, spent) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (budget, period_start) DO UPDATE SET spent = spent + excluded.spent",
+                    )?
+                    .execute(params![budget, to_i64(*period_start), amount.micros()])?;
+                }
+            }
+            Entry::Unreserve { id } => {
+                sp.prepare_cached("DELETE FROM reservations WHERE id = ?1")?
+                    .execute(params![to_i64(*id)])?;
+            }
+            Entry::QuotaAdd {
+                quota,
+                key,
+                window_start,
+                n,
+            } => {
+                sp.prepare_cached(
+                    "INSERT INTO quota_usage (quota, key, window_start, used) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (quota, key, window_start) DO UPDATE SET used = used + excluded.used",
+                )?
+                .execute(params![quota, key, to_i64(*window_start), to_i64(*n)])?;
+            }
+            Entry::QuotaReset { quota, key } => {
+                sp.execute(
+                    "DELETE FROM quota_usage WHERE quota = ?1 AND key = ?2",
+                    params![quota, key],
+                )?;
+            }
+            Entry::SetLimit { budget, limit } => {
+                sp.execute(
+                    "INSERT INTO limits (budget, amount) VALUES (?1, ?2) ON CONFLICT (budget) DO UPDATE SET amount = excluded.amount",
+                    params![budget, limit.micros()],
+                )?;
+            }
+            Entry::ResetBudget {
+                budget,
+                period_start,
+            } => {
+                sp.execute(
+                    "UPDATE balances SET spent = 0 WHERE budget = ?1 AND period_start = ?2",
+                    params![budget, to_i64(*period_start)],
+                )?;
+            }
+            Entry::Refund { key } => {
+                let charge: Option<(i64, String)> = sp
+                    .query_row(
+                        "SELECT amount, budgets FROM charges WHERE key = ?1 AND refunded = 0",
+                        params![key],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )
+                    .optional()?;
+                let Some((amount, filed)) = charge else {
+                    return Ok(Outcome::NotFound);
+                };
+                sp.execute(
+                    "UPDATE charges SET refunded = 1 WHERE key = ?1",
+                    params![key],
+                )?;
+                let budgets = split_filed(&filed);
+                for (budget, period_start) in &budgets {
+                    sp.execute(
+                        "UPDATE balances SET spent = MAX(spent - ?3, 0) WHERE budget = ?1 AND period_start = ?2",
+                        params![budget, to_i64(*period_start), amount],
+                    )?;
+                }
+                outcome = Outcome::Refunded {
+                    amount: Usd::from_micros(amount),
+                    budgets,
+                };
+            }
+            Entry::Audit {
+                uid,
+                pid,
+                action,
+                at,
+            } => {
+                sp.execute(
+                    "INSERT INTO audit (at, uid, pid, action) VALUES (?1, ?2, ?3, ?4)",
+                    params![to_i64(*at), uid, pid, action],
+                )?;
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// Budget names are validated names: no control characters, so a newline separates.
+fn split_names(text: &str) -> Vec<String> {
+    text.split('\n')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn join_filed(budgets: &[(String, u64)]) -> String {
+    budgets
+        .iter()
+        .map(|(name, start)| format!("{name}@{start}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn split_filed(text: &str) -> Vec<(String, u64)> {
+    split_names(text)
+        .into_iter()
+        .filter_map(|item| {
+            let (name, start) = item.rsplit_once('@')?;
+            Some((name.to_owned(), start.parse().ok()?))
+        })
+        .collect()
+}
+
+/// SQLite integers are signed; our ids, times and counts never reach 2^63.
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}

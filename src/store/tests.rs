@@ -1,0 +1,206 @@
+//! The ledger on a real SQLite file in a temp dir.
+
+use super::*;
+
+fn usd(dollars: f64) -> Usd {
+    Usd::from_dollars(dollars).unwrap()
+}
+
+fn charge(key: &str, amount: f64) -> Entry {
+    Entry::Charge {
+        key: key.into(),
+        reservation: None,
+        agent: "a".into(),
+        service: "s".into(),
+        amount: usd(amount),
+        budgets: vec![("global".into(), 100)],
+        at: 100,
+    }
+}
+
+#[tokio::test]
+async fn charges_are_durable_idempotent_and_refundable() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, snapshot) = Store::open(dir.path()).unwrap();
+        assert_eq!(snapshot.epoch, 1);
+        assert_eq!(
+            store.write(vec![charge("k1", 1.5)]).await,
+            Ok(Outcome::Done)
+        );
+        assert_eq!(
+            store.write(vec![charge("k1", 1.5)]).await,
+            Ok(Outcome::Duplicate)
+        );
+        assert_eq!(
+            store.write(vec![charge("k2", 2.0)]).await,
+            Ok(Outcome::Done)
+        );
+        assert!(store.is_charged("k1").await.unwrap());
+        assert!(!store.is_charged("k9").await.unwrap());
+        store.close();
+    }
+    let (store, snapshot) = Store::open(dir.path()).unwrap();
+    assert_eq!(snapshot.epoch, 2, "a new epoch per open");
+    assert_eq!(
+        snapshot.balances,
+        vec![("global".to_owned(), 100, usd(3.5))]
+    );
+    assert_eq!(
+        store.write(vec![charge("k1", 1.5)]).await,
+        Ok(Outcome::Duplicate),
+        "across restarts"
+    );
+    assert_eq!(
+        store.write(vec![Entry::Refund { key: "k2".into() }]).await,
+        Ok(Outcome::Refunded {
+            amount: usd(2.0),
+            budgets: vec![("global".into(), 100)]
+        })
+    );
+    assert_eq!(
+        store.write(vec![Entry::Refund { key: "k2".into() }]).await,
+        Ok(Outcome::NotFound)
+    );
+    store.close();
+    let (_, snapshot) = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        snapshot.balances,
+        vec![("global".to_owned(), 100, usd(1.5))]
+    );
+}
+
+#[tokio::test]
+async fn reservations_survive_until_charged_or_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    for id in [1, 2, 3] {
+        let reserve = Entry::Reserve {
+            id,
+            agent: "a".into(),
+            service: "s".into(),
+            model: Some("m".into()),
+            estimate: usd(1.0),
+            budgets: vec!["global".into(), "agent:a".into()],
+            at: 5,
+        };
+        store.write(vec![reserve]).await.unwrap();
+    }
+    let mut settle = charge("reservation:1", 0.5);
+    if let Entry::Charge { reservation, .. } = &mut settle {
+        *reservation = Some(1);
+    }
+    store.write(vec![settle]).await.unwrap();
+    store.write(vec![Entry::Unreserve { id: 2 }]).await.unwrap();
+    store.close();
+    let (_, snapshot) = Store::open(dir.path()).unwrap();
+    assert_eq!(snapshot.reservations.len(), 1);
+    let left = &snapshot.reservations[0];
+    assert_eq!(
+        (left.id, left.estimate, left.model.as_deref()),
+        (3, usd(1.0), Some("m"))
+    );
+    assert_eq!(left.budgets, vec!["global", "agent:a"]);
+}
+
+#[tokio::test]
+async fn a_duplicate_rolls_back_only_its_own_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    store.write(vec![charge("k", 1.0)]).await.unwrap();
+    // Queue several jobs at once so they share a transaction.
+    let jobs = (0..50).map(|i| {
+        let store = store.clone();
+        async move {
+            let key = if i % 2 == 0 {
+                "k".to_owned()
+            } else {
+                format!("new-{i}")
+            };
+            store
+                .write(vec![
+                    charge(&key, 1.0),
+                    Entry::QuotaAdd {
+                        quota: "q".into(),
+                        key: "a".into(),
+                        window_start: 0,
+                        n: 1,
+                    },
+                ])
+                .await
+        }
+    });
+    let outcomes = futures_util::future::join_all(jobs).await;
+    let done = outcomes.iter().filter(|o| **o == Ok(Outcome::Done)).count();
+    let dups = outcomes
+        .iter()
+        .filter(|o| **o == Ok(Outcome::Duplicate))
+        .count();
+    assert_eq!((done, dups), (25, 25));
+    store.close();
+    let (_, snapshot) = Store::open(dir.path()).unwrap();
+    assert_eq!(snapshot.balances[0].2, usd(26.0));
+    assert_eq!(
+        snapshot.quotas,
+        vec![("q".to_owned(), "a".to_owned(), 0, 25)],
+        "duplicates took no quota"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_disk_fails_the_write_and_reports_unhealthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    store.fail_writes(true);
+    let err = store.write(vec![charge("k", 1.0)]).await.unwrap_err();
+    assert!(err.to_string().contains("ledger store"), "{err}");
+    assert!(store.health().is_some());
+    store.fail_writes(false);
+    store.write(vec![charge("k", 1.0)]).await.unwrap();
+    assert_eq!(
+        store.health(),
+        None,
+        "recovers with the next good transaction"
+    );
+}
+
+#[tokio::test]
+async fn quota_windows_and_limits_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    for (window, n) in [(0, 5), (60, 2), (60, 1)] {
+        store
+            .write(vec![Entry::QuotaAdd {
+                quota: "q".into(),
+                key: "k".into(),
+                window_start: window,
+                n,
+            }])
+            .await
+            .unwrap();
+    }
+    store
+        .write(vec![Entry::SetLimit {
+            budget: "global".into(),
+            limit: usd(7.0),
+        }])
+        .await
+        .unwrap();
+    store.close();
+    let (_, snapshot) = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        snapshot.quotas,
+        vec![("q".to_owned(), "k".to_owned(), 60, 3)]
+    );
+    assert_eq!(snapshot.limits, vec![("global".to_owned(), usd(7.0))]);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join(LEDGER_FILE)).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let err = Store::open(dir.path()).err().expect("refused");
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+}
