@@ -15,6 +15,10 @@ mod hostile;
 // Rate limits and circuit breakers through the socket, across connections.
 mod guards;
 
+// The money budget and quotas: exact under concurrency, idempotent, and durable
+// across kill -9.
+mod ledger;
+
 // The CLI binary: exit codes, --json, config check, the JSON-lines session.
 mod cli;
 

@@ -27,6 +27,7 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     log: PathBuf,
+    config_path: PathBuf,
 }
 
 impl Daemon {
@@ -38,30 +39,41 @@ impl Daemon {
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).expect("write config");
         let log = dir.path().join("daemon.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--log-level")
-            .arg("debug")
-            .env_remove("LISTEN_FDS")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn automation-frameworkd");
+        let child = spawn(&config_path, &socket, &dir.path().join("state"), &log);
         let mut daemon = Daemon {
             child,
             dir,
             socket,
             log,
+            config_path,
         };
         daemon.wait_ready();
         daemon
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal)
+            .expect("signal the daemon");
+    }
+
+    /// Kills the daemon with SIGKILL (no chance to flush anything) and waits for it.
+    pub fn kill9(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.child.wait().expect("reap the daemon");
+    }
+
+    /// Starts the daemon again on the same socket, config and state directory.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(
+            &self.config_path,
+            &self.socket,
+            &self.dir.path().join("state"),
+            &self.log,
+        );
+        self.wait_ready();
     }
 
     // Polling for readiness of a child process is waiting for an event, not letting
@@ -132,6 +144,36 @@ impl Daemon {
             .env_remove("AUTOMATION_FRAMEWORK_AGENT");
         cmd
     }
+}
+
+/// The daemon process with the test flags; its log is appended to `log`.
+fn spawn(
+    config: &std::path::Path,
+    socket: &std::path::Path,
+    state: &std::path::Path,
+    log: &std::path::Path,
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+        .arg("--config")
+        .arg(config)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--log-level")
+        .arg("debug")
+        .env_remove("LISTEN_FDS")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn automation-frameworkd")
 }
 
 impl Drop for Daemon {
