@@ -275,6 +275,11 @@ async fn handshake(conn: &mut Connection, state: &State) -> Option<Session> {
                     ErrorCode::InvalidArgument,
                     format!("agent name {:?} {err}", hello.agent),
                 ))
+            } else if let Err(err) = check_name(&hello.client) {
+                Some((
+                    ErrorCode::InvalidArgument,
+                    format!("client name {:?} {err}", hello.client),
+                ))
             } else {
                 let session = state.open_session(hello.agent, peer);
                 let welcome = ServerFrame::Welcome(Welcome {

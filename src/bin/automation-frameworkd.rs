@@ -62,7 +62,6 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             log::error!("{err:#}");
-            eprintln!("automation-frameworkd: {err:#}");
             ExitCode::from(1)
         }
     }
@@ -126,10 +125,15 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
                 SIGHUP => log::warn!(
                     "SIGHUP received: configuration reload is not implemented in this version; restart the daemon to apply a new configuration"
                 ),
+                _ if on_signal.is_cancelled() => {
+                    // A second SIGTERM/SIGINT while draining: the operator insists.
+                    // Acknowledged writes are already durable, so this loses nothing.
+                    log::warn!("signal {signal} received again while draining: exiting now");
+                    std::process::exit(1);
+                }
                 _ => {
-                    log::info!("signal {signal} received: shutting down");
+                    log::info!("signal {signal} received: draining, then exiting (send it again to exit now)");
                     on_signal.cancel();
-                    return;
                 }
             }
         }

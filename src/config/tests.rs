@@ -1,6 +1,7 @@
 //! Config parsing and validation: every error names its key.
 
 use super::*;
+use crate::guard::period::Period;
 
 fn error_of(text: &str) -> String {
     Config::from_toml(text).unwrap_err().to_string()
@@ -139,4 +140,58 @@ fn daemon_values() {
     );
     assert!(error_of("[daemon]\nsocket = \"rel/a.sock\"\n").starts_with("daemon.socket:"));
     assert!(error_of("[daemon]\nidle_timeout = \"0s\"\n").starts_with("daemon.idle_timeout:"));
+}
+
+#[test]
+fn budgets_prices_and_quotas() {
+    let config = Config::from_toml(
+        "[budget]\nlimit = 50.5\nreset = \"weekly\"\n[budget.agents.planner]\nlimit = 2.0\nreset = \"6h\"\n\
+         [prices.\"llm/big\"]\nper_request = 0.01\n[[quotas]]\nname = \"q\"\nlimit = 3\nwindow = \"day\"\n",
+    )
+    .unwrap();
+    let global = config.budget.global.as_ref().unwrap();
+    assert_eq!(
+        (global.limit, global.reset),
+        (Usd::from_dollars(50.5).unwrap(), Period::Weekly)
+    );
+    assert_eq!(
+        config.budget.agents["planner"].reset,
+        Period::Every(Duration::from_secs(6 * 3600))
+    );
+    assert_eq!(config.budget.agents["planner"].name, "agent:planner");
+    assert!(config.price_for("llm", Some("big")).is_some());
+    assert!(config.price_for("llm", None).is_none());
+    assert_eq!(config.quotas[0].window, Period::Daily);
+    assert!(Config::from_toml("[budget]\nenabled = false\n")
+        .unwrap()
+        .budget
+        .global
+        .is_none());
+}
+
+#[test]
+fn money_and_windows_are_validated_with_their_keys() {
+    assert_eq!(
+        error_of("[budget]\nlimit = -1.0\n"),
+        "budget.limit: -1 is negative; amounts are 0 or more"
+    );
+    assert!(error_of("[budget]\nreset = \"fortnightly\"\n")
+        .starts_with("budget.reset: unknown reset \"fortnightly\""));
+    assert!(error_of("[budget.agents.a]\nlimit = 1.0\nreset = \"0s\"\n")
+        .starts_with("budget.agents.a.reset:"));
+    assert!(error_of("[budget]\nthresholds = [0]\n").starts_with("budget.thresholds[0]:"));
+    assert!(error_of("[budget]\norphan_policy = \"forget\"\n").starts_with("budget.orphan_policy:"));
+    assert!(error_of("[prices.llm]\nper_token = 1.0\n").contains("unknown field `per_token`"));
+    assert!(
+        error_of("[prices.llm]\nper_request = nan\n").starts_with("prices.\"llm\".per_request:")
+    );
+    assert!(
+        error_of("[[quotas]]\nname = \"q\"\nlimit = 1\nwindow = \"year\"\n")
+            .starts_with("quotas[0].window: unknown window \"year\"")
+    );
+    assert!(
+        error_of("[[quotas]]\nname = \"q\"\nwindow = \"day\"\n").contains("missing field `limit`")
+    );
+    assert!(error_of("[breaker]\nwindow = 10\n")
+        .starts_with("breaker.min_calls: is 20 but the window holds only 10 calls"));
 }

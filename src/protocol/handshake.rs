@@ -12,9 +12,6 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this build speaks. Bumped on any wire-layout change.
 pub const PROTOCOL_VERSION: u16 = 1;
 
-/// Longest client or agent name accepted in a handshake, in bytes.
-pub const MAX_NAME_LEN: usize = 128;
-
 /// Client → daemon, the first frame of a connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

@@ -218,10 +218,14 @@ pub fn config_check(file: &Path, result: &Result<Config, ConfigError>, json: boo
     }
     match result {
         Ok(config) => println!(
-            "{shown}: valid ({} rate limit(s), {} declared service(s), mode {:?})",
+            "{shown}: valid ({} rate limit(s), {} quota(s), {} declared service(s), mode {})",
             config.rate_limits.len(),
+            config.quotas.len(),
             config.services.len(),
-            config.daemon.mode
+            match config.daemon.mode {
+                automation_framework::config::Mode::Enforce => "enforce",
+                automation_framework::config::Mode::Shadow => "shadow",
+            }
         ),
         Err(err) => eprintln!("{shown}: invalid: {err}"),
     }
