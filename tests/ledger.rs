@@ -369,3 +369,54 @@ async fn reconnect(socket: &std::path::Path, agent: &str) -> Client {
     }
     panic!("could not reconnect to {}", socket.display());
 }
+
+/// A ledger that cannot be opened must not take the host's agents down with it:
+/// the daemon serves, reports itself unhealthy with the reason, and refuses only
+/// what needs the ledger (fail closed).
+#[tokio::test]
+async fn a_corrupt_ledger_fails_budgeted_calls_closed_and_keeps_the_rest_running() {
+    let mut daemon = Daemon::start("[services.free]\n");
+    daemon.kill9();
+    let ledger = daemon.dir.path().join("state/ledger.sqlite3");
+    std::fs::write(&ledger, vec![0xA5; 64 * 1024]).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(
+            daemon
+                .dir
+                .path()
+                .join(format!("state/ledger.sqlite3{suffix}")),
+        );
+    }
+    daemon.restart();
+    let mut client = daemon.client("a").await;
+    client.ping().await.unwrap();
+    let status = client.status().await.unwrap();
+    assert_eq!(
+        status.status,
+        automation_framework::protocol::Health::Unhealthy
+    );
+    assert!(
+        status.reasons[0].contains("ledger store failing"),
+        "{:?}",
+        status.reasons
+    );
+    match client
+        .admit(AdmitRequest {
+            service: "free".into(),
+            ..Default::default()
+        })
+        .await
+    {
+        Err(ClientError::Refused(err)) => {
+            assert_eq!(err.code, ErrorCode::Unavailable);
+            assert!(err.message.contains("fail closed"), "{}", err.message);
+            assert!(
+                err.message.contains("ledger.sqlite3"),
+                "names the file: {}",
+                err.message
+            );
+        }
+        other => panic!("expected a fail-closed refusal, got {other:?}"),
+    }
+    assert!(client.breakers(None).await.is_ok());
+}

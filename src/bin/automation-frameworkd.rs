@@ -106,13 +106,28 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
         .clone()
         .or_else(|| config.daemon.state_dir.clone())
         .unwrap_or_else(paths::default_state_dir);
-    let (store, snapshot) = Store::open(&state_dir).context("opening the ledger")?;
-    log::info!(
-        "ledger {} opened (epoch {}, {} open reservation(s) recovered)",
-        store.path().display(),
-        snapshot.epoch,
-        snapshot.reservations.len()
-    );
+    let (store, snapshot) = match Store::open(&state_dir) {
+        Ok((store, snapshot)) => {
+            log::info!(
+                "ledger {} opened (epoch {}, {} open reservation(s) recovered)",
+                store.path().display(),
+                snapshot.epoch,
+                snapshot.reservations.len()
+            );
+            (store, snapshot)
+        }
+        Err(err) => {
+            // Serve without it rather than not at all: budget-governed requests
+            // are refused (fail closed), everything else keeps working, and
+            // health reports the reason.
+            log::error!("{err}; serving without a ledger: budget-governed requests will be refused until the daemon is restarted with a working ledger");
+            let path = state_dir.join(automation_framework::store::LEDGER_FILE);
+            (
+                Store::unavailable(&path, err.to_string()),
+                Default::default(),
+            )
+        }
+    };
     let state = State::new(config, SharedClock::system(), store.clone(), &snapshot)?;
     let shutdown = CancellationToken::new();
     let mut signals = signal_hook_tokio::Signals::new([SIGHUP, SIGTERM, SIGINT])

@@ -212,6 +212,21 @@ impl Store {
         Ok((Store { inner }, snapshot))
     }
 
+    /// A store that could not be opened: every write fails with `reason`, health
+    /// says so, and so every budget-governed request is refused (fail closed) while
+    /// the daemon keeps serving everything else.
+    pub fn unavailable(path: &Path, reason: String) -> Store {
+        let inner = Inner {
+            jobs: Mutex::new(None),
+            health: Mutex::new(Some(reason)),
+            stats: Stats::default(),
+            path: path.to_owned(),
+        };
+        Store {
+            inner: Arc::new(inner),
+        }
+    }
+
     /// Queues `entries` to be applied atomically and durably, now, and returns the
     /// wait for the answer. Queuing at call time (not at first poll) is what lets
     /// several requests of one connection share a group commit.
@@ -289,7 +304,16 @@ impl Store {
             .jobs
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let sender = jobs.as_ref().ok_or(StoreError::Closed)?;
+        let Some(sender) = jobs.as_ref() else {
+            // Never opened (or closed): say why, if we know.
+            return Err(match self.health() {
+                Some(message) => StoreError::Failed {
+                    path: self.inner.path.display().to_string(),
+                    message,
+                },
+                None => StoreError::Closed,
+            });
+        };
         sender.send(job).map_err(|_| StoreError::Closed)
     }
 }
