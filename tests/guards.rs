@@ -59,6 +59,20 @@ async fn admit_when_open_period_ends(client: &mut Client, service: &str) -> Admi
     }
 }
 
+/// Five failures reported without admission: enough to open a default breaker.
+async fn fail_five(client: &mut Client, service: &str) {
+    for _ in 0..5 {
+        client
+            .report(ReportRequest {
+                service: Some(service.into()),
+                outcome: Outcome::Failure,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+}
+
 async fn breaker_state(client: &mut Client, service: &str) -> BreakerState {
     client.breakers(Some(service.into())).await.unwrap()[0].state
 }
@@ -233,19 +247,7 @@ async fn a_breaker_opens_for_everyone_half_opens_and_closes_after_three_successe
 async fn a_failed_trial_reopens_the_breaker() {
     let daemon = Daemon::start(FAST_BREAKER);
     let mut client = daemon.client("a").await;
-    for _ in 0..5 {
-        client
-            .report(ReportRequest {
-                reservation: None,
-                service: Some("search".into()),
-                outcome: Outcome::Failure,
-                units: None,
-                latency_ms: None,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
+    fail_five(&mut client, "search").await;
     assert_eq!(
         breaker_state(&mut client, "search").await,
         BreakerState::Open
@@ -267,19 +269,7 @@ async fn a_trial_slot_comes_back_when_its_connection_drops() {
         "[breaker]\nopen_for = \"300ms\"\nhalf_open_trials = 1\nsuccess_threshold = 1\n",
     );
     let mut observer = daemon.client("observer").await;
-    for _ in 0..5 {
-        observer
-            .report(ReportRequest {
-                reservation: None,
-                service: Some("svc".into()),
-                outcome: Outcome::Failure,
-                units: None,
-                latency_ms: None,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
+    fail_five(&mut observer, "svc").await;
     let mut vanishing = daemon.client("vanishing").await;
     admit_when_open_period_ends(&mut vanishing, "svc").await;
     let busy = admit(&mut observer, "svc").await;

@@ -7,6 +7,18 @@ use automation_framework::protocol::{ClientFrame, Envelope, ErrorCode, Request, 
 
 use crate::util::{Bystander, Daemon};
 
+/// A batch of 1,000 status requests: a reply far larger than its request.
+fn status_batch() -> ClientFrame {
+    ClientFrame::Batch(
+        (0..1000)
+            .map(|id| Envelope {
+                id,
+                request: Request::Status,
+            })
+            .collect(),
+    )
+}
+
 async fn expect_error_then_close(raw: &mut crate::util::Raw, code: ErrorCode) -> String {
     match raw.recv().await {
         Some(ServerFrame::Error(err)) => {
@@ -178,14 +190,7 @@ async fn a_client_that_pipelines_without_reading_does_not_stall_others() {
     raw.hello("firehose").await;
     // Far more replies than socket buffers hold, never read: the daemon's writer for
     // this connection blocks (backpressure), and so, eventually, does this sender.
-    let frame = ClientFrame::Batch(
-        (0..1000)
-            .map(|id| Envelope {
-                id,
-                request: Request::Status,
-            })
-            .collect(),
-    );
+    let frame = status_batch();
     let firehose = tokio::spawn(async move {
         for _ in 0..200 {
             raw.send(&frame).await;
@@ -204,14 +209,7 @@ async fn a_client_that_never_reads_is_disconnected_after_the_idle_timeout() {
     let daemon = Daemon::start("[daemon]\nidle_timeout = \"500ms\"\n");
     let mut raw = daemon.raw().await;
     raw.hello("deaf").await;
-    let frame = ClientFrame::Batch(
-        (0..1000)
-            .map(|id| Envelope {
-                id,
-                request: Request::Status,
-            })
-            .collect(),
-    );
+    let frame = status_batch();
     let firehose = tokio::spawn(async move {
         for _ in 0..200 {
             raw.send(&frame).await;

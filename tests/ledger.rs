@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use automation_framework::client::{Client, ClientError};
-use automation_framework::protocol::{AdmitRequest, ErrorCode, GuardKind, ReportRequest};
+use automation_framework::protocol::{
+    AdmitReply, AdmitRequest, ErrorCode, GuardKind, ReportRequest,
+};
 
 use crate::util::Daemon;
 
@@ -14,47 +16,50 @@ fn micros(dollars: f64) -> i64 {
     (dollars * 1e6).round() as i64
 }
 
+/// Connects 100 clients, then has them all admit `request` at the same instant.
+/// Returns the replies and one client to inspect the daemon with.
+async fn hundred_at_once(daemon: &Daemon, request: AdmitRequest) -> (Vec<AdmitReply>, Client) {
+    let mut clients = Vec::new();
+    for i in 0..100 {
+        clients.push(daemon.client(&format!("agent-{i}")).await);
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(clients.len()));
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            let (barrier, request) = (Arc::clone(&barrier), request.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                (client.admit(request).await.unwrap(), client)
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    let mut probe = None;
+    for task in tasks {
+        let (reply, client) = task.await.unwrap();
+        replies.push(reply);
+        probe = Some(client);
+    }
+    (replies, probe.expect("100 clients"))
+}
+
 /// Reproducer for concurrent admissions all passing the same budget check
 /// (BerriAI/litellm#34732, #40095, #26672).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_clients_at_once_against_ten_dollars_get_exactly_ten_admissions() {
     let daemon = Daemon::start("[budget]\nlimit = 10.0\n");
-    let mut clients = Vec::new();
-    for i in 0..100 {
-        clients.push(daemon.client(&format!("agent-{i}")).await);
+    let request = AdmitRequest {
+        service: "llm".into(),
+        cost: Some(1.0),
+        ..Default::default()
+    };
+    let (replies, mut probe) = hundred_at_once(&daemon, request).await;
+    assert_eq!(replies.iter().filter(|r| r.allowed).count(), 10);
+    for denied in replies.iter().filter(|r| !r.allowed) {
+        assert_eq!(denied.guard, Some(GuardKind::Budget), "{denied:?}");
     }
-    let barrier = Arc::new(tokio::sync::Barrier::new(100));
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .map(|mut client| {
-            let barrier = Arc::clone(&barrier);
-            tokio::spawn(async move {
-                barrier.wait().await;
-                let reply = client
-                    .admit(AdmitRequest {
-                        service: "llm".into(),
-                        cost: Some(1.0),
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
-                (reply, client)
-            })
-        })
-        .collect();
-    let mut allowed = 0;
-    let mut keep = Vec::new();
-    for task in tasks {
-        let (reply, client) = task.await.unwrap();
-        if reply.allowed {
-            allowed += 1;
-        } else {
-            assert_eq!(reply.guard, Some(GuardKind::Budget), "{reply:?}");
-        }
-        keep.push(client);
-    }
-    assert_eq!(allowed, 10);
-    let budget = keep[0].budget(None).await.unwrap();
+    let budget = probe.budget(None).await.unwrap();
     assert_eq!(
         (budget.spent, budget.reserved, budget.remaining),
         (0.0, 10.0, 0.0)
@@ -66,38 +71,13 @@ async fn a_hundred_clients_at_once_against_a_quota_of_ten_get_exactly_ten() {
     let daemon = Daemon::start(
         "[[quotas]]\nname = \"ten\"\nscope = \"global\"\nlimit = 10\nwindow = \"day\"\n",
     );
-    let mut clients = Vec::new();
-    for i in 0..100 {
-        clients.push(daemon.client(&format!("agent-{i}")).await);
-    }
-    let barrier = Arc::new(tokio::sync::Barrier::new(100));
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .map(|mut client| {
-            let barrier = Arc::clone(&barrier);
-            tokio::spawn(async move {
-                barrier.wait().await;
-                let reply = client
-                    .admit(AdmitRequest {
-                        service: "llm".into(),
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
-                (reply.allowed, client)
-            })
-        })
-        .collect();
-    let mut allowed = 0;
-    let mut probe = None;
-    for task in tasks {
-        let (ok, client) = task.await.unwrap();
-        allowed += usize::from(ok);
-        probe = Some(client);
-    }
-    assert_eq!(allowed, 10);
-    let quotas = probe.unwrap().quotas(Some("ten".into())).await.unwrap();
-    assert_eq!(quotas[0].used, 10);
+    let request = AdmitRequest {
+        service: "llm".into(),
+        ..Default::default()
+    };
+    let (replies, mut probe) = hundred_at_once(&daemon, request).await;
+    assert_eq!(replies.iter().filter(|r| r.allowed).count(), 10);
+    assert_eq!(probe.quotas(Some("ten".into())).await.unwrap()[0].used, 10);
 }
 
 #[tokio::test]
