@@ -17,8 +17,10 @@
 //!   reservations they produce.
 //! * [`guard`] — pure decision logic (rate limits, circuit breakers).
 //! * [`state`] — the shared handle: config, clock, admission engine, sessions.
+//! * [`store`] — the durable ledger (SQLite, group commit): the only disk I/O.
 //! * Edges: [`config`], [`socket`] (binding the path), [`systemd`] (activation and
-//!   notify), [`client`] (the Rust client used by the CLI and the tests).
+//!   notify), [`http`] and [`metrics`] (/metrics, /health, /ready), [`client`]
+//!   (the Rust client used by the CLI and the tests).
 
 #![deny(unsafe_code)]
 #![warn(clippy::await_holding_lock)]
@@ -30,6 +32,8 @@ pub mod cmd;
 pub mod config;
 pub mod connection;
 pub mod guard;
+pub mod http;
+pub mod metrics;
 pub mod money;
 pub mod names;
 pub mod paths;

@@ -19,6 +19,9 @@ mod guards;
 // across kill -9.
 mod ledger;
 
+// The operator's HTTP side: /metrics, /health, /ready.
+mod http;
+
 // The CLI binary: exit codes, --json, config check, the JSON-lines session.
 mod cli;
 

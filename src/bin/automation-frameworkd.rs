@@ -42,6 +42,11 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
+    /// HTTP address for /metrics, /health and /ready, or "off"; overrides
+    /// [http] listen (loopback only unless http.allow_remote).
+    #[arg(long, value_name = "ADDR|off")]
+    http: Option<String>,
+
     /// Log level on stderr: error, warn, info, debug, trace.
     #[arg(
         long,
@@ -128,6 +133,18 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
             )
         }
     };
+    let http_addr = match &args.http {
+        Some(text) => {
+            automation_framework::config::http_address("--http", text, config.http.allow_remote)?
+        }
+        None => config.http.listen,
+    };
+    let metrics =
+        automation_framework::metrics::install().context("installing the metrics recorder")?;
+    let http_listener = match http_addr {
+        Some(addr) => Some(automation_framework::http::bind(addr).await?),
+        None => None,
+    };
     let state = State::new(config, SharedClock::system(), store.clone(), &snapshot)?;
     let shutdown = CancellationToken::new();
     let mut signals = signal_hook_tokio::Signals::new([SIGHUP, SIGTERM, SIGINT])
@@ -160,8 +177,30 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
         state.config().rate_limits.len(),
         state.config().daemon.mode
     );
-    systemd::notify_ready(&format!("serving on {where_}"));
+    let ready = automation_framework::http::Readiness::default();
+    let mut serving = format!("serving on {where_}");
+    tokio::spawn(automation_framework::metrics::upkeep(
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let http_task = http_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            log::info!("http listening on {addr} (/metrics /health /ready)");
+            serving.push_str(&format!(", http on {addr}"));
+        }
+        tokio::spawn(automation_framework::http::run(
+            listener,
+            state.clone(),
+            Some(metrics),
+            ready.clone(),
+            shutdown.clone(),
+        ))
+    });
     let mut server = tokio::spawn(server::run(listener, state, shutdown.clone()));
+    // Both listeners are bound and accepting (the kernel queues connections from
+    // the moment of bind): ready, for /ready and for systemd at the same instant.
+    ready.set();
+    systemd::notify_ready(&serving);
     let finished_early = tokio::select! {
         _ = shutdown.cancelled() => None,
         result = &mut server => Some(result),
@@ -171,6 +210,9 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
         Some(result) => result,
         None => server.await,
     };
+    if let Some(task) = http_task {
+        let _ = task.await;
+    }
     signal_handle.close();
     signal_task.abort();
     // Every handler has finished, so every acknowledged write is already durable;

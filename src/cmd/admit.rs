@@ -77,6 +77,7 @@ fn decide(
 }
 
 fn log_decision(session: &Session, agent: &str, service: &str, decision: &Decision) {
+    record(decision);
     match decision.decisive_vote() {
         Some(vote) => log::info!(
             agent = agent, service = service, peer_uid = session.peer.uid, peer_pid = session.peer.pid,
@@ -87,6 +88,24 @@ fn log_decision(session: &Session, agent: &str, service: &str, decision: &Decisi
             agent = agent, service = service, decision = "allow";
             "allow agent={agent} service={service} reservation={:?}", decision.reservation
         ),
+    }
+}
+
+/// Counts the decision and each guard's vote.
+fn record(decision: &Decision) {
+    let verdict = if decision.allowed { "allow" } else { "deny" };
+    metrics::counter!(crate::metrics::ADMISSIONS, "decision" => verdict).increment(1);
+    for vote in &decision.votes {
+        let outcome = match (vote.allow, vote.shadow) {
+            (true, _) => "allow",
+            (false, true) => "shadow_deny",
+            (false, false) => "deny",
+        };
+        metrics::counter!(crate::metrics::DECISIONS, "guard" => guard_name(vote.guard), "outcome" => outcome).increment(1);
+        if !vote.allow && vote.guard == crate::admission::Guard::Rate {
+            metrics::counter!(crate::metrics::RATE_LIMIT_HITS, "rule" => vote.rule.clone())
+                .increment(1);
+        }
     }
 }
 

@@ -37,6 +37,33 @@ pub enum Reply {
 
 /// Decides one request now; returns its reply or the wait for it.
 pub fn dispatch(state: &State, session: &Session, request: Request) -> Reply {
+    let op = request.op();
+    let started = std::time::Instant::now();
+    metrics::counter!(crate::metrics::REQUESTS, "op" => op).increment(1);
+    match decide(state, session, request) {
+        Reply::Ready(response) => {
+            record_duration(op, started);
+            Reply::Ready(response)
+        }
+        Reply::Pending(future) => Reply::Pending(Box::pin(async move {
+            let response = future.await;
+            record_duration(op, started);
+            response
+        })),
+    }
+}
+
+fn record_duration(op: &'static str, started: std::time::Instant) {
+    metrics::histogram!(crate::metrics::REQUEST_DURATION, "op" => op)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// The health document, for `/health`.
+pub fn health(state: &State) -> crate::protocol::StatusReport {
+    status::report(state, state.moment())
+}
+
+fn decide(state: &State, session: &Session, request: Request) -> Reply {
     let now = state.moment();
     match request {
         Request::Ping => Reply::Ready(ping::apply(state, session)),
@@ -148,6 +175,11 @@ fn guard_name(guard: Guard) -> &'static str {
 /// Logs a breaker state change: openings at warning level, everything else at info.
 fn log_transition(service: &str, from: Phase, to: Phase) {
     let (from, to) = (BreakerState::from(from), BreakerState::from(to));
+    let state_name = serde_json::to_value(to)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    metrics::counter!(crate::metrics::BREAKER_TRANSITIONS, "service" => service.to_owned(), "state" => state_name).increment(1);
     if to == BreakerState::Open {
         log::warn!(service = service, breaker_from = format!("{from:?}"), breaker_to = format!("{to:?}"); "breaker of {service:?} opened (was {from:?})");
     } else {

@@ -7,6 +7,8 @@
 
 mod raw;
 
+pub use raw::http_address;
+
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -35,6 +37,16 @@ pub struct Config {
     pub prices: BTreeMap<String, Price>,
     /// Quotas in the order they run.
     pub quotas: Vec<QuotaSpec>,
+    pub http: HttpConfig,
+}
+
+/// The operator's HTTP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Where `/metrics`, `/health` and `/ready` are served; `None` when off.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Whether a non-loopback address may be used.
+    pub allow_remote: bool,
 }
 
 /// Money budgets (SPEC §3.5).

@@ -8,7 +8,8 @@ use serde::Deserialize;
 
 use super::{
     dollars, duration, force, invalid, name, nonzero, preset, reset, scope, weight, window,
-    BudgetConfig, Config, ConfigError, DaemonConfig, Mode, OrphanPolicy, Price, ServiceConfig,
+    BudgetConfig, Config, ConfigError, DaemonConfig, HttpConfig, Mode, OrphanPolicy, Price,
+    ServiceConfig,
 };
 use crate::guard::breaker::BreakerConfig;
 use crate::guard::budget::BudgetSpec;
@@ -27,6 +28,50 @@ pub(super) struct RawConfig {
     budget: RawBudget,
     prices: BTreeMap<String, RawPrice>,
     quotas: Vec<RawQuota>,
+    http: RawHttp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHttp {
+    listen: String,
+    allow_remote: bool,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            listen: "127.0.0.1:8765".into(),
+            allow_remote: false,
+        }
+    }
+}
+
+/// Parses an HTTP listen address ("off" disables it). Only loopback unless
+/// `allow_remote`: the metrics and health of every agent are not for the network.
+/// # Errors
+/// An unparsable or (without `allow_remote`) non-loopback address.
+pub fn http_address(
+    key: &str,
+    text: &str,
+    allow_remote: bool,
+) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    if text == "off" {
+        return Ok(None);
+    }
+    let addr: std::net::SocketAddr = text.parse().map_err(|e| {
+        invalid(
+            key,
+            format!("{text:?} is not an address like \"127.0.0.1:8765\" or \"off\": {e}"),
+        )
+    })?;
+    if !addr.ip().is_loopback() && !allow_remote {
+        return Err(invalid(
+            key,
+            format!("{addr} is not a loopback address; set http.allow_remote = true to serve metrics and health beyond this host"),
+        ));
+    }
+    Ok(Some(addr))
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +258,10 @@ impl RawConfig {
             }
             quotas.push(spec);
         }
+        let http = HttpConfig {
+            listen: http_address("http.listen", &self.http.listen, self.http.allow_remote)?,
+            allow_remote: self.http.allow_remote,
+        };
         Ok(Config {
             daemon,
             breaker,
@@ -221,6 +270,7 @@ impl RawConfig {
             budget,
             prices,
             quotas,
+            http,
         })
     }
 }

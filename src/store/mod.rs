@@ -346,8 +346,10 @@ impl Inner {
             }
             let started = Instant::now();
             let result = apply_batch(&mut conn, &writes);
-            self.stats
-                .record(writes.len(), started.elapsed().as_micros());
+            let took = started.elapsed();
+            self.stats.record(writes.len(), took.as_micros());
+            metrics::histogram!(crate::metrics::STORE_COMMIT_DURATION).record(took.as_secs_f64());
+            metrics::histogram!(crate::metrics::STORE_COMMIT_JOBS).record(writes.len() as f64);
             match result {
                 Ok(outcomes) => {
                     self.set_health(None);

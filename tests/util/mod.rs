@@ -51,6 +51,47 @@ impl Daemon {
         daemon
     }
 
+    /// The HTTP address the daemon bound most recently (its port is ephemeral).
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        let log = self.log();
+        let line = log
+            .lines()
+            .rev()
+            .find_map(|line| line.split("http listening on ").nth(1))
+            .unwrap_or_else(|| panic!("no HTTP listener in the log:\n{log}"));
+        line.split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .expect("an address")
+    }
+
+    /// `GET path` on the daemon's HTTP listener: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(self.http_addr()).expect("connect to HTTP");
+        stream.set_read_timeout(Some(PROMPTLY)).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("read the HTTP response");
+        let code = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("a status line");
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (code, body)
+    }
+
     /// Sends `signal` to the daemon.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal)
@@ -88,7 +129,10 @@ impl Daemon {
                     self.log()
                 );
             }
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            // Ready = the agent socket accepts and the HTTP listener is up.
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+                && self.log().contains("http listening on")
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -165,6 +209,8 @@ fn spawn(
         .arg(socket)
         .arg("--state-dir")
         .arg(state)
+        .arg("--http")
+        .arg("127.0.0.1:0")
         .arg("--log-level")
         .arg("debug")
         .env_remove("LISTEN_FDS")

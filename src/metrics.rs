@@ -1,0 +1,193 @@
+//! Metric names, their descriptions, and the scrape-time refresh of state gauges.
+//!
+//! Names follow Prometheus conventions: one `automation_framework_` prefix,
+//! counters end in `_total`, durations are `_seconds` histograms with buckets,
+//! money is in `_dollars`. Labels are bounded: request kind, guard, outcome,
+//! configured rule, budget and quota names, and service names (bounded by
+//! `daemon.max_services`); never agent names or keys.
+//!
+//! The recorder is process-global and installed only by the daemon's `main`; the
+//! library's `metrics::…!` calls are no-ops elsewhere (tests, the CLI).
+
+use std::time::Duration;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::guard::breaker::Phase;
+use crate::state::State;
+
+pub const REQUESTS: &str = "automation_framework_requests_total";
+pub const REQUEST_DURATION: &str = "automation_framework_request_duration_seconds";
+pub const DECISIONS: &str = "automation_framework_decisions_total";
+pub const ADMISSIONS: &str = "automation_framework_admissions_total";
+pub const RATE_LIMIT_HITS: &str = "automation_framework_rate_limit_hits_total";
+pub const BREAKER_TRANSITIONS: &str = "automation_framework_breaker_transitions_total";
+pub const BREAKER_STATE: &str = "automation_framework_breaker_state";
+pub const BUDGET_SPENT: &str = "automation_framework_budget_spent_dollars";
+pub const BUDGET_RESERVED: &str = "automation_framework_budget_reserved_dollars";
+pub const BUDGET_LIMIT: &str = "automation_framework_budget_limit_dollars";
+pub const QUOTA_USAGE: &str = "automation_framework_quota_max_usage_ratio";
+pub const CONNECTIONS: &str = "automation_framework_connections";
+pub const ACTIVE_AGENTS: &str = "automation_framework_active_agents";
+pub const OPEN_RESERVATIONS: &str = "automation_framework_open_reservations";
+pub const STORE_UP: &str = "automation_framework_store_up";
+pub const STORE_COMMIT_DURATION: &str = "automation_framework_store_commit_duration_seconds";
+pub const STORE_COMMIT_JOBS: &str = "automation_framework_store_commit_jobs";
+
+/// Breaker states as the numbers `automation_framework_breaker_state` reports.
+const PHASES: [(Phase, &str); 6] = [
+    (Phase::Closed, "closed"),
+    (Phase::Open, "open"),
+    (Phase::HalfOpen, "half_open"),
+    (Phase::ForcedOpen, "forced_open"),
+    (Phase::ForcedClosed, "forced_closed"),
+    (Phase::Disabled, "disabled"),
+];
+
+/// Installs the Prometheus recorder and describes every metric.
+///
+/// # Errors
+/// When a recorder is already installed or the buckets are invalid.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let latency = [
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        1.0,
+    ];
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)?
+        .set_buckets_for_metric(
+            Matcher::Full(STORE_COMMIT_JOBS.into()),
+            &[
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0,
+            ],
+        )?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)?;
+    describe();
+    Ok(handle)
+}
+
+/// Without upkeep the exporter's histograms grow without bound
+/// (metrics-rs/metrics#467); run this for the life of the process.
+pub async fn upkeep(handle: PrometheusHandle, shutdown: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
+fn describe() {
+    describe_counter!(
+        REQUESTS,
+        Unit::Count,
+        "Requests handled, by request kind (op)"
+    );
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time from decoding a request to its reply being ready, by op (includes the ledger's group commit)");
+    describe_counter!(
+        DECISIONS,
+        Unit::Count,
+        "Guard votes on admissions, by guard and outcome (allow, deny, shadow_deny)"
+    );
+    describe_counter!(
+        ADMISSIONS,
+        Unit::Count,
+        "Admissions decided, by decision (allow, deny)"
+    );
+    describe_counter!(
+        RATE_LIMIT_HITS,
+        Unit::Count,
+        "Admissions a rate limit refused, by rule"
+    );
+    describe_counter!(
+        BREAKER_TRANSITIONS,
+        Unit::Count,
+        "Circuit breaker state changes, by service and new state"
+    );
+    describe_gauge!(
+        BREAKER_STATE,
+        "1 for the state each service's breaker is in, by service and state"
+    );
+    describe_gauge!(
+        BUDGET_SPENT,
+        "Spent in the budget's current period, in US dollars"
+    );
+    describe_gauge!(BUDGET_RESERVED, "Held by open reservations, in US dollars");
+    describe_gauge!(BUDGET_LIMIT, "The budget's limit, in US dollars");
+    describe_gauge!(
+        QUOTA_USAGE,
+        "Highest used/limit ratio among the quota's counters in their current windows"
+    );
+    describe_gauge!(CONNECTIONS, "Handshaken agent connections");
+    describe_gauge!(
+        ACTIVE_AGENTS,
+        "Distinct agent names with an open connection"
+    );
+    describe_gauge!(
+        OPEN_RESERVATIONS,
+        "Admissions not yet reported (including orphans)"
+    );
+    describe_gauge!(
+        STORE_UP,
+        "1 when the ledger's last transaction succeeded, 0 when it is failing"
+    );
+    describe_histogram!(
+        STORE_COMMIT_DURATION,
+        Unit::Seconds,
+        "Time to apply and fsync one group commit of the ledger"
+    );
+    describe_histogram!(
+        STORE_COMMIT_JOBS,
+        Unit::Count,
+        "Jobs (reservations, charges, …) made durable by one group commit"
+    );
+}
+
+/// Sets the state gauges from `state`; called when `/metrics` is scraped.
+pub fn refresh(state: &State) {
+    let now = state.moment();
+    for (service, snapshot) in state.admission().breakers(None, now.mono) {
+        for (phase, name) in PHASES {
+            let value = if snapshot.phase == phase { 1.0 } else { 0.0 };
+            gauge!(BREAKER_STATE, "service" => service.clone(), "state" => name).set(value);
+        }
+    }
+    for budget in state.admission().budgets(None, now) {
+        gauge!(BUDGET_SPENT, "budget" => budget.name.clone()).set(budget.spent.dollars());
+        gauge!(BUDGET_RESERVED, "budget" => budget.name.clone()).set(budget.reserved.dollars());
+        gauge!(BUDGET_LIMIT, "budget" => budget.name).set(budget.limit.dollars());
+    }
+    if let Ok(quotas) = state.admission().quotas(None, now) {
+        let mut highest: std::collections::BTreeMap<String, f64> = state
+            .config()
+            .quotas
+            .iter()
+            .map(|q| (q.name.clone(), 0.0))
+            .collect();
+        for q in quotas {
+            let ratio = if q.limit == 0 {
+                1.0
+            } else {
+                q.used as f64 / q.limit as f64
+            };
+            let entry = highest.entry(q.quota).or_insert(0.0);
+            *entry = entry.max(ratio);
+        }
+        for (quota, ratio) in highest {
+            gauge!(QUOTA_USAGE, "quota" => quota).set(ratio);
+        }
+    }
+    let (connections, agents) = state.session_counts();
+    gauge!(CONNECTIONS).set(f64::from(connections));
+    gauge!(ACTIVE_AGENTS).set(f64::from(agents));
+    gauge!(OPEN_RESERVATIONS).set(state.admission().open_reservations() as f64);
+    gauge!(STORE_UP).set(if state.store().health().is_none() {
+        1.0
+    } else {
+        0.0
+    });
+}

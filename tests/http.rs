@@ -1,0 +1,229 @@
+//! `/metrics`, `/health` and `/ready` on the daemon's HTTP listener.
+
+use std::time::Duration;
+
+use automation_framework::protocol::{AdmitRequest, Outcome, ReportRequest};
+
+use crate::util::Daemon;
+
+/// The value of the first sample line that starts with `series` (name and labels).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_after_traffic_have_the_expected_series_and_values() {
+    let daemon = Daemon::start("[budget]\nlimit = 10.0\n[[rate_limits]]\nname = \"pair\"\nrate = 1\nper = \"1h\"\nburst = 2\n");
+    let mut client = daemon.client("a").await;
+    for _ in 0..3 {
+        client
+            .admit(AdmitRequest {
+                service: "svc".into(),
+                cost: Some(1.5),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    for _ in 0..5 {
+        client
+            .report(ReportRequest {
+                service: Some("flaky".into()),
+                outcome: Outcome::Failure,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let (code, metrics) = daemon.http_get("/metrics");
+    assert_eq!(code, 200);
+    let expect = [
+        ("automation_framework_requests_total{op=\"admit\"}", 3.0),
+        ("automation_framework_requests_total{op=\"report\"}", 5.0),
+        (
+            "automation_framework_admissions_total{decision=\"allow\"}",
+            2.0,
+        ),
+        (
+            "automation_framework_admissions_total{decision=\"deny\"}",
+            1.0,
+        ),
+        (
+            "automation_framework_decisions_total{guard=\"rate\",outcome=\"deny\"}",
+            1.0,
+        ),
+        (
+            "automation_framework_rate_limit_hits_total{rule=\"pair\"}",
+            1.0,
+        ),
+        (
+            "automation_framework_breaker_state{service=\"flaky\",state=\"open\"}",
+            1.0,
+        ),
+        (
+            "automation_framework_breaker_state{service=\"svc\",state=\"closed\"}",
+            1.0,
+        ),
+        (
+            "automation_framework_breaker_transitions_total{service=\"flaky\",state=\"open\"}",
+            1.0,
+        ),
+        (
+            "automation_framework_budget_reserved_dollars{budget=\"global\"}",
+            3.0,
+        ),
+        (
+            "automation_framework_budget_limit_dollars{budget=\"global\"}",
+            10.0,
+        ),
+        ("automation_framework_connections", 1.0),
+        ("automation_framework_open_reservations", 2.0),
+        ("automation_framework_store_up", 1.0),
+    ];
+    for (series, value) in expect {
+        assert_eq!(
+            sample(&metrics, series),
+            Some(value),
+            "{series} in:\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("# HELP automation_framework_request_duration_seconds"));
+    // Two reservations were made durable, in one or two group commits.
+    let jobs = sample(&metrics, "automation_framework_store_commit_jobs_sum")
+        .expect("commit sizes recorded");
+    assert_eq!(jobs, 2.0, "{metrics}");
+    assert!(
+        sample(
+            &metrics,
+            "automation_framework_store_commit_duration_seconds_count"
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(
+        metrics.contains(
+            "automation_framework_request_duration_seconds_bucket{op=\"admit\",le=\"0.001\"}"
+        ),
+        "latency is a histogram with buckets"
+    );
+    promtool_check(&metrics);
+}
+
+/// `promtool check metrics` from Debian's `prometheus` package, when present
+/// (.ci/run extracts it); says so when it is not.
+fn promtool_check(metrics: &str) {
+    let promtool = ["/opt/prom/usr/bin/promtool", "/usr/bin/promtool"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(promtool) = promtool else {
+        eprintln!("SKIPPED promtool check: promtool not installed (Debian package prometheus; .ci/run extracts it to /opt/prom)");
+        return;
+    };
+    use std::io::Write;
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn health_turns_degraded_while_a_breaker_is_open_and_back() {
+    let daemon = Daemon::start(
+        "[breaker]\nopen_for = \"300ms\"\nhalf_open_trials = 1\nsuccess_threshold = 1\n",
+    );
+    let health = || {
+        let (code, body) = daemon.http_get("/health");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    assert_eq!(health()["status"], "healthy");
+    let mut client = daemon.client("a").await;
+    for _ in 0..5 {
+        client
+            .report(ReportRequest {
+                service: Some("llm".into()),
+                outcome: Outcome::Failure,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let doc = health();
+    assert_eq!(doc["status"], "degraded");
+    assert_eq!(doc["circuit_breakers"]["open"], 1);
+    assert!(doc["reasons"][0]
+        .as_str()
+        .unwrap()
+        .contains("\"llm\" is open"));
+    assert_eq!(doc["store"], "ok");
+    // After the open period one successful trial closes it, and health recovers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let trial = loop {
+        let reply = client
+            .admit(AdmitRequest {
+                service: "llm".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if reply.allowed {
+            break reply;
+        }
+        assert!(std::time::Instant::now() < deadline, "never half-opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    client
+        .report(ReportRequest {
+            reservation: trial.reservation,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(health()["status"], "healthy");
+}
+
+#[tokio::test]
+async fn ready_routes_and_methods() {
+    let daemon = Daemon::start("");
+    assert_eq!(daemon.http_get("/ready"), (200, "ready\n".into()));
+    assert_eq!(daemon.http_get("/nope").0, 404);
+}
+
+#[test]
+fn a_non_loopback_address_needs_allow_remote() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--http", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("not a loopback address; set http.allow_remote = true"),
+        "{stderr}"
+    );
+}
