@@ -139,3 +139,17 @@ fn which(program: &str) -> Result<std::path::PathBuf, ()> {
         .find(|path| path.is_file())
         .ok_or(())
 }
+
+/// The shipped units verify cleanly and stay hardened (`systemd/check`).
+#[test]
+fn the_systemd_units_verify_and_score_at_most_2() {
+    let out = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/check"))
+        .output()
+        .expect("run systemd/check");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => assert!(text.contains("exposure"), "{text}"),
+        Some(77) => eprintln!("SKIPPED the_systemd_units_verify_and_score_at_most_2: {text}"),
+        other => panic!("systemd/check failed ({other:?}):\n{text}"),
+    }
+}
