@@ -16,13 +16,17 @@
 //! * [`admission`] — runs the guards of one admission atomically and keeps the
 //!   reservations they produce.
 //! * [`guard`] — pure decision logic (rate limits, circuit breakers).
-//! * [`state`] — the shared handle: config, clock, admission engine, sessions.
+//! * [`state`] — the shared handle: config, clock, access policy, admission engine,
+//!   sessions.
+//! * [`access`] — who may connect, act as which agent, and run admin operations,
+//!   decided from the kernel's peer credentials.
 //! * Edges: [`config`], [`socket`] (binding the path), [`systemd`] (activation and
 //!   notify), [`client`] (the Rust client used by the CLI and the tests).
 
 #![deny(unsafe_code)]
 #![warn(clippy::await_holding_lock)]
 
+pub mod access;
 pub mod admission;
 pub mod client;
 pub mod clock;

@@ -4,9 +4,15 @@
 //! systemd-activated or freshly bound socket and the signal-driven token, tests pass
 //! a temp-dir socket and their own token.
 //!
+//! Who may connect is decided from the kernel's peer credentials before a single
+//! byte is read (`access::Policy::check_connect`); what the client then claims in
+//! its `Hello` is decided by the pure [`handshake::accept`].
+//!
 //! Architecture Invariant: a connection's errors stop at its task. A client that
 //! sends garbage, an oversized length or half a frame gets an error frame where one
 //! can still be sent, is disconnected, and nothing it did reaches another client.
+
+pub mod handshake;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +23,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cmd;
-use crate::connection::{Connection, ReadError};
-use crate::names::check_name;
+use crate::connection::{Connection, Peer, ReadError};
 use crate::protocol::{
     ClientFrame, DecodeError, ErrorCode, ErrorReply, PeerIdentity, ReplyEnvelope, Response,
     ServerFrame, Welcome, PROTOCOL_VERSION,
 };
 use crate::state::{Session, State};
+use handshake::Refusal;
 
 /// How long a refused connection gets to read its error before we hang up.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -56,7 +62,7 @@ pub async fn run(listener: UnixListener, state: State, shutdown: CancellationTok
             }
             Err(_) => {
                 let max = state.config().daemon.max_connections;
-                tracker.spawn(refuse(stream, max));
+                tracker.spawn(refuse_over_cap(stream, max));
             }
         }
     }
@@ -73,20 +79,37 @@ pub async fn run(listener: UnixListener, state: State, shutdown: CancellationTok
 }
 
 /// Tells a client over the connection cap why it is being turned away.
-async fn refuse(stream: UnixStream, max: usize) {
+async fn refuse_over_cap(stream: UnixStream, max: usize) {
     let Ok(mut conn) = Connection::new(stream) else {
         return;
     };
+    refuse(
+        &mut conn,
+        Refusal::new(
+            ErrorCode::TooManyConnections,
+            format!("the daemon is serving its maximum of {max} connections (daemon.max_connections); retry later"),
+        ),
+    )
+    .await;
+}
+
+/// Turns a connection away before any session exists: logs who it was (uid, gid,
+/// pid: the kernel's word, not the client's) and why, then sends the error frame.
+async fn refuse(conn: &mut Connection, refusal: Refusal) {
     let peer = conn.peer();
-    log::warn!(
-        peer_uid = peer.uid, peer_pid = peer.pid;
-        "refusing connection from uid {} pid {}: {max} connections already open",
-        peer.uid, peer.pid
+    // Refusals by policy or limit are what an operator looks for; a client that
+    // times out or speaks garbage is routine.
+    let level = match refusal.code {
+        ErrorCode::NotPermitted | ErrorCode::TooManyConnections => log::Level::Warn,
+        _ => log::Level::Info,
+    };
+    log::log!(
+        level,
+        peer_uid = peer.uid, peer_gid = peer.gid, peer_pid = peer.pid, code = format!("{:?}", refusal.code), reason = refusal.message.as_str();
+        "refusing connection from uid {} gid {} pid {}: {}",
+        peer.uid, peer.gid, peer.pid, refusal.message
     );
-    let frame = ServerFrame::Error(ErrorReply::new(
-        ErrorCode::TooManyConnections,
-        format!("the daemon is serving its maximum of {max} connections (daemon.max_connections); retry later"),
-    ));
+    let frame = ServerFrame::Error(ErrorReply::new(refusal.code, refusal.message));
     let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, conn.write_last(&frame)).await;
 }
 
@@ -96,7 +119,7 @@ async fn serve(
     stream: UnixStream,
     state: State,
     shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
     let mut conn = match Connection::new(stream) {
         Ok(conn) => conn,
@@ -105,13 +128,22 @@ async fn serve(
             return;
         }
     };
+    if let Err(denied) = state.access().check_connect(conn.peer()) {
+        drop(permit);
+        refuse(
+            &mut conn,
+            Refusal::new(ErrorCode::NotPermitted, denied.to_string()),
+        )
+        .await;
+        return;
+    }
     let Some(session) = handshake(&mut conn, &state).await else {
         return;
     };
     log::debug!(
-        session = session.id, agent = session.agent.as_str(), peer_uid = session.peer.uid, peer_pid = session.peer.pid;
-        "session {} opened by uid {} pid {} as agent {:?}",
-        session.id, session.peer.uid, session.peer.pid, session.agent
+        session = session.id, agent = session.agent.as_str(), peer_uid = session.peer.uid, peer_gid = session.peer.gid, peer_pid = session.peer.pid;
+        "session {} opened by uid {} gid {} pid {} as agent {:?}",
+        session.id, session.peer.uid, session.peer.gid, session.peer.pid, session.agent
     );
     let idle = state.config().daemon.idle_timeout;
     loop {
@@ -194,85 +226,50 @@ async fn serve(
 /// Reads and answers the `Hello`. Returns the session, or `None` after telling the
 /// client why not.
 async fn handshake(conn: &mut Connection, state: &State) -> Option<Session> {
-    let peer = conn.peer();
     let limit = state.config().daemon.handshake_timeout;
-    let refusal = match tokio::time::timeout(limit, conn.read_frame()).await {
-        Err(_) => Some((
+    let first = match tokio::time::timeout(limit, conn.read_frame()).await {
+        Err(_) => Err(Refusal::new(
             ErrorCode::Timeout,
             format!("no handshake within {limit:?} (daemon.handshake_timeout); send Hello first"),
         )),
         Ok(Ok(None)) => return None,
-        Ok(Ok(Some(ClientFrame::Hello(hello)))) => {
-            if hello.version != PROTOCOL_VERSION {
-                Some(version_mismatch(hello.version))
-            } else if let Err(err) = check_name(&hello.agent) {
-                Some((
-                    ErrorCode::InvalidArgument,
-                    format!("agent name {:?} {err}", hello.agent),
-                ))
-            } else {
-                let session = state.open_session(hello.agent, peer);
-                let welcome = ServerFrame::Welcome(Welcome {
-                    version: PROTOCOL_VERSION,
-                    server: env!("CARGO_PKG_VERSION").to_owned(),
-                    session: session.id,
-                    peer: PeerIdentity {
-                        uid: peer.uid,
-                        gid: peer.gid,
-                        pid: peer.pid,
-                    },
-                });
-                return conn.write_frame(&welcome).await.ok().map(|()| session);
-            }
-        }
-        Ok(Ok(Some(_))) => Some((
-            ErrorCode::HandshakeRequired,
-            "the first frame must be Hello (protocol handshake)".into(),
-        )),
-        Ok(Err(ReadError::Decode(DecodeError::VersionMismatch { version }))) => {
-            Some(version_mismatch(version))
-        }
-        Ok(Err(err)) => read_error_reply(&err),
+        Ok(Ok(Some(frame))) => handshake::accept(Ok(frame), conn.peer(), state.access()),
+        Ok(Err(ReadError::Decode(err))) => handshake::accept(Err(err), conn.peer(), state.access()),
+        Ok(Err(err)) => match read_error_reply(&err) {
+            Some(refusal) => Err(refusal),
+            None => return None,
+        },
     };
-    if let Some((code, message)) = refusal {
-        log::info!(
-            peer_uid = peer.uid, peer_pid = peer.pid, reason = message.as_str();
-            "handshake refused for uid {} pid {}: {message}", peer.uid, peer.pid
-        );
-        let _ = tokio::time::timeout(
-            REFUSAL_WRITE_TIMEOUT,
-            conn.write_last(&ServerFrame::Error(ErrorReply::new(code, message))),
-        )
-        .await;
-    }
-    None
-}
-
-fn version_mismatch(version: u16) -> (ErrorCode, String) {
-    (
-        ErrorCode::VersionMismatch,
-        format!(
-            "client speaks protocol version {version}, this daemon ({}) speaks version {PROTOCOL_VERSION}; use a client and daemon of matching versions",
-            env!("CARGO_PKG_VERSION")
-        ),
-    )
+    let hello = match first {
+        Ok(hello) => hello,
+        Err(refusal) => {
+            refuse(conn, refusal).await;
+            return None;
+        }
+    };
+    let peer: Peer = conn.peer().clone();
+    let session = state.open_session(hello.agent, peer.clone());
+    let welcome = ServerFrame::Welcome(Welcome {
+        version: PROTOCOL_VERSION,
+        server: env!("CARGO_PKG_VERSION").to_owned(),
+        session: session.id,
+        peer: PeerIdentity {
+            uid: peer.uid,
+            gid: peer.gid,
+            pid: peer.pid,
+        },
+    });
+    conn.write_frame(&welcome).await.ok().map(|()| session)
 }
 
 /// The error frame for a read failure, when the stream can still carry one.
-fn read_error_reply(err: &ReadError) -> Option<(ErrorCode, String)> {
+fn read_error_reply(err: &ReadError) -> Option<Refusal> {
     match err {
-        ReadError::TooLarge => Some((
+        ReadError::TooLarge { .. } => Some(Refusal::new(
             ErrorCode::FrameTooLarge,
             format!("{err}; split the batch or shorten the payload"),
         )),
-        ReadError::Decode(DecodeError::UnknownRequest { .. })
-        | ReadError::Decode(DecodeError::Malformed { .. }) => Some((
-            ErrorCode::Malformed,
-            format!("{err}; the frame is not a valid protocol message"),
-        )),
-        ReadError::Decode(DecodeError::VersionMismatch { version }) => {
-            Some(version_mismatch(*version))
-        }
+        ReadError::Decode(err) => Some(handshake::decode_refusal(err)),
         ReadError::Truncated | ReadError::Io(_) => None,
     }
 }
@@ -281,7 +278,7 @@ fn read_error_reply(err: &ReadError) -> Option<(ErrorCode, String)> {
 /// when the stream can still carry one.
 async fn read_failed(conn: &mut Connection, session: &Session, err: ReadError) {
     match read_error_reply(&err) {
-        Some((code, message)) => close(conn, session, code, message).await,
+        Some(refusal) => close(conn, session, refusal.code, refusal.message).await,
         None => log::debug!(session = session.id; "session {}: {err}", session.id),
     }
 }

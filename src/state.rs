@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::access::{AccessDenied, Policy};
 use crate::admission::Admission;
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -28,6 +29,7 @@ pub struct State {
 struct Shared {
     config: Arc<Config>,
     clock: SharedClock,
+    access: Policy,
     admission: Admission,
     started: Duration,
     next_session: AtomicU64,
@@ -50,11 +52,17 @@ pub struct Session {
 // === impl State ===
 
 impl State {
-    /// Builds the state for a validated config.
+    /// Builds the state for a validated config, for a daemon running as this
+    /// process's effective uid.
     ///
     /// # Errors
     /// When the guards cannot be built from the config.
     pub fn new(config: Config, clock: SharedClock) -> anyhow::Result<State> {
+        let access = Policy::new(
+            &config.access,
+            &config.agents,
+            nix::unistd::geteuid().as_raw(),
+        );
         let config = Arc::new(config);
         let admission = Admission::new(Arc::clone(&config), &clock)
             .map_err(|e| anyhow::anyhow!("building the guards: {e}"))?;
@@ -63,6 +71,7 @@ impl State {
             shared: Arc::new(Shared {
                 config,
                 clock,
+                access,
                 admission,
                 started,
                 next_session: AtomicU64::new(1),
@@ -78,6 +87,11 @@ impl State {
     /// The guards' `now`; read once per request.
     pub fn now(&self) -> Duration {
         self.shared.clock.now()
+    }
+
+    /// Who may connect and act as which agent.
+    pub fn access(&self) -> &Policy {
+        &self.shared.access
     }
 
     pub fn admission(&self) -> &Admission {
@@ -106,10 +120,19 @@ impl State {
     }
 
     /// May this peer run admin operations (set limits, reset windows, refund, force
-    /// breakers)? The single place that decides; today: root, or the daemon's own
-    /// user (an operator running it by hand).
+    /// breakers)? The single place that decides, by the `[access]` policy: the
+    /// daemon's own uid, `access.admin_uids`, `access.admin_groups`,
+    /// `access.admin_gids`.
     pub fn is_admin(&self, peer: &Peer) -> bool {
-        peer.uid == 0 || peer.uid == nix::unistd::geteuid().as_raw()
+        self.require_admin(peer).is_ok()
+    }
+
+    /// [`State::is_admin`], with the refusal that names the uid and the rule.
+    ///
+    /// # Errors
+    /// [`AccessDenied::NotAdmin`].
+    pub fn require_admin(&self, peer: &Peer) -> Result<(), AccessDenied> {
+        self.shared.access.check_admin(peer)
     }
 
     /// Live sessions, and the distinct agent names among them.

@@ -12,6 +12,10 @@ mod protocol;
 // a well-behaved client connected alongside keeps being served.
 mod hostile;
 
+// Access control: who may connect, agent-name bindings, admin operations; the
+// tests that act as another uid need root.
+mod access;
+
 // Rate limits and circuit breakers through the socket, across connections.
 mod guards;
 

@@ -4,7 +4,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use super::{error, log_transition};
+use super::{error, log_transition, not_permitted};
 use crate::admission::{Caller, Decision, Guard, Plan};
 use crate::names::check_name;
 use crate::protocol::{AdmitReply, AdmitRequest, ErrorCode, ErrorReply, GuardKind, Response, Vote};
@@ -28,6 +28,13 @@ pub(super) fn apply(
             ErrorCode::InvalidArgument,
             format!("agent name {agent:?} {err}"),
         );
+    }
+    // The session's own agent was checked at the handshake; a per-request agent must
+    // pass the same `[[agents]]` binding, or the override would be a way around it.
+    if req.agent.is_some() {
+        if let Err(denied) = state.access().check_agent(&session.peer, agent) {
+            return not_permitted(session, &denied);
+        }
     }
     let Some(units) = NonZeroU32::new(req.units) else {
         return error(

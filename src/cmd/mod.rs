@@ -11,6 +11,7 @@ mod ping;
 mod report;
 mod status;
 
+use crate::access::AccessDenied;
 use crate::admission::AdmissionError;
 use crate::guard::breaker::Phase;
 use crate::protocol::{BreakerState, ErrorCode, ErrorReply, Request, Response};
@@ -30,6 +31,19 @@ pub fn dispatch(state: &State, session: &Session, request: Request) -> Response 
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Response {
     Response::Error(ErrorReply::new(code, message))
+}
+
+/// Refuses a request the peer's credentials do not allow, and logs who asked (the
+/// kernel's uid, gid and pid). The connection goes on.
+fn not_permitted(session: &Session, denied: &AccessDenied) -> Response {
+    let peer = &session.peer;
+    let reason = denied.to_string();
+    log::warn!(
+        session = session.id, agent = session.agent.as_str(), peer_uid = peer.uid, peer_gid = peer.gid, peer_pid = peer.pid, reason = reason.as_str();
+        "refused a request of session {} (uid {} gid {} pid {}): {reason}",
+        session.id, peer.uid, peer.gid, peer.pid
+    );
+    error(ErrorCode::NotPermitted, reason)
 }
 
 /// The single mapping from admission errors to wire error codes.

@@ -26,6 +26,10 @@ pub struct Config {
     pub services: BTreeMap<String, ServiceConfig>,
     /// Rate limits in the order they run.
     pub rate_limits: Vec<RateSpec>,
+    /// Who may connect and who is an admin (`[access]`).
+    pub access: AccessConfig,
+    /// Agent names reserved for some users (`[[agents]]`), in file order.
+    pub agents: Vec<AgentBinding>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +48,37 @@ pub struct DaemonConfig {
     pub max_services: usize,
     /// Open reservations one connection may hold.
     pub max_reservations_per_connection: usize,
+}
+
+/// `[access]`: the rules that let a peer in, decided from its kernel credentials.
+/// A peer matches a group rule through its primary or a supplementary group. The
+/// daemon's own uid is always allowed and always an admin; that is not configurable
+/// (see `access::Policy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessConfig {
+    pub agent_uids: Vec<u32>,
+    pub agent_groups: Vec<NamedGroup>,
+    pub agent_gids: Vec<u32>,
+    pub admin_uids: Vec<u32>,
+    pub admin_groups: Vec<NamedGroup>,
+    pub admin_gids: Vec<u32>,
+}
+
+/// A group named in the config, resolved when the config was loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedGroup {
+    pub name: String,
+    /// `None` when the host has no such group: the rule then matches nobody.
+    pub gid: Option<u32>,
+}
+
+/// `[[agents]]`: an agent name only these users may claim. A name without an entry
+/// is free for any peer that may connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentBinding {
+    pub name: String,
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
 }
 
 /// Enforce decisions, or only record them.

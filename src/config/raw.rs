@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{
-    duration, force, invalid, name, nonzero, preset, scope, weight, Config, ConfigError,
-    DaemonConfig, Mode, ServiceConfig,
+    duration, force, invalid, name, nonzero, preset, scope, weight, AccessConfig, AgentBinding,
+    Config, ConfigError, DaemonConfig, Mode, NamedGroup, ServiceConfig,
 };
 use crate::guard::breaker::BreakerConfig;
 use crate::guard::rate::{RateSpec, Scope};
@@ -22,6 +22,8 @@ pub(super) struct RawConfig {
     /// `None` (no `[[rate_limits]]` at all) means the built-in default rule; an
     /// explicit empty list (`rate_limits = []`) means no rate limits.
     rate_limits: Option<Vec<RawRateLimit>>,
+    access: RawAccess,
+    agents: Vec<RawAgent>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +87,30 @@ struct RawRateLimit {
     shadow: bool,
 }
 
+/// `[access]`: who may connect and who is an admin. Groups are names, resolved when
+/// the file is loaded.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAccess {
+    agent_uids: Vec<u32>,
+    agent_groups: Vec<String>,
+    agent_gids: Vec<u32>,
+    admin_uids: Vec<u32>,
+    admin_groups: Vec<String>,
+    admin_gids: Vec<u32>,
+}
+
+/// One `[[agents]]` entry: an agent name reserved for some users.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: String,
+    #[serde(default)]
+    uids: Vec<u32>,
+    #[serde(default)]
+    gids: Vec<u32>,
+}
+
 // === impl RawConfig ===
 
 impl RawConfig {
@@ -129,11 +155,28 @@ impl RawConfig {
                 specs
             }
         };
+        let access = self.access.validate()?;
+        let mut agents: Vec<AgentBinding> = Vec::with_capacity(self.agents.len());
+        for (idx, raw) in self.agents.into_iter().enumerate() {
+            let binding = raw.validate(&format!("agents[{idx}]"))?;
+            if let Some(earlier) = agents.iter().position(|a| a.name == binding.name) {
+                return Err(invalid(
+                    format!("agents[{idx}].name"),
+                    format!(
+                        "{:?} is already bound by agents[{earlier}]; merge the two entries",
+                        binding.name
+                    ),
+                ));
+            }
+            agents.push(binding);
+        }
         Ok(Config {
             daemon,
             breaker,
             services,
             rate_limits,
+            access,
+            agents,
         })
     }
 }
@@ -220,6 +263,78 @@ impl RawDaemon {
             allow_unknown_services: self.allow_unknown_services,
             max_services: self.max_services,
             max_reservations_per_connection: self.max_reservations_per_connection,
+        })
+    }
+}
+
+// === impl RawAccess ===
+
+impl Default for RawAccess {
+    /// Root and the `automation-framework` group may connect; root is the admin.
+    /// (The daemon's own uid is always both; that is not a config value.)
+    fn default() -> Self {
+        RawAccess {
+            agent_uids: vec![0],
+            agent_groups: vec!["automation-framework".into()],
+            agent_gids: Vec::new(),
+            admin_uids: vec![0],
+            admin_groups: Vec::new(),
+            admin_gids: Vec::new(),
+        }
+    }
+}
+
+impl RawAccess {
+    fn validate(self) -> Result<AccessConfig, ConfigError> {
+        Ok(AccessConfig {
+            agent_uids: self.agent_uids,
+            agent_groups: groups("access.agent_groups", self.agent_groups)?,
+            agent_gids: self.agent_gids,
+            admin_uids: self.admin_uids,
+            admin_groups: groups("access.admin_groups", self.admin_groups)?,
+            admin_gids: self.admin_gids,
+        })
+    }
+}
+
+/// Resolves group names now, so a rule means the same group for the daemon's whole
+/// life. A group that does not exist matches nobody (the default names the
+/// `automation-framework` group, which a host without the package lacks).
+fn groups(key: &str, names: Vec<String>) -> Result<Vec<NamedGroup>, ConfigError> {
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(idx, name)| {
+            let key = format!("{key}[{idx}]");
+            if name.is_empty() || name.contains('\0') {
+                return Err(invalid(key, format!("{name:?} is not a group name")));
+            }
+            let gid = nix::unistd::Group::from_name(&name)
+                .map_err(|e| invalid(&key, format!("looking up group {name:?}: {e}")))?
+                .map(|group| group.gid.as_raw());
+            Ok(NamedGroup { name, gid })
+        })
+        .collect()
+}
+
+// === impl RawAgent ===
+
+impl RawAgent {
+    fn validate(self, prefix: &str) -> Result<AgentBinding, ConfigError> {
+        name(&format!("{prefix}.name"), &self.name)?;
+        if self.uids.is_empty() && self.gids.is_empty() {
+            return Err(invalid(
+                prefix,
+                format!(
+                    "binds the agent name {:?} to no uid and no gid, so nobody could use it; give `uids` or `gids`",
+                    self.name
+                ),
+            ));
+        }
+        Ok(AgentBinding {
+            name: self.name,
+            uids: self.uids,
+            gids: self.gids,
         })
     }
 }
