@@ -12,9 +12,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::protocol::frame::{decode, encode, length_codec};
 use crate::protocol::{
-    AdmitReply, AdmitRequest, BreakerInfo, BreakersRequest, ClientFrame, Envelope, ErrorReply,
-    Hello, Pong, ReplyEnvelope, ReportReply, ReportRequest, Request, Response, ServerFrame,
-    StatusReport, Welcome, PROTOCOL_VERSION,
+    AdmitReply, AdmitRequest, BreakerForce, BreakerInfo, BreakersRequest, ClientFrame, Envelope,
+    ErrorReply, ForceBreakerRequest, Hello, Pong, ReplyEnvelope, ReportReply, ReportRequest,
+    Request, Response, ServerFrame, StatusReport, Welcome, PROTOCOL_VERSION,
 };
 
 /// A handshaken connection to the daemon.
@@ -221,6 +221,32 @@ impl Client {
             .await?
         {
             Response::Breakers(reply) => Ok(reply.breakers),
+            other => unexpected(other),
+        }
+    }
+}
+
+// Admin operations: the daemon answers `not_permitted` unless this process's uid is
+// an admin (`[access]`).
+impl Client {
+    /// Forces a service's breaker open, closed or disabled, or (`Auto`) hands it
+    /// back to its config. Returns the breaker afterwards.
+    ///
+    /// # Errors
+    /// Connection failures or an error reply (`not_permitted` for a non-admin).
+    pub async fn force_breaker(
+        &mut self,
+        service: String,
+        force: BreakerForce,
+    ) -> Result<BreakerInfo, ClientError> {
+        match self
+            .call(Request::ForceBreaker(ForceBreakerRequest {
+                service,
+                force,
+            }))
+            .await?
+        {
+            Response::ForceBreaker(info) => Ok(info),
             other => unexpected(other),
         }
     }

@@ -312,3 +312,27 @@ fn reported_units_settle_weighted_limits() {
         .unwrap();
     assert!(admit(700).allowed, "700 unused tokens came back");
 }
+
+#[test]
+fn an_operator_forces_a_breaker_for_every_agent() {
+    let f = fixture("");
+    let (snapshot, transition) = f
+        .admission
+        .force_breaker("s", Some(Force::Open), f.clock.now())
+        .unwrap();
+    assert_eq!(snapshot.phase, Phase::ForcedOpen);
+    assert_eq!(transition.map(|t| t.to), Some(Phase::ForcedOpen));
+    assert!(!f.admit(1, "a", "s").allowed);
+    assert!(!f.admit(2, "b", "s").allowed);
+    let (snapshot, _) = f.admission.force_breaker("s", None, f.clock.now()).unwrap();
+    assert_eq!(snapshot.phase, Phase::Closed);
+    assert!(f.admit(1, "a", "s").allowed);
+
+    let f = fixture("[daemon]\nallow_unknown_services = false\n");
+    assert_eq!(
+        f.admission
+            .force_breaker("nope", Some(Force::Open), f.clock.now())
+            .unwrap_err(),
+        AdmissionError::UnknownService("nope".into())
+    );
+}

@@ -7,6 +7,7 @@
 
 mod admit;
 mod breakers;
+mod force_breaker;
 mod ping;
 mod report;
 mod status;
@@ -20,12 +21,31 @@ use crate::state::{Session, State};
 /// Carries out one request.
 pub fn dispatch(state: &State, session: &Session, request: Request) -> Response {
     let now = state.now();
+    if needs_admin(&request) {
+        if let Err(denied) = state.require_admin(&session.peer) {
+            return not_permitted(session, &denied);
+        }
+    }
     match request {
         Request::Ping => ping::apply(state, session),
         Request::Status => Response::Status(status::report(state, now)),
         Request::Admit(req) => admit::apply(state, session, req, now),
         Request::Report(req) => report::apply(state, req, now),
         Request::Breakers(req) => breakers::apply(state, req, now),
+        Request::ForceBreaker(req) => force_breaker::apply(state, session, req, now),
+    }
+}
+
+/// Requests that change the daemon for every agent, and so need an admin peer
+/// ([`State::is_admin`]). Exhaustive on purpose: a new request kind must decide.
+fn needs_admin(request: &Request) -> bool {
+    match request {
+        Request::Ping
+        | Request::Status
+        | Request::Admit(_)
+        | Request::Report(_)
+        | Request::Breakers(_) => false,
+        Request::ForceBreaker(_) => true,
     }
 }
 

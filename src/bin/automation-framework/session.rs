@@ -12,10 +12,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use automation_framework::client::{Client, ClientError};
 use automation_framework::protocol::{
-    AdmitRequest, BreakersRequest, ReportRequest, Request, Response,
+    AdmitRequest, BreakersRequest, ForceBreakerRequest, ReportRequest, Request, Response,
 };
 
-const OPS: &str = "ping, status, admit, report, breakers";
+const OPS: &str = "ping, status, admit, report, breakers, force_breaker";
 
 /// A line that could not become a request.
 struct LineError {
@@ -85,6 +85,7 @@ fn parse(line: &str) -> Result<(Option<Value>, Request), LineError> {
         "admit" => Request::Admit(fields_of::<AdmitRequest>(&op, fields)?),
         "report" => Request::Report(fields_of::<ReportRequest>(&op, fields)?),
         "breakers" => Request::Breakers(fields_of::<BreakersRequest>(&op, fields)?),
+        "force_breaker" => Request::ForceBreaker(fields_of::<ForceBreakerRequest>(&op, fields)?),
         other => {
             return Err(LineError {
                 kind: "unknown_request",
@@ -122,6 +123,7 @@ fn response_object(response: Response) -> Value {
         Response::Admit(v) => object(&v),
         Response::Report(v) => object(&v),
         Response::Breakers(v) => object(&v),
+        Response::ForceBreaker(v) => object(&v),
         Response::Error(err) => error_object(&wire_name(&err.code), &err.message),
     }
 }
