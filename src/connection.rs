@@ -11,7 +11,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError};
 
 use crate::protocol::frame::{decode_client_frame, encode, length_codec};
-use crate::protocol::{ClientFrame, DecodeError, ServerFrame};
+use crate::protocol::{ClientFrame, DecodeError, ServerFrame, MAX_FRAME_LEN};
 
 /// The kernel's identity of the process at the other end (SO_PEERCRED and
 /// SO_PEERGROUPS), read once at accept: it cannot be forged by the client and does
@@ -45,6 +45,19 @@ pub enum ReadError {
     #[error("reading from the socket: {0}")]
     Io(#[source] io::Error),
 }
+
+/// Why a frame could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Nothing was written; the caller may send something smaller instead.
+    #[error("the frame would exceed the maximum of {MAX_FRAME_LEN} bytes")]
+    TooLarge,
+    #[error("writing to the socket: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Buffer capacity a connection keeps between frames; more is released.
+const KEEP_BUFFER: usize = 64 * 1024;
 
 // === impl Connection ===
 
@@ -96,12 +109,17 @@ impl Connection {
     /// buffered, so pipelined requests are answered with one write.
     ///
     /// # Errors
-    /// Socket write errors, or a reply too large to encode (a bug).
-    pub async fn write_frame(&mut self, frame: &ServerFrame) -> io::Result<()> {
-        let body = encode(frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    /// [`WriteError::TooLarge`] before anything is written, when the frame does not
+    /// fit in [`MAX_FRAME_LEN`]; socket write errors.
+    pub async fn write_frame(&mut self, frame: &ServerFrame) -> Result<(), WriteError> {
+        let body = encode(frame).map_err(|err| match *err {
+            bincode::ErrorKind::SizeLimit => WriteError::TooLarge,
+            _ => WriteError::Io(io::Error::new(io::ErrorKind::InvalidInput, err)),
+        })?;
         self.framed.feed(bytes::Bytes::from(body)).await?;
         if !self.has_buffered_frame() {
             SinkExt::<bytes::Bytes>::flush(&mut self.framed).await?;
+            self.trim_buffers();
         }
         Ok(())
     }
@@ -113,6 +131,21 @@ impl Connection {
     pub async fn write_last(&mut self, frame: &ServerFrame) -> io::Result<()> {
         let body = encode(frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         self.framed.send(bytes::Bytes::from(body)).await
+    }
+
+    /// Gives back the memory of a large frame once it has been handled: the codec's
+    /// buffers grow to the largest frame seen and never shrink by themselves, so a
+    /// thousand connections that each sent or received one big frame would otherwise
+    /// each keep a megabyte.
+    fn trim_buffers(&mut self) {
+        let read = self.framed.read_buffer_mut();
+        if read.is_empty() && read.capacity() > KEEP_BUFFER {
+            *read = bytes::BytesMut::new();
+        }
+        let write = self.framed.write_buffer_mut();
+        if write.is_empty() && write.capacity() > KEEP_BUFFER {
+            *write = bytes::BytesMut::new();
+        }
     }
 
     /// Is a whole frame already waiting in the read buffer?

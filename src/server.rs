@@ -14,7 +14,8 @@
 
 pub mod handshake;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::net::{UnixListener, UnixStream};
@@ -23,22 +24,38 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cmd;
-use crate::connection::{Connection, Peer, ReadError};
+use crate::connection::{Connection, Peer, ReadError, WriteError};
 use crate::protocol::{
-    ClientFrame, DecodeError, ErrorCode, ErrorReply, PeerIdentity, ReplyEnvelope, Response,
-    ServerFrame, Welcome, PROTOCOL_VERSION,
+    encoded_len, ClientFrame, DecodeError, ErrorCode, ErrorReply, PeerIdentity, ReplyEnvelope,
+    Response, ServerFrame, Welcome, MAX_FRAME_LEN, MAX_HELLO_LEN, PROTOCOL_VERSION,
 };
-use crate::state::{Session, State};
+use crate::state::{Limit, Session, State};
 use handshake::Refusal;
 
 /// How long a refused connection gets to read its error before we hang up.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Open connections per uid (`daemon.max_connections_per_uid`).
+struct PerUid {
+    max: usize,
+    open: Mutex<HashMap<u32, usize>>,
+}
+
+/// One uid's connection slot, held for the connection's lifetime.
+struct UidSlot {
+    per_uid: Arc<PerUid>,
+    uid: u32,
+}
 
 /// Serves `listener` until `shutdown` fires, then drains in-flight connections for
 /// at most the configured drain timeout.
 pub async fn run(listener: UnixListener, state: State, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let limit = Arc::new(Semaphore::new(state.config().daemon.max_connections));
+    let per_uid = Arc::new(PerUid {
+        max: state.config().daemon.max_connections_per_uid,
+        open: Mutex::new(HashMap::new()),
+    });
     tracker.spawn(state.clone().maintain(shutdown.clone()));
 
     loop {
@@ -58,9 +75,11 @@ pub async fn run(listener: UnixListener, state: State, shutdown: CancellationTok
             Ok(permit) => {
                 let state = state.clone();
                 let shutdown = shutdown.clone();
-                tracker.spawn(async move { serve(stream, state, shutdown, permit).await });
+                let per_uid = Arc::clone(&per_uid);
+                tracker.spawn(async move { serve(stream, state, shutdown, permit, per_uid).await });
             }
             Err(_) => {
+                state.counters().hit(Limit::MaxConnections);
                 let max = state.config().daemon.max_connections;
                 tracker.spawn(refuse_over_cap(stream, max));
             }
@@ -113,13 +132,14 @@ async fn refuse(conn: &mut Connection, refusal: Refusal) {
     let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, conn.write_last(&frame)).await;
 }
 
-/// One connection, from accept to close. The semaphore permit is held for the
-/// connection's lifetime, so dropping it frees the slot.
+/// One connection, from accept to close. The semaphore permit and the uid slot are
+/// held for the connection's lifetime, so dropping them frees the slots.
 async fn serve(
     stream: UnixStream,
     state: State,
     shutdown: CancellationToken,
     permit: OwnedSemaphorePermit,
+    per_uid: Arc<PerUid>,
 ) {
     let mut conn = match Connection::new(stream) {
         Ok(conn) => conn,
@@ -130,6 +150,7 @@ async fn serve(
     };
     if let Err(denied) = state.access().check_connect(conn.peer()) {
         drop(permit);
+        state.counters().hit(Limit::NotPermitted);
         refuse(
             &mut conn,
             Refusal::new(ErrorCode::NotPermitted, denied.to_string()),
@@ -137,15 +158,33 @@ async fn serve(
         .await;
         return;
     }
+    let uid = conn.peer().uid;
+    let Some(_uid_slot) = per_uid.try_acquire(uid) else {
+        drop(permit);
+        state.counters().hit(Limit::MaxConnectionsPerUid);
+        let max = per_uid.max;
+        refuse(
+            &mut conn,
+            Refusal::new(
+                ErrorCode::TooManyConnections,
+                format!("uid {uid} already holds {max} connections (daemon.max_connections_per_uid); close some or retry later"),
+            ),
+        )
+        .await;
+        return;
+    };
+    conn.set_max_frame_len(MAX_HELLO_LEN);
     let Some(session) = handshake(&mut conn, &state).await else {
         return;
     };
+    conn.set_max_frame_len(MAX_FRAME_LEN);
     log::debug!(
         session = session.id, agent = session.agent.as_str(), peer_uid = session.peer.uid, peer_gid = session.peer.gid, peer_pid = session.peer.pid;
         "session {} opened by uid {} gid {} pid {} as agent {:?}",
         session.id, session.peer.uid, session.peer.gid, session.peer.pid, session.agent
     );
     let idle = state.config().daemon.idle_timeout;
+    let max_batch = state.config().daemon.max_batch;
     loop {
         let read = tokio::select! {
             biased;
@@ -157,6 +196,7 @@ async fn serve(
         };
         let frame = match read {
             Err(_elapsed) => {
+                state.counters().hit(Limit::IdleTimeout);
                 close(
                     &mut conn,
                     &session,
@@ -175,11 +215,28 @@ async fn serve(
                 continue;
             }
             Ok(Err(err)) => {
-                read_failed(&mut conn, &session, err).await;
+                read_failed(&mut conn, &state, &session, err).await;
                 return;
             }
         };
         let reply = match frame {
+            // Refused whole, none of it run, and the connection closed: answering
+            // each envelope could not fit in one reply frame (a 1 MiB batch holds
+            // ~87,000 requests), and running part of it would leave the client
+            // guessing which part. A client that respects the limit never sees this.
+            ClientFrame::Batch(envelopes) if envelopes.len() > max_batch => {
+                let n_requests = envelopes.len();
+                drop(envelopes);
+                state.counters().hit(Limit::MaxBatch);
+                close(
+                    &mut conn,
+                    &session,
+                    ErrorCode::InvalidArgument,
+                    format!("a batch of {n_requests} requests exceeds daemon.max_batch = {max_batch}; none of it was run; send at most {max_batch} requests per batch"),
+                )
+                .await;
+                return;
+            }
             ClientFrame::Request(envelope) => ServerFrame::Reply(ReplyEnvelope {
                 id: envelope.id,
                 response: cmd::dispatch(&state, &session, envelope.request),
@@ -206,13 +263,24 @@ async fn serve(
         };
         // A client that stops reading gets backpressure, then, after the idle
         // timeout, disconnected: it must not hold its slot and reservations forever.
-        match tokio::time::timeout(idle, conn.write_frame(&reply)).await {
+        let mut written = tokio::time::timeout(idle, conn.write_frame(&reply)).await;
+        if let Ok(Err(WriteError::TooLarge)) = written {
+            state.counters().hit(Limit::ReplyTooLarge);
+            log::info!(
+                session = session.id, peer_uid = session.peer.uid, peer_pid = session.peer.pid;
+                "session {}: a reply exceeded {MAX_FRAME_LEN} bytes; answered with frame_too_large errors", session.id
+            );
+            let reply = fit(reply);
+            written = tokio::time::timeout(idle, conn.write_frame(&reply)).await;
+        }
+        match written {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
                 log::debug!(session = session.id; "session {}: write failed: {err}", session.id);
                 return;
             }
             Err(_) => {
+                state.counters().hit(Limit::SlowReader);
                 log::info!(
                     session = session.id, agent = session.agent.as_str(), peer_uid = session.peer.uid, peer_pid = session.peer.pid;
                     "closing session {} (agent {:?}): it has not read its replies for {idle:?}", session.id, session.agent
@@ -243,6 +311,16 @@ async fn handshake(conn: &mut Connection, state: &State) -> Option<Session> {
     let hello = match first {
         Ok(hello) => hello,
         Err(refusal) => {
+            let counted = match refusal.code {
+                ErrorCode::Timeout => Some(Limit::HandshakeTimeout),
+                ErrorCode::NotPermitted => Some(Limit::AgentName),
+                ErrorCode::FrameTooLarge => Some(Limit::FrameTooLarge),
+                ErrorCode::Malformed => Some(Limit::Malformed),
+                _ => None,
+            };
+            if let Some(limit) = counted {
+                state.counters().hit(limit);
+            }
             refuse(conn, refusal).await;
             return None;
         }
@@ -259,7 +337,11 @@ async fn handshake(conn: &mut Connection, state: &State) -> Option<Session> {
             pid: peer.pid,
         },
     });
-    conn.write_frame(&welcome).await.ok().map(|()| session)
+    tokio::time::timeout(limit, conn.write_frame(&welcome))
+        .await
+        .ok()?
+        .ok()
+        .map(|()| session)
 }
 
 /// The error frame for a read failure, when the stream can still carry one.
@@ -276,7 +358,12 @@ fn read_error_reply(err: &ReadError) -> Option<Refusal> {
 
 /// A read failed after the handshake: the connection ends, with an error frame
 /// when the stream can still carry one.
-async fn read_failed(conn: &mut Connection, session: &Session, err: ReadError) {
+async fn read_failed(conn: &mut Connection, state: &State, session: &Session, err: ReadError) {
+    match &err {
+        ReadError::TooLarge { .. } => state.counters().hit(Limit::FrameTooLarge),
+        ReadError::Decode(_) => state.counters().hit(Limit::Malformed),
+        ReadError::Truncated | ReadError::Io(_) => {}
+    }
     match read_error_reply(&err) {
         Some(refusal) => close(conn, session, refusal.code, refusal.message).await,
         None => log::debug!(session = session.id; "session {}: {err}", session.id),
@@ -294,6 +381,48 @@ async fn close(conn: &mut Connection, session: &Session, code: ErrorCode, messag
     let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, conn.write_last(&frame)).await;
 }
 
+/// Makes a reply that did not fit in a frame fit, by answering its largest
+/// responses with `FrameTooLarge` errors instead. The requests were carried out;
+/// only their answers are lost (the large ones are the read-only `status` and
+/// `breakers` with thousands of services; an admission's reservation stays held by
+/// the session until it is reported or the connection closes).
+fn fit(reply: ServerFrame) -> ServerFrame {
+    let too_large = |id: u64| {
+        Response::Error(ErrorReply::new(
+            ErrorCode::FrameTooLarge,
+            format!("the reply to request {id} does not fit in a {MAX_FRAME_LEN}-byte frame; it was carried out, but ask for less (e.g. breakers --service) or split the batch"),
+        ))
+    };
+    match reply {
+        ServerFrame::Reply(envelope) => ServerFrame::Reply(ReplyEnvelope {
+            id: envelope.id,
+            response: too_large(envelope.id),
+        }),
+        ServerFrame::Batch(mut replies) => {
+            // The frame variant and the vector's length prefix.
+            let overhead = 4 + 8;
+            let sizes: Vec<u64> = replies
+                .iter()
+                .map(|r| encoded_len(r).unwrap_or(u64::MAX))
+                .collect();
+            let mut order: Vec<usize> = (0..replies.len()).collect();
+            order.sort_by_key(|&idx| std::cmp::Reverse(sizes[idx]));
+            let mut total: u64 = sizes.iter().fold(overhead, |sum, &n| sum.saturating_add(n));
+            for idx in order {
+                if total <= MAX_FRAME_LEN as u64 {
+                    break;
+                }
+                let id = replies[idx].id;
+                replies[idx].response = too_large(id);
+                let now = encoded_len(&replies[idx]).unwrap_or(0);
+                total = total.saturating_sub(sizes[idx]).saturating_add(now);
+            }
+            ServerFrame::Batch(replies)
+        }
+        other => other,
+    }
+}
+
 /// The reply to a request kind this daemon does not know: the connection survives.
 fn unknown_request(id: u64, kind: u32) -> ServerFrame {
     ServerFrame::Reply(ReplyEnvelope {
@@ -306,4 +435,123 @@ fn unknown_request(id: u64, kind: u32) -> ServerFrame {
             ),
         )),
     })
+}
+
+// === impl PerUid ===
+
+impl PerUid {
+    /// Takes one of `uid`'s slots, if it has one left.
+    fn try_acquire(self: &Arc<Self>, uid: u32) -> Option<UidSlot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(uid).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(UidSlot {
+            per_uid: Arc::clone(self),
+            uid,
+        })
+    }
+}
+
+// === impl UidSlot ===
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .per_uid
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.uid) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.uid);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{BreakerInfo, BreakerState, BreakersReply, Pong};
+
+    #[test]
+    fn uid_slots_are_counted_per_uid_and_given_back() {
+        let per_uid = Arc::new(PerUid {
+            max: 2,
+            open: Mutex::new(HashMap::new()),
+        });
+        let a1 = per_uid.try_acquire(1).unwrap();
+        let _a2 = per_uid.try_acquire(1).unwrap();
+        assert!(per_uid.try_acquire(1).is_none());
+        let _b1 = per_uid
+            .try_acquire(2)
+            .expect("another uid has its own slots");
+        drop(a1);
+        assert!(per_uid.try_acquire(1).is_some());
+    }
+
+    #[test]
+    fn an_oversized_batch_reply_keeps_the_small_answers() {
+        let breaker = |n: usize| BreakerInfo {
+            service: format!("{n:0>100}"),
+            state: BreakerState::Closed,
+            failures: 0,
+            window_failures: 0,
+            window_calls: 0,
+            trials_in_flight: 0,
+            trial_successes: 0,
+            open_remaining_ms: None,
+            times_opened: 0,
+        };
+        let big = Response::Breakers(BreakersReply {
+            breakers: (0..4_000).map(breaker).collect(),
+        });
+        let pong = Response::Pong(Pong {
+            ok: true,
+            version: "v".into(),
+            session: 1,
+            agent: "a".into(),
+        });
+        let replies = vec![
+            ReplyEnvelope {
+                id: 1,
+                response: pong.clone(),
+            },
+            ReplyEnvelope {
+                id: 2,
+                response: big.clone(),
+            },
+            ReplyEnvelope {
+                id: 3,
+                response: big,
+            },
+        ];
+        let frame = ServerFrame::Batch(replies);
+        assert!(encoded_len(&frame).is_err(), "the test reply must not fit");
+        let fitted = fit(frame);
+        assert!(encoded_len(&fitted).is_ok(), "it fits now");
+        let ServerFrame::Batch(replies) = fitted else {
+            panic!("still a batch");
+        };
+        assert_eq!(replies[0].response, pong, "small answers survive");
+        let codes: Vec<_> = replies
+            .iter()
+            .map(|r| match &r.response {
+                Response::Error(err) => Some(err.code),
+                _ => None,
+            })
+            .collect();
+        // Each large answer (~560 KB) fits alone, the two together do not: one of
+        // them is replaced, no more.
+        assert_eq!(codes[0], None);
+        let replaced = codes
+            .iter()
+            .filter(|c| **c == Some(ErrorCode::FrameTooLarge))
+            .count();
+        assert_eq!(replaced, 1, "{codes:?}");
+    }
 }

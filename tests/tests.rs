@@ -16,6 +16,10 @@ mod hostile;
 // tests that act as another uid need root.
 mod access;
 
+// Per-connection and per-uid limits, with the server in process to check that each
+// limit hit is counted.
+mod limits;
+
 // Rate limits and circuit breakers through the socket, across connections.
 mod guards;
 

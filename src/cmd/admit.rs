@@ -33,7 +33,7 @@ pub(super) fn apply(
     // pass the same `[[agents]]` binding, or the override would be a way around it.
     if req.agent.is_some() {
         if let Err(denied) = state.access().check_agent(&session.peer, agent) {
-            return not_permitted(session, &denied);
+            return not_permitted(state, session, &denied);
         }
     }
     let Some(units) = NonZeroU32::new(req.units) else {

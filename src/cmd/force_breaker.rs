@@ -91,8 +91,9 @@ mod tests {
             }
             other => panic!("expected NotPermitted, got {other:?}"),
         }
-        // Nothing changed.
+        // Nothing changed, and the refusal was counted.
         assert!(state.admission().breakers(None, state.now()).is_empty());
+        assert_eq!(state.counters().get(crate::state::Limit::AdminOnly), 1);
 
         let admin = state.open_session("ops".into(), peer(1002));
         match dispatch(&state, &admin, force(BreakerForce::Open)) {

@@ -16,14 +16,14 @@ use crate::access::AccessDenied;
 use crate::admission::AdmissionError;
 use crate::guard::breaker::Phase;
 use crate::protocol::{BreakerState, ErrorCode, ErrorReply, Request, Response};
-use crate::state::{Session, State};
+use crate::state::{Limit, Session, State};
 
 /// Carries out one request.
 pub fn dispatch(state: &State, session: &Session, request: Request) -> Response {
     let now = state.now();
     if needs_admin(&request) {
         if let Err(denied) = state.require_admin(&session.peer) {
-            return not_permitted(session, &denied);
+            return not_permitted(state, session, &denied);
         }
     }
     match request {
@@ -55,7 +55,12 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Response {
 
 /// Refuses a request the peer's credentials do not allow, and logs who asked (the
 /// kernel's uid, gid and pid). The connection goes on.
-fn not_permitted(session: &Session, denied: &AccessDenied) -> Response {
+fn not_permitted(state: &State, session: &Session, denied: &AccessDenied) -> Response {
+    state.counters().hit(match denied {
+        AccessDenied::NotAllowed { .. } => Limit::NotPermitted,
+        AccessDenied::AgentBound { .. } => Limit::AgentName,
+        AccessDenied::NotAdmin { .. } => Limit::AdminOnly,
+    });
     let peer = &session.peer;
     let reason = denied.to_string();
     log::warn!(

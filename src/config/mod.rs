@@ -37,6 +37,11 @@ pub struct DaemonConfig {
     /// Where to listen when neither systemd nor `--socket` says.
     pub socket: Option<PathBuf>,
     pub max_connections: usize,
+    /// Connections one uid may hold at once, so one user cannot take every slot.
+    pub max_connections_per_uid: usize,
+    /// Requests in one batch frame: how much work one frame can ask for before
+    /// the connection's task yields.
+    pub max_batch: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     /// How long shutdown waits for in-flight requests.

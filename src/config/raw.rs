@@ -31,6 +31,8 @@ pub(super) struct RawConfig {
 struct RawDaemon {
     socket: Option<PathBuf>,
     max_connections: usize,
+    max_connections_per_uid: usize,
+    max_batch: usize,
     handshake_timeout: String,
     idle_timeout: String,
     drain_timeout: String,
@@ -203,6 +205,8 @@ impl Default for RawDaemon {
         RawDaemon {
             socket: None,
             max_connections: 1024,
+            max_connections_per_uid: 64,
+            max_batch: 1024,
             handshake_timeout: "5s".into(),
             idle_timeout: "10m".into(),
             drain_timeout: "10s".into(),
@@ -228,6 +232,11 @@ impl RawDaemon {
         };
         for (key, value) in [
             ("daemon.max_connections", self.max_connections),
+            (
+                "daemon.max_connections_per_uid",
+                self.max_connections_per_uid,
+            ),
+            ("daemon.max_batch", self.max_batch),
             ("daemon.max_services", self.max_services),
             (
                 "daemon.max_reservations_per_connection",
@@ -256,6 +265,8 @@ impl RawDaemon {
         Ok(DaemonConfig {
             socket: self.socket,
             max_connections: self.max_connections,
+            max_connections_per_uid: self.max_connections_per_uid,
+            max_batch: self.max_batch,
             handshake_timeout: positive("daemon.handshake_timeout", &self.handshake_timeout)?,
             idle_timeout: positive("daemon.idle_timeout", &self.idle_timeout)?,
             drain_timeout: positive("daemon.drain_timeout", &self.drain_timeout)?,

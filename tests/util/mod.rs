@@ -14,8 +14,12 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use automation_framework::client::Client;
+use automation_framework::clock::SharedClock;
+use automation_framework::config::Config;
 use automation_framework::protocol::frame::{decode, encode, length_codec};
 use automation_framework::protocol::{ClientFrame, Hello, ServerFrame, PROTOCOL_VERSION};
+use automation_framework::state::State;
+use tokio_util::sync::CancellationToken;
 
 /// How long to wait for something that should happen promptly (readiness, a
 /// connection close). Generous because CI machines are small; never slept in full.
@@ -136,6 +140,60 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The server running inside the test process, for tests that look at the daemon's
+/// state (its counters) rather than only at what it sends. Stopped when dropped.
+pub struct InProcess {
+    pub state: State,
+    pub socket: PathBuf,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    pub async fn start(config: &str) -> InProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("agent.sock");
+        let config = Config::from_toml(config).expect("test config is valid");
+        let listener = automation_framework::socket::bind(&socket).expect("bind");
+        let state = State::new(config, SharedClock::system()).expect("state");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(automation_framework::server::run(
+            listener,
+            state.clone(),
+            shutdown.clone(),
+        ));
+        InProcess {
+            state,
+            socket,
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    pub async fn client(&self, agent: &str) -> Client {
+        Client::connect(&self.socket, agent, "integration-test")
+            .await
+            .unwrap_or_else(|e| panic!("connect as {agent}: {e}"))
+    }
+
+    pub async fn raw(&self) -> Raw {
+        let stream = UnixStream::connect(&self.socket).await.expect("connect");
+        Raw {
+            framed: Framed::new(stream, length_codec()),
+        }
+    }
+
+    pub fn hits(&self, limit: automation_framework::state::Limit) -> u64 {
+        self.state.counters().get(limit)
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 
