@@ -138,3 +138,48 @@ fn which(program: &str) -> Result<std::path::PathBuf, ()> {
         .find(|path| path.is_file())
         .ok_or(())
 }
+
+/// Needs root, to leave a socket that belongs to another user.
+#[test]
+fn refuses_to_start_on_a_socket_owned_by_another_user() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED refuses_to_start_on_a_socket_owned_by_another_user: needs root to chown a file to another uid");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+        .arg("--socket")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("belongs to uid 65534, not to this daemon's uid 0"),
+        "{stderr}"
+    );
+    assert!(path.exists(), "the other user's file is left alone");
+}
+
+#[test]
+fn refuses_to_start_in_a_directory_anyone_can_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(
+        &open,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o777),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+        .arg("--socket")
+        .arg(open.join("agent.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("is writable by everyone"), "{stderr}");
+}

@@ -36,6 +36,10 @@ pub struct Config {
 pub struct DaemonConfig {
     /// Where to listen when neither systemd nor `--socket` says.
     pub socket: Option<PathBuf>,
+    /// Group of a socket the daemon binds itself; `None`: see `socket::SocketPerms`.
+    pub socket_group: Option<String>,
+    /// Permission bits of a socket the daemon binds itself.
+    pub socket_mode: u32,
     pub max_connections: usize,
     /// Connections one uid may hold at once, so one user cannot take every slot.
     pub max_connections_per_uid: usize,

@@ -30,6 +30,8 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields, default)]
 struct RawDaemon {
     socket: Option<PathBuf>,
+    socket_group: Option<String>,
+    socket_mode: String,
     max_connections: usize,
     max_connections_per_uid: usize,
     max_batch: usize,
@@ -204,6 +206,8 @@ impl Default for RawDaemon {
     fn default() -> Self {
         RawDaemon {
             socket: None,
+            socket_group: None,
+            socket_mode: "0660".into(),
             max_connections: 1024,
             max_connections_per_uid: 64,
             max_batch: 1024,
@@ -255,6 +259,35 @@ impl RawDaemon {
                 ));
             }
         }
+        let socket_mode = u32::from_str_radix(&self.socket_mode, 8)
+            .ok()
+            .filter(|mode| *mode <= 0o777)
+            .ok_or_else(|| {
+                invalid(
+                    "daemon.socket_mode",
+                    format!(
+                        "{:?} is not a permission mode; write octal digits like \"0660\"",
+                        self.socket_mode
+                    ),
+                )
+            })?;
+        if socket_mode & 0o600 != 0o600 {
+            return Err(invalid(
+                "daemon.socket_mode",
+                format!(
+                    "{:?} does not let the daemon's own user connect; keep the owner bits rw (0600)",
+                    self.socket_mode
+                ),
+            ));
+        }
+        if let Some(group) = &self.socket_group {
+            if group.is_empty() || group.contains('\0') {
+                return Err(invalid(
+                    "daemon.socket_group",
+                    format!("{group:?} is not a group name"),
+                ));
+            }
+        }
         let positive = |key: &str, text: &str| {
             let value = duration(key, text)?;
             if value.is_zero() {
@@ -264,6 +297,8 @@ impl RawDaemon {
         };
         Ok(DaemonConfig {
             socket: self.socket,
+            socket_group: self.socket_group,
+            socket_mode,
             max_connections: self.max_connections,
             max_connections_per_uid: self.max_connections_per_uid,
             max_batch: self.max_batch,

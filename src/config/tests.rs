@@ -139,6 +139,33 @@ fn daemon_values() {
     );
     assert!(error_of("[daemon]\nsocket = \"rel/a.sock\"\n").starts_with("daemon.socket:"));
     assert!(error_of("[daemon]\nidle_timeout = \"0s\"\n").starts_with("daemon.idle_timeout:"));
+    assert_eq!(
+        error_of("[daemon]\nmax_batch = 0\n"),
+        "daemon.max_batch: must be at least 1, got 0"
+    );
+    assert_eq!(
+        error_of("[daemon]\nmax_connections_per_uid = 0\n"),
+        "daemon.max_connections_per_uid: must be at least 1, got 0"
+    );
+}
+
+#[test]
+fn socket_mode_and_group() {
+    let daemon = Config::default().daemon;
+    assert_eq!(daemon.socket_mode, 0o660);
+    assert_eq!(daemon.socket_group, None);
+    let config =
+        Config::from_toml("[daemon]\nsocket_mode = \"0600\"\nsocket_group = \"agents\"\n").unwrap();
+    assert_eq!(config.daemon.socket_mode, 0o600);
+    assert_eq!(config.daemon.socket_group.as_deref(), Some("agents"));
+    assert_eq!(
+        error_of("[daemon]\nsocket_mode = \"0999\"\n"),
+        "daemon.socket_mode: \"0999\" is not a permission mode; write octal digits like \"0660\""
+    );
+    assert!(error_of("[daemon]\nsocket_mode = \"4660\"\n").starts_with("daemon.socket_mode:"));
+    assert!(error_of("[daemon]\nsocket_mode = \"0060\"\n").contains("keep the owner bits rw"));
+    assert!(error_of("[daemon]\nsocket_mode = 660\n").contains("invalid type"));
+    assert!(error_of("[daemon]\nsocket_group = \"\"\n").starts_with("daemon.socket_group:"));
 }
 
 #[test]

@@ -157,7 +157,8 @@ impl InProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("agent.sock");
         let config = Config::from_toml(config).expect("test config is valid");
-        let listener = automation_framework::socket::bind(&socket).expect("bind");
+        let perms = automation_framework::socket::SocketPerms::from_config(&config.daemon);
+        let listener = automation_framework::socket::bind(&socket, &perms).expect("bind");
         let state = State::new(config, SharedClock::system()).expect("state");
         let shutdown = CancellationToken::new();
         tokio::spawn(automation_framework::server::run(
