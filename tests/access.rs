@@ -3,6 +3,11 @@
 //! the CLI under `setpriv` and need root (CI runs as root); without root they say
 //! they are skipped and why.
 
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
 use automation_framework::client::ClientError;
 use automation_framework::protocol::{AdmitRequest, ErrorCode, Request, Response};
 
@@ -68,4 +73,198 @@ async fn a_bound_agent_name_is_refused_per_request_and_the_session_goes_on() {
         .await
         .unwrap();
     assert!(reply.allowed, "{reply:?}");
+}
+
+/// The uid and gid the root-only tests act as (`nobody`/`nogroup` on Debian).
+const NOBODY: u32 = 65534;
+
+/// The CLI run as [`NOBODY`] with these supplementary groups, through `setpriv`
+/// (util-linux); `None` after saying why when the test cannot act as another uid.
+/// The binary is copied into the daemon's temp dir, which is opened for traversal:
+/// the build directory may sit under a home only root can enter.
+fn as_nobody(test: &str, daemon: &Daemon, groups: &[u32]) -> Option<Command> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED {test}: needs root to act as another uid (CI runs as root)");
+        return None;
+    }
+    let Some(setpriv) = which("setpriv") else {
+        eprintln!("SKIPPED {test}: setpriv not installed (Debian package util-linux); .ci/run installs it");
+        return None;
+    };
+    let dir = daemon.dir.path();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cli = dir.join("automation-framework");
+    if !cli.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_automation-framework"), &cli).unwrap();
+        std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut cmd = Command::new(setpriv);
+    cmd.arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"));
+    if groups.is_empty() {
+        cmd.arg("--clear-groups");
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        cmd.arg(format!("--groups={}", list.join(",")));
+    }
+    cmd.arg(cli)
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .env_remove("AUTOMATION_FRAMEWORK_AGENT")
+        .env_remove("AUTOMATION_FRAMEWORK_SOCKET");
+    Some(cmd)
+}
+
+fn run(mut cmd: Command, args: &[&str]) -> (i32, String, String) {
+    let out = cmd.args(args).output().expect("run the CLI under setpriv");
+    (
+        out.status.code().expect("exited normally"),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+}
+
+/// Lets any local process reach the socket file, so the policy (not the file mode)
+/// is what refuses.
+const OPEN_SOCKET: &str = "[daemon]\nsocket_mode = \"0666\"\n";
+
+#[test]
+fn a_uid_no_rule_lets_in_is_refused_and_logged() {
+    let daemon = Daemon::start(OPEN_SOCKET);
+    let test = "a_uid_no_rule_lets_in_is_refused_and_logged";
+    let Some(cmd) = as_nobody(test, &daemon, &[]) else {
+        return;
+    };
+    let (code, _, stderr) = run(cmd, &["ping"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("not_permitted"), "{stderr}");
+    assert!(
+        stderr.contains("uid 65534 (gid 65534) may not connect"),
+        "{stderr}"
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("refusing connection from uid 65534 gid 65534 pid "),
+        "every refusal is logged with uid, gid and pid:\n{log}"
+    );
+}
+
+#[test]
+fn the_socket_mode_keeps_other_users_out_before_the_policy() {
+    let daemon = Daemon::start("");
+    let test = "the_socket_mode_keeps_other_users_out_before_the_policy";
+    let Some(cmd) = as_nobody(test, &daemon, &[]) else {
+        return;
+    };
+    let (code, _, stderr) = run(cmd, &["ping"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+}
+
+#[test]
+fn a_supplementary_group_lets_a_uid_in() {
+    let daemon = Daemon::start(&format!("{OPEN_SOCKET}[access]\nagent_gids = [4242]\n"));
+    let test = "a_supplementary_group_lets_a_uid_in";
+    let Some(cmd) = as_nobody(test, &daemon, &[4242]) else {
+        return;
+    };
+    let (code, stdout, stderr) = run(cmd, &["--json", "ping"]);
+    assert_eq!(code, 0, "{stderr}");
+    let pong: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(pong["ok"], true);
+    // Without the group, the same uid is refused.
+    let cmd = as_nobody(test, &daemon, &[]).expect("root");
+    assert_eq!(run(cmd, &["ping"]).0, 2);
+}
+
+#[test]
+fn agent_name_impersonation_is_refused() {
+    let daemon = Daemon::start(&format!(
+        "{OPEN_SOCKET}[access]\nagent_uids = [0, {NOBODY}]\n[[agents]]\nname = \"planner\"\nuids = [0]\n"
+    ));
+    let test = "agent_name_impersonation_is_refused";
+    let Some(cmd) = as_nobody(test, &daemon, &[]) else {
+        return;
+    };
+    let (code, _, stderr) = run(cmd, &["--agent", "planner", "ping"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("uid 65534 (gid 65534) may not act as agent \"planner\": agents[0]"),
+        "{stderr}"
+    );
+
+    // Its own name is fine; claiming "planner" per request is refused, and the
+    // session goes on.
+    let mut cmd = as_nobody(test, &daemon, &[]).expect("root");
+    let mut child = cmd
+        .args(["--agent", "helper", "session"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(
+        stdin,
+        r#"{{"op":"admit","service":"openai","agent":"planner"}}"#
+    )
+    .unwrap();
+    writeln!(stdin, r#"{{"op":"admit","service":"openai"}}"#).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["error"]["kind"], "not_permitted", "{lines:?}");
+    assert_eq!(lines[1]["allowed"], true, "{lines:?}");
+
+    // Root, which the entry names, may use it.
+    let mut cmd = daemon.cli();
+    cmd.args(["--agent", "planner", "ping"]);
+    assert!(cmd.output().unwrap().status.success());
+}
+
+#[test]
+fn an_admin_operation_by_a_non_admin_is_refused() {
+    let daemon = Daemon::start(&format!(
+        "{OPEN_SOCKET}[access]\nagent_uids = [{NOBODY}]\nadmin_gids = [4243]\n"
+    ));
+    let test = "an_admin_operation_by_a_non_admin_is_refused";
+    let Some(cmd) = as_nobody(test, &daemon, &[]) else {
+        return;
+    };
+    let force = ["breakers", "--service", "search", "--force", "open"];
+    let (code, _, stderr) = run(cmd, &force);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("not_permitted"), "{stderr}");
+    assert!(
+        stderr.contains("uid 65534 (gid 65534) may not run admin operations"),
+        "{stderr}"
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("refused a request of session") && log.contains("(uid 65534 gid 65534 pid "),
+        "{log}"
+    );
+    // Reading breakers is not an admin operation, and nothing was forced.
+    let cmd = as_nobody(test, &daemon, &[]).expect("root");
+    let (code, stdout, _) = run(cmd, &["--json", "breakers", "--service", "search"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("\"state\":\"closed\""), "{stdout}");
+
+    // A member of an admin group may.
+    let cmd = as_nobody(test, &daemon, &[4243]).expect("root");
+    let (code, stdout, stderr) = run(cmd, &force);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("forced_open"), "{stdout}");
 }

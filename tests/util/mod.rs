@@ -25,6 +25,16 @@ use tokio_util::sync::CancellationToken;
 /// connection close). Generous because CI machines are small; never slept in full.
 pub const PROMPTLY: Duration = Duration::from_secs(10);
 
+/// The longest a well-behaved client's ping may take while others misbehave. A ping
+/// on a quiet daemon takes well under a millisecond; a stalled daemon (what the
+/// hostile tests look for) takes seconds or forever. The bound leaves room for a
+/// loaded 2-core CI machine.
+pub const NORMAL_LATENCY: Duration = Duration::from_millis(500);
+
+/// The daemon's resident memory ceiling in the hostile tests, in MiB. A quiet debug
+/// build uses about 5 MiB; 1,000 idle connections add about 10 MiB.
+pub const RSS_CEILING_MIB: u64 = 64;
+
 /// A running daemon; killed when dropped.
 pub struct Daemon {
     child: Child,
@@ -96,6 +106,34 @@ impl Daemon {
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// The daemon's resident set size (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<daemon>/status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<daemon>/status")
+    }
+
+    /// Asserts the daemon's memory stayed under [`RSS_CEILING_MIB`]; prints it.
+    pub fn assert_rss_bounded(&self, when: &str) {
+        let rss = self.rss_kib();
+        eprintln!("daemon RSS {when}: {:.1} MiB", rss as f64 / 1024.0);
+        assert!(
+            rss < RSS_CEILING_MIB * 1024,
+            "daemon RSS {rss} KiB {when} exceeds the {RSS_CEILING_MIB} MiB ceiling"
+        );
+    }
+
+    /// How many file descriptors the daemon holds (sockets included).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("list /proc/<daemon>/fd")
+            .count()
     }
 
     /// Waits for the daemon to exit and returns its status code.
@@ -212,6 +250,12 @@ impl Raw {
             .expect("send frame");
     }
 
+    /// Sends a frame; `false` once the daemon has closed the connection.
+    pub async fn try_send(&mut self, frame: &ClientFrame) -> bool {
+        let body = encode(frame).expect("encode");
+        self.framed.send(Bytes::from(body)).await.is_ok()
+    }
+
     pub async fn send_body(&mut self, body: Vec<u8>) {
         self.framed
             .send(Bytes::from(body))
@@ -260,25 +304,42 @@ impl Raw {
     }
 }
 
-/// A client that stays connected and proves the daemon still serves it.
+/// A client that stays connected and proves the daemon still serves it within its
+/// normal latency.
 pub struct Bystander {
     client: Client,
+    /// The slowest answer so far.
+    pub slowest: Duration,
 }
 
 impl Bystander {
     pub async fn new(daemon: &Daemon) -> Bystander {
         Bystander {
             client: daemon.client("bystander").await,
+            slowest: Duration::ZERO,
         }
     }
 
-    /// Pings and asserts a prompt answer.
+    /// Pings and asserts an answer within [`NORMAL_LATENCY`].
     pub async fn still_served(&mut self) {
-        let pong = tokio::time::timeout(Duration::from_secs(5), self.client.ping())
+        let started = Instant::now();
+        let pong = tokio::time::timeout(PROMPTLY, self.client.ping())
             .await
-            .expect("bystander answered within 5s")
+            .unwrap_or_else(|_| panic!("bystander not answered within {PROMPTLY:?}"))
             .expect("bystander ping");
+        let took = started.elapsed();
         assert!(pong.ok);
+        self.slowest = self.slowest.max(took);
+        assert!(
+            took < NORMAL_LATENCY,
+            "bystander answered in {took:?}, over the normal {NORMAL_LATENCY:?}"
+        );
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        eprintln!("bystander's slowest answer: {:?}", self.slowest);
     }
 }
 
