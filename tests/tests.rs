@@ -28,3 +28,7 @@ mod cli;
 
 // Lifecycle: SIGTERM drains and exits 0, the socket path rules.
 mod lifecycle;
+
+// The committed fuzz inputs (seeds and crash regressions) through the fuzz
+// targets' checks, without cargo-fuzz.
+mod fuzzed;
