@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cmd;
-use crate::connection::{Connection, Peer, ReadError, WriteError};
+use crate::connection::{Connection, ReadError, WriteError};
 use crate::protocol::{
     encoded_len, ClientFrame, DecodeError, ErrorCode, ErrorReply, PeerIdentity, ReplyEnvelope,
     Response, ServerFrame, Welcome, MAX_FRAME_LEN, MAX_HELLO_LEN, PROTOCOL_VERSION,
@@ -209,7 +209,12 @@ async fn serve(
             Ok(Ok(Some(frame))) => frame,
             Ok(Ok(None)) => return,
             Ok(Err(ReadError::Decode(DecodeError::UnknownRequest { id, kind }))) => {
-                if conn.write_frame(&unknown_request(id, kind)).await.is_err() {
+                let written =
+                    tokio::time::timeout(idle, conn.write_frame(&unknown_request(id, kind))).await;
+                if !matches!(written, Ok(Ok(()))) {
+                    if written.is_err() {
+                        state.counters().hit(Limit::SlowReader);
+                    }
                     return;
                 }
                 continue;
@@ -303,6 +308,10 @@ async fn handshake(conn: &mut Connection, state: &State) -> Option<Session> {
         Ok(Ok(None)) => return None,
         Ok(Ok(Some(frame))) => handshake::accept(Ok(frame), conn.peer(), state.access()),
         Ok(Err(ReadError::Decode(err))) => handshake::accept(Err(err), conn.peer(), state.access()),
+        Ok(Err(err @ ReadError::TooLarge { .. })) => Err(Refusal::new(
+            ErrorCode::FrameTooLarge,
+            format!("{err} before the handshake; the first frame must be a Hello"),
+        )),
         Ok(Err(err)) => match read_error_reply(&err) {
             Some(refusal) => Err(refusal),
             None => return None,
@@ -325,16 +334,15 @@ async fn handshake(conn: &mut Connection, state: &State) -> Option<Session> {
             return None;
         }
     };
-    let peer: Peer = conn.peer().clone();
-    let session = state.open_session(hello.agent, peer.clone());
+    let session = state.open_session(hello.agent, conn.peer().clone());
     let welcome = ServerFrame::Welcome(Welcome {
         version: PROTOCOL_VERSION,
         server: env!("CARGO_PKG_VERSION").to_owned(),
         session: session.id,
         peer: PeerIdentity {
-            uid: peer.uid,
-            gid: peer.gid,
-            pid: peer.pid,
+            uid: session.peer.uid,
+            gid: session.peer.gid,
+            pid: session.peer.pid,
         },
     });
     tokio::time::timeout(limit, conn.write_frame(&welcome))
