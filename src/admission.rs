@@ -190,6 +190,11 @@ impl Admission {
         self.lock().report(reservation, outcome, now)
     }
 
+    /// The session that holds reservation `id`, while it is open.
+    pub fn holder(&self, id: u64) -> Option<u64> {
+        self.lock().reservations.get(&id).map(|r| r.session)
+    }
+
     /// Records the outcome of a call made without admission.
     ///
     /// # Errors

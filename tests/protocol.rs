@@ -250,3 +250,35 @@ async fn unknown_services_are_refused_when_the_config_says_so() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_reservation_can_only_be_reported_by_its_connection() {
+    let daemon = Daemon::start("");
+    let mut owner = daemon.client("a").await;
+    let mut other = daemon.client("b").await;
+    let reservation = owner
+        .admit(AdmitRequest {
+            agent: None,
+            service: "svc".into(),
+            units: 1,
+        })
+        .await
+        .unwrap()
+        .reservation
+        .expect("admitted");
+    let report = |outcome| {
+        Request::Report(ReportRequest {
+            reservation: Some(reservation),
+            service: None,
+            outcome,
+            units: None,
+            latency_ms: None,
+        })
+    };
+    let response = other.call(report(Outcome::Failure)).await.unwrap();
+    assert_eq!(error_code(&response), Some(ErrorCode::NotPermitted));
+    let status = other.status().await.unwrap();
+    assert_eq!(status.open_reservations, 1, "still open");
+    let response = owner.call(report(Outcome::Success)).await.unwrap();
+    assert!(matches!(response, Response::Report(r) if !r.duplicate));
+}

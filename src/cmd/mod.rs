@@ -30,7 +30,7 @@ pub fn dispatch(state: &State, session: &Session, request: Request) -> Response 
         Request::Ping => ping::apply(state, session),
         Request::Status => Response::Status(status::report(state, now)),
         Request::Admit(req) => admit::apply(state, session, req, now),
-        Request::Report(req) => report::apply(state, req, now),
+        Request::Report(req) => report::apply(state, session, req, now),
         Request::Breakers(req) => breakers::apply(state, req, now),
         Request::ForceBreaker(req) => force_breaker::apply(state, session, req, now),
     }
