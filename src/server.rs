@@ -95,6 +95,20 @@ pub async fn run(listener: UnixListener, state: State, shutdown: CancellationTok
             tracker.len()
         );
     }
+    // Until the counters are exported as metrics, the log is where they show.
+    let hits: Vec<String> = state
+        .counters()
+        .snapshot()
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(limit, n)| format!("{}={n}", limit.name()))
+        .collect();
+    if !hits.is_empty() {
+        log::info!(
+            "limits and access rules hit since start: {}",
+            hits.join(", ")
+        );
+    }
 }
 
 /// Tells a client over the connection cap why it is being turned away.

@@ -41,6 +41,25 @@ async fn sigterm_closes_sessions_with_a_reason_and_exits_0() {
 }
 
 #[tokio::test]
+async fn the_limits_hit_are_logged_at_exit() {
+    let mut daemon = Daemon::start("[daemon]\nmax_batch = 1\n");
+    let mut client = daemon.client("a").await;
+    let _ = client
+        .batch(vec![
+            automation_framework::protocol::Request::Ping,
+            automation_framework::protocol::Request::Ping,
+        ])
+        .await;
+    kill(Pid::from_raw(daemon.pid()), Signal::SIGTERM).unwrap();
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(0));
+    let log = daemon.log();
+    assert!(
+        log.contains("limits and access rules hit since start: max_batch=1"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
 async fn a_second_daemon_does_not_steal_a_live_socket() {
     let daemon = Daemon::start("");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
