@@ -12,10 +12,10 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::protocol::frame::{decode, encode, length_codec};
 use crate::protocol::{
-    AdminReply, AdminRequest, AdmitReply, AdmitRequest, BreakerInfo, BreakersRequest, BudgetReply,
-    BudgetRequest, ClientFrame, Envelope, ErrorReply, Hello, Pong, QuotaInfo, QuotasRequest,
-    ReplyEnvelope, ReportReply, ReportRequest, Request, Response, ServerFrame, StatusReport,
-    Welcome, PROTOCOL_VERSION,
+    AdminReply, AdminRequest, AdmitReply, AdmitRequest, BreakerForce, BreakerInfo, BreakersRequest,
+    BudgetReply, BudgetRequest, ClientFrame, Envelope, ErrorReply, ForceBreakerRequest, Hello,
+    Pong, QuotaInfo, QuotasRequest, ReplyEnvelope, ReportReply, ReportRequest, Request, Response,
+    ServerFrame, StatusReport, Welcome, PROTOCOL_VERSION,
 };
 
 /// A handshaken connection to the daemon.
@@ -78,7 +78,14 @@ impl Client {
             client: client_name.to_owned(),
             agent: agent.to_owned(),
         });
-        send(&mut framed, &hello).await?;
+        if let Err(err) = send(&mut framed, &hello).await {
+            // The daemon may have refused us before reading anything (access policy,
+            // connection caps) and closed; its reason is still waiting to be read.
+            if let Ok(ServerFrame::Error(reply)) = recv(&mut framed).await {
+                return Err(ClientError::Closed(reply));
+            }
+            return Err(err);
+        }
         match recv(&mut framed).await? {
             ServerFrame::Welcome(welcome) => Ok(Client {
                 framed,
@@ -255,6 +262,28 @@ impl Client {
     pub async fn admin(&mut self, request: AdminRequest) -> Result<AdminReply, ClientError> {
         match self.call(Request::Admin(request)).await? {
             Response::Admin(reply) => Ok(reply),
+            other => unexpected(other),
+        }
+    }
+
+    /// Forces a service's breaker open, closed or disabled, or (`Auto`) hands it
+    /// back to its config. Returns the breaker afterwards.
+    ///
+    /// # Errors
+    /// Connection failures or an error reply (`not_permitted` for a non-admin).
+    pub async fn force_breaker(
+        &mut self,
+        service: String,
+        force: BreakerForce,
+    ) -> Result<BreakerInfo, ClientError> {
+        match self
+            .call(Request::ForceBreaker(ForceBreakerRequest {
+                service,
+                force,
+            }))
+            .await?
+        {
+            Response::ForceBreaker(info) => Ok(info),
             other => unexpected(other),
         }
     }

@@ -3,6 +3,7 @@
 //! errors, when to flush) stay in here; what a request means does not.
 
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -12,13 +13,19 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError}
 use crate::protocol::frame::{decode_client_frame, encode, length_codec};
 use crate::protocol::{ClientFrame, DecodeError, ServerFrame, MAX_FRAME_LEN};
 
-/// The kernel's identity of the process at the other end (SO_PEERCRED), read once
-/// at accept: it cannot be forged by the client and does not change afterwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The kernel's identity of the process at the other end (SO_PEERCRED and
+/// SO_PEERGROUPS), read once at accept: it cannot be forged by the client and does
+/// not change afterwards. These are the credentials the peer had when it called
+/// `connect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub uid: u32,
+    /// The effective (primary) group.
     pub gid: u32,
     pub pid: i32,
+    /// The supplementary groups, so `usermod -aG automation-framework alice` is
+    /// enough for a group rule to match alice's processes.
+    pub groups: Vec<u32>,
 }
 
 pub struct Connection {
@@ -29,8 +36,8 @@ pub struct Connection {
 /// Why no frame could be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("frame length exceeds the maximum of {MAX_FRAME_LEN} bytes")]
-    TooLarge,
+    #[error("frame length exceeds the maximum of {limit} bytes")]
+    TooLarge { limit: usize },
     #[error("connection closed in the middle of a frame")]
     Truncated,
     #[error(transparent)]
@@ -38,6 +45,19 @@ pub enum ReadError {
     #[error("reading from the socket: {0}")]
     Io(#[source] io::Error),
 }
+
+/// Why a frame could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Nothing was written; the caller may send something smaller instead.
+    #[error("the frame would exceed the maximum of {MAX_FRAME_LEN} bytes")]
+    TooLarge,
+    #[error("writing to the socket: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Buffer capacity a connection keeps between frames; more is released.
+const KEEP_BUFFER: usize = 64 * 1024;
 
 // === impl Connection ===
 
@@ -48,10 +68,12 @@ impl Connection {
     /// When the kernel cannot tell who the peer is.
     pub fn new(stream: UnixStream) -> io::Result<Connection> {
         let creds = getsockopt(&stream, PeerCredentials).map_err(io::Error::from)?;
+        let groups = peer_groups(stream.as_fd())?;
         let peer = Peer {
             uid: creds.uid(),
             gid: creds.gid(),
             pid: creds.pid(),
+            groups,
         };
         Ok(Connection {
             framed: Framed::new(stream, length_codec()),
@@ -59,8 +81,15 @@ impl Connection {
         })
     }
 
-    pub fn peer(&self) -> Peer {
-        self.peer
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// Lowers (or restores) the largest frame this connection accepts. Before the
+    /// handshake only a `Hello` may come, so a peer that has not said who it is
+    /// cannot make the daemon buffer a full-size frame.
+    pub fn set_max_frame_len(&mut self, limit: usize) {
+        self.framed.codec_mut().set_max_frame_length(limit);
     }
 
     /// Reads the next frame. `Ok(None)` is a clean end of stream between frames.
@@ -72,7 +101,7 @@ impl Connection {
         match self.framed.next().await {
             None => Ok(None),
             Some(Ok(body)) => Ok(Some(decode_client_frame(&body)?)),
-            Some(Err(err)) => Err(classify(err)),
+            Some(Err(err)) => Err(classify(err, self.framed.codec().max_frame_length())),
         }
     }
 
@@ -80,10 +109,15 @@ impl Connection {
     /// buffer grows past its backpressure boundary).
     ///
     /// # Errors
-    /// Socket write errors; `InvalidInput` when the frame is too large to send.
-    pub async fn feed_frame(&mut self, frame: &ServerFrame) -> io::Result<()> {
-        let body = encode(frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        self.framed.feed(bytes::Bytes::from(body)).await
+    /// [`WriteError::TooLarge`] before anything is written, when the frame does not
+    /// fit in [`MAX_FRAME_LEN`]; socket write errors.
+    pub async fn feed_frame(&mut self, frame: &ServerFrame) -> Result<(), WriteError> {
+        let body = encode(frame).map_err(|err| match *err {
+            bincode::ErrorKind::SizeLimit => WriteError::TooLarge,
+            _ => WriteError::Io(io::Error::new(io::ErrorKind::InvalidInput, err)),
+        })?;
+        self.framed.feed(bytes::Bytes::from(body)).await?;
+        Ok(())
     }
 
     /// Flushes queued frames unless another complete request is already buffered
@@ -94,6 +128,7 @@ impl Connection {
     pub async fn flush_unless_busy(&mut self) -> io::Result<()> {
         if !self.has_buffered_frame() {
             SinkExt::<bytes::Bytes>::flush(&mut self.framed).await?;
+            self.trim_buffers();
         }
         Ok(())
     }
@@ -105,6 +140,21 @@ impl Connection {
     pub async fn write_last(&mut self, frame: &ServerFrame) -> io::Result<()> {
         let body = encode(frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         self.framed.send(bytes::Bytes::from(body)).await
+    }
+
+    /// Gives back the memory of a large frame once it has been handled: the codec's
+    /// buffers grow to the largest frame seen and never shrink by themselves, so a
+    /// thousand connections that each sent or received one big frame would otherwise
+    /// each keep a megabyte.
+    fn trim_buffers(&mut self) {
+        let read = self.framed.read_buffer_mut();
+        if read.is_empty() && read.capacity() > KEEP_BUFFER {
+            *read = bytes::BytesMut::new();
+        }
+        let write = self.framed.write_buffer_mut();
+        if write.is_empty() && write.capacity() > KEEP_BUFFER {
+            *write = bytes::BytesMut::new();
+        }
     }
 
     /// Is a whole frame already waiting in the read buffer?
@@ -120,16 +170,58 @@ impl Connection {
     }
 }
 
-fn classify(err: io::Error) -> ReadError {
+fn classify(err: io::Error, limit: usize) -> ReadError {
     if err
         .get_ref()
         .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>())
     {
-        return ReadError::TooLarge;
+        return ReadError::TooLarge { limit };
     }
     // tokio-util reports a partial frame at end of stream as a bare io::Error::other.
     if err.kind() == io::ErrorKind::Other && err.to_string() == "bytes remaining on stream" {
         return ReadError::Truncated;
     }
     ReadError::Io(err)
+}
+
+/// Most supplementary groups a process can have (`NGROUPS_MAX` on Linux).
+const MAX_GROUPS: usize = 65_536;
+
+/// The peer's supplementary groups at connect time (SO_PEERGROUPS, Linux 4.13+;
+/// nix has no wrapper for it). On a kernel without it, the primary group from
+/// SO_PEERCRED is all the policy sees.
+#[allow(unsafe_code)]
+fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    use nix::libc;
+    let width = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; 32];
+    loop {
+        let mut len = libc::socklen_t::try_from(groups.len() * width)
+            .map_err(|_| io::Error::other("too many supplementary groups"))?;
+        // SAFETY: `groups` is a live, writable buffer of exactly `len` bytes; the
+        // kernel writes at most `len` bytes into it and stores the length it used (or,
+        // with ERANGE, the length it needs) in `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let needed = len as usize / width;
+        if rc == 0 {
+            groups.truncate(needed);
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ERANGE) if needed > groups.len() && needed <= MAX_GROUPS => {
+                groups.resize(needed, 0);
+            }
+            Some(libc::ENOPROTOOPT) => return Ok(Vec::new()),
+            _ => return Err(err),
+        }
+    }
 }

@@ -16,7 +16,10 @@
 //! * [`admission`] — runs the guards of one admission atomically and keeps the
 //!   reservations they produce.
 //! * [`guard`] — pure decision logic (rate limits, circuit breakers).
-//! * [`state`] — the shared handle: config, clock, admission engine, sessions.
+//! * [`state`] — the shared handle: config, clock, access policy, admission engine,
+//!   sessions.
+//! * [`access`] — who may connect, act as which agent, and run admin operations,
+//!   decided from the kernel's peer credentials.
 //! * [`store`] — the durable ledger (SQLite, group commit): the only disk I/O.
 //! * Edges: [`config`], [`socket`] (binding the path), [`systemd`] (activation and
 //!   notify), [`http`] and [`metrics`] (/metrics, /health, /ready), [`client`]
@@ -25,6 +28,7 @@
 #![deny(unsafe_code)]
 #![warn(clippy::await_holding_lock)]
 
+pub mod access;
 pub mod admission;
 pub mod client;
 pub mod clock;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::access::{AccessDenied, Policy};
 use crate::admission::{Admission, Moment};
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -32,15 +33,55 @@ pub struct State {
 struct Shared {
     config: Arc<Config>,
     clock: SharedClock,
+    access: Policy,
     admission: Admission,
     store: Store,
     started: Duration,
     next_session: AtomicU64,
     sessions: Mutex<HashMap<u64, SessionInfo>>,
+    counters: Counters,
 }
 
 struct SessionInfo {
     agent: String,
+}
+
+/// A limit or an access rule that turned something away. Each is counted in
+/// [`Counters`]; the metrics endpoint (issue 4) will export them as one counter
+/// family labelled by [`Limit::name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// A peer no `[access]` rule lets in.
+    NotPermitted,
+    /// `daemon.max_connections`.
+    MaxConnections,
+    /// `daemon.max_connections_per_uid`.
+    MaxConnectionsPerUid,
+    /// `daemon.handshake_timeout`.
+    HandshakeTimeout,
+    /// `daemon.idle_timeout` while waiting for a request.
+    IdleTimeout,
+    /// `daemon.idle_timeout` while waiting for the peer to read its replies.
+    SlowReader,
+    /// A length prefix over the frame limit.
+    FrameTooLarge,
+    /// A frame that is not a valid message.
+    Malformed,
+    /// `daemon.max_batch`.
+    MaxBatch,
+    /// A reply that would not fit in a frame, answered with an error instead.
+    ReplyTooLarge,
+    /// An agent name reserved by `[[agents]]` for other users.
+    AgentName,
+    /// An admin operation by a peer that is not an admin.
+    AdminOnly,
+}
+
+/// How often each [`Limit`] was hit since the daemon started. Plain atomics, bumped
+/// with `Relaxed` ordering: each is an independent count, read for reporting only.
+#[derive(Debug, Default)]
+pub struct Counters {
+    hits: [AtomicU64; Limit::ALL.len()],
 }
 
 /// One handshaken connection. Dropping it ends the session: it leaves the session
@@ -56,7 +97,7 @@ pub struct Session {
 
 impl State {
     /// Builds the state for a validated config, on an opened ledger and what it
-    /// held at startup.
+    /// held at startup, for a daemon running as this process's effective uid.
     ///
     /// # Errors
     /// When the guards cannot be built from the config.
@@ -66,6 +107,11 @@ impl State {
         store: Store,
         snapshot: &Snapshot,
     ) -> anyhow::Result<State> {
+        let access = Policy::new(
+            &config.access,
+            &config.agents,
+            nix::unistd::geteuid().as_raw(),
+        );
         let config = Arc::new(config);
         let admission = Admission::new(Arc::clone(&config), &clock, snapshot)
             .map_err(|e| anyhow::anyhow!("building the guards: {e}"))?;
@@ -74,11 +120,13 @@ impl State {
             shared: Arc::new(Shared {
                 config,
                 clock,
+                access,
                 admission,
                 store,
                 started,
                 next_session: AtomicU64::new(1),
                 sessions: Mutex::new(HashMap::new()),
+                counters: Counters::default(),
             }),
         })
     }
@@ -98,6 +146,16 @@ impl State {
             mono: self.shared.clock.now(),
             unix: self.shared.clock.unix(),
         }
+    }
+
+    /// Who may connect and act as which agent.
+    pub fn access(&self) -> &Policy {
+        &self.shared.access
+    }
+
+    /// How often limits and access rules turned something away.
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
     }
 
     pub fn admission(&self) -> &Admission {
@@ -130,10 +188,19 @@ impl State {
     }
 
     /// May this peer run admin operations (set limits, reset windows, refund, force
-    /// breakers)? The single place that decides; today: root, or the daemon's own
-    /// user (an operator running it by hand).
+    /// breakers)? The single place that decides, by the `[access]` policy: the
+    /// daemon's own uid, `access.admin_uids`, `access.admin_groups`,
+    /// `access.admin_gids`.
     pub fn is_admin(&self, peer: &Peer) -> bool {
-        peer.uid == 0 || peer.uid == nix::unistd::geteuid().as_raw()
+        self.require_admin(peer).is_ok()
+    }
+
+    /// [`State::is_admin`], with the refusal that names the uid and the rule.
+    ///
+    /// # Errors
+    /// [`AccessDenied::NotAdmin`].
+    pub fn require_admin(&self, peer: &Peer) -> Result<(), AccessDenied> {
+        self.shared.access.check_admin(peer)
     }
 
     /// Live sessions, and the distinct agent names among them.
@@ -178,6 +245,63 @@ impl State {
     }
 }
 
+// === impl Limit ===
+
+impl Limit {
+    pub const ALL: [Limit; 12] = [
+        Limit::NotPermitted,
+        Limit::MaxConnections,
+        Limit::MaxConnectionsPerUid,
+        Limit::HandshakeTimeout,
+        Limit::IdleTimeout,
+        Limit::SlowReader,
+        Limit::FrameTooLarge,
+        Limit::Malformed,
+        Limit::MaxBatch,
+        Limit::ReplyTooLarge,
+        Limit::AgentName,
+        Limit::AdminOnly,
+    ];
+
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::NotPermitted => "not_permitted",
+            Limit::MaxConnections => "max_connections",
+            Limit::MaxConnectionsPerUid => "max_connections_per_uid",
+            Limit::HandshakeTimeout => "handshake_timeout",
+            Limit::IdleTimeout => "idle_timeout",
+            Limit::SlowReader => "slow_reader",
+            Limit::FrameTooLarge => "frame_too_large",
+            Limit::Malformed => "malformed",
+            Limit::MaxBatch => "max_batch",
+            Limit::ReplyTooLarge => "reply_too_large",
+            Limit::AgentName => "agent_name",
+            Limit::AdminOnly => "admin_only",
+        }
+    }
+}
+
+// === impl Counters ===
+
+impl Counters {
+    pub fn hit(&self, limit: Limit) {
+        self.hits[limit as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, limit: Limit) -> u64 {
+        self.hits[limit as usize].load(Ordering::Relaxed)
+    }
+
+    /// Every limit with its count, in [`Limit::ALL`] order.
+    pub fn snapshot(&self) -> Vec<(Limit, u64)> {
+        Limit::ALL
+            .iter()
+            .map(|&limit| (limit, self.get(limit)))
+            .collect()
+    }
+}
+
 // === impl Session ===
 
 impl Drop for Session {
@@ -194,5 +318,24 @@ impl Drop for Session {
                 self.id, self.agent
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_limit_has_its_own_counter() {
+        for (idx, limit) in Limit::ALL.iter().enumerate() {
+            assert_eq!(*limit as usize, idx, "Limit::ALL is in declaration order");
+        }
+        let counters = Counters::default();
+        counters.hit(Limit::MaxBatch);
+        counters.hit(Limit::MaxBatch);
+        counters.hit(Limit::AdminOnly);
+        assert_eq!(counters.get(Limit::MaxBatch), 2);
+        assert_eq!(counters.get(Limit::AdminOnly), 1);
+        assert_eq!(counters.snapshot().iter().map(|(_, n)| n).sum::<u64>(), 3);
     }
 }

@@ -238,3 +238,83 @@ fn a_session_holds_a_reservation_across_lines() {
     assert_eq!(replies[8]["duplicate"], true);
     assert_eq!(replies[9]["breakers"][0]["failures"], 1);
 }
+
+/// The daemon's own uid is always an admin, so the test's user may force breakers
+/// of a daemon it started (other uids: tests/access.rs, as root).
+#[test]
+fn breakers_force_open_then_auto() {
+    let daemon = Daemon::start("");
+    let mut cmd = daemon.cli();
+    cmd.args(["breakers", "--service", "search", "--force", "open"]);
+    let (code, stdout, stderr) = run(cmd);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("breaker of \"search\" is now forced_open"),
+        "{stdout}"
+    );
+
+    let mut cmd = daemon.cli();
+    cmd.args(["admit", "--service", "search"]);
+    let (code, stdout, _) = run(cmd);
+    assert_eq!(code, 1);
+    assert!(stdout.contains("forced open by the operator"), "{stdout}");
+    assert!(
+        daemon
+            .log()
+            .contains("breaker of \"search\" forced Open by uid"),
+        "the override is logged with who did it"
+    );
+
+    let mut cmd = daemon.cli();
+    cmd.args([
+        "--json",
+        "breakers",
+        "--service",
+        "search",
+        "--force",
+        "auto",
+    ]);
+    let (code, stdout, _) = run(cmd);
+    assert_eq!(code, 0);
+    let info: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(info["state"], "closed");
+
+    let mut cmd = daemon.cli();
+    cmd.args(["breakers", "--force", "open"]);
+    assert_eq!(run(cmd).0, 2, "--force needs --service");
+}
+
+#[test]
+fn a_session_forces_a_breaker() {
+    let daemon = Daemon::start("");
+    let mut child = daemon
+        .cli()
+        .arg("session")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(
+        stdin,
+        r#"{{"op":"force_breaker","service":"search","force":"disabled","id":1}}"#
+    )
+    .unwrap();
+    writeln!(
+        stdin,
+        r#"{{"op":"force_breaker","service":"search","force":"sideways"}}"#
+    )
+    .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["id"], 1);
+    assert_eq!(lines[0]["op"], "force_breaker");
+    assert_eq!(lines[0]["state"], "disabled");
+    assert_eq!(lines[1]["error"]["kind"], "invalid_argument");
+}

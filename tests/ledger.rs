@@ -48,7 +48,7 @@ async fn hundred_at_once(daemon: &Daemon, request: AdmitRequest) -> (Vec<AdmitRe
 /// (BerriAI/litellm#34732, #40095, #26672).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_clients_at_once_against_ten_dollars_get_exactly_ten_admissions() {
-    let daemon = Daemon::start("[budget]\nlimit = 10.0\n");
+    let daemon = Daemon::start("[daemon]\nmax_connections_per_uid = 128\n[budget]\nlimit = 10.0\n");
     let request = AdmitRequest {
         service: "llm".into(),
         cost: Some(1.0),
@@ -68,8 +68,7 @@ async fn a_hundred_clients_at_once_against_ten_dollars_get_exactly_ten_admission
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_clients_at_once_against_a_quota_of_ten_get_exactly_ten() {
-    let daemon = Daemon::start(
-        "[[quotas]]\nname = \"ten\"\nscope = \"global\"\nlimit = 10\nwindow = \"day\"\n",
+    let daemon = Daemon::start("[daemon]\nmax_connections_per_uid = 128\n[[quotas]]\nname = \"ten\"\nscope = \"global\"\nlimit = 10\nwindow = \"day\"\n",
     );
     let request = AdmitRequest {
         service: "llm".into(),

@@ -42,6 +42,25 @@ async fn sigterm_closes_sessions_with_a_reason_and_exits_0() {
 }
 
 #[tokio::test]
+async fn the_limits_hit_are_logged_at_exit() {
+    let mut daemon = Daemon::start("[daemon]\nmax_batch = 1\n");
+    let mut client = daemon.client("a").await;
+    let _ = client
+        .batch(vec![
+            automation_framework::protocol::Request::Ping,
+            automation_framework::protocol::Request::Ping,
+        ])
+        .await;
+    kill(Pid::from_raw(daemon.pid()), Signal::SIGTERM).unwrap();
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(0));
+    let log = daemon.log();
+    assert!(
+        log.contains("limits and access rules hit since start: max_batch=1"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
 async fn a_second_daemon_does_not_steal_a_live_socket() {
     let daemon = Daemon::start("");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
@@ -146,10 +165,56 @@ fn the_systemd_units_verify_and_score_at_most_2() {
     let out = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/check"))
         .output()
         .expect("run systemd/check");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     match out.status.code() {
         Some(0) => assert!(text.contains("exposure"), "{text}"),
         Some(77) => eprintln!("SKIPPED the_systemd_units_verify_and_score_at_most_2: {text}"),
         other => panic!("systemd/check failed ({other:?}):\n{text}"),
     }
+}
+
+/// Needs root, to leave a socket that belongs to another user.
+#[test]
+fn refuses_to_start_on_a_socket_owned_by_another_user() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED refuses_to_start_on_a_socket_owned_by_another_user: needs root to chown a file to another uid");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+        .arg("--socket")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("belongs to uid 65534, not to this daemon's uid 0"),
+        "{stderr}"
+    );
+    assert!(path.exists(), "the other user's file is left alone");
+}
+
+#[test]
+fn refuses_to_start_in_a_directory_anyone_can_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(
+        &open,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o777),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+        .arg("--socket")
+        .arg(open.join("agent.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("is writable by everyone"), "{stderr}");
 }

@@ -12,6 +12,14 @@ mod protocol;
 // a well-behaved client connected alongside keeps being served.
 mod hostile;
 
+// Access control: who may connect, agent-name bindings, admin operations; the
+// tests that act as another uid need root.
+mod access;
+
+// Per-connection and per-uid limits, with the server in process to check that each
+// limit hit is counted.
+mod limits;
+
 // Rate limits and circuit breakers through the socket, across connections.
 mod guards;
 
@@ -27,3 +35,7 @@ mod cli;
 
 // Lifecycle: SIGTERM drains and exits 0, the socket path rules.
 mod lifecycle;
+
+// The committed fuzz inputs (seeds and crash regressions) through the fuzz
+// targets' checks, without cargo-fuzz.
+mod fuzzed;

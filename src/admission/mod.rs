@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::guard::breaker::{Breaker, BreakerSnapshot, Pass, Phase};
+use crate::guard::breaker::{Breaker, BreakerSnapshot, Force, Pass, Phase, Transition};
 use crate::guard::budget::Budget;
 use crate::guard::quota::{QuotaRule, QuotaTaken};
 use crate::guard::rate::{Cells, RateRule};
@@ -410,6 +410,30 @@ impl Admission {
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// The agent a reservation was admitted for, while it is open.
+    pub fn holder(&self, id: u64) -> Option<String> {
+        self.lock().reservations.get(&id).map(|r| r.agent.clone())
+    }
+
+    /// Sets (`Some`) or drops (`None`) the operator's runtime override of a service's
+    /// breaker, creating the breaker if the service is new. Returns the breaker's
+    /// snapshot afterwards and the phase change the override caused.
+    ///
+    /// # Errors
+    /// As for admissions: unknown service, too many services.
+    pub fn force_breaker(
+        &self,
+        service: &str,
+        force: Option<Force>,
+        now: Duration,
+    ) -> Result<(BreakerSnapshot, Option<Transition>), AdmissionError> {
+        let mut engine = self.lock();
+        let breaker = engine.breaker(service)?;
+        breaker.advance(now);
+        let transition = breaker.set_override(force);
+        Ok((breaker.snapshot(now), transition))
     }
 
     /// Reservations not yet reported.

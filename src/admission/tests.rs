@@ -853,3 +853,27 @@ async fn admin_operations_change_the_ledger_and_survive_a_restart() {
     let f = f.restart();
     assert_eq!(f.budget("global").spent, Usd::ZERO);
 }
+
+#[tokio::test]
+async fn an_operator_forces_a_breaker_for_every_agent() {
+    let f = fixture("");
+    let (snapshot, transition) = f
+        .admission
+        .force_breaker("s", Some(Force::Open), f.clock.now())
+        .unwrap();
+    assert_eq!(snapshot.phase, Phase::ForcedOpen);
+    assert_eq!(transition.map(|t| t.to), Some(Phase::ForcedOpen));
+    assert!(!f.admit(1, "a", "s").await.allowed);
+    assert!(!f.admit(2, "b", "s").await.allowed);
+    let (snapshot, _) = f.admission.force_breaker("s", None, f.clock.now()).unwrap();
+    assert_eq!(snapshot.phase, Phase::Closed);
+    assert!(f.admit(1, "a", "s").await.allowed);
+
+    let f = fixture("[daemon]\nallow_unknown_services = false\n");
+    assert_eq!(
+        f.admission
+            .force_breaker("nope", Some(Force::Open), f.clock.now())
+            .unwrap_err(),
+        AdmissionError::UnknownService("nope".into())
+    );
+}

@@ -100,7 +100,8 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
                 .socket
                 .or_else(|| config.daemon.socket.clone())
                 .unwrap_or_else(paths::default_socket);
-            let listener = socket::bind(&path).context("binding the agent socket")?;
+            let perms = socket::SocketPerms::from_config(&config.daemon);
+            let listener = socket::bind(&path, &perms).context("binding the agent socket")?;
             let shown = path.display().to_string();
             bound_path = Some(path);
             (listener, shown)

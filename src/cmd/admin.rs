@@ -1,27 +1,15 @@
 //! `Admin`: set a budget's limit, reset a budget's period or a quota's window,
-//! refund a charge. Admin peers only; each operation is written to the ledger's
+//! refund a charge. Admin peers only (checked by `dispatch`); each operation is written to the ledger's
 //! audit table with the peer's uid and pid before it takes effect.
 
-use super::{dollars, error, unavailable, Reply};
+use super::{dollars, unavailable, Reply};
 use crate::admission::{AdminAction, AdminKind, Moment};
-use crate::protocol::{AdminReply, AdminRequest, ErrorCode, Response};
+use crate::protocol::{AdminReply, AdminRequest, Response};
 use crate::state::{Session, State};
 
 pub(super) fn apply(state: &State, session: &Session, req: AdminRequest, now: Moment) -> Reply {
-    let peer = session.peer;
-    if !state.is_admin(&peer) {
-        log::warn!(
-            peer_uid = peer.uid, peer_pid = peer.pid, decision = "deny";
-            "admin operation refused for uid {} pid {}: not an admin", peer.uid, peer.pid
-        );
-        return Reply::Ready(error(
-            ErrorCode::NotPermitted,
-            format!(
-                "uid {} may not run admin operations (admins: root and the daemon's own user)",
-                peer.uid
-            ),
-        ));
-    }
+    // `dispatch` has checked that the peer is an admin.
+    let peer = session.peer.clone();
     let kind = match req {
         AdminRequest::SetLimit { budget, limit } => match dollars("limit", limit) {
             Ok(limit) => AdminKind::SetLimit { budget, limit },

@@ -27,6 +27,13 @@ fn decide(
     check_name(&req.service).map_err(|e| invalid(format!("service name {:?} {e}", req.service)))?;
     let agent = req.agent.as_deref().unwrap_or(&session.agent);
     check_name(agent).map_err(|e| invalid(format!("agent name {agent:?} {e}")))?;
+    // The session's own agent was checked at the handshake; a per-request agent must
+    // pass the same `[[agents]]` binding, or the override would be a way around it.
+    if req.agent.is_some() {
+        if let Err(denied) = state.access().check_agent(&session.peer, agent) {
+            return Err(super::not_permitted(state, session, &denied));
+        }
+    }
     if let Some(model) = &req.model {
         check_name(model).map_err(|e| invalid(format!("model name {model:?} {e}")))?;
     }

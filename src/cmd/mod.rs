@@ -11,6 +11,7 @@ mod admin;
 mod admit;
 mod breakers;
 mod budget;
+mod force_breaker;
 mod ping;
 mod quotas;
 mod report;
@@ -19,11 +20,12 @@ mod status;
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::access::AccessDenied;
 use crate::admission::{AdmissionError, Guard};
 use crate::guard::breaker::Phase;
 use crate::money::Usd;
 use crate::protocol::{BreakerState, ErrorCode, ErrorReply, GuardKind, Request, Response};
-use crate::state::{Session, State};
+use crate::state::{Limit, Session, State};
 use crate::store::StoreError;
 
 /// A response still waiting for the ledger.
@@ -65,6 +67,11 @@ pub fn health(state: &State) -> crate::protocol::StatusReport {
 
 fn decide(state: &State, session: &Session, request: Request) -> Reply {
     let now = state.moment();
+    if needs_admin(&request) {
+        if let Err(denied) = state.require_admin(&session.peer) {
+            return Reply::Ready(Response::Error(not_permitted(state, session, &denied)));
+        }
+    }
     match request {
         Request::Ping => Reply::Ready(ping::apply(state, session)),
         Request::Status => Reply::Ready(Response::Status(status::report(state, now))),
@@ -74,7 +81,43 @@ fn decide(state: &State, session: &Session, request: Request) -> Reply {
         Request::Budget(req) => Reply::Ready(budget::apply(state, req, now)),
         Request::Quotas(req) => Reply::Ready(quotas::apply(state, req, now)),
         Request::Admin(req) => admin::apply(state, session, req, now),
+        Request::ForceBreaker(req) => {
+            Reply::Ready(force_breaker::apply(state, session, req, now.mono))
+        }
     }
+}
+
+/// Requests that change the daemon for every agent, and so need an admin peer
+/// ([`State::is_admin`]). Exhaustive on purpose: a new request kind must decide.
+fn needs_admin(request: &Request) -> bool {
+    match request {
+        Request::Ping
+        | Request::Status
+        | Request::Admit(_)
+        | Request::Report(_)
+        | Request::Breakers(_)
+        | Request::Budget(_)
+        | Request::Quotas(_) => false,
+        Request::Admin(_) | Request::ForceBreaker(_) => true,
+    }
+}
+
+/// Refuses a request the peer's credentials do not allow, and logs who asked (the
+/// kernel's uid, gid and pid). The connection goes on.
+fn not_permitted(state: &State, session: &Session, denied: &AccessDenied) -> ErrorReply {
+    state.counters().hit(match denied {
+        AccessDenied::NotAllowed { .. } => Limit::NotPermitted,
+        AccessDenied::AgentBound { .. } => Limit::AgentName,
+        AccessDenied::NotAdmin { .. } => Limit::AdminOnly,
+    });
+    let peer = &session.peer;
+    let reason = denied.to_string();
+    log::warn!(
+        session = session.id, agent = session.agent.as_str(), peer_uid = peer.uid, peer_gid = peer.gid, peer_pid = peer.pid, reason = reason.as_str();
+        "refused a request of session {} (uid {} gid {} pid {}): {reason}",
+        session.id, peer.uid, peer.gid, peer.pid
+    );
+    ErrorReply::new(ErrorCode::NotPermitted, reason)
 }
 
 // === impl Reply ===

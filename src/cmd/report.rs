@@ -77,10 +77,35 @@ fn start(
     };
     let admission = state.admission();
     let result = match (req.reservation, req.service.as_deref()) {
-        (Some(id), None) => admission.report(id, req.idempotency_key, outcome, now),
+        (Some(id), None) => {
+            // A reservation is its agent's: a peer acting as another agent (perhaps
+            // another user) must not settle it. Agent names are bound to uids by
+            // `[[agents]]`, and the check survives reconnects and restarts, unlike
+            // one by connection. Admins may settle any.
+            if let Some(owner) = admission.holder(id) {
+                if owner != session.agent && !state.is_admin(&session.peer) {
+                    let peer = &session.peer;
+                    log::warn!(
+                        session = session.id, reservation = id, peer_uid = peer.uid, peer_gid = peer.gid, peer_pid = peer.pid;
+                        "refused a report of session {} (uid {} pid {}, agent {:?}): reservation {id} belongs to agent {owner:?}",
+                        session.id, peer.uid, peer.pid, session.agent
+                    );
+                    return Err(ErrorReply::new(
+                        ErrorCode::NotPermitted,
+                        format!("reservation {id} was admitted for agent {owner:?}; report it from a connection acting as that agent"),
+                    ));
+                }
+            }
+            admission.report(id, req.idempotency_key, outcome, now)
+        }
         (None, Some(service)) => {
             check_name(service).map_err(|e| invalid(format!("service name {service:?} {e}")))?;
             let agent = req.agent.as_deref().unwrap_or(&session.agent);
+            if req.agent.is_some() {
+                if let Err(denied) = state.access().check_agent(&session.peer, agent) {
+                    return Err(super::not_permitted(state, session, &denied));
+                }
+            }
             check_name(agent).map_err(|e| invalid(format!("agent name {agent:?} {e}")))?;
             admission.report_unreserved(agent, service, req.idempotency_key, outcome, now)
         }

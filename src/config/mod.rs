@@ -32,6 +32,10 @@ pub struct Config {
     pub services: BTreeMap<String, ServiceConfig>,
     /// Rate limits in the order they run.
     pub rate_limits: Vec<RateSpec>,
+    /// Who may connect and who is an admin (`[access]`).
+    pub access: AccessConfig,
+    /// Agent names reserved for some users (`[[agents]]`), in file order.
+    pub agents: Vec<AgentBinding>,
     pub budget: BudgetConfig,
     /// Price entries by `service` or `service/model`.
     pub prices: BTreeMap<String, Price>,
@@ -87,7 +91,16 @@ pub struct Price {
 pub struct DaemonConfig {
     /// Where to listen when neither systemd nor `--socket` says.
     pub socket: Option<PathBuf>,
+    /// Group of a socket the daemon binds itself; `None`: see `socket::SocketPerms`.
+    pub socket_group: Option<String>,
+    /// Permission bits of a socket the daemon binds itself.
+    pub socket_mode: u32,
     pub max_connections: usize,
+    /// Connections one uid may hold at once, so one user cannot take every slot.
+    pub max_connections_per_uid: usize,
+    /// Requests in one batch frame: how much work one frame can ask for before
+    /// the connection's task yields.
+    pub max_batch: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
@@ -101,6 +114,37 @@ pub struct DaemonConfig {
     pub max_reservations_per_connection: usize,
     /// Where the ledger lives when `--state-dir` does not say.
     pub state_dir: Option<PathBuf>,
+}
+
+/// `[access]`: the rules that let a peer in, decided from its kernel credentials.
+/// A peer matches a group rule through its primary or a supplementary group. The
+/// daemon's own uid is always allowed and always an admin; that is not configurable
+/// (see `access::Policy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessConfig {
+    pub agent_uids: Vec<u32>,
+    pub agent_groups: Vec<NamedGroup>,
+    pub agent_gids: Vec<u32>,
+    pub admin_uids: Vec<u32>,
+    pub admin_groups: Vec<NamedGroup>,
+    pub admin_gids: Vec<u32>,
+}
+
+/// A group named in the config, resolved when the config was loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedGroup {
+    pub name: String,
+    /// `None` when the host has no such group: the rule then matches nobody.
+    pub gid: Option<u32>,
+}
+
+/// `[[agents]]`: an agent name only these users may claim. A name without an entry
+/// is free for any peer that may connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentBinding {
+    pub name: String,
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
 }
 
 /// Enforce decisions, or only record them.

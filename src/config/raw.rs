@@ -8,8 +8,8 @@ use serde::Deserialize;
 
 use super::{
     dollars, duration, force, invalid, name, nonzero, preset, reset, scope, weight, window,
-    BudgetConfig, Config, ConfigError, DaemonConfig, HttpConfig, Mode, OrphanPolicy, Price,
-    ServiceConfig,
+    AccessConfig, AgentBinding, BudgetConfig, Config, ConfigError, DaemonConfig, HttpConfig, Mode,
+    NamedGroup, OrphanPolicy, Price, ServiceConfig,
 };
 use crate::guard::breaker::BreakerConfig;
 use crate::guard::budget::BudgetSpec;
@@ -25,6 +25,8 @@ pub(super) struct RawConfig {
     /// `None` (no `[[rate_limits]]` at all) means the built-in default rule; an
     /// explicit empty list (`rate_limits = []`) means no rate limits.
     rate_limits: Option<Vec<RawRateLimit>>,
+    access: RawAccess,
+    agents: Vec<RawAgent>,
     budget: RawBudget,
     prices: BTreeMap<String, RawPrice>,
     quotas: Vec<RawQuota>,
@@ -130,7 +132,11 @@ fn never() -> String {
 #[serde(deny_unknown_fields, default)]
 struct RawDaemon {
     socket: Option<PathBuf>,
+    socket_group: Option<String>,
+    socket_mode: String,
     max_connections: usize,
+    max_connections_per_uid: usize,
+    max_batch: usize,
     handshake_timeout: String,
     idle_timeout: String,
     drain_timeout: String,
@@ -186,6 +192,30 @@ struct RawRateLimit {
     preset: Option<String>,
     #[serde(default)]
     shadow: bool,
+}
+
+/// `[access]`: who may connect and who is an admin. Groups are names, resolved when
+/// the file is loaded.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAccess {
+    agent_uids: Vec<u32>,
+    agent_groups: Vec<String>,
+    agent_gids: Vec<u32>,
+    admin_uids: Vec<u32>,
+    admin_groups: Vec<String>,
+    admin_gids: Vec<u32>,
+}
+
+/// One `[[agents]]` entry: an agent name reserved for some users.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: String,
+    #[serde(default)]
+    uids: Vec<u32>,
+    #[serde(default)]
+    gids: Vec<u32>,
 }
 
 // === impl RawConfig ===
@@ -262,11 +292,28 @@ impl RawConfig {
             listen: http_address("http.listen", &self.http.listen, self.http.allow_remote)?,
             allow_remote: self.http.allow_remote,
         };
+        let access = self.access.validate()?;
+        let mut agents: Vec<AgentBinding> = Vec::with_capacity(self.agents.len());
+        for (idx, raw) in self.agents.into_iter().enumerate() {
+            let binding = raw.validate(&format!("agents[{idx}]"))?;
+            if let Some(earlier) = agents.iter().position(|a| a.name == binding.name) {
+                return Err(invalid(
+                    format!("agents[{idx}].name"),
+                    format!(
+                        "{:?} is already bound by agents[{earlier}]; merge the two entries",
+                        binding.name
+                    ),
+                ));
+            }
+            agents.push(binding);
+        }
         Ok(Config {
             daemon,
             breaker,
             services,
             rate_limits,
+            access,
+            agents,
             budget,
             prices,
             quotas,
@@ -417,7 +464,11 @@ impl Default for RawDaemon {
     fn default() -> Self {
         RawDaemon {
             socket: None,
+            socket_group: None,
+            socket_mode: "0660".into(),
             max_connections: 1024,
+            max_connections_per_uid: 64,
+            max_batch: 1024,
             handshake_timeout: "5s".into(),
             idle_timeout: "10m".into(),
             drain_timeout: "10s".into(),
@@ -444,6 +495,11 @@ impl RawDaemon {
         };
         for (key, value) in [
             ("daemon.max_connections", self.max_connections),
+            (
+                "daemon.max_connections_per_uid",
+                self.max_connections_per_uid,
+            ),
+            ("daemon.max_batch", self.max_batch),
             ("daemon.max_services", self.max_services),
             (
                 "daemon.max_reservations_per_connection",
@@ -470,6 +526,35 @@ impl RawDaemon {
                 ));
             }
         }
+        let socket_mode = u32::from_str_radix(&self.socket_mode, 8)
+            .ok()
+            .filter(|mode| *mode <= 0o777)
+            .ok_or_else(|| {
+                invalid(
+                    "daemon.socket_mode",
+                    format!(
+                        "{:?} is not a permission mode; write octal digits like \"0660\"",
+                        self.socket_mode
+                    ),
+                )
+            })?;
+        if socket_mode & 0o600 != 0o600 {
+            return Err(invalid(
+                "daemon.socket_mode",
+                format!(
+                    "{:?} does not let the daemon's own user connect; keep the owner bits rw (0600)",
+                    self.socket_mode
+                ),
+            ));
+        }
+        if let Some(group) = &self.socket_group {
+            if group.is_empty() || group.contains('\0') {
+                return Err(invalid(
+                    "daemon.socket_group",
+                    format!("{group:?} is not a group name"),
+                ));
+            }
+        }
         let positive = |key: &str, text: &str| {
             let value = duration(key, text)?;
             if value.is_zero() {
@@ -479,7 +564,11 @@ impl RawDaemon {
         };
         Ok(DaemonConfig {
             socket: self.socket,
+            socket_group: self.socket_group,
+            socket_mode,
             max_connections: self.max_connections,
+            max_connections_per_uid: self.max_connections_per_uid,
+            max_batch: self.max_batch,
             handshake_timeout: positive("daemon.handshake_timeout", &self.handshake_timeout)?,
             idle_timeout: positive("daemon.idle_timeout", &self.idle_timeout)?,
             drain_timeout: positive("daemon.drain_timeout", &self.drain_timeout)?,
@@ -488,6 +577,78 @@ impl RawDaemon {
             max_services: self.max_services,
             max_reservations_per_connection: self.max_reservations_per_connection,
             state_dir: self.state_dir,
+        })
+    }
+}
+
+// === impl RawAccess ===
+
+impl Default for RawAccess {
+    /// Root and the `automation-framework` group may connect; root is the admin.
+    /// (The daemon's own uid is always both; that is not a config value.)
+    fn default() -> Self {
+        RawAccess {
+            agent_uids: vec![0],
+            agent_groups: vec!["automation-framework".into()],
+            agent_gids: Vec::new(),
+            admin_uids: vec![0],
+            admin_groups: Vec::new(),
+            admin_gids: Vec::new(),
+        }
+    }
+}
+
+impl RawAccess {
+    fn validate(self) -> Result<AccessConfig, ConfigError> {
+        Ok(AccessConfig {
+            agent_uids: self.agent_uids,
+            agent_groups: groups("access.agent_groups", self.agent_groups)?,
+            agent_gids: self.agent_gids,
+            admin_uids: self.admin_uids,
+            admin_groups: groups("access.admin_groups", self.admin_groups)?,
+            admin_gids: self.admin_gids,
+        })
+    }
+}
+
+/// Resolves group names now, so a rule means the same group for the daemon's whole
+/// life. A group that does not exist matches nobody (the default names the
+/// `automation-framework` group, which a host without the package lacks).
+fn groups(key: &str, names: Vec<String>) -> Result<Vec<NamedGroup>, ConfigError> {
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(idx, name)| {
+            let key = format!("{key}[{idx}]");
+            if name.is_empty() || name.contains('\0') {
+                return Err(invalid(key, format!("{name:?} is not a group name")));
+            }
+            let gid = nix::unistd::Group::from_name(&name)
+                .map_err(|e| invalid(&key, format!("looking up group {name:?}: {e}")))?
+                .map(|group| group.gid.as_raw());
+            Ok(NamedGroup { name, gid })
+        })
+        .collect()
+}
+
+// === impl RawAgent ===
+
+impl RawAgent {
+    fn validate(self, prefix: &str) -> Result<AgentBinding, ConfigError> {
+        name(&format!("{prefix}.name"), &self.name)?;
+        if self.uids.is_empty() && self.gids.is_empty() {
+            return Err(invalid(
+                prefix,
+                format!(
+                    "binds the agent name {:?} to no uid and no gid, so nobody could use it; give `uids` or `gids`",
+                    self.name
+                ),
+            ));
+        }
+        Ok(AgentBinding {
+            name: self.name,
+            uids: self.uids,
+            gids: self.gids,
         })
     }
 }

@@ -140,6 +140,78 @@ fn daemon_values() {
     );
     assert!(error_of("[daemon]\nsocket = \"rel/a.sock\"\n").starts_with("daemon.socket:"));
     assert!(error_of("[daemon]\nidle_timeout = \"0s\"\n").starts_with("daemon.idle_timeout:"));
+    assert_eq!(
+        error_of("[daemon]\nmax_batch = 0\n"),
+        "daemon.max_batch: must be at least 1, got 0"
+    );
+    assert_eq!(
+        error_of("[daemon]\nmax_connections_per_uid = 0\n"),
+        "daemon.max_connections_per_uid: must be at least 1, got 0"
+    );
+}
+
+#[test]
+fn socket_mode_and_group() {
+    let daemon = Config::default().daemon;
+    assert_eq!(daemon.socket_mode, 0o660);
+    assert_eq!(daemon.socket_group, None);
+    let config =
+        Config::from_toml("[daemon]\nsocket_mode = \"0600\"\nsocket_group = \"agents\"\n").unwrap();
+    assert_eq!(config.daemon.socket_mode, 0o600);
+    assert_eq!(config.daemon.socket_group.as_deref(), Some("agents"));
+    assert_eq!(
+        error_of("[daemon]\nsocket_mode = \"0999\"\n"),
+        "daemon.socket_mode: \"0999\" is not a permission mode; write octal digits like \"0660\""
+    );
+    assert!(error_of("[daemon]\nsocket_mode = \"4660\"\n").starts_with("daemon.socket_mode:"));
+    assert!(error_of("[daemon]\nsocket_mode = \"0060\"\n").contains("keep the owner bits rw"));
+    assert!(error_of("[daemon]\nsocket_mode = 660\n").contains("invalid type"));
+    assert!(error_of("[daemon]\nsocket_group = \"\"\n").starts_with("daemon.socket_group:"));
+}
+
+#[test]
+fn access_defaults() {
+    let access = Config::default().access;
+    assert_eq!(access.agent_uids, vec![0]);
+    assert_eq!(access.admin_uids, vec![0]);
+    assert_eq!(access.agent_groups.len(), 1);
+    assert_eq!(access.agent_groups[0].name, "automation-framework");
+    assert!(Config::default().agents.is_empty());
+}
+
+#[test]
+fn access_values_name_the_key() {
+    assert_eq!(
+        error_of("[access]\nagent_groups = [\"ok\", \"\"]\n"),
+        "access.agent_groups[1]: \"\" is not a group name"
+    );
+    assert!(error_of("[access]\nadmin_uids = [-1]\n").contains("invalid value"));
+    assert!(error_of("[access]\nadmins = [0]\n").contains("unknown field `admins`"));
+    let config =
+        Config::from_toml("[access]\nadmin_groups = [\"root\", \"no-such-group-af\"]\n").unwrap();
+    let resolved: Vec<_> = config.access.admin_groups.iter().map(|g| g.gid).collect();
+    assert_eq!(resolved, vec![Some(0), None]);
+}
+
+#[test]
+fn agent_bindings() {
+    let config = Config::from_toml(
+        "[[agents]]\nname = \"planner\"\nuids = [1001]\n[[agents]]\nname = \"batch\"\ngids = [700]\n",
+    )
+    .unwrap();
+    assert_eq!(config.agents.len(), 2);
+    assert_eq!(config.agents[1].gids, vec![700]);
+
+    assert_eq!(
+        error_of("[[agents]]\nname = \"planner\"\n"),
+        "agents[0]: binds the agent name \"planner\" to no uid and no gid, so nobody could use it; give `uids` or `gids`"
+    );
+    assert_eq!(
+        error_of("[[agents]]\nname = \"a\"\nuids = [1]\n[[agents]]\nname = \"a\"\nuids = [2]\n"),
+        "agents[1].name: \"a\" is already bound by agents[0]; merge the two entries"
+    );
+    assert!(error_of("[[agents]]\nname = \"\"\nuids = [1]\n").starts_with("agents[0].name:"));
+    assert!(error_of("[[agents]]\nname = \"a\"\nuid = [1]\n").contains("unknown field `uid`"));
 }
 
 #[test]

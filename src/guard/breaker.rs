@@ -7,6 +7,11 @@
 //! successful trials close it, any failed trial re-opens it. A trial that is released
 //! (its connection dropped) or never reported within `trial_timeout` gives its slot
 //! back without counting, so a vanished agent cannot wedge the breaker half-open.
+//!
+//! An operator can force a breaker open, closed or disabled twice over: in the config
+//! (`force`, replaced by a reload) and at runtime (`set_override`, kept across
+//! `reconfigure` until set back to `None`). The runtime override wins; the state
+//! machine underneath keeps its state while forced.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -112,6 +117,8 @@ pub struct BreakerSnapshot {
 #[derive(Debug)]
 pub struct Breaker {
     config: BreakerConfig,
+    /// The operator's runtime override; wins over `config.force`.
+    runtime_force: Option<Force>,
     state: State,
     consecutive_failures: u32,
     /// Why the breaker opened the last time, for the denial message.
@@ -163,6 +170,7 @@ impl Breaker {
     pub fn new(config: BreakerConfig) -> Breaker {
         Breaker {
             config,
+            runtime_force: None,
             state: State::Closed,
             consecutive_failures: 0,
             trip: Trip::Consecutive(0),
@@ -177,8 +185,23 @@ impl Breaker {
         &self.config
     }
 
-    /// Replaces the settings, keeping the state (used by reload when a service's
-    /// breaker settings changed but its history should not be forgotten).
+    /// The force in effect: the runtime override if any, else the config's.
+    pub fn force(&self) -> Force {
+        self.runtime_force.unwrap_or(self.config.force)
+    }
+
+    /// Sets (`Some`) or drops (`None`) the operator's runtime override. Returns the
+    /// phase change it caused, if any.
+    pub fn set_override(&mut self, force: Option<Force>) -> Option<Transition> {
+        let from = self.phase();
+        self.runtime_force = force;
+        let to = self.phase();
+        (from != to).then_some(Transition { from, to })
+    }
+
+    /// Replaces the settings, keeping the state and the runtime override (used by
+    /// reload when a service's breaker settings changed but its history should not
+    /// be forgotten).
     pub fn reconfigure(&mut self, config: BreakerConfig) {
         self.config = config;
         while self.window.len() > self.config.window as usize {
@@ -218,7 +241,7 @@ impl Breaker {
     /// # Errors
     /// A [`BreakerDenial`] with the time after which asking again makes sense.
     pub fn check(&mut self, now: Duration) -> Result<Pass, BreakerDenial> {
-        match self.config.force {
+        match self.force() {
             Force::Disabled => return Ok(Pass::Free),
             Force::Open => return Err(BreakerDenial::ForcedOpen),
             Force::Closed => return Ok(Pass::Normal),
@@ -269,7 +292,7 @@ impl Breaker {
         let slow =
             matches!((self.config.slow_call, latency), (Some(max), Some(took)) if took > max);
         let failure = failure || slow;
-        match self.config.force {
+        match self.force() {
             Force::Disabled | Force::Open => return None,
             Force::Closed => {
                 self.count(failure);
@@ -312,7 +335,7 @@ impl Breaker {
     }
 
     pub fn phase(&self) -> Phase {
-        match (self.config.force, &self.state) {
+        match (self.force(), &self.state) {
             (Force::Disabled, _) => Phase::Disabled,
             (Force::Open, _) => Phase::ForcedOpen,
             (Force::Closed, _) => Phase::ForcedClosed,

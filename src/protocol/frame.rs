@@ -67,6 +67,14 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, bincode::Error> {
     wire().serialize(message)
 }
 
+/// The encoded size of one message body, without encoding it.
+///
+/// # Errors
+/// Fails when the message would exceed [`MAX_FRAME_LEN`].
+pub fn encoded_len<T: Serialize>(message: &T) -> Result<u64, bincode::Error> {
+    wire().serialized_size(message)
+}
+
 /// Decodes one message body (without the length prefix).
 ///
 /// # Errors

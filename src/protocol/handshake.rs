@@ -12,6 +12,15 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this build speaks. Bumped on any wire-layout change.
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// Largest frame a daemon accepts before the handshake completed, in bytes: only a
+/// `Hello` may come then (at most 278 bytes in this version), so a peer that has not
+/// said who it is cannot make the daemon buffer a full [`MAX_FRAME_LEN`] frame.
+/// Generous, so a newer version's larger `Hello` is still read and answered with
+/// `VersionMismatch`.
+///
+/// [`MAX_FRAME_LEN`]: super::MAX_FRAME_LEN
+pub const MAX_HELLO_LEN: usize = 4096;
+
 /// Client → daemon, the first frame of a connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

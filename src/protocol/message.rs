@@ -70,12 +70,14 @@ pub enum Request {
     Quotas(QuotasRequest),
     /// Admin only: change limits, reset windows, refund charges.
     Admin(AdminRequest),
+    /// Admin only: override a service's breaker.
+    ForceBreaker(ForceBreakerRequest),
 }
 
 impl Request {
     /// How many request kinds this build knows; a higher variant index is
     /// answered with `ErrorCode::UnknownRequest` instead of closing the connection.
-    pub const KIND_COUNT: u32 = 8;
+    pub const KIND_COUNT: u32 = 9;
 
     /// The request kind's name, as used in logs and in the JSON `"op"` field.
     pub fn op(&self) -> &'static str {
@@ -88,6 +90,7 @@ impl Request {
             Request::Budget(_) => "budget",
             Request::Quotas(_) => "quotas",
             Request::Admin(_) => "admin",
+            Request::ForceBreaker(_) => "force_breaker",
         }
     }
 }
@@ -106,6 +109,8 @@ pub enum Response {
     Budget(BudgetReply),
     Quotas(QuotasReply),
     Admin(AdminReply),
+    /// The breaker after `ForceBreaker`.
+    ForceBreaker(BreakerInfo),
 }
 
 /// Reply to `Ping`.
@@ -302,6 +307,32 @@ pub enum BreakerState {
     /// Forced by the operator: every call is allowed, outcomes still recorded.
     ForcedClosed,
     /// No breaker: every call is allowed, nothing recorded.
+    Disabled,
+}
+
+/// Admin only: the operator's override of a service's breaker (SPEC §3.2). A
+/// runtime override outlives config changes until it is set back to `auto`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(deny_unknown_fields)]
+pub struct ForceBreakerRequest {
+    pub service: String,
+    pub force: BreakerForce,
+}
+
+/// What to force a breaker to. Append only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerForce {
+    /// Drop the runtime override: the breaker follows its config again (automatic
+    /// operation, unless the config's `force` says otherwise).
+    Auto,
+    /// Deny every call.
+    Open,
+    /// Allow every call, still recording outcomes.
+    Closed,
+    /// No breaker: allow every call, record nothing.
     Disabled,
 }
 

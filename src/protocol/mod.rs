@@ -9,6 +9,8 @@ pub mod frame;
 pub mod handshake;
 pub mod message;
 
-pub use frame::{decode, decode_client_frame, encode, length_codec, DecodeError, MAX_FRAME_LEN};
-pub use handshake::{Hello, PeerIdentity, Welcome, PROTOCOL_VERSION};
+pub use frame::{
+    decode, decode_client_frame, encode, encoded_len, length_codec, DecodeError, MAX_FRAME_LEN,
+};
+pub use handshake::{Hello, PeerIdentity, Welcome, MAX_HELLO_LEN, PROTOCOL_VERSION};
 pub use message::*;

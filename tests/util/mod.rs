@@ -14,12 +14,26 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use automation_framework::client::Client;
+use automation_framework::clock::SharedClock;
+use automation_framework::config::Config;
 use automation_framework::protocol::frame::{decode, encode, length_codec};
 use automation_framework::protocol::{ClientFrame, Hello, ServerFrame, PROTOCOL_VERSION};
+use automation_framework::state::State;
+use tokio_util::sync::CancellationToken;
 
 /// How long to wait for something that should happen promptly (readiness, a
 /// connection close). Generous because CI machines are small; never slept in full.
 pub const PROMPTLY: Duration = Duration::from_secs(10);
+
+/// The longest a well-behaved client's ping may take while others misbehave. A ping
+/// on a quiet daemon takes well under a millisecond; a stalled daemon (what the
+/// hostile tests look for) takes seconds or forever. The bound leaves room for a
+/// loaded 2-core CI machine.
+pub const NORMAL_LATENCY: Duration = Duration::from_millis(500);
+
+/// The daemon's resident memory ceiling in the hostile tests, in MiB. A quiet debug
+/// build uses about 5 MiB; 1,000 idle connections add about 10 MiB.
+pub const RSS_CEILING_MIB: u64 = 64;
 
 /// A running daemon; killed when dropped.
 pub struct Daemon {
@@ -152,6 +166,34 @@ impl Daemon {
         self.child.id() as i32
     }
 
+    /// The daemon's resident set size (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<daemon>/status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<daemon>/status")
+    }
+
+    /// Asserts the daemon's memory stayed under [`RSS_CEILING_MIB`]; prints it.
+    pub fn assert_rss_bounded(&self, when: &str) {
+        let rss = self.rss_kib();
+        eprintln!("daemon RSS {when}: {:.1} MiB", rss as f64 / 1024.0);
+        assert!(
+            rss < RSS_CEILING_MIB * 1024,
+            "daemon RSS {rss} KiB {when} exceeds the {RSS_CEILING_MIB} MiB ceiling"
+        );
+    }
+
+    /// How many file descriptors the daemon holds (sockets included).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("list /proc/<daemon>/fd")
+            .count()
+    }
+
     /// Waits for the daemon to exit and returns its status code.
     #[allow(clippy::disallowed_methods)]
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
@@ -229,6 +271,63 @@ impl Drop for Daemon {
     }
 }
 
+/// The server running inside the test process, for tests that look at the daemon's
+/// state (its counters) rather than only at what it sends. Stopped when dropped.
+pub struct InProcess {
+    pub state: State,
+    pub socket: PathBuf,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    pub async fn start(config: &str) -> InProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("agent.sock");
+        let config = Config::from_toml(config).expect("test config is valid");
+        let perms = automation_framework::socket::SocketPerms::from_config(&config.daemon);
+        let listener = automation_framework::socket::bind(&socket, &perms).expect("bind");
+        let (store, snapshot) =
+            automation_framework::store::Store::open(&dir.path().join("state")).expect("ledger");
+        let state = State::new(config, SharedClock::system(), store, &snapshot).expect("state");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(automation_framework::server::run(
+            listener,
+            state.clone(),
+            shutdown.clone(),
+        ));
+        InProcess {
+            state,
+            socket,
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    pub async fn client(&self, agent: &str) -> Client {
+        Client::connect(&self.socket, agent, "integration-test")
+            .await
+            .unwrap_or_else(|e| panic!("connect as {agent}: {e}"))
+    }
+
+    pub async fn raw(&self) -> Raw {
+        let stream = UnixStream::connect(&self.socket).await.expect("connect");
+        Raw {
+            framed: Framed::new(stream, length_codec()),
+        }
+    }
+
+    pub fn hits(&self, limit: automation_framework::state::Limit) -> u64 {
+        self.state.counters().get(limit)
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
 /// A connection that sends whatever bytes a test wants.
 pub struct Raw {
     pub framed: Framed<UnixStream, LengthDelimitedCodec>,
@@ -241,6 +340,12 @@ impl Raw {
             .send(Bytes::from(body))
             .await
             .expect("send frame");
+    }
+
+    /// Sends a frame; `false` once the daemon has closed the connection.
+    pub async fn try_send(&mut self, frame: &ClientFrame) -> bool {
+        let body = encode(frame).expect("encode");
+        self.framed.send(Bytes::from(body)).await.is_ok()
     }
 
     pub async fn send_body(&mut self, body: Vec<u8>) {
@@ -291,25 +396,42 @@ impl Raw {
     }
 }
 
-/// A client that stays connected and proves the daemon still serves it.
+/// A client that stays connected and proves the daemon still serves it within its
+/// normal latency.
 pub struct Bystander {
     client: Client,
+    /// The slowest answer so far.
+    pub slowest: Duration,
 }
 
 impl Bystander {
     pub async fn new(daemon: &Daemon) -> Bystander {
         Bystander {
             client: daemon.client("bystander").await,
+            slowest: Duration::ZERO,
         }
     }
 
-    /// Pings and asserts a prompt answer.
+    /// Pings and asserts an answer within [`NORMAL_LATENCY`].
     pub async fn still_served(&mut self) {
-        let pong = tokio::time::timeout(Duration::from_secs(5), self.client.ping())
+        let started = Instant::now();
+        let pong = tokio::time::timeout(PROMPTLY, self.client.ping())
             .await
-            .expect("bystander answered within 5s")
+            .unwrap_or_else(|_| panic!("bystander not answered within {PROMPTLY:?}"))
             .expect("bystander ping");
+        let took = started.elapsed();
         assert!(pong.ok);
+        self.slowest = self.slowest.max(took);
+        assert!(
+            took < NORMAL_LATENCY,
+            "bystander answered in {took:?}, over the normal {NORMAL_LATENCY:?}"
+        );
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        eprintln!("bystander's slowest answer: {:?}", self.slowest);
     }
 }
 

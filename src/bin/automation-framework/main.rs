@@ -17,7 +17,9 @@ use clap::{Parser, Subcommand};
 use automation_framework::client::{Client, ClientError};
 use automation_framework::config::Config;
 use automation_framework::paths;
-use automation_framework::protocol::{AdminRequest, AdmitRequest, Outcome, ReportRequest};
+use automation_framework::protocol::{
+    AdminRequest, AdmitRequest, BreakerForce, Outcome, ReportRequest,
+};
 
 const CLIENT_NAME: &str = concat!("automation-framework-cli/", env!("CARGO_PKG_VERSION"));
 
@@ -122,11 +124,16 @@ enum Command {
         #[arg(long, requires = "quota")]
         reset_key: Option<String>,
     },
-    /// Circuit breaker states.
+    /// Circuit breaker states; with --force, override one (admin only).
     Breakers {
         /// Only this service.
         #[arg(long)]
         service: Option<String>,
+        /// Force the service's breaker open (deny all), closed (allow all, still
+        /// record), disabled (no breaker), or back to auto (its config). Needs an
+        /// admin uid (`[access]` in the daemon's config).
+        #[arg(long, requires = "service", value_parser = ["open", "closed", "disabled", "auto"])]
+        force: Option<String>,
     },
     /// Configuration file tools (no daemon needed).
     Config {
@@ -287,7 +294,24 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
             }
             Ok(Verdict::Done)
         }
-        Command::Breakers { service } => {
+        Command::Breakers {
+            service: Some(service),
+            force: Some(force),
+        } => {
+            let force = match force.as_str() {
+                "open" => BreakerForce::Open,
+                "closed" => BreakerForce::Closed,
+                "disabled" => BreakerForce::Disabled,
+                _ => BreakerForce::Auto,
+            };
+            let info = connect(&socket, &cli.agent)
+                .await?
+                .force_breaker(service, force)
+                .await?;
+            render::forced(&info, json);
+            Ok(Verdict::Done)
+        }
+        Command::Breakers { service, .. } => {
             let breakers = connect(&socket, &cli.agent)
                 .await?
                 .breakers(service)

@@ -196,6 +196,15 @@ pub fn breakers(breakers: &[BreakerInfo], json: bool) {
     }
 }
 
+/// The breaker after `breakers --force`.
+pub fn forced(info: &BreakerInfo, json: bool) {
+    if json {
+        return print_json(info);
+    }
+    println!("breaker of {:?} is now {}", info.service, name(&info.state));
+    breakers(std::slice::from_ref(info), false);
+}
+
 #[derive(Serialize)]
 struct CheckResult<'a> {
     file: &'a str,

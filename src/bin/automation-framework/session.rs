@@ -12,11 +12,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use automation_framework::client::{Client, ClientError};
 use automation_framework::protocol::{
-    AdminRequest, AdmitRequest, BreakersRequest, BudgetRequest, QuotasRequest, ReportRequest,
-    Request, Response,
+    AdminRequest, AdmitRequest, BreakersRequest, BudgetRequest, ForceBreakerRequest, QuotasRequest,
+    ReportRequest, Request, Response,
 };
 
-const OPS: &str = "ping, status, admit, report, breakers, budget, quotas, admin";
+const OPS: &str = "ping, status, admit, report, breakers, budget, quotas, admin, force_breaker";
 
 /// A line that could not become a request.
 struct LineError {
@@ -90,6 +90,7 @@ fn parse(line: &str) -> Result<(Option<Value>, Request), LineError> {
         "quotas" => Request::Quotas(fields_of::<QuotasRequest>(&op, fields)?),
         // {"op":"admin","set_limit":{"budget":"global","limit":50}}
         "admin" => Request::Admin(fields_of::<AdminRequest>(&op, fields)?),
+        "force_breaker" => Request::ForceBreaker(fields_of::<ForceBreakerRequest>(&op, fields)?),
         other => {
             return Err(LineError {
                 kind: "unknown_request",
@@ -135,6 +136,7 @@ fn response_object(response: Response) -> Value {
         Response::Budget(v) => object(&v),
         Response::Quotas(v) => object(&v),
         Response::Admin(v) => object(&v),
+        Response::ForceBreaker(v) => object(&v),
         Response::Error(err) => error_object(&wire_name(&err.code), &err.message),
     }
 }

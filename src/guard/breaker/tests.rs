@@ -276,3 +276,42 @@ fn reconfigure_keeps_an_open_breaker_open() {
     });
     assert_eq!(b.phase(), Phase::Open);
 }
+
+#[test]
+fn a_runtime_override_wins_over_the_config_and_survives_reconfigure() {
+    let mut b = breaker();
+    assert_eq!(
+        b.set_override(Some(Force::Open)),
+        Some(Transition {
+            from: Phase::Closed,
+            to: Phase::ForcedOpen
+        })
+    );
+    assert_eq!(b.check(S), Err(BreakerDenial::ForcedOpen));
+    // A reload that changes the config's force does not undo the operator's.
+    b.reconfigure(BreakerConfig {
+        force: Force::Disabled,
+        ..BreakerConfig::default()
+    });
+    assert_eq!(b.phase(), Phase::ForcedOpen);
+    assert_eq!(b.set_override(Some(Force::Open)), None, "no change");
+    // Dropping the override hands the breaker back to its config.
+    assert_eq!(
+        b.set_override(None),
+        Some(Transition {
+            from: Phase::ForcedOpen,
+            to: Phase::Disabled
+        })
+    );
+    assert_eq!(b.check(S), Ok(Pass::Free));
+}
+
+#[test]
+fn the_state_machine_keeps_its_state_while_forced() {
+    let mut b = breaker();
+    open_it(&mut b, S);
+    b.set_override(Some(Force::Closed));
+    assert_eq!(b.check(S), Ok(Pass::Normal));
+    b.set_override(None);
+    assert_eq!(b.phase(), Phase::Open, "still open underneath");
+}

@@ -59,6 +59,10 @@ proptest! {
                 let back: ReportRequest = serde_json::from_value(serde_json::to_value(r).unwrap()).unwrap();
                 prop_assert_eq!(&back, r);
             }
+            Request::ForceBreaker(f) => {
+                let back: ForceBreakerRequest = serde_json::from_value(serde_json::to_value(f).unwrap()).unwrap();
+                prop_assert_eq!(&back, f);
+            }
             _ => {}
         }
     }
@@ -94,7 +98,11 @@ proptest! {
 
 #[test]
 fn kind_count_matches_the_enum() {
-    let last = encode(&Request::Admin(AdminRequest::Refund { key: String::new() })).unwrap();
+    let last = encode(&Request::ForceBreaker(ForceBreakerRequest {
+        service: "s".into(),
+        force: BreakerForce::Auto,
+    }))
+    .unwrap();
     let index = u32::from_le_bytes(last[0..4].try_into().unwrap());
     assert_eq!(index + 1, Request::KIND_COUNT);
 }
