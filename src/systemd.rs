@@ -48,6 +48,23 @@ pub fn notify_ready(status: &str) {
     ]);
 }
 
+/// When the unit sets `WatchdogSec=`, pings `WATCHDOG=1` at half that interval
+/// until `shutdown` fires. The pings come from a task on the same runtime that
+/// serves requests, so a wedged runtime stops them and systemd restarts us.
+pub async fn watchdog(shutdown: tokio_util::sync::CancellationToken) {
+    let Some(timeout) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(timeout / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => notify(&[sd_notify::NotifyState::Watchdog]),
+        }
+    }
+}
+
 /// Tells systemd we are shutting down.
 pub fn notify_stopping() {
     notify(&[

@@ -218,3 +218,43 @@ fn refuses_to_start_in_a_directory_anyone_can_write() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("is writable by everyone"), "{stderr}");
 }
+
+/// The daemon's conversation with systemd, read from a NOTIFY_SOCKET the test owns:
+/// READY=1 with a STATUS once serving, WATCHDOG=1 pings when WATCHDOG_USEC is set,
+/// STOPPING=1 on SIGTERM.
+#[test]
+fn notifies_systemd_ready_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+        .arg("--socket")
+        .arg(dir.path().join("agent.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--http", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env_remove("WATCHDOG_PID")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut next = |seen: &mut Vec<String>| {
+        let n = notify.recv(&mut buf).expect("a notification within 10s");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        seen.push(text.clone());
+        text
+    };
+    let ready = next(&mut seen);
+    assert!(ready.contains("READY=1"), "{seen:?}");
+    assert!(ready.contains("STATUS=serving on"), "{seen:?}");
+    while !next(&mut seen).contains("WATCHDOG=1") {}
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    while !next(&mut seen).contains("STOPPING=1") {}
+    assert!(child.wait().unwrap().success(), "{seen:?}");
+}

@@ -184,6 +184,7 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         shutdown.clone(),
     ));
+    tokio::spawn(systemd::watchdog(shutdown.clone()));
     let http_task = http_listener.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
             log::info!("http listening on {addr} (/metrics /health /ready)");
