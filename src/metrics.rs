@@ -31,6 +31,7 @@ pub const QUOTA_USAGE: &str = "automation_framework_quota_max_usage_ratio";
 pub const CONNECTIONS: &str = "automation_framework_connections";
 pub const ACTIVE_AGENTS: &str = "automation_framework_active_agents";
 pub const OPEN_RESERVATIONS: &str = "automation_framework_open_reservations";
+pub const LIMIT_HITS: &str = "automation_framework_limit_hits_total";
 pub const STORE_UP: &str = "automation_framework_store_up";
 pub const STORE_COMMIT_DURATION: &str = "automation_framework_store_commit_duration_seconds";
 pub const STORE_COMMIT_JOBS: &str = "automation_framework_store_commit_jobs";
@@ -131,6 +132,11 @@ fn describe() {
         OPEN_RESERVATIONS,
         "Admissions not yet reported (including orphans)"
     );
+    describe_counter!(
+        LIMIT_HITS,
+        Unit::Count,
+        "Connections and requests a limit or an access rule turned away, by limit"
+    );
     describe_gauge!(
         STORE_UP,
         "1 when the ledger's last transaction succeeded, 0 when it is failing"
@@ -185,6 +191,10 @@ pub fn refresh(state: &State) {
     gauge!(CONNECTIONS).set(f64::from(connections));
     gauge!(ACTIVE_AGENTS).set(f64::from(agents));
     gauge!(OPEN_RESERVATIONS).set(state.admission().open_reservations() as f64);
+    for limit in crate::state::Limit::ALL {
+        metrics::counter!(LIMIT_HITS, "limit" => limit.name())
+            .absolute(state.counters().get(limit));
+    }
     gauge!(STORE_UP).set(if state.store().health().is_none() {
         1.0
     } else {

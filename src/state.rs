@@ -47,8 +47,8 @@ struct SessionInfo {
 }
 
 /// A limit or an access rule that turned something away. Each is counted in
-/// [`Counters`]; the metrics endpoint (issue 4) will export them as one counter
-/// family labelled by [`Limit::name`].
+/// [`Counters`], exported on `/metrics` as `automation_framework_limit_hits_total`
+/// labelled by [`Limit::name`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     /// A peer no `[access]` rule lets in.

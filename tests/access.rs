@@ -272,42 +272,48 @@ fn an_admin_operation_by_a_non_admin_is_refused() {
 }
 
 /// A reservation belongs to its agent, not to its connection (so it can be
-/// reported after a reconnect or a restart): a non-admin peer acting as another
-/// agent may not settle it; one acting as the same agent may.
+/// reported after a reconnect or a restart): a non-admin peer that may not act as
+/// the reservation's agent (the name is bound to other users) may not settle it;
+/// a name nobody reserved can be reported by any allowed peer.
 #[tokio::test]
-async fn a_reservation_is_reported_only_as_its_agent() {
-    let daemon = Daemon::start(&format!("{OPEN_SOCKET}[access]\nagent_uids = [{NOBODY}]\n"));
-    let test = "a_reservation_is_reported_only_as_its_agent";
-    let mut owner = daemon.client("planner").await;
-    let reservation = owner
-        .admit(AdmitRequest {
-            service: "svc".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .reservation
-        .expect("admitted");
-    let report =
-        format!("{{\"op\":\"report\",\"reservation\":{reservation},\"outcome\":\"success\"}}\n");
-    let session_as = |agent: &str| {
-        let mut cmd = as_nobody(test, &daemon, &[])?;
-        cmd.args(["--agent", agent, "session"]);
-        Some(cmd)
+async fn a_reservation_is_reported_only_by_peers_that_may_act_as_its_agent() {
+    let daemon = Daemon::start(&format!(
+        "{OPEN_SOCKET}[access]\nagent_uids = [{NOBODY}]\n[[agents]]\nname = \"planner\"\nuids = [0]\n"
+    ));
+    let test = "a_reservation_is_reported_only_by_peers_that_may_act_as_its_agent";
+    let admit_as = |agent: &'static str| {
+        let daemon = &daemon;
+        async move {
+            daemon
+                .client(agent)
+                .await
+                .admit(AdmitRequest {
+                    service: "svc".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .reservation
+                .expect("admitted")
+        }
     };
-    let Some(mut other) = session_as("coder") else {
+    let bound = admit_as("planner").await;
+    let unbound = admit_as("shared").await;
+    let report =
+        |id: u64| format!("{{\"op\":\"report\",\"reservation\":{id},\"outcome\":\"success\"}}\n");
+    let Some(mut coder) = as_nobody(test, &daemon, &[]) else {
         return;
     };
-    let out = feed(&mut other, &report);
+    coder.args(["--agent", "coder", "session"]);
+    let out = feed(&mut coder, &(report(bound) + &report(unbound)));
+    let lines: Vec<&str> = out.lines().collect();
     assert!(
-        out.contains("\"not_permitted\"") && out.contains("was admitted for agent"),
+        lines[0].contains("\"not_permitted\"") && lines[0].contains("was admitted for agent"),
         "{out}"
     );
-    let mut same = session_as("planner").expect("setpriv is there");
-    let out = feed(&mut same, &report);
     assert!(
-        out.contains("\"duplicate\":false"),
-        "the same agent may report it: {out}"
+        lines[1].contains("\"duplicate\":false"),
+        "an unbound name: {out}"
     );
 }
 

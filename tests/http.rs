@@ -83,6 +83,10 @@ async fn metrics_after_traffic_have_the_expected_series_and_values() {
         ("automation_framework_connections", 1.0),
         ("automation_framework_open_reservations", 2.0),
         ("automation_framework_store_up", 1.0),
+        (
+            "automation_framework_limit_hits_total{limit=\"max_batch\"}",
+            0.0,
+        ),
     ];
     for (series, value) in expect {
         assert_eq!(

@@ -119,7 +119,7 @@ impl Engine {
                     let reason = format!(
                         "{n} of {} per {} taken",
                         quota.spec().limit,
-                        quota.spec().window.name()
+                        quota.spec().window.window_name()
                     );
                     votes.push(vote(Guard::Quota, quota.name(), true, shadow, reason, None));
                     taken.quotas.push((idx, took));

@@ -323,7 +323,7 @@ impl Engine {
                     key: display_key(key),
                     used,
                     limit: spec.limit,
-                    window: window_name(spec.window),
+                    window: spec.window.window_name(),
                     resets_in: spec.window.remaining(now.unix),
                 });
             }
@@ -445,15 +445,4 @@ impl Engine {
 /// Counter keys of agent+service quotas use NUL inside and `/` in replies.
 fn internal_key(shown: &str) -> String {
     shown.replacen('/', "\0", 1)
-}
-
-fn window_name(window: crate::guard::period::Period) -> String {
-    use crate::guard::period::Period;
-    match window {
-        Period::Forever => "lifetime".into(),
-        Period::Daily => "day".into(),
-        Period::Weekly => "week".into(),
-        Period::Monthly => "month".into(),
-        other => other.name(),
-    }
 }

@@ -36,8 +36,8 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 
-    /// Directory of the durable ledger (budgets, quotas) [default: $STATE_DIRECTORY,
-    /// else daemon.state_dir, else /var/lib/automation-framework for root, else
+    /// Directory of the durable ledger (budgets, quotas) [default: daemon.state_dir,
+    /// else $STATE_DIRECTORY, else /var/lib/automation-framework for root, else
     /// $XDG_STATE_HOME/automation-framework].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,

@@ -78,12 +78,13 @@ fn start(
     let admission = state.admission();
     let result = match (req.reservation, req.service.as_deref()) {
         (Some(id), None) => {
-            // A reservation is its agent's: a peer acting as another agent (perhaps
-            // another user) must not settle it. Agent names are bound to uids by
-            // `[[agents]]`, and the check survives reconnects and restarts, unlike
-            // one by connection. Admins may settle any.
+            // A reservation is its agent's: only a peer that may act as that agent
+            // (the `[[agents]]` bindings, as at the handshake) may settle it, so it
+            // stays reportable after a reconnect or a restart, and a per-request
+            // agent override can report what it admitted. Admins may settle any.
             if let Some(owner) = admission.holder(id) {
-                if owner != session.agent && !state.is_admin(&session.peer) {
+                let may_act = owner == session.agent || state.access().check_agent(&session.peer, &owner).is_ok();
+                if !may_act && !state.is_admin(&session.peer) {
                     let peer = &session.peer;
                     log::warn!(
                         session = session.id, reservation = id, peer_uid = peer.uid, peer_gid = peer.gid, peer_pid = peer.pid;

@@ -83,7 +83,18 @@ impl Period {
         !matches!(self, Period::Every(length) if length <= Duration::from_secs(300))
     }
 
-    /// The name used in config and replies.
+    /// The name of this period as a quota window (`day`, `month`, `lifetime`).
+    pub fn window_name(self) -> String {
+        match self {
+            Period::Forever => "lifetime".into(),
+            Period::Daily => "day".into(),
+            Period::Weekly => "week".into(),
+            Period::Monthly => "month".into(),
+            other => other.name(),
+        }
+    }
+
+    /// The name of this period as a budget reset (`daily`, `monthly`, `never`).
     pub fn name(self) -> String {
         match self {
             Period::Forever => "never".into(),

@@ -112,7 +112,7 @@ impl QuotaRule {
             return Err(QuotaDenial::Exhausted {
                 limit,
                 used,
-                window: self.spec.window.name(),
+                window: self.spec.window.window_name(),
                 retry_after,
             });
         }

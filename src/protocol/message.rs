@@ -402,7 +402,7 @@ pub struct QuotaInfo {
     pub key: String,
     pub used: u64,
     pub limit: u64,
-    /// `minute`, `hour`, `day`, `month` or `lifetime`.
+    /// `minute`, `hour`, `day`, `week`, `month` or `lifetime`.
     pub window: String,
     pub resets_in_s: Option<u64>,
 }
@@ -413,7 +413,8 @@ pub struct QuotaInfo {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[serde(rename_all = "snake_case")]
 pub enum AdminRequest {
-    /// Change a budget's limit (USD) until the next restart or reload.
+    /// Change a budget's limit (USD). Stored in the ledger: it outlives restarts
+    /// and overrides the config's limit for that budget.
     SetLimit { budget: String, limit: f64 },
     /// Start the budget's current period over from 0 spent.
     ResetBudget { budget: String },

@@ -56,8 +56,10 @@ enum Command {
     Ping,
     /// The daemon's health document.
     Status,
-    /// Ask whether a call may be made now (exit 1 when denied). The reservation is
-    /// released when this command exits; use `session` to hold it.
+    /// Ask whether a call may be made now (exit 1 when denied). When this command
+    /// exits, a reservation that holds money stays open as an orphan (reportable
+    /// with `report --reservation` until budget.orphan_timeout); others are
+    /// released. Use `session` to admit and report on one connection.
     Admit {
         /// The upstream service.
         #[arg(long)]
@@ -78,7 +80,8 @@ enum Command {
         /// The upstream service (for a call made without admission).
         #[arg(long, required_unless_present = "reservation")]
         service: Option<String>,
-        /// A reservation id from `admit` (only meaningful on the same connection).
+        /// A reservation id from `admit` (one that holds money stays reportable after
+        /// its connection closed, until budget.orphan_timeout).
         #[arg(long, conflicts_with = "service")]
         reservation: Option<u64>,
         /// How the call went.

@@ -129,7 +129,7 @@ pub fn admit(reply: &AdmitReply, json: bool) {
     }
     if reply.allowed {
         println!(
-            "allowed (reservation {}, ${:.6} reserved; released when this command exits)",
+            "allowed (reservation {}, ${:.6} reserved)",
             reply.reservation.unwrap_or_default(),
             reply.cost.unwrap_or_default()
         );
