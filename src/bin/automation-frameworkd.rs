@@ -59,10 +59,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    env_logger::Builder::new()
-        .filter_level(args.log_level)
-        .format_timestamp_millis()
-        .init();
+    init_logging(args.log_level);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -70,6 +67,28 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Under systemd (stderr is the journal's stream) logs go to journald with their
+/// key-value fields as journal fields (AGENT, PEER_UID, SERVICE, GUARD, DECISION,
+/// REASON, ...), so `journalctl -u automation-framework DECISION=deny` finds denials.
+/// Otherwise, and if the journal socket cannot be opened, readable lines on stderr.
+fn init_logging(level: log::LevelFilter) {
+    if systemd_journal_logger::connected_to_journal() {
+        let journal = systemd_journal_logger::JournalLog::new()
+            .map(|journal| journal.with_extra_fields(vec![("VERSION", env!("CARGO_PKG_VERSION"))]));
+        if let Ok(journal) = journal {
+            if journal.install().is_ok() {
+                // The journal logger filters nothing itself: the level is the filter.
+                log::set_max_level(level);
+                return;
+            }
+        }
+    }
+    env_logger::Builder::new()
+        .filter_level(level)
+        .format_timestamp_millis()
+        .init();
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
