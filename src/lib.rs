@@ -37,6 +37,7 @@ pub mod config;
 pub mod connection;
 pub mod guard;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod money;
 pub mod names;

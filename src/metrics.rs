@@ -32,6 +32,7 @@ pub const CONNECTIONS: &str = "automation_framework_connections";
 pub const ACTIVE_AGENTS: &str = "automation_framework_active_agents";
 pub const OPEN_RESERVATIONS: &str = "automation_framework_open_reservations";
 pub const LIMIT_HITS: &str = "automation_framework_limit_hits_total";
+pub const LOG_SUPPRESSED: &str = "automation_framework_log_lines_suppressed_total";
 pub const STORE_UP: &str = "automation_framework_store_up";
 pub const STORE_COMMIT_DURATION: &str = "automation_framework_store_commit_duration_seconds";
 pub const STORE_COMMIT_JOBS: &str = "automation_framework_store_commit_jobs";
@@ -131,6 +132,11 @@ fn describe() {
     describe_gauge!(
         OPEN_RESERVATIONS,
         "Admissions not yet reported (including orphans)"
+    );
+    describe_counter!(
+        LOG_SUPPRESSED,
+        Unit::Count,
+        "Denial log lines dropped to keep a storm of denials from flooding the log"
     );
     describe_counter!(
         LIMIT_HITS,

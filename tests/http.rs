@@ -231,3 +231,36 @@ fn a_non_loopback_address_needs_allow_remote() {
         "{stderr}"
     );
 }
+
+/// A storm of denials must not flood the log: at most 20 denial lines a second
+/// are written, the rest counted.
+#[tokio::test]
+async fn a_storm_of_denials_is_logged_at_a_bounded_rate() {
+    let daemon =
+        Daemon::start("[[rate_limits]]\nname = \"one\"\nrate = 1\nper = \"1h\"\nburst = 1\n");
+    let mut client = daemon.client("storm").await;
+    for _ in 0..300 {
+        client
+            .admit(AdmitRequest {
+                service: "svc".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let (_, metrics) = daemon.http_get("/metrics");
+    let decisions = sample(
+        &metrics,
+        "automation_framework_decisions_total{guard=\"rate\",outcome=\"deny\"}",
+    )
+    .unwrap();
+    assert_eq!(decisions, 299.0, "every denial is counted");
+    let suppressed = sample(&metrics, "automation_framework_log_lines_suppressed_total").unwrap();
+    let logged = daemon.log().matches("deny agent=storm").count() as f64;
+    assert!(logged <= 40.0, "{logged} denial lines in the log");
+    assert_eq!(
+        logged + suppressed,
+        299.0,
+        "every denial is either logged or counted as suppressed"
+    );
+}

@@ -86,11 +86,21 @@ fn decide(
 fn log_decision(session: &Session, agent: &str, service: &str, decision: &Decision) {
     record(decision);
     match decision.decisive_vote() {
-        Some(vote) => log::info!(
-            agent = agent, service = service, peer_uid = session.peer.uid, peer_pid = session.peer.pid,
-            guard = guard_name(vote.guard), rule = vote.rule.as_str(), decision = "deny", reason = vote.reason.as_str();
-            "deny agent={agent} service={service} guard={}/{}: {}", guard_name(vote.guard), vote.rule, vote.reason
-        ),
+        Some(vote) => {
+            let crate::logging::Verdict::Log { suppressed } =
+                crate::logging::DENIALS.take(std::time::Instant::now())
+            else {
+                return;
+            };
+            if suppressed > 0 {
+                log::info!(suppressed = suppressed; "{suppressed} denial line(s) suppressed in the last second (at most {} a second are logged; all are counted in automation_framework_decisions_total)", crate::logging::DENIALS_PER_SECOND);
+            }
+            log::info!(
+                agent = agent, service = service, peer_uid = session.peer.uid, peer_pid = session.peer.pid,
+                guard = guard_name(vote.guard), rule = vote.rule.as_str(), decision = "deny", reason = vote.reason.as_str();
+                "deny agent={agent} service={service} guard={}/{}: {}", guard_name(vote.guard), vote.rule, vote.reason
+            );
+        }
         None => log::debug!(
             agent = agent, service = service, decision = "allow";
             "allow agent={agent} service={service} reservation={:?}", decision.reservation
