@@ -72,6 +72,7 @@ impl Engine {
         for mut spec in specs {
             if let Some((_, limit)) = snapshot.limits.iter().find(|(name, _)| *name == spec.name) {
                 spec.limit = *limit;
+                self.admin_limited.insert(spec.name.clone());
             }
             let start = spec.reset.start(now.unix);
             let spent = snapshot
@@ -401,6 +402,7 @@ impl Engine {
         match pending.kind {
             AdminKind::SetLimit { budget, limit } => {
                 self.known_budget(&budget)?.set_limit(limit);
+                self.admin_limited.insert(budget.clone());
                 Ok(format!("budget {budget} limit set to {limit}"))
             }
             AdminKind::ResetBudget { budget } => {

@@ -21,6 +21,7 @@
 
 mod engine;
 mod ledger;
+mod reconfigure;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
@@ -197,6 +198,9 @@ struct Engine {
     rules: Vec<Arc<RateRule>>,
     quotas: Vec<QuotaRule>,
     budgets: HashMap<String, Budget>,
+    /// Budgets whose limit an admin set (restored from the ledger or by
+    /// `SetLimit`): a reload leaves their limit alone.
+    admin_limited: HashSet<String>,
     /// The highest alert threshold logged per budget, with its period.
     thresholds_logged: HashMap<String, (u64, u8)>,
     breakers: HashMap<String, Breaker>,
@@ -278,6 +282,7 @@ impl Admission {
             rules,
             quotas,
             budgets: HashMap::new(),
+            admin_limited: HashSet::new(),
             thresholds_logged: HashMap::new(),
             breakers: HashMap::new(),
             reservations: HashMap::new(),
@@ -441,6 +446,22 @@ impl Admission {
         self.lock().reservations.len() as u64
     }
 
+    /// Applies a new validated config to the guards, under the engine lock: equal
+    /// rate rules, quotas and breakers keep their state, budgets take the new limits
+    /// unless an admin set theirs. All or nothing: a refused reload changes nothing.
+    ///
+    /// # Errors
+    /// [`ReloadError::Refused`] when the change needs a restart (budgets added,
+    /// removed or with another reset period).
+    pub fn reconfigure(
+        &self,
+        config: Arc<Config>,
+        clock: &SharedClock,
+        now: Moment,
+    ) -> Result<Reconfigured, ReloadError> {
+        self.lock().reconfigure(config, clock, now)
+    }
+
     /// Forgets full rate-limit buckets and past quota windows; called periodically.
     pub fn purge(&self, now: Moment) {
         let rules = {
@@ -457,6 +478,7 @@ impl Admission {
 }
 
 pub use ledger::{AdminAction, AdminKind, BudgetView, PendingAdmin, QuotaView};
+pub use reconfigure::{Reconfigured, ReloadError};
 
 // === impl Admission (budgets, quotas, admin) ===
 

@@ -877,3 +877,125 @@ async fn an_operator_forces_a_breaker_for_every_agent() {
         AdmissionError::UnknownService("nope".into())
     );
 }
+
+impl Fixture {
+    /// Applies `toml` as a reload does.
+    fn reconfigure(&self, toml: &str) -> Result<Reconfigured, ReloadError> {
+        let config = Arc::new(Config::from_toml(toml).expect("test config is valid"));
+        self.admission
+            .reconfigure(config, &SharedClock::new(self.clock.clone()), self.now())
+    }
+}
+
+const TIGHT: &str = "[[rate_limits]]\nname = \"tight\"\nrate = 1\nper = \"1h\"\nburst = 1\n";
+
+#[tokio::test]
+async fn a_reload_keeps_an_unchanged_rate_rules_bucket_and_starts_a_changed_one_fresh() {
+    let f = fixture(TIGHT);
+    assert!(f.admit(1, "a", "s").await.allowed);
+    assert!(
+        !f.admit(1, "a", "s").await.allowed,
+        "the burst of 1 is spent"
+    );
+
+    let other = "[[rate_limits]]\nname = \"other\"\nrate = 1\nburst = 5\nservices = [\"t\"]\n";
+    let done = f.reconfigure(&format!("{TIGHT}{other}")).unwrap();
+    assert_eq!((done.rate_kept, done.rate_new), (1, 1));
+    assert!(
+        !f.admit(1, "a", "s").await.allowed,
+        "an unchanged rule keeps its spent bucket"
+    );
+
+    let looser = TIGHT.replace("burst = 1", "burst = 2");
+    let done = f.reconfigure(&looser).unwrap();
+    assert_eq!((done.rate_kept, done.rate_new), (0, 1));
+    assert!(
+        f.admit(1, "a", "s").await.allowed,
+        "a changed rule starts fresh"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_leaves_an_open_breaker_open_and_keeps_an_operators_force() {
+    let f = fixture("");
+    f.open_breaker("s").await;
+    f.admission
+        .force_breaker("u", Some(Force::Open), f.clock.now())
+        .unwrap();
+    let done = f.reconfigure("[breaker]\nopen_for = \"5m\"\n").unwrap();
+    assert_eq!(done.breakers, 2);
+    let d = f.admit(1, "a", "s").await;
+    assert!(!d.allowed, "still open after the reload: {:?}", d.votes);
+    assert_eq!(d.decisive_vote().unwrap().guard, Guard::Breaker);
+    assert!(!f.admit(1, "a", "u").await.allowed, "the force survived");
+    let breakers = f.admission.breakers(Some("u"), f.clock.now());
+    assert_eq!(breakers[0].1.phase, Phase::ForcedOpen);
+}
+
+#[tokio::test]
+async fn an_admin_set_limit_survives_a_reload_that_changes_the_configured_limit() {
+    let f = fixture("[budget]\nlimit = 10.0\n[budget.agents.a]\nlimit = 3.0\n");
+    admin(
+        &f,
+        AdminKind::SetLimit {
+            budget: "global".into(),
+            limit: usd(5.0),
+        },
+    )
+    .await
+    .unwrap();
+    let done = f
+        .reconfigure("[budget]\nlimit = 20.0\n[budget.agents.a]\nlimit = 4.0\n")
+        .unwrap();
+    assert_eq!(done.admin_limits_kept, 1);
+    assert_eq!(f.budget("global").limit, usd(5.0), "the admin's limit");
+    assert_eq!(f.budget("agent:a").limit, usd(4.0), "the new config limit");
+}
+
+#[tokio::test]
+async fn a_reload_that_adds_a_budget_is_refused_and_changes_nothing() {
+    let f = fixture(&format!("{TIGHT}[budget]\nlimit = 10.0\n"));
+    assert!(f.admit_cost(1, "a", "s", 1.0).await.allowed);
+    let err = f
+        .reconfigure("[budget]\nlimit = 20.0\n[budget.agents.b]\nlimit = 1.0\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("budget.agents.b added") && err.contains("restart"),
+        "{err}"
+    );
+    assert_eq!(f.budget("global").limit, usd(10.0));
+    let d = f.admit_cost(1, "a", "s", 1.0).await;
+    assert_eq!(
+        d.decisive_vote().map(|v| v.rule.as_str()),
+        Some("tight"),
+        "the old rate limit is still in force"
+    );
+}
+
+#[tokio::test]
+async fn a_reloaded_quota_keeps_its_counters_and_open_reservations_their_usage() {
+    let quota = "[[quotas]]\nname = \"q\"\nscope = \"agent\"\nlimit = 2\nwindow = \"day\"\n";
+    let f = fixture(quota);
+    let d = f.admit(1, "a", "s").await;
+    assert!(d.allowed);
+    // A new quota first: "q" moves to index 1.
+    let other = "[[quotas]]\nname = \"p\"\nlimit = 100\nwindow = \"day\"\n";
+    let done = f
+        .reconfigure(&format!(
+            "{other}{}",
+            quota.replace("limit = 2", "limit = 3")
+        ))
+        .unwrap();
+    assert_eq!((done.quotas_kept, done.quotas_new), (0, 2));
+    f.admission.abort(d.reservation.unwrap());
+    let views = f.admission.quotas(Some("q"), f.now()).unwrap();
+    assert!(
+        views.iter().all(|v| v.used == 0),
+        "the abort gave back to q, not p: {views:?}"
+    );
+    for _ in 0..3 {
+        assert!(f.admit(1, "a", "s").await.allowed);
+    }
+    assert!(!f.admit(1, "a", "s").await.allowed, "the new limit of 3");
+}

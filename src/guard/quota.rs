@@ -66,6 +66,15 @@ impl QuotaRule {
         }
     }
 
+    /// A rule for `spec` that keeps the counters of `old` (same name and window, so
+    /// the counters still mean the same thing).
+    pub fn carry_over(spec: QuotaSpec, old: QuotaRule) -> QuotaRule {
+        QuotaRule {
+            spec,
+            counters: old.counters,
+        }
+    }
+
     pub fn spec(&self) -> &QuotaSpec {
         &self.spec
     }

@@ -1,0 +1,179 @@
+//! Reload: a new validated config applied to live guards without losing their state.
+//!
+//! A reload must not be a way to reset limits: an agent that spent its burst, or a
+//! breaker that opened on a failing service, must not be let off by an unrelated
+//! edit. So whatever is unchanged keeps its state (rate buckets, quota counters,
+//! breaker phases and operator forces, budget balances), and only what changed
+//! starts fresh. Budgets are the exception that cannot change live: their balances
+//! come from the ledger at start, so adding, removing or re-periodising one is
+//! refused until a restart. Everything is checked and built before anything is
+//! swapped, so a refused reload changes nothing.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::{Engine, Moment};
+use crate::clock::SharedClock;
+use crate::config::{Config, ConfigError};
+use crate::guard::budget::BudgetSpec;
+use crate::guard::quota::QuotaRule;
+use crate::guard::rate::RateRule;
+
+/// Why a reload left the old configuration in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("invalid configuration {path}: {source}")]
+    Config {
+        path: String,
+        #[source]
+        source: ConfigError,
+    },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What a reconfiguration kept and rebuilt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    pub rate_kept: usize,
+    pub rate_new: usize,
+    pub quotas_kept: usize,
+    pub quotas_new: usize,
+    pub breakers: usize,
+    /// Budgets whose limit stayed as an admin set it.
+    pub admin_limits_kept: usize,
+}
+
+impl Engine {
+    pub(super) fn reconfigure(
+        &mut self,
+        config: Arc<Config>,
+        clock: &SharedClock,
+        now: Moment,
+    ) -> Result<Reconfigured, ReloadError> {
+        let mut done = Reconfigured::default();
+
+        // Budgets: the same set with the same periods, or a restart.
+        let specs: Vec<&BudgetSpec> = budget_specs(&config).collect();
+        let new_names: BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        let old_names: BTreeSet<&str> = self.budgets.keys().map(String::as_str).collect();
+        if let Some(added) = new_names.difference(&old_names).next() {
+            return Err(budget_refusal(added, "added"));
+        }
+        if let Some(removed) = old_names.difference(&new_names).next() {
+            return Err(budget_refusal(removed, "removed"));
+        }
+        for spec in &specs {
+            if let Some(budget) = self.budgets.get(&spec.name) {
+                if budget.spec().reset != spec.reset {
+                    return Err(ReloadError::Refused(format!(
+                        "{}.reset changed: a budget's period takes effect at restart (its balance is loaded from the ledger then)",
+                        budget_key(&spec.name)
+                    )));
+                }
+            }
+        }
+
+        // Rate rules: equal specs keep their Arc (and so their buckets).
+        let mut rules = Vec::with_capacity(config.rate_limits.len());
+        for (idx, spec) in config.rate_limits.iter().enumerate() {
+            if let Some(old) = self.rules.iter().find(|r| r.spec() == spec) {
+                rules.push(Arc::clone(old));
+                done.rate_kept += 1;
+            } else {
+                let rule = RateRule::new(spec.clone(), clock.clone())
+                    .map_err(|e| ReloadError::Refused(format!("rate_limits[{idx}]: {e}")))?;
+                rules.push(Arc::new(rule));
+                done.rate_new += 1;
+            }
+        }
+
+        // Nothing can fail from here on.
+        let mut old_quotas: Vec<Option<QuotaRule>> = std::mem::take(&mut self.quotas)
+            .into_iter()
+            .map(Some)
+            .collect();
+        // Old index → new index, for the quota usage open reservations hold.
+        let mut moved = vec![None; old_quotas.len()];
+        let mut quotas = Vec::with_capacity(config.quotas.len());
+        for spec in &config.quotas {
+            let same = old_quotas
+                .iter()
+                .position(|q| q.as_ref().is_some_and(|q| q.spec() == spec));
+            let carried = same.or_else(|| {
+                old_quotas.iter().position(|q| {
+                    q.as_ref()
+                        .is_some_and(|q| q.name() == spec.name && q.spec().window == spec.window)
+                })
+            });
+            match carried.and_then(|idx| old_quotas[idx].take().map(|q| (idx, q))) {
+                Some((idx, old)) => {
+                    moved[idx] = Some(quotas.len());
+                    if same.is_some() {
+                        quotas.push(old);
+                        done.quotas_kept += 1;
+                    } else {
+                        quotas.push(QuotaRule::carry_over(spec.clone(), old));
+                        done.quotas_new += 1;
+                    }
+                }
+                None => {
+                    quotas.push(QuotaRule::new(spec.clone()));
+                    done.quotas_new += 1;
+                }
+            }
+        }
+        for reservation in self.reservations.values_mut() {
+            reservation.quota_taken = std::mem::take(&mut reservation.quota_taken)
+                .into_iter()
+                .filter_map(|(idx, took)| moved.get(idx).copied().flatten().map(|n| (n, took)))
+                .collect();
+        }
+        self.quotas = quotas;
+        self.rules = rules;
+
+        for (service, breaker) in &mut self.breakers {
+            breaker.advance(now.mono);
+            breaker.reconfigure(config.breaker_for(service).clone());
+            done.breakers += 1;
+        }
+
+        for spec in specs {
+            if self.admin_limited.contains(&spec.name) {
+                done.admin_limits_kept += 1;
+            } else if let Some(budget) = self.budgets.get_mut(&spec.name) {
+                budget.set_limit(spec.limit);
+            }
+        }
+        self.config = config;
+        Ok(done)
+    }
+}
+
+fn budget_specs(config: &Config) -> impl Iterator<Item = &BudgetSpec> {
+    let budget = &config.budget;
+    budget
+        .global
+        .iter()
+        .chain(budget.agents.values())
+        .chain(budget.services.values())
+}
+
+/// The config key of a budget: `budget` (global), `budget.agents.X`,
+/// `budget.services.X`.
+fn budget_key(name: &str) -> String {
+    if let Some(agent) = name.strip_prefix("agent:") {
+        format!("budget.agents.{agent}")
+    } else if let Some(service) = name.strip_prefix("service:") {
+        format!("budget.services.{service}")
+    } else {
+        "budget.enabled".to_owned()
+    }
+}
+
+fn budget_refusal(name: &str, what: &str) -> ReloadError {
+    ReloadError::Refused(format!(
+        "{} {what}: adding or removing budgets takes effect at restart (their balances are loaded from the ledger then)",
+        budget_key(name)
+    ))
+}
