@@ -14,8 +14,8 @@ use crate::protocol::frame::{decode, encode, length_codec};
 use crate::protocol::{
     AdminReply, AdminRequest, AdmitReply, AdmitRequest, BreakerForce, BreakerInfo, BreakersRequest,
     BudgetReply, BudgetRequest, ClientFrame, Envelope, ErrorReply, ForceBreakerRequest, Hello,
-    Pong, QuotaInfo, QuotasRequest, ReplyEnvelope, ReportReply, ReportRequest, Request, Response,
-    ServerFrame, StatusReport, Welcome, PROTOCOL_VERSION,
+    Pong, QuotaInfo, QuotasRequest, ReloadReply, ReplyEnvelope, ReportReply, ReportRequest,
+    Request, Response, ServerFrame, StatusReport, Welcome, PROTOCOL_VERSION,
 };
 
 /// A handshaken connection to the daemon.
@@ -284,6 +284,18 @@ impl Client {
             .await?
         {
             Response::ForceBreaker(info) => Ok(info),
+            other => unexpected(other),
+        }
+    }
+
+    /// Asks the daemon to re-read its configuration file (admin only).
+    ///
+    /// # Errors
+    /// Connection failures or an error reply (`invalid_argument` with the reason
+    /// when the file is refused; the old configuration then stays in force).
+    pub async fn reload(&mut self) -> Result<ReloadReply, ClientError> {
+        match self.call(Request::Reload).await? {
+            Response::Reload(reply) => Ok(reply),
             other => unexpected(other),
         }
     }

@@ -377,8 +377,10 @@ async fn handshake(conn: &mut Connection, state: &State) -> Option<Session> {
             format!("no handshake within {limit:?} (daemon.handshake_timeout); send Hello first"),
         )),
         Ok(Ok(None)) => return None,
-        Ok(Ok(Some(frame))) => handshake::accept(Ok(frame), conn.peer(), state.access()),
-        Ok(Err(ReadError::Decode(err))) => handshake::accept(Err(err), conn.peer(), state.access()),
+        Ok(Ok(Some(frame))) => handshake::accept(Ok(frame), conn.peer(), &state.access()),
+        Ok(Err(ReadError::Decode(err))) => {
+            handshake::accept(Err(err), conn.peer(), &state.access())
+        }
         Ok(Err(err @ ReadError::TooLarge { .. })) => Err(Refusal::new(
             ErrorCode::FrameTooLarge,
             format!("{err} before the handshake; the first frame must be a Hello"),

@@ -3,16 +3,22 @@
 //!
 //! Architecture Invariant: nothing here is held across an `.await`; every lock is a
 //! short synchronous critical section.
+//!
+//! Architecture Invariant: a reload swaps the config, the access policy and the
+//! guards' settings as one step or not at all. A request reads `State::config()`
+//! once and decides with that snapshot; a bad file or a change that needs a
+//! restart leaves the old config in force entirely.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{AccessDenied, Policy};
-use crate::admission::{Admission, Moment};
+use crate::admission::{Admission, Moment, Reconfigured, ReloadError};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::connection::Peer;
@@ -31,9 +37,14 @@ pub struct State {
 }
 
 struct Shared {
-    config: Arc<Config>,
+    /// Swapped whole by a reload; readers clone the `Arc` and never hold the lock.
+    config: RwLock<Arc<Config>>,
     clock: SharedClock,
-    access: Policy,
+    access: RwLock<Arc<Policy>>,
+    /// The file a reload reads; `None`: the built-in defaults.
+    config_path: Mutex<Option<PathBuf>>,
+    /// One reload at a time (SIGHUP and the `Reload` request may race).
+    reloading: Mutex<()>,
     admission: Admission,
     store: Store,
     started: Duration,
@@ -44,6 +55,14 @@ struct Shared {
 
 struct SessionInfo {
     agent: String,
+}
+
+/// What a reload changed, for the log and the `Reload` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub guards: Reconfigured,
+    /// Settings that differ but apply at restart only.
+    pub restart_only: Vec<&'static str>,
 }
 
 /// A limit or an access rule that turned something away. Each is counted in
@@ -118,9 +137,11 @@ impl State {
         let started = clock.now();
         Ok(State {
             shared: Arc::new(Shared {
-                config,
+                config: RwLock::new(config),
                 clock,
-                access,
+                access: RwLock::new(Arc::new(access)),
+                config_path: Mutex::new(None),
+                reloading: Mutex::new(()),
                 admission,
                 store,
                 started,
@@ -131,8 +152,108 @@ impl State {
         })
     }
 
-    pub fn config(&self) -> &Config {
-        &self.shared.config
+    /// The config in force; a request reads it once and decides with it.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(
+            &self
+                .shared
+                .config
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// Remembers the file the daemon was started with, for reloads.
+    pub fn set_config_path(&self, path: Option<PathBuf>) {
+        *lock(&self.shared.config_path) = path;
+    }
+
+    /// Re-reads the config file the daemon was started with (or the built-in
+    /// defaults without one) and applies it with [`State::reload`]. Logs the
+    /// outcome; blocking (reads a file).
+    ///
+    /// # Errors
+    /// An invalid file, or a change that needs a restart: the old config stays.
+    pub fn reload_from_file(&self) -> Result<ReloadSummary, ReloadError> {
+        let path = lock(&self.shared.config_path).clone();
+        let shown = path.as_ref().map_or_else(
+            || "the built-in defaults".to_owned(),
+            |p| p.display().to_string(),
+        );
+        let loaded = match &path {
+            Some(path) => Config::load(path).map_err(|source| ReloadError::Config {
+                path: path.display().to_string(),
+                source,
+            }),
+            None => Ok(Config::default()),
+        };
+        let result = loaded.and_then(|config| self.reload(config));
+        match &result {
+            Ok(summary) => {
+                log::info!("configuration reloaded from {shown}: {summary}");
+                if !summary.restart_only.is_empty() {
+                    log::warn!(
+                        "configuration reload: {} changed and take(s) effect at restart only",
+                        summary.restart_only.join(", ")
+                    );
+                }
+            }
+            Err(err) => log::error!(
+                "configuration reload from {shown} failed, the old configuration stays in force: {err}"
+            ),
+        }
+        result
+    }
+
+    /// Applies a validated config: the guards keep the state of what did not
+    /// change (see `Admission::reconfigure`), the access policy is rebuilt, and the
+    /// config is swapped. Settings bound at start (the socket, the state directory,
+    /// `max_connections`, the HTTP listener) are reported, not applied.
+    ///
+    /// # Errors
+    /// [`ReloadError::Refused`]: nothing changed.
+    pub fn reload(&self, new: Config) -> Result<ReloadSummary, ReloadError> {
+        let _one_at_a_time = lock(&self.shared.reloading);
+        let old = self.config();
+        let mut restart_only = Vec::new();
+        if old.daemon.socket != new.daemon.socket {
+            restart_only.push("daemon.socket");
+        }
+        if old.daemon.socket_group != new.daemon.socket_group
+            || old.daemon.socket_mode != new.daemon.socket_mode
+        {
+            restart_only.push("daemon.socket_group/socket_mode");
+        }
+        if old.daemon.state_dir != new.daemon.state_dir {
+            restart_only.push("daemon.state_dir");
+        }
+        if old.daemon.max_connections != new.daemon.max_connections {
+            restart_only.push("daemon.max_connections");
+        }
+        if old.http != new.http {
+            restart_only.push("http.listen");
+        }
+        let access = Policy::new(&new.access, &new.agents, nix::unistd::geteuid().as_raw());
+        let new = Arc::new(new);
+        let guards = self.shared.admission.reconfigure(
+            Arc::clone(&new),
+            &self.shared.clock,
+            self.moment(),
+        )?;
+        *self
+            .shared
+            .access
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(access);
+        *self
+            .shared
+            .config
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = new;
+        Ok(ReloadSummary {
+            guards,
+            restart_only,
+        })
     }
 
     /// The guards' `now`; read once per request.
@@ -149,8 +270,14 @@ impl State {
     }
 
     /// Who may connect and act as which agent.
-    pub fn access(&self) -> &Policy {
-        &self.shared.access
+    pub fn access(&self) -> Arc<Policy> {
+        Arc::clone(
+            &self
+                .shared
+                .access
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// How often limits and access rules turned something away.
@@ -200,7 +327,7 @@ impl State {
     /// # Errors
     /// [`AccessDenied::NotAdmin`].
     pub fn require_admin(&self, peer: &Peer) -> Result<(), AccessDenied> {
-        self.shared.access.check_admin(peer)
+        self.access().check_admin(peer)
     }
 
     /// Live sessions, and the distinct agent names among them.
@@ -242,6 +369,31 @@ impl State {
             .sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+// === impl ReloadSummary ===
+
+impl std::fmt::Display for ReloadSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = self.guards;
+        write!(
+            f,
+            "rate limits {} kept, {} new; quotas {} kept, {} new; {} breaker(s) reconfigured; {} admin-set budget limit(s) kept",
+            g.rate_kept, g.rate_new, g.quotas_kept, g.quotas_new, g.breakers, g.admin_limits_kept
+        )?;
+        if !self.restart_only.is_empty() {
+            write!(
+                f,
+                "; changed but applied at restart only: {}",
+                self.restart_only.join(", ")
+            )?;
+        }
+        Ok(())
     }
 }
 

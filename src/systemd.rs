@@ -65,6 +65,31 @@ pub async fn watchdog(shutdown: tokio_util::sync::CancellationToken) {
     }
 }
 
+/// Tells systemd a reload started: `RELOADING=1` with `MONOTONIC_USEC` in one
+/// message, as `Type=notify-reload` and `systemctl reload` expect.
+pub fn notify_reloading() {
+    match sd_notify::NotifyState::monotonic_usec_now() {
+        Ok(usec) => notify(&[sd_notify::NotifyState::Reloading, usec]),
+        Err(err) => {
+            log::warn!("cannot read the monotonic clock for MONOTONIC_USEC: {err}");
+            notify(&[sd_notify::NotifyState::Reloading]);
+        }
+    }
+}
+
+/// Tells systemd a reload finished (applied or refused: the daemon serves either
+/// way), with a status. A config error spans lines (TOML shows the offending
+/// line), and a newline would end the STATUS variable, so it is joined into one.
+pub fn notify_reloaded(status: &str) {
+    let one_line = status
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    notify_ready(&one_line);
+}
+
 /// Tells systemd we are shutting down.
 pub fn notify_stopping() {
     notify(&[

@@ -221,7 +221,8 @@ fn refuses_to_start_in_a_directory_anyone_can_write() {
 
 /// The daemon's conversation with systemd, read from a NOTIFY_SOCKET the test owns:
 /// READY=1 with a STATUS once serving, WATCHDOG=1 pings when WATCHDOG_USEC is set,
-/// STOPPING=1 on SIGTERM.
+/// RELOADING=1 with MONOTONIC_USEC then READY=1 around a SIGHUP reload, STOPPING=1
+/// on SIGTERM.
 #[test]
 fn notifies_systemd_ready_watchdog_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
@@ -230,7 +231,11 @@ fn notifies_systemd_ready_watchdog_and_stopping() {
     notify
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "").unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+        .arg("--config")
+        .arg(&config)
         .arg("--socket")
         .arg(dir.path().join("agent.sock"))
         .arg("--state-dir")
@@ -254,6 +259,42 @@ fn notifies_systemd_ready_watchdog_and_stopping() {
     assert!(ready.contains("READY=1"), "{seen:?}");
     assert!(ready.contains("STATUS=serving on"), "{seen:?}");
     while !next(&mut seen).contains("WATCHDOG=1") {}
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP).unwrap();
+    let reloading = loop {
+        let text = next(&mut seen);
+        if text.contains("RELOADING=1") {
+            break text;
+        }
+    };
+    assert!(
+        reloading.contains("MONOTONIC_USEC="),
+        "one message: {seen:?}"
+    );
+    let reloaded = loop {
+        let text = next(&mut seen);
+        if text.contains("READY=1") {
+            break text;
+        }
+    };
+    assert!(reloaded.contains("STATUS=serving on"), "{seen:?}");
+    // A refused reload: READY=1 again (the daemon serves on), the reason in STATUS.
+    std::fs::write(&config, "[daemon]\nmood = \"calm\"\n").unwrap();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP).unwrap();
+    while !next(&mut seen).contains("RELOADING=1") {}
+    let refused = loop {
+        let text = next(&mut seen);
+        if text.contains("READY=1") {
+            break text;
+        }
+    };
+    let status = refused
+        .lines()
+        .find(|line| line.starts_with("STATUS="))
+        .unwrap_or_default();
+    assert!(
+        status.starts_with("STATUS=reload failed: ") && status.contains("unknown field `mood`"),
+        "the reason, on one line: {seen:?}"
+    );
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     while !next(&mut seen).contains("STOPPING=1") {}
     assert!(child.wait().unwrap().success(), "{seen:?}");

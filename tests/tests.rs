@@ -33,6 +33,10 @@ mod http;
 // The CLI binary: exit codes, --json, config check, the JSON-lines session.
 mod cli;
 
+// Config reload by SIGHUP and by the admin request: what changed applies, guard
+// state survives, a bad file changes nothing.
+mod reload;
+
 // Lifecycle: SIGTERM drains and exits 0, the socket path rules.
 mod lifecycle;
 

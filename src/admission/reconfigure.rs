@@ -159,15 +159,15 @@ fn budget_specs(config: &Config) -> impl Iterator<Item = &BudgetSpec> {
         .chain(budget.services.values())
 }
 
-/// The config key of a budget: `budget` (global), `budget.agents.X`,
-/// `budget.services.X`.
+/// The config key of a budget: `budget.agents.X`, `budget.services.X`, or
+/// `budget.enabled` for the global one.
 fn budget_key(name: &str) -> String {
     if let Some(agent) = name.strip_prefix("agent:") {
         format!("budget.agents.{agent}")
     } else if let Some(service) = name.strip_prefix("service:") {
         format!("budget.services.{service}")
     } else {
-        "budget.enabled".to_owned()
+        "the global budget (budget.enabled)".to_owned()
     }
 }
 

@@ -1,5 +1,6 @@
 //! `automation-frameworkd`: the daemon. Parses flags, loads the config, sets up
 //! logging, takes or binds the socket, and runs the server until SIGTERM/SIGINT.
+//! SIGHUP re-reads the config file (see `State::reload_from_file`).
 
 #![forbid(unsafe_code)]
 
@@ -91,6 +92,27 @@ fn init_logging(level: log::LevelFilter) {
         .init();
 }
 
+/// One SIGHUP reload, framed for systemd by RELOADING=1 and READY=1. The file is
+/// read on the blocking pool; the outcome is logged by `State::reload_from_file`.
+async fn reload(state: &State, serving: &std::sync::Mutex<String>) {
+    systemd::notify_reloading();
+    let task_state = state.clone();
+    let result = tokio::task::spawn_blocking(move || task_state.reload_from_file()).await;
+    let serving = serving
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let status = match result {
+        Ok(Ok(_)) => serving,
+        Ok(Err(err)) => format!("reload failed: {err}; {serving} with the old configuration"),
+        Err(err) => {
+            log::error!("the reload task failed: {err}; the old configuration stays in force");
+            format!("reload failed: {err}; {serving} with the old configuration")
+        }
+    };
+    systemd::notify_reloaded(&status);
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let config = match &args.config {
         Some(path) => Config::load(path)
@@ -166,17 +188,23 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let state = State::new(config, SharedClock::system(), store.clone(), &snapshot)?;
+    state.set_config_path(args.config.clone());
     let shutdown = CancellationToken::new();
     let mut signals = signal_hook_tokio::Signals::new([SIGHUP, SIGTERM, SIGINT])
         .context("installing signal handlers")?;
     let signal_handle = signals.handle();
     let on_signal = shutdown.clone();
+    let reload_state = state.clone();
+    // Set once serving starts; a reload reports it again as the READY=1 status.
+    let serving_status = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reload_status = serving_status.clone();
     let signal_task = tokio::spawn(async move {
         while let Some(signal) = signals.next().await {
             match signal {
-                SIGHUP => log::warn!(
-                    "SIGHUP received: configuration reload is not implemented in this version; restart the daemon to apply a new configuration"
-                ),
+                SIGHUP => {
+                    log::info!("SIGHUP received: reloading the configuration");
+                    reload(&reload_state, &reload_status).await;
+                }
                 _ if on_signal.is_cancelled() => {
                     // A second SIGTERM/SIGINT while draining: the operator insists.
                     // Acknowledged writes are already durable, so this loses nothing.
@@ -222,6 +250,9 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
     // the moment of bind): ready, for /ready and for systemd at the same instant.
     ready.set();
     systemd::notify_ready(&serving);
+    *serving_status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = serving;
     let finished_early = tokio::select! {
         _ = shutdown.cancelled() => None,
         result = &mut server => Some(result),

@@ -14,6 +14,7 @@ mod budget;
 mod force_breaker;
 mod ping;
 mod quotas;
+mod reload;
 mod report;
 mod status;
 
@@ -84,6 +85,7 @@ fn decide(state: &State, session: &Session, request: Request) -> Reply {
         Request::ForceBreaker(req) => {
             Reply::Ready(force_breaker::apply(state, session, req, now.mono))
         }
+        Request::Reload => reload::apply(state, session),
     }
 }
 
@@ -98,7 +100,7 @@ fn needs_admin(request: &Request) -> bool {
         | Request::Breakers(_)
         | Request::Budget(_)
         | Request::Quotas(_) => false,
-        Request::Admin(_) | Request::ForceBreaker(_) => true,
+        Request::Admin(_) | Request::ForceBreaker(_) | Request::Reload => true,
     }
 }
 

@@ -72,12 +72,14 @@ pub enum Request {
     Admin(AdminRequest),
     /// Admin only: override a service's breaker.
     ForceBreaker(ForceBreakerRequest),
+    /// Admin only: re-read the daemon's config file, as SIGHUP does.
+    Reload,
 }
 
 impl Request {
     /// How many request kinds this build knows; a higher variant index is
     /// answered with `ErrorCode::UnknownRequest` instead of closing the connection.
-    pub const KIND_COUNT: u32 = 9;
+    pub const KIND_COUNT: u32 = 10;
 
     /// The request kind's name, as used in logs and in the JSON `"op"` field.
     pub fn op(&self) -> &'static str {
@@ -91,6 +93,7 @@ impl Request {
             Request::Quotas(_) => "quotas",
             Request::Admin(_) => "admin",
             Request::ForceBreaker(_) => "force_breaker",
+            Request::Reload => "reload",
         }
     }
 }
@@ -111,6 +114,8 @@ pub enum Response {
     Admin(AdminReply),
     /// The breaker after `ForceBreaker`.
     ForceBreaker(BreakerInfo),
+    /// A successful `Reload`; a failed one is answered with `Error`.
+    Reload(ReloadReply),
 }
 
 /// Reply to `Ping`.
@@ -429,6 +434,15 @@ pub enum AdminRequest {
 pub struct AdminReply {
     pub ok: bool,
     /// What was done, for the operator.
+    pub message: String,
+}
+
+/// Reply to `Reload`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ReloadReply {
+    pub ok: bool,
+    /// What the reload kept, rebuilt, and left for a restart.
     pub message: String,
 }
 

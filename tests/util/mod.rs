@@ -154,6 +154,36 @@ impl Daemon {
         panic!("daemon not ready within {PROMPTLY:?}:\n{}", self.log());
     }
 
+    /// Replaces the config file the daemon was started with.
+    pub fn write_config(&self, config: &str) {
+        std::fs::write(&self.config_path, config).expect("write config");
+    }
+
+    /// Sends SIGHUP and waits until the daemon logged the reload's outcome
+    /// (applied or refused); returns the log from that point on.
+    #[allow(clippy::disallowed_methods)]
+    pub fn sighup_and_wait(&self) -> String {
+        let outcomes = |log: &str| {
+            log.matches("configuration reloaded from").count()
+                + log.matches("the old configuration stays in force").count()
+        };
+        let before = self.log();
+        let seen = outcomes(&before);
+        self.signal(nix::sys::signal::Signal::SIGHUP);
+        let deadline = Instant::now() + PROMPTLY;
+        while Instant::now() < deadline {
+            let log = self.log();
+            if outcomes(&log) > seen {
+                return log[before.len()..].to_owned();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "no reload outcome logged within {PROMPTLY:?}:\n{}",
+            self.log()
+        );
+    }
+
     pub fn log(&self) -> String {
         let mut text = String::new();
         if let Ok(mut file) = std::fs::File::open(&self.log) {

@@ -138,6 +138,9 @@ enum Command {
         #[arg(long, requires = "service", value_parser = ["open", "closed", "disabled", "auto"])]
         force: Option<String>,
     },
+    /// Make the daemon re-read its configuration file, as SIGHUP does (admin only).
+    /// Exit 0 when applied, 2 when refused (the old configuration stays in force).
+    Reload,
     /// Configuration file tools (no daemon needed).
     Config {
         #[command(subcommand)]
@@ -320,6 +323,11 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
                 .breakers(service)
                 .await?;
             render::breakers(&breakers, json);
+            Ok(Verdict::Done)
+        }
+        Command::Reload => {
+            let reply = connect(&socket, &cli.agent).await?.reload().await?;
+            render::reload(&reply, json);
             Ok(Verdict::Done)
         }
         Command::Session => {

@@ -6,7 +6,8 @@ use serde::Serialize;
 
 use automation_framework::config::{Config, ConfigError};
 use automation_framework::protocol::{
-    AdminReply, AdmitReply, BreakerInfo, BudgetReply, Pong, QuotaInfo, ReportReply, StatusReport,
+    AdminReply, AdmitReply, BreakerInfo, BudgetReply, Pong, QuotaInfo, ReloadReply, ReportReply,
+    StatusReport,
 };
 
 fn print_json<T: Serialize>(value: &T) {
@@ -117,6 +118,13 @@ pub fn quotas(quotas: &[QuotaInfo], json: bool) {
 }
 
 pub fn admin(reply: &AdminReply, json: bool) {
+    if json {
+        return print_json(reply);
+    }
+    println!("ok: {}", reply.message);
+}
+
+pub fn reload(reply: &ReloadReply, json: bool) {
     if json {
         return print_json(reply);
     }

@@ -16,7 +16,8 @@ use automation_framework::protocol::{
     ReportRequest, Request, Response,
 };
 
-const OPS: &str = "ping, status, admit, report, breakers, budget, quotas, admin, force_breaker";
+const OPS: &str =
+    "ping, status, admit, report, breakers, budget, quotas, admin, force_breaker, reload";
 
 /// A line that could not become a request.
 struct LineError {
@@ -91,6 +92,7 @@ fn parse(line: &str) -> Result<(Option<Value>, Request), LineError> {
         // {"op":"admin","set_limit":{"budget":"global","limit":50}}
         "admin" => Request::Admin(fields_of::<AdminRequest>(&op, fields)?),
         "force_breaker" => Request::ForceBreaker(fields_of::<ForceBreakerRequest>(&op, fields)?),
+        "reload" => no_fields(&op, fields).map(|()| Request::Reload)?,
         other => {
             return Err(LineError {
                 kind: "unknown_request",
@@ -137,6 +139,7 @@ fn response_object(response: Response) -> Value {
         Response::Quotas(v) => object(&v),
         Response::Admin(v) => object(&v),
         Response::ForceBreaker(v) => object(&v),
+        Response::Reload(v) => object(&v),
         Response::Error(err) => error_object(&wire_name(&err.code), &err.message),
     }
 }
