@@ -258,6 +258,10 @@ fn an_admin_operation_by_a_non_admin_is_refused() {
         log.contains("refused a request of session") && log.contains("(uid 65534 gid 65534 pid "),
         "{log}"
     );
+    let cmd = as_nobody(test, &daemon, &[]).expect("root");
+    let (code, _, stderr) = run(cmd, &["reload"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("may not run admin operations"), "{stderr}");
     // Reading breakers is not an admin operation, and nothing was forced.
     let cmd = as_nobody(test, &daemon, &[]).expect("root");
     let (code, stdout, _) = run(cmd, &["--json", "breakers", "--service", "search"]);
@@ -269,6 +273,23 @@ fn an_admin_operation_by_a_non_admin_is_refused() {
     let (code, stdout, stderr) = run(cmd, &force);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("forced_open"), "{stdout}");
+}
+
+#[test]
+fn a_reload_swaps_the_access_policy() {
+    let daemon = Daemon::start(OPEN_SOCKET);
+    let test = "a_reload_swaps_the_access_policy";
+    let Some(cmd) = as_nobody(test, &daemon, &[]) else {
+        return;
+    };
+    let (code, _, stderr) = run(cmd, &["ping"]);
+    assert_eq!(code, 2, "not let in yet: {stderr}");
+    daemon.write_config(&format!("{OPEN_SOCKET}[access]\nagent_uids = [{NOBODY}]\n"));
+    let log = daemon.sighup_and_wait();
+    assert!(log.contains("configuration reloaded from"), "{log}");
+    let cmd = as_nobody(test, &daemon, &[]).expect("root");
+    let (code, _, stderr) = run(cmd, &["ping"]);
+    assert_eq!(code, 0, "let in after the reload: {stderr}");
 }
 
 /// A reservation belongs to its agent, not to its connection (so it can be
