@@ -132,6 +132,10 @@ impl Engine {
         self.quotas = quotas;
         self.rules = rules;
 
+        // A service the new config no longer accepts is refused from now on, as if
+        // never seen (its breaker would otherwise keep admitting it).
+        self.breakers
+            .retain(|service, _| config.knows_service(service));
         for (service, breaker) in &mut self.breakers {
             breaker.advance(now.mono);
             breaker.reconfigure(config.breaker_for(service).clone());

@@ -999,3 +999,14 @@ async fn a_reloaded_quota_keeps_its_counters_and_open_reservations_their_usage()
     }
     assert!(!f.admit(1, "a", "s").await.allowed, "the new limit of 3");
 }
+
+#[tokio::test]
+async fn a_service_the_reloaded_config_no_longer_accepts_is_refused() {
+    let f = fixture("");
+    assert!(f.admit(1, "a", "gone").await.allowed);
+    f.reconfigure("[daemon]\nallow_unknown_services = false\n[services.kept]\n")
+        .unwrap();
+    let err = f.admit_plan(1, "a", plan("gone")).await.unwrap_err();
+    assert!(err.contains("unknown service \"gone\""), "{err}");
+    assert!(f.admit(1, "a", "kept").await.allowed);
+}
