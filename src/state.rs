@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::{AccessDenied, Policy};
 use crate::admission::{Admission, Moment};
+use crate::alerts::{Alert, Alerts};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::connection::Peer;
@@ -36,6 +37,7 @@ struct Shared {
     access: Policy,
     admission: Admission,
     store: Store,
+    alerts: Alerts,
     started: Duration,
     next_session: AtomicU64,
     sessions: Mutex<HashMap<u64, SessionInfo>>,
@@ -107,13 +109,28 @@ impl State {
         store: Store,
         snapshot: &Snapshot,
     ) -> anyhow::Result<State> {
+        State::with_alerts(config, clock, store, snapshot, Alerts::disabled())
+    }
+
+    /// [`State::new`], raising alerts on `alerts` (the daemon's `main` runs the
+    /// matching [`crate::alerts::Delivery`]); `State::new` only logs them.
+    ///
+    /// # Errors
+    /// When the guards cannot be built from the config.
+    pub fn with_alerts(
+        config: Config,
+        clock: SharedClock,
+        store: Store,
+        snapshot: &Snapshot,
+        alerts: Alerts,
+    ) -> anyhow::Result<State> {
         let access = Policy::new(
             &config.access,
             &config.agents,
             nix::unistd::geteuid().as_raw(),
         );
         let config = Arc::new(config);
-        let admission = Admission::new(Arc::clone(&config), &clock, snapshot)
+        let admission = Admission::new(Arc::clone(&config), &clock, snapshot, alerts.clone())
             .map_err(|e| anyhow::anyhow!("building the guards: {e}"))?;
         let started = clock.now();
         Ok(State {
@@ -123,6 +140,7 @@ impl State {
                 access,
                 admission,
                 store,
+                alerts,
                 started,
                 next_session: AtomicU64::new(1),
                 sessions: Mutex::new(HashMap::new()),
@@ -164,6 +182,11 @@ impl State {
 
     pub fn store(&self) -> &Store {
         &self.shared.store
+    }
+
+    /// Where operator alerts are raised; raising never blocks.
+    pub fn alerts(&self) -> &Alerts {
+        &self.shared.alerts
     }
 
     pub fn uptime(&self) -> Duration {
@@ -219,12 +242,31 @@ impl State {
         purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut settle = tokio::time::interval(SETTLE_EVERY);
         settle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut store_failing = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = purge.tick() => self.admission().purge(self.moment()),
-                _ = settle.tick() => self.settle_orphans().await,
+                _ = settle.tick() => {
+                    self.settle_orphans().await;
+                    store_failing = self.watch_store(store_failing);
+                }
             }
+        }
+    }
+
+    /// Raises a store alert when the ledger starts failing (the writer thread
+    /// records why in `Store::health`); returns whether it is failing now. Watched
+    /// here, once a second, so the writer thread knows nothing of alerts.
+    fn watch_store(&self, was_failing: bool) -> bool {
+        match self.store().health() {
+            Some(reason) => {
+                if !was_failing {
+                    self.alerts().raise(Alert::StoreFailed { reason });
+                }
+                true
+            }
+            None => false,
         }
     }
 
