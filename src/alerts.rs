@@ -454,7 +454,8 @@ async fn post_once(url: &WebhookUrl, body: Bytes) -> Result<(), DeliveryError> {
         })?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    // The connection is driven here, beside the request, and dropped with it.
+    // The connection is driven here, beside the request, and dropped with it (no
+    // task outlives a stuck webhook).
     let request = hyper::Request::post(url.path.as_str())
         .header(hyper::header::HOST, url.authority.as_str())
         .header(hyper::header::CONTENT_TYPE, "application/json")
@@ -463,11 +464,16 @@ async fn post_once(url: &WebhookUrl, body: Bytes) -> Result<(), DeliveryError> {
             concat!("automation-framework/", env!("CARGO_PKG_VERSION")),
         )
         .body(Full::new(body))?;
+    let send = sender.send_request(request);
+    tokio::pin!(send, connection);
     let response = tokio::select! {
-        response = sender.send_request(request) => response?,
-        result = connection => {
-            result?;
-            return Err(DeliveryError::Status(hyper::StatusCode::BAD_GATEWAY));
+        biased;
+        response = &mut send => response?,
+        // The server may answer and close at once (`connection: close`): the
+        // answer is then already on its way to `send`.
+        closed = &mut connection => {
+            closed?;
+            send.await?
         }
     };
     if response.status().is_success() {
