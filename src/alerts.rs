@@ -72,7 +72,7 @@ pub struct AlertsConfig {
 /// A plain `http://` webhook address, split for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookUrl {
-    /// As configured, for logs.
+    /// As configured. Not logged: the path of a Slack webhook is its secret.
     pub url: String,
     /// `host[:port]`, for the `Host` header.
     authority: String,
@@ -281,12 +281,6 @@ impl WebhookUrl {
     }
 }
 
-impl std::fmt::Display for WebhookUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.url)
-    }
-}
-
 // === impl AlertsConfig ===
 
 impl Default for AlertsConfig {
@@ -383,25 +377,34 @@ impl Alerts {
 // === impl Delivery ===
 
 impl Delivery {
-    /// Posts queued alerts until `shutdown`; then posts what is still queued for
-    /// at most a second, and returns.
+    /// Posts queued alerts until `shutdown`; then posts what is still queued
+    /// (including one cut short by the shutdown) for at most a second, and returns.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        log::info!("alerts go to {}", self.url);
+        log::info!(
+            "alerts go to the webhook at {} (path not logged: it may be a secret)",
+            self.url.authority
+        );
+        let mut current = None;
         loop {
-            let alert = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                alert = self.queue.recv() => match alert {
-                    Some(alert) => alert,
-                    None => return,
-                },
-            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                () = self.deliver(&alert) => {}
+                alert = self.queue.recv() => match alert {
+                    Some(alert) => current = Some(alert),
+                    None => return,
+                },
+            }
+            if let Some(alert) = &current {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    () = self.deliver(alert) => current = None,
+                }
             }
         }
         self.queue.close();
         let drained = tokio::time::timeout(DRAIN_FOR, async {
+            if let Some(alert) = current.take() {
+                self.deliver(&alert).await;
+            }
             while let Some(alert) = self.queue.recv().await {
                 self.deliver(&alert).await;
             }
@@ -431,7 +434,7 @@ impl Delivery {
                 }
                 Err(err) => {
                     metrics::counter!(crate::metrics::ALERTS_FAILED).increment(1);
-                    log::warn!(alert = alert.kind(); "alert not delivered to {} after {ATTEMPTS} attempts: {err}", self.url);
+                    log::warn!(alert = alert.kind(); "alert not delivered to the webhook at {} after {ATTEMPTS} attempts: {err}", self.url.authority);
                 }
             }
         }
@@ -586,6 +589,56 @@ mod tests {
         ] {
             assert!(WebhookUrl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A webhook that answers 500 first: the alert is posted again after the
+    /// backoff, and delivered once.
+    #[tokio::test]
+    async fn a_failed_post_is_retried() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            let mut requests = Vec::new();
+            for status in ["500 Internal Server Error", "200 OK"] {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                let mut buf = vec![0u8; 8192];
+                let mut len = 0;
+                // Headers and the small body arrive together or soon after.
+                while !String::from_utf8_lossy(&buf[..len]).contains("}]}") {
+                    let n = stream.read(&mut buf[len..]).await.expect("read");
+                    assert!(n > 0, "closed early");
+                    len += n;
+                }
+                requests.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+                let answer =
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                stream.write_all(answer.as_bytes()).await.expect("write");
+            }
+            requests
+        });
+        let (alerts, delivery) = Alerts::new(&AlertsConfig {
+            webhook: Some(
+                WebhookUrl::parse(&format!("http://127.0.0.1:{port}/hook")).expect("valid"),
+            ),
+            ..AlertsConfig::default()
+        });
+        let delivery = delivery.expect("a webhook is configured");
+        let alert = opened("search");
+        let started = Instant::now();
+        delivery.deliver(&alert).await;
+        assert!(started.elapsed() >= FIRST_BACKOFF);
+        let requests = server.await.expect("server");
+        assert_eq!(requests.len(), 2);
+        assert!(
+            requests[1].starts_with("POST /hook HTTP/1.1\r\n"),
+            "{}",
+            requests[1]
+        );
+        assert!(requests[1].contains("\"search\""));
+        drop(alerts);
     }
 
     #[test]
