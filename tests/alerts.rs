@@ -208,3 +208,34 @@ async fn each_budget_threshold_alerts_once() {
     assert!(bodies[1]["text"].as_str().expect("text").contains("80%"));
     assert_eq!(receiver.bodies().len(), 3);
 }
+
+#[tokio::test]
+async fn an_exhausted_quota_and_a_closed_breaker_alert() {
+    let receiver = Receiver::start().await;
+    let daemon = Daemon::start(&format!(
+        "[breaker]\nopen_for = \"200ms\"\nhalf_open_trials = 1\nsuccess_threshold = 1\n\
+         [[quotas]]\nname = \"searches\"\nservices = [\"search\"]\nscope = \"agent\"\nlimit = 1\nwindow = \"day\"\n\
+         [alerts]\nwebhook = \"{}\"\n",
+        receiver.url()
+    ));
+    let mut client = daemon.client("a").await;
+    assert!(admit(&mut client, "search", None).await.allowed);
+    for _ in 0..3 {
+        let denied = admit(&mut client, "search", None).await;
+        assert_eq!(denied.guard, Some(GuardKind::Quota), "{denied:?}");
+    }
+    let bodies = receiver.wait_for(1).await;
+    assert_eq!(kinds(&bodies), ["quota_exhausted"], "{bodies:?}");
+    let text = bodies[0]["text"].as_str().expect("text");
+    assert!(text.contains("searches") && text.contains(" a;"), "{text}");
+
+    fail_five(&mut client, "flaky").await;
+    let id = trial(&mut client, "flaky").await;
+    report(&mut client, id, Outcome::Success, None).await;
+    let bodies = receiver.wait_for(3).await;
+    assert_eq!(
+        kinds(&bodies),
+        ["quota_exhausted", "breaker_opened", "breaker_closed"],
+        "{bodies:?}"
+    );
+}
