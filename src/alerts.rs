@@ -112,8 +112,14 @@ struct Inner {
     /// `None` when no webhook is configured.
     queue: Option<mpsc::Sender<Alert>>,
     suppress: Duration,
-    /// When each key last fired.
-    fired: Mutex<HashMap<String, Instant>>,
+    fired: Mutex<Fired>,
+}
+
+/// When each key last fired, and the size at which expired keys are forgotten
+/// next (doubling while they are all still live, so pruning stays amortised O(1)).
+struct Fired {
+    at: HashMap<String, Instant>,
+    prune_at: usize,
 }
 
 /// The sending side: one task that posts queued alerts to the webhook.
@@ -316,7 +322,10 @@ impl Alerts {
             inner: Arc::new(Inner {
                 queue,
                 suppress: config.suppress,
-                fired: Mutex::new(HashMap::new()),
+                fired: Mutex::new(Fired {
+                    at: HashMap::new(),
+                    prune_at: PRUNE_AT,
+                }),
             }),
         };
         (alerts, delivery)
@@ -361,15 +370,18 @@ impl Alerts {
             .fired
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(at) = fired.get(&key) {
+        if let Some(at) = fired.at.get(&key) {
             if now.saturating_duration_since(*at) < suppress {
                 return false;
             }
         }
-        if fired.len() >= PRUNE_AT {
-            fired.retain(|_, at| now.saturating_duration_since(*at) < suppress);
+        if fired.at.len() >= fired.prune_at {
+            fired
+                .at
+                .retain(|_, at| now.saturating_duration_since(*at) < suppress);
+            fired.prune_at = (fired.at.len() * 2).max(PRUNE_AT);
         }
-        fired.insert(key, now);
+        fired.at.insert(key, now);
         true
     }
 }
@@ -542,6 +554,19 @@ mod tests {
             got.push(alert);
         }
         assert_eq!(got, vec![threshold(50), threshold(80), threshold(100)]);
+    }
+
+    #[test]
+    fn expired_keys_are_forgotten() {
+        let (alerts, _delivery) = with_webhook(1);
+        let t0 = Instant::now();
+        for n in 0..PRUNE_AT {
+            alerts.first_in_window(format!("k{n}"), t0);
+        }
+        let later = t0 + Duration::from_secs(300);
+        assert!(alerts.first_in_window("new".into(), later));
+        let fired = alerts.inner.fired.lock().expect("not poisoned");
+        assert_eq!(fired.at.len(), 1, "the expired keys were dropped");
     }
 
     #[test]
