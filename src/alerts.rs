@@ -427,6 +427,12 @@ impl Delivery {
         }
     }
 
+    /// The next queued alert, if any (tests of the raising side).
+    #[cfg(test)]
+    pub(crate) fn try_next(&mut self) -> Option<Alert> {
+        self.queue.try_recv().ok()
+    }
+
     /// Posts one alert, retrying with exponential backoff.
     async fn deliver(&self, alert: &Alert) {
         let body = Bytes::from(alert.to_json().to_string());

@@ -368,6 +368,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_failing_store_is_alerted_once_while_it_fails() {
+        let (alerts, delivery) = Alerts::new(&crate::alerts::AlertsConfig {
+            webhook: Some(crate::alerts::WebhookUrl::parse("http://127.0.0.1:9/").expect("valid")),
+            ..Default::default()
+        });
+        let mut delivery = delivery.expect("a webhook is configured");
+        let store = Store::unavailable(
+            std::path::Path::new("/nonexistent/ledger"),
+            "disk gone".into(),
+        );
+        let state = State::with_alerts(
+            Config::default(),
+            SharedClock::system(),
+            store,
+            &Snapshot::default(),
+            alerts,
+        )
+        .expect("state");
+        assert!(state.watch_store(false));
+        assert!(state.watch_store(true));
+        assert!(matches!(
+            delivery.try_next(),
+            Some(Alert::StoreFailed { reason }) if reason.contains("disk gone")
+        ));
+        assert_eq!(delivery.try_next(), None, "raised on the transition only");
+    }
+
+    #[test]
     fn every_limit_has_its_own_counter() {
         for (idx, limit) in Limit::ALL.iter().enumerate() {
             assert_eq!(*limit as usize, idx, "Limit::ALL is in declaration order");
