@@ -30,6 +30,7 @@
 
 pub mod access;
 pub mod admission;
+pub mod alerts;
 pub mod client;
 pub mod clock;
 pub mod cmd;

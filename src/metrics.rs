@@ -33,6 +33,9 @@ pub const ACTIVE_AGENTS: &str = "automation_framework_active_agents";
 pub const OPEN_RESERVATIONS: &str = "automation_framework_open_reservations";
 pub const LIMIT_HITS: &str = "automation_framework_limit_hits_total";
 pub const LOG_SUPPRESSED: &str = "automation_framework_log_lines_suppressed_total";
+pub const ALERTS_SENT: &str = "automation_framework_alerts_sent_total";
+pub const ALERTS_FAILED: &str = "automation_framework_alerts_failed_total";
+pub const ALERTS_DROPPED: &str = "automation_framework_alerts_dropped_total";
 pub const STORE_UP: &str = "automation_framework_store_up";
 pub const STORE_COMMIT_DURATION: &str = "automation_framework_store_commit_duration_seconds";
 pub const STORE_COMMIT_JOBS: &str = "automation_framework_store_commit_jobs";
@@ -137,6 +140,17 @@ fn describe() {
         LOG_SUPPRESSED,
         Unit::Count,
         "Denial log lines dropped to keep a storm of denials from flooding the log"
+    );
+    describe_counter!(ALERTS_SENT, Unit::Count, "Alerts the webhook accepted");
+    describe_counter!(
+        ALERTS_FAILED,
+        Unit::Count,
+        "Alerts not delivered after every retry"
+    );
+    describe_counter!(
+        ALERTS_DROPPED,
+        Unit::Count,
+        "Alerts dropped because the delivery queue (alerts.queue) was full"
     );
     describe_counter!(
         LIMIT_HITS,

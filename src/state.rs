@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::{AccessDenied, Policy};
 use crate::admission::{Admission, Moment, Reconfigured, ReloadError};
+use crate::alerts::{Alert, Alerts};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::connection::Peer;
@@ -47,6 +48,7 @@ struct Shared {
     reloading: Mutex<()>,
     admission: Admission,
     store: Store,
+    alerts: Alerts,
     started: Duration,
     next_session: AtomicU64,
     sessions: Mutex<HashMap<u64, SessionInfo>>,
@@ -126,13 +128,28 @@ impl State {
         store: Store,
         snapshot: &Snapshot,
     ) -> anyhow::Result<State> {
+        State::with_alerts(config, clock, store, snapshot, Alerts::disabled())
+    }
+
+    /// [`State::new`], raising alerts on `alerts` (the daemon's `main` runs the
+    /// matching [`crate::alerts::Delivery`]); `State::new` only logs them.
+    ///
+    /// # Errors
+    /// When the guards cannot be built from the config.
+    pub fn with_alerts(
+        config: Config,
+        clock: SharedClock,
+        store: Store,
+        snapshot: &Snapshot,
+        alerts: Alerts,
+    ) -> anyhow::Result<State> {
         let access = Policy::new(
             &config.access,
             &config.agents,
             nix::unistd::geteuid().as_raw(),
         );
         let config = Arc::new(config);
-        let admission = Admission::new(Arc::clone(&config), &clock, snapshot)
+        let admission = Admission::new(Arc::clone(&config), &clock, snapshot, alerts.clone())
             .map_err(|e| anyhow::anyhow!("building the guards: {e}"))?;
         let started = clock.now();
         Ok(State {
@@ -144,6 +161,7 @@ impl State {
                 reloading: Mutex::new(()),
                 admission,
                 store,
+                alerts,
                 started,
                 next_session: AtomicU64::new(1),
                 sessions: Mutex::new(HashMap::new()),
@@ -198,9 +216,14 @@ impl State {
                     );
                 }
             }
-            Err(err) => log::error!(
-                "configuration reload from {shown} failed, the old configuration stays in force: {err}"
-            ),
+            Err(err) => {
+                log::error!(
+                    "configuration reload from {shown} failed, the old configuration stays in force: {err}"
+                );
+                self.alerts().raise(Alert::ReloadFailed {
+                    reason: err.to_string(),
+                });
+            }
         }
         result
     }
@@ -293,6 +316,11 @@ impl State {
         &self.shared.store
     }
 
+    /// Where operator alerts are raised; raising never blocks.
+    pub fn alerts(&self) -> &Alerts {
+        &self.shared.alerts
+    }
+
     pub fn uptime(&self) -> Duration {
         self.now().saturating_sub(self.shared.started)
     }
@@ -346,12 +374,31 @@ impl State {
         purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut settle = tokio::time::interval(SETTLE_EVERY);
         settle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut store_failing = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = purge.tick() => self.admission().purge(self.moment()),
-                _ = settle.tick() => self.settle_orphans().await,
+                _ = settle.tick() => {
+                    self.settle_orphans().await;
+                    store_failing = self.watch_store(store_failing);
+                }
             }
+        }
+    }
+
+    /// Raises a store alert when the ledger starts failing (the writer thread
+    /// records why in `Store::health`); returns whether it is failing now. Watched
+    /// here, once a second, so the writer thread knows nothing of alerts.
+    fn watch_store(&self, was_failing: bool) -> bool {
+        match self.store().health() {
+            Some(reason) => {
+                if !was_failing {
+                    self.alerts().raise(Alert::StoreFailed { reason });
+                }
+                true
+            }
+            None => false,
         }
     }
 
@@ -476,6 +523,34 @@ impl Drop for Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failing_store_is_alerted_once_while_it_fails() {
+        let (alerts, delivery) = Alerts::new(&crate::alerts::AlertsConfig {
+            webhook: Some(crate::alerts::WebhookUrl::parse("http://127.0.0.1:9/").expect("valid")),
+            ..Default::default()
+        });
+        let mut delivery = delivery.expect("a webhook is configured");
+        let store = Store::unavailable(
+            std::path::Path::new("/nonexistent/ledger"),
+            "disk gone".into(),
+        );
+        let state = State::with_alerts(
+            Config::default(),
+            SharedClock::system(),
+            store,
+            &Snapshot::default(),
+            alerts,
+        )
+        .expect("state");
+        assert!(state.watch_store(false));
+        assert!(state.watch_store(true));
+        assert!(matches!(
+            delivery.try_next(),
+            Some(Alert::StoreFailed { reason }) if reason.contains("disk gone")
+        ));
+        assert_eq!(delivery.try_next(), None, "raised on the transition only");
+    }
 
     #[test]
     fn every_limit_has_its_own_counter() {

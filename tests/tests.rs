@@ -30,6 +30,9 @@ mod ledger;
 // The operator's HTTP side: /metrics, /health, /ready.
 mod http;
 
+// Alert webhooks: delivered to a local receiver, suppressed per key.
+mod alerts;
+
 // The CLI binary: exit codes, --json, config check, the JSON-lines session.
 mod cli;
 

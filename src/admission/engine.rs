@@ -8,6 +8,7 @@ use super::{
     reservation_key, AdmissionError, Admitted, Caller, Closed, Decision, Engine, Guard, GuardVote,
     Moment, Outcome, PendingReport, Plan, Reporting, Reservation, Settlement, Stage,
 };
+use crate::alerts::Alert;
 use crate::config::{Mode, Price};
 use crate::guard::breaker::{Breaker, Pass, Phase};
 use crate::guard::quota::QuotaDenial;
@@ -126,7 +127,15 @@ impl Engine {
                 }
                 Err(denial) => {
                     let retry = match &denial {
-                        QuotaDenial::Exhausted { retry_after, .. } => *retry_after,
+                        QuotaDenial::Exhausted { retry_after, .. } => {
+                            self.alerts.raise(Alert::QuotaExhausted {
+                                quota: quota.name().to_owned(),
+                                key: crate::guard::display_key(
+                                    &quota.key(caller.agent, plan.service),
+                                ),
+                            });
+                            *retry_after
+                        }
                         QuotaDenial::Never { .. } => None,
                     };
                     votes.push(vote(

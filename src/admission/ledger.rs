@@ -3,6 +3,7 @@
 //! and quota views, and admin operations.
 
 use super::{AdmissionError, Engine, Moment, Reservation, Stage};
+use crate::alerts::Alert;
 use crate::config::OrphanPolicy;
 use crate::guard::breaker::Pass;
 use crate::guard::budget::Budget;
@@ -163,7 +164,8 @@ impl Engine {
             .collect()
     }
 
-    /// Adds a durable charge to its budgets and logs thresholds it crossed.
+    /// Adds a durable charge to its budgets; logs and raises thresholds it crossed
+    /// (the highest one reached, once per period and level).
     pub(super) fn charge_filed(&mut self, filed: &[(String, u64)], amount: Usd) {
         for (name, period_start) in filed {
             let Some(budget) = self.budgets.get_mut(name) else {
@@ -181,6 +183,12 @@ impl Engine {
                     budget = name.as_str(), threshold = reached, spent = budget.spent().dollars(), limit = budget.limit().dollars();
                     "budget {name} crossed {reached}%: {} spent of {}", budget.spent(), budget.limit()
                 );
+                self.alerts.raise(Alert::BudgetThreshold {
+                    budget: name.clone(),
+                    threshold: reached,
+                    spent: budget.spent(),
+                    limit: budget.limit(),
+                });
             }
         }
     }

@@ -28,6 +28,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use crate::alerts::Alerts;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::guard::breaker::{Breaker, BreakerSnapshot, Force, Pass, Phase, Transition};
@@ -203,6 +204,9 @@ struct Engine {
     admin_limited: HashSet<String>,
     /// The highest alert threshold logged per budget, with its period.
     thresholds_logged: HashMap<String, (u64, u8)>,
+    /// Where crossed thresholds and exhausted quotas are raised; raising never
+    /// blocks (`alerts.rs`), so it is safe under the lock.
+    alerts: Alerts,
     breakers: HashMap<String, Breaker>,
     reservations: HashMap<u64, Reservation>,
     by_session: HashMap<u64, HashSet<u64>>,
@@ -262,7 +266,8 @@ impl Admission {
     /// Builds the guards described by `config` on `clock`, with what the ledger
     /// holds (`snapshot`) restored: spending of the current periods, durable quota
     /// usage, admin-set limits, and reservations left open by the previous run (as
-    /// orphans).
+    /// orphans). Crossed budget thresholds and exhausted quotas are raised on
+    /// `alerts`.
     ///
     /// # Errors
     /// When a rate limit cannot be represented (validated configs never fail here).
@@ -270,6 +275,7 @@ impl Admission {
         config: Arc<Config>,
         clock: &SharedClock,
         snapshot: &Snapshot,
+        alerts: Alerts,
     ) -> Result<Admission, String> {
         let rules = config
             .rate_limits
@@ -284,6 +290,7 @@ impl Admission {
             budgets: HashMap::new(),
             admin_limited: HashSet::new(),
             thresholds_logged: HashMap::new(),
+            alerts,
             breakers: HashMap::new(),
             reservations: HashMap::new(),
             by_session: HashMap::new(),

@@ -30,6 +30,7 @@ fn fixture(toml: &str) -> Fixture {
         Arc::clone(&config),
         &SharedClock::new(clock.clone()),
         &snapshot,
+        Alerts::disabled(),
     )
     .unwrap();
     Fixture {
@@ -178,6 +179,7 @@ impl Fixture {
             Arc::clone(&self.config),
             &SharedClock::new(self.clock.clone()),
             &snapshot,
+            Alerts::disabled(),
         )
         .unwrap();
         Fixture {

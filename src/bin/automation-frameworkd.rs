@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tokio_util::sync::CancellationToken;
 
+use automation_framework::alerts::Alerts;
 use automation_framework::clock::SharedClock;
 use automation_framework::config::Config;
 use automation_framework::state::State;
@@ -47,6 +48,11 @@ struct Args {
     /// [http] listen (loopback only unless http.allow_remote).
     #[arg(long, value_name = "ADDR|off")]
     http: Option<String>,
+
+    /// Alert webhook (plain http://, Slack-compatible JSON); overrides
+    /// [alerts] webhook.
+    #[arg(long, value_name = "URL", env = "AUTOMATION_ALERT_WEBHOOK")]
+    alert_webhook: Option<String>,
 
     /// Log level on stderr: error, warn, info, debug, trace.
     #[arg(
@@ -114,11 +120,17 @@ async fn reload(state: &State, serving: &std::sync::Mutex<String>) {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => Config::load(path)
             .with_context(|| format!("invalid configuration {}", path.display()))?,
         None => Config::default(),
     };
+    if let Some(url) = args.alert_webhook.as_deref().filter(|url| !url.is_empty()) {
+        config.alerts.webhook = Some(automation_framework::config::webhook_url(
+            "AUTOMATION_ALERT_WEBHOOK",
+            url,
+        )?);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("af-worker")
@@ -187,9 +199,18 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
         Some(addr) => Some(automation_framework::http::bind(addr).await?),
         None => None,
     };
-    let state = State::new(config, SharedClock::system(), store.clone(), &snapshot)?;
+    let (alerts, delivery) = Alerts::new(&config.alerts);
+    let state = State::with_alerts(
+        config,
+        SharedClock::system(),
+        store.clone(),
+        &snapshot,
+        alerts,
+    )?;
     state.set_config_path(args.config.clone());
     let shutdown = CancellationToken::new();
+    // Alert delivery runs on its own task: decisions only ever queue (alerts.rs).
+    let alert_task = delivery.map(|delivery| tokio::spawn(delivery.run(shutdown.clone())));
     let mut signals = signal_hook_tokio::Signals::new([SIGHUP, SIGTERM, SIGINT])
         .context("installing signal handlers")?;
     let signal_handle = signals.handle();
@@ -263,6 +284,10 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
         None => server.await,
     };
     if let Some(task) = http_task {
+        let _ = task.await;
+    }
+    // Alerts still queued get about a second (Delivery::run).
+    if let Some(task) = alert_task {
         let _ = task.await;
     }
     signal_handle.close();

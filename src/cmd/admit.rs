@@ -57,7 +57,7 @@ fn decide(
         .admit(caller, plan, now)
         .map_err(ErrorReply::from)?;
     for (service, from, to) in &admitted.decision.transitions {
-        log_transition(service, *from, *to);
+        log_transition(state, service, *from, *to);
     }
     log_decision(session, agent, &req.service, &admitted.decision);
     if admitted.entries.is_empty() {

@@ -23,6 +23,7 @@ use std::pin::Pin;
 
 use crate::access::AccessDenied;
 use crate::admission::{AdmissionError, Guard};
+use crate::alerts::Alert;
 use crate::guard::breaker::Phase;
 use crate::money::Usd;
 use crate::protocol::{BreakerState, ErrorCode, ErrorReply, GuardKind, Request, Response};
@@ -218,7 +219,20 @@ fn guard_name(guard: Guard) -> &'static str {
 }
 
 /// Logs a breaker state change: openings at warning level, everything else at info.
-fn log_transition(service: &str, from: Phase, to: Phase) {
+/// Openings, and closings after being open, are raised as alerts.
+fn log_transition(state: &State, service: &str, from: Phase, to: Phase) {
+    match (from, to) {
+        (_, Phase::Open) => state.alerts().raise(Alert::BreakerOpened {
+            service: service.to_owned(),
+            from: format!("{:?}", BreakerState::from(from)),
+        }),
+        (Phase::Open | Phase::HalfOpen, Phase::Closed) => {
+            state.alerts().raise(Alert::BreakerClosed {
+                service: service.to_owned(),
+            });
+        }
+        _ => {}
+    }
     let (from, to) = (BreakerState::from(from), BreakerState::from(to));
     let state_name = serde_json::to_value(to)
         .ok()

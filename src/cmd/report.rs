@@ -14,7 +14,7 @@ const MAX_KEY_LEN: usize = 256;
 
 pub(super) fn apply(state: &State, session: &Session, req: ReportRequest, now: Moment) -> Reply {
     match start(state, session, req, now) {
-        Ok(Reporting::Settled(settlement)) => Reply::Ready(reply(settlement)),
+        Ok(Reporting::Settled(settlement)) => Reply::Ready(reply(state, settlement)),
         Ok(Reporting::Durable { entries, pending }) => {
             let state = state.clone();
             let written = state.store().write(entries);
@@ -24,7 +24,7 @@ pub(super) fn apply(state: &State, session: &Session, req: ReportRequest, now: M
                 match written {
                     Ok(outcome) => match state.admission().finish_report(pending, Ok(outcome), now)
                     {
-                        Some(settlement) => reply(settlement),
+                        Some(settlement) => reply(&state, settlement),
                         None => error(
                             ErrorCode::Internal,
                             "a durable report produced no settlement",
@@ -40,9 +40,10 @@ pub(super) fn apply(state: &State, session: &Session, req: ReportRequest, now: M
         Ok(Reporting::Lookup { key, reservation }) => {
             // Not in memory: a report repeated after a restart is in the ledger.
             let charged = state.store().is_charged(&key);
+            let state = state.clone();
             Reply::Pending(Box::pin(async move {
                 match charged.await {
-                    Ok(true) => reply(Settlement::duplicate()),
+                    Ok(true) => reply(&state, Settlement::duplicate()),
                     Ok(false) => {
                         crate::admission::AdmissionError::UnknownReservation(reservation).into()
                     }
@@ -122,9 +123,9 @@ fn start(
     result.map_err(ErrorReply::from)
 }
 
-fn reply(settlement: Settlement) -> Response {
+fn reply(state: &State, settlement: Settlement) -> Response {
     if let Some((from, to)) = settlement.transition {
-        log_transition(&settlement.service, from, to);
+        log_transition(state, &settlement.service, from, to);
     }
     Response::Report(ReportReply {
         ok: true,

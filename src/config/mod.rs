@@ -7,7 +7,7 @@
 
 mod raw;
 
-pub use raw::http_address;
+pub use raw::{http_address, webhook_url};
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
@@ -42,6 +42,8 @@ pub struct Config {
     /// Quotas in the order they run.
     pub quotas: Vec<QuotaSpec>,
     pub http: HttpConfig,
+    /// `[alerts]`: the webhook, and how alerts are suppressed and queued.
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// The operator's HTTP listener.

@@ -11,6 +11,7 @@ use super::{
     AccessConfig, AgentBinding, BudgetConfig, Config, ConfigError, DaemonConfig, HttpConfig, Mode,
     NamedGroup, OrphanPolicy, Price, ServiceConfig,
 };
+use crate::alerts::{AlertsConfig, WebhookUrl};
 use crate::guard::breaker::BreakerConfig;
 use crate::guard::budget::BudgetSpec;
 use crate::guard::quota::QuotaSpec;
@@ -31,6 +32,49 @@ pub(super) struct RawConfig {
     prices: BTreeMap<String, RawPrice>,
     quotas: Vec<RawQuota>,
     http: RawHttp,
+    alerts: RawAlerts,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAlerts {
+    webhook: Option<String>,
+    suppress: String,
+    queue: usize,
+}
+
+impl Default for RawAlerts {
+    fn default() -> Self {
+        RawAlerts {
+            webhook: None,
+            suppress: "5m".into(),
+            queue: 256,
+        }
+    }
+}
+
+impl RawAlerts {
+    fn validate(self) -> Result<AlertsConfig, ConfigError> {
+        let webhook = self
+            .webhook
+            .map(|url| webhook_url("alerts.webhook", &url))
+            .transpose()?;
+        if self.queue == 0 {
+            return Err(invalid("alerts.queue", "must be at least 1, got 0"));
+        }
+        Ok(AlertsConfig {
+            webhook,
+            suppress: duration("alerts.suppress", &self.suppress)?,
+            queue: self.queue,
+        })
+    }
+}
+
+/// Parses an alert webhook URL: plain `http://` only (see `alerts.rs` on TLS).
+/// # Errors
+/// An unparsable or `https://` URL, naming `key`.
+pub fn webhook_url(key: &str, text: &str) -> Result<WebhookUrl, ConfigError> {
+    WebhookUrl::parse(text).map_err(|problem| invalid(key, problem))
 }
 
 #[derive(Debug, Deserialize)]
@@ -292,6 +336,7 @@ impl RawConfig {
             listen: http_address("http.listen", &self.http.listen, self.http.allow_remote)?,
             allow_remote: self.http.allow_remote,
         };
+        let alerts = self.alerts.validate()?;
         let access = self.access.validate()?;
         let mut agents: Vec<AgentBinding> = Vec::with_capacity(self.agents.len());
         for (idx, raw) in self.agents.into_iter().enumerate() {
@@ -318,6 +363,7 @@ impl RawConfig {
             prices,
             quotas,
             http,
+            alerts,
         })
     }
 }

@@ -267,3 +267,24 @@ fn money_and_windows_are_validated_with_their_keys() {
     assert!(error_of("[breaker]\nwindow = 10\n")
         .starts_with("breaker.min_calls: is 20 but the window holds only 10 calls"));
 }
+
+#[test]
+fn alerts_refuse_https_and_bad_values_with_the_key() {
+    let err = error_of("[alerts]\nwebhook = \"https://hooks.slack.com/services/x\"\n");
+    assert!(err.starts_with("alerts.webhook: "), "{err}");
+    assert!(err.contains("HTTPS is not supported yet"), "{err}");
+    assert!(err.contains("relay"), "{err}");
+    let err = error_of("[alerts]\nsuppress = \"soon\"\n");
+    assert!(err.starts_with("alerts.suppress: "), "{err}");
+    let err = error_of("[alerts]\nqueue = 0\n");
+    assert!(err.starts_with("alerts.queue: "), "{err}");
+    let config = Config::from_toml(
+        "[alerts]\nwebhook = \"http://127.0.0.1:9000/hook\"\nsuppress = \"1m\"\n",
+    )
+    .expect("valid");
+    assert_eq!(config.alerts.suppress, Duration::from_secs(60));
+    assert_eq!(
+        config.alerts.webhook.map(|w| w.url),
+        Some("http://127.0.0.1:9000/hook".to_owned())
+    );
+}

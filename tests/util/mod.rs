@@ -287,6 +287,7 @@ fn spawn(
         .arg("debug")
         .env_remove("LISTEN_FDS")
         .env_remove("NOTIFY_SOCKET")
+        .env_remove("AUTOMATION_ALERT_WEBHOOK")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
