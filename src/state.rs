@@ -208,7 +208,7 @@ impl State {
         let result = loaded.and_then(|config| self.reload(config));
         match &result {
             Ok(summary) => {
-                log::info!("configuration reloaded from {shown}: {summary}");
+                log::info!(message_id = crate::logging::message_id::RELOADED; "configuration reloaded from {shown}: {summary}");
                 if !summary.restart_only.is_empty() {
                     log::warn!(
                         "configuration reload: {} changed and take(s) effect at restart only",
@@ -218,6 +218,7 @@ impl State {
             }
             Err(err) => {
                 log::error!(
+                    message_id = crate::logging::message_id::RELOAD_FAILED;
                     "configuration reload from {shown} failed, the old configuration stays in force: {err}"
                 );
                 self.alerts().raise(Alert::ReloadFailed {

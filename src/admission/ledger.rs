@@ -180,6 +180,7 @@ impl Engine {
                 self.thresholds_logged
                     .insert(name.clone(), (*period_start, reached));
                 log::warn!(
+                    message_id = crate::logging::message_id::BUDGET_THRESHOLD,
                     budget = name.as_str(), threshold = reached, spent = budget.spent().dollars(), limit = budget.limit().dollars();
                     "budget {name} crossed {reached}%: {} spent of {}", budget.spent(), budget.limit()
                 );

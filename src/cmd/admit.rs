@@ -96,6 +96,7 @@ fn log_decision(session: &Session, agent: &str, service: &str, decision: &Decisi
                 log::info!(suppressed = suppressed; "{suppressed} denial line(s) suppressed in the last second (at most {} a second are logged; all are counted in automation_framework_decisions_total)", crate::logging::DENIALS_PER_SECOND);
             }
             log::info!(
+                message_id = crate::logging::message_id::DENIED,
                 agent = agent, service = service, peer_uid = session.peer.uid, peer_pid = session.peer.pid,
                 guard = guard_name(vote.guard), rule = vote.rule.as_str(), decision = "deny", reason = vote.reason.as_str();
                 "deny agent={agent} service={service} guard={}/{}: {}", guard_name(vote.guard), vote.rule, vote.reason

@@ -240,8 +240,8 @@ fn log_transition(state: &State, service: &str, from: Phase, to: Phase) {
         .unwrap_or_default();
     metrics::counter!(crate::metrics::BREAKER_TRANSITIONS, "service" => service.to_owned(), "state" => state_name).increment(1);
     if to == BreakerState::Open {
-        log::warn!(service = service, breaker_from = format!("{from:?}"), breaker_to = format!("{to:?}"); "breaker of {service:?} opened (was {from:?})");
+        log::warn!(message_id = crate::logging::message_id::BREAKER_OPENED, service = service, breaker_from = format!("{from:?}"), breaker_to = format!("{to:?}"); "breaker of {service:?} opened (was {from:?})");
     } else {
-        log::info!(service = service, breaker_from = format!("{from:?}"), breaker_to = format!("{to:?}"); "breaker of {service:?}: {from:?} -> {to:?}");
+        log::info!(message_id = crate::logging::message_id::BREAKER_CHANGED, service = service, breaker_from = format!("{from:?}"), breaker_to = format!("{to:?}"); "breaker of {service:?}: {from:?} -> {to:?}");
     }
 }

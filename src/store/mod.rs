@@ -360,6 +360,7 @@ impl Inner {
                 Err(err) => {
                     let error = self.failed(&err);
                     log::error!(
+                        message_id = crate::logging::message_id::LEDGER_FAILED;
                         "ledger transaction of {} job(s) failed: {err}",
                         writes.len()
                     );
