@@ -321,7 +321,17 @@ async fn a_thousand_idle_connections_that_never_handshake() {
     );
     let mut bystander = Bystander::new(&daemon).await;
     let quiet_rss = daemon.rss_kib();
-    let fds_before = daemon.open_fds();
+    // The harness's readiness probes are connections the daemon closes a moment
+    // later: take the baseline once the count has stopped moving.
+    let mut fds_before = daemon.open_fds();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = daemon.open_fds();
+        if now == fds_before {
+            break;
+        }
+        fds_before = now;
+    }
     let mut idle = Vec::with_capacity(IDLE);
     for _ in 0..IDLE {
         idle.push(UnixStream::connect(&daemon.socket).await.expect("connect"));
