@@ -9,7 +9,7 @@ use automation_framework::protocol::{AdmitReply, AdmitRequest, GuardKind, Outcom
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::util::{eventually, Daemon};
+use crate::util::{eventually, fail_five, Daemon};
 
 /// A webhook receiver on 127.0.0.1: answers every request `200 OK` and keeps the
 /// bodies of POSTs.
@@ -111,19 +111,6 @@ async fn report(client: &mut Client, reservation: u64, outcome: Outcome, cost: O
         })
         .await
         .expect("report answered");
-}
-
-async fn fail_five(client: &mut Client, service: &str) {
-    for _ in 0..5 {
-        client
-            .report(ReportRequest {
-                service: Some(service.into()),
-                outcome: Outcome::Failure,
-                ..Default::default()
-            })
-            .await
-            .expect("report answered");
-    }
 }
 
 /// Polls admit until the open period ends and a trial is let through.

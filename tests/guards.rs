@@ -7,7 +7,7 @@ use automation_framework::protocol::{
     AdmitReply, AdmitRequest, BreakerState, GuardKind, Outcome, ReportRequest,
 };
 
-use crate::util::Daemon;
+use crate::util::{fail_five, Daemon};
 
 async fn admit(client: &mut Client, service: &str) -> AdmitReply {
     admit_units(client, service, 1).await
@@ -56,20 +56,6 @@ async fn admit_when_open_period_ends(client: &mut Client, service: &str) -> Admi
             "breaker never let a trial through"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Five failures reported without admission: enough to open a default breaker.
-async fn fail_five(client: &mut Client, service: &str) {
-    for _ in 0..5 {
-        client
-            .report(ReportRequest {
-                service: Some(service.into()),
-                outcome: Outcome::Failure,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
     }
 }
 

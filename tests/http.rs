@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use automation_framework::protocol::{AdmitRequest, Outcome, ReportRequest};
+use automation_framework::protocol::{AdmitRequest, ReportRequest};
 
 use crate::util::Daemon;
 
@@ -29,16 +29,7 @@ async fn metrics_after_traffic_have_the_expected_series_and_values() {
             .await
             .unwrap();
     }
-    for _ in 0..5 {
-        client
-            .report(ReportRequest {
-                service: Some("flaky".into()),
-                outcome: Outcome::Failure,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
+    crate::util::fail_five(&mut client, "flaky").await;
     let (code, metrics) = daemon.http_get("/metrics");
     assert_eq!(code, 200);
     let expect = [
@@ -162,16 +153,7 @@ async fn health_turns_degraded_while_a_breaker_is_open_and_back() {
     };
     assert_eq!(health()["status"], "healthy");
     let mut client = daemon.client("a").await;
-    for _ in 0..5 {
-        client
-            .report(ReportRequest {
-                service: Some("llm".into()),
-                outcome: Outcome::Failure,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
+    crate::util::fail_five(&mut client, "llm").await;
     let doc = health();
     assert_eq!(doc["status"], "degraded");
     assert_eq!(doc["circuit_breakers"]["open"], 1);

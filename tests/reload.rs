@@ -3,7 +3,7 @@
 //! bad file leaves the old config in force.
 
 use automation_framework::client::Client;
-use automation_framework::protocol::{AdmitReply, AdmitRequest, GuardKind, Outcome, ReportRequest};
+use automation_framework::protocol::{AdmitReply, AdmitRequest, GuardKind};
 
 use crate::util::Daemon;
 
@@ -26,16 +26,7 @@ async fn admit(client: &mut Client, service: &str) -> AdmitReply {
 async fn sighup_applies_a_new_rate_limit_and_an_open_breaker_stays_open() {
     let daemon = Daemon::start("");
     let mut client = daemon.client("a").await;
-    for _ in 0..5 {
-        client
-            .report(ReportRequest {
-                service: Some("flaky".into()),
-                outcome: Outcome::Failure,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
+    crate::util::fail_five(&mut client, "flaky").await;
     assert_eq!(
         admit(&mut client, "flaky").await.guard,
         Some(GuardKind::Breaker)

@@ -466,6 +466,21 @@ impl Drop for Bystander {
     }
 }
 
+/// Reports five failures for `service` without admission: enough to open a breaker
+/// with the default `failure_threshold`.
+pub async fn fail_five(client: &mut Client, service: &str) {
+    for _ in 0..5 {
+        client
+            .report(automation_framework::protocol::ReportRequest {
+                service: Some(service.into()),
+                outcome: automation_framework::protocol::Outcome::Failure,
+                ..Default::default()
+            })
+            .await
+            .expect("report answered");
+    }
+}
+
 /// Polls `check` until it returns `Some`, for conditions that depend on the
 /// daemon's real clock (a breaker's open period). Panics after `within`.
 pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> T
