@@ -284,15 +284,12 @@ impl RawConfig {
                 for (idx, raw) in list.into_iter().enumerate() {
                     let key = format!("rate_limits[{idx}]");
                     let spec = raw.validate(&key)?;
-                    if specs.iter().any(|s| s.name == spec.name) {
-                        return Err(invalid(
-                            format!("{key}.name"),
-                            format!(
-                                "{:?} is used by an earlier rate limit; names must be unique",
-                                spec.name
-                            ),
-                        ));
-                    }
+                    unique(
+                        &key,
+                        "rate limit",
+                        &spec.name,
+                        specs.iter().map(|s| &s.name),
+                    )?;
                     for service in &spec.services {
                         if !daemon.allow_unknown_services && !services.contains_key(service) {
                             return Err(invalid(
@@ -321,15 +318,7 @@ impl RawConfig {
         for (idx, raw) in self.quotas.into_iter().enumerate() {
             let key = format!("quotas[{idx}]");
             let spec = raw.validate(&key)?;
-            if quotas.iter().any(|q| q.name == spec.name) {
-                return Err(invalid(
-                    format!("{key}.name"),
-                    format!(
-                        "{:?} is used by an earlier quota; names must be unique",
-                        spec.name
-                    ),
-                ));
-            }
+            unique(&key, "quota", &spec.name, quotas.iter().map(|q| &q.name))?;
             quotas.push(spec);
         }
         let http = HttpConfig {
@@ -487,6 +476,22 @@ impl RawQuota {
             shadow: self.shadow,
         })
     }
+}
+
+/// Refuses `name` at `key` if an earlier entry of the same list has it.
+fn unique<'a>(
+    key: &str,
+    what: &str,
+    name: &str,
+    earlier: impl IntoIterator<Item = &'a String>,
+) -> Result<(), ConfigError> {
+    if earlier.into_iter().any(|n| n == name) {
+        return Err(invalid(
+            format!("{key}.name"),
+            format!("{name:?} is used by an earlier {what}; names must be unique"),
+        ));
+    }
+    Ok(())
 }
 
 /// SPEC §3.1: 10 requests per second with a burst of 100, per agent and service.
