@@ -31,6 +31,7 @@
 pub mod access;
 pub mod admission;
 pub mod alerts;
+pub mod bench;
 pub mod client;
 pub mod clock;
 pub mod cmd;

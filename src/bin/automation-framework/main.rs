@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod render;
 mod session;
 
@@ -149,6 +150,9 @@ enum Command {
     /// JSON lines on one connection: one request per stdin line, one reply per
     /// stdout line, in order, until EOF.
     Session,
+    /// Load generator: requests per second and latency percentiles (HDR histogram)
+    /// against the daemon, or against an in-process floor (--floor).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,6 +172,16 @@ enum Verdict {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Bench(args) = cli.command {
+        let socket = cli.socket.clone().unwrap_or_else(paths::client_socket);
+        return match bench::run(args, socket, cli.agent, cli.json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("automation-framework: bench: {err:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -335,6 +349,7 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
             session::run(client).await?;
             Ok(Verdict::Done)
         }
+        Command::Bench(_) => unreachable!("bench runs on its own runtime, from main"),
     }
 }
 
