@@ -1,0 +1,83 @@
+//! The release daemon as a child process on its own temp dir and socket.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a daemon gets to come up.
+const PROMPTLY: Duration = Duration::from_secs(10);
+
+/// A daemon process; killed and its directory removed when dropped.
+pub struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub socket: PathBuf,
+}
+
+/// `target/release/automation-frameworkd`, next to this bench's own executable
+/// (`target/release/deps/compare-…`), built by `cargo bench` beforehand.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the bench's own path");
+    let release = exe.parent().and_then(Path::parent).expect("target/release");
+    release.join("automation-frameworkd")
+}
+
+impl Daemon {
+    /// Starts the daemon with `config` and waits until its socket answers.
+    pub fn start(config: &str) -> anyhow::Result<Daemon> {
+        let dir = tempfile::tempdir()?;
+        let socket = dir.path().join("agent.sock");
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(dir.path().join("daemon.log"))?;
+        let child = Command::new(binary())
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["--http", "off", "--log-level", "warn"])
+            .env_remove("LISTEN_FDS")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let mut daemon = Daemon { child, dir, socket };
+        let deadline = Instant::now() + PROMPTLY;
+        loop {
+            if let Some(status) = daemon.child.try_wait()? {
+                anyhow::bail!("the daemon exited with {status}:\n{}", daemon.log());
+            }
+            if std::os::unix::net::UnixStream::connect(&daemon.socket).is_ok() {
+                return Ok(daemon);
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "the daemon was not up within {PROMPTLY:?}:\n{}",
+                    daemon.log()
+                );
+            }
+            // Waiting for another process; nothing to make time pass for.
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(self.dir.path().join("daemon.log")) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
