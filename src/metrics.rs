@@ -40,6 +40,73 @@ pub const STORE_UP: &str = "automation_framework_store_up";
 pub const STORE_COMMIT_DURATION: &str = "automation_framework_store_commit_duration_seconds";
 pub const STORE_COMMIT_JOBS: &str = "automation_framework_store_commit_jobs";
 
+/// Handles of the metrics every request touches, registered once: looking a
+/// labelled metric up by name and labels on each request (what `counter!` with
+/// labels does) cost more than the decision it counts.
+pub struct Hot {
+    requests: Vec<metrics::Counter>,
+    durations: Vec<metrics::Histogram>,
+    /// allow, deny.
+    admissions: [metrics::Counter; 2],
+    /// By guard (rate, breaker, budget, quota), then outcome (allow, deny, shadow_deny).
+    decisions: Vec<[metrics::Counter; 3]>,
+}
+
+/// Outcomes of a guard's vote, as the `outcome` label says them.
+pub const OUTCOMES: [&str; 3] = ["allow", "deny", "shadow_deny"];
+/// Guards, as the `guard` label says them (the order of [`crate::admission::Guard`]).
+pub const GUARDS: [&str; 4] = ["rate", "breaker", "budget", "quota"];
+
+/// The hot handles. Registered with the recorder installed at the first call, so
+/// the daemon calls [`install`] before serving; without a recorder (tests, the
+/// CLI) they are no-ops.
+pub fn hot() -> &'static Hot {
+    static HOT: std::sync::OnceLock<Hot> = std::sync::OnceLock::new();
+    HOT.get_or_init(|| {
+        use crate::protocol::Request;
+        Hot {
+            requests: Request::OPS
+                .iter()
+                .map(|&op| metrics::counter!(REQUESTS, "op" => op))
+                .collect(),
+            durations: Request::OPS
+                .iter()
+                .map(|&op| metrics::histogram!(REQUEST_DURATION, "op" => op))
+                .collect(),
+            admissions: ["allow", "deny"].map(|d| metrics::counter!(ADMISSIONS, "decision" => d)),
+            decisions: GUARDS
+                .iter()
+                .map(|&guard| {
+                    OUTCOMES.map(|outcome| {
+                        metrics::counter!(DECISIONS, "guard" => guard, "outcome" => outcome)
+                    })
+                })
+                .collect(),
+        }
+    })
+}
+
+impl Hot {
+    /// A request of kind `kind` (its variant index) arrived.
+    pub fn request(&self, kind: usize) {
+        self.requests[kind].increment(1);
+    }
+
+    /// A request of kind `kind` was answered `seconds` after it arrived.
+    pub fn duration(&self, kind: usize, seconds: f64) {
+        self.durations[kind].record(seconds);
+    }
+
+    pub fn admission(&self, allowed: bool) {
+        self.admissions[usize::from(!allowed)].increment(1);
+    }
+
+    /// One guard's vote; `guard` and `outcome` index [`GUARDS`] and [`OUTCOMES`].
+    pub fn decision(&self, guard: usize, outcome: usize) {
+        self.decisions[guard][outcome].increment(1);
+    }
+}
+
 /// Breaker states as the numbers `automation_framework_breaker_state` reports.
 const PHASES: [(Phase, &str); 6] = [
     (Phase::Closed, "closed"),
@@ -71,6 +138,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)?;
     describe();
+    // Register the hot handles with this recorder now, before any request.
+    hot();
     Ok(handle)
 }
 

@@ -206,10 +206,18 @@ async fn serve(
     let max_batch = state.config().daemon.max_batch;
     // Replies in the order their requests arrived; those waiting for the ledger
     // wait concurrently. Bounded, so a client that pipelines without reading gets
-    // backpressure instead of unbounded buffering.
-    let mut in_flight: FuturesOrdered<PendingFrame> = FuturesOrdered::new();
+    // backpressure instead of unbounded buffering. A reply that is ready when
+    // nothing is queued ahead of it skips the queue and is written at once.
+    let mut in_flight: FuturesOrdered<Queued> = FuturesOrdered::new();
     let mut draining = false;
     let mut eof = false;
+    // One idle timer for the connection's life, pushed back lazily: arming a timer
+    // per read would cost more than the decision.
+    let mut last_active = coarse_now();
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         if eof && in_flight.is_empty() {
             return;
@@ -224,78 +232,56 @@ async fn serve(
             .await;
             return;
         }
+        let reading = !draining && !eof && in_flight.len() < MAX_IN_FLIGHT;
         tokio::select! {
             biased;
-            _ = shutdown.cancelled(), if !draining => draining = true,
+            _ = &mut cancelled, if !draining => draining = true,
             Some(frame) = in_flight.next(), if !in_flight.is_empty() => {
-                // Write every reply that is ready now, then flush once. A client
-                // that stops reading gets backpressure, then, after the idle
-                // timeout, disconnected: it must not hold its slot forever.
-                let write_ready = async {
-                    let mut next = Some(frame);
-                    while let Some(frame) = next.take() {
-                        if let Err(WriteError::TooLarge) = conn.feed_frame(&frame).await {
-                            state.counters().hit(Limit::ReplyTooLarge);
-                            log::info!(
-                                session = session.id, peer_uid = session.peer.uid, peer_pid = session.peer.pid;
-                                "session {}: a reply exceeded {MAX_FRAME_LEN} bytes; answered with frame_too_large errors", session.id
-                            );
-                            conn.feed_frame(&fit(frame)).await?;
-                        }
-                        if let Some(Some(ready)) = in_flight.next().now_or_never() {
-                            next = Some(ready);
-                        }
-                    }
-                    conn.flush_unless_busy().await.map_err(WriteError::Io)
+                // Write every reply that is ready now, then flush once.
+                let next_ready = |in_flight: &mut FuturesOrdered<Queued>| match in_flight.next().now_or_never() {
+                    Some(Some(ready)) => Some(ready),
+                    _ => None,
                 };
-                match tokio::time::timeout(idle, write_ready).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => {
-                        log::debug!(session = session.id; "session {}: write failed: {err}", session.id);
-                        return;
-                    }
-                    Err(_) => {
-                        state.counters().hit(Limit::SlowReader);
-                        log::info!(
-                            session = session.id, agent = session.agent.as_str(), peer_uid = session.peer.uid, peer_pid = session.peer.pid;
-                            "closing session {} (agent {:?}): it has not read its replies for {idle:?}", session.id, session.agent
-                        );
-                        return;
-                    }
+                if !write(&mut conn, &state, &session, idle, frame, &mut in_flight, next_ready).await {
+                    return;
                 }
+                last_active = coarse_now();
             }
-            read = tokio::time::timeout(idle, conn.read_frame()), if !draining && !eof && in_flight.len() < MAX_IN_FLIGHT => {
+            () = &mut idle_timer, if reading && in_flight.is_empty() => {
+                let quiet = coarse_now().saturating_sub(last_active);
+                if quiet < idle {
+                    idle_timer.as_mut().reset(tokio::time::Instant::now() + (idle - quiet));
+                    continue;
+                }
+                state.counters().hit(Limit::IdleTimeout);
+                close(&mut conn, &session, ErrorCode::Timeout, format!("no request for {idle:?} (daemon.idle_timeout); reconnect when needed")).await;
+                return;
+            }
+            read = conn.read_frame(), if reading => {
+                last_active = coarse_now();
                 let frame = match read {
-                    Err(_elapsed) => {
-                        if !in_flight.is_empty() {
-                            continue;
-                        }
-                        state.counters().hit(Limit::IdleTimeout);
-                        close(&mut conn, &session, ErrorCode::Timeout, format!("no request for {idle:?} (daemon.idle_timeout); reconnect when needed")).await;
-                        return;
-                    }
-                    Ok(Ok(Some(frame))) => frame,
-                    Ok(Ok(None)) => {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => {
                         // The client is done sending; answer what it already sent.
                         eof = true;
                         continue;
                     }
-                    Ok(Err(ReadError::Decode(DecodeError::UnknownRequest { id, kind }))) => {
-                        in_flight.push_back(Box::pin(std::future::ready(unknown_request(id, kind))));
+                    Err(ReadError::Decode(DecodeError::UnknownRequest { id, kind })) => {
+                        in_flight.push_back(Queued::Ready(Some(unknown_request(id, kind))));
                         continue;
                     }
-                    Ok(Err(ReadError::Decode(DecodeError::VersionMismatch { .. }))) => {
+                    Err(ReadError::Decode(DecodeError::VersionMismatch { .. })) => {
                         // Only a Hello carries a version; after the handshake this is garbage.
                         state.counters().hit(Limit::Malformed);
                         close(&mut conn, &session, ErrorCode::Malformed, "malformed message: a handshake frame after the handshake".into()).await;
                         return;
                     }
-                    Ok(Err(err)) => {
+                    Err(err) => {
                         read_failed(&mut conn, &state, &session, err).await;
                         return;
                     }
                 };
-                match frame {
+                let reply = match frame {
                     // Refused whole, none of it run, and the connection closed:
                     // answering each envelope could not fit in one reply frame (a
                     // 1 MiB batch holds ~87,000 requests), and running part of it
@@ -317,9 +303,80 @@ async fn serve(
                         close(&mut conn, &session, ErrorCode::HandshakeRequired, "a second Hello on one connection; the handshake happens once".into()).await;
                         return;
                     }
-                    frame => in_flight.push_back(answer(&state, &session, frame)),
+                    frame => answer(&state, &session, frame),
+                };
+                match reply {
+                    // Nothing queued ahead of it: write it now, without the queue.
+                    Queued::Ready(Some(frame)) if in_flight.is_empty() => {
+                        if !write(&mut conn, &state, &session, idle, frame, &mut in_flight, |_| None).await {
+                            return;
+                        }
+                    }
+                    reply => in_flight.push_back(reply),
                 }
             }
+        }
+    }
+}
+
+/// A monotonic time good to a few milliseconds (`CLOCK_MONOTONIC_COARSE`), for
+/// the idle timeout: reading it costs a fraction of a precise clock read, and it is
+/// read on every request.
+fn coarse_now() -> Duration {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE).map_or(Duration::ZERO, Duration::from)
+}
+
+/// Writes `first` and every further frame `more` hands out, then flushes unless
+/// another request is already buffered (its reply will follow, and one write can
+/// carry both). Returns false when the connection is to be closed: a write failed,
+/// or the client did not read its replies for the idle timeout (a client that stops
+/// reading gets backpressure, then is disconnected: it must not hold its slot
+/// forever).
+async fn write(
+    conn: &mut Connection,
+    state: &State,
+    session: &Session,
+    idle: Duration,
+    first: ServerFrame,
+    in_flight: &mut FuturesOrdered<Queued>,
+    mut more: impl FnMut(&mut FuturesOrdered<Queued>) -> Option<ServerFrame>,
+) -> bool {
+    let write_ready = async {
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            if let Err(WriteError::TooLarge) = conn.feed_frame(&frame).await {
+                state.counters().hit(Limit::ReplyTooLarge);
+                log::info!(
+                    session = session.id, peer_uid = session.peer.uid, peer_pid = session.peer.pid;
+                    "session {}: a reply exceeded {MAX_FRAME_LEN} bytes; answered with frame_too_large errors", session.id
+                );
+                conn.feed_frame(&fit(frame)).await?;
+            }
+            next = more(in_flight);
+        }
+        conn.flush_unless_busy().await.map_err(WriteError::Io)
+    };
+    // Almost always the socket takes the bytes at once: try that before arming a
+    // timer (building the timeout costs more than the write).
+    let mut write_ready = std::pin::pin!(write_ready);
+    let written = match futures_util::poll!(write_ready.as_mut()) {
+        std::task::Poll::Ready(result) => Ok(result),
+        std::task::Poll::Pending => tokio::time::timeout(idle, write_ready).await,
+    };
+    match written {
+        Ok(Ok(())) => true,
+        Ok(Err(err)) => {
+            log::debug!(session = session.id; "session {}: write failed: {err}", session.id);
+            false
+        }
+        Err(_) => {
+            state.counters().hit(Limit::SlowReader);
+            log::info!(
+                session = session.id, agent = session.agent.as_str(), peer_uid = session.peer.uid, peer_pid = session.peer.pid;
+                "closing session {} (agent {:?}): it has not read its replies for {idle:?}", session.id, session.agent
+            );
+            false
         }
     }
 }
@@ -330,16 +387,37 @@ const MAX_IN_FLIGHT: usize = 256;
 /// A reply frame, possibly still waiting for the ledger.
 type PendingFrame = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
 
-/// Decides the requests of a frame now (in arrival order) and returns the wait
-/// for its reply frame.
-fn answer(state: &State, session: &Session, frame: ClientFrame) -> PendingFrame {
+/// A reply in the connection's queue: ready (most are: only what waits for the
+/// ledger is not), or still pending. Ready ones cost no allocation of their own.
+enum Queued {
+    /// Taken when polled; `None` after that.
+    Ready(Option<ServerFrame>),
+    Pending(PendingFrame),
+}
+
+impl Future for Queued {
+    type Output = ServerFrame;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<ServerFrame> {
+        match self.get_mut() {
+            Queued::Ready(frame) => {
+                std::task::Poll::Ready(frame.take().expect("a ready reply is polled once"))
+            }
+            Queued::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Decides the requests of a frame now (in arrival order) and returns its reply
+/// frame, or the wait for it.
+fn answer(state: &State, session: &Session, frame: ClientFrame) -> Queued {
     match frame {
         ClientFrame::Batch(envelopes) => {
             let replies: Vec<(u64, cmd::Reply)> = envelopes
                 .into_iter()
                 .map(|envelope| (envelope.id, cmd::dispatch(state, session, envelope.request)))
                 .collect();
-            Box::pin(async move {
+            Queued::Pending(Box::pin(async move {
                 let mut out = Vec::with_capacity(replies.len());
                 for (id, reply) in replies {
                     out.push(ReplyEnvelope {
@@ -348,19 +426,23 @@ fn answer(state: &State, session: &Session, frame: ClientFrame) -> PendingFrame 
                     });
                 }
                 ServerFrame::Batch(out)
-            })
+            }))
         }
         ClientFrame::Request(envelope) => {
-            let reply = cmd::dispatch(state, session, envelope.request);
             let id = envelope.id;
-            Box::pin(async move {
-                ServerFrame::Reply(ReplyEnvelope {
-                    id,
-                    response: reply.into_response().await,
-                })
-            })
+            match cmd::dispatch(state, session, envelope.request) {
+                cmd::Reply::Ready(response) => {
+                    Queued::Ready(Some(ServerFrame::Reply(ReplyEnvelope { id, response })))
+                }
+                cmd::Reply::Pending(future) => Queued::Pending(Box::pin(async move {
+                    ServerFrame::Reply(ReplyEnvelope {
+                        id,
+                        response: future.await,
+                    })
+                })),
+            }
         }
-        ClientFrame::Hello(_) => Box::pin(std::future::ready(ServerFrame::Error(ErrorReply::new(
+        ClientFrame::Hello(_) => Queued::Ready(Some(ServerFrame::Error(ErrorReply::new(
             ErrorCode::HandshakeRequired,
             "a second Hello on one connection; the handshake happens once",
         )))),

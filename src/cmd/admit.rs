@@ -111,15 +111,16 @@ fn log_decision(session: &Session, agent: &str, service: &str, decision: &Decisi
 
 /// Counts the decision and each guard's vote.
 fn record(decision: &Decision) {
-    let verdict = if decision.allowed { "allow" } else { "deny" };
-    metrics::counter!(crate::metrics::ADMISSIONS, "decision" => verdict).increment(1);
+    let hot = crate::metrics::hot();
+    hot.admission(decision.allowed);
     for vote in &decision.votes {
+        // Indices into metrics::OUTCOMES and metrics::GUARDS.
         let outcome = match (vote.allow, vote.shadow) {
-            (true, _) => "allow",
-            (false, true) => "shadow_deny",
-            (false, false) => "deny",
+            (true, _) => 0,
+            (false, false) => 1,
+            (false, true) => 2,
         };
-        metrics::counter!(crate::metrics::DECISIONS, "guard" => guard_name(vote.guard), "outcome" => outcome).increment(1);
+        hot.decision(super::guard_index(vote.guard), outcome);
         if !vote.allow && vote.guard == crate::admission::Guard::Rate {
             metrics::counter!(crate::metrics::RATE_LIMIT_HITS, "rule" => vote.rule.clone())
                 .increment(1);

@@ -41,25 +41,24 @@ pub enum Reply {
 
 /// Decides one request now; returns its reply or the wait for it.
 pub fn dispatch(state: &State, session: &Session, request: Request) -> Reply {
-    let op = request.op();
+    let kind = request.kind();
     let started = std::time::Instant::now();
-    metrics::counter!(crate::metrics::REQUESTS, "op" => op).increment(1);
+    crate::metrics::hot().request(kind);
     match decide(state, session, request) {
         Reply::Ready(response) => {
-            record_duration(op, started);
+            record_duration(kind, started);
             Reply::Ready(response)
         }
         Reply::Pending(future) => Reply::Pending(Box::pin(async move {
             let response = future.await;
-            record_duration(op, started);
+            record_duration(kind, started);
             response
         })),
     }
 }
 
-fn record_duration(op: &'static str, started: std::time::Instant) {
-    metrics::histogram!(crate::metrics::REQUEST_DURATION, "op" => op)
-        .record(started.elapsed().as_secs_f64());
+fn record_duration(kind: usize, started: std::time::Instant) {
+    crate::metrics::hot().duration(kind, started.elapsed().as_secs_f64());
 }
 
 /// The health document, for `/health`.
@@ -209,6 +208,16 @@ impl From<Guard> for GuardKind {
     }
 }
 
+/// The guard's index in [`crate::metrics::GUARDS`].
+fn guard_index(guard: Guard) -> usize {
+    match guard {
+        Guard::Rate => 0,
+        Guard::Breaker => 1,
+        Guard::Budget => 2,
+        Guard::Quota => 3,
+    }
+}
+
 fn guard_name(guard: Guard) -> &'static str {
     match guard {
         Guard::Rate => "rate",
@@ -243,5 +252,36 @@ fn log_transition(state: &State, service: &str, from: Phase, to: Phase) {
         log::warn!(message_id = crate::logging::message_id::BREAKER_OPENED, service = service, breaker_from = format!("{from:?}"), breaker_to = format!("{to:?}"); "breaker of {service:?} opened (was {from:?})");
     } else {
         log::info!(message_id = crate::logging::message_id::BREAKER_CHANGED, service = service, breaker_from = format!("{from:?}"), breaker_to = format!("{to:?}"); "breaker of {service:?}: {from:?} -> {to:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_guard_labels_match_the_guard_names() {
+        for guard in [Guard::Rate, Guard::Breaker, Guard::Budget, Guard::Quota] {
+            assert_eq!(
+                crate::metrics::GUARDS[guard_index(guard)],
+                guard_name(guard)
+            );
+        }
+    }
+
+    #[test]
+    fn every_request_kind_index_names_its_op() {
+        let requests = [
+            Request::Ping,
+            Request::Status,
+            Request::Reload,
+            Request::Admit(Default::default()),
+            Request::Report(Default::default()),
+        ];
+        for request in requests {
+            let body = crate::protocol::frame::encode(&request).unwrap();
+            let index = u32::from_le_bytes(body[..4].try_into().unwrap()) as usize;
+            assert_eq!(request.kind(), index, "{request:?}");
+        }
     }
 }

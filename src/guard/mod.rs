@@ -19,7 +19,14 @@ pub fn scope_key(scope: rate::Scope, agent: &str, service: &str) -> String {
         Scope::Global => String::new(),
         Scope::Agent => agent.to_owned(),
         Scope::Service => service.to_owned(),
-        Scope::AgentService => format!("{agent}\0{service}"),
+        Scope::AgentService => {
+            // Not format!: this runs on every admission.
+            let mut key = String::with_capacity(agent.len() + 1 + service.len());
+            key.push_str(agent);
+            key.push('\0');
+            key.push_str(service);
+            key
+        }
     }
 }
 

@@ -81,20 +81,40 @@ impl Request {
     /// answered with `ErrorCode::UnknownRequest` instead of closing the connection.
     pub const KIND_COUNT: u32 = 10;
 
+    /// Every kind's name, as used in logs, metrics and the JSON `"op"` field,
+    /// by variant index.
+    pub const OPS: [&'static str; Request::KIND_COUNT as usize] = [
+        "ping",
+        "status",
+        "admit",
+        "report",
+        "breakers",
+        "budget",
+        "quotas",
+        "admin",
+        "force_breaker",
+        "reload",
+    ];
+
+    /// The variant index on the wire.
+    pub fn kind(&self) -> usize {
+        match self {
+            Request::Ping => 0,
+            Request::Status => 1,
+            Request::Admit(_) => 2,
+            Request::Report(_) => 3,
+            Request::Breakers(_) => 4,
+            Request::Budget(_) => 5,
+            Request::Quotas(_) => 6,
+            Request::Admin(_) => 7,
+            Request::ForceBreaker(_) => 8,
+            Request::Reload => 9,
+        }
+    }
+
     /// The request kind's name, as used in logs and in the JSON `"op"` field.
     pub fn op(&self) -> &'static str {
-        match self {
-            Request::Ping => "ping",
-            Request::Status => "status",
-            Request::Admit(_) => "admit",
-            Request::Report(_) => "report",
-            Request::Breakers(_) => "breakers",
-            Request::Budget(_) => "budget",
-            Request::Quotas(_) => "quotas",
-            Request::Admin(_) => "admin",
-            Request::ForceBreaker(_) => "force_breaker",
-            Request::Reload => "reload",
-        }
+        Self::OPS[self.kind()]
     }
 }
 
