@@ -10,7 +10,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError};
 
-use crate::protocol::frame::{decode_client_frame, encode, length_codec};
+use crate::protocol::frame::{decode_client_frame, encode, encode_frame_into, length_codec};
 use crate::protocol::{ClientFrame, DecodeError, ServerFrame, MAX_FRAME_LEN};
 
 /// The kernel's identity of the process at the other end (SO_PEERCRED and
@@ -112,12 +112,15 @@ impl Connection {
     /// [`WriteError::TooLarge`] before anything is written, when the frame does not
     /// fit in [`MAX_FRAME_LEN`]; socket write errors.
     pub async fn feed_frame(&mut self, frame: &ServerFrame) -> Result<(), WriteError> {
-        let body = encode(frame).map_err(|err| match *err {
+        // What `Framed::feed` does first: past the boundary, write out before adding.
+        if self.framed.write_buffer().len() >= self.framed.backpressure_boundary() {
+            SinkExt::<bytes::Bytes>::flush(&mut self.framed).await?;
+        }
+        // Encoded straight into the socket's write buffer, length prefix included.
+        encode_frame_into(self.framed.write_buffer_mut(), frame).map_err(|err| match *err {
             bincode::ErrorKind::SizeLimit => WriteError::TooLarge,
             _ => WriteError::Io(io::Error::new(io::ErrorKind::InvalidInput, err)),
-        })?;
-        self.framed.feed(bytes::Bytes::from(body)).await?;
-        Ok(())
+        })
     }
 
     /// Flushes queued frames unless another complete request is already buffered

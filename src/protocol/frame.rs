@@ -67,6 +67,36 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, bincode::Error> {
     wire().serialize(message)
 }
 
+/// Appends one whole frame (length prefix and body) to `buf`, without an
+/// intermediate buffer: the daemon's reply path, where a `Vec` per reply and a
+/// copy of it into the socket buffer were measurable.
+///
+/// # Errors
+/// Fails, leaving `buf` as it was, when the message would exceed [`MAX_FRAME_LEN`].
+pub fn encode_frame_into<T: Serialize>(
+    buf: &mut bytes::BytesMut,
+    message: &T,
+) -> Result<(), bincode::Error> {
+    use bytes::BufMut;
+    // The size pass enforces the limit; the body is then written unchecked (the
+    // same options without a limit would measure a second time).
+    let len = wire().serialized_size(message)?;
+    let len32 = u32::try_from(len).map_err(|_| Box::new(bincode::ErrorKind::SizeLimit))?;
+    let start = buf.len();
+    buf.reserve(4 + len as usize);
+    buf.put_u32(len32);
+    let body = bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_little_endian()
+        .serialize_into((&mut *buf).writer(), message);
+    if let Err(err) = body {
+        buf.truncate(start);
+        return Err(err);
+    }
+    debug_assert_eq!(buf.len() - start, 4 + len as usize);
+    Ok(())
+}
+
 /// The encoded size of one message body, without encoding it.
 ///
 /// # Errors
@@ -138,6 +168,27 @@ mod tests {
             decode_client_frame(&[1, 2, 3]),
             Err(DecodeError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn a_frame_encoded_in_place_is_what_the_codec_would_send() {
+        use tokio_util::codec::Encoder;
+        let message = ClientFrame::Request(Envelope {
+            id: 9,
+            request: Request::Ping,
+        });
+        let mut in_place = bytes::BytesMut::from(&b"earlier"[..]);
+        encode_frame_into(&mut in_place, &message).unwrap();
+        let mut via_codec = bytes::BytesMut::from(&b"earlier"[..]);
+        length_codec()
+            .encode(bytes::Bytes::from(encode(&message).unwrap()), &mut via_codec)
+            .unwrap();
+        assert_eq!(in_place, via_codec);
+
+        let huge = vec![0u8; MAX_FRAME_LEN];
+        let before = in_place.clone();
+        assert!(encode_frame_into(&mut in_place, &huge).is_err());
+        assert_eq!(in_place, before, "a refused frame leaves nothing behind");
     }
 
     #[test]
