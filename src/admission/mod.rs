@@ -192,6 +192,8 @@ pub enum AdmissionError {
     UnknownQuota(String),
     #[error("no charge with idempotency key {0:?} to refund (never charged, or already refunded)")]
     NothingToRefund(String),
+    #[error("reservation {reservation} was admitted for agent {owner:?}; report it from a connection acting as that agent")]
+    NotOwner { reservation: u64, owner: String },
 }
 
 /// Maps on the decision path: foldhash is seeded per process (so keys chosen by a
@@ -360,6 +362,32 @@ impl Admission {
         self.lock().report(reservation, key, outcome, now)
     }
 
+    /// [`Admission::report`], if `may_settle` says yes for the agent the
+    /// reservation was admitted for; checked under the same lock as the report
+    /// (one lock per report, and no window between the check and the close).
+    ///
+    /// # Errors
+    /// [`AdmissionError::NotOwner`], and those of [`Admission::report`].
+    pub fn report_by(
+        &self,
+        reservation: u64,
+        may_settle: impl FnOnce(&str) -> bool,
+        key: Option<String>,
+        outcome: Outcome,
+        now: Moment,
+    ) -> Result<Reporting, AdmissionError> {
+        let mut engine = self.lock();
+        if let Some(open) = engine.reservations.get(&reservation) {
+            if !may_settle(&open.agent) {
+                return Err(AdmissionError::NotOwner {
+                    reservation,
+                    owner: open.agent.clone(),
+                });
+            }
+        }
+        engine.report(reservation, key, outcome, now)
+    }
+
     /// Records an outcome, and possibly a charge, for a call made without
     /// admission.
     ///
@@ -428,11 +456,6 @@ impl Admission {
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
-    }
-
-    /// The agent a reservation was admitted for, while it is open.
-    pub fn holder(&self, id: u64) -> Option<String> {
-        self.lock().reservations.get(&id).map(|r| r.agent.clone())
     }
 
     /// Sets (`Some`) or drops (`None`) the operator's runtime override of a service's

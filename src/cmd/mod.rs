@@ -167,6 +167,7 @@ impl From<AdmissionError> for ErrorReply {
                 ErrorCode::UnknownReservation
             }
             AdmissionError::Busy(_) => ErrorCode::Unavailable,
+            AdmissionError::NotOwner { .. } => ErrorCode::NotPermitted,
             AdmissionError::TooManyReservations(_)
             | AdmissionError::KeyRequired
             | AdmissionError::Invalid(_)

@@ -83,22 +83,21 @@ fn start(
             // (the `[[agents]]` bindings, as at the handshake) may settle it, so it
             // stays reportable after a reconnect or a restart, and a per-request
             // agent override can report what it admitted. Admins may settle any.
-            if let Some(owner) = admission.holder(id) {
-                let may_act = owner == session.agent || state.access().check_agent(&session.peer, &owner).is_ok();
-                if !may_act && !state.is_admin(&session.peer) {
-                    let peer = &session.peer;
-                    log::warn!(
-                        session = session.id, reservation = id, peer_uid = peer.uid, peer_gid = peer.gid, peer_pid = peer.pid;
-                        "refused a report of session {} (uid {} pid {}, agent {:?}): reservation {id} belongs to agent {owner:?}",
-                        session.id, peer.uid, peer.pid, session.agent
-                    );
-                    return Err(ErrorReply::new(
-                        ErrorCode::NotPermitted,
-                        format!("reservation {id} was admitted for agent {owner:?}; report it from a connection acting as that agent"),
-                    ));
-                }
+            let may_settle = |owner: &str| {
+                owner == session.agent
+                    || state.access().check_agent(&session.peer, owner).is_ok()
+                    || state.is_admin(&session.peer)
+            };
+            let result = admission.report_by(id, may_settle, req.idempotency_key, outcome, now);
+            if let Err(crate::admission::AdmissionError::NotOwner { owner, .. }) = &result {
+                let peer = &session.peer;
+                log::warn!(
+                    session = session.id, reservation = id, peer_uid = peer.uid, peer_gid = peer.gid, peer_pid = peer.pid;
+                    "refused a report of session {} (uid {} pid {}, agent {:?}): reservation {id} belongs to agent {owner:?}",
+                    session.id, peer.uid, peer.pid, session.agent
+                );
             }
-            admission.report(id, req.idempotency_key, outcome, now)
+            result
         }
         (None, Some(service)) => {
             check_name(service).map_err(|e| invalid(format!("service name {service:?} {e}")))?;

@@ -181,7 +181,10 @@ mod tests {
         encode_frame_into(&mut in_place, &message).unwrap();
         let mut via_codec = bytes::BytesMut::from(&b"earlier"[..]);
         length_codec()
-            .encode(bytes::Bytes::from(encode(&message).unwrap()), &mut via_codec)
+            .encode(
+                bytes::Bytes::from(encode(&message).unwrap()),
+                &mut via_codec,
+            )
             .unwrap();
         assert_eq!(in_place, via_codec);
 
