@@ -318,3 +318,94 @@ fn a_session_forces_a_breaker() {
     assert_eq!(lines[0]["state"], "disabled");
     assert_eq!(lines[1]["error"]["kind"], "invalid_argument");
 }
+
+/// `bench` against the daemon: every mix runs, replies are counted and nothing is
+/// left behind (reservations are reported or released). Counts, never speeds.
+#[test]
+fn bench_drives_the_daemon_and_leaves_no_reservation_open() {
+    let daemon = Daemon::start(
+        // A budget, so a reservation the bench forgot would stay open as an orphan.
+        "[daemon]\nmax_connections_per_uid = 64\n[[rate_limits]]\nname = \"open\"\nrate = 100000000\nburst = 100000000\n[budget]\nlimit = 1000000.0\n",
+    );
+    for (mix, pipeline) in [
+        ("pairs", "1"),
+        ("pairs", "8"),
+        ("admit", "8"),
+        ("ping", "4"),
+    ] {
+        let mut cmd = daemon.cli();
+        cmd.args([
+            "--json",
+            "bench",
+            "--mix",
+            mix,
+            "--connections",
+            "3",
+            "--pipeline",
+            pipeline,
+            "--keys",
+            "5",
+            "--warmup",
+            "50ms",
+            "--duration",
+            "300ms",
+        ]);
+        let (code, stdout, stderr) = run(cmd);
+        assert_eq!(code, 0, "{mix}: {stdout}{stderr}");
+        let summary: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+        assert_eq!(summary["target"], "daemon");
+        assert_eq!(summary["mix"], mix);
+        assert!(summary["ops"].as_u64().unwrap() > 0, "{mix}: {summary}");
+        assert_eq!(summary["errors"], 0, "{mix}: {summary}");
+        assert_eq!(summary["denied"], 0, "{mix}: {summary}");
+        for key in [
+            "p50_us",
+            "p90_us",
+            "p99_us",
+            "p999_us",
+            "max_us",
+            "ops_per_sec",
+        ] {
+            assert!(
+                summary[key].as_f64().unwrap() > 0.0,
+                "{mix}: {key} in {summary}"
+            );
+        }
+    }
+    let mut cmd = daemon.cli();
+    cmd.args(["--json", "status"]);
+    let (code, stdout, _) = run(cmd);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(status["open_reservations"], 0, "{status}");
+}
+
+/// `bench --floor` needs no daemon; `--mix check` is refused with a reason.
+#[test]
+fn bench_measures_the_floor_and_refuses_what_it_cannot_measure() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_automation-framework"));
+    cmd.args([
+        "--json",
+        "bench",
+        "--floor",
+        "--connections",
+        "2",
+        "--pipeline",
+        "4",
+        "--warmup",
+        "20ms",
+        "--duration",
+        "200ms",
+    ]);
+    let (code, stdout, stderr) = run(cmd);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["target"], "floor");
+    assert!(summary["ops"].as_u64().unwrap() > 0, "{summary}");
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_automation-framework"));
+    cmd.args(["bench", "--floor", "--mix", "check", "--duration", "100ms"]);
+    let (code, _, stderr) = run(cmd);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("no `check` request yet"), "{stderr}");
+}

@@ -204,7 +204,8 @@ pub async fn drive(
     loop {
         let now = Instant::now();
         let sending = !window.over(now);
-        if !sending && in_flight.is_empty() && (ask.mix != Mix::Admit || to_report.is_empty()) {
+        // Done once every reservation taken has been reported (or released).
+        if !sending && in_flight.is_empty() && to_report.is_empty() {
             break;
         }
         // Fill the pipeline, then flush once.
