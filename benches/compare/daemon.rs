@@ -15,9 +15,13 @@ pub struct Daemon {
     pub socket: PathBuf,
 }
 
+/// `$COMPARE_DAEMON` (to measure another build, e.g. before a change), else
 /// `target/release/automation-frameworkd`, next to this bench's own executable
 /// (`target/release/deps/compare-…`), built by `cargo bench` beforehand.
 pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("COMPARE_DAEMON") {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().expect("the bench's own path");
     let release = exe.parent().and_then(Path::parent).expect("target/release");
     release.join("automation-frameworkd")
