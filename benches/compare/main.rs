@@ -3,7 +3,7 @@
 //! daemon with durable budget enforcement, memory and start-up time.
 //!
 //! ```sh
-//! benches/compare                      # installs Redis if absent, then this
+//! benches/install-redis                # Debian's redis-server, if absent
 //! cargo bench --bench compare          # the full run, a few minutes
 //! cargo bench --bench compare -- --quick   # seconds: CI's smoke run, no thresholds
 //! cargo bench --bench compare -- --only floor,daemon --reps 5 --secs 2
@@ -14,6 +14,7 @@
 //! shows medians. Nothing here asserts a speed: the targets are read off the table.
 
 mod daemon;
+mod redis;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -122,7 +123,7 @@ fn main() -> anyhow::Result<()> {
     println!("{}", machine());
 
     let (connections, pipelines): (&[usize], &[usize]) = if options.quick {
-        (&[1, 4], &[1, 32])
+        (&[1, 16], &[1, 32])
     } else {
         (&[1, 4, 16, 64], &[1, 32])
     };
@@ -139,6 +140,12 @@ fn main() -> anyhow::Result<()> {
         .wants("budget")
         .then(|| Daemon::start(BUDGET))
         .transpose()?;
+    // None when redis-server is not installed: the table shows "—".
+    let redis = if options.wants("redis") {
+        redis::RedisServer::start()?
+    } else {
+        None
+    };
 
     let mut targets: Vec<(Target, &Path)> = Vec::new();
     if let Some(floor) = &floor {
@@ -146,6 +153,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(daemon) = &daemon {
         targets.push((Target::Daemon, &daemon.socket));
+    }
+    if let Some(redis) = &redis {
+        targets.push((Target::Redis, redis.socket()));
     }
     let load = |connections, pipeline| Load {
         connections,
@@ -197,7 +207,13 @@ async fn cell(socket: &Path, load: Load, target: Target) -> anyhow::Result<Figur
     let tally = load_gen::run(&load, |index, window| {
         let ask = Arc::clone(&ask);
         let frames = Arc::clone(&frames);
-        async move { wire::drive(&ask, &frames, index, load.pipeline, window).await }
+        async move {
+            if target == Target::Redis {
+                redis::drive(&ask.socket, ask.keys, index, load.pipeline, window).await
+            } else {
+                wire::drive(&ask, &frames, index, load.pipeline, window).await
+            }
+        }
     })
     .await
     .with_context(|| format!("{} at {} connections", target.name(), load.connections))?;
