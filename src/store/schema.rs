@@ -4,7 +4,7 @@
 //! append-only journal (refunds mark a row, never delete it) and `balances` the
 //! materialized spend per budget and period, updated in the same transaction.
 
-use rusqlite::{params, Connection, OptionalExtension, Savepoint};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{Entry, Outcome, Snapshot, StoredReservation};
 use crate::money::Usd;
@@ -160,8 +160,11 @@ pub(super) fn is_charged(conn: &Connection, key: &str) -> rusqlite::Result<bool>
     .map(|found| found.is_some())
 }
 
-/// Applies one job's entries inside its savepoint.
-pub(super) fn apply(sp: &Savepoint<'_>, entries: &[Entry]) -> rusqlite::Result<Outcome> {
+/// Applies one job's entries (inside its savepoint when it has several).
+///
+/// Invariant: an entry that answers `Duplicate` or `NotFound` does so before it
+/// writes anything, so a single-entry job needs no savepoint to be rolled back.
+pub(super) fn apply(sp: &Connection, entries: &[Entry]) -> rusqlite::Result<Outcome> {
     let mut outcome = Outcome::Done;
     for entry in entries {
         match entry {

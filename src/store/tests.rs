@@ -147,6 +147,41 @@ async fn a_duplicate_rolls_back_only_its_own_job() {
     );
 }
 
+/// Single-entry jobs run without a savepoint: a duplicate or a refund of nothing
+/// among them must still change nothing and leave its neighbours' work in place.
+#[tokio::test]
+async fn single_entry_duplicates_change_nothing_in_a_shared_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    store.write(vec![charge("k", 1.0)]).await.unwrap();
+    let jobs = (0..60).map(|i| {
+        let store = store.clone();
+        async move {
+            let entry = match i % 3 {
+                0 => charge("k", 1.0),
+                1 => charge(&format!("new-{i}"), 1.0),
+                _ => Entry::Refund {
+                    key: format!("never-charged-{i}"),
+                },
+            };
+            store.write(vec![entry]).await
+        }
+    });
+    let outcomes = futures_util::future::join_all(jobs).await;
+    let count = |want: Outcome| outcomes.iter().filter(|o| **o == Ok(want.clone())).count();
+    assert_eq!(
+        (
+            count(Outcome::Done),
+            count(Outcome::Duplicate),
+            count(Outcome::NotFound)
+        ),
+        (20, 20, 20)
+    );
+    store.close();
+    let (_, snapshot) = Store::open(dir.path()).unwrap();
+    assert_eq!(snapshot.balances[0].2, usd(21.0));
+}
+
 #[tokio::test]
 async fn a_failing_disk_fails_the_write_and_reports_unhealthy() {
     let dir = tempfile::tempdir().unwrap();
