@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -98,6 +99,17 @@ pub enum RateDenial {
 /// limiter's start.
 #[derive(Debug, Clone, Default)]
 pub struct RateStore(Arc<Mutex<HashMap<String, Nanos>>>);
+
+/// Buckets forgotten by the purges of every rule since the last [`take_forgotten`].
+/// Process-wide because what it stands for is: heap memory the allocator may now
+/// hold on to (glibc keeps small freed blocks), which the maintenance task hands
+/// back to the kernel when enough was freed to be worth a walk of the heap.
+static FORGOTTEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Buckets forgotten by purges since the last call, and starts counting afresh.
+pub fn take_forgotten() -> usize {
+    FORGOTTEN.swap(0, Ordering::Relaxed)
+}
 
 // === impl RateRule ===
 
@@ -295,11 +307,21 @@ impl StateStore for RateStore {
 
 impl ShrinkableKeyedStateStore<String> for RateStore {
     fn retain_recent(&self, drop_below: Nanos) {
-        self.lock().retain(|_, tat| *tat > drop_below);
+        let mut map = self.lock();
+        let before = map.len();
+        map.retain(|_, tat| *tat > drop_below);
+        FORGOTTEN.fetch_add(before - map.len(), Ordering::Relaxed);
     }
 
+    /// Gives the table back when at most a quarter of it is used: a burst of keys
+    /// leaves a table sized for the burst (33 bytes a slot) after its keys are
+    /// forgotten. A steady set of keys, which would fill it again, is left alone,
+    /// so it is not rehashed at every purge.
     fn shrink_to_fit(&self) {
-        self.lock().shrink_to_fit();
+        let mut map = self.lock();
+        if map.len() <= map.capacity() / 4 {
+            map.shrink_to_fit();
+        }
     }
 
     fn len(&self) -> usize {
