@@ -26,9 +26,9 @@ use crate::connection::Peer;
 use crate::store::{Snapshot, Store};
 
 /// Rate buckets forgotten in one purge beyond which the freed heap is handed back
-/// to the kernel (`malloc_trim`). A bucket costs about 100 bytes (its key's heap
-/// block and a table slot), so this is about 5 MiB; below it a walk of the heap
-/// is not worth it.
+/// to the kernel (`malloc_trim`). A bucket's table slot is 41 bytes (a long key
+/// adds a heap block), the table half to 7/8 full, so this is a few MiB; below it
+/// a walk of the heap is not worth it.
 const TRIM_AFTER_FORGOTTEN: usize = 50_000;
 
 /// How often orphaned reservations are checked for settlement.
@@ -392,9 +392,12 @@ impl State {
                     self.admission().purge(self.moment());
                     let forgotten = crate::guard::rate::take_forgotten();
                     if forgotten >= TRIM_AFTER_FORGOTTEN {
-                        // glibc keeps freed small blocks (a million keys' worth
-                        // is tens of MiB) until asked; the walk took 0.13 s
-                        // after 775,000 keys, so not on a worker thread.
+                        // The tables the store outgrew on the way up, long keys,
+                        // and whatever was allocated among them stay resident
+                        // with glibc until asked (10 to 20 MiB after a million
+                        // keys). The walk took 1 ms after a million short keys,
+                        // but 0.13 s after 775,000 small heap blocks (String
+                        // keys, as long keys still are): not on a worker thread.
                         let started = std::time::Instant::now();
                         let trimmed = tokio::task::spawn_blocking(trim_heap).await.unwrap_or(false);
                         log::debug!(
@@ -450,8 +453,10 @@ impl State {
 }
 
 /// Hands free heap memory back to the kernel: glibc returns freed blocks to the
-/// system only from the top of its heaps, so the small blocks of many forgotten
-/// keys stay resident until `malloc_trim` releases the whole free pages among them.
+/// system only from the top of its heaps (and unmaps only blocks above its mmap
+/// threshold, which rises to 32 MiB as large blocks are freed), so what a burst
+/// of keys left behind stays resident until `malloc_trim` releases the whole free
+/// pages inside the heaps.
 /// Returns whether any memory was released. A no-op on other C libraries.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]

@@ -164,6 +164,41 @@ fn purge_keeps_the_table_of_a_mostly_used_key_set() {
     assert!(rule.store.lock().capacity() > 1_000);
 }
 
+/// Keys of every length are one bucket each, whether kept in the table (up to 30
+/// bytes) or on the heap, and a stored key costs the table 32 bytes.
+#[test]
+fn short_and_long_keys_are_buckets_alike() {
+    assert_eq!(std::mem::size_of::<BucketKey>(), 32);
+    let (rule, clock) = rule(1, Duration::from_secs(1), 1, Weight::Requests);
+    let keys = [
+        String::new(),
+        "x".repeat(30),
+        "x".repeat(31),
+        format!("{}\0{}", "a".repeat(128), "s".repeat(128)),
+    ];
+    for key in &keys {
+        let cells = rule.check(key.clone(), nz(1), clock.now()).unwrap();
+        assert!(
+            rule.check(key.clone(), nz(1), clock.now()).is_err(),
+            "{key:?}"
+        );
+        rule.undo(&cells);
+        rule.check(key.clone(), nz(1), clock.now())
+            .expect("undone to a full bucket");
+    }
+    assert_eq!(rule.bucket_count(), keys.len());
+    let inline = |key: &String| {
+        matches!(
+            rule.store.lock().get_key_value(key.as_bytes()),
+            Some((BucketKey::Inline { .. }, _))
+        )
+    };
+    assert_eq!(
+        keys.iter().map(inline).collect::<Vec<_>>(),
+        [true, true, false, false]
+    );
+}
+
 #[test]
 fn filters_and_keys() {
     let clock = SharedClock::new(ManualClock::new());
