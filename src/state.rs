@@ -25,8 +25,11 @@ use crate::config::Config;
 use crate::connection::Peer;
 use crate::store::{Snapshot, Store};
 
-/// How often full rate-limit buckets and past quota windows are forgotten.
-const PURGE_EVERY: Duration = Duration::from_secs(30);
+/// Rate buckets forgotten in one purge beyond which the freed heap is handed back
+/// to the kernel (`malloc_trim`). A bucket's table slot is 41 bytes (a long key
+/// adds a heap block), the table half to 7/8 full, so this is a few MiB; below it
+/// a walk of the heap is not worth it.
+const TRIM_AFTER_FORGOTTEN: usize = 50_000;
 
 /// How often orphaned reservations are checked for settlement.
 const SETTLE_EVERY: Duration = Duration::from_secs(1);
@@ -368,19 +371,48 @@ impl State {
         (sessions.len() as u32, agents.len() as u32)
     }
 
-    /// Periodic housekeeping until `shutdown` fires: forgetting idle keyed state,
-    /// and settling orphaned reservations whose timeout passed.
+    /// Periodic housekeeping until `shutdown` fires: forgetting idle keyed state
+    /// every `daemon.purge_interval` and giving the memory back, and settling
+    /// orphaned reservations whose timeout passed. A reload's new interval is
+    /// noticed within a second and starts with a purge.
     pub async fn maintain(self, shutdown: CancellationToken) {
-        let mut purge = tokio::time::interval(PURGE_EVERY);
-        purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut settle = tokio::time::interval(SETTLE_EVERY);
-        settle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let every = |interval: Duration| {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        };
+        let mut purge_interval = self.config().daemon.purge_interval;
+        let mut purge = every(purge_interval);
+        let mut settle = every(SETTLE_EVERY);
         let mut store_failing = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = purge.tick() => self.admission().purge(self.moment()),
+                _ = purge.tick() => {
+                    self.admission().purge(self.moment());
+                    let forgotten = crate::guard::rate::take_forgotten();
+                    if forgotten >= TRIM_AFTER_FORGOTTEN {
+                        // The tables the store outgrew on the way up, long keys,
+                        // and whatever was allocated among them stay resident
+                        // with glibc until asked (10 to 20 MiB after a million
+                        // keys). The walk took 1 ms after a million short keys,
+                        // but 0.13 s after 775,000 small heap blocks (String
+                        // keys, as long keys still are): not on a worker thread.
+                        let started = std::time::Instant::now();
+                        let trimmed = tokio::task::spawn_blocking(trim_heap).await.unwrap_or(false);
+                        log::debug!(
+                            "purge forgot {forgotten} rate buckets; heap trimmed in {:?} (memory returned: {trimmed})",
+                            started.elapsed()
+                        );
+                    }
+                }
                 _ = settle.tick() => {
+                    let configured = self.config().daemon.purge_interval;
+                    if configured != purge_interval {
+                        // Its first tick is immediate: the new interval starts now.
+                        purge_interval = configured;
+                        purge = every(purge_interval);
+                    }
                     self.settle_orphans().await;
                     store_failing = self.watch_store(store_failing);
                 }
@@ -418,6 +450,26 @@ impl State {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Hands free heap memory back to the kernel: glibc returns freed blocks to the
+/// system only from the top of its heaps (and unmaps only blocks above its mmap
+/// threshold, which rises to 32 MiB as large blocks are freed), so what a burst
+/// of keys left behind stays resident until `malloc_trim` releases the whole free
+/// pages inside the heaps.
+/// Returns whether any memory was released. A no-op on other C libraries.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn trim_heap() -> bool {
+    // SAFETY: malloc_trim takes no pointers and only rearranges the allocator's
+    // own free lists under its own locks; it is safe to call from any thread at
+    // any time.
+    unsafe { nix::libc::malloc_trim(0) != 0 }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() -> bool {
+    false
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

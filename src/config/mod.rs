@@ -116,6 +116,11 @@ pub struct DaemonConfig {
     pub max_reservations_per_connection: usize,
     /// Where the ledger lives when `--state-dir` does not say.
     pub state_dir: Option<PathBuf>,
+    /// How often idle keyed state (full rate buckets, past quota windows) is
+    /// forgotten and its memory given back: the longest that memory of a burst of
+    /// distinct keys outlives the burst. Short values cost a walk of every key
+    /// that often.
+    pub purge_interval: Duration,
 }
 
 /// `[access]`: the rules that let a peer in, decided from its kernel credentials.

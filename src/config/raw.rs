@@ -189,6 +189,7 @@ struct RawDaemon {
     max_services: usize,
     max_reservations_per_connection: usize,
     state_dir: Option<PathBuf>,
+    purge_interval: String,
 }
 
 /// Breaker keys; every one optional so a service can override just one of them.
@@ -528,6 +529,7 @@ impl Default for RawDaemon {
             max_services: 10_000,
             max_reservations_per_connection: 4096,
             state_dir: None,
+            purge_interval: "30s".into(),
         }
     }
 }
@@ -628,6 +630,7 @@ impl RawDaemon {
             max_services: self.max_services,
             max_reservations_per_connection: self.max_reservations_per_connection,
             state_dir: self.state_dir,
+            purge_interval: positive("daemon.purge_interval", &self.purge_interval)?,
         })
     }
 }

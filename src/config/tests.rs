@@ -151,6 +151,21 @@ fn daemon_values() {
 }
 
 #[test]
+fn purge_interval() {
+    assert_eq!(
+        Config::default().daemon.purge_interval,
+        Duration::from_secs(30)
+    );
+    let config = Config::from_toml("[daemon]\npurge_interval = \"1s\"\n").unwrap();
+    assert_eq!(config.daemon.purge_interval, Duration::from_secs(1));
+    assert_eq!(
+        error_of("[daemon]\npurge_interval = \"0s\"\n"),
+        "daemon.purge_interval: must be longer than zero"
+    );
+    assert!(error_of("[daemon]\npurge_interval = \"soon\"\n").starts_with("daemon.purge_interval:"));
+}
+
+#[test]
 fn socket_mode_and_group() {
     let daemon = Config::default().daemon;
     assert_eq!(daemon.socket_mode, 0o660);

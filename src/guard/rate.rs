@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -97,7 +98,35 @@ pub enum RateDenial {
 /// The keyed GCRA state: theoretical arrival time per key, in nanoseconds since the
 /// limiter's start.
 #[derive(Debug, Clone, Default)]
-pub struct RateStore(Arc<Mutex<HashMap<String, Nanos>>>);
+pub struct RateStore(Arc<Mutex<HashMap<BucketKey, Nanos>>>);
+
+/// The longest key kept inside the table itself.
+const INLINE: usize = 30;
+
+/// A bucket's key as the store keeps it: inside the table when it is short (an
+/// agent or service name, or `agent\0service`, of up to 30 bytes: the usual case),
+/// on the heap otherwise. A million agents are then one allocation (the table)
+/// instead of a million small ones scattered among everything else the daemon
+/// allocated meanwhile, which glibc can give back only where whole pages are
+/// free: the table goes back to the kernel the moment a purge shrinks it. Looked
+/// up by its bytes (`Borrow<[u8]>`), so hashing and equality are those of the
+/// key's bytes, whichever way it is stored.
+#[derive(Debug, Clone)]
+enum BucketKey {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<[u8]>),
+}
+
+/// Buckets forgotten by the purges of every rule since the last [`take_forgotten`].
+/// Process-wide because what it stands for is: heap memory the allocator may now
+/// hold on to (glibc keeps small freed blocks), which the maintenance task hands
+/// back to the kernel when enough was freed to be worth a walk of the heap.
+static FORGOTTEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Buckets forgotten by purges since the last call, and starts counting afresh.
+pub fn take_forgotten() -> usize {
+    FORGOTTEN.swap(0, Ordering::Relaxed)
+}
 
 // === impl RateRule ===
 
@@ -235,30 +264,30 @@ impl std::fmt::Debug for RateRule {
 // === impl RateStore ===
 
 impl RateStore {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Nanos>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<BucketKey, Nanos>> {
         // A panic while holding this lock cannot leave a half-written entry.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn get(&self, key: &str) -> Option<Nanos> {
-        self.lock().get(key).copied()
+        self.lock().get(key.as_bytes()).copied()
     }
 
     fn restore(&self, key: &str, value: Option<Nanos>) {
         let mut map = self.lock();
         match value {
             Some(tat) => {
-                map.insert(key.to_owned(), tat);
+                map.insert(BucketKey::new(key), tat);
             }
             None => {
-                map.remove(key);
+                map.remove(key.as_bytes());
             }
         }
     }
 
     /// Moves a key's arrival time later (`later`) or earlier by `delta` nanoseconds.
     fn shift(&self, key: &str, delta: u64, later: bool) {
-        if let Some(tat) = self.lock().get_mut(key) {
+        if let Some(tat) = self.lock().get_mut(key.as_bytes()) {
             let value = tat.as_u64();
             let value = if later {
                 value.saturating_add(delta)
@@ -278,7 +307,7 @@ impl StateStore for RateStore {
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
         let mut map = self.lock();
-        match map.get_mut(key) {
+        match map.get_mut(key.as_bytes()) {
             Some(tat) => {
                 let (out, next) = f(Some(*tat))?;
                 *tat = next;
@@ -286,7 +315,7 @@ impl StateStore for RateStore {
             }
             None => {
                 let (out, next) = f(None)?;
-                map.insert(key.clone(), next);
+                map.insert(BucketKey::new(key), next);
                 Ok(out)
             }
         }
@@ -295,11 +324,21 @@ impl StateStore for RateStore {
 
 impl ShrinkableKeyedStateStore<String> for RateStore {
     fn retain_recent(&self, drop_below: Nanos) {
-        self.lock().retain(|_, tat| *tat > drop_below);
+        let mut map = self.lock();
+        let before = map.len();
+        map.retain(|_, tat| *tat > drop_below);
+        FORGOTTEN.fetch_add(before - map.len(), Ordering::Relaxed);
     }
 
+    /// Gives the table back when at most a quarter of it is used: a burst of keys
+    /// leaves a table sized for the burst (33 bytes a slot) after its keys are
+    /// forgotten. A steady set of keys, which would fill it again, is left alone,
+    /// so it is not rehashed at every purge.
     fn shrink_to_fit(&self) {
-        self.lock().shrink_to_fit();
+        let mut map = self.lock();
+        if map.len() <= map.capacity() / 4 {
+            map.shrink_to_fit();
+        }
     }
 
     fn len(&self) -> usize {
@@ -310,6 +349,50 @@ impl ShrinkableKeyedStateStore<String> for RateStore {
         self.lock().is_empty()
     }
 }
+
+// === impl BucketKey ===
+
+impl BucketKey {
+    fn new(key: &str) -> BucketKey {
+        let key = key.as_bytes();
+        match u8::try_from(key.len()) {
+            Ok(len) if key.len() <= INLINE => {
+                let mut bytes = [0; INLINE];
+                bytes[..key.len()].copy_from_slice(key);
+                BucketKey::Inline { len, bytes }
+            }
+            _ => BucketKey::Heap(key.into()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            BucketKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            BucketKey::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for BucketKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+/// As the bytes hash, so a lookup by `&[u8]` finds the key (`Borrow`'s contract).
+impl std::hash::Hash for BucketKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl PartialEq for BucketKey {
+    fn eq(&self, other: &BucketKey) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for BucketKey {}
 
 #[cfg(test)]
 mod tests;
