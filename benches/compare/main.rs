@@ -14,6 +14,7 @@
 //! shows medians. Nothing here asserts a speed: the targets are read off the table.
 
 mod daemon;
+mod memory;
 mod redis;
 
 use std::collections::BTreeMap;
@@ -191,6 +192,17 @@ fn main() -> anyhow::Result<()> {
         eprintln!("repetition {} of {} done", rep + 1, options.reps);
     }
     print!("{}", table(&figures, connections, pipelines));
+    // Daemons and servers of the table stop first, so they cost no memory or CPU.
+    drop((floor, daemon, budget, redis));
+    if options.wants("memory") {
+        let (keys, starts) = if options.quick {
+            (20_000, 2)
+        } else {
+            (1_000_000, 10)
+        };
+        println!("\nmemory and start-up (one daemon per start, its own ledger)\n");
+        print!("{}", memory::render(&memory::measure(keys, starts)?));
+    }
     Ok(())
 }
 
