@@ -27,6 +27,31 @@ pub fn binary() -> PathBuf {
     release.join("automation-frameworkd")
 }
 
+/// The daemon's command line for a run in `dir`: `config`, `socket`, a state
+/// directory and `daemon.log` in `dir`, no HTTP, and none of systemd's variables
+/// inherited from the bench's environment (callers add what they need).
+pub fn command(dir: &Path, config: &Path, socket: &Path) -> anyhow::Result<Command> {
+    let log = std::fs::File::create(dir.join("daemon.log"))?;
+    let mut command = Command::new(binary());
+    command
+        .arg("--config")
+        .arg(config)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["--http", "off", "--log-level", "warn"])
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    Ok(command)
+}
+
 impl Daemon {
     /// Starts the daemon with `config` and waits until its socket answers.
     pub fn start(config: &str) -> anyhow::Result<Daemon> {
@@ -34,21 +59,7 @@ impl Daemon {
         let socket = dir.path().join("agent.sock");
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config)?;
-        let log = std::fs::File::create(dir.path().join("daemon.log"))?;
-        let child = Command::new(binary())
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .args(["--http", "off", "--log-level", "warn"])
-            .env_remove("LISTEN_FDS")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
+        let child = command(dir.path(), &config_path, &socket)?.spawn()?;
         let mut daemon = Daemon { child, dir, socket };
         let deadline = Instant::now() + PROMPTLY;
         loop {

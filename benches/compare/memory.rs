@@ -20,7 +20,7 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -234,24 +234,9 @@ impl Spawned {
         let notify = UnixDatagram::bind(&notify_path)
             .with_context(|| format!("binding {}", notify_path.display()))?;
         notify.set_read_timeout(Some(Duration::from_millis(100)))?;
-        let log = std::fs::File::create(dir.path().join("daemon.log"))?;
         let begin = Instant::now();
-        let child = Command::new(super::daemon::binary())
-            .arg("--config")
-            .arg(&config)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .args(["--http", "off", "--log-level", "warn"])
+        let child = super::daemon::command(dir.path(), &config, &socket)?
             .env("NOTIFY_SOCKET", &notify_path)
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
             .spawn()
             .with_context(|| {
                 format!(
