@@ -233,20 +233,22 @@ fn notifies_systemd_ready_watchdog_and_stopping() {
         .unwrap();
     let config = dir.path().join("config.toml");
     std::fs::write(&config, "").unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--socket")
-        .arg(dir.path().join("agent.sock"))
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .args(["--http", "127.0.0.1:0"])
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("WATCHDOG_USEC", "200000")
-        .env_remove("WATCHDOG_PID")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = crate::util::KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--socket")
+            .arg(dir.path().join("agent.sock"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["--http", "127.0.0.1:0"])
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("WATCHDOG_USEC", "200000")
+            .env_remove("WATCHDOG_PID")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     let mut next = |seen: &mut Vec<String>| {
