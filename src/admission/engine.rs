@@ -561,7 +561,11 @@ impl Engine {
         };
         Settlement {
             duplicate: false,
-            service: service.to_owned(),
+            service: if transition.is_some() {
+                service.to_owned()
+            } else {
+                String::new()
+            },
             phase,
             transition,
             charged,

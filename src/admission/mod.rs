@@ -157,6 +157,8 @@ pub struct PendingReport {
 pub struct Settlement {
     /// The charge was made before; nothing was counted again.
     pub duplicate: bool,
+    /// The service, when there is a `transition` to log (empty otherwise: most
+    /// reports change nothing, and need not copy the name).
     pub service: String,
     pub phase: Option<Phase>,
     pub transition: Option<(Phase, Phase)>,
