@@ -310,6 +310,7 @@ impl Engine {
     pub(super) fn report(
         &mut self,
         id: u64,
+        may_settle: impl FnOnce(&str) -> bool,
         key: Option<String>,
         outcome: Outcome,
         now: Moment,
@@ -324,6 +325,12 @@ impl Engine {
                 }),
             };
         };
+        if !may_settle(&reservation.agent) {
+            return Err(AdmissionError::NotOwner {
+                reservation: id,
+                owner: reservation.agent.clone(),
+            });
+        }
         if reservation.stage != Stage::Open {
             return Err(AdmissionError::Busy(id));
         }

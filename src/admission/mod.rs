@@ -350,7 +350,8 @@ impl Admission {
         self.lock().abort(reservation);
     }
 
-    /// Starts closing a reservation with its outcome.
+    /// Starts closing a reservation with its outcome, whoever asks (the tests;
+    /// the daemon reports through [`Admission::report_by`]).
     ///
     /// # Errors
     /// Unknown, released or busy reservations.
@@ -361,7 +362,7 @@ impl Admission {
         outcome: Outcome,
         now: Moment,
     ) -> Result<Reporting, AdmissionError> {
-        self.lock().report(reservation, key, outcome, now)
+        self.report_by(reservation, |_| true, key, outcome, now)
     }
 
     /// [`Admission::report`], if `may_settle` says yes for the agent the
@@ -378,16 +379,8 @@ impl Admission {
         outcome: Outcome,
         now: Moment,
     ) -> Result<Reporting, AdmissionError> {
-        let mut engine = self.lock();
-        if let Some(open) = engine.reservations.get(&reservation) {
-            if !may_settle(&open.agent) {
-                return Err(AdmissionError::NotOwner {
-                    reservation,
-                    owner: open.agent.clone(),
-                });
-            }
-        }
-        engine.report(reservation, key, outcome, now)
+        self.lock()
+            .report(reservation, may_settle, key, outcome, now)
     }
 
     /// Records an outcome, and possibly a charge, for a call made without

@@ -219,13 +219,9 @@ fn guard_index(guard: Guard) -> usize {
     }
 }
 
+/// The guard's name in logs, replies and the `guard` metric label.
 fn guard_name(guard: Guard) -> &'static str {
-    match guard {
-        Guard::Rate => "rate",
-        Guard::Breaker => "breaker",
-        Guard::Budget => "budget",
-        Guard::Quota => "quota",
-    }
+    crate::metrics::GUARDS[guard_index(guard)]
 }
 
 /// Logs a breaker state change: openings at warning level, everything else at info.
