@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::protocol::frame::{encode, length_codec};
 use crate::protocol::{
     AdmitReply, BreakerState, ClientFrame, GuardKind, PeerIdentity, Pong, ReplyEnvelope,
-    ReportReply, Response, ServerFrame, Vote, Welcome, PROTOCOL_VERSION,
+    ReportReply, Request, Response, ServerFrame, Vote, Welcome, PROTOCOL_VERSION,
 };
 
 /// A running floor server; dropped, it stops and removes its socket.
@@ -31,6 +31,11 @@ pub struct Floor {
     shutdown: CancellationToken,
     thread: Option<JoinHandle<()>>,
 }
+
+/// The request kinds (variant indices) the floor answers besides `Ping`, as the
+/// protocol numbers them.
+const ADMIT: usize = 2;
+const REPORT: usize = 3;
 
 /// Pre-encoded replies, by request kind.
 struct Replies {
@@ -216,11 +221,12 @@ impl Replies {
             }
             return Ok(out.freeze());
         }
-        let template = match word(12).context("short request")? {
-            0 => &self.pong,
-            2 => &self.admit,
-            3 => &self.report,
-            kind => anyhow::bail!("the floor answers ping, admit and report, not kind {kind}"),
+        let kind = word(12).context("short request")? as usize;
+        let template = match kind {
+            k if k == Request::Ping.kind() => &self.pong,
+            k if k == ADMIT => &self.admit,
+            k if k == REPORT => &self.report,
+            _ => anyhow::bail!("the floor answers ping, admit and report, not kind {kind}"),
         };
         let mut out = BytesMut::from(&template[..]);
         out[4..12].copy_from_slice(&body[4..12]);
@@ -233,7 +239,13 @@ impl Replies {
 mod tests {
     use super::*;
     use crate::protocol::frame::decode;
-    use crate::protocol::{AdmitRequest, Envelope, ReportRequest, Request};
+    use crate::protocol::{AdmitRequest, Envelope, ReportRequest};
+
+    #[test]
+    fn the_floors_kind_numbers_are_the_protocols() {
+        assert_eq!(Request::Admit(AdmitRequest::default()).kind(), ADMIT);
+        assert_eq!(Request::Report(ReportRequest::default()).kind(), REPORT);
+    }
 
     #[test]
     fn the_floor_answers_each_kind_with_its_reply_and_the_request_id() {
