@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{AccessDenied, Policy};
-use crate::admission::{Admission, Moment, Reconfigured, ReloadError};
+use crate::admission::{Admission, Durable, Moment, Pending, Reconfigured, ReloadError};
 use crate::alerts::{Alert, Alerts};
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -49,7 +49,7 @@ struct Shared {
     config_path: Mutex<Option<PathBuf>>,
     /// One reload at a time (SIGHUP and the `Reload` request may race).
     reloading: Mutex<()>,
-    admission: Admission,
+    admission: Arc<Admission>,
     store: Store,
     alerts: Alerts,
     started: Duration,
@@ -162,7 +162,7 @@ impl State {
                 access: RwLock::new(Arc::new(access)),
                 config_path: Mutex::new(None),
                 reloading: Mutex::new(()),
-                admission,
+                admission: Arc::new(admission),
                 store,
                 alerts,
                 started,
@@ -320,6 +320,19 @@ impl State {
         &self.shared.store
     }
 
+    /// The one commit path ([`Admission::commit`]): writes a durable decision's
+    /// entries and applies it to memory when the ledger answers, whether or not
+    /// the returned future is still awaited.
+    pub fn commit<P: Pending>(
+        &self,
+        durable: Durable<P>,
+    ) -> impl std::future::Future<Output = Result<P::Output, crate::store::StoreError>> + Send + 'static
+    {
+        self.shared
+            .admission
+            .commit(&self.shared.store, &self.shared.clock, durable)
+    }
+
     /// Where operator alerts are raised; raising never blocks.
     pub fn alerts(&self) -> &Alerts {
         &self.shared.alerts
@@ -436,11 +449,17 @@ impl State {
     }
 
     /// Settles every due orphan by policy, durably; one that fails to write stays
-    /// open and is tried again at the next tick.
+    /// open and is tried again at the next tick. The settlements share group
+    /// commits: all are queued before any is awaited.
     pub async fn settle_orphans(&self) {
-        for (id, entries) in self.admission().due_orphans(self.moment()) {
-            let written = self.store().write(entries.clone()).await.is_ok();
-            self.admission().finish_orphan(id, &entries, written);
+        let commits: Vec<_> = self
+            .admission()
+            .due_orphans(self.moment())
+            .into_iter()
+            .map(|durable| self.commit(durable))
+            .collect();
+        for commit in commits {
+            let _ = commit.await;
         }
     }
 

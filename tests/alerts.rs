@@ -194,6 +194,7 @@ async fn each_budget_threshold_alerts_once() {
     assert!(bodies[0]["text"].as_str().expect("text").contains("50%"));
     assert!(bodies[1]["text"].as_str().expect("text").contains("80%"));
     assert_eq!(receiver.bodies().len(), 3);
+    daemon.assert_memory_matches_ledger().await;
 }
 
 #[tokio::test]

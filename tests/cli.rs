@@ -378,6 +378,9 @@ fn bench_drives_the_daemon_and_leaves_no_reservation_open() {
     assert_eq!(code, 0);
     let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(status["open_reservations"], 0, "{status}");
+    tokio::runtime::Runtime::new()
+        .expect("a runtime for the ledger check")
+        .block_on(daemon.assert_memory_matches_ledger());
 }
 
 /// `bench --floor` needs no daemon; `--mix check` is refused with a reason.

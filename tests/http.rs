@@ -106,6 +106,7 @@ async fn metrics_after_traffic_have_the_expected_series_and_values() {
         "latency is a histogram with buckets"
     );
     promtool_check(&metrics);
+    daemon.assert_memory_matches_ledger().await;
 }
 
 /// `promtool check metrics` from Debian's `prometheus` package, when present

@@ -64,6 +64,7 @@ async fn a_hundred_clients_at_once_against_ten_dollars_get_exactly_ten_admission
         (budget.spent, budget.reserved, budget.remaining),
         (0.0, 10.0, 0.0)
     );
+    daemon.assert_memory_matches_ledger().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,6 +107,7 @@ async fn a_report_repeated_after_reconnecting_and_after_a_restart_counts_once() 
     assert!(after.report(report).await.unwrap().duplicate);
     let budget = after.budget(None).await.unwrap();
     assert_eq!((budget.spent, budget.reserved), (1.5, 0.0));
+    daemon.assert_memory_matches_ledger().await;
 }
 
 #[tokio::test]
@@ -137,6 +139,7 @@ async fn a_charge_without_reservation_needs_a_key_and_counts_once() {
             .duplicate
     );
     assert_eq!(client.budget(None).await.unwrap().spent, 0.25);
+    daemon.assert_memory_matches_ledger().await;
 }
 
 #[tokio::test]
@@ -212,6 +215,7 @@ async fn the_cli_shows_budgets_and_runs_admin_operations() {
         stderr.contains("no charge with idempotency key \"nope\""),
         "{stderr}"
     );
+    daemon.assert_memory_matches_ledger().await;
 }
 
 /// Nothing acknowledged is lost (SPEC §5; BerriAI/litellm#35531, #34805, #38157):
@@ -336,6 +340,7 @@ async fn spend_survives_kill_9_exactly() {
         "kill -9 test: {n_charges} charges, ${:.6} spent, {} orphaned admission(s) over {KILLS} kills",
         global.spent, global.orphaned
     );
+    daemon.assert_memory_matches_ledger().await;
 }
 
 /// Connects, retrying while the daemon restarts.

@@ -27,6 +27,10 @@ mod guards;
 // across kill -9.
 mod ledger;
 
+// One commit path: connections cut off while their ledger writes are in flight
+// leave the daemon's memory equal to its ledger (issue 10's regressions).
+mod commit;
+
 // The operator's HTTP side: /metrics, /health, /ready.
 mod http;
 

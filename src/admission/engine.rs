@@ -5,8 +5,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::{
-    reservation_key, AdmissionError, Admitted, Caller, Closed, Decision, Engine, Guard, GuardVote,
-    Moment, Outcome, PendingReport, Plan, Reporting, Reservation, Settlement, Stage,
+    reservation_key, AdmissionError, Admitted, Caller, Closed, Decision, Durable, Engine, Guard,
+    GuardVote, Moment, Outcome, PendingAdmit, PendingReport, Plan, Reporting, Reservation,
+    Settlement, Stage,
 };
 use crate::alerts::Alert;
 use crate::config::{Mode, Price};
@@ -15,7 +16,7 @@ use crate::guard::quota::QuotaDenial;
 use crate::guard::rate::RateDenial;
 use crate::guard::BreakerDenial;
 use crate::money::Usd;
-use crate::store::{Entry, Outcome as LedgerOutcome};
+use crate::store::{Entry, Outcome as LedgerOutcome, StoreError};
 
 impl Engine {
     pub(super) fn admit(
@@ -261,24 +262,37 @@ impl Engine {
             .entry(caller.session)
             .or_default()
             .insert(id);
-        Ok(Admitted {
-            decision: Decision {
-                allowed: true,
-                reservation: Some(id),
-                votes,
-                decisive: None,
-                transitions,
-                estimate,
-            },
+        let decision = Decision {
+            allowed: true,
+            reservation: Some(id),
+            votes,
+            decisive: None,
+            transitions,
+            estimate,
+        };
+        if entries.is_empty() {
+            return Ok(Admitted::Decided(decision));
+        }
+        Ok(Admitted::Durable(Durable {
             entries,
-        })
+            pending: PendingAdmit { id, decision },
+        }))
     }
 
+    /// The admission's entries are durable: its reservation is open. If its
+    /// connection ended meanwhile, it is an orphan now, or — holding no money —
+    /// released as the connection's end would have released it.
     pub(super) fn confirm(&mut self, id: u64) {
-        if let Some(reservation) = self.reservations.get_mut(&id) {
-            if reservation.stage == Stage::Admitting {
-                reservation.stage = Stage::Open;
-            }
+        let Some(reservation) = self.reservations.get_mut(&id) else {
+            return;
+        };
+        if reservation.stage != Stage::Admitting {
+            return;
+        }
+        reservation.stage = Stage::Open;
+        if reservation.session.is_none() && reservation.budgets.is_empty() {
+            self.reservations.remove(&id);
+            self.recently_closed.insert(id, Closed::Released);
         }
     }
 
@@ -360,7 +374,7 @@ impl Engine {
         );
         let filed = self.file(&budgets, now);
         let key = key.unwrap_or_else(|| reservation_key(id));
-        Ok(Reporting::Durable {
+        Ok(Reporting::Durable(Durable {
             entries: vec![Entry::Charge {
                 key,
                 reservation: Some(id),
@@ -377,7 +391,7 @@ impl Engine {
                 filed,
                 outcome,
             },
-        })
+        }))
     }
 
     pub(super) fn report_unreserved(
@@ -405,7 +419,7 @@ impl Engine {
         }
         let key = key.ok_or(AdmissionError::KeyRequired)?;
         let filed = self.file(&budgets, now);
-        Ok(Reporting::Durable {
+        Ok(Reporting::Durable(Durable {
             entries: vec![Entry::Charge {
                 key,
                 reservation: None,
@@ -422,25 +436,30 @@ impl Engine {
                 filed,
                 outcome,
             },
-        })
+        }))
     }
 
+    /// Applies the ledger's answer to a durable report.
     pub(super) fn finish_report(
         &mut self,
         pending: PendingReport,
-        result: Result<LedgerOutcome, ()>,
+        result: Result<LedgerOutcome, StoreError>,
         now: Moment,
-    ) -> Option<Settlement> {
-        match (result, pending.reservation) {
-            (Err(()), Some(id)) => {
+    ) -> Result<Settlement, StoreError> {
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(err) => {
                 // Not durable: the reservation is open again, for a retry.
-                if let Some(reservation) = self.reservations.get_mut(&id) {
-                    reservation.stage = Stage::Open;
+                if let Some(id) = pending.reservation {
+                    if let Some(reservation) = self.reservations.get_mut(&id) {
+                        reservation.stage = Stage::Open;
+                    }
                 }
-                None
+                return Err(err);
             }
-            (Err(()), None) => None,
-            (Ok(LedgerOutcome::Duplicate), Some(id)) => {
+        };
+        Ok(match (outcome, pending.reservation) {
+            (LedgerOutcome::Duplicate, Some(id)) => {
                 // The key was charged before (by this or another report): this
                 // reservation's estimate is released and nothing is counted again.
                 if let Some(reservation) = self.reservations.get(&id) {
@@ -452,24 +471,34 @@ impl Engine {
                     }
                     self.close_released_silently(id);
                 }
-                Some(Settlement::duplicate())
+                Settlement::duplicate()
             }
-            (Ok(LedgerOutcome::Duplicate), None) => Some(Settlement::duplicate()),
-            (Ok(_), Some(id)) => {
+            (LedgerOutcome::Duplicate, None) => Settlement::duplicate(),
+            (_, Some(id)) => {
                 self.charge_filed(&pending.filed, pending.amount);
-                Some(self.close_reported(id, &pending.outcome, Some(pending.amount), now))
+                if self.reservations.contains_key(&id) {
+                    self.close_reported(id, &pending.outcome, Some(pending.amount), now)
+                } else {
+                    self.record_outcome(
+                        &pending.service,
+                        None,
+                        &pending.outcome,
+                        Some(pending.amount),
+                        now,
+                    )
+                }
             }
-            (Ok(_), None) => {
+            (_, None) => {
                 self.charge_filed(&pending.filed, pending.amount);
-                Some(self.record_outcome(
+                self.record_outcome(
                     &pending.service,
                     None,
                     &pending.outcome,
                     Some(pending.amount),
                     now,
-                ))
+                )
             }
-        }
+        })
     }
 
     pub(super) fn end_session(&mut self, session: u64, now: Moment) -> (usize, usize) {
@@ -490,8 +519,14 @@ impl Engine {
             }
             let reservation = self.reservations.get_mut(&id).expect("looked up above");
             if reservation.budgets.is_empty() {
-                self.reservations.remove(&id);
-                self.recently_closed.insert(id, Closed::Released);
+                if reservation.stage == Stage::Admitting {
+                    // Its durable quota usage is being written: the commit's
+                    // completion releases it (or gives the usage back).
+                    reservation.session = None;
+                } else {
+                    self.reservations.remove(&id);
+                    self.recently_closed.insert(id, Closed::Released);
+                }
                 released += 1;
             } else {
                 reservation.session = None;
@@ -657,10 +692,7 @@ fn vote(
 }
 
 fn denied(votes: Vec<GuardVote>, transitions: Vec<(String, Phase, Phase)>) -> Admitted {
-    Admitted {
-        decision: Decision::denied(votes, transitions),
-        entries: Vec::new(),
-    }
+    Admitted::Decided(Decision::denied(votes, transitions))
 }
 
 /// "`taken` of burst `burst` taken": every allowed admission says it, so it is

@@ -2,7 +2,7 @@
 //! filed under the right periods, alert thresholds, orphan settlement, the budget
 //! and quota views, and admin operations.
 
-use super::{AdmissionError, Engine, Moment, Reservation, Stage};
+use super::{AdmissionError, Durable, Engine, Moment, PendingOrphan, Reservation, Stage};
 use crate::alerts::Alert;
 use crate::config::OrphanPolicy;
 use crate::guard::breaker::Pass;
@@ -55,7 +55,6 @@ pub enum AdminKind {
 /// A validated admin operation waiting for its ledger write.
 #[derive(Debug, Clone)]
 pub struct PendingAdmin {
-    pub entries: Vec<Entry>,
     kind: AdminKind,
     period_start: u64,
 }
@@ -198,7 +197,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn due_orphans(&mut self, now: Moment) -> Vec<(u64, Vec<Entry>)> {
+    pub(super) fn due_orphans(&mut self, now: Moment) -> Vec<Durable<PendingOrphan>> {
         let timeout = self.config.budget.orphan_timeout;
         let policy = self.config.budget.orphan_policy;
         let due: Vec<u64> = self
@@ -221,24 +220,34 @@ impl Engine {
                     r.service.clone(),
                 )
             };
-            let entries = match policy {
-                OrphanPolicy::ChargeEstimate => vec![Entry::Charge {
-                    key: super::reservation_key(id),
-                    reservation: Some(id),
-                    agent,
-                    service,
-                    amount: estimate,
-                    budgets: self.file(&budgets, now),
-                    at: now.unix,
-                }],
-                OrphanPolicy::Release => vec![Entry::Unreserve { id }],
+            let (entries, charge) = match policy {
+                OrphanPolicy::ChargeEstimate => {
+                    let filed = self.file(&budgets, now);
+                    let entry = Entry::Charge {
+                        key: super::reservation_key(id),
+                        reservation: Some(id),
+                        agent,
+                        service,
+                        amount: estimate,
+                        budgets: filed.clone(),
+                        at: now.unix,
+                    };
+                    (vec![entry], Some((estimate, filed)))
+                }
+                OrphanPolicy::Release => (vec![Entry::Unreserve { id }], None),
             };
-            out.push((id, entries));
+            out.push(Durable {
+                entries,
+                pending: PendingOrphan { id, charge },
+            });
         }
         out
     }
 
-    pub(super) fn finish_orphan(&mut self, id: u64, entries: &[Entry], written: bool) {
+    /// Applies an orphan's settlement: `written` false leaves it open, to be tried
+    /// again at the next tick.
+    pub(super) fn finish_orphan(&mut self, pending: PendingOrphan, written: bool) {
+        let id = pending.id;
         if !written {
             if let Some(r) = self.reservations.get_mut(&id) {
                 r.stage = Stage::Open;
@@ -254,14 +263,9 @@ impl Engine {
             }
         }
         let mut charged = Usd::ZERO;
-        for entry in entries {
-            if let Entry::Charge {
-                amount, budgets, ..
-            } = entry
-            {
-                self.charge_filed(budgets, *amount);
-                charged = *amount;
-            }
+        if let Some((amount, filed)) = &pending.charge {
+            self.charge_filed(filed, *amount);
+            charged = *amount;
         }
         self.recently_closed.insert(id, super::Closed::Reported);
         log::info!(
@@ -349,7 +353,7 @@ impl Engine {
         &mut self,
         action: super::AdminAction,
         now: Moment,
-    ) -> Result<PendingAdmin, AdmissionError> {
+    ) -> Result<Durable<PendingAdmin>, AdmissionError> {
         let (entry, description, period_start) = match &action.kind {
             AdminKind::SetLimit { budget, limit } => {
                 self.known_budget(budget)?;
@@ -400,10 +404,12 @@ impl Engine {
             action: description,
             at: now.unix,
         };
-        Ok(PendingAdmin {
+        Ok(Durable {
             entries: vec![entry, audit],
-            kind: action.kind,
-            period_start,
+            pending: PendingAdmin {
+                kind: action.kind,
+                period_start,
+            },
         })
     }
 

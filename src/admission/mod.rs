@@ -19,6 +19,7 @@
 //! that holds money becomes an orphan, still reportable after a reconnect, and is
 //! settled by `budget.orphan_policy` after `budget.orphan_timeout`.
 
+mod commit;
 mod engine;
 mod ledger;
 mod reconfigure;
@@ -36,7 +37,7 @@ use crate::guard::budget::Budget;
 use crate::guard::quota::{QuotaRule, QuotaTaken};
 use crate::guard::rate::{Cells, RateRule};
 use crate::money::Usd;
-use crate::store::{Entry, Outcome as LedgerOutcome, Snapshot};
+use crate::store::Snapshot;
 
 /// How many closed reservation ids are remembered to recognise a repeated report.
 const RECENTLY_CLOSED: usize = 65_536;
@@ -107,13 +108,15 @@ pub struct GuardVote {
     pub retry_after: Option<Duration>,
 }
 
-/// A decision, and what must be made durable before it may be acknowledged.
+/// A decision, and whether it must be made durable before it may be
+/// acknowledged.
 #[derive(Debug)]
-pub struct Admitted {
-    pub decision: Decision,
-    /// Non-empty: write these, then [`Admission::confirm`] (or [`Admission::abort`]
-    /// if the write failed).
-    pub entries: Vec<Entry>,
+pub enum Admitted {
+    /// Denied, or allowed with nothing to write: answer now.
+    Decided(Decision),
+    /// Allowed, holding money or durable quota usage: [`Admission::commit`] it,
+    /// and answer with what the commit yields.
+    Durable(Durable<PendingAdmit>),
 }
 
 /// An outcome to record.
@@ -132,24 +135,11 @@ pub struct Outcome {
 pub enum Reporting {
     /// Done in memory; nothing to write.
     Settled(Settlement),
-    /// Write `entries`, then [`Admission::finish_report`] with the ledger's answer.
-    Durable {
-        entries: Vec<Entry>,
-        pending: PendingReport,
-    },
+    /// [`Admission::commit`] it; the commit yields the settlement.
+    Durable(Durable<PendingReport>),
     /// The reservation is not in memory: ask the ledger whether `key` was charged
     /// (a report repeated after a restart), then answer duplicate or unknown.
     Lookup { key: String, reservation: u64 },
-}
-
-/// A report waiting for its charge to be durable.
-#[derive(Debug, Clone)]
-pub struct PendingReport {
-    reservation: Option<u64>,
-    service: String,
-    amount: Usd,
-    filed: Vec<(String, u64)>,
-    outcome: Outcome,
 }
 
 /// What a report did.
@@ -308,13 +298,7 @@ impl Admission {
             epoch: snapshot.epoch,
             next_reservation: 1,
         };
-        engine.restore(
-            snapshot,
-            Moment {
-                mono: clock.now(),
-                unix: clock.unix(),
-            },
-        );
+        engine.restore(snapshot, Moment::read(clock));
         Ok(Admission {
             engine: Mutex::new(engine),
         })
@@ -337,17 +321,6 @@ impl Admission {
         now: Moment,
     ) -> Result<Admitted, AdmissionError> {
         self.lock().admit(caller, plan, now)
-    }
-
-    /// The admission's ledger entries are durable: the reservation is open.
-    pub fn confirm(&self, reservation: u64) {
-        self.lock().confirm(reservation);
-    }
-
-    /// The admission's ledger entries could not be written: give back everything
-    /// it took, as if it had been denied.
-    pub fn abort(&self, reservation: u64) {
-        self.lock().abort(reservation);
     }
 
     /// Starts closing a reservation with its outcome, whoever asks (the tests;
@@ -400,32 +373,16 @@ impl Admission {
             .report_unreserved(agent, service, key, outcome, now)
     }
 
-    /// Completes a durable report with the ledger's answer (`Err`: the write
-    /// failed, and the reservation is open again for a retry).
-    pub fn finish_report(
-        &self,
-        pending: PendingReport,
-        result: Result<LedgerOutcome, ()>,
-        now: Moment,
-    ) -> Option<Settlement> {
-        self.lock().finish_report(pending, result, now)
-    }
-
     /// Ends a session: trial slots go back, money-holding reservations become
     /// orphans, the rest are released. Returns (released, orphaned).
     pub fn end_session(&self, session: u64, now: Moment) -> (usize, usize) {
         self.lock().end_session(session, now)
     }
 
-    /// Orphans whose timeout passed, marked settling, with the entries that settle
-    /// them by policy. Write each, then [`Admission::finish_orphan`].
-    pub fn due_orphans(&self, now: Moment) -> Vec<(u64, Vec<Entry>)> {
+    /// Orphans whose timeout passed, marked settling, each with the entries that
+    /// settle it by policy: [`Admission::commit`] each.
+    pub fn due_orphans(&self, now: Moment) -> Vec<Durable<PendingOrphan>> {
         self.lock().due_orphans(now)
-    }
-
-    /// Completes an orphan's settlement (`written`: its entries are durable).
-    pub fn finish_orphan(&self, reservation: u64, entries: &[Entry], written: bool) {
-        self.lock().finish_orphan(reservation, entries, written);
     }
 
     /// Snapshots of breakers: one service, or all of them sorted by name.
@@ -508,6 +465,7 @@ impl Admission {
     }
 }
 
+pub use commit::{Durable, Pending, PendingAdmit, PendingOrphan, PendingReport};
 pub use ledger::{AdminAction, AdminKind, BudgetView, PendingAdmin, QuotaView};
 pub use reconfigure::{Reconfigured, ReloadError};
 
@@ -528,24 +486,30 @@ impl Admission {
         self.lock().quota_views(quota, now)
     }
 
-    /// Validates an admin action and returns what to write.
+    /// Validates an admin action and returns what to write; [`Admission::commit`]
+    /// it, and the commit yields what was done (or
+    /// [`AdmissionError::NothingToRefund`]).
     ///
     /// # Errors
     /// Unknown budgets or quotas, invalid amounts.
-    pub fn admin(&self, action: AdminAction, now: Moment) -> Result<PendingAdmin, AdmissionError> {
+    pub fn admin(
+        &self,
+        action: AdminAction,
+        now: Moment,
+    ) -> Result<Durable<PendingAdmin>, AdmissionError> {
         self.lock().admin(action, now)
     }
+}
 
-    /// Applies a durable admin action to memory; returns what was done.
-    ///
-    /// # Errors
-    /// [`AdmissionError::NothingToRefund`].
-    pub fn finish_admin(
-        &self,
-        pending: PendingAdmin,
-        outcome: LedgerOutcome,
-    ) -> Result<String, AdmissionError> {
-        self.lock().finish_admin(pending, outcome)
+// === impl Moment ===
+
+impl Moment {
+    /// Reads both clocks.
+    pub fn read(clock: &SharedClock) -> Moment {
+        Moment {
+            mono: clock.now(),
+            unix: clock.unix(),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ const S: Duration = Duration::from_secs(1);
 const DAY: Duration = Duration::from_secs(86_400);
 
 struct Fixture {
-    admission: Admission,
+    admission: Arc<Admission>,
     clock: ManualClock,
     store: Store,
     config: Arc<Config>,
@@ -34,7 +34,7 @@ fn fixture(toml: &str) -> Fixture {
     )
     .unwrap();
     Fixture {
-        admission,
+        admission: Arc::new(admission),
         clock,
         store,
         config,
@@ -83,17 +83,18 @@ impl Fixture {
             .admission
             .admit(Caller { session, agent }, plan, self.now())
             .map_err(|e| e.to_string())?;
-        if !admitted.entries.is_empty() {
-            let id = admitted.decision.reservation.unwrap();
-            match self.store.write(admitted.entries).await {
-                Ok(_) => self.admission.confirm(id),
-                Err(err) => {
-                    self.admission.abort(id);
-                    return Err(err.to_string());
-                }
-            }
+        match admitted {
+            Admitted::Decided(decision) => Ok(decision),
+            Admitted::Durable(durable) => self.commit(durable).await,
         }
-        Ok(admitted.decision)
+    }
+
+    /// The daemon's one commit path, on the fixture's store and clock.
+    async fn commit<P: Pending>(&self, durable: Durable<P>) -> Result<P::Output, String> {
+        self.admission
+            .commit(&self.store, &SharedClock::new(self.clock.clone()), durable)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn admit(&self, session: u64, agent: &str, service: &str) -> Decision {
@@ -119,16 +120,7 @@ impl Fixture {
     ) -> Result<Settlement, String> {
         match reporting.map_err(|e| e.to_string())? {
             Reporting::Settled(s) => Ok(s),
-            Reporting::Durable { entries, pending } => match self.store.write(entries).await {
-                Ok(out) => Ok(self
-                    .admission
-                    .finish_report(pending, Ok(out), self.now())
-                    .unwrap()),
-                Err(err) => {
-                    self.admission.finish_report(pending, Err(()), self.now());
-                    Err(err.to_string())
-                }
-            },
+            Reporting::Durable(durable) => self.commit(durable).await,
             Reporting::Lookup { key, reservation } => match self.store.is_charged(&key).await {
                 Ok(true) => Ok(Settlement::duplicate()),
                 Ok(false) => Err(AdmissionError::UnknownReservation(reservation).to_string()),
@@ -183,16 +175,15 @@ impl Fixture {
         )
         .unwrap();
         Fixture {
-            admission,
+            admission: Arc::new(admission),
             store,
             ..self
         }
     }
 
     async fn settle_orphans(&self) {
-        for (id, entries) in self.admission.due_orphans(self.now()) {
-            let written = self.store.write(entries.clone()).await.is_ok();
-            self.admission.finish_orphan(id, &entries, written);
+        for durable in self.admission.due_orphans(self.now()) {
+            let _ = self.commit(durable).await;
         }
     }
 }
@@ -751,7 +742,7 @@ async fn zero_and_minute_quotas() {
 // --- admin -------------------------------------------------------------------
 
 async fn admin(f: &Fixture, kind: AdminKind) -> Result<String, String> {
-    let pending = f
+    let durable = f
         .admission
         .admin(
             AdminAction {
@@ -762,14 +753,7 @@ async fn admin(f: &Fixture, kind: AdminKind) -> Result<String, String> {
             f.now(),
         )
         .map_err(|e| e.to_string())?;
-    let outcome = f
-        .store
-        .write(pending.entries.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    f.admission
-        .finish_admin(pending, outcome)
-        .map_err(|e| e.to_string())
+    f.commit(durable).await?.map_err(|e| e.to_string())
 }
 
 #[tokio::test]
@@ -990,7 +974,7 @@ async fn a_reloaded_quota_keeps_its_counters_and_open_reservations_their_usage()
         ))
         .unwrap();
     assert_eq!((done.quotas_kept, done.quotas_new), (0, 2));
-    f.admission.abort(d.reservation.unwrap());
+    f.admission.lock().abort(d.reservation.unwrap());
     let views = f.admission.quotas(Some("q"), f.now()).unwrap();
     assert!(
         views.iter().all(|v| v.used == 0),

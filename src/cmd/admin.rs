@@ -24,15 +24,16 @@ pub(super) fn apply(state: &State, session: &Session, req: AdminRequest, now: Mo
         pid: peer.pid,
         kind,
     };
-    let pending = match state.admission().admin(action, now) {
-        Ok(pending) => pending,
+    let durable = match state.admission().admin(action, now) {
+        Ok(durable) => durable,
         Err(err) => return Reply::Ready(err.into()),
     };
-    let state = state.clone();
-    let written = state.store().write(pending.entries.clone());
+    // The commit applies the change when the ledger answers, whether or not this
+    // reply is still wanted then.
+    let committed = state.commit(durable);
     Reply::Pending(Box::pin(async move {
-        match written.await {
-            Ok(outcome) => match state.admission().finish_admin(pending, outcome) {
+        match committed.await {
+            Ok(done) => match done {
                 Ok(message) => {
                     log::warn!(peer_uid = peer.uid, peer_pid = peer.pid; "admin operation by uid {} pid {}: {message}", peer.uid, peer.pid);
                     Response::Admin(AdminReply { ok: true, message })

@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::{dollars, guard_name, invalid, log_transition, unavailable, Reply};
-use crate::admission::{Caller, Decision, Moment, Plan};
+use crate::admission::{Admitted, Caller, Decision, Moment, Plan};
 use crate::names::check_name;
 use crate::protocol::{AdmitReply, AdmitRequest, ErrorReply, Response, Vote};
 use crate::state::{Session, State};
@@ -56,29 +56,27 @@ fn decide(
         .admission()
         .admit(caller, plan, now)
         .map_err(ErrorReply::from)?;
-    for (service, from, to) in &admitted.decision.transitions {
+    let decision = match &admitted {
+        Admitted::Decided(decision) => decision,
+        Admitted::Durable(durable) => durable.pending.decision(),
+    };
+    for (service, from, to) in &decision.transitions {
         log_transition(state, service, *from, *to);
     }
-    log_decision(session, agent, &req.service, &admitted.decision);
-    if admitted.entries.is_empty() {
-        return Ok(Reply::Ready(Response::Admit(into_reply(admitted.decision))));
-    }
-    let id = admitted
-        .decision
-        .reservation
-        .expect("an admission with ledger entries was allowed");
-    let state = state.clone();
-    let written = state.store().write(admitted.entries);
+    log_decision(session, agent, &req.service, decision);
+    let durable = match admitted {
+        Admitted::Decided(decision) => {
+            return Ok(Reply::Ready(Response::Admit(into_reply(decision))))
+        }
+        Admitted::Durable(durable) => durable,
+    };
+    // The commit opens the reservation (or gives back what it took) when the
+    // ledger answers, whether or not this reply is still wanted then.
+    let committed = state.commit(durable);
     Ok(Reply::Pending(Box::pin(async move {
-        match written.await {
-            Ok(_) => {
-                state.admission().confirm(id);
-                Response::Admit(into_reply(admitted.decision))
-            }
-            Err(err) => {
-                state.admission().abort(id);
-                unavailable(&err)
-            }
+        match committed.await {
+            Ok(decision) => Response::Admit(into_reply(decision)),
+            Err(err) => unavailable(&err),
         }
     })))
 }

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use super::{dollars, error, invalid, log_transition, unavailable, Reply};
+use super::{dollars, invalid, log_transition, unavailable, Reply};
 use crate::admission::{Moment, Outcome, Reporting, Settlement};
 use crate::names::check_name;
-use crate::protocol::{ErrorCode, ErrorReply, ReportReply, ReportRequest, Response};
+use crate::protocol::{ErrorReply, ReportReply, ReportRequest, Response};
 use crate::state::{Session, State};
 
 /// Longest idempotency key, in bytes.
@@ -15,25 +15,15 @@ const MAX_KEY_LEN: usize = 256;
 pub(super) fn apply(state: &State, session: &Session, req: ReportRequest, now: Moment) -> Reply {
     match start(state, session, req, now) {
         Ok(Reporting::Settled(settlement)) => Reply::Ready(reply(state, settlement)),
-        Ok(Reporting::Durable { entries, pending }) => {
+        Ok(Reporting::Durable(durable)) => {
+            // The commit settles the reservation and counts the charge when the
+            // ledger answers, whether or not this reply is still wanted then.
+            let committed = state.commit(durable);
             let state = state.clone();
-            let written = state.store().write(entries);
             Reply::Pending(Box::pin(async move {
-                let written = written.await;
-                let now = state.moment();
-                match written {
-                    Ok(outcome) => match state.admission().finish_report(pending, Ok(outcome), now)
-                    {
-                        Some(settlement) => reply(&state, settlement),
-                        None => error(
-                            ErrorCode::Internal,
-                            "a durable report produced no settlement",
-                        ),
-                    },
-                    Err(err) => {
-                        state.admission().finish_report(pending, Err(()), now);
-                        unavailable(&err)
-                    }
+                match committed.await {
+                    Ok(settlement) => reply(&state, settlement),
+                    Err(err) => unavailable(&err),
                 }
             }))
         }

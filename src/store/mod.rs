@@ -167,7 +167,7 @@ pub struct StoredReservation {
 enum Job {
     Write {
         entries: Vec<Entry>,
-        reply: oneshot::Sender<Result<Outcome, StoreError>>,
+        done: Completion,
     },
     /// Is this idempotency key charged?
     Lookup {
@@ -177,6 +177,15 @@ enum Job {
     /// Test hook: make every write fail (SQLite `query_only`) or work again.
     FailWrites(bool),
 }
+
+/// What a write does with the ledger's answer, run exactly once: by the writer
+/// thread right after the transaction committed or failed, or — if the job never
+/// reaches a transaction (the store is closed or was never opened) — when it is
+/// dropped. Whoever was waiting for the reply has no part in it, so a connection
+/// that goes away mid-commit cannot leave the daemon's memory behind its ledger.
+struct Completion(Option<Complete>);
+
+type Complete = Box<dyn FnOnce(Result<Outcome, StoreError>) + Send>;
 
 // === impl Store ===
 
@@ -229,9 +238,36 @@ impl Store {
         }
     }
 
-    /// Queues `entries` to be applied atomically and durably, now, and returns the
-    /// wait for the answer. Queuing at call time (not at first poll) is what lets
-    /// several requests of one connection share a group commit.
+    /// Queues `entries` to be applied atomically and durably, now, and runs
+    /// `complete` with the ledger's answer as soon as the transaction committed (or
+    /// failed), on the writer thread, whether or not anyone still awaits the
+    /// returned future, which yields what `complete` returned. Queuing at call time
+    /// (not at first poll) is what lets several requests of one connection share a
+    /// group commit.
+    ///
+    /// `complete` must not wait for anything: it holds up the next group commit.
+    /// The caller must not hold a lock that `complete` takes (it may run at once,
+    /// on the caller's thread, when the store is closed).
+    ///
+    /// # Errors
+    /// The future yields [`StoreError::Closed`] only if `complete` panicked.
+    pub fn commit<T: Send + 'static>(
+        &self,
+        entries: Vec<Entry>,
+        complete: impl FnOnce(Result<Outcome, StoreError>) -> T + Send + 'static,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static {
+        let (reply, answer) = oneshot::channel();
+        let done = Completion(Some(Box::new(move |result| {
+            // The receiver may be gone (the connection ended): the effect on
+            // memory has happened all the same.
+            let _ = reply.send(complete(result));
+        })));
+        self.send_write(entries, done);
+        async move { answer.await.map_err(|_| StoreError::Closed) }
+    }
+
+    /// Queues `entries` and returns the wait for the ledger's answer, with nothing
+    /// to apply in memory (tests and the ledger benchmark).
     ///
     /// # Errors
     /// The future yields [`StoreError`] when the transaction failed; nothing was
@@ -240,12 +276,8 @@ impl Store {
         &self,
         entries: Vec<Entry>,
     ) -> impl Future<Output = Result<Outcome, StoreError>> + Send + 'static {
-        let (reply, answer) = oneshot::channel();
-        let sent = self.send(Job::Write { entries, reply });
-        async move {
-            sent?;
-            answer.await.map_err(|_| StoreError::Closed)?
-        }
+        let committed = self.commit(entries, |result| result);
+        async move { committed.await? }
     }
 
     /// Whether a charge with this idempotency key is in the ledger (queued now).
@@ -300,23 +332,42 @@ impl Store {
             .take();
     }
 
+    /// Queues a write; when it cannot be queued, completes it at once with why.
+    fn send_write(&self, entries: Vec<Entry>, done: Completion) {
+        if let Err(job) = self.try_send(Job::Write { entries, done }) {
+            let err = self.refusal();
+            if let Job::Write { done, .. } = job {
+                done.run(Err(err));
+            }
+        }
+    }
+
     fn send(&self, job: Job) -> Result<(), StoreError> {
+        self.try_send(job).map_err(|_| self.refusal())
+    }
+
+    /// Hands `job` to the writer thread, or gives it back when there is none.
+    fn try_send(&self, job: Job) -> Result<(), Job> {
         let jobs = self
             .inner
             .jobs
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let Some(sender) = jobs.as_ref() else {
-            // Never opened (or closed): say why, if we know.
-            return Err(match self.health() {
-                Some(message) => StoreError::Failed {
-                    path: self.inner.path.display().to_string(),
-                    message,
-                },
-                None => StoreError::Closed,
-            });
-        };
-        sender.send(job).map_err(|_| StoreError::Closed)
+        match jobs.as_ref() {
+            Some(sender) => sender.send(job).map_err(|returned| returned.0),
+            None => Err(job),
+        }
+    }
+
+    /// Why nothing can be written: the reason the store failed, if we know it.
+    fn refusal(&self) -> StoreError {
+        match self.health() {
+            Some(message) => StoreError::Failed {
+                path: self.inner.path.display().to_string(),
+                message,
+            },
+            None => StoreError::Closed,
+        }
     }
 }
 
@@ -330,7 +381,7 @@ impl Inner {
             let mut pending = Some(first);
             while let Some(job) = pending.take() {
                 match job {
-                    Job::Write { entries, reply } => writes.push((entries, reply)),
+                    Job::Write { entries, done } => writes.push((entries, done)),
                     Job::Lookup { key, reply } => {
                         let _ = reply
                             .send(schema::is_charged(&conn, &key).map_err(|e| self.failed(&e)));
@@ -355,8 +406,8 @@ impl Inner {
             match result {
                 Ok(outcomes) => {
                     self.set_health(None);
-                    for ((_, reply), outcome) in writes.into_iter().zip(outcomes) {
-                        let _ = reply.send(Ok(outcome));
+                    for ((_, done), outcome) in writes.into_iter().zip(outcomes) {
+                        done.run(Ok(outcome));
                     }
                 }
                 Err(err) => {
@@ -366,8 +417,8 @@ impl Inner {
                         "ledger transaction of {} job(s) failed: {err}",
                         writes.len()
                     );
-                    for (_, reply) in writes {
-                        let _ = reply.send(Err(error.clone()));
+                    for (_, done) in writes {
+                        done.run(Err(error.clone()));
                     }
                 }
             }
@@ -388,12 +439,10 @@ impl Inner {
     }
 }
 
-type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
-
 /// One transaction for the whole batch, a savepoint per job of several entries.
 fn apply_batch(
     conn: &mut Connection,
-    writes: &[(Vec<Entry>, Reply)],
+    writes: &[(Vec<Entry>, Completion)],
 ) -> rusqlite::Result<Vec<Outcome>> {
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(writes.len());
@@ -415,6 +464,33 @@ fn apply_batch(
     }
     tx.commit()?;
     Ok(outcomes)
+}
+
+// === impl Completion ===
+
+impl Completion {
+    fn run(mut self, result: Result<Outcome, StoreError>) {
+        self.finish(result);
+    }
+
+    fn finish(&mut self, result: Result<Outcome, StoreError>) {
+        if let Some(complete) = self.0.take() {
+            // A panic here is a bug in a completion; it must not take the writer
+            // thread, and with it every later commit, down too.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| complete(result)));
+            if ran.is_err() {
+                log::error!(
+                    "a ledger commit's completion panicked; its request was answered with an error"
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.finish(Err(StoreError::Closed));
+    }
 }
 
 // === impl Stats ===

@@ -239,3 +239,54 @@ fn a_newer_schema_is_refused() {
     let err = Store::open(dir.path()).err().expect("refused");
     assert!(err.to_string().contains("schema version 99"), "{err}");
 }
+
+/// The completion of a commit runs with the ledger's answer even when nobody
+/// awaits the reply any more: the daemon's memory follows the ledger, not the
+/// connection (issue 10).
+#[tokio::test]
+async fn a_commit_completes_even_when_its_reply_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let (seen, answer) = std::sync::mpsc::channel();
+    let dropped = store.commit(vec![charge("k1", 1.0)], move |result| {
+        seen.send(result).unwrap();
+    });
+    drop(dropped);
+    let result = tokio::task::spawn_blocking(move || answer.recv().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(result, Ok(Outcome::Done));
+    assert!(store.is_charged("k1").await.unwrap());
+}
+
+/// A store that cannot take the write completes it at once, with why.
+#[tokio::test]
+async fn a_commit_on_a_closed_or_failed_store_completes_with_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    store.close();
+    let result = store.commit(vec![charge("k1", 1.0)], |r| r).await.unwrap();
+    assert_eq!(result, Err(StoreError::Closed));
+
+    let failed = Store::unavailable(dir.path(), "disk gone".into());
+    let result = failed.commit(vec![charge("k1", 1.0)], |r| r).await.unwrap();
+    assert!(
+        matches!(&result, Err(StoreError::Failed { message, .. }) if message == "disk gone"),
+        "{result:?}"
+    );
+}
+
+/// A completion that panics (a bug) does not take the writer thread down.
+#[tokio::test]
+async fn a_panicking_completion_leaves_the_writer_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let panicked = store
+        .commit(vec![charge("k1", 1.0)], |_| -> () { panic!("a bug") })
+        .await;
+    assert_eq!(panicked, Err(StoreError::Closed));
+    assert_eq!(
+        store.write(vec![charge("k2", 1.0)]).await,
+        Ok(Outcome::Done)
+    );
+}

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod ledger;
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -104,6 +106,18 @@ impl Daemon {
             .map(|(_, b)| b.to_owned())
             .unwrap_or_default();
         (code, body)
+    }
+
+    /// The daemon's state directory (where its ledger is).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Asserts that the daemon's budgets in memory equal its ledger file
+    /// ([`ledger::assert_memory_matches_ledger`]), through a fresh connection.
+    pub async fn assert_memory_matches_ledger(&self) {
+        let mut client = self.client("books").await;
+        ledger::assert_memory_matches_ledger(&mut client, &self.state_dir()).await;
     }
 
     /// Sends `signal` to the daemon.
