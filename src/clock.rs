@@ -9,6 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The moment a request is decided at: monotonic time for intervals, wall time
+/// (Unix seconds) for calendar periods. Read once per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moment {
+    pub mono: Duration,
+    pub unix: u64,
+}
+
 /// A monotonic clock measured from its own creation.
 pub trait Clock: Send + Sync + 'static {
     /// Time elapsed since the clock's epoch. Never goes backwards.
@@ -37,6 +45,18 @@ pub struct ManualClock {
 /// implements governor's `Clock`, so the rate limiter and the breakers agree on `now`.
 #[derive(Clone)]
 pub struct SharedClock(Arc<dyn Clock>);
+
+// === impl Moment ===
+
+impl Moment {
+    /// Reads both clocks.
+    pub fn read(clock: &SharedClock) -> Moment {
+        Moment {
+            mono: clock.now(),
+            unix: clock.unix(),
+        }
+    }
+}
 
 // === impl SystemClock ===
 

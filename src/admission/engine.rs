@@ -1,24 +1,42 @@
-//! The engine's admission and report paths: guards in order under the lock,
-//! undo on denial, and the ledger entries an allowed call or a charge needs.
+//! The engine's admission and report paths: the guard pipeline run in order
+//! under the lock, undo on denial, and the ledger entries an allowed call or a
+//! charge needs.
+//!
+//! Everything that happens to what a call took goes through [`Engine::pipeline`]:
+//! a guard added there is checked, undone, aborted, settled, released and
+//! disconnected with the others, and nothing here names what it takes.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use super::{
-    reservation_key, AdmissionError, Admitted, Caller, Closed, Decision, Durable, Engine, Guard,
-    GuardVote, Moment, Outcome, PendingAdmit, PendingReport, Plan, Reporting, Reservation,
-    Settlement, Stage,
+    reservation_key, AdmissionError, Admitted, Caller, Closed, Decision, Durable, Engine, Moment,
+    Outcome, PendingAdmit, PendingReport, Plan, Reporting, Reservation, Settlement, Stage,
 };
 use crate::alerts::Alert;
 use crate::config::{Mode, Price};
-use crate::guard::breaker::{Breaker, Pass, Phase};
+use crate::guard::breaker::Breaker;
+use crate::guard::budget::Hold;
 use crate::guard::quota::QuotaDenial;
-use crate::guard::rate::RateDenial;
-use crate::guard::BreakerDenial;
+use crate::guard::{Call, Checked, Guard, Keep, Report, Settled, Taken, Verdict};
 use crate::money::Usd;
 use crate::store::{Entry, Outcome as LedgerOutcome, StoreError};
 
+/// The budget stage's place in [`Engine::pipeline`]: money is the last thing
+/// taken, so a call any other guard denies never touches it.
+pub(super) const BUDGET_STAGE: usize = 3;
+
 impl Engine {
+    /// The guards, in the order they decide. Registering a guard is one line
+    /// here (and its field in [`Engine`]).
+    fn pipeline(&mut self) -> [&mut dyn Guard; 4] {
+        [
+            &mut self.breakers,
+            &mut self.rates,
+            &mut self.quotas,
+            &mut self.budgets,
+        ]
+    }
+
     pub(super) fn admit(
         &mut self,
         caller: Caller<'_>,
@@ -30,131 +48,7 @@ impl Engine {
         if held >= cap {
             return Err(AdmissionError::TooManyReservations(cap));
         }
-        let shadow_all = self.config.daemon.mode == Mode::Shadow;
-        let mut votes = Vec::new();
-        let mut transitions = Vec::new();
-
-        // Breaker first: it is the cheapest "no" and the one shared by every agent.
-        let breaker = self.breaker(plan.service)?;
-        if let Some(t) = breaker.advance(now.mono) {
-            transitions.push((plan.service.to_owned(), t.from, t.to));
-        }
-        let shadow = shadow_all || breaker.config().shadow;
-        let pass = match breaker.check(now.mono) {
-            Ok(pass) => {
-                if breaker.phase() != Phase::Disabled {
-                    votes.push(vote(
-                        Guard::Breaker,
-                        plan.service,
-                        true,
-                        shadow,
-                        breaker_allow_reason(pass),
-                        None,
-                    ));
-                }
-                pass
-            }
-            Err(denial) => {
-                votes.push(vote(
-                    Guard::Breaker,
-                    plan.service,
-                    false,
-                    shadow,
-                    denial.to_string(),
-                    breaker_retry_after(denial),
-                ));
-                if !shadow {
-                    return Ok(denied(votes, transitions));
-                }
-                Pass::Free
-            }
-        };
-
-        // Everything taken from here on is undone if a later guard denies.
-        let mut taken = Taken {
-            pass,
-            cells: Vec::new(),
-            quotas: Vec::new(),
-        };
-        for rule in &self.rules {
-            if !rule.applies(caller.agent, plan.service) {
-                continue;
-            }
-            let shadow = shadow_all || rule.shadow();
-            let key = rule.key(caller.agent, plan.service);
-            match rule.check(key, rule.weight_of(plan.units), now.mono) {
-                Ok(cells) => {
-                    let reason = taken_of_burst(cells.taken, rule.spec().burst.get());
-                    votes.push(vote(Guard::Rate, rule.name(), true, shadow, reason, None));
-                    taken.cells.push((Arc::clone(rule), cells));
-                }
-                Err(denial) => {
-                    let retry = match denial {
-                        RateDenial::NotUntil { retry_after, .. } => Some(retry_after),
-                        RateDenial::Never { .. } => None,
-                    };
-                    votes.push(vote(
-                        Guard::Rate,
-                        rule.name(),
-                        false,
-                        shadow,
-                        denial.to_string(),
-                        retry,
-                    ));
-                    if !shadow {
-                        self.undo(plan.service, &taken);
-                        return Ok(denied(votes, transitions));
-                    }
-                }
-            }
-        }
-
-        for (idx, quota) in self.quotas.iter_mut().enumerate() {
-            if !quota.applies(caller.agent, plan.service) {
-                continue;
-            }
-            let shadow = shadow_all || quota.spec().shadow;
-            let key = quota.key(caller.agent, plan.service);
-            let n = quota.weight_of(plan.units.get());
-            match quota.check(key, n, now.unix) {
-                Ok(took) => {
-                    let reason = format!(
-                        "{n} of {} per {} taken",
-                        quota.spec().limit,
-                        quota.spec().window.window_name()
-                    );
-                    votes.push(vote(Guard::Quota, quota.name(), true, shadow, reason, None));
-                    taken.quotas.push((idx, took));
-                }
-                Err(denial) => {
-                    let retry = match &denial {
-                        QuotaDenial::Exhausted { retry_after, .. } => {
-                            self.alerts.raise(Alert::QuotaExhausted {
-                                quota: quota.name().to_owned(),
-                                key: crate::guard::display_key(
-                                    &quota.key(caller.agent, plan.service),
-                                ),
-                            });
-                            *retry_after
-                        }
-                        QuotaDenial::Never { .. } => None,
-                    };
-                    votes.push(vote(
-                        Guard::Quota,
-                        quota.name(),
-                        false,
-                        shadow,
-                        denial.to_string(),
-                        retry,
-                    ));
-                    if !shadow {
-                        self.undo(plan.service, &taken);
-                        return Ok(denied(votes, transitions));
-                    }
-                }
-            }
-        }
-
+        self.breaker(plan.service)?;
         let estimate = plan.cost.unwrap_or_else(|| {
             price(
                 self.config.price_for(plan.service, plan.model),
@@ -163,75 +57,49 @@ impl Engine {
                 plan.output_units,
             )
         });
-        let budgets = self.applicable_budgets(caller.agent, plan.service);
-        for name in &budgets {
-            let budget = self
-                .budgets
-                .get_mut(name)
-                .expect("applicable budgets exist");
-            budget.roll(now.unix);
-            let shadow = shadow_all;
-            match budget.check(estimate, now.unix) {
-                Ok(()) => {
-                    let reason = format!(
-                        "{estimate} reserved, {} left of {}",
-                        budget.remaining() - estimate,
-                        budget.limit()
-                    );
-                    votes.push(vote(Guard::Budget, name, true, shadow, reason, None));
-                }
-                Err(denial) => {
-                    let retry = match &denial {
-                        crate::guard::budget::BudgetDenial::Exhausted { retry_after, .. }
-                        | crate::guard::budget::BudgetDenial::WouldExceed { retry_after, .. } => {
-                            *retry_after
-                        }
-                    };
-                    votes.push(vote(
-                        Guard::Budget,
-                        name,
-                        false,
-                        shadow,
-                        denial.to_string(),
-                        retry,
-                    ));
-                    if !shadow {
-                        self.undo(plan.service, &taken);
-                        return Ok(denied(votes, transitions));
-                    }
-                }
+        let call = Call {
+            agent: caller.agent,
+            service: plan.service,
+            model: plan.model,
+            units: plan.units,
+            estimate,
+            now,
+            shadow_all: self.config.daemon.mode == Mode::Shadow,
+        };
+
+        let mut checked = Checked::new();
+        let mut denied = false;
+        for (idx, guard) in self.pipeline().into_iter().enumerate() {
+            checked.current = idx;
+            if guard.check(&call, &mut checked) == Verdict::Deny {
+                denied = true;
+                break;
             }
         }
-        for name in &budgets {
-            self.budgets
-                .get_mut(name)
-                .expect("applicable budgets exist")
-                .reserve(estimate);
+        let Checked {
+            votes,
+            transitions,
+            taken,
+            ..
+        } = checked;
+        if denied {
+            self.raise_exhausted_quotas(&votes);
+            // Everything earlier guards took goes back, newest first, while
+            // still under the lock (so restoring is exact).
+            let pipeline = self.pipeline();
+            for Taken { guard, what } in taken.into_iter().rev() {
+                pipeline[guard].undo(what);
+            }
+            return Ok(Admitted::Decided(Decision::denied(votes, transitions)));
         }
 
         let id = (self.epoch << 32) | self.next_reservation;
         self.next_reservation += 1;
         let mut entries = Vec::new();
-        if !budgets.is_empty() {
-            entries.push(Entry::Reserve {
-                id,
-                agent: caller.agent.to_owned(),
-                service: plan.service.to_owned(),
-                model: plan.model.map(str::to_owned),
-                estimate,
-                budgets: budgets.clone(),
-                at: now.unix,
-            });
-        }
-        for (idx, took) in &taken.quotas {
-            let quota = &self.quotas[*idx];
-            if quota.spec().window.is_durable() {
-                entries.push(Entry::QuotaAdd {
-                    quota: quota.name().to_owned(),
-                    key: took.key.clone(),
-                    window_start: took.window_start,
-                    n: took.n,
-                });
+        {
+            let pipeline = self.pipeline();
+            for t in &taken {
+                pipeline[t.guard].entries(&*t.what, id, &call, &mut entries);
             }
         }
         let stage = if entries.is_empty() {
@@ -250,11 +118,7 @@ impl Engine {
                 units: plan.units.get(),
                 input_units: plan.input_units,
                 output_units: plan.output_units,
-                pass: taken.pass,
-                cells: taken.cells,
-                quota_taken: taken.quotas,
-                estimate,
-                budgets,
+                taken,
                 stage,
             },
         );
@@ -279,6 +143,19 @@ impl Engine {
         }))
     }
 
+    /// Quota counters a call found used up are raised as alerts (suppressed per
+    /// key by `Alerts`, so a client hammering one is one alert).
+    fn raise_exhausted_quotas(&self, votes: &[crate::guard::Vote]) {
+        for vote in votes.iter().filter(|v| !v.allow) {
+            if let Some(QuotaDenial::Exhausted { key, .. }) = vote.reason.denial::<QuotaDenial>() {
+                self.alerts.raise(Alert::QuotaExhausted {
+                    quota: vote.rule.to_string(),
+                    key: crate::guard::display_key(key),
+                });
+            }
+        }
+    }
+
     /// The admission's entries are durable: its reservation is open. If its
     /// connection ended meanwhile, it is an orphan now, or — holding no money —
     /// released as the connection's end would have released it.
@@ -290,34 +167,23 @@ impl Engine {
             return;
         }
         reservation.stage = Stage::Open;
-        if reservation.session.is_none() && reservation.budgets.is_empty() {
-            self.reservations.remove(&id);
-            self.recently_closed.insert(id, Closed::Released);
+        if reservation.session.is_none() && hold(reservation).is_none() {
+            self.close(id, Closed::Released);
         }
     }
 
     /// Undoes an admission whose ledger write failed. Other admissions may have run
     /// since, so everything is given back arithmetically, not restored.
     pub(super) fn abort(&mut self, id: u64) {
-        let Some(reservation) = self.reservations.remove(&id) else {
+        let Some(mut reservation) = self.reservations.remove(&id) else {
             return;
         };
         if let Some(session) = reservation.session {
             self.forget_session_link(id, session);
         }
-        for (rule, cells) in &reservation.cells {
-            rule.refund(cells);
-        }
-        for (idx, took) in &reservation.quota_taken {
-            self.quotas[*idx].give_back(took);
-        }
-        for name in &reservation.budgets {
-            if let Some(budget) = self.budgets.get_mut(name) {
-                budget.release(reservation.estimate);
-            }
-        }
-        if let Some(breaker) = self.breakers.get_mut(&reservation.service) {
-            breaker.release(reservation.pass);
+        let pipeline = self.pipeline();
+        for t in reservation.taken.iter_mut().rev() {
+            pipeline[t.guard].abort(&mut *t.what);
         }
     }
 
@@ -348,10 +214,10 @@ impl Engine {
         if reservation.stage != Stage::Open {
             return Err(AdmissionError::Busy(id));
         }
-        if reservation.budgets.is_empty() {
+        let Some(budgets) = hold(reservation).map(|h| h.budgets.clone()) else {
             let settlement = self.close_reported(id, &outcome, None, now);
             return Ok(Reporting::Settled(settlement));
-        }
+        };
         reservation.stage = Stage::Settling;
         let amount = outcome.cost.unwrap_or_else(|| {
             let priced = self
@@ -364,14 +230,10 @@ impl Engine {
                     outcome.input_units.unwrap_or(reservation.input_units),
                     outcome.output_units.unwrap_or(reservation.output_units),
                 ),
-                None => reservation.estimate,
+                None => hold(reservation).map_or(Usd::ZERO, |h| h.estimate),
             }
         });
-        let (agent, service, budgets) = (
-            reservation.agent.clone(),
-            reservation.service.clone(),
-            reservation.budgets.clone(),
-        );
+        let (agent, service) = (reservation.agent.clone(), reservation.service.clone());
         let filed = self.file(&budgets, now);
         let key = key.unwrap_or_else(|| reservation_key(id));
         Ok(Reporting::Durable(Durable {
@@ -411,10 +273,10 @@ impl Engine {
                 outcome.output_units.unwrap_or(0),
             )
         });
-        let budgets = self.applicable_budgets(agent, service);
+        let budgets = self.budgets.applicable(agent, service);
         if amount == Usd::ZERO || budgets.is_empty() {
             return Ok(Reporting::Settled(
-                self.record_outcome(service, None, &outcome, None, now),
+                self.record_outcome(service, &outcome, None, now),
             ));
         }
         let key = key.ok_or(AdmissionError::KeyRequired)?;
@@ -461,38 +323,21 @@ impl Engine {
         Ok(match (outcome, pending.reservation) {
             (LedgerOutcome::Duplicate, Some(id)) => {
                 // The key was charged before (by this or another report): this
-                // reservation's estimate is released and nothing is counted again.
-                if let Some(reservation) = self.reservations.get(&id) {
-                    let (estimate, budgets) = (reservation.estimate, reservation.budgets.clone());
-                    for name in &budgets {
-                        if let Some(budget) = self.budgets.get_mut(name) {
-                            budget.release(estimate);
-                        }
-                    }
-                    self.close_released_silently(id);
+                // reservation is released and nothing is counted again.
+                if self.reservations.contains_key(&id) {
+                    self.close(id, Closed::Reported);
                 }
                 Settlement::duplicate()
             }
             (LedgerOutcome::Duplicate, None) => Settlement::duplicate(),
-            (_, Some(id)) => {
+            (_, Some(id)) if self.reservations.contains_key(&id) => {
                 self.charge_filed(&pending.filed, pending.amount);
-                if self.reservations.contains_key(&id) {
-                    self.close_reported(id, &pending.outcome, Some(pending.amount), now)
-                } else {
-                    self.record_outcome(
-                        &pending.service,
-                        None,
-                        &pending.outcome,
-                        Some(pending.amount),
-                        now,
-                    )
-                }
+                self.close_reported(id, &pending.outcome, Some(pending.amount), now)
             }
-            (_, None) => {
+            (_, _) => {
                 self.charge_filed(&pending.filed, pending.amount);
                 self.record_outcome(
                     &pending.service,
-                    None,
                     &pending.outcome,
                     Some(pending.amount),
                     now,
@@ -507,38 +352,40 @@ impl Engine {
         };
         let (mut released, mut orphaned) = (0, 0);
         for id in ids {
-            let Some(reservation) = self.reservations.get_mut(&id) else {
+            let Some(mut reservation) = self.reservations.remove(&id) else {
                 continue;
             };
-            // The trial slot goes back at once: a vanished agent is no evidence
-            // about the service, and must not wedge a half-open breaker.
-            let pass = std::mem::replace(&mut reservation.pass, Pass::Free);
-            let service = reservation.service.clone();
-            if let Some(breaker) = self.breakers.get_mut(&service) {
-                breaker.release(pass);
-            }
-            let reservation = self.reservations.get_mut(&id).expect("looked up above");
-            if reservation.budgets.is_empty() {
-                if reservation.stage == Stage::Admitting {
-                    // Its durable quota usage is being written: the commit's
-                    // completion releases it (or gives the usage back).
-                    reservation.session = None;
-                } else {
-                    self.reservations.remove(&id);
-                    self.recently_closed.insert(id, Closed::Released);
+            let mut keep = Keep::No;
+            {
+                let pipeline = self.pipeline();
+                for t in &mut reservation.taken {
+                    if pipeline[t.guard].disconnect(&mut *t.what) == Keep::Money {
+                        keep = Keep::Money;
+                    }
                 }
+            }
+            reservation.session = None;
+            if keep == Keep::Money {
+                reservation.orphaned_at = Some(now.mono);
+                self.reservations.insert(id, reservation);
+                orphaned += 1;
+            } else if reservation.stage == Stage::Admitting {
+                // Its durable quota usage is being written: the commit's
+                // completion releases it (or gives the usage back).
+                self.reservations.insert(id, reservation);
                 released += 1;
             } else {
-                reservation.session = None;
-                reservation.orphaned_at = Some(now.mono);
-                orphaned += 1;
+                self.reservations.insert(id, reservation);
+                self.close(id, Closed::Released);
+                released += 1;
             }
         }
         (released, orphaned)
     }
 
-    /// Closes a reported reservation: breaker outcome, rate settlement, estimate
-    /// released from its budgets.
+    /// Closes a reported reservation: every guard settles what it took (the
+    /// breaker counts the outcome, weighted rate limits settle the units used,
+    /// the budget estimate goes back).
     fn close_reported(
         &mut self,
         id: u64,
@@ -546,7 +393,7 @@ impl Engine {
         charged: Option<Usd>,
         now: Moment,
     ) -> Settlement {
-        let reservation = self
+        let mut reservation = self
             .reservations
             .remove(&id)
             .expect("caller checked the reservation exists");
@@ -554,64 +401,42 @@ impl Engine {
             self.forget_session_link(id, session);
         }
         self.recently_closed.insert(id, Closed::Reported);
-        if let Some(used) = outcome.units {
-            for (rule, cells) in &reservation.cells {
-                rule.settle(cells, used);
-            }
+        let report = report_of(outcome, now);
+        let mut settled = Settled::default();
+        let pipeline = self.pipeline();
+        for t in &mut reservation.taken {
+            pipeline[t.guard].settle(&mut *t.what, &report, &mut settled);
         }
-        for name in &reservation.budgets {
-            if let Some(budget) = self.budgets.get_mut(name) {
-                budget.release(reservation.estimate);
-            }
-        }
-        self.record_outcome(
-            &reservation.service,
-            Some(reservation.pass),
-            outcome,
-            charged,
-            now,
-        )
+        settlement(&reservation.service, settled, charged)
     }
 
-    fn close_released_silently(&mut self, id: u64) {
-        if let Some(reservation) = self.reservations.remove(&id) {
-            if let Some(session) = reservation.session {
-                self.forget_session_link(id, session);
-            }
-            if let Some(breaker) = self.breakers.get_mut(&reservation.service) {
-                breaker.release(reservation.pass);
-            }
-            self.recently_closed.insert(id, Closed::Reported);
+    /// Closes a reservation without an outcome: every guard releases what it
+    /// took on the call's behalf.
+    pub(super) fn close(&mut self, id: u64, how: Closed) -> Option<Reservation> {
+        let mut reservation = self.reservations.remove(&id)?;
+        if let Some(session) = reservation.session {
+            self.forget_session_link(id, session);
         }
+        let pipeline = self.pipeline();
+        for t in &mut reservation.taken {
+            pipeline[t.guard].release(&mut *t.what);
+        }
+        self.recently_closed.insert(id, how);
+        Some(reservation)
     }
 
+    /// An outcome without a reservation: only the service's breaker hears it.
     fn record_outcome(
         &mut self,
         service: &str,
-        pass: Option<Pass>,
         outcome: &Outcome,
         charged: Option<Usd>,
         now: Moment,
     ) -> Settlement {
-        let (phase, transition) = match self.breakers.get_mut(service) {
-            Some(breaker) => {
-                breaker.advance(now.mono);
-                let transition = breaker.record(pass, outcome.failure, outcome.latency, now.mono);
-                (Some(breaker.phase()), transition.map(|t| (t.from, t.to)))
-            }
-            None => (None, None),
-        };
-        Settlement {
-            duplicate: false,
-            service: if transition.is_some() {
-                service.to_owned()
-            } else {
-                String::new()
-            },
-            phase,
-            transition,
-            charged,
-        }
+        let settled = self
+            .breakers
+            .record(service, None, &report_of(outcome, now));
+        settlement(service, settled, charged)
     }
 
     pub(super) fn forget_session_link(&mut self, id: u64, session: u64) {
@@ -623,23 +448,9 @@ impl Engine {
         }
     }
 
-    /// Gives back what a denied admission took, newest first, while still under
-    /// the lock (so restoring is exact).
-    fn undo(&mut self, service: &str, taken: &Taken) {
-        for (idx, took) in taken.quotas.iter().rev() {
-            self.quotas[*idx].undo(took);
-        }
-        for (rule, cells) in taken.cells.iter().rev() {
-            rule.undo(cells);
-        }
-        if let Some(breaker) = self.breakers.get_mut(service) {
-            breaker.release(taken.pass);
-        }
-    }
-
     /// The breaker of `service`, created on first use.
     pub(super) fn breaker(&mut self, service: &str) -> Result<&mut Breaker, AdmissionError> {
-        if !self.breakers.contains_key(service) {
+        if !self.breakers.contains(service) {
             if !self.config.knows_service(service) {
                 return Err(AdmissionError::UnknownService(service.to_owned()));
             }
@@ -648,18 +459,45 @@ impl Engine {
                     self.config.daemon.max_services,
                 ));
             }
-            let breaker = Breaker::new(self.config.breaker_for(service).clone());
-            self.breakers.insert(service.to_owned(), breaker);
         }
-        Ok(self.breakers.get_mut(service).expect("inserted above"))
+        let config = &self.config;
+        Ok(self
+            .breakers
+            .get_or_insert(service, || config.breaker_for(service).clone()))
     }
 }
 
-/// What an admission took so far.
-struct Taken {
-    pass: Pass,
-    cells: Vec<(Arc<crate::guard::rate::RateRule>, crate::guard::rate::Cells)>,
-    quotas: Vec<(usize, crate::guard::quota::QuotaTaken)>,
+/// The money a reservation holds, if any (what the budget stage took).
+pub(super) fn hold(reservation: &Reservation) -> Option<&Hold> {
+    reservation
+        .taken
+        .iter()
+        .find(|t| t.guard == BUDGET_STAGE)
+        .and_then(|t| t.what.downcast_ref::<Hold>())
+}
+
+fn report_of(outcome: &Outcome, now: Moment) -> Report {
+    Report {
+        failure: outcome.failure,
+        units: outcome.units,
+        latency: outcome.latency,
+        now,
+    }
+}
+
+fn settlement(service: &str, settled: Settled, charged: Option<Usd>) -> Settlement {
+    Settlement {
+        duplicate: false,
+        // Most reports change nothing, and need not copy the name.
+        service: if settled.transition.is_some() {
+            service.to_owned()
+        } else {
+            String::new()
+        },
+        phase: settled.phase,
+        transition: settled.transition,
+        charged,
+    }
 }
 
 /// `per_request + units × per_unit + input × per_input_unit + output × per_output_unit`.
@@ -671,67 +509,4 @@ pub(super) fn price(price: Option<&Price>, units: u32, input_units: u32, output_
         + p.per_unit.times(u64::from(units))
         + p.per_input_unit.times(u64::from(input_units))
         + p.per_output_unit.times(u64::from(output_units))
-}
-
-fn vote(
-    guard: Guard,
-    rule: &str,
-    allow: bool,
-    shadow: bool,
-    reason: String,
-    retry_after: Option<std::time::Duration>,
-) -> GuardVote {
-    GuardVote {
-        guard,
-        rule: rule.to_owned(),
-        allow,
-        shadow,
-        reason,
-        retry_after,
-    }
-}
-
-fn denied(votes: Vec<GuardVote>, transitions: Vec<(String, Phase, Phase)>) -> Admitted {
-    Admitted::Decided(Decision::denied(votes, transitions))
-}
-
-/// "`taken` of burst `burst` taken": every allowed admission says it, so it is
-/// built without `format!` (whose machinery cost more than the rate check).
-fn taken_of_burst(taken: u32, burst: u32) -> String {
-    let mut numbers = itoa::Buffer::new();
-    let mut reason = String::with_capacity(40);
-    reason.push_str(numbers.format(taken));
-    reason.push_str(" of burst ");
-    reason.push_str(numbers.format(burst));
-    reason.push_str(" taken");
-    reason
-}
-
-fn breaker_allow_reason(pass: Pass) -> String {
-    match pass {
-        Pass::Normal => "circuit closed".into(),
-        Pass::Trial(_) => "circuit half-open: admitted as a trial call".into(),
-        Pass::Free => "circuit not enforced".into(),
-    }
-}
-
-fn breaker_retry_after(denial: BreakerDenial) -> Option<std::time::Duration> {
-    match denial {
-        BreakerDenial::Open { retry_after, .. } | BreakerDenial::TrialsBusy { retry_after, .. } => {
-            Some(retry_after)
-        }
-        BreakerDenial::ForcedOpen => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_allowed_rate_reason_reads_as_before() {
-        assert_eq!(super::taken_of_burst(1, 100), "1 of burst 100 taken");
-        assert_eq!(
-            super::taken_of_burst(u32::MAX, 7),
-            format!("{} of burst 7 taken", u32::MAX)
-        );
-    }
 }

@@ -2,13 +2,16 @@
 //! filed under the right periods, alert thresholds, orphan settlement, the budget
 //! and quota views, and admin operations.
 
+use std::sync::Arc;
+
+use super::engine::BUDGET_STAGE;
 use super::{AdmissionError, Durable, Engine, Moment, PendingOrphan, Reservation, Stage};
 use crate::alerts::Alert;
 use crate::config::OrphanPolicy;
-use crate::guard::breaker::Pass;
 use crate::guard::budget::Budget;
 use crate::guard::display_key;
 use crate::guard::quota::Counter;
+use crate::guard::Taken;
 use crate::money::Usd;
 use crate::store::{Entry, Outcome as LedgerOutcome, Snapshot};
 
@@ -81,11 +84,10 @@ impl Engine {
                 .filter(|(name, period, _)| *name == spec.name && *period == start)
                 .map(|(_, _, spent)| *spent)
                 .fold(Usd::ZERO, |a, b| a + b);
-            self.budgets
-                .insert(spec.name.clone(), Budget::new(spec, now.unix, spent));
+            self.budgets.insert(Budget::new(spec, now.unix, spent));
         }
         for (quota, key, window_start, used) in &snapshot.quotas {
-            if let Some(rule) = self.quotas.iter_mut().find(|q| q.name() == quota) {
+            if let Some(rule) = self.quotas.get_mut(quota) {
                 rule.restore(
                     key.clone(),
                     Counter {
@@ -96,17 +98,13 @@ impl Engine {
             }
         }
         for stored in &snapshot.reservations {
-            let budgets: Vec<String> = stored
+            let budgets: Vec<Arc<str>> = stored
                 .budgets
                 .iter()
-                .filter(|b| self.budgets.contains_key(*b))
-                .cloned()
+                .filter(|b| self.budgets.contains(b))
+                .map(|b| Arc::from(b.as_str()))
                 .collect();
-            for name in &budgets {
-                if let Some(budget) = self.budgets.get_mut(name) {
-                    budget.reserve(stored.estimate);
-                }
-            }
+            let hold = self.budgets.hold(budgets, stored.estimate);
             self.reservations.insert(
                 stored.id,
                 Reservation {
@@ -118,11 +116,10 @@ impl Engine {
                     units: 1,
                     input_units: 0,
                     output_units: 0,
-                    pass: Pass::Free,
-                    cells: Vec::new(),
-                    quota_taken: Vec::new(),
-                    estimate: stored.estimate,
-                    budgets,
+                    taken: vec![Taken {
+                        guard: BUDGET_STAGE,
+                        what: Box::new(hold),
+                    }],
                     stage: Stage::Open,
                 },
             );
@@ -135,34 +132,14 @@ impl Engine {
         }
     }
 
-    /// The budgets a call by `agent` to `service` must fit: global, the agent's,
-    /// the service's (those configured).
-    pub(super) fn applicable_budgets(&self, agent: &str, service: &str) -> Vec<String> {
-        // Most daemons without budgets never pay for the names below.
-        if self.budgets.is_empty() {
-            return Vec::new();
-        }
-        let mut names = Vec::with_capacity(3);
-        for name in [
-            "global".to_owned(),
-            format!("agent:{agent}"),
-            format!("service:{service}"),
-        ] {
-            if self.budgets.contains_key(&name) {
-                names.push(name);
-            }
-        }
-        names
-    }
-
     /// Each budget with the start of the period a charge now is filed under.
-    pub(super) fn file(&mut self, budgets: &[String], now: Moment) -> Vec<(String, u64)> {
+    pub(super) fn file(&mut self, budgets: &[Arc<str>], now: Moment) -> Vec<(String, u64)> {
         budgets
             .iter()
             .filter_map(|name| {
                 let budget = self.budgets.get_mut(name)?;
                 budget.roll(now.unix);
-                Some((name.clone(), budget.period_start()))
+                Some((name.to_string(), budget.period_start()))
             })
             .collect()
     }
@@ -210,16 +187,14 @@ impl Engine {
             .collect();
         let mut out = Vec::with_capacity(due.len());
         for id in due {
-            let (estimate, budgets, agent, service) = {
+            let (hold, agent, service) = {
                 let r = self.reservations.get_mut(&id).expect("collected above");
                 r.stage = Stage::Settling;
-                (
-                    r.estimate,
-                    r.budgets.clone(),
-                    r.agent.clone(),
-                    r.service.clone(),
-                )
+                let hold = super::engine::hold(r).cloned();
+                (hold, r.agent.clone(), r.service.clone())
             };
+            let (budgets, estimate) =
+                hold.map_or((Vec::new(), Usd::ZERO), |h| (h.budgets, h.estimate));
             let (entries, charge) = match policy {
                 OrphanPolicy::ChargeEstimate => {
                     let filed = self.file(&budgets, now);
@@ -254,20 +229,14 @@ impl Engine {
             }
             return;
         }
-        let Some(reservation) = self.reservations.remove(&id) else {
+        let Some(reservation) = self.close(id, super::Closed::Reported) else {
             return;
         };
-        for name in &reservation.budgets {
-            if let Some(budget) = self.budgets.get_mut(name) {
-                budget.release(reservation.estimate);
-            }
-        }
         let mut charged = Usd::ZERO;
         if let Some((amount, filed)) = &pending.charge {
             self.charge_filed(filed, *amount);
             charged = *amount;
         }
-        self.recently_closed.insert(id, super::Closed::Reported);
         log::info!(
             agent = reservation.agent.as_str(), service = reservation.service.as_str();
             "orphaned reservation {id} of agent {:?} settled by policy: {charged} charged", reservation.agent
@@ -278,20 +247,22 @@ impl Engine {
         let mut orphaned: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
         for r in self.reservations.values() {
             if r.session.is_none() {
-                for name in &r.budgets {
-                    *orphaned.entry(name.as_str()).or_default() += 1;
+                for name in super::engine::hold(r).iter().flat_map(|h| &h.budgets) {
+                    *orphaned.entry(&**name).or_default() += 1;
                 }
             }
         }
-        let mut names: Vec<String> = match agent {
-            Some(agent) => self
-                .budgets
-                .keys()
-                .filter(|n| *n == "global" || *n == &format!("agent:{agent}"))
-                .cloned()
-                .collect(),
-            None => self.budgets.keys().cloned().collect(),
-        };
+        let agent_budget = agent.map(|agent| format!("agent:{agent}"));
+        let mut names: Vec<String> = self
+            .budgets
+            .names()
+            .filter(|n| {
+                agent_budget
+                    .as_deref()
+                    .is_none_or(|own| &***n == "global" || &***n == own)
+            })
+            .map(|n| n.to_string())
+            .collect();
         names.sort_by_key(|n| (n != "global", n.clone()));
         let orphaned: std::collections::HashMap<String, u32> = orphaned
             .into_iter()
@@ -322,13 +293,14 @@ impl Engine {
         now: Moment,
     ) -> Result<Vec<QuotaView>, AdmissionError> {
         if let Some(name) = quota {
-            if !self.quotas.iter().any(|q| q.name() == name) {
+            if !self.quotas.rules().iter().any(|q| q.name() == name) {
                 return Err(AdmissionError::UnknownQuota(name.to_owned()));
             }
         }
         let mut out = Vec::new();
         for rule in self
             .quotas
+            .rules()
             .iter()
             .filter(|q| quota.is_none_or(|n| n == q.name()))
         {
@@ -385,7 +357,7 @@ impl Engine {
                 0,
             ),
             AdminKind::ResetQuota { quota, key } => {
-                if !self.quotas.iter().any(|q| q.name() == quota) {
+                if !self.quotas.rules().iter().any(|q| q.name() == quota) {
                     return Err(AdmissionError::UnknownQuota(quota.clone()));
                 }
                 (
@@ -446,7 +418,7 @@ impl Engine {
                 _ => Err(AdmissionError::NothingToRefund(key)),
             },
             AdminKind::ResetQuota { quota, key } => {
-                if let Some(rule) = self.quotas.iter_mut().find(|q| q.name() == quota) {
+                if let Some(rule) = self.quotas.get_mut(&quota) {
                     rule.reset(&internal_key(&key));
                 }
                 Ok(format!(

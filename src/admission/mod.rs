@@ -2,10 +2,13 @@
 //! reservations that hold what an allowed call took until its outcome is known.
 //!
 //! Architecture Invariant: an admission is all-or-nothing. Every guard (breaker,
-//! rate limits, quotas, budgets) runs under the one `Engine` lock, in order, with
-//! early return; when a guard denies, everything the earlier guards took is put back
+//! rate limits, quotas, budgets: the pipeline in `engine.rs`, each guard a
+//! [`crate::guard::Guard`]) runs under the one `Engine` lock, in order, with early
+//! return; when a guard denies, everything the earlier guards took is put back
 //! before the lock is released. The lock is a `std::sync::Mutex` held for
-//! microseconds and never across an `.await`.
+//! microseconds and never across an `.await`. A reservation holds what each guard
+//! took, and every way a call ends (report, abort, release, disconnect) hands it
+//! back to the guard that took it, through the pipeline.
 //!
 //! Architecture Invariant: nothing is acknowledged before it is durable. Whatever
 //! must survive a crash (a reservation against a budget, durable quota usage, a
@@ -32,10 +35,11 @@ use std::time::Duration;
 use crate::alerts::Alerts;
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::guard::breaker::{Breaker, BreakerSnapshot, Force, Pass, Phase, Transition};
-use crate::guard::budget::Budget;
-use crate::guard::quota::{QuotaRule, QuotaTaken};
-use crate::guard::rate::{Cells, RateRule};
+use crate::guard::breaker::{Breaker, BreakerSnapshot, Breakers, Force, Phase, Transition};
+use crate::guard::budget::Budgets;
+use crate::guard::quota::{QuotaRule, Quotas};
+use crate::guard::rate::{RateLimits, RateRule};
+use crate::guard::Taken;
 use crate::money::Usd;
 use crate::store::Snapshot;
 
@@ -47,13 +51,7 @@ pub struct Admission {
     engine: Mutex<Engine>,
 }
 
-/// The moment a request is decided at: monotonic time for intervals, wall time
-/// (Unix seconds) for calendar periods. Read once per request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Moment {
-    pub mono: Duration,
-    pub unix: u64,
-}
+pub use crate::clock::Moment;
 
 /// Who is asking.
 #[derive(Debug, Clone, Copy)]
@@ -75,38 +73,22 @@ pub struct Plan<'a> {
 }
 
 /// The verdict on a planned call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Decision {
     pub allowed: bool,
     pub reservation: Option<u64>,
-    pub votes: Vec<GuardVote>,
+    /// Every rule's vote, in the order the guards ran; typed (numbers and
+    /// denials), made text by `cmd/` outside the engine lock.
+    pub votes: Vec<Vote>,
     /// Index in `votes` of the vote that denied.
     pub decisive: Option<usize>,
     /// Breaker state changes this admission caused (Open → HalfOpen by time).
-    pub transitions: Vec<(String, Phase, Phase)>,
+    pub transitions: Vec<(Arc<str>, Phase, Phase)>,
     /// The estimate reserved against the budgets.
     pub estimate: Usd,
 }
 
-/// Which guard voted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Guard {
-    Rate,
-    Breaker,
-    Budget,
-    Quota,
-}
-
-/// One guard's vote.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuardVote {
-    pub guard: Guard,
-    pub rule: String,
-    pub allow: bool,
-    pub shadow: bool,
-    pub reason: String,
-    pub retry_after: Option<Duration>,
-}
+pub use crate::guard::{Reason, Vote};
 
 /// A decision, and whether it must be made durable before it may be
 /// acknowledged.
@@ -196,9 +178,11 @@ type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
 
 struct Engine {
     config: Arc<Config>,
-    rules: Vec<Arc<RateRule>>,
-    quotas: Vec<QuotaRule>,
-    budgets: HashMap<String, Budget>,
+    /// The pipeline's stages, in the order they run (see [`Engine::pipeline`]).
+    breakers: Breakers,
+    rates: RateLimits,
+    quotas: Quotas,
+    budgets: Budgets,
     /// Budgets whose limit an admin set (restored from the ledger or by
     /// `SetLimit`): a reload leaves their limit alone.
     admin_limited: HashSet<String>,
@@ -207,7 +191,6 @@ struct Engine {
     /// Where crossed thresholds and exhausted quotas are raised; raising never
     /// blocks (`alerts.rs`), so it is safe under the lock.
     alerts: Alerts,
-    breakers: FastMap<String, Breaker>,
     reservations: FastMap<u64, Reservation>,
     by_session: FastMap<u64, FastSet<u64>>,
     recently_closed: RecentlyClosed,
@@ -228,12 +211,8 @@ struct Reservation {
     units: u32,
     input_units: u32,
     output_units: u32,
-    pass: Pass,
-    cells: Vec<(Arc<RateRule>, Cells)>,
-    quota_taken: Vec<(usize, QuotaTaken)>,
-    estimate: Usd,
-    /// Budgets the estimate is reserved against; non-empty means durable.
-    budgets: Vec<String>,
+    /// What each guard took, in pipeline order.
+    taken: Vec<Taken>,
     stage: Stage,
 }
 
@@ -285,13 +264,13 @@ impl Admission {
         let quotas = config.quotas.iter().cloned().map(QuotaRule::new).collect();
         let mut engine = Engine {
             config,
-            rules,
-            quotas,
-            budgets: HashMap::new(),
+            breakers: Breakers::default(),
+            rates: RateLimits::new(rules),
+            quotas: Quotas::new(quotas),
+            budgets: Budgets::default(),
             admin_limited: HashSet::new(),
             thresholds_logged: HashMap::new(),
             alerts,
-            breakers: FastMap::default(),
             reservations: FastMap::default(),
             by_session: FastMap::default(),
             recently_closed: RecentlyClosed::default(),
@@ -391,10 +370,10 @@ impl Admission {
         let mut out: Vec<_> = engine
             .breakers
             .iter_mut()
-            .filter(|(name, _)| service.is_none_or(|s| s == name.as_str()))
+            .filter(|(name, _)| service.is_none_or(|s| s == &***name))
             .map(|(name, breaker)| {
                 breaker.advance(now);
-                (name.clone(), breaker.snapshot(now))
+                (name.to_string(), breaker.snapshot(now))
             })
             .collect();
         if out.is_empty() {
@@ -454,10 +433,10 @@ impl Admission {
     pub fn purge(&self, now: Moment) {
         let rules = {
             let mut engine = self.lock();
-            for quota in &mut engine.quotas {
+            for quota in engine.quotas.rules_mut() {
                 quota.purge(now.unix);
             }
-            engine.rules.clone()
+            engine.rates.rules().to_vec()
         };
         for rule in rules {
             rule.purge();
@@ -501,22 +480,10 @@ impl Admission {
     }
 }
 
-// === impl Moment ===
-
-impl Moment {
-    /// Reads both clocks.
-    pub fn read(clock: &SharedClock) -> Moment {
-        Moment {
-            mono: clock.now(),
-            unix: clock.unix(),
-        }
-    }
-}
-
 // === impl Decision ===
 
 impl Decision {
-    fn denied(votes: Vec<GuardVote>, transitions: Vec<(String, Phase, Phase)>) -> Decision {
+    fn denied(votes: Vec<Vote>, transitions: Vec<(Arc<str>, Phase, Phase)>) -> Decision {
         Decision {
             allowed: false,
             reservation: None,
@@ -528,7 +495,7 @@ impl Decision {
     }
 
     /// The vote that denied, if any.
-    pub fn decisive_vote(&self) -> Option<&GuardVote> {
+    pub fn decisive_vote(&self) -> Option<&Vote> {
         self.decisive.and_then(|idx| self.votes.get(idx))
     }
 }

@@ -56,7 +56,7 @@ impl Engine {
         // Budgets: the same set with the same periods, or a restart.
         let specs: Vec<&BudgetSpec> = budget_specs(&config).collect();
         let new_names: BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-        let old_names: BTreeSet<&str> = self.budgets.keys().map(String::as_str).collect();
+        let old_names: BTreeSet<&str> = self.budgets.names().map(|n| &**n).collect();
         if let Some(added) = new_names.difference(&old_names).next() {
             return Err(budget_refusal(added, "added"));
         }
@@ -77,7 +77,7 @@ impl Engine {
         // Rate rules: equal specs keep their Arc (and so their buckets).
         let mut rules = Vec::with_capacity(config.rate_limits.len());
         for (idx, spec) in config.rate_limits.iter().enumerate() {
-            if let Some(old) = self.rules.iter().find(|r| r.spec() == spec) {
+            if let Some(old) = self.rates.rules().iter().find(|r| r.spec() == spec) {
                 rules.push(Arc::clone(old));
                 done.rate_kept += 1;
             } else {
@@ -89,12 +89,10 @@ impl Engine {
         }
 
         // Nothing can fail from here on.
-        let mut old_quotas: Vec<Option<QuotaRule>> = std::mem::take(&mut self.quotas)
+        let mut old_quotas: Vec<Option<QuotaRule>> = std::mem::take(self.quotas.rules_mut())
             .into_iter()
             .map(Some)
             .collect();
-        // Old index → new index, for the quota usage open reservations hold.
-        let mut moved = vec![None; old_quotas.len()];
         let mut quotas = Vec::with_capacity(config.quotas.len());
         for spec in &config.quotas {
             let same = old_quotas
@@ -106,9 +104,10 @@ impl Engine {
                         .is_some_and(|q| q.name() == spec.name && q.spec().window == spec.window)
                 })
             });
-            match carried.and_then(|idx| old_quotas[idx].take().map(|q| (idx, q))) {
-                Some((idx, old)) => {
-                    moved[idx] = Some(quotas.len());
+            // Open reservations name the quota they counted against, so the
+            // usage they hold follows a quota that moved.
+            match carried.and_then(|idx| old_quotas[idx].take()) {
+                Some(old) => {
                     if same.is_some() {
                         quotas.push(old);
                         done.quotas_kept += 1;
@@ -123,20 +122,14 @@ impl Engine {
                 }
             }
         }
-        for reservation in self.reservations.values_mut() {
-            reservation.quota_taken = std::mem::take(&mut reservation.quota_taken)
-                .into_iter()
-                .filter_map(|(idx, took)| moved.get(idx).copied().flatten().map(|n| (n, took)))
-                .collect();
-        }
-        self.quotas = quotas;
-        self.rules = rules;
+        *self.quotas.rules_mut() = quotas;
+        self.rates.replace(rules);
 
         // A service the new config no longer accepts is refused from now on, as if
         // never seen (its breaker would otherwise keep admitting it).
         self.breakers
-            .retain(|service, _| config.knows_service(service));
-        for (service, breaker) in &mut self.breakers {
+            .retain(|service| config.knows_service(service));
+        for (service, breaker) in self.breakers.iter_mut() {
             breaker.advance(now.mono);
             breaker.reconfigure(config.breaker_for(service).clone());
             done.breakers += 1;

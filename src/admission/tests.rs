@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::clock::{Clock, ManualClock};
+use crate::protocol::GuardKind;
 use crate::store::Store;
 
 const S: Duration = Duration::from_secs(1);
@@ -207,7 +208,7 @@ async fn a_denial_by_a_later_rule_takes_nothing_from_earlier_ones() {
     for _ in 0..50 {
         let d = f.admit(1, "a", "s").await;
         assert!(!d.allowed);
-        assert_eq!(d.decisive_vote().unwrap().rule, "tight");
+        assert_eq!(&*d.decisive_vote().unwrap().rule, "tight");
     }
     // "roomy" barely refills; had the 50 denials taken from it, fewer than 99 of
     // these would pass.
@@ -222,7 +223,7 @@ async fn a_denial_by_a_later_rule_takes_nothing_from_earlier_ones() {
     }
     f.clock.advance(S);
     let d = f.admit(1, "a", "s").await;
-    assert_eq!(d.decisive_vote().unwrap().rule, "roomy");
+    assert_eq!(&*d.decisive_vote().unwrap().rule, "roomy");
 }
 
 #[tokio::test]
@@ -236,10 +237,10 @@ async fn a_rate_denial_gives_back_the_trial_slot() {
     let denied = f.admit(1, "a", "s").await;
     assert!(!denied.allowed);
     assert_eq!(
-        denied.votes[0].reason,
+        denied.votes[0].reason.to_string(),
         "circuit half-open: admitted as a trial call"
     );
-    assert_eq!(denied.decisive_vote().unwrap().guard, Guard::Rate);
+    assert_eq!(denied.decisive_vote().unwrap().guard, GuardKind::Rate);
     let trial = f.admit(2, "b", "s").await;
     assert!(
         trial.allowed,
@@ -306,7 +307,7 @@ async fn an_open_breaker_denies_every_agent_with_the_time_left() {
         let d = f.admit(7, agent, "s").await;
         assert!(!d.allowed);
         let vote = d.decisive_vote().unwrap();
-        assert_eq!(vote.guard, Guard::Breaker);
+        assert_eq!(vote.guard, GuardKind::Breaker);
         assert_eq!(vote.retry_after, Some(50 * S));
     }
     assert!(
@@ -322,7 +323,7 @@ async fn shadow_mode_records_but_never_denies() {
     assert!(f.admit_cost(1, "a", "s", 0.5).await.allowed);
     let d = f.admit_cost(1, "a", "s", 0.9).await;
     assert!(d.allowed);
-    for guard in [Guard::Breaker, Guard::Rate, Guard::Budget] {
+    for guard in [GuardKind::Breaker, GuardKind::Rate, GuardKind::Budget] {
         assert!(
             d.votes
                 .iter()
@@ -384,9 +385,9 @@ async fn concurrent_reservations_never_pass_the_limit() {
     );
     let d = f.admit_cost(200, "a", "s", 1.0).await;
     let vote = d.decisive_vote().unwrap();
-    assert_eq!((vote.guard, vote.rule.as_str()), (Guard::Budget, "global"));
+    assert_eq!((vote.guard, &*vote.rule), (GuardKind::Budget, "global"));
     assert!(
-        vote.reason.contains("estimated at $1.00"),
+        vote.reason.to_string().contains("estimated at $1.00"),
         "{}",
         vote.reason
     );
@@ -423,6 +424,7 @@ async fn an_overrun_is_recorded_and_blocks_further_admissions() {
         .decisive_vote()
         .unwrap()
         .reason
+        .to_string()
         .contains("is spent: $12.00 of $10.00"));
 }
 
@@ -432,7 +434,7 @@ async fn sub_budgets_per_agent_and_per_service() {
     assert!(f.admit_cost(1, "planner", "llm", 1.0).await.allowed);
     assert!(f.admit_cost(1, "planner", "llm", 1.0).await.allowed);
     let d = f.admit_cost(1, "planner", "llm", 1.0).await;
-    assert_eq!(d.decisive_vote().unwrap().rule, "agent:planner");
+    assert_eq!(&*d.decisive_vote().unwrap().rule, "agent:planner");
     assert!(
         f.admit_cost(1, "coder", "llm", 5.0).await.allowed,
         "other agents only meet the global budget"
@@ -441,7 +443,7 @@ async fn sub_budgets_per_agent_and_per_service() {
         assert!(f.admit_cost(2, "coder", "search", 1.0).await.allowed);
     }
     let d = f.admit_cost(2, "coder", "search", 1.0).await;
-    assert_eq!(d.decisive_vote().unwrap().rule, "service:search");
+    assert_eq!(&*d.decisive_vote().unwrap().rule, "service:search");
     let views = f.admission.budgets(Some("planner"), f.now());
     let names: Vec<_> = views.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(names, ["global", "agent:planner"]);
@@ -683,7 +685,7 @@ async fn a_quota_of_three_blocks_the_fourth_and_survives_a_restart() {
         assert!(f.admit(1, "a", "s").await.allowed);
     }
     let d = f.admit(1, "a", "s").await;
-    assert_eq!(d.decisive_vote().unwrap().guard, Guard::Quota);
+    assert_eq!(d.decisive_vote().unwrap().guard, GuardKind::Quota);
     assert_eq!(d.decisive_vote().unwrap().retry_after, Some(DAY));
     let f = f.restart();
     assert!(
@@ -716,7 +718,7 @@ async fn a_denial_by_any_guard_takes_nothing_from_quotas_or_budgets() {
                 .decisive_vote()
                 .unwrap()
                 .guard,
-            Guard::Budget
+            GuardKind::Budget
         );
     }
     let views = f.admission.quotas(Some("q"), f.now()).unwrap();
@@ -727,7 +729,7 @@ async fn a_denial_by_any_guard_takes_nothing_from_quotas_or_budgets() {
 async fn zero_and_minute_quotas() {
     let f = fixture("[[quotas]]\nname = \"none\"\nlimit = 0\nwindow = \"lifetime\"\nservices = [\"banned\"]\n[[quotas]]\nname = \"burst\"\nlimit = 2\nwindow = \"minute\"\n");
     let d = f.admit(1, "a", "banned").await;
-    assert_eq!(d.decisive_vote().unwrap().rule, "none");
+    assert_eq!(&*d.decisive_vote().unwrap().rule, "none");
     assert_eq!(d.decisive_vote().unwrap().retry_after, None);
     f.admit(1, "a", "s").await;
     f.admit(1, "a", "s").await;
@@ -912,7 +914,7 @@ async fn a_reload_leaves_an_open_breaker_open_and_keeps_an_operators_force() {
     assert_eq!(done.breakers, 2);
     let d = f.admit(1, "a", "s").await;
     assert!(!d.allowed, "still open after the reload: {:?}", d.votes);
-    assert_eq!(d.decisive_vote().unwrap().guard, Guard::Breaker);
+    assert_eq!(d.decisive_vote().unwrap().guard, GuardKind::Breaker);
     assert!(!f.admit(1, "a", "u").await.allowed, "the force survived");
     let breakers = f.admission.breakers(Some("u"), f.clock.now());
     assert_eq!(breakers[0].1.phase, Phase::ForcedOpen);
@@ -953,7 +955,7 @@ async fn a_reload_that_adds_a_budget_is_refused_and_changes_nothing() {
     assert_eq!(f.budget("global").limit, usd(10.0));
     let d = f.admit_cost(1, "a", "s", 1.0).await;
     assert_eq!(
-        d.decisive_vote().map(|v| v.rule.as_str()),
+        d.decisive_vote().map(|v| &*v.rule),
         Some("tight"),
         "the old rate limit is still in force"
     );

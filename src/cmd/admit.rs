@@ -5,10 +5,10 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use super::{dollars, guard_name, invalid, log_transition, unavailable, Reply};
-use crate::admission::{Admitted, Caller, Decision, Moment, Plan};
+use super::{dollars, invalid, log_transition, unavailable, Reply};
+use crate::admission::{Admitted, Caller, Decision, Moment, Plan, Reason};
 use crate::names::check_name;
-use crate::protocol::{AdmitReply, AdmitRequest, ErrorReply, Response, Vote};
+use crate::protocol::{AdmitReply, AdmitRequest, ErrorReply, GuardKind, Response, Vote};
 use crate::state::{Session, State};
 
 pub(super) fn apply(state: &State, session: &Session, req: AdmitRequest, now: Moment) -> Reply {
@@ -93,11 +93,12 @@ fn log_decision(session: &Session, agent: &str, service: &str, decision: &Decisi
             if suppressed > 0 {
                 log::info!(suppressed = suppressed; "{suppressed} denial line(s) suppressed in the last second (at most {} a second are logged; all are counted in automation_framework_decisions_total)", crate::logging::DENIALS_PER_SECOND);
             }
+            let (guard, rule, reason) = (vote.guard.name(), &*vote.rule, vote.reason.to_string());
             log::info!(
                 message_id = crate::logging::message_id::DENIED,
                 agent = agent, service = service, peer_uid = session.peer.uid, peer_pid = session.peer.pid,
-                guard = guard_name(vote.guard), rule = vote.rule.as_str(), decision = "deny", reason = vote.reason.as_str();
-                "deny agent={agent} service={service} guard={}/{}: {}", guard_name(vote.guard), vote.rule, vote.reason
+                guard = guard, rule = rule, decision = "deny", reason = reason.as_str();
+                "deny agent={agent} service={service} guard={guard}/{rule}: {reason}"
             );
         }
         None => log::debug!(
@@ -112,46 +113,87 @@ fn record(decision: &Decision) {
     let hot = crate::metrics::hot();
     hot.admission(decision.allowed);
     for vote in &decision.votes {
-        // Indices into metrics::OUTCOMES and metrics::GUARDS.
+        // Indices into metrics::OUTCOMES.
         let outcome = match (vote.allow, vote.shadow) {
             (true, _) => 0,
             (false, false) => 1,
             (false, true) => 2,
         };
-        hot.decision(super::guard_index(vote.guard), outcome);
-        if !vote.allow && vote.guard == crate::admission::Guard::Rate {
-            metrics::counter!(crate::metrics::RATE_LIMIT_HITS, "rule" => vote.rule.clone())
+        hot.decision(vote.guard.index(), outcome);
+        if !vote.allow && vote.guard == GuardKind::Rate {
+            metrics::counter!(crate::metrics::RATE_LIMIT_HITS, "rule" => vote.rule.to_string())
                 .increment(1);
         }
     }
 }
 
+/// The wire form of a decision: the engine's typed votes become text here,
+/// after the engine lock was released.
 fn into_reply(decision: Decision) -> AdmitReply {
-    let decisive = decision.decisive_vote().cloned();
+    let votes: Vec<Vote> = decision
+        .votes
+        .iter()
+        .map(|v| Vote {
+            guard: v.guard,
+            rule: v.rule.to_string(),
+            allow: v.allow,
+            shadow: v.shadow,
+            reason: reason_text(&v.reason),
+            retry_after_ms: v.retry_after.map(millis_up),
+        })
+        .collect();
+    let decisive = decision.decisive.and_then(|idx| votes.get(idx));
     AdmitReply {
         allowed: decision.allowed,
         reservation: decision.reservation,
-        guard: decisive.as_ref().map(|v| v.guard.into()),
-        rule: decisive.as_ref().map(|v| v.rule.clone()),
-        reason: decisive.as_ref().map(|v| v.reason.clone()),
-        retry_after_ms: decisive.as_ref().and_then(|v| v.retry_after).map(millis_up),
-        votes: decision
-            .votes
-            .into_iter()
-            .map(|v| Vote {
-                guard: v.guard.into(),
-                rule: v.rule,
-                allow: v.allow,
-                shadow: v.shadow,
-                reason: v.reason,
-                retry_after_ms: v.retry_after.map(millis_up),
-            })
-            .collect(),
+        guard: decisive.map(|v| v.guard),
+        rule: decisive.map(|v| v.rule.clone()),
+        reason: decisive.map(|v| v.reason.clone()),
+        retry_after_ms: decisive.and_then(|v| v.retry_after_ms),
         cost: decision.allowed.then(|| decision.estimate.dollars()),
+        votes,
     }
+}
+
+/// A vote's reason as text. The reason every allowed admission carries (rate
+/// cells taken) is built without the `fmt` machinery, which cost more than the
+/// rate check itself.
+fn reason_text(reason: &Reason) -> String {
+    match reason {
+        Reason::Burst { taken, burst } => taken_of_burst(*taken, *burst),
+        Reason::Fixed(text) => (*text).to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// "`taken` of burst `burst` taken", without `format!`.
+fn taken_of_burst(taken: u32, burst: u32) -> String {
+    let mut numbers = itoa::Buffer::new();
+    let mut reason = String::with_capacity(40);
+    reason.push_str(numbers.format(taken));
+    reason.push_str(" of burst ");
+    reason.push_str(numbers.format(burst));
+    reason.push_str(" taken");
+    reason
 }
 
 /// Whole milliseconds, rounded up: coming back after the advertised wait must work.
 fn millis_up(d: Duration) -> u64 {
     u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_allowed_rate_reason_reads_as_the_display_form() {
+        for (taken, burst) in [(1, 100), (u32::MAX, 7)] {
+            assert_eq!(
+                taken_of_burst(taken, burst),
+                Reason::Burst { taken, burst }.to_string()
+            );
+        }
+        assert_eq!(taken_of_burst(1, 100), "1 of burst 100 taken");
+    }
 }

@@ -22,11 +22,11 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::access::AccessDenied;
-use crate::admission::{AdmissionError, Guard};
+use crate::admission::AdmissionError;
 use crate::alerts::Alert;
 use crate::guard::breaker::Phase;
 use crate::money::Usd;
-use crate::protocol::{BreakerState, ErrorCode, ErrorReply, GuardKind, Request, Response};
+use crate::protocol::{BreakerState, ErrorCode, ErrorReply, Request, Response};
 use crate::state::{Limit, Session, State};
 use crate::store::StoreError;
 
@@ -198,32 +198,6 @@ impl From<Phase> for BreakerState {
     }
 }
 
-impl From<Guard> for GuardKind {
-    fn from(guard: Guard) -> GuardKind {
-        match guard {
-            Guard::Rate => GuardKind::Rate,
-            Guard::Breaker => GuardKind::Breaker,
-            Guard::Budget => GuardKind::Budget,
-            Guard::Quota => GuardKind::Quota,
-        }
-    }
-}
-
-/// The guard's index in [`crate::metrics::GUARDS`].
-fn guard_index(guard: Guard) -> usize {
-    match guard {
-        Guard::Rate => 0,
-        Guard::Breaker => 1,
-        Guard::Budget => 2,
-        Guard::Quota => 3,
-    }
-}
-
-/// The guard's name in logs, replies and the `guard` metric label.
-fn guard_name(guard: Guard) -> &'static str {
-    crate::metrics::GUARDS[guard_index(guard)]
-}
-
 /// Logs a breaker state change: openings at warning level, everything else at info.
 /// Openings, and closings after being open, are raised as alerts.
 fn log_transition(state: &State, service: &str, from: Phase, to: Phase) {
@@ -258,11 +232,10 @@ mod tests {
 
     #[test]
     fn metric_guard_labels_match_the_guard_names() {
-        for guard in [Guard::Rate, Guard::Breaker, Guard::Budget, Guard::Quota] {
-            assert_eq!(
-                crate::metrics::GUARDS[guard_index(guard)],
-                guard_name(guard)
-            );
+        for guard in crate::protocol::GuardKind::ALL {
+            assert_eq!(crate::metrics::GUARDS[guard.index()], guard.name());
+            let json = serde_json::to_value(guard).unwrap();
+            assert_eq!(json.as_str(), Some(guard.name()), "the wire name");
         }
     }
 

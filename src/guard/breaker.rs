@@ -13,7 +13,9 @@
 //! `reconfigure` until set back to `None`). The runtime override wins; the state
 //! machine underneath keeps its state while forced.
 
-use std::collections::VecDeque;
+use std::any::Any;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Validated settings of one breaker.
@@ -417,6 +419,198 @@ impl Breaker {
         self.consecutive_failures = 0;
         self.window.clear();
         self.window_failures = 0;
+    }
+}
+
+/// The breakers of every service the daemon has seen: the first stage of the
+/// admission pipeline, because it is the cheapest "no" and the one shared by
+/// every agent.
+#[derive(Debug, Default)]
+pub struct Breakers {
+    by_service: HashMap<Arc<str>, Named, foldhash::fast::RandomState>,
+}
+
+/// A breaker with its service's name, so that a vote can name it without a
+/// second lookup or a copy.
+#[derive(Debug)]
+struct Named {
+    service: Arc<str>,
+    breaker: Breaker,
+}
+
+/// What an admission holds from its service's breaker.
+struct Held {
+    service: Arc<str>,
+    pass: Pass,
+}
+
+// === impl Breakers ===
+
+impl Breakers {
+    /// The breaker of `service`, if the service was seen.
+    pub fn get_mut(&mut self, service: &str) -> Option<&mut Breaker> {
+        self.by_service
+            .get_mut(service)
+            .map(|named| &mut named.breaker)
+    }
+
+    /// The breaker of `service`, made with `config` on first use.
+    pub fn get_or_insert(
+        &mut self,
+        service: &str,
+        config: impl FnOnce() -> BreakerConfig,
+    ) -> &mut Breaker {
+        if !self.by_service.contains_key(service) {
+            let service: Arc<str> = Arc::from(service);
+            let breaker = Breaker::new(config());
+            self.by_service
+                .insert(Arc::clone(&service), Named { service, breaker });
+        }
+        &mut self
+            .by_service
+            .get_mut(service)
+            .expect("inserted above")
+            .breaker
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_service.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_service.is_empty()
+    }
+
+    pub fn contains(&self, service: &str) -> bool {
+        self.by_service.contains_key(service)
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Arc<str>, &mut Breaker)> {
+        self.by_service
+            .iter_mut()
+            .map(|(service, named)| (service, &mut named.breaker))
+    }
+
+    /// Keeps the breakers of the services `keep` says yes to.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.by_service.retain(|service, _| keep(service));
+    }
+
+    /// Records an outcome on `service`'s breaker, if it has one.
+    pub fn record(
+        &mut self,
+        service: &str,
+        pass: Option<Pass>,
+        report: &super::Report,
+    ) -> super::Settled {
+        let Some(breaker) = self.get_mut(service) else {
+            return super::Settled::default();
+        };
+        breaker.advance(report.now.mono);
+        let transition = breaker.record(pass, report.failure, report.latency, report.now.mono);
+        super::Settled {
+            phase: Some(breaker.phase()),
+            transition: transition.map(|t| (t.from, t.to)),
+        }
+    }
+
+    fn release_pass(&mut self, held: &mut Held) {
+        let pass = std::mem::replace(&mut held.pass, Pass::Free);
+        if let Some(breaker) = self.get_mut(&held.service) {
+            breaker.release(pass);
+        }
+    }
+}
+
+impl super::Guard for Breakers {
+    fn check(&mut self, call: &super::Call<'_>, out: &mut super::Checked) -> super::Verdict {
+        // The engine made the breaker before the pipeline ran (it knows the
+        // config); a service without one is not governed by a breaker.
+        let Some(Named { service, breaker }) = self.by_service.get_mut(call.service) else {
+            return super::Verdict::Allow;
+        };
+        let service = Arc::clone(service);
+        if let Some(t) = breaker.advance(call.now.mono) {
+            out.transitions.push((Arc::clone(&service), t.from, t.to));
+        }
+        let shadow = call.shadow_all || breaker.config().shadow;
+        let pass = match breaker.check(call.now.mono) {
+            Ok(pass) => {
+                if breaker.phase() != Phase::Disabled {
+                    out.vote(super::Vote {
+                        guard: super::GuardKind::Breaker,
+                        rule: Arc::clone(&service),
+                        allow: true,
+                        shadow,
+                        reason: super::Reason::Fixed(allow_reason(pass)),
+                        retry_after: None,
+                    });
+                }
+                pass
+            }
+            Err(denial) => {
+                let retry_after = match denial {
+                    BreakerDenial::Open { retry_after, .. }
+                    | BreakerDenial::TrialsBusy { retry_after, .. } => Some(retry_after),
+                    BreakerDenial::ForcedOpen => None,
+                };
+                out.vote(super::Vote {
+                    guard: super::GuardKind::Breaker,
+                    rule: Arc::clone(&service),
+                    allow: false,
+                    shadow,
+                    reason: super::Reason::Denied(Box::new(denial)),
+                    retry_after,
+                });
+                if !shadow {
+                    return super::Verdict::Deny;
+                }
+                Pass::Free
+            }
+        };
+        // Taken even when free: the outcome is recorded at report time.
+        out.take(Held { service, pass });
+        super::Verdict::Allow
+    }
+
+    fn undo(&mut self, taken: Box<dyn Any + Send>) {
+        if let Ok(mut held) = taken.downcast::<Held>() {
+            self.release_pass(&mut held);
+        }
+    }
+
+    fn abort(&mut self, taken: &mut (dyn Any + Send)) {
+        self.release_pass(super::own(taken));
+    }
+
+    fn settle(
+        &mut self,
+        taken: &mut (dyn Any + Send),
+        report: &super::Report,
+        out: &mut super::Settled,
+    ) {
+        let held: &mut Held = super::own(taken);
+        let pass = std::mem::replace(&mut held.pass, Pass::Free);
+        *out = self.record(&held.service, Some(pass), report);
+    }
+
+    fn release(&mut self, taken: &mut (dyn Any + Send)) {
+        self.release_pass(super::own(taken));
+    }
+
+    fn disconnect(&mut self, taken: &mut (dyn Any + Send)) -> super::Keep {
+        // A vanished agent is no evidence about the service, and must not wedge
+        // a half-open breaker: the trial slot goes back at once.
+        self.release_pass(super::own(taken));
+        super::Keep::No
+    }
+}
+
+fn allow_reason(pass: Pass) -> &'static str {
+    match pass {
+        Pass::Normal => "circuit closed",
+        Pass::Trial(_) => "circuit half-open: admitted as a trial call",
+        Pass::Free => "circuit not enforced",
     }
 }
 

@@ -5,6 +5,9 @@
 //! never together pass the limit; once `spent` alone reaches the limit (a call cost
 //! more than estimated) nothing more is admitted until the period ends.
 
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::period::Period;
@@ -23,6 +26,8 @@ pub struct BudgetSpec {
 #[derive(Debug, Clone)]
 pub struct Budget {
     spec: BudgetSpec,
+    /// The budget's name, shared with votes and denials.
+    name: Arc<str>,
     period_start: u64,
     spent: Usd,
     reserved: Usd,
@@ -33,7 +38,7 @@ pub struct Budget {
 pub enum BudgetDenial {
     #[error("budget {name} is spent: {spent} of {limit}")]
     Exhausted {
-        name: String,
+        name: Arc<str>,
         spent: Usd,
         limit: Usd,
         retry_after: Option<Duration>,
@@ -42,7 +47,7 @@ pub enum BudgetDenial {
         "budget {name} has {remaining} left (of {limit}), the call is estimated at {estimate}"
     )]
     WouldExceed {
-        name: String,
+        name: Arc<str>,
         estimate: Usd,
         remaining: Usd,
         limit: Usd,
@@ -58,6 +63,7 @@ impl Budget {
     pub fn new(spec: BudgetSpec, now: u64, spent: Usd) -> Budget {
         Budget {
             period_start: spec.reset.start(now),
+            name: Arc::from(spec.name.as_str()),
             spec,
             spent,
             reserved: Usd::ZERO,
@@ -98,7 +104,7 @@ impl Budget {
         let retry_after = self.spec.reset.remaining(now).map(Duration::from_secs);
         if self.spent >= limit {
             return Err(BudgetDenial::Exhausted {
-                name: self.spec.name.clone(),
+                name: Arc::clone(&self.name),
                 spent: self.spent,
                 limit,
                 retry_after,
@@ -106,7 +112,7 @@ impl Budget {
         }
         if self.spent + self.reserved + estimate > limit {
             return Err(BudgetDenial::WouldExceed {
-                name: self.spec.name.clone(),
+                name: Arc::clone(&self.name),
                 estimate,
                 remaining: self.remaining(),
                 limit,
@@ -250,5 +256,196 @@ mod tests {
         assert_eq!(b.threshold_reached(&[50, 80, 100]), None);
         b.charge(usd(80.0), MON);
         assert_eq!(b.threshold_reached(&[50, 80, 100]), Some(80));
+    }
+}
+
+/// The money budgets: the pipeline's last stage, so a call denied by anything
+/// else never touches money.
+#[derive(Debug, Default)]
+pub struct Budgets {
+    by_name: HashMap<Arc<str>, Budget, foldhash::fast::RandomState>,
+    global: Option<Arc<str>>,
+    /// Agent name → its budget's name (`agent:NAME`), so finding the budgets of
+    /// a call builds no string.
+    by_agent: HashMap<Box<str>, Arc<str>, foldhash::fast::RandomState>,
+    by_service: HashMap<Box<str>, Arc<str>, foldhash::fast::RandomState>,
+}
+
+/// An estimate held against the budgets a call falls under, until it settles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub budgets: Vec<Arc<str>>,
+    pub estimate: Usd,
+}
+
+// === impl Budgets ===
+
+impl Budgets {
+    /// Adds a budget; its name says what it governs (`global`, `agent:NAME`,
+    /// `service:NAME`).
+    pub fn insert(&mut self, budget: Budget) {
+        let name = Arc::clone(&budget.name);
+        if let Some(agent) = name.strip_prefix("agent:") {
+            self.by_agent.insert(agent.into(), Arc::clone(&name));
+        } else if let Some(service) = name.strip_prefix("service:") {
+            self.by_service.insert(service.into(), Arc::clone(&name));
+        } else {
+            self.global = Some(Arc::clone(&name));
+        }
+        self.by_name.insert(name, budget);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Budget> {
+        self.by_name.get(name)
+    }
+
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Budget> {
+        self.by_name.get_mut(name)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.by_name.keys()
+    }
+
+    /// The budgets a call by `agent` to `service` must fit: global, the agent's,
+    /// the service's (those configured).
+    pub fn applicable(&self, agent: &str, service: &str) -> Vec<Arc<str>> {
+        if self.by_name.is_empty() {
+            return Vec::new();
+        }
+        let mut names = Vec::with_capacity(3);
+        names.extend(self.global.iter().cloned());
+        names.extend(self.by_agent.get(agent).cloned());
+        names.extend(self.by_service.get(service).cloned());
+        names
+    }
+
+    /// Gives a hold back to its budgets.
+    pub fn give_back(&mut self, hold: &Hold) {
+        for name in &hold.budgets {
+            if let Some(budget) = self.by_name.get_mut(name) {
+                budget.release(hold.estimate);
+            }
+        }
+    }
+
+    /// Holds `estimate` against `budgets` (a reservation restored from the ledger).
+    pub fn hold(&mut self, budgets: Vec<Arc<str>>, estimate: Usd) -> Hold {
+        for name in &budgets {
+            if let Some(budget) = self.by_name.get_mut(name) {
+                budget.reserve(estimate);
+            }
+        }
+        Hold { budgets, estimate }
+    }
+}
+
+impl super::Guard for Budgets {
+    fn check(&mut self, call: &super::Call<'_>, out: &mut super::Checked) -> super::Verdict {
+        let names = self.applicable(call.agent, call.service);
+        if names.is_empty() {
+            return super::Verdict::Allow;
+        }
+        let shadow = call.shadow_all;
+        for name in &names {
+            let budget = self
+                .by_name
+                .get_mut(name)
+                .expect("applicable budgets exist");
+            budget.roll(call.now.unix);
+            match budget.check(call.estimate, call.now.unix) {
+                Ok(()) => out.vote(super::Vote {
+                    guard: super::GuardKind::Budget,
+                    rule: Arc::clone(name),
+                    allow: true,
+                    shadow,
+                    reason: super::Reason::Reserved {
+                        estimate: call.estimate,
+                        left: budget.remaining() - call.estimate,
+                        limit: budget.limit(),
+                    },
+                    retry_after: None,
+                }),
+                Err(denial) => {
+                    let retry_after = match &denial {
+                        BudgetDenial::Exhausted { retry_after, .. }
+                        | BudgetDenial::WouldExceed { retry_after, .. } => *retry_after,
+                    };
+                    out.vote(super::Vote {
+                        guard: super::GuardKind::Budget,
+                        rule: Arc::clone(name),
+                        allow: false,
+                        shadow,
+                        reason: super::Reason::Denied(Box::new(denial)),
+                        retry_after,
+                    });
+                    if !shadow {
+                        return super::Verdict::Deny;
+                    }
+                }
+            }
+        }
+        let hold = self.hold(names, call.estimate);
+        out.take(hold);
+        super::Verdict::Allow
+    }
+
+    fn undo(&mut self, taken: Box<dyn Any + Send>) {
+        if let Ok(hold) = taken.downcast::<Hold>() {
+            self.give_back(&hold);
+        }
+    }
+
+    fn abort(&mut self, taken: &mut (dyn Any + Send)) {
+        self.give_back(super::own::<Hold>(taken));
+    }
+
+    fn settle(
+        &mut self,
+        taken: &mut (dyn Any + Send),
+        _report: &super::Report,
+        _out: &mut super::Settled,
+    ) {
+        // The actual cost is charged by the report's own ledger entry; the
+        // estimate held for the call goes back.
+        self.give_back(super::own::<Hold>(taken));
+    }
+
+    fn release(&mut self, taken: &mut (dyn Any + Send)) {
+        self.give_back(super::own::<Hold>(taken));
+    }
+
+    fn disconnect(&mut self, _taken: &mut (dyn Any + Send)) -> super::Keep {
+        // Held money stays held: the actual cost may still be reported.
+        super::Keep::Money
+    }
+
+    fn entries(
+        &self,
+        taken: &(dyn Any + Send),
+        reservation: u64,
+        call: &super::Call<'_>,
+        out: &mut Vec<crate::store::Entry>,
+    ) {
+        let Some(hold) = taken.downcast_ref::<Hold>() else {
+            return;
+        };
+        out.push(crate::store::Entry::Reserve {
+            id: reservation,
+            agent: call.agent.to_owned(),
+            service: call.service.to_owned(),
+            model: call.model.map(str::to_owned),
+            estimate: hold.estimate,
+            budgets: hold.budgets.iter().map(|b| b.to_string()).collect(),
+            at: call.now.unix,
+        });
     }
 }

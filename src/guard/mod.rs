@@ -1,7 +1,19 @@
-//! Guards: pure decision logic. Each takes `now` from its caller, holds its own
-//! state, and answers with a permit or a typed denial that carries the number that
-//! caused it. No guard does I/O, logs, sleeps or reads the clock itself; the
-//! admission layer runs them together and turns their answers into votes.
+//! Guards: the decisions, each in its own file, each a stage of the admission
+//! pipeline.
+//!
+//! A guard holds its own state and implements [`Guard`]: its `check` of a
+//! planned call (one vote per rule that applies, and what an allowed check
+//! took), how to put that back exactly when a later guard denies (`undo`), how
+//! to give it back when the admission could not be made durable (`abort`), what
+//! a reported outcome does with it (`settle`), and what happens to it when the
+//! call ends without an outcome (`release`) or its connection goes away
+//! (`disconnect`). The admission engine runs the guards in a fixed order and a
+//! reservation keeps what each one took, type-erased ([`Taken`]); nothing
+//! outside a guard's file knows what that is.
+//!
+//! Architecture Invariant: guards never do I/O, log, sleep or read the clock.
+//! `now` comes in the [`Call`]; votes carry numbers and typed denials, and are
+//! turned into text by `cmd/` after the engine lock is released.
 
 pub mod breaker;
 pub mod budget;
@@ -9,8 +21,232 @@ pub mod period;
 pub mod quota;
 pub mod rate;
 
+use std::any::Any;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
 pub use breaker::{Breaker, BreakerConfig, BreakerDenial, Force, Pass, Transition, Trip};
 pub use rate::{Cells, RateDenial, RateRule, Scope, Weight};
+
+pub use crate::clock::Moment;
+pub use crate::protocol::GuardKind;
+
+use crate::money::Usd;
+use period::Period;
+
+/// A planned call, as every guard sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub agent: &'a str,
+    pub service: &'a str,
+    pub model: Option<&'a str>,
+    pub units: NonZeroU32,
+    /// What the call is estimated to cost (priced before the guards run).
+    pub estimate: Usd,
+    pub now: Moment,
+    /// The whole daemon runs in shadow mode: decide and record, never deny.
+    pub shadow_all: bool,
+}
+
+/// A guard's answer to a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// A vote that is not in shadow mode said no: the admission stops here.
+    Deny,
+}
+
+/// One rule's vote on a call.
+#[derive(Debug)]
+pub struct Vote {
+    pub guard: GuardKind,
+    /// The rule's name (rate limit, quota, budget) or the breaker's service:
+    /// shared, so a vote costs no copy of it.
+    pub rule: Arc<str>,
+    pub allow: bool,
+    /// A shadow rule records its decision but never denies.
+    pub shadow: bool,
+    pub reason: Reason,
+    pub retry_after: Option<Duration>,
+}
+
+/// Why a rule voted as it did: numbers and typed denials, made text only when
+/// a reply or a log line needs it (outside the engine lock).
+#[derive(Debug)]
+pub enum Reason {
+    Fixed(&'static str),
+    /// `taken` of a burst of `burst` cells.
+    Burst {
+        taken: u32,
+        burst: u32,
+    },
+    /// `n` taken of `limit` per `window`.
+    Counted {
+        n: u64,
+        limit: u64,
+        window: Period,
+    },
+    /// `estimate` reserved, `left` left of `limit`.
+    Reserved {
+        estimate: Usd,
+        left: Usd,
+        limit: Usd,
+    },
+    /// The guard's typed denial.
+    Denied(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// What one guard took for one call, held by the reservation until the call
+/// is settled. Only the guard that made it looks inside.
+pub struct Taken {
+    /// The guard's place in the pipeline.
+    pub(crate) guard: usize,
+    pub(crate) what: Box<dyn Any + Send>,
+}
+
+/// What a guard's check hands back to the admission.
+pub struct Checked {
+    pub votes: Vec<Vote>,
+    /// Breaker phase changes the check caused (Open → HalfOpen by time).
+    pub transitions: Vec<(Arc<str>, breaker::Phase, breaker::Phase)>,
+    pub taken: Vec<Taken>,
+    /// The guard being run, so `take` files under the right one.
+    pub(crate) current: usize,
+}
+
+/// An outcome reported for a call.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub failure: bool,
+    /// Units actually used, when known.
+    pub units: Option<u32>,
+    pub latency: Option<Duration>,
+    pub now: Moment,
+}
+
+/// What settling did that the reply reports.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Settled {
+    pub phase: Option<breaker::Phase>,
+    pub transition: Option<(breaker::Phase, breaker::Phase)>,
+}
+
+/// Whether what a guard took must outlive the connection that took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Nothing left to hold (or it went back at once).
+    No,
+    /// Money: it stays reserved, as an orphan, until settled by policy.
+    Money,
+}
+
+/// One stage of the admission pipeline.
+///
+/// Every method runs under the engine lock, in microseconds, and allocates only
+/// what it must keep.
+pub trait Guard: Send {
+    /// Votes on `call`; takes what an allowed call needs ([`Checked::take`]).
+    /// On [`Verdict::Deny`] the guard itself has taken nothing.
+    fn check(&mut self, call: &Call<'_>, out: &mut Checked) -> Verdict;
+
+    /// Puts back exactly what `check` took: a later guard denied the same call,
+    /// under the same lock, so nothing else ran in between.
+    fn undo(&mut self, taken: Box<dyn Any + Send>);
+
+    /// Gives back what was taken when the admission could not be made durable;
+    /// other calls may have run since, so arithmetically, not by restoring.
+    fn abort(&mut self, taken: &mut (dyn Any + Send));
+
+    /// The call's outcome is known.
+    fn settle(&mut self, taken: &mut (dyn Any + Send), report: &Report, out: &mut Settled);
+
+    /// The call ends without an outcome: released, a repeated report, an orphan
+    /// settled by policy. What a guard holds on the caller's behalf goes back;
+    /// what was consumed stays consumed.
+    fn release(&mut self, taken: &mut (dyn Any + Send));
+
+    /// The connection that made the call is gone. Gives back at once what must
+    /// not wait for a report that will never come (a breaker's trial slot); says
+    /// whether the rest must outlive the connection.
+    fn disconnect(&mut self, taken: &mut (dyn Any + Send)) -> Keep;
+
+    /// The ledger entries that make what was taken survive a crash (a budget
+    /// reservation, durable quota usage), for the allowed admission `reservation`.
+    fn entries(
+        &self,
+        _taken: &(dyn Any + Send),
+        _reservation: u64,
+        _call: &Call<'_>,
+        _out: &mut Vec<crate::store::Entry>,
+    ) {
+    }
+}
+
+// === impl Checked ===
+
+impl Checked {
+    pub(crate) fn new() -> Checked {
+        Checked {
+            votes: Vec::new(),
+            transitions: Vec::new(),
+            taken: Vec::new(),
+            current: 0,
+        }
+    }
+
+    /// Keeps what the running guard took, for the reservation.
+    pub fn take(&mut self, what: impl Any + Send) {
+        self.taken.push(Taken {
+            guard: self.current,
+            what: Box::new(what),
+        });
+    }
+
+    /// Records a vote.
+    pub fn vote(&mut self, vote: Vote) {
+        self.votes.push(vote);
+    }
+}
+
+// === impl Taken ===
+
+impl fmt::Debug for Taken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Taken").field("guard", &self.guard).finish()
+    }
+}
+
+// === impl Reason ===
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Fixed(text) => f.write_str(text),
+            Reason::Burst { taken, burst } => write!(f, "{taken} of burst {burst} taken"),
+            Reason::Counted { n, limit, window } => {
+                write!(f, "{n} of {limit} per {} taken", window.window_name())
+            }
+            Reason::Reserved {
+                estimate,
+                left,
+                limit,
+            } => write!(f, "{estimate} reserved, {left} left of {limit}"),
+            Reason::Denied(denial) => write!(f, "{denial}"),
+        }
+    }
+}
+
+impl Reason {
+    /// The typed denial, for callers that act on its kind.
+    pub fn denial<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        match self {
+            Reason::Denied(denial) => denial.downcast_ref(),
+            _ => None,
+        }
+    }
+}
 
 /// The counter key a call by `agent` to `service` falls under for a keyed guard.
 /// NUL cannot appear in validated names, so the pair is unambiguous.
@@ -38,4 +274,12 @@ pub fn filter_matches(list: &[String], name: &str) -> bool {
 /// How a counter key reads in replies and logs (`agent/service` for pairs).
 pub fn display_key(key: &str) -> String {
     key.replace('\0', "/")
+}
+
+/// Downcasts what a guard took back to the type it took; a mismatch is a bug
+/// in the pipeline's bookkeeping.
+pub(crate) fn own<T: 'static>(taken: &mut (dyn Any + Send)) -> &mut T {
+    taken
+        .downcast_mut::<T>()
+        .expect("a guard is only handed back what it took")
 }

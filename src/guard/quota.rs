@@ -2,7 +2,9 @@
 //! blocked"), keyed like rate limits. Counts are exact integers, so a limit of
 //! millions is exact, and a limit of 0 blocks everything.
 
+use std::any::Any;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::period::Period;
@@ -25,6 +27,8 @@ pub struct QuotaSpec {
 #[derive(Debug)]
 pub struct QuotaRule {
     spec: QuotaSpec,
+    /// The quota's name, shared with every vote it casts.
+    name: Arc<str>,
     counters: HashMap<String, Counter>,
 }
 
@@ -45,12 +49,14 @@ pub struct QuotaTaken {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuotaDenial {
-    #[error("quota of {limit} per {window} used up ({used} used)")]
+    #[error("quota of {limit} per {} used up ({used} used)", .window.window_name())]
     Exhausted {
         limit: u64,
         used: u64,
-        window: String,
+        window: Period,
         retry_after: Option<Duration>,
+        /// The counter that is used up (for the operator's alert).
+        key: String,
     },
     #[error("a weight of {asked} can never fit a quota of {limit}")]
     Never { asked: u64, limit: u64 },
@@ -61,6 +67,7 @@ pub enum QuotaDenial {
 impl QuotaRule {
     pub fn new(spec: QuotaSpec) -> QuotaRule {
         QuotaRule {
+            name: Arc::from(spec.name.as_str()),
             spec,
             counters: HashMap::new(),
         }
@@ -70,6 +77,7 @@ impl QuotaRule {
     /// the counters still mean the same thing).
     pub fn carry_over(spec: QuotaSpec, old: QuotaRule) -> QuotaRule {
         QuotaRule {
+            name: Arc::from(spec.name.as_str()),
             spec,
             counters: old.counters,
         }
@@ -121,8 +129,9 @@ impl QuotaRule {
             return Err(QuotaDenial::Exhausted {
                 limit,
                 used,
-                window: self.spec.window.window_name(),
+                window: self.spec.window,
                 retry_after,
+                key,
             });
         }
         self.counters.insert(
@@ -180,6 +189,159 @@ impl QuotaRule {
     pub fn purge(&mut self, now: u64) {
         let start = self.spec.window.start(now);
         self.counters.retain(|_, c| c.window_start == start);
+    }
+}
+
+/// The configured quotas: the pipeline's third stage.
+#[derive(Debug, Default)]
+pub struct Quotas {
+    rules: Vec<QuotaRule>,
+}
+
+/// What an admission took from the quotas that apply to it, by quota name (a
+/// reload may reorder or replace quotas; a counter of another window is never
+/// touched by a give-back).
+type Held = Vec<(Arc<str>, QuotaTaken)>;
+
+// === impl Quotas ===
+
+impl Quotas {
+    pub fn new(rules: Vec<QuotaRule>) -> Quotas {
+        Quotas { rules }
+    }
+
+    pub fn rules(&self) -> &[QuotaRule] {
+        &self.rules
+    }
+
+    pub fn rules_mut(&mut self) -> &mut Vec<QuotaRule> {
+        &mut self.rules
+    }
+
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut QuotaRule> {
+        self.rules.iter_mut().find(|rule| rule.name() == name)
+    }
+
+    fn undo_all(&mut self, held: &Held) {
+        for (name, taken) in held.iter().rev() {
+            if let Some(rule) = self.get_mut(name) {
+                rule.undo(taken);
+            }
+        }
+    }
+}
+
+impl super::Guard for Quotas {
+    fn check(&mut self, call: &super::Call<'_>, out: &mut super::Checked) -> super::Verdict {
+        let mut held: Held = Vec::new();
+        let mut denied = false;
+        for rule in &mut self.rules {
+            if !rule.applies(call.agent, call.service) {
+                continue;
+            }
+            let shadow = call.shadow_all || rule.spec.shadow;
+            let key = rule.key(call.agent, call.service);
+            let n = rule.weight_of(call.units.get());
+            match rule.check(key, n, call.now.unix) {
+                Ok(took) => {
+                    out.vote(super::Vote {
+                        guard: super::GuardKind::Quota,
+                        rule: Arc::clone(&rule.name),
+                        allow: true,
+                        shadow,
+                        reason: super::Reason::Counted {
+                            n,
+                            limit: rule.spec.limit,
+                            window: rule.spec.window,
+                        },
+                        retry_after: None,
+                    });
+                    held.push((Arc::clone(&rule.name), took));
+                }
+                Err(denial) => {
+                    let retry_after = match &denial {
+                        QuotaDenial::Exhausted { retry_after, .. } => *retry_after,
+                        QuotaDenial::Never { .. } => None,
+                    };
+                    out.vote(super::Vote {
+                        guard: super::GuardKind::Quota,
+                        rule: Arc::clone(&rule.name),
+                        allow: false,
+                        shadow,
+                        reason: super::Reason::Denied(Box::new(denial)),
+                        retry_after,
+                    });
+                    if !shadow {
+                        denied = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if denied {
+            self.undo_all(&held);
+            return super::Verdict::Deny;
+        }
+        if !held.is_empty() {
+            out.take(held);
+        }
+        super::Verdict::Allow
+    }
+
+    fn undo(&mut self, taken: Box<dyn Any + Send>) {
+        if let Ok(held) = taken.downcast::<Held>() {
+            self.undo_all(&held);
+        }
+    }
+
+    fn abort(&mut self, taken: &mut (dyn Any + Send)) {
+        for (name, taken) in super::own::<Held>(taken).iter() {
+            if let Some(rule) = self.get_mut(name) {
+                rule.give_back(taken);
+            }
+        }
+    }
+
+    fn settle(
+        &mut self,
+        _taken: &mut (dyn Any + Send),
+        _report: &super::Report,
+        _out: &mut super::Settled,
+    ) {
+        // A counted call stays counted, whatever its outcome.
+    }
+
+    fn release(&mut self, _taken: &mut (dyn Any + Send)) {}
+
+    fn disconnect(&mut self, _taken: &mut (dyn Any + Send)) -> super::Keep {
+        super::Keep::No
+    }
+
+    fn entries(
+        &self,
+        taken: &(dyn Any + Send),
+        _reservation: u64,
+        _call: &super::Call<'_>,
+        out: &mut Vec<crate::store::Entry>,
+    ) {
+        let Some(held) = taken.downcast_ref::<Held>() else {
+            return;
+        };
+        for (name, took) in held {
+            let durable = self
+                .rules
+                .iter()
+                .find(|rule| rule.name() == &**name)
+                .is_some_and(|rule| rule.spec.window.is_durable());
+            if durable {
+                out.push(crate::store::Entry::QuotaAdd {
+                    quota: name.to_string(),
+                    key: took.key.clone(),
+                    window_start: took.window_start,
+                    n: took.n,
+                });
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! Undo and adjust are only exact while nothing else touches the key in between; the
 //! admission layer guarantees that by running every guard under one short lock.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -64,6 +65,8 @@ pub struct RateSpec {
 /// One configured rate limit and its buckets.
 pub struct RateRule {
     spec: RateSpec,
+    /// The rule's name, shared with every vote it casts.
+    name: Arc<str>,
     /// Time to replenish one cell.
     interval: Duration,
     limiter: RateLimiter<String, RateStore, SharedClock, NoOpMiddleware<Duration>>,
@@ -158,6 +161,7 @@ impl RateRule {
         let store = RateStore::default();
         let limiter = RateLimiter::new(quota, store.clone(), clock);
         Ok(RateRule {
+            name: Arc::from(spec.name.as_str()),
             spec,
             interval,
             limiter,
@@ -270,6 +274,122 @@ impl std::fmt::Debug for RateRule {
         f.debug_struct("RateRule")
             .field("spec", &self.spec)
             .finish()
+    }
+}
+
+/// The configured rate limits: the pipeline's second stage.
+#[derive(Debug, Default)]
+pub struct RateLimits {
+    rules: Vec<Arc<RateRule>>,
+}
+
+/// What an admission took from the rate limits that apply to it. Each entry
+/// holds its rule, so what a reload replaced is still given back to the buckets
+/// it was taken from.
+type Held = Vec<(Arc<RateRule>, Cells)>;
+
+// === impl RateLimits ===
+
+impl RateLimits {
+    pub fn new(rules: Vec<Arc<RateRule>>) -> RateLimits {
+        RateLimits { rules }
+    }
+
+    pub fn rules(&self) -> &[Arc<RateRule>] {
+        &self.rules
+    }
+
+    /// Replaces the rules (a reload keeps the `Arc`s of unchanged ones).
+    pub fn replace(&mut self, rules: Vec<Arc<RateRule>>) {
+        self.rules = rules;
+    }
+}
+
+impl super::Guard for RateLimits {
+    fn check(&mut self, call: &super::Call<'_>, out: &mut super::Checked) -> super::Verdict {
+        let mut held: Held = Vec::new();
+        for rule in &self.rules {
+            if !rule.applies(call.agent, call.service) {
+                continue;
+            }
+            let shadow = call.shadow_all || rule.shadow();
+            let key = rule.key(call.agent, call.service);
+            match rule.check(key, rule.weight_of(call.units), call.now.mono) {
+                Ok(cells) => {
+                    out.vote(super::Vote {
+                        guard: super::GuardKind::Rate,
+                        rule: Arc::clone(&rule.name),
+                        allow: true,
+                        shadow,
+                        reason: super::Reason::Burst {
+                            taken: cells.taken,
+                            burst: rule.spec.burst.get(),
+                        },
+                        retry_after: None,
+                    });
+                    held.push((Arc::clone(rule), cells));
+                }
+                Err(denial) => {
+                    let retry_after = match denial {
+                        RateDenial::NotUntil { retry_after, .. } => Some(retry_after),
+                        RateDenial::Never { .. } => None,
+                    };
+                    out.vote(super::Vote {
+                        guard: super::GuardKind::Rate,
+                        rule: Arc::clone(&rule.name),
+                        allow: false,
+                        shadow,
+                        reason: super::Reason::Denied(Box::new(denial)),
+                        retry_after,
+                    });
+                    if !shadow {
+                        for (rule, cells) in held.iter().rev() {
+                            rule.undo(cells);
+                        }
+                        return super::Verdict::Deny;
+                    }
+                }
+            }
+        }
+        if !held.is_empty() {
+            out.take(held);
+        }
+        super::Verdict::Allow
+    }
+
+    fn undo(&mut self, taken: Box<dyn Any + Send>) {
+        if let Ok(held) = taken.downcast::<Held>() {
+            for (rule, cells) in held.iter().rev() {
+                rule.undo(cells);
+            }
+        }
+    }
+
+    fn abort(&mut self, taken: &mut (dyn Any + Send)) {
+        for (rule, cells) in super::own::<Held>(taken).iter() {
+            rule.refund(cells);
+        }
+    }
+
+    fn settle(
+        &mut self,
+        taken: &mut (dyn Any + Send),
+        report: &super::Report,
+        _out: &mut super::Settled,
+    ) {
+        if let Some(used) = report.units {
+            for (rule, cells) in super::own::<Held>(taken).iter() {
+                rule.settle(cells, used);
+            }
+        }
+    }
+
+    fn release(&mut self, _taken: &mut (dyn Any + Send)) {
+        // Cells are spent by the attempt, reported or not.
+    }
+
+    fn disconnect(&mut self, _taken: &mut (dyn Any + Send)) -> super::Keep {
+        super::Keep::No
     }
 }
 

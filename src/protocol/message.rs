@@ -224,6 +224,32 @@ pub enum GuardKind {
     Quota,
 }
 
+impl GuardKind {
+    /// Every kind, in wire order: `ALL[kind.index()] == kind`.
+    pub const ALL: [GuardKind; 4] = [
+        GuardKind::Rate,
+        GuardKind::Breaker,
+        GuardKind::Budget,
+        GuardKind::Quota,
+    ];
+
+    /// The kind's position in [`GuardKind::ALL`] (its wire index), for tables
+    /// indexed by guard such as metric handles.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The kind's name in logs, JSON and the `guard` metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            GuardKind::Rate => "rate",
+            GuardKind::Breaker => "breaker",
+            GuardKind::Budget => "budget",
+            GuardKind::Quota => "quota",
+        }
+    }
+}
+
 /// "Here is how the call went." Closes a reservation, or reports on a service
 /// without one (a call made without admission still tells the breaker).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
