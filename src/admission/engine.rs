@@ -2,7 +2,8 @@
 //! under the lock, undo on denial, and the ledger entries an allowed call or a
 //! charge needs.
 //!
-//! Everything that happens to what a call took goes through [`Engine::pipeline`]:
+//! Everything that happens to what a call took goes through the pipeline
+//! (`pipeline.rs`):
 //! a guard added there is checked, undone, aborted, settled, released and
 //! disconnected with the others, and nothing here names what it takes.
 
@@ -17,26 +18,13 @@ use crate::config::{Mode, Price};
 use crate::guard::breaker::Breaker;
 use crate::guard::budget::Hold;
 use crate::guard::quota::QuotaDenial;
-use crate::guard::{Call, Checked, Guard, Keep, Report, Settled, Taken, Verdict};
+use crate::guard::{Call, Checked, Keep, Report, Settled, Taken, Verdict};
 use crate::money::Usd;
 use crate::store::{Entry, Outcome as LedgerOutcome, StoreError};
 
-/// The budget stage's place in [`Engine::pipeline`]: money is the last thing
-/// taken, so a call any other guard denies never touches it.
-pub(super) const BUDGET_STAGE: usize = 3;
+pub(super) use super::pipeline::BUDGET_STAGE;
 
 impl Engine {
-    /// The guards, in the order they decide. Registering a guard is one line
-    /// here (and its field in [`Engine`]).
-    fn pipeline(&mut self) -> [&mut dyn Guard; 4] {
-        [
-            &mut self.breakers,
-            &mut self.rates,
-            &mut self.quotas,
-            &mut self.budgets,
-        ]
-    }
-
     pub(super) fn admit(
         &mut self,
         caller: Caller<'_>,
@@ -69,7 +57,7 @@ impl Engine {
 
         let mut checked = Checked::new();
         let mut denied = false;
-        for (idx, guard) in self.pipeline().into_iter().enumerate() {
+        for (idx, guard) in self.guards.stages().into_iter().enumerate() {
             checked.current = idx;
             if guard.check(&call, &mut checked) == Verdict::Deny {
                 denied = true;
@@ -86,7 +74,7 @@ impl Engine {
             self.raise_exhausted_quotas(&votes);
             // Everything earlier guards took goes back, newest first, while
             // still under the lock (so restoring is exact).
-            let pipeline = self.pipeline();
+            let pipeline = self.guards.stages();
             for Taken { guard, what } in taken.into_iter().rev() {
                 pipeline[guard].undo(what);
             }
@@ -97,7 +85,7 @@ impl Engine {
         self.next_reservation += 1;
         let mut entries = Vec::new();
         {
-            let pipeline = self.pipeline();
+            let pipeline = self.guards.stages();
             for t in &taken {
                 pipeline[t.guard].entries(&*t.what, id, &call, &mut entries);
             }
@@ -181,7 +169,7 @@ impl Engine {
         if let Some(session) = reservation.session {
             self.forget_session_link(id, session);
         }
-        let pipeline = self.pipeline();
+        let pipeline = self.guards.stages();
         for t in reservation.taken.iter_mut().rev() {
             pipeline[t.guard].abort(&mut *t.what);
         }
@@ -273,7 +261,7 @@ impl Engine {
                 outcome.output_units.unwrap_or(0),
             )
         });
-        let budgets = self.budgets.applicable(agent, service);
+        let budgets = self.guards.budgets.applicable(agent, service);
         if amount == Usd::ZERO || budgets.is_empty() {
             return Ok(Reporting::Settled(
                 self.record_outcome(service, &outcome, None, now),
@@ -357,7 +345,7 @@ impl Engine {
             };
             let mut keep = Keep::No;
             {
-                let pipeline = self.pipeline();
+                let pipeline = self.guards.stages();
                 for t in &mut reservation.taken {
                     if pipeline[t.guard].disconnect(&mut *t.what) == Keep::Money {
                         keep = Keep::Money;
@@ -403,7 +391,7 @@ impl Engine {
         self.recently_closed.insert(id, Closed::Reported);
         let report = report_of(outcome, now);
         let mut settled = Settled::default();
-        let pipeline = self.pipeline();
+        let pipeline = self.guards.stages();
         for t in &mut reservation.taken {
             pipeline[t.guard].settle(&mut *t.what, &report, &mut settled);
         }
@@ -417,7 +405,7 @@ impl Engine {
         if let Some(session) = reservation.session {
             self.forget_session_link(id, session);
         }
-        let pipeline = self.pipeline();
+        let pipeline = self.guards.stages();
         for t in &mut reservation.taken {
             pipeline[t.guard].release(&mut *t.what);
         }
@@ -434,6 +422,7 @@ impl Engine {
         now: Moment,
     ) -> Settlement {
         let settled = self
+            .guards
             .breakers
             .record(service, None, &report_of(outcome, now));
         settlement(service, settled, charged)
@@ -450,11 +439,11 @@ impl Engine {
 
     /// The breaker of `service`, created on first use.
     pub(super) fn breaker(&mut self, service: &str) -> Result<&mut Breaker, AdmissionError> {
-        if !self.breakers.contains(service) {
+        if !self.guards.breakers.contains(service) {
             if !self.config.knows_service(service) {
                 return Err(AdmissionError::UnknownService(service.to_owned()));
             }
-            if self.breakers.len() >= self.config.daemon.max_services {
+            if self.guards.breakers.len() >= self.config.daemon.max_services {
                 return Err(AdmissionError::TooManyServices(
                     self.config.daemon.max_services,
                 ));
@@ -462,6 +451,7 @@ impl Engine {
         }
         let config = &self.config;
         Ok(self
+            .guards
             .breakers
             .get_or_insert(service, || config.breaker_for(service).clone()))
     }

@@ -84,10 +84,12 @@ impl Engine {
                 .filter(|(name, period, _)| *name == spec.name && *period == start)
                 .map(|(_, _, spent)| *spent)
                 .fold(Usd::ZERO, |a, b| a + b);
-            self.budgets.insert(Budget::new(spec, now.unix, spent));
+            self.guards
+                .budgets
+                .insert(Budget::new(spec, now.unix, spent));
         }
         for (quota, key, window_start, used) in &snapshot.quotas {
-            if let Some(rule) = self.quotas.get_mut(quota) {
+            if let Some(rule) = self.guards.quotas.get_mut(quota) {
                 rule.restore(
                     key.clone(),
                     Counter {
@@ -101,10 +103,10 @@ impl Engine {
             let budgets: Vec<Arc<str>> = stored
                 .budgets
                 .iter()
-                .filter(|b| self.budgets.contains(b))
+                .filter(|b| self.guards.budgets.contains(b))
                 .map(|b| Arc::from(b.as_str()))
                 .collect();
-            let hold = self.budgets.hold(budgets, stored.estimate);
+            let hold = self.guards.budgets.hold(budgets, stored.estimate);
             self.reservations.insert(
                 stored.id,
                 Reservation {
@@ -137,7 +139,7 @@ impl Engine {
         budgets
             .iter()
             .filter_map(|name| {
-                let budget = self.budgets.get_mut(name)?;
+                let budget = self.guards.budgets.get_mut(name)?;
                 budget.roll(now.unix);
                 Some((name.to_string(), budget.period_start()))
             })
@@ -148,7 +150,7 @@ impl Engine {
     /// (the highest one reached, once per period and level).
     pub(super) fn charge_filed(&mut self, filed: &[(String, u64)], amount: Usd) {
         for (name, period_start) in filed {
-            let Some(budget) = self.budgets.get_mut(name) else {
+            let Some(budget) = self.guards.budgets.get_mut(name) else {
                 continue;
             };
             budget.charge(amount, *period_start);
@@ -254,6 +256,7 @@ impl Engine {
         }
         let agent_budget = agent.map(|agent| format!("agent:{agent}"));
         let mut names: Vec<String> = self
+            .guards
             .budgets
             .names()
             .filter(|n| {
@@ -271,7 +274,7 @@ impl Engine {
         names
             .into_iter()
             .filter_map(|name| {
-                let budget = self.budgets.get_mut(&name)?;
+                let budget = self.guards.budgets.get_mut(&name)?;
                 budget.roll(now.unix);
                 Some(BudgetView {
                     spent: budget.spent(),
@@ -293,12 +296,13 @@ impl Engine {
         now: Moment,
     ) -> Result<Vec<QuotaView>, AdmissionError> {
         if let Some(name) = quota {
-            if !self.quotas.rules().iter().any(|q| q.name() == name) {
+            if !self.guards.quotas.rules().iter().any(|q| q.name() == name) {
                 return Err(AdmissionError::UnknownQuota(name.to_owned()));
             }
         }
         let mut out = Vec::new();
         for rule in self
+            .guards
             .quotas
             .rules()
             .iter()
@@ -357,7 +361,7 @@ impl Engine {
                 0,
             ),
             AdminKind::ResetQuota { quota, key } => {
-                if !self.quotas.rules().iter().any(|q| q.name() == quota) {
+                if !self.guards.quotas.rules().iter().any(|q| q.name() == quota) {
                     return Err(AdmissionError::UnknownQuota(quota.clone()));
                 }
                 (
@@ -409,7 +413,7 @@ impl Engine {
             AdminKind::Refund { key } => match outcome {
                 LedgerOutcome::Refunded { amount, budgets } => {
                     for (name, period_start) in &budgets {
-                        if let Some(budget) = self.budgets.get_mut(name) {
+                        if let Some(budget) = self.guards.budgets.get_mut(name) {
                             budget.refund(amount, *period_start);
                         }
                     }
@@ -418,7 +422,7 @@ impl Engine {
                 _ => Err(AdmissionError::NothingToRefund(key)),
             },
             AdminKind::ResetQuota { quota, key } => {
-                if let Some(rule) = self.quotas.get_mut(&quota) {
+                if let Some(rule) = self.guards.quotas.get_mut(&quota) {
                     rule.reset(&internal_key(&key));
                 }
                 Ok(format!(
@@ -429,7 +433,8 @@ impl Engine {
     }
 
     fn known_budget(&mut self, name: &str) -> Result<&mut Budget, AdmissionError> {
-        self.budgets
+        self.guards
+            .budgets
             .get_mut(name)
             .ok_or_else(|| AdmissionError::UnknownBudget(name.to_owned()))
     }

@@ -25,6 +25,7 @@
 mod commit;
 mod engine;
 mod ledger;
+mod pipeline;
 mod reconfigure;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -35,10 +36,7 @@ use std::time::Duration;
 use crate::alerts::Alerts;
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::guard::breaker::{Breaker, BreakerSnapshot, Breakers, Force, Phase, Transition};
-use crate::guard::budget::Budgets;
-use crate::guard::quota::{QuotaRule, Quotas};
-use crate::guard::rate::{RateLimits, RateRule};
+use crate::guard::breaker::{Breaker, BreakerSnapshot, Force, Phase, Transition};
 use crate::guard::Taken;
 use crate::money::Usd;
 use crate::store::Snapshot;
@@ -178,11 +176,8 @@ type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
 
 struct Engine {
     config: Arc<Config>,
-    /// The pipeline's stages, in the order they run (see [`Engine::pipeline`]).
-    breakers: Breakers,
-    rates: RateLimits,
-    quotas: Quotas,
-    budgets: Budgets,
+    /// The guards' state; `guards.stages()` is the pipeline.
+    guards: pipeline::Guards,
     /// Budgets whose limit an admin set (restored from the ledger or by
     /// `SetLimit`): a reload leaves their limit alone.
     admin_limited: HashSet<String>,
@@ -256,18 +251,10 @@ impl Admission {
         snapshot: &Snapshot,
         alerts: Alerts,
     ) -> Result<Admission, String> {
-        let rules = config
-            .rate_limits
-            .iter()
-            .map(|spec| RateRule::new(spec.clone(), clock.clone()).map(Arc::new))
-            .collect::<Result<_, _>>()?;
-        let quotas = config.quotas.iter().cloned().map(QuotaRule::new).collect();
+        let guards = pipeline::Guards::new(&config, clock)?;
         let mut engine = Engine {
             config,
-            breakers: Breakers::default(),
-            rates: RateLimits::new(rules),
-            quotas: Quotas::new(quotas),
-            budgets: Budgets::default(),
+            guards,
             admin_limited: HashSet::new(),
             thresholds_logged: HashMap::new(),
             alerts,
@@ -368,6 +355,7 @@ impl Admission {
     pub fn breakers(&self, service: Option<&str>, now: Duration) -> Vec<(String, BreakerSnapshot)> {
         let mut engine = self.lock();
         let mut out: Vec<_> = engine
+            .guards
             .breakers
             .iter_mut()
             .filter(|(name, _)| service.is_none_or(|s| s == &***name))
@@ -433,10 +421,10 @@ impl Admission {
     pub fn purge(&self, now: Moment) {
         let rules = {
             let mut engine = self.lock();
-            for quota in engine.quotas.rules_mut() {
+            for quota in engine.guards.quotas.rules_mut() {
                 quota.purge(now.unix);
             }
-            engine.rates.rules().to_vec()
+            engine.guards.rates.rules().to_vec()
         };
         for rule in rules {
             rule.purge();

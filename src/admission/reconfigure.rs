@@ -56,7 +56,7 @@ impl Engine {
         // Budgets: the same set with the same periods, or a restart.
         let specs: Vec<&BudgetSpec> = budget_specs(&config).collect();
         let new_names: BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-        let old_names: BTreeSet<&str> = self.budgets.names().map(|n| &**n).collect();
+        let old_names: BTreeSet<&str> = self.guards.budgets.names().map(|n| &**n).collect();
         if let Some(added) = new_names.difference(&old_names).next() {
             return Err(budget_refusal(added, "added"));
         }
@@ -64,7 +64,7 @@ impl Engine {
             return Err(budget_refusal(removed, "removed"));
         }
         for spec in &specs {
-            if let Some(budget) = self.budgets.get(&spec.name) {
+            if let Some(budget) = self.guards.budgets.get(&spec.name) {
                 if budget.spec().reset != spec.reset {
                     return Err(ReloadError::Refused(format!(
                         "{}.reset changed: a budget's period takes effect at restart (its balance is loaded from the ledger then)",
@@ -77,7 +77,7 @@ impl Engine {
         // Rate rules: equal specs keep their Arc (and so their buckets).
         let mut rules = Vec::with_capacity(config.rate_limits.len());
         for (idx, spec) in config.rate_limits.iter().enumerate() {
-            if let Some(old) = self.rates.rules().iter().find(|r| r.spec() == spec) {
+            if let Some(old) = self.guards.rates.rules().iter().find(|r| r.spec() == spec) {
                 rules.push(Arc::clone(old));
                 done.rate_kept += 1;
             } else {
@@ -89,7 +89,7 @@ impl Engine {
         }
 
         // Nothing can fail from here on.
-        let mut old_quotas: Vec<Option<QuotaRule>> = std::mem::take(self.quotas.rules_mut())
+        let mut old_quotas: Vec<Option<QuotaRule>> = std::mem::take(self.guards.quotas.rules_mut())
             .into_iter()
             .map(Some)
             .collect();
@@ -122,14 +122,15 @@ impl Engine {
                 }
             }
         }
-        *self.quotas.rules_mut() = quotas;
-        self.rates.replace(rules);
+        *self.guards.quotas.rules_mut() = quotas;
+        self.guards.rates.replace(rules);
 
         // A service the new config no longer accepts is refused from now on, as if
         // never seen (its breaker would otherwise keep admitting it).
-        self.breakers
+        self.guards
+            .breakers
             .retain(|service| config.knows_service(service));
-        for (service, breaker) in self.breakers.iter_mut() {
+        for (service, breaker) in self.guards.breakers.iter_mut() {
             breaker.advance(now.mono);
             breaker.reconfigure(config.breaker_for(service).clone());
             done.breakers += 1;
@@ -138,7 +139,7 @@ impl Engine {
         for spec in specs {
             if self.admin_limited.contains(&spec.name) {
                 done.admin_limits_kept += 1;
-            } else if let Some(budget) = self.budgets.get_mut(&spec.name) {
+            } else if let Some(budget) = self.guards.budgets.get_mut(&spec.name) {
                 budget.set_limit(spec.limit);
             }
         }

@@ -1,0 +1,62 @@
+//! The guard pipeline: which guards decide, in which order.
+//!
+//! This is where a guard is registered: a field in [`Guards`], its
+//! construction in [`Guards::new`], and its place in [`Guards::stages`]. The
+//! engine runs, undoes, settles and releases through `stages` only; it knows a
+//! guard by name only where its own job needs the guard's specific state
+//! (breaker snapshots, budget balances, quota views, reloads).
+
+use std::sync::Arc;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::guard::breaker::Breakers;
+use crate::guard::budget::Budgets;
+use crate::guard::quota::{QuotaRule, Quotas};
+use crate::guard::rate::{RateLimits, RateRule};
+use crate::guard::Guard;
+
+/// The budget stage's place in [`Guards::stages`]: money is the last thing
+/// taken, so a call any other guard denies never touches it.
+pub(super) const BUDGET_STAGE: usize = 3;
+
+/// Every guard's state.
+pub(super) struct Guards {
+    pub breakers: Breakers,
+    pub rates: RateLimits,
+    pub quotas: Quotas,
+    pub budgets: Budgets,
+}
+
+impl Guards {
+    /// The guards `config` describes, empty of state (budgets are restored from
+    /// the ledger by the engine).
+    ///
+    /// # Errors
+    /// When a rate limit cannot be represented (validated configs never fail here).
+    pub(super) fn new(config: &Config, clock: &SharedClock) -> Result<Guards, String> {
+        let rules = config
+            .rate_limits
+            .iter()
+            .map(|spec| RateRule::new(spec.clone(), clock.clone()).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        let quotas = config.quotas.iter().cloned().map(QuotaRule::new).collect();
+        Ok(Guards {
+            breakers: Breakers::default(),
+            rates: RateLimits::new(rules),
+            quotas: Quotas::new(quotas),
+            budgets: Budgets::default(),
+        })
+    }
+
+    /// The guards, in the order they decide: the breaker first (the cheapest "no",
+    /// shared by every agent), money last.
+    pub(super) fn stages(&mut self) -> [&mut dyn Guard; 4] {
+        [
+            &mut self.breakers,
+            &mut self.rates,
+            &mut self.quotas,
+            &mut self.budgets,
+        ]
+    }
+}
