@@ -396,6 +396,157 @@ mod the_document {
         }
     }
 
+    /// The bytes of the first code block after the line that starts with
+    /// `marker`: on each line, the leading two-digit hex tokens.
+    fn block_after(marker: &str) -> Vec<u8> {
+        DOC.lines()
+            .skip_while(|line| !line.starts_with(marker))
+            .skip_while(|line| !line.starts_with("```"))
+            .skip(1)
+            .take_while(|line| !line.starts_with("```"))
+            .flat_map(|line| {
+                line.split_whitespace()
+                    .take_while(|t| t.len() == 2 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .map(|t| u8::from_str_radix(t, 16).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn framed<T: Serialize>(message: &T) -> Vec<u8> {
+        let body = encode(message).unwrap();
+        [&u32::try_from(body.len()).unwrap().to_be_bytes()[..], &body].concat()
+    }
+
+    /// Section 9's byte dumps are what the code encodes (the reply dump with
+    /// elided strings is left out).
+    #[test]
+    fn worked_examples_are_the_encoded_bytes() {
+        use crate::protocol::Outcome;
+        let examples: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "### 9.2",
+                framed(&ClientFrame::Request(Envelope {
+                    id: 7,
+                    request: Request::Ping,
+                })),
+            ),
+            (
+                "`Welcome { version: 1,",
+                framed(&ServerFrame::Welcome(Welcome {
+                    version: 1,
+                    server: "0.1.0".into(),
+                    session: 1,
+                    peer: PeerIdentity {
+                        uid: 1000,
+                        gid: 1000,
+                        pid: 4242,
+                    },
+                })),
+            ),
+            (
+                "`Reply { id: 7, response: Pong",
+                framed(&ServerFrame::Reply(ReplyEnvelope {
+                    id: 7,
+                    response: Response::Pong(Pong {
+                        ok: true,
+                        version: "0.1.0".into(),
+                        session: 1,
+                        agent: "ab".into(),
+                    }),
+                })),
+            ),
+            (
+                "`Error(ErrorReply { code: VersionMismatch",
+                framed(&ServerFrame::Error(ErrorReply::new(
+                    ErrorCode::VersionMismatch,
+                    "x",
+                ))),
+            ),
+            (
+                "`Request(Envelope { id: 8, request: Admit(",
+                framed(&ClientFrame::Request(Envelope {
+                    id: 8,
+                    request: Request::Admit(AdmitRequest {
+                        agent: None,
+                        service: "openai".into(),
+                        units: 1200,
+                        cost: Some(0.02),
+                        model: Some("gpt-4o".into()),
+                        input_units: 1000,
+                        output_units: 200,
+                    }),
+                })),
+            ),
+            (
+                "`Request(Envelope { id: 9, request: Report(",
+                framed(&ClientFrame::Request(Envelope {
+                    id: 9,
+                    request: Request::Report(ReportRequest {
+                        reservation: Some((1 << 32) | 1),
+                        outcome: Outcome::Success,
+                        latency_ms: Some(840),
+                        cost: Some(0.017),
+                        ..ReportRequest::default()
+                    }),
+                })),
+            ),
+            (
+                "### 9.5 A batch",
+                framed(&ClientFrame::Batch(vec![
+                    Envelope {
+                        id: 1,
+                        request: Request::Ping,
+                    },
+                    Envelope {
+                        id: 2,
+                        request: Request::Status,
+                    },
+                ])),
+            ),
+        ];
+        for (marker, expected) in examples {
+            assert_eq!(block_after(marker), expected, "the bytes after {marker:?}");
+        }
+        // Written inline, in groups: compared without the spaces.
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let squeezed: String = DOC.split_whitespace().collect();
+        let report_reply = |duplicate: bool| {
+            encode(&ServerFrame::Reply(ReplyEnvelope {
+                id: 9,
+                response: Response::Report(ReportReply {
+                    ok: true,
+                    duplicate,
+                    breaker: (!duplicate).then_some(BreakerState::Closed),
+                    charged: (!duplicate).then_some(0.017),
+                }),
+            }))
+            .unwrap()
+        };
+        for inline in [
+            framed(&ClientFrame::Request(Envelope {
+                id: 10,
+                request: Request::Budget(BudgetRequest { agent: None }),
+            })),
+            report_reply(false),
+            report_reply(true),
+        ] {
+            let text = format!("`{}`", hex(&inline));
+            assert!(
+                squeezed.contains(&text),
+                "docs/PROTOCOL.md should show {text}"
+            );
+        }
+        let refund = framed(&ClientFrame::Request(Envelope {
+            id: 11,
+            request: Request::Admin(AdminRequest::Refund {
+                key: "reservation:4294967297".into(),
+            }),
+        }));
+        let marker = "`Request(Envelope { id: 10, request: Budget(";
+        assert_eq!(block_after(marker), refund, "the Refund block");
+    }
+
     fn thousands(n: usize) -> String {
         let digits = n.to_string();
         let mut out = String::new();
