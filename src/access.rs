@@ -216,6 +216,34 @@ mod tests {
         assert!(policy.check_admin(&peer(0, 0, &[])).is_err());
     }
 
+    /// Issue 10: "by default root and the daemon's user" read as if gid 0 made
+    /// a peer an admin. It does not: by default only uid 0 (`admin_uids`) and the
+    /// daemon's own uid are admins; a group counts only when listed.
+    #[test]
+    fn by_default_gid_0_does_not_make_an_admin() {
+        let default = policy("[access]\nagent_uids = [1001]\n");
+        assert!(
+            default.check_admin(&peer(1001, 0, &[])).is_err(),
+            "primary gid 0"
+        );
+        assert!(
+            default.check_admin(&peer(1001, 1001, &[0])).is_err(),
+            "supplementary gid 0"
+        );
+        assert_eq!(default.check_admin(&peer(0, 1001, &[])), Ok(()), "uid 0");
+        assert_eq!(
+            default.check_admin(&peer(DAEMON, 1001, &[])),
+            Ok(()),
+            "the daemon's uid"
+        );
+        let listed = policy("[access]\nadmin_gids = [0]\n");
+        assert_eq!(
+            listed.check_admin(&peer(1001, 1001, &[0])),
+            Ok(()),
+            "when listed"
+        );
+    }
+
     #[test]
     fn agent_names_bound_to_users() {
         let policy = policy(

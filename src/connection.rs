@@ -10,7 +10,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError};
 
-use crate::protocol::frame::{decode_client_frame, encode, encode_frame_into, length_codec};
+use crate::protocol::frame::{decode_client_frame, encode_frame_into, length_codec};
 use crate::protocol::{ClientFrame, DecodeError, ServerFrame, MAX_FRAME_LEN};
 
 /// The kernel's identity of the process at the other end (SO_PEERCRED and
@@ -138,11 +138,17 @@ impl Connection {
 
     /// Writes a final frame (an error before closing) and flushes it.
     ///
+    /// Not through the codec's encoder: its length limit is the *read* limit,
+    /// lowered to `MAX_HELLO_LEN` before the handshake, and an error frame longer
+    /// than that would be dropped silently, leaving the client with a closed
+    /// connection and no reason. The frame is bounded by [`MAX_FRAME_LEN`] only.
+    ///
     /// # Errors
-    /// Socket write errors.
+    /// Socket write errors; a frame larger than [`MAX_FRAME_LEN`].
     pub async fn write_last(&mut self, frame: &ServerFrame) -> io::Result<()> {
-        let body = encode(frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        self.framed.send(bytes::Bytes::from(body)).await
+        encode_frame_into(self.framed.write_buffer_mut(), frame)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        SinkExt::<bytes::Bytes>::flush(&mut self.framed).await
     }
 
     /// Gives back the memory of a large frame once it has been handled: the codec's
@@ -226,5 +232,29 @@ fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
             Some(libc::ENOPROTOOPT) => return Ok(Vec::new()),
             _ => return Err(err),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{decode, ErrorCode, ErrorReply};
+
+    /// A refusal before the handshake, when the read limit is `MAX_HELLO_LEN`,
+    /// still reaches the client whole, however long its message.
+    #[tokio::test]
+    async fn a_last_frame_is_not_bound_by_the_lowered_read_limit() {
+        let (daemon_side, client_side) = UnixStream::pair().unwrap();
+        let mut conn = Connection::new(daemon_side).unwrap();
+        conn.set_max_frame_len(crate::protocol::MAX_HELLO_LEN);
+        let error = ServerFrame::Error(ErrorReply::new(
+            ErrorCode::InvalidArgument,
+            "x".repeat(2 * crate::protocol::MAX_HELLO_LEN),
+        ));
+        conn.write_last(&error).await.unwrap();
+        drop(conn);
+        let mut client = Framed::new(client_side, length_codec());
+        let body = client.next().await.expect("a frame").expect("readable");
+        assert_eq!(decode::<ServerFrame>(&body).unwrap(), error);
     }
 }

@@ -338,6 +338,52 @@ async fn a_reservation_is_reported_only_by_peers_that_may_act_as_its_agent() {
     );
 }
 
+/// docs/PROTOCOL.md §6.4 used to say a reservation admitted with `agent` set to
+/// another name cannot be reported by the connection that made it, only by one
+/// that handshook as that agent. The daemon's rule (and now the document's) is
+/// the peer's: whoever may act as the reservation's agent may report it, from
+/// the admitting connection or any other, without being an admin.
+#[tokio::test]
+async fn a_peer_that_may_act_as_the_agent_reports_from_any_of_its_connections() {
+    let daemon = Daemon::start(&format!(
+        "{OPEN_SOCKET}[access]\nagent_uids = [{NOBODY}]\n[budget]\nlimit = 10.0\n\
+         [[agents]]\nname = \"planner\"\nuids = [{NOBODY}]\n"
+    ));
+    let test = "a_peer_that_may_act_as_the_agent_reports_from_any_of_its_connections";
+    let Some(mut helper) = as_nobody(test, &daemon, &[]) else {
+        return;
+    };
+    // The daemon's first two reservations: epoch 1, counters 1 and 2.
+    let (first, second) = ((1u64 << 32) | 1, (1u64 << 32) | 2);
+    let admit = "{\"op\":\"admit\",\"service\":\"svc\",\"agent\":\"planner\",\"cost\":1}\n";
+    let report =
+        |id: u64| format!("{{\"op\":\"report\",\"reservation\":{id},\"outcome\":\"success\"}}\n");
+    helper.args(["--agent", "helper", "session"]);
+    let out = feed(&mut helper, &format!("{admit}{admit}{}", report(first)));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].contains(&format!("\"reservation\":{first}")),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains(&format!("\"reservation\":{second}")),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("\"duplicate\":false") && lines[2].contains("\"charged\":1.0"),
+        "the admitting connection reports what it admitted for planner: {out}"
+    );
+    // The second is an orphan now; another connection of the same peer, acting
+    // as yet another agent, may still settle it.
+    let mut other = as_nobody(test, &daemon, &[]).expect("root");
+    other.args(["--agent", "other", "session"]);
+    let out = feed(&mut other, &report(second));
+    assert!(
+        out.contains("\"duplicate\":false") && out.contains("\"charged\":1.0"),
+        "{out}"
+    );
+}
+
 /// Runs a CLI session with `input` on stdin and returns its stdout.
 fn feed(cmd: &mut Command, input: &str) -> String {
     use std::io::Write;

@@ -404,3 +404,103 @@ async fn a_corrupt_ledger_fails_budgeted_calls_closed_and_keeps_the_rest_running
     }
     assert!(client.breakers(None).await.is_ok());
 }
+
+/// Issue 10: prices below a micro-dollar per token were rounded before they were
+/// multiplied. Published per-million-token list prices (read 2026-11-27; see
+/// `config::tests::published_per_million_token_prices_cost_exactly_to_the_micro_dollar`
+/// for the sources), priced by the real daemon at admission and at report, are
+/// exact to the micro-dollar at the total and rounded up only there.
+#[tokio::test]
+async fn published_token_prices_are_charged_exactly_to_the_micro_dollar() {
+    let daemon = Daemon::start(
+        r#"
+[budget]
+limit = 100.0
+[prices."openai/gpt-4o-mini"]
+per_million_input_units = 0.15
+per_million_output_units = 0.60
+[prices."openai/gpt-4o"]
+per_million_input_units = 2.50
+per_million_output_units = 10.00
+[prices."anthropic/claude-3-5-haiku"]
+per_million_input_units = 0.80
+per_million_output_units = 4.00
+[prices.legacy]
+per_input_unit = 0.0000025
+per_output_unit = 0.000015
+"#,
+    );
+    let mut client = daemon.client("a").await;
+    // (service, model, estimated in/out, reported in/out, estimate µ$, charge µ$)
+    let calls = [
+        // 20,000 × $0.15/M + 1,000 × $0.60/M = $0.0036;
+        // 12,345 × $0.15/M + 678 × $0.60/M = $0.00225855, charged $0.002259.
+        (
+            "openai",
+            "gpt-4o-mini",
+            (20_000, 1_000),
+            (12_345, 678),
+            3_600,
+            2_259,
+        ),
+        // $0.05 + $0.01; $0.0308625 + $0.00678 = $0.0376425, charged $0.037643.
+        (
+            "openai",
+            "gpt-4o",
+            (20_000, 1_000),
+            (12_345, 678),
+            60_000,
+            37_643,
+        ),
+        // $0.016 + $0.004; $0.009876 + $0.002712 = $0.012588 exactly.
+        (
+            "anthropic",
+            "claude-3-5-haiku",
+            (20_000, 1_000),
+            (12_345, 678),
+            20_000,
+            12_588,
+        ),
+        // The issue's example: $0.0025 + $0.003 = $0.0055, not $0.006.
+        ("legacy", "", (1_000, 200), (1_000, 200), 5_500, 5_500),
+    ];
+    let mut spent = 0;
+    for (service, model, (input, output), (used_in, used_out), estimate, charge) in calls {
+        let admitted = client
+            .admit(AdmitRequest {
+                service: service.into(),
+                model: (!model.is_empty()).then(|| model.into()),
+                input_units: input,
+                output_units: output,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(admitted.allowed, "{admitted:?}");
+        assert_eq!(
+            admitted.cost.map(micros),
+            Some(estimate),
+            "{service}/{model}"
+        );
+        let budget = client.budget(None).await.unwrap();
+        assert_eq!(micros(budget.reserved), estimate, "{service}/{model}");
+        let settled = client
+            .report(ReportRequest {
+                reservation: admitted.reservation,
+                input_units: Some(used_in),
+                output_units: Some(used_out),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            settled.charged.map(micros),
+            Some(charge),
+            "{service}/{model}"
+        );
+        spent += charge;
+        let budget = client.budget(None).await.unwrap();
+        assert_eq!((micros(budget.spent), budget.reserved), (spent, 0.0));
+    }
+    assert_eq!(spent, 57_990, "$0.05799 in all");
+}

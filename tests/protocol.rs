@@ -258,3 +258,77 @@ async fn unknown_services_are_refused_when_the_config_says_so() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Issue 10: a `Hello` whose agent name is far too long but whose frame still
+/// fits `MAX_HELLO_LEN` used to close the connection without the documented
+/// error frame (the message echoed the whole name and no longer fit). Error
+/// messages now repeat at most 64 characters of what a client sent.
+#[tokio::test]
+async fn a_huge_agent_name_in_the_hello_gets_the_documented_error_frame() {
+    use automation_framework::protocol::MAX_HELLO_LEN;
+    let daemon = Daemon::start("");
+    for (agent, client) in [
+        ("a".repeat(4_050), "raw"),
+        ("planner".into(), &*"c".repeat(4_050)),
+    ] {
+        let hello = ClientFrame::Hello(Hello {
+            version: automation_framework::protocol::PROTOCOL_VERSION,
+            client: client.into(),
+            agent: agent.clone(),
+        });
+        let body = encode(&hello).unwrap();
+        assert!(body.len() <= MAX_HELLO_LEN, "{} bytes", body.len());
+        let mut raw = daemon.raw().await;
+        raw.send_body(body).await;
+        match raw.recv().await {
+            Some(ServerFrame::Error(err)) => {
+                assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.message);
+                assert!(err.message.contains("4050 bytes"), "{}", err.message);
+                assert!(err.message.len() < 400, "{} bytes", err.message.len());
+            }
+            other => panic!("expected Error(InvalidArgument), got {other:?}"),
+        }
+        raw.expect_closed().await;
+    }
+}
+
+/// After the handshake, a name or key as long as a frame allows is refused with
+/// its own error, not replaced by `FrameTooLarge` because the message repeating
+/// it would not fit the reply.
+#[tokio::test]
+async fn a_huge_name_in_a_request_gets_its_own_error_not_frame_too_large() {
+    use automation_framework::protocol::{AdminRequest, QuotasRequest};
+    let daemon = Daemon::start("");
+    let mut client = daemon.client("a").await;
+    let huge = "n".repeat(1_000_000);
+    let requests = [
+        admit(&huge),
+        Request::Quotas(QuotasRequest {
+            quota: Some(huge.clone()),
+        }),
+        Request::Admin(AdminRequest::ResetBudget {
+            budget: huge.clone(),
+        }),
+        Request::Admin(AdminRequest::Refund { key: huge.clone() }),
+    ];
+    for request in requests {
+        let op = request.op();
+        match client.call(request).await.unwrap() {
+            Response::Error(err) => {
+                assert_eq!(
+                    err.code,
+                    ErrorCode::InvalidArgument,
+                    "{op}: {}",
+                    err.message
+                );
+                assert!(
+                    err.message.contains("1000000 bytes"),
+                    "{op}: {}",
+                    err.message
+                );
+                assert!(err.message.len() < 400, "{op}: {} bytes", err.message.len());
+            }
+            other => panic!("{op}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+}

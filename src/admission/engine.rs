@@ -490,13 +490,8 @@ fn settlement(service: &str, settled: Settled, charged: Option<Usd>) -> Settleme
     }
 }
 
-/// `per_request + units × per_unit + input × per_input_unit + output × per_output_unit`.
+/// The cost of a call by its price entry (exact, rounded once, up: see
+/// `Price::cost`); 0 without one.
 pub(super) fn price(price: Option<&Price>, units: u32, input_units: u32, output_units: u32) -> Usd {
-    let Some(p) = price else {
-        return Usd::ZERO;
-    };
-    p.per_request
-        + p.per_unit.times(u64::from(units))
-        + p.per_input_unit.times(u64::from(input_units))
-        + p.per_output_unit.times(u64::from(output_units))
+    price.map_or(Usd::ZERO, |p| p.cost(units, input_units, output_units))
 }

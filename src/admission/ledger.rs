@@ -426,7 +426,8 @@ impl Engine {
                     rule.reset(&internal_key(&key));
                 }
                 Ok(format!(
-                    "quota {quota} key {key:?}: window starts over from 0"
+                    "quota {quota} key {}: window starts over from 0",
+                    crate::names::shown(&key)
                 ))
             }
         }

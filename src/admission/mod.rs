@@ -140,7 +140,9 @@ pub struct Settlement {
 /// a normal answer).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdmissionError {
-    #[error("unknown service {0:?}; declare it under [services.{0}] in the config, or set daemon.allow_unknown_services = true")]
+    // The service name was checked (at most 128 bytes) before it got here, so the
+    // config hint may repeat it whole.
+    #[error("unknown service {shown}; declare it under [services.{name}] in the config, or set daemon.allow_unknown_services = true", shown = crate::names::shown(.0), name = .0)]
     UnknownService(String),
     #[error("the daemon already tracks {0} services (daemon.max_services); refusing a new one")]
     TooManyServices(usize),
@@ -158,13 +160,13 @@ pub enum AdmissionError {
     KeyRequired,
     #[error("{0}")]
     Invalid(String),
-    #[error("no budget named {0:?}; budgets are \"global\", \"agent:NAME\" and \"service:NAME\" as configured")]
+    #[error("no budget named {}; budgets are \"global\", \"agent:NAME\" and \"service:NAME\" as configured", crate::names::shown(.0))]
     UnknownBudget(String),
-    #[error("no quota named {0:?}")]
+    #[error("no quota named {}", crate::names::shown(.0))]
     UnknownQuota(String),
-    #[error("no charge with idempotency key {0:?} to refund (never charged, or already refunded)")]
+    #[error("no charge with idempotency key {} to refund (never charged, or already refunded)", crate::names::shown(.0))]
     NothingToRefund(String),
-    #[error("reservation {reservation} was admitted for agent {owner:?}; report it from a connection acting as that agent")]
+    #[error("reservation {reservation} was admitted for agent {}; report it from a connection acting as that agent", crate::names::shown(owner))]
     NotOwner { reservation: u64, owner: String },
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{dollars, invalid, log_transition, unavailable, Reply};
 use crate::admission::{Admitted, Caller, Decision, Moment, Plan, Reason};
-use crate::names::check_name;
+use crate::names::{check_name, shown};
 use crate::protocol::{AdmitReply, AdmitRequest, ErrorReply, GuardKind, Response, Vote};
 use crate::state::{Session, State};
 
@@ -24,9 +24,10 @@ fn decide(
     req: &AdmitRequest,
     now: Moment,
 ) -> Result<Reply, ErrorReply> {
-    check_name(&req.service).map_err(|e| invalid(format!("service name {:?} {e}", req.service)))?;
+    check_name(&req.service)
+        .map_err(|e| invalid(format!("service name {} {e}", shown(&req.service))))?;
     let agent = req.agent.as_deref().unwrap_or(&session.agent);
-    check_name(agent).map_err(|e| invalid(format!("agent name {agent:?} {e}")))?;
+    check_name(agent).map_err(|e| invalid(format!("agent name {} {e}", shown(agent))))?;
     // The session's own agent was checked at the handshake; a per-request agent must
     // pass the same `[[agents]]` binding, or the override would be a way around it.
     if req.agent.is_some() {
@@ -35,7 +36,7 @@ fn decide(
         }
     }
     if let Some(model) = &req.model {
-        check_name(model).map_err(|e| invalid(format!("model name {model:?} {e}")))?;
+        check_name(model).map_err(|e| invalid(format!("model name {} {e}", shown(model))))?;
     }
     let units =
         NonZeroU32::new(req.units).ok_or_else(|| invalid("units must be at least 1, got 0"))?;

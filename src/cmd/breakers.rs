@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::error;
 use crate::guard::breaker::BreakerSnapshot;
-use crate::names::check_name;
+use crate::names::{check_name, shown};
 use crate::protocol::{BreakerInfo, BreakersReply, BreakersRequest, ErrorCode, Response};
 use crate::state::State;
 
@@ -13,7 +13,7 @@ pub(super) fn apply(state: &State, req: BreakersRequest, now: Duration) -> Respo
         if let Err(err) = check_name(service) {
             return error(
                 ErrorCode::InvalidArgument,
-                format!("service name {service:?} {err}"),
+                format!("service name {} {err}", shown(service)),
             );
         }
     }

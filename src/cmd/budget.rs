@@ -3,7 +3,7 @@
 
 use super::error;
 use crate::admission::Moment;
-use crate::names::check_name;
+use crate::names::{check_name, shown};
 use crate::protocol::{BudgetInfo, BudgetReply, BudgetRequest, ErrorCode, Response};
 use crate::state::State;
 
@@ -12,7 +12,7 @@ pub(super) fn apply(state: &State, req: BudgetRequest, now: Moment) -> Response 
         if let Err(e) = check_name(agent) {
             return error(
                 ErrorCode::InvalidArgument,
-                format!("agent name {agent:?} {e}"),
+                format!("agent name {} {e}", shown(agent)),
             );
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::breakers::breaker_info;
 use super::error;
 use crate::guard::breaker::Force;
-use crate::names::check_name;
+use crate::names::{check_name, shown};
 use crate::protocol::ErrorCode;
 use crate::protocol::{BreakerForce, BreakerState, ErrorReply, ForceBreakerRequest, Response};
 use crate::state::{Session, State};
@@ -21,7 +21,7 @@ pub(super) fn apply(
     if let Err(err) = check_name(&req.service) {
         return error(
             ErrorCode::InvalidArgument,
-            format!("service name {:?} {err}", req.service),
+            format!("service name {} {err}", shown(&req.service)),
         );
     }
     let force = match req.force {

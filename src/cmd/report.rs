@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{dollars, invalid, log_transition, unavailable, Reply};
 use crate::admission::{Moment, Outcome, Reporting, Settlement};
-use crate::names::check_name;
+use crate::names::{check_name, shown};
 use crate::protocol::{ErrorReply, ReportReply, ReportRequest, Response};
 use crate::state::{Session, State};
 
@@ -90,14 +90,14 @@ fn start(
             result
         }
         (None, Some(service)) => {
-            check_name(service).map_err(|e| invalid(format!("service name {service:?} {e}")))?;
+            check_name(service).map_err(|e| invalid(format!("service name {} {e}", shown(service))))?;
             let agent = req.agent.as_deref().unwrap_or(&session.agent);
             if req.agent.is_some() {
                 if let Err(denied) = state.access().check_agent(&session.peer, agent) {
                     return Err(super::not_permitted(state, session, &denied));
                 }
             }
-            check_name(agent).map_err(|e| invalid(format!("agent name {agent:?} {e}")))?;
+            check_name(agent).map_err(|e| invalid(format!("agent name {} {e}", shown(agent))))?;
             admission.report_unreserved(agent, service, req.idempotency_key, outcome, now)
         }
         (Some(_), Some(_)) => {

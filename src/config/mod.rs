@@ -19,7 +19,7 @@ use crate::guard::budget::BudgetSpec;
 use crate::guard::period::Period;
 use crate::guard::quota::QuotaSpec;
 use crate::guard::rate::{RateSpec, Scope, Weight};
-use crate::money::Usd;
+use crate::money::{UnitPrice, Usd};
 use crate::names::check_name;
 
 /// A complete, validated configuration.
@@ -80,13 +80,32 @@ pub enum OrphanPolicy {
     Release,
 }
 
-/// What a call costs, in USD.
+/// What a call costs: exact prices (an LLM token costs a fraction of a
+/// micro-dollar, so prices are not [`Usd`]; see `money`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Price {
-    pub per_request: Usd,
-    pub per_unit: Usd,
-    pub per_input_unit: Usd,
-    pub per_output_unit: Usd,
+    pub per_request: UnitPrice,
+    pub per_unit: UnitPrice,
+    pub per_input_unit: UnitPrice,
+    pub per_output_unit: UnitPrice,
+}
+
+// === impl Price ===
+
+impl Price {
+    /// `per_request + units × per_unit + input × per_input_unit + output ×
+    /// per_output_unit`, summed exactly and rounded once, at the total, up to
+    /// the next micro-dollar: 1,000 tokens at $0.00000015 cost $0.00015, not 0,
+    /// and a budget is never charged less than the exact price.
+    pub fn cost(&self, units: u32, input_units: u32, output_units: u32) -> Usd {
+        // Each term is below 4.3·10³⁰ pico-dollars (see `UnitPrice::times`): the
+        // sum of four cannot overflow a u128.
+        let picos = self.per_request.times(1)
+            + self.per_unit.times(units)
+            + self.per_input_unit.times(input_units)
+            + self.per_output_unit.times(output_units);
+        Usd::from_picos_rounding_up(picos)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -326,6 +345,29 @@ fn force(key: &str, text: &str) -> Result<Force, ConfigError> {
 
 fn dollars(key: &str, value: f64) -> Result<Usd, ConfigError> {
     Usd::from_dollars(value).map_err(|e| invalid(key, format!("{e}")))
+}
+
+/// One price of a `[prices.…]` entry, given per unit (`per_input_unit`) or per
+/// million units (`per_million_input_units`), not both; 0 when neither is set.
+fn unit_price(
+    prefix: &str,
+    (per_unit_key, per_unit): (&str, Option<f64>),
+    (per_million_key, per_million): (&str, Option<f64>),
+) -> Result<UnitPrice, ConfigError> {
+    match (per_unit, per_million) {
+        (Some(_), Some(_)) => Err(invalid(
+            format!("{prefix}.{per_million_key}"),
+            format!(
+                "{prefix}.{per_unit_key} is set too; give the price once, per unit \
+                 or per million units"
+            ),
+        )),
+        (Some(dollars), None) => UnitPrice::per_unit(dollars)
+            .map_err(|e| invalid(format!("{prefix}.{per_unit_key}"), e.to_string())),
+        (None, Some(dollars)) => UnitPrice::per_million(dollars)
+            .map_err(|e| invalid(format!("{prefix}.{per_million_key}"), e.to_string())),
+        (None, None) => Ok(UnitPrice::ZERO),
+    }
 }
 
 /// A budget's reset: "never", "daily", "weekly", "monthly" or a duration ("6h").

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{
-    dollars, duration, force, invalid, name, nonzero, preset, reset, scope, weight, window,
-    AccessConfig, AgentBinding, BudgetConfig, Config, ConfigError, DaemonConfig, HttpConfig, Mode,
-    NamedGroup, OrphanPolicy, Price, ServiceConfig,
+    dollars, duration, force, invalid, name, nonzero, preset, reset, scope, unit_price, weight,
+    window, AccessConfig, AgentBinding, BudgetConfig, Config, ConfigError, DaemonConfig,
+    HttpConfig, Mode, NamedGroup, OrphanPolicy, Price, ServiceConfig,
 };
 use crate::alerts::{AlertsConfig, WebhookUrl};
 use crate::guard::breaker::BreakerConfig;
@@ -144,10 +144,13 @@ struct RawSubBudget {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawPrice {
-    per_request: f64,
-    per_unit: f64,
-    per_input_unit: f64,
-    per_output_unit: f64,
+    per_request: Option<f64>,
+    per_unit: Option<f64>,
+    per_input_unit: Option<f64>,
+    per_output_unit: Option<f64>,
+    per_million_units: Option<f64>,
+    per_million_input_units: Option<f64>,
+    per_million_output_units: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -438,12 +441,24 @@ impl RawBudget {
 
 impl RawPrice {
     fn validate(self, prefix: &str) -> Result<Price, ConfigError> {
-        let key = |field: &str| format!("{prefix}.{field}");
+        let none = ("", None);
         Ok(Price {
-            per_request: dollars(&key("per_request"), self.per_request)?,
-            per_unit: dollars(&key("per_unit"), self.per_unit)?,
-            per_input_unit: dollars(&key("per_input_unit"), self.per_input_unit)?,
-            per_output_unit: dollars(&key("per_output_unit"), self.per_output_unit)?,
+            per_request: unit_price(prefix, ("per_request", self.per_request), none)?,
+            per_unit: unit_price(
+                prefix,
+                ("per_unit", self.per_unit),
+                ("per_million_units", self.per_million_units),
+            )?,
+            per_input_unit: unit_price(
+                prefix,
+                ("per_input_unit", self.per_input_unit),
+                ("per_million_input_units", self.per_million_input_units),
+            )?,
+            per_output_unit: unit_price(
+                prefix,
+                ("per_output_unit", self.per_output_unit),
+                ("per_million_output_units", self.per_million_output_units),
+            )?,
         })
     }
 }

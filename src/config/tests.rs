@@ -303,3 +303,193 @@ fn alerts_refuse_https_and_bad_values_with_the_key() {
         Some("http://127.0.0.1:9000/hook".to_owned())
     );
 }
+
+fn llm_price(entry: &str) -> Price {
+    *Config::from_toml(&format!("[prices.llm]\n{entry}"))
+        .unwrap()
+        .price_for("llm", None)
+        .unwrap()
+}
+
+fn micros(amount: Usd) -> i64 {
+    amount.micros()
+}
+
+/// Issue 10: prices were rounded to whole micro-dollars before they were
+/// multiplied ($0.0000025 became $0.000003, $0.00000015 became 0).
+#[test]
+fn prices_below_a_micro_dollar_are_kept_exactly_and_rounded_once_at_the_total() {
+    let price = llm_price("per_input_unit = 0.0000025\nper_output_unit = 0.000015\n");
+    assert_eq!(
+        micros(price.cost(1, 1_000, 200)),
+        5_500,
+        "$0.0055, not $0.006"
+    );
+    let mini = llm_price("per_input_unit = 0.00000015\nper_output_unit = 0.0000006\n");
+    assert_eq!(micros(mini.cost(1, 1_000, 0)), 150, "input is not free");
+    // 7 tokens at $0.00000015 are $0.00000105: charged up to $0.000002, never down.
+    assert_eq!(micros(mini.cost(1, 7, 0)), 2);
+    assert_eq!(
+        micros(mini.cost(1, 0, 0)),
+        0,
+        "no units, no request price: free"
+    );
+    let per_request = llm_price("per_request = 0.0000001\nper_unit = 0.0000001\n");
+    assert_eq!(micros(per_request.cost(9, 0, 0)), 1, "$0.000001 exactly");
+    assert_eq!(
+        micros(per_request.cost(10, 0, 0)),
+        2,
+        "$0.0000011, rounded up"
+    );
+}
+
+/// Published list prices per million tokens (standard tier, USD), as read on
+/// 2026-11-27 with the stored copies of the providers' pricing pages:
+/// gpt-4o-mini $0.15 in / $0.60 out and gpt-4o $2.50 / $10.00 (OpenAI API
+/// pricing, as summarised e.g. by promptunit.ai's "GPT-4o-mini Pricing" guide),
+/// Claude Haiku 3.5 $0.80 / $4 (docs.anthropic.com/en/docs/about-claude/pricing).
+/// The expected totals are the exact products, rounded up to the micro-dollar
+/// only where they have a remainder.
+#[test]
+fn published_per_million_token_prices_cost_exactly_to_the_micro_dollar() {
+    let config = Config::from_toml(
+        r#"
+[prices."openai/gpt-4o-mini"]
+per_million_input_units = 0.15
+per_million_output_units = 0.60
+[prices."openai/gpt-4o"]
+per_million_input_units = 2.50
+per_million_output_units = 10.00
+[prices."anthropic/claude-3-5-haiku"]
+per_million_input_units = 0.80
+per_million_output_units = 4.00
+"#,
+    )
+    .unwrap();
+    let cost = |service: &str, model: &str, input: u32, output: u32| {
+        micros(
+            config
+                .price_for(service, Some(model))
+                .unwrap()
+                .cost(1, input, output),
+        )
+    };
+    // 12,345 × $0.15/M + 678 × $0.60/M = $0.00185175 + $0.0004068 = $0.00225855.
+    assert_eq!(cost("openai", "gpt-4o-mini", 12_345, 678), 2_259);
+    // 12,345 × $2.50/M + 678 × $10/M = $0.0308625 + $0.00678 = $0.0376425.
+    assert_eq!(cost("openai", "gpt-4o", 12_345, 678), 37_643);
+    // 12,345 × $0.80/M + 678 × $4/M = $0.009876 + $0.002712 = $0.012588 exactly.
+    assert_eq!(cost("anthropic", "claude-3-5-haiku", 12_345, 678), 12_588);
+    // A million of each: the list prices themselves, to the micro-dollar.
+    assert_eq!(cost("openai", "gpt-4o-mini", 1_000_000, 1_000_000), 750_000);
+    assert_eq!(cost("openai", "gpt-4o", 1_000_000, 1_000_000), 12_500_000);
+    assert_eq!(
+        cost("anthropic", "claude-3-5-haiku", 1_000_000, 1_000_000),
+        4_800_000
+    );
+    // The per-unit and per-million spellings are the same price.
+    assert_eq!(
+        *config.price_for("openai", Some("gpt-4o-mini")).unwrap(),
+        llm_price("per_input_unit = 0.00000015\nper_output_unit = 0.0000006\n")
+    );
+}
+
+#[test]
+fn prices_that_cannot_be_held_exactly_are_refused_with_the_key() {
+    assert_eq!(
+        error_of("[prices.llm]\nper_input_unit = 0.0000000000001\n"),
+        "prices.\"llm\".per_input_unit: 0.0000000000001 has more than 12 decimal places, \
+         which a price per unit cannot hold exactly (the smallest step is \
+         $0.000000000001); round it to 12 places"
+    );
+    assert!(
+        error_of("[prices.llm]\nper_million_output_units = 0.0000001\n").starts_with(
+            "prices.\"llm\".per_million_output_units: 0.0000001 has more than 6 decimal places"
+        )
+    );
+    assert!(
+        error_of("[prices.\"llm/big\"]\nper_unit = 0.1234567890123456\n").starts_with(
+            "prices.\"llm/big\".per_unit: 0.1234567890123456 has more than 15 significant digits"
+        )
+    );
+    assert_eq!(
+        error_of("[prices.llm]\nper_input_unit = 0.0000025\nper_million_input_units = 2.5\n"),
+        "prices.\"llm\".per_million_input_units: prices.\"llm\".per_input_unit is set too; \
+         give the price once, per unit or per million units"
+    );
+    assert!(error_of("[prices.llm]\nper_output_unit = -0.1\n")
+        .starts_with("prices.\"llm\".per_output_unit: -0.1 is negative"));
+    assert!(error_of("[prices.llm]\nper_million_requests = 1\n")
+        .contains("unknown field `per_million_requests`"));
+    // An integer is a price too (TOML tells `1` and `1.0` apart).
+    assert_eq!(
+        micros(llm_price("per_request = 1\n").cost(1, 0, 0)),
+        1_000_000
+    );
+}
+
+#[test]
+fn the_largest_prices_and_unit_counts_do_not_overflow() {
+    let max = llm_price(
+        "per_request = 1e9\nper_unit = 1e9\nper_input_unit = 1e9\nper_output_unit = 1e9\n",
+    );
+    let all = max.cost(u32::MAX, u32::MAX, u32::MAX);
+    assert_eq!(
+        all,
+        Usd::from_dollars(1e9).unwrap(),
+        "capped at the largest amount"
+    );
+    let smallest = Price {
+        per_input_unit: UnitPrice::from_picos(1),
+        ..Price::default()
+    };
+    // 2³²−1 pico-dollars: $0.004294967295, rounded up.
+    assert_eq!(micros(smallest.cost(1, u32::MAX, 0)), 4_295);
+}
+
+proptest::proptest! {
+    /// For any price an operator can write (≤ 12 decimals, ≤ 15 significant
+    /// digits, up to the maximum) and any unit counts, the charge is the exact
+    /// cost rounded up to the micro-dollar: never less, and less than
+    /// $0.000001 more.
+    #[test]
+    fn a_cost_is_exact_to_the_micro_dollar(
+        digits in proptest::array::uniform4(proptest::prop_oneof![
+            0u64..=10_000_000, // up to $0.00001 a unit: token prices
+            0u64..=999_999_999_999_999,
+        ]),
+        shifts in proptest::array::uniform4(proptest::prop_oneof![
+            proptest::strategy::Just(0u32),
+            0u32..=6,
+        ]),
+        units in proptest::prop_oneof![1u32..=10, 1u32..],
+        input in proptest::prop_oneof![0u32..=200_000, proptest::num::u32::ANY],
+        output in proptest::prop_oneof![0u32..=20_000, proptest::num::u32::ANY],
+    ) {
+        let picos: Vec<u128> = digits
+            .iter()
+            .zip(shifts)
+            .map(|(d, s)| u128::from(*d) * 10u128.pow(s))
+            .collect();
+        let dollars = |p: u128| format!("{}.{:012}", p / 10u128.pow(12), p % 10u128.pow(12));
+        let price = llm_price(&format!(
+            "per_request = {}\nper_unit = {}\nper_input_unit = {}\nper_output_unit = {}\n",
+            dollars(picos[0]),
+            dollars(picos[1]),
+            dollars(picos[2]),
+            dollars(picos[3]),
+        ));
+        let exact = picos[0]
+            + picos[1] * u128::from(units)
+            + picos[2] * u128::from(input)
+            + picos[3] * u128::from(output);
+        let charged = u128::try_from(micros(price.cost(units, input, output))).unwrap();
+        let max = 1_000_000_000 * 1_000_000;
+        if exact <= max * 1_000_000 {
+            proptest::prop_assert!(charged * 1_000_000 >= exact, "under-charged");
+            proptest::prop_assert!(charged * 1_000_000 - exact < 1_000_000, "over by a micro");
+        } else {
+            proptest::prop_assert_eq!(charged, max, "capped at $1e9");
+        }
+    }
+}

@@ -10,7 +10,7 @@
 
 use crate::access::Policy;
 use crate::connection::Peer;
-use crate::names::check_name;
+use crate::names::{check_name, shown};
 use crate::protocol::{
     decode_client_frame, ClientFrame, DecodeError, ErrorCode, Hello, PROTOCOL_VERSION,
 };
@@ -48,7 +48,7 @@ pub fn accept(
     if let Err(err) = check_name(&hello.agent) {
         return Err(Refusal::new(
             ErrorCode::InvalidArgument,
-            format!("agent name {:?} {err}", hello.agent),
+            format!("agent name {} {err}", shown(&hello.agent)),
         ));
     }
     // The client name only reaches logs, but logs are read by people and parsers.
@@ -56,7 +56,7 @@ pub fn accept(
         if let Err(err) = check_name(&hello.client) {
             return Err(Refusal::new(
                 ErrorCode::InvalidArgument,
-                format!("client name {:?} {err}", hello.client),
+                format!("client name {} {err}", shown(&hello.client)),
             ));
         }
     }
