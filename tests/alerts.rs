@@ -140,13 +140,6 @@ impl TestCa {
         TestCa { issuer }
     }
 
-    /// Writes the CA's certificate as a PEM file in `dir`, for `alerts.ca_file`.
-    fn write_pem(&self, dir: &std::path::Path) -> std::path::PathBuf {
-        let path = dir.join("test-ca.pem");
-        std::fs::write(&path, self.issuer.pem()).expect("write the CA");
-        path
-    }
-
     /// A server that presents a certificate for localhost and 127.0.0.1 signed by
     /// this CA.
     fn acceptor(&self) -> TlsAcceptor {
@@ -167,6 +160,20 @@ impl TestCa {
             .expect("server config");
         TlsAcceptor::from(Arc::new(config))
     }
+}
+
+/// A daemon posting alerts to `receiver` and trusting `ca` through
+/// `alerts.ca_file` (kept in the returned directory).
+fn daemon_trusting(receiver: &Receiver, ca: &TestCa) -> (Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pem = dir.path().join("test-ca.pem");
+    std::fs::write(&pem, ca.issuer.pem()).expect("write the CA");
+    let daemon = Daemon::start(&format!(
+        "[alerts]\nwebhook = \"{}\"\nca_file = \"{}\"\n",
+        receiver.url(),
+        pem.display()
+    ));
+    (daemon, dir)
 }
 
 /// `automation_framework_alerts_failed_total` on the daemon's `/metrics`.
@@ -340,12 +347,7 @@ async fn a_failed_reload_alerts_with_the_reason() {
 async fn an_alert_is_delivered_over_https_to_a_webhook_the_ca_file_vouches_for() {
     let ca = TestCa::new();
     let receiver = Receiver::start_with(Some(ca.acceptor())).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let daemon = Daemon::start(&format!(
-        "[alerts]\nwebhook = \"{}\"\nca_file = \"{}\"\n",
-        receiver.url(),
-        ca.write_pem(dir.path()).display()
-    ));
+    let (daemon, _ca_dir) = daemon_trusting(&receiver, &ca);
     let mut client = daemon.client("a").await;
     fail_five(&mut client, "flaky").await;
     let bodies = receiver.wait_for(1).await;
@@ -366,12 +368,7 @@ async fn a_webhook_whose_certificate_no_trusted_ca_vouches_for_is_refused_and_co
     let trusted = TestCa::new();
     let stranger = TestCa::new();
     let receiver = Receiver::start_with(Some(stranger.acceptor())).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let daemon = Daemon::start(&format!(
-        "[alerts]\nwebhook = \"{}\"\nca_file = \"{}\"\n",
-        receiver.url(),
-        trusted.write_pem(dir.path()).display()
-    ));
+    let (daemon, _ca_dir) = daemon_trusting(&receiver, &trusted);
     let mut client = daemon.client("a").await;
     fail_five(&mut client, "flaky").await;
     eventually(PROMPTLY, || async {

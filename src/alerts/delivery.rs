@@ -112,14 +112,8 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+    use crate::alerts::event::samples::opened;
     use crate::alerts::{Alerts, AlertsConfig};
-
-    fn opened(service: &str) -> Alert {
-        Alert::BreakerOpened {
-            service: service.into(),
-            from: "Closed".into(),
-        }
-    }
 
     /// A webhook that answers 500 first: the alert is posted again after the
     /// backoff, and delivered once.

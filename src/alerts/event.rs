@@ -130,16 +130,31 @@ impl Alert {
     }
 }
 
+/// Alerts for the tests of this module's files.
 #[cfg(test)]
-mod tests {
+pub(super) mod samples {
     use super::*;
 
-    fn opened(service: &str) -> Alert {
+    pub(in crate::alerts) fn opened(service: &str) -> Alert {
         Alert::BreakerOpened {
             service: service.into(),
             from: "Closed".into(),
         }
     }
+
+    pub(in crate::alerts) fn threshold(threshold: u8) -> Alert {
+        Alert::BudgetThreshold {
+            budget: "global".into(),
+            threshold,
+            spent: Usd::ZERO,
+            limit: Usd::ZERO,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::samples::{opened, threshold};
 
     #[test]
     fn the_body_is_slack_compatible() {
@@ -150,16 +165,10 @@ mod tests {
 
     #[test]
     fn each_threshold_and_subject_is_its_own_key() {
-        let threshold = |threshold| Alert::BudgetThreshold {
-            budget: "global".into(),
-            threshold,
-            spent: Usd::ZERO,
-            limit: Usd::ZERO,
-        };
         assert_eq!(threshold(50).key(), "budget_threshold:global:50");
         assert_ne!(threshold(50).key(), threshold(80).key());
         assert_ne!(opened("a").key(), opened("b").key());
-        let reload = Alert::ReloadFailed { reason: "x".into() };
+        let reload = super::Alert::ReloadFailed { reason: "x".into() };
         assert_eq!(reload.key(), "reload_failed");
     }
 }

@@ -81,8 +81,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::alerts::event::samples::{opened, threshold};
     use crate::config::WebhookUrl;
-    use crate::money::Usd;
 
     fn with_webhook(queue: usize) -> (Alerts, Delivery) {
         let (alerts, delivery) = Alerts::new(&AlertsConfig {
@@ -95,22 +95,6 @@ mod tests {
 
     fn queued(delivery: &mut Delivery) -> Vec<Alert> {
         std::iter::from_fn(|| delivery.try_next()).collect()
-    }
-
-    fn opened(service: &str) -> Alert {
-        Alert::BreakerOpened {
-            service: service.into(),
-            from: "Closed".into(),
-        }
-    }
-
-    fn threshold(threshold: u8) -> Alert {
-        Alert::BudgetThreshold {
-            budget: "global".into(),
-            threshold,
-            spent: Usd::ZERO,
-            limit: Usd::ZERO,
-        }
     }
 
     #[test]

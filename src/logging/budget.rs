@@ -83,13 +83,19 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
 
+    /// A budget of `per_second` lines on a clock the test moves.
+    fn budget(per_second: u32) -> (LogBudget, ManualClock) {
+        let clock = ManualClock::new();
+        let per_second = NonZeroU32::new(per_second).expect("not zero");
+        (
+            LogBudget::new(per_second, SharedClock::new(clock.clone())),
+            clock,
+        )
+    }
+
     #[test]
     fn a_storm_is_cut_to_the_budget_and_counted() {
-        let clock = ManualClock::new();
-        let budget = LogBudget::new(
-            NonZeroU32::new(3).expect("3 is not zero"),
-            SharedClock::new(clock.clone()),
-        );
+        let (budget, clock) = budget(3);
         let verdicts: Vec<_> = (0..10).map(|_| budget.take()).collect();
         assert_eq!(verdicts.iter().filter(|v| **v != Verdict::Drop).count(), 3);
         assert_eq!(budget.suppressed_total(), 7);
@@ -101,11 +107,7 @@ mod tests {
 
     #[test]
     fn a_steady_trickle_under_the_budget_is_never_cut() {
-        let clock = ManualClock::new();
-        let budget = LogBudget::new(
-            NonZeroU32::new(3).expect("3 is not zero"),
-            SharedClock::new(clock.clone()),
-        );
+        let (budget, clock) = budget(3);
         for _ in 0..30 {
             assert_eq!(budget.take(), Verdict::Log { suppressed: 0 });
             clock.advance(Duration::from_millis(334));
