@@ -1,40 +1,72 @@
-//! Alert webhooks end to end: the daemon POSTs to a receiver started by the test,
-//! and each alert key fires once per suppression window.
+//! Alert webhooks end to end: the daemon POSTs to a receiver started by the test
+//! (plain HTTP, or HTTPS with a test CA made at test time), and each alert key
+//! fires once per suppression window.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use automation_framework::client::Client;
 use automation_framework::protocol::{AdmitReply, AdmitRequest, GuardKind, Outcome, ReportRequest};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
-use crate::util::{eventually, fail_five, Daemon};
+use crate::util::{eventually, fail_five, Daemon, PROMPTLY};
 
 /// A webhook receiver on 127.0.0.1: answers every request `200 OK` and keeps the
-/// bodies of POSTs.
+/// bodies of POSTs. With TLS, it counts the handshakes it failed.
 struct Receiver {
     port: u16,
+    https: bool,
     bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+    refused_handshakes: Arc<AtomicUsize>,
 }
 
 impl Receiver {
     async fn start() -> Receiver {
+        Receiver::start_with(None).await
+    }
+
+    /// A receiver that speaks HTTPS with `tls`.
+    async fn start_with(tls: Option<TlsAcceptor>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let bodies = Arc::new(Mutex::new(Vec::new()));
-        let kept = Arc::clone(&bodies);
+        let refused_handshakes = Arc::new(AtomicUsize::new(0));
+        let receiver = Receiver {
+            port,
+            https: tls.is_some(),
+            bodies: Arc::clone(&bodies),
+            refused_handshakes: Arc::clone(&refused_handshakes),
+        };
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let kept = Arc::clone(&kept);
-                tokio::spawn(serve(stream, kept));
+                let kept = Arc::clone(&bodies);
+                let refused = Arc::clone(&refused_handshakes);
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    match tls {
+                        None => serve(stream, kept).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => serve(stream, kept).await,
+                            Err(_) => {
+                                refused.fetch_add(1, Ordering::SeqCst);
+                                None
+                            }
+                        },
+                    }
+                });
             }
         });
-        Receiver { port, bodies }
+        receiver
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/hook", self.port)
     }
 
     fn bodies(&self) -> Vec<serde_json::Value> {
@@ -53,7 +85,10 @@ impl Receiver {
 
 /// Reads one request, keeps the body of a POST to /hook, then answers 200 (so the
 /// daemon's next POST cannot be kept before this one).
-async fn serve(mut stream: TcpStream, kept: Arc<Mutex<Vec<serde_json::Value>>>) -> Option<()> {
+async fn serve<S>(mut stream: S, kept: Arc<Mutex<Vec<serde_json::Value>>>) -> Option<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -87,7 +122,68 @@ async fn serve(mut stream: TcpStream, kept: Arc<Mutex<Vec<serde_json::Value>>>) 
     stream
         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
         .await
-        .ok()
+        .ok()?;
+    stream.shutdown().await.ok()
+}
+
+/// A test CA, made fresh for each test.
+struct TestCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let mut params = CertificateParams::new(Vec::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let issuer =
+            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key")).expect("CA");
+        TestCa { issuer }
+    }
+
+    /// A server that presents a certificate for localhost and 127.0.0.1 signed by
+    /// this CA.
+    fn acceptor(&self) -> TlsAcceptor {
+        let key = KeyPair::generate().expect("server key");
+        let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("server params")
+            .signed_by(&key, &self.issuer)
+            .expect("server certificate");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .expect("server config");
+        TlsAcceptor::from(Arc::new(config))
+    }
+}
+
+/// A daemon posting alerts to `receiver` and trusting `ca` through
+/// `alerts.ca_file` (kept in the returned directory).
+fn daemon_trusting(receiver: &Receiver, ca: &TestCa) -> (Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pem = dir.path().join("test-ca.pem");
+    std::fs::write(&pem, ca.issuer.pem()).expect("write the CA");
+    let daemon = Daemon::start(&format!(
+        "[alerts]\nwebhook = \"{}\"\nca_file = \"{}\"\n",
+        receiver.url(),
+        pem.display()
+    ));
+    (daemon, dir)
+}
+
+/// `automation_framework_alerts_failed_total` on the daemon's `/metrics`.
+fn alerts_failed(daemon: &Daemon) -> f64 {
+    let (_, metrics) = daemon.http_get("/metrics");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("automation_framework_alerts_failed_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 async fn admit(client: &mut Client, service: &str, cost: Option<f64>) -> AdmitReply {
@@ -243,5 +339,59 @@ async fn a_failed_reload_alerts_with_the_reason() {
     assert!(
         text.contains("failure_treshold"),
         "the reason names the key: {text}"
+    );
+}
+
+/// An `https://` webhook whose certificate comes from a CA given in
+/// `alerts.ca_file`: the alert is delivered over TLS.
+#[tokio::test]
+async fn an_alert_is_delivered_over_https_to_a_webhook_the_ca_file_vouches_for() {
+    let ca = TestCa::new();
+    let receiver = Receiver::start_with(Some(ca.acceptor())).await;
+    let (daemon, _ca_dir) = daemon_trusting(&receiver, &ca);
+    let mut client = daemon.client("a").await;
+    fail_five(&mut client, "flaky").await;
+    let bodies = receiver.wait_for(1).await;
+    assert_eq!(kinds(&bodies), ["breaker_opened"], "{bodies:?}");
+    assert!(bodies[0]["text"]
+        .as_str()
+        .expect("text")
+        .contains("\"flaky\""));
+    assert_eq!(receiver.refused_handshakes.load(Ordering::SeqCst), 0);
+    assert_eq!(alerts_failed(&daemon), 0.0);
+}
+
+/// A webhook whose certificate no trusted CA vouches for (another CA signed it;
+/// `alerts.ca_file` names a different one) is refused at the handshake, every
+/// attempt, and the alert is counted as failed: nothing is posted to it.
+#[tokio::test]
+async fn a_webhook_whose_certificate_no_trusted_ca_vouches_for_is_refused_and_counted() {
+    let trusted = TestCa::new();
+    let stranger = TestCa::new();
+    let receiver = Receiver::start_with(Some(stranger.acceptor())).await;
+    let (daemon, _ca_dir) = daemon_trusting(&receiver, &trusted);
+    let mut client = daemon.client("a").await;
+    fail_five(&mut client, "flaky").await;
+    eventually(PROMPTLY, || async {
+        (alerts_failed(&daemon) >= 1.0).then_some(())
+    })
+    .await;
+    // The receiver notes the last refusal a moment after the daemon gave up.
+    let refused = || receiver.refused_handshakes.load(Ordering::SeqCst);
+    eventually(PROMPTLY, || async { (refused() >= 3).then_some(()) }).await;
+    assert_eq!(
+        refused(),
+        3,
+        "each of the three attempts was refused at the handshake"
+    );
+    assert_eq!(alerts_failed(&daemon), 1.0);
+    assert!(
+        receiver.bodies().is_empty(),
+        "nothing is posted over an untrusted connection"
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("alert not delivered") && log.contains("alerts.ca_file"),
+        "the warning says what to do:\n{log}"
     );
 }

@@ -49,7 +49,7 @@ struct Args {
     #[arg(long, value_name = "ADDR|off")]
     http: Option<String>,
 
-    /// Alert webhook (plain http://, Slack-compatible JSON); overrides
+    /// Alert webhook (https:// or http://, Slack-compatible JSON); overrides
     /// [alerts] webhook.
     #[arg(long, value_name = "URL", env = "AUTOMATION_ALERT_WEBHOOK")]
     alert_webhook: Option<String>,
@@ -209,7 +209,7 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
     )?;
     state.set_config_path(args.config.clone());
     let shutdown = CancellationToken::new();
-    // Alert delivery runs on its own task: decisions only ever queue (alerts.rs).
+    // Alert delivery runs on its own task: decisions only ever queue (alerts/raise.rs).
     let alert_task = delivery.map(|delivery| tokio::spawn(delivery.run(shutdown.clone())));
     let mut signals = signal_hook_tokio::Signals::new([SIGHUP, SIGTERM, SIGINT])
         .context("installing signal handlers")?;

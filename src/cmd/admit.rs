@@ -86,9 +86,7 @@ fn log_decision(session: &Session, agent: &str, service: &str, decision: &Decisi
     record(decision);
     match decision.decisive_vote() {
         Some(vote) => {
-            let crate::logging::Verdict::Log { suppressed } =
-                crate::logging::DENIALS.take(std::time::Instant::now())
-            else {
+            let crate::logging::Verdict::Log { suppressed } = crate::logging::DENIALS.take() else {
                 return;
             };
             if suppressed > 0 {

@@ -1,26 +1,30 @@
 //! Configuration: a raw serde view of the TOML file (`raw.rs`, close to the file and
-//! strict about unknown keys), turned into a validated [`Config`] that the rest of
-//! the daemon can trust. Nothing outside this module sees the raw form.
+//! strict about unknown keys), checked and turned by `validate/` into a [`Config`]
+//! that the rest of the daemon can trust. Nothing outside this module sees the raw
+//! form. `[alerts]` has its types in `alerts.rs`.
 //!
 //! Every validation error names the key (`rate_limits[1].burst`) and says what is
 //! wrong, so `automation-framework config check` and a failed start read the same.
+//!
+//! This is a low layer: it imports the guards' value types and nothing that runs
+//! (not `alerts`, `state`, `metrics` or `admission`).
 
+mod alerts;
 mod raw;
+mod validate;
 
-pub use raw::{http_address, webhook_url};
+pub use alerts::{AlertsConfig, CaBundle, WebhookUrl};
+pub use validate::{http_address, webhook_url};
 
 use std::collections::BTreeMap;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::guard::breaker::{BreakerConfig, Force};
+use crate::guard::breaker::BreakerConfig;
 use crate::guard::budget::BudgetSpec;
-use crate::guard::period::Period;
 use crate::guard::quota::QuotaSpec;
-use crate::guard::rate::{RateSpec, Scope, Weight};
+use crate::guard::rate::RateSpec;
 use crate::money::{UnitPrice, Usd};
-use crate::names::check_name;
 
 /// A complete, validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +47,7 @@ pub struct Config {
     pub quotas: Vec<QuotaSpec>,
     pub http: HttpConfig,
     /// `[alerts]`: the webhook, and how alerts are suppressed and queued.
-    pub alerts: crate::alerts::AlertsConfig,
+    pub alerts: AlertsConfig,
 }
 
 /// The operator's HTTP listener.
@@ -244,8 +248,7 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the first bad key.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let raw: raw::RawConfig = toml::from_str(text)?;
-        raw.validate()
+        validate::config(toml::from_str(text)?)
     }
 
     /// Reads, parses and validates a configuration file.
@@ -278,148 +281,6 @@ impl Config {
     pub fn knows_service(&self, service: &str) -> bool {
         self.daemon.allow_unknown_services || self.services.contains_key(service)
     }
-}
-
-// Validation helpers shared by raw.rs.
-
-fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        problem: problem.into(),
-    }
-}
-
-fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(text).map_err(|e| {
-        invalid(
-            key,
-            format!("{e} in {text:?}; write e.g. \"500ms\", \"60s\" or \"5m\""),
-        )
-    })
-}
-
-fn nonzero(key: &str, value: u32) -> Result<NonZeroU32, ConfigError> {
-    NonZeroU32::new(value).ok_or_else(|| invalid(key, "must be at least 1, got 0"))
-}
-
-fn name(key: &str, value: &str) -> Result<(), ConfigError> {
-    check_name(value).map_err(|e| invalid(key, format!("name {value:?} {e}")))
-}
-
-fn scope(key: &str, text: &str) -> Result<Scope, ConfigError> {
-    match text {
-        "global" => Ok(Scope::Global),
-        "agent" => Ok(Scope::Agent),
-        "service" => Ok(Scope::Service),
-        "agent+service" => Ok(Scope::AgentService),
-        other => Err(invalid(
-            key,
-            format!("unknown scope {other:?}; use \"global\", \"agent\", \"service\" or \"agent+service\""),
-        )),
-    }
-}
-
-fn weight(key: &str, text: &str) -> Result<Weight, ConfigError> {
-    match text {
-        "requests" => Ok(Weight::Requests),
-        "units" => Ok(Weight::Units),
-        other => Err(invalid(
-            key,
-            format!("unknown weight {other:?}; use \"requests\" or \"units\""),
-        )),
-    }
-}
-
-fn force(key: &str, text: &str) -> Result<Force, ConfigError> {
-    match text {
-        "auto" => Ok(Force::Auto),
-        "open" => Ok(Force::Open),
-        "closed" => Ok(Force::Closed),
-        "disabled" => Ok(Force::Disabled),
-        other => Err(invalid(
-            key,
-            format!("unknown value {other:?}; use \"auto\", \"open\", \"closed\" or \"disabled\""),
-        )),
-    }
-}
-
-fn dollars(key: &str, value: f64) -> Result<Usd, ConfigError> {
-    Usd::from_dollars(value).map_err(|e| invalid(key, format!("{e}")))
-}
-
-/// One price of a `[prices.…]` entry, given per unit (`per_input_unit`) or per
-/// million units (`per_million_input_units`), not both; 0 when neither is set.
-fn unit_price(
-    prefix: &str,
-    (per_unit_key, per_unit): (&str, Option<f64>),
-    (per_million_key, per_million): (&str, Option<f64>),
-) -> Result<UnitPrice, ConfigError> {
-    match (per_unit, per_million) {
-        (Some(_), Some(_)) => Err(invalid(
-            format!("{prefix}.{per_million_key}"),
-            format!(
-                "{prefix}.{per_unit_key} is set too; give the price once, per unit \
-                 or per million units"
-            ),
-        )),
-        (Some(dollars), None) => UnitPrice::per_unit(dollars)
-            .map_err(|e| invalid(format!("{prefix}.{per_unit_key}"), e.to_string())),
-        (None, Some(dollars)) => UnitPrice::per_million(dollars)
-            .map_err(|e| invalid(format!("{prefix}.{per_million_key}"), e.to_string())),
-        (None, None) => Ok(UnitPrice::ZERO),
-    }
-}
-
-/// A budget's reset: "never", "daily", "weekly", "monthly" or a duration ("6h").
-fn reset(key: &str, text: &str) -> Result<Period, ConfigError> {
-    match text {
-        "never" => Ok(Period::Forever),
-        "daily" => Ok(Period::Daily),
-        "weekly" => Ok(Period::Weekly),
-        "monthly" => Ok(Period::Monthly),
-        other => {
-            let length = humantime::parse_duration(other).map_err(|_| {
-                invalid(key, format!("unknown reset {other:?}; use \"never\", \"daily\", \"weekly\", \"monthly\" or a duration like \"6h\""))
-            })?;
-            if length < Duration::from_secs(1) {
-                return Err(invalid(key, "a reset period must be at least 1s"));
-            }
-            Ok(Period::Every(length))
-        }
-    }
-}
-
-/// A quota's window.
-fn window(key: &str, text: &str) -> Result<Period, ConfigError> {
-    match text {
-        "minute" => Ok(Period::Every(Duration::from_secs(60))),
-        "hour" => Ok(Period::Every(Duration::from_secs(3600))),
-        "day" => Ok(Period::Daily),
-        "week" => Ok(Period::Weekly),
-        "month" => Ok(Period::Monthly),
-        "lifetime" => Ok(Period::Forever),
-        other => Err(invalid(
-            key,
-            format!("unknown window {other:?}; use \"minute\", \"hour\", \"day\", \"week\", \"month\" or \"lifetime\""),
-        )),
-    }
-}
-
-fn preset(key: &str, text: &str) -> Result<Preset, ConfigError> {
-    PRESETS
-        .iter()
-        .copied()
-        .find(|p| p.name == text)
-        .ok_or_else(|| {
-            let known: Vec<_> = PRESETS.iter().map(|p| p.name).collect();
-            invalid(
-                key,
-                format!(
-                    "unknown preset {text:?}; known presets: {}",
-                    known.join(", ")
-                ),
-            )
-        })
 }
 
 #[cfg(test)]

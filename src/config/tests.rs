@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::guard::period::Period;
+use crate::guard::rate::Scope;
 
 fn error_of(text: &str) -> String {
     Config::from_toml(text).unwrap_err().to_string()
@@ -284,11 +285,14 @@ fn money_and_windows_are_validated_with_their_keys() {
 }
 
 #[test]
-fn alerts_refuse_https_and_bad_values_with_the_key() {
-    let err = error_of("[alerts]\nwebhook = \"https://hooks.slack.com/services/x\"\n");
+fn alerts_take_https_and_refuse_bad_values_with_the_key() {
+    let config = Config::from_toml("[alerts]\nwebhook = \"https://hooks.slack.com/services/x\"\n")
+        .expect("https is accepted");
+    let webhook = config.alerts.webhook.expect("a webhook");
+    assert!(webhook.is_https());
+    assert_eq!(webhook.url, "https://hooks.slack.com/services/x");
+    let err = error_of("[alerts]\nwebhook = \"hooks.slack.com/x\"\n");
     assert!(err.starts_with("alerts.webhook: "), "{err}");
-    assert!(err.contains("HTTPS is not supported yet"), "{err}");
-    assert!(err.contains("relay"), "{err}");
     let err = error_of("[alerts]\nsuppress = \"soon\"\n");
     assert!(err.starts_with("alerts.suppress: "), "{err}");
     let err = error_of("[alerts]\nqueue = 0\n");
@@ -492,4 +496,56 @@ proptest::proptest! {
             proptest::prop_assert_eq!(charged, max, "capped at $1e9");
         }
     }
+}
+
+#[test]
+fn a_ca_file_is_read_when_the_config_is_loaded() {
+    let err = error_of("[alerts]\nca_file = \"/nonexistent/ca.pem\"\n");
+    assert!(
+        err.starts_with("alerts.ca_file: cannot read /nonexistent/ca.pem"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("ca.pem");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&key).expect("self-signed CA");
+    std::fs::write(&path, ca.pem()).expect("write the CA");
+    let config = Config::from_toml(&format!(
+        "[alerts]\nwebhook = \"https://127.0.0.1:8443/hook\"\nca_file = \"{}\"\n",
+        path.display()
+    ))
+    .expect("valid");
+    let bundle = config.alerts.ca.expect("a CA bundle");
+    assert_eq!(bundle.certs, vec![ca.der().clone()]);
+    assert_eq!(bundle.path, path);
+}
+
+#[test]
+fn enum_values_name_the_key_and_list_the_spellings() {
+    assert_eq!(
+        error_of("[budget]\nreset = \"fortnightly\"\n"),
+        "budget.reset: unknown reset \"fortnightly\"; use \"never\", \"daily\", \"weekly\", \"monthly\" or a duration like \"6h\""
+    );
+    assert_eq!(
+        error_of("[[quotas]]\nname = \"q\"\nlimit = 1\nwindow = \"day\"\nscope = \"Agent\"\n"),
+        "quotas[0].scope: unknown scope \"Agent\"; use \"global\", \"agent\", \"service\" or \"agent+service\""
+    );
+    assert_eq!(
+        error_of("[breaker]\nforce = \"shut\"\n"),
+        "breaker.force: unknown value \"shut\"; use \"auto\", \"open\", \"closed\" or \"disabled\""
+    );
+    let err = error_of("[daemon]\nmode = 1\n");
+    assert!(
+        err.contains("invalid type: integer `1`, expected a string"),
+        "{err}"
+    );
+    assert!(err.contains("line 2"), "{err}");
+    let config = Config::from_toml(
+        "[budget]\norphan_policy = \"release\"\n[[rate_limits]]\nname = \"t\"\nrate = 5\nscope = \"agent+service\"\nweight = \"units\"\n",
+    )
+    .expect("valid");
+    assert_eq!(config.budget.orphan_policy, OrphanPolicy::Release);
+    assert_eq!(config.rate_limits[0].scope, Scope::AgentService);
 }

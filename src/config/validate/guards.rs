@@ -1,0 +1,276 @@
+//! `[breaker]`, `[services]`, `[[rate_limits]]` and `[[quotas]]`: the settings of
+//! the guards, checked so that every rule can act (a breaker that can open, a rate
+//! that fits in a nanosecond, names that are unique).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::super::raw::{
+    RawBreaker, RawForce, RawQuota, RawRateLimit, RawScope, RawService, RawWeight, RawWindow,
+    Spelled,
+};
+use super::super::{ConfigError, DaemonConfig, Preset, ServiceConfig, PRESETS};
+use super::{choice, duration, invalid, name, names, nonzero, positive, unique};
+use crate::guard::breaker::{BreakerConfig, Force};
+use crate::guard::period::Period;
+use crate::guard::quota::QuotaSpec;
+use crate::guard::rate::{RateSpec, Scope, Weight};
+
+/// Applies the keys of `raw` that are set onto `base`, validating each.
+pub(super) fn breaker(
+    raw: RawBreaker,
+    prefix: &str,
+    base: BreakerConfig,
+) -> Result<BreakerConfig, ConfigError> {
+    let key = |field: &str| format!("{prefix}.{field}");
+    let mut out = base;
+    if let Some(v) = raw.failure_threshold {
+        out.failure_threshold = v;
+    }
+    if let Some(v) = raw.window {
+        out.window = v;
+    }
+    if let Some(v) = raw.failure_rate {
+        if !(1..=100).contains(&v) {
+            return Err(invalid(
+                key("failure_rate"),
+                format!("must be a percentage from 1 to 100, got {v}"),
+            ));
+        }
+        out.failure_rate = v;
+    }
+    if let Some(v) = raw.min_calls {
+        out.min_calls = v;
+    }
+    if let Some(v) = raw.slow_call {
+        out.slow_call = Some(duration(&key("slow_call"), &v)?);
+    }
+    if let Some(v) = raw.open_for {
+        out.open_for = duration(&key("open_for"), &v)?;
+    }
+    if let Some(v) = raw.half_open_trials {
+        out.half_open_trials = nonzero(&key("half_open_trials"), v)?.get();
+    }
+    if let Some(v) = raw.success_threshold {
+        out.success_threshold = nonzero(&key("success_threshold"), v)?.get();
+    }
+    if let Some(v) = raw.trial_timeout {
+        out.trial_timeout = positive(&key("trial_timeout"), &v)?;
+    }
+    if let Some(v) = raw.force {
+        out.force = match choice(&key("force"), "value", v)? {
+            RawForce::Auto => Force::Auto,
+            RawForce::Open => Force::Open,
+            RawForce::Closed => Force::Closed,
+            RawForce::Disabled => Force::Disabled,
+        };
+    }
+    if let Some(v) = raw.shadow {
+        out.shadow = v;
+    }
+    if out.window > 0 && out.min_calls > out.window {
+        return Err(invalid(
+            key("min_calls"),
+            format!(
+                "is {} but the window holds only {} calls, so the failure rate could never trip; lower min_calls or widen the window",
+                out.min_calls, out.window
+            ),
+        ));
+    }
+    if out.failure_threshold == 0 && out.window == 0 && out.force == Force::Auto {
+        return Err(invalid(
+            prefix,
+            "failure_threshold and window are both 0, so the breaker could never open; set one, or force = \"disabled\"",
+        ));
+    }
+    Ok(out)
+}
+
+/// `[services.NAME]`: each service's breaker, inheriting `[breaker]`.
+pub(super) fn services(
+    raw: BTreeMap<String, RawService>,
+    defaults: &BreakerConfig,
+) -> Result<BTreeMap<String, ServiceConfig>, ConfigError> {
+    let mut services = BTreeMap::new();
+    for (service, raw) in raw {
+        let key = format!("services.{service}");
+        name(&key, &service)?;
+        let breaker = breaker(raw.breaker, &format!("{key}.breaker"), defaults.clone())?;
+        services.insert(service, ServiceConfig { breaker });
+    }
+    Ok(services)
+}
+
+/// `[[rate_limits]]` in file order; none given at all means the built-in rule.
+pub(super) fn rate_limits(
+    raw: Option<Vec<RawRateLimit>>,
+    services: &BTreeMap<String, ServiceConfig>,
+    daemon: &DaemonConfig,
+) -> Result<Vec<RateSpec>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(vec![default_rate_limit()]);
+    };
+    let mut specs: Vec<RateSpec> = Vec::with_capacity(raw.len());
+    for (idx, raw) in raw.into_iter().enumerate() {
+        let key = format!("rate_limits[{idx}]");
+        let spec = rate_limit(raw, &key)?;
+        unique(
+            &key,
+            "rate limit",
+            &spec.name,
+            specs.iter().map(|s| &s.name),
+        )?;
+        if let Some(service) = spec.services.iter().find(|service| {
+            !daemon.allow_unknown_services && !services.contains_key(service.as_str())
+        }) {
+            return Err(invalid(
+                format!("{key}.services"),
+                format!("service {service:?} is not declared under [services] and daemon.allow_unknown_services is false"),
+            ));
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+fn rate_limit(raw: RawRateLimit, prefix: &str) -> Result<RateSpec, ConfigError> {
+    let key = |field: &str| format!("{prefix}.{field}");
+    name(&key("name"), &raw.name)?;
+    let preset = raw
+        .preset
+        .as_deref()
+        .map(|p| preset(&key("preset"), p))
+        .transpose()?;
+    let rate = match (raw.rate, preset) {
+        (Some(rate), _) => nonzero(&key("rate"), rate)?,
+        (None, Some(p)) => nonzero(&key("preset"), p.rate)?,
+        (None, None) => {
+            return Err(invalid(
+                key("rate"),
+                "missing; give `rate` (with `per`, default \"1s\") or a `preset`",
+            ))
+        }
+    };
+    let per = match (raw.per, preset) {
+        (Some(text), _) => positive(&key("per"), &text)?,
+        (None, Some(p)) => p.per,
+        (None, None) => Duration::from_secs(1),
+    };
+    if per / rate.get() < Duration::from_nanos(1) {
+        return Err(invalid(
+            key("rate"),
+            format!("{rate} per {per:?} is faster than one per nanosecond"),
+        ));
+    }
+    let burst = match raw.burst {
+        Some(burst) => nonzero(&key("burst"), burst)?,
+        None => rate,
+    };
+    let scope = match (raw.scope, preset) {
+        (Some(text), _) => scope(&key("scope"), text)?,
+        (None, Some(_)) => Scope::Service,
+        (None, None) => Scope::AgentService,
+    };
+    let weight = weight(&key("weight"), raw.weight)?;
+    names(&key("services"), &raw.services)?;
+    names(&key("agents"), &raw.agents)?;
+    Ok(RateSpec {
+        name: raw.name,
+        scope,
+        services: raw.services,
+        agents: raw.agents,
+        weight,
+        rate,
+        per,
+        burst,
+        shadow: raw.shadow,
+    })
+}
+
+fn preset(key: &str, text: &str) -> Result<Preset, ConfigError> {
+    PRESETS
+        .iter()
+        .copied()
+        .find(|p| p.name == text)
+        .ok_or_else(|| {
+            let known: Vec<_> = PRESETS.iter().map(|p| p.name).collect();
+            invalid(
+                key,
+                format!(
+                    "unknown preset {text:?}; known presets: {}",
+                    known.join(", ")
+                ),
+            )
+        })
+}
+
+/// SPEC §3.1: 10 requests per second with a burst of 100, per agent and service.
+pub(super) fn default_rate_limit() -> RateSpec {
+    RateSpec {
+        name: "default".into(),
+        scope: Scope::AgentService,
+        services: Vec::new(),
+        agents: Vec::new(),
+        weight: Weight::Requests,
+        rate: std::num::NonZeroU32::new(10).expect("10 is not zero"),
+        per: Duration::from_secs(1),
+        burst: std::num::NonZeroU32::new(100).expect("100 is not zero"),
+        shadow: false,
+    }
+}
+
+/// `[[quotas]]` in file order.
+pub(super) fn quotas(raw: Vec<RawQuota>) -> Result<Vec<QuotaSpec>, ConfigError> {
+    let mut quotas: Vec<QuotaSpec> = Vec::with_capacity(raw.len());
+    for (idx, raw) in raw.into_iter().enumerate() {
+        let key = format!("quotas[{idx}]");
+        let spec = quota(raw, &key)?;
+        unique(&key, "quota", &spec.name, quotas.iter().map(|q| &q.name))?;
+        quotas.push(spec);
+    }
+    Ok(quotas)
+}
+
+fn quota(raw: RawQuota, prefix: &str) -> Result<QuotaSpec, ConfigError> {
+    let key = |field: &str| format!("{prefix}.{field}");
+    name(&key("name"), &raw.name)?;
+    names(&key("services"), &raw.services)?;
+    names(&key("agents"), &raw.agents)?;
+    Ok(QuotaSpec {
+        name: raw.name,
+        scope: match raw.scope {
+            Some(text) => scope(&key("scope"), text)?,
+            None => Scope::AgentService,
+        },
+        services: raw.services,
+        agents: raw.agents,
+        weight: weight(&key("weight"), raw.weight)?,
+        limit: raw.limit,
+        window: match choice(&key("window"), "window", raw.window)? {
+            RawWindow::Minute => Period::Every(Duration::from_secs(60)),
+            RawWindow::Hour => Period::Every(Duration::from_secs(3600)),
+            RawWindow::Day => Period::Daily,
+            RawWindow::Week => Period::Weekly,
+            RawWindow::Month => Period::Monthly,
+            RawWindow::Lifetime => Period::Forever,
+        },
+        shadow: raw.shadow,
+    })
+}
+
+fn scope(key: &str, value: Spelled<RawScope>) -> Result<Scope, ConfigError> {
+    Ok(match choice(key, "scope", value)? {
+        RawScope::Global => Scope::Global,
+        RawScope::Agent => Scope::Agent,
+        RawScope::Service => Scope::Service,
+        RawScope::AgentService => Scope::AgentService,
+    })
+}
+
+/// A rule's weight; requests when not given.
+fn weight(key: &str, value: Option<Spelled<RawWeight>>) -> Result<Weight, ConfigError> {
+    Ok(match value.map(|v| choice(key, "weight", v)).transpose()? {
+        None | Some(RawWeight::Requests) => Weight::Requests,
+        Some(RawWeight::Units) => Weight::Units,
+    })
+}
