@@ -1,0 +1,260 @@
+//! One client socket at the frame level: length-delimited frames in, decoded
+//! `ClientFrame`s out, `ServerFrame`s back. Byte-level details (the codec, its
+//! errors, when to flush) stay in here; what a request means does not.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use futures_util::{SinkExt, StreamExt};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use tokio::net::UnixStream;
+use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError};
+
+use crate::protocol::frame::{decode_client_frame, encode_frame_into, length_codec};
+use crate::protocol::{ClientFrame, DecodeError, ServerFrame, MAX_FRAME_LEN};
+
+/// The kernel's identity of the process at the other end (SO_PEERCRED and
+/// SO_PEERGROUPS), read once at accept: it cannot be forged by the client and does
+/// not change afterwards. These are the credentials the peer had when it called
+/// `connect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    /// The effective (primary) group.
+    pub gid: u32,
+    pub pid: i32,
+    /// The supplementary groups, so `usermod -aG automation-framework alice` is
+    /// enough for a group rule to match alice's processes.
+    pub groups: Vec<u32>,
+}
+
+pub struct Connection {
+    framed: Framed<UnixStream, LengthDelimitedCodec>,
+    peer: Peer,
+}
+
+/// Why no frame could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("frame length exceeds the maximum of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("reading from the socket: {0}")]
+    Io(#[source] io::Error),
+}
+
+/// Why a frame could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Nothing was written; the caller may send something smaller instead.
+    #[error("the frame would exceed the maximum of {MAX_FRAME_LEN} bytes")]
+    TooLarge,
+    #[error("writing to the socket: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Buffer capacity a connection keeps between frames; more is released.
+const KEEP_BUFFER: usize = 64 * 1024;
+
+// === impl Connection ===
+
+impl Connection {
+    /// Wraps an accepted stream, reading the peer's credentials first.
+    ///
+    /// # Errors
+    /// When the kernel cannot tell who the peer is.
+    pub fn new(stream: UnixStream) -> io::Result<Connection> {
+        let creds = getsockopt(&stream, PeerCredentials).map_err(io::Error::from)?;
+        let groups = peer_groups(stream.as_fd())?;
+        let peer = Peer {
+            uid: creds.uid(),
+            gid: creds.gid(),
+            pid: creds.pid(),
+            groups,
+        };
+        Ok(Connection {
+            framed: Framed::new(stream, length_codec()),
+            peer,
+        })
+    }
+
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// Lowers (or restores) the largest frame this connection accepts. Before the
+    /// handshake only a `Hello` may come, so a peer that has not said who it is
+    /// cannot make the daemon buffer a full-size frame.
+    pub fn set_max_frame_len(&mut self, limit: usize) {
+        self.framed.codec_mut().set_max_frame_length(limit);
+    }
+
+    /// Reads the next frame. `Ok(None)` is a clean end of stream between frames.
+    /// Cancel-safe: a partially received frame stays buffered.
+    ///
+    /// # Errors
+    /// A [`ReadError`]; after `TooLarge`, `Truncated` or `Io` the stream is unusable.
+    pub async fn read_frame(&mut self) -> Result<Option<ClientFrame>, ReadError> {
+        match self.framed.next().await {
+            None => Ok(None),
+            Some(Ok(body)) => Ok(Some(decode_client_frame(&body)?)),
+            Some(Err(err)) => Err(classify(err, self.framed.codec().max_frame_length())),
+        }
+    }
+
+    /// Queues a frame without flushing (the codec flushes by itself when its
+    /// buffer grows past its backpressure boundary).
+    ///
+    /// # Errors
+    /// [`WriteError::TooLarge`] before anything is written, when the frame does not
+    /// fit in [`MAX_FRAME_LEN`]; socket write errors.
+    pub async fn feed_frame(&mut self, frame: &ServerFrame) -> Result<(), WriteError> {
+        // What `Framed::feed` does first: past the boundary, write out before adding.
+        if self.framed.write_buffer().len() >= self.framed.backpressure_boundary() {
+            SinkExt::<bytes::Bytes>::flush(&mut self.framed).await?;
+        }
+        // Encoded straight into the socket's write buffer, length prefix included.
+        encode_frame_into(self.framed.write_buffer_mut(), frame).map_err(|err| match *err {
+            crate::protocol::EncodeErrorKind::SizeLimit => WriteError::TooLarge,
+            _ => WriteError::Io(io::Error::new(io::ErrorKind::InvalidInput, err)),
+        })
+    }
+
+    /// Flushes queued frames unless another complete request is already buffered
+    /// (its reply will follow, and one write can carry both).
+    ///
+    /// # Errors
+    /// Socket write errors.
+    pub async fn flush_unless_busy(&mut self) -> io::Result<()> {
+        if !self.has_buffered_frame() {
+            SinkExt::<bytes::Bytes>::flush(&mut self.framed).await?;
+            self.trim_buffers();
+        }
+        Ok(())
+    }
+
+    /// Writes a final frame (an error before closing) and flushes it.
+    ///
+    /// Not through the codec's encoder: its length limit is the *read* limit,
+    /// lowered to `MAX_HELLO_LEN` before the handshake, and an error frame longer
+    /// than that would be dropped silently, leaving the client with a closed
+    /// connection and no reason. The frame is bounded by [`MAX_FRAME_LEN`] only.
+    ///
+    /// # Errors
+    /// Socket write errors; a frame larger than [`MAX_FRAME_LEN`].
+    pub async fn write_last(&mut self, frame: &ServerFrame) -> io::Result<()> {
+        encode_frame_into(self.framed.write_buffer_mut(), frame)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        SinkExt::<bytes::Bytes>::flush(&mut self.framed).await
+    }
+
+    /// Gives back the memory of a large frame once it has been handled: the codec's
+    /// buffers grow to the largest frame seen and never shrink by themselves, so a
+    /// thousand connections that each sent or received one big frame would otherwise
+    /// each keep a megabyte.
+    fn trim_buffers(&mut self) {
+        let read = self.framed.read_buffer_mut();
+        if read.is_empty() && read.capacity() > KEEP_BUFFER {
+            *read = bytes::BytesMut::new();
+        }
+        let write = self.framed.write_buffer_mut();
+        if write.is_empty() && write.capacity() > KEEP_BUFFER {
+            *write = bytes::BytesMut::new();
+        }
+    }
+
+    /// Is a whole frame already waiting in the read buffer?
+    fn has_buffered_frame(&self) -> bool {
+        let buf = self.framed.read_buffer();
+        match buf.get(..4) {
+            Some(prefix) => {
+                let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
+                buf.len() >= 4 + len
+            }
+            None => false,
+        }
+    }
+}
+
+fn classify(err: io::Error, limit: usize) -> ReadError {
+    if err
+        .get_ref()
+        .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>())
+    {
+        return ReadError::TooLarge { limit };
+    }
+    // tokio-util reports a partial frame at end of stream as a bare io::Error::other.
+    if err.kind() == io::ErrorKind::Other && err.to_string() == "bytes remaining on stream" {
+        return ReadError::Truncated;
+    }
+    ReadError::Io(err)
+}
+
+/// Most supplementary groups a process can have (`NGROUPS_MAX` on Linux).
+const MAX_GROUPS: usize = 65_536;
+
+/// The peer's supplementary groups at connect time (SO_PEERGROUPS, Linux 4.13+;
+/// nix has no wrapper for it). On a kernel without it, the primary group from
+/// SO_PEERCRED is all the policy sees.
+#[allow(unsafe_code)]
+fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    use nix::libc;
+    let width = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; 32];
+    loop {
+        let mut len = libc::socklen_t::try_from(groups.len() * width)
+            .map_err(|_| io::Error::other("too many supplementary groups"))?;
+        // SAFETY: `groups` is a live, writable buffer of exactly `len` bytes; the
+        // kernel writes at most `len` bytes into it and stores the length it used (or,
+        // with ERANGE, the length it needs) in `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let needed = len as usize / width;
+        if rc == 0 {
+            groups.truncate(needed);
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ERANGE) if needed > groups.len() && needed <= MAX_GROUPS => {
+                groups.resize(needed, 0);
+            }
+            Some(libc::ENOPROTOOPT) => return Ok(Vec::new()),
+            _ => return Err(err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{decode, ErrorCode, ErrorReply};
+
+    /// A refusal before the handshake, when the read limit is `MAX_HELLO_LEN`,
+    /// still reaches the client whole, however long its message.
+    #[tokio::test]
+    async fn a_last_frame_is_not_bound_by_the_lowered_read_limit() {
+        let (daemon_side, client_side) = UnixStream::pair().unwrap();
+        let mut conn = Connection::new(daemon_side).unwrap();
+        conn.set_max_frame_len(crate::protocol::MAX_HELLO_LEN);
+        let error = ServerFrame::Error(ErrorReply::new(
+            ErrorCode::InvalidArgument,
+            "x".repeat(2 * crate::protocol::MAX_HELLO_LEN),
+        ));
+        conn.write_last(&error).await.unwrap();
+        drop(conn);
+        let mut client = Framed::new(client_side, length_codec());
+        let body = client.next().await.expect("a frame").expect("readable");
+        assert_eq!(decode::<ServerFrame>(&body).unwrap(), error);
+    }
+}

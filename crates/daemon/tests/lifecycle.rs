@@ -1,0 +1,304 @@
+//! Starting and stopping the daemon.
+
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use automation_framework::protocol::AdmitRequest;
+
+use crate::util::Daemon;
+
+#[tokio::test]
+async fn sigterm_closes_sessions_with_a_reason_and_exits_0() {
+    let mut daemon = Daemon::start("");
+    let mut client = daemon.client("a").await;
+    assert!(
+        client
+            .admit(AdmitRequest {
+                agent: None,
+                service: "svc".into(),
+                units: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .allowed
+    );
+    kill(Pid::from_raw(daemon.pid()), Signal::SIGTERM).unwrap();
+    // The next frame the client sees, without asking, is the goodbye.
+    let err = client.recv().await.expect_err("the session ends");
+    assert!(err.to_string().contains("shutting down"), "{err}");
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        !daemon.socket.exists(),
+        "the socket file is removed on a clean exit"
+    );
+}
+
+#[tokio::test]
+async fn the_limits_hit_are_logged_at_exit() {
+    let mut daemon = Daemon::start("[daemon]\nmax_batch = 1\n");
+    let mut client = daemon.client("a").await;
+    let _ = client
+        .batch(vec![
+            automation_framework::protocol::Request::Ping,
+            automation_framework::protocol::Request::Ping,
+        ])
+        .await;
+    kill(Pid::from_raw(daemon.pid()), Signal::SIGTERM).unwrap();
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(0));
+    let log = daemon.log();
+    assert!(
+        log.contains("limits and access rules hit since start: max_batch=1"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_daemon_does_not_steal_a_live_socket() {
+    let daemon = Daemon::start("");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("another daemon is already listening"),
+        "{stderr}"
+    );
+    let mut client = daemon.client("still-here").await;
+    client.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stale_socket_from_a_killed_daemon_is_replaced() {
+    let mut first = Daemon::start("");
+    kill(Pid::from_raw(first.pid()), Signal::SIGKILL).unwrap();
+    first.wait_exit(Duration::from_secs(10));
+    assert!(
+        first.socket.exists(),
+        "SIGKILL leaves the socket file behind"
+    );
+    let dir = first.dir.path().to_owned();
+    let socket = first.socket.clone();
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+        .arg("--socket")
+        .arg(&socket)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = async {
+        for _ in 0..500 {
+            if let Ok(client) =
+                automation_framework_client::Client::connect(&socket, "a", "t").await
+            {
+                return client;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("second daemon never served {}", dir.display());
+    }
+    .await;
+    drop(client);
+    second.kill().unwrap();
+    second.wait().unwrap();
+}
+
+/// Under socket activation the daemon serves the socket systemd hands it
+/// (LISTEN_FDS) instead of binding its own path.
+#[tokio::test]
+async fn serves_a_socket_passed_by_systemd_socket_activation() {
+    let Ok(activate) = which("systemd-socket-activate") else {
+        eprintln!("SKIPPED serves_a_socket_passed_by_systemd_socket_activation: systemd-socket-activate not installed (Debian package systemd); .ci/run installs it");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let activated = dir.path().join("activated.sock");
+    let unused = dir.path().join("never-bound.sock");
+    let mut child = std::process::Command::new(activate)
+        .arg("--listen")
+        .arg(&activated)
+        .arg(env!("CARGO_BIN_EXE_automation-frameworkd"))
+        .arg("--socket")
+        .arg(&unused)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut client = None;
+    for _ in 0..500 {
+        if let Ok(c) = automation_framework_client::Client::connect(&activated, "a", "t").await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut client = client.expect("the activated daemon answers");
+    client.ping().await.unwrap();
+    assert!(
+        !unused.exists(),
+        "the daemon must not bind its own path when activated"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+        .ok_or(())
+}
+
+/// The shipped units verify cleanly and stay hardened (`systemd/check`).
+#[test]
+fn the_systemd_units_verify_and_score_at_most_2() {
+    let out =
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../systemd/check"))
+            .output()
+            .expect("run systemd/check");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => assert!(text.contains("exposure"), "{text}"),
+        Some(77) => eprintln!("SKIPPED the_systemd_units_verify_and_score_at_most_2: {text}"),
+        other => panic!("systemd/check failed ({other:?}):\n{text}"),
+    }
+}
+
+/// Needs root, to leave a socket that belongs to another user.
+#[test]
+fn refuses_to_start_on_a_socket_owned_by_another_user() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED refuses_to_start_on_a_socket_owned_by_another_user: needs root to chown a file to another uid");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+        .arg("--socket")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("belongs to uid 65534, not to this daemon's uid 0"),
+        "{stderr}"
+    );
+    assert!(path.exists(), "the other user's file is left alone");
+}
+
+#[test]
+fn refuses_to_start_in_a_directory_anyone_can_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(
+        &open,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o777),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+        .arg("--socket")
+        .arg(open.join("agent.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("is writable by everyone"), "{stderr}");
+}
+
+/// The daemon's conversation with systemd, read from a NOTIFY_SOCKET the test owns:
+/// READY=1 with a STATUS once serving, WATCHDOG=1 pings when WATCHDOG_USEC is set,
+/// RELOADING=1 with MONOTONIC_USEC then READY=1 around a SIGHUP reload, STOPPING=1
+/// on SIGTERM.
+#[test]
+fn notifies_systemd_ready_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "").unwrap();
+    let mut child = crate::util::KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--socket")
+            .arg(dir.path().join("agent.sock"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["--http", "127.0.0.1:0"])
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("WATCHDOG_USEC", "200000")
+            .env_remove("WATCHDOG_PID")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut next = |seen: &mut Vec<String>| {
+        let n = notify.recv(&mut buf).expect("a notification within 10s");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        seen.push(text.clone());
+        text
+    };
+    let ready = next(&mut seen);
+    assert!(ready.contains("READY=1"), "{seen:?}");
+    assert!(ready.contains("STATUS=serving on"), "{seen:?}");
+    while !next(&mut seen).contains("WATCHDOG=1") {}
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP).unwrap();
+    let reloading = loop {
+        let text = next(&mut seen);
+        if text.contains("RELOADING=1") {
+            break text;
+        }
+    };
+    assert!(
+        reloading.contains("MONOTONIC_USEC="),
+        "one message: {seen:?}"
+    );
+    let reloaded = loop {
+        let text = next(&mut seen);
+        if text.contains("READY=1") {
+            break text;
+        }
+    };
+    assert!(reloaded.contains("STATUS=serving on"), "{seen:?}");
+    // A refused reload: READY=1 again (the daemon serves on), the reason in STATUS.
+    std::fs::write(&config, "[daemon]\nmood = \"calm\"\n").unwrap();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP).unwrap();
+    while !next(&mut seen).contains("RELOADING=1") {}
+    let refused = loop {
+        let text = next(&mut seen);
+        if text.contains("READY=1") {
+            break text;
+        }
+    };
+    let status = refused
+        .lines()
+        .find(|line| line.starts_with("STATUS="))
+        .unwrap_or_default();
+    assert!(
+        status.starts_with("STATUS=reload failed: ") && status.contains("unknown field `mood`"),
+        "the reason, on one line: {seen:?}"
+    );
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    while !next(&mut seen).contains("STOPPING=1") {}
+    assert!(child.wait().unwrap().success(), "{seen:?}");
+}

@@ -1,0 +1,380 @@
+//! The wire protocol against the real daemon.
+
+use automation_framework::protocol::frame::encode;
+use automation_framework::protocol::{
+    AdmitRequest, BreakersRequest, ClientFrame, Envelope, ErrorCode, Hello, Outcome, ReportRequest,
+    Request, Response, ServerFrame,
+};
+
+use crate::util::Daemon;
+
+fn admit(service: &str) -> Request {
+    Request::Admit(AdmitRequest {
+        agent: None,
+        service: service.into(),
+        units: 1,
+        ..Default::default()
+    })
+}
+
+fn error_code(response: &Response) -> Option<ErrorCode> {
+    match response {
+        Response::Error(err) => Some(err.code),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn handshake_reports_the_kernel_view_of_the_peer() {
+    let daemon = Daemon::start("");
+    let client = daemon.client("planner").await;
+    let welcome = client.welcome();
+    assert_eq!(
+        welcome.version,
+        automation_framework::protocol::PROTOCOL_VERSION
+    );
+    assert_eq!(welcome.server, env!("CARGO_PKG_VERSION"));
+    assert_eq!(welcome.peer.uid, nix::unistd::getuid().as_raw());
+    assert_eq!(welcome.peer.gid, nix::unistd::getgid().as_raw());
+    assert_eq!(welcome.peer.pid, std::process::id() as i32);
+    let other = daemon.client("planner").await;
+    assert_ne!(
+        other.welcome().session,
+        welcome.session,
+        "sessions are distinct"
+    );
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_with_their_ids() {
+    let daemon = Daemon::start("");
+    let mut client = daemon.client("pipeliner").await;
+    let mut sent = Vec::new();
+    for i in 0..200 {
+        let request = match i % 3 {
+            0 => Request::Ping,
+            1 => admit("openai"),
+            _ => Request::Breakers(BreakersRequest { service: None }),
+        };
+        sent.push((client.send(request.clone()).await.unwrap(), request));
+    }
+    for (id, request) in sent {
+        let reply = client.recv().await.unwrap();
+        assert_eq!(reply.id, id);
+        let matches = matches!(
+            (&request, &reply.response),
+            (Request::Ping, Response::Pong(_))
+                | (Request::Admit(_), Response::Admit(_))
+                | (Request::Breakers(_), Response::Breakers(_))
+        );
+        assert!(matches, "{request:?} answered with {:?}", reply.response);
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_answered_in_one_frame_in_order() {
+    let daemon = Daemon::start("");
+    let mut client = daemon.client("batcher").await;
+    let replies = client
+        .batch(vec![
+            Request::Ping,
+            admit("openai"),
+            Request::Report(ReportRequest {
+                reservation: Some(999_999),
+                service: None,
+                outcome: Outcome::Success,
+                units: None,
+                latency_ms: None,
+                ..Default::default()
+            }),
+            Request::Status,
+        ])
+        .await
+        .unwrap();
+    assert_eq!(replies.len(), 4);
+    assert!(matches!(replies[0], Response::Pong(_)));
+    assert!(matches!(&replies[1], Response::Admit(a) if a.allowed));
+    assert_eq!(
+        error_code(&replies[2]),
+        Some(ErrorCode::UnknownReservation),
+        "one bad request fails alone"
+    );
+    assert!(matches!(&replies[3], Response::Status(s) if s.open_reservations == 1));
+}
+
+#[tokio::test]
+async fn a_wrong_protocol_version_gets_a_clear_error_then_close() {
+    let daemon = Daemon::start("");
+    let mut raw = daemon.raw().await;
+    raw.send(&ClientFrame::Hello(Hello {
+        version: 99,
+        client: "future".into(),
+        agent: "a".into(),
+    }))
+    .await;
+    match raw.recv().await {
+        Some(ServerFrame::Error(err)) => {
+            assert_eq!(err.code, ErrorCode::VersionMismatch);
+            assert!(err.message.contains("version 99"), "{}", err.message);
+        }
+        other => panic!("expected VersionMismatch, got {other:?}"),
+    }
+    raw.expect_closed().await;
+
+    // A future Hello whose layout this build cannot decode at all.
+    let mut raw = daemon.raw().await;
+    let mut body = 0u32.to_le_bytes().to_vec();
+    body.extend_from_slice(&2u16.to_le_bytes());
+    body.extend_from_slice(&[0xEE; 5]);
+    raw.send_body(body).await;
+    match raw.recv().await {
+        Some(ServerFrame::Error(err)) => assert_eq!(err.code, ErrorCode::VersionMismatch),
+        other => panic!("expected VersionMismatch, got {other:?}"),
+    }
+    raw.expect_closed().await;
+}
+
+#[tokio::test]
+async fn requests_before_the_handshake_are_refused() {
+    let daemon = Daemon::start("");
+    let mut raw = daemon.raw().await;
+    raw.send(&ClientFrame::Request(Envelope {
+        id: 1,
+        request: Request::Ping,
+    }))
+    .await;
+    match raw.recv().await {
+        Some(ServerFrame::Error(err)) => assert_eq!(err.code, ErrorCode::HandshakeRequired),
+        other => panic!("expected HandshakeRequired, got {other:?}"),
+    }
+    raw.expect_closed().await;
+}
+
+#[tokio::test]
+async fn an_unknown_request_kind_is_answered_and_the_connection_goes_on() {
+    let daemon = Daemon::start("");
+    let mut raw = daemon.raw().await;
+    raw.hello("newer-client").await;
+    let mut body = encode(&ClientFrame::Request(Envelope {
+        id: 41,
+        request: Request::Ping,
+    }))
+    .unwrap();
+    body[12..16].copy_from_slice(&200u32.to_le_bytes());
+    raw.send_body(body).await;
+    match raw.recv().await {
+        Some(ServerFrame::Reply(reply)) => {
+            assert_eq!(reply.id, 41);
+            assert_eq!(error_code(&reply.response), Some(ErrorCode::UnknownRequest));
+        }
+        other => panic!("expected an UnknownRequest reply, got {other:?}"),
+    }
+    raw.send(&ClientFrame::Request(Envelope {
+        id: 42,
+        request: Request::Ping,
+    }))
+    .await;
+    assert!(
+        matches!(raw.recv().await, Some(ServerFrame::Reply(r)) if r.id == 42 && matches!(r.response, Response::Pong(_)))
+    );
+}
+
+#[tokio::test]
+async fn invalid_arguments_are_typed_errors_that_change_nothing() {
+    let daemon =
+        Daemon::start("[[rate_limits]]\nname = \"one\"\nrate = 1\nper = \"1h\"\nburst = 1\n");
+    let mut client = daemon.client("a").await;
+    let bad = [
+        Request::Admit(AdmitRequest {
+            agent: None,
+            service: "openai".into(),
+            units: 0,
+            ..Default::default()
+        }),
+        Request::Admit(AdmitRequest {
+            agent: None,
+            service: String::new(),
+            units: 1,
+            ..Default::default()
+        }),
+        Request::Admit(AdmitRequest {
+            agent: Some("bad\nagent".into()),
+            service: "openai".into(),
+            units: 1,
+            ..Default::default()
+        }),
+        Request::Report(ReportRequest {
+            reservation: None,
+            service: None,
+            outcome: Outcome::Failure,
+            units: None,
+            latency_ms: None,
+            ..Default::default()
+        }),
+    ];
+    for request in bad {
+        let response = client.call(request.clone()).await.unwrap();
+        assert_eq!(
+            error_code(&response),
+            Some(ErrorCode::InvalidArgument),
+            "{request:?} -> {response:?}"
+        );
+    }
+    // Nothing was taken: the single cell of the bucket is still there.
+    let reply = client
+        .admit(AdmitRequest {
+            agent: None,
+            service: "openai".into(),
+            units: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(reply.allowed, "{reply:?}");
+}
+
+#[tokio::test]
+async fn unknown_services_are_refused_when_the_config_says_so() {
+    let daemon = Daemon::start("[daemon]\nallow_unknown_services = false\n[services.openai]\n");
+    let mut client = daemon.client("a").await;
+    assert!(
+        client
+            .admit(AdmitRequest {
+                agent: None,
+                service: "openai".into(),
+                units: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .allowed
+    );
+    let response = client.call(admit("opneai")).await.unwrap();
+    match response {
+        Response::Error(err) => {
+            assert_eq!(err.code, ErrorCode::UnknownService);
+            assert!(err.message.contains("[services.opneai]"), "{}", err.message);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Issue 10: a `Hello` whose agent name is far too long but whose frame still
+/// fits `MAX_HELLO_LEN` used to close the connection without the documented
+/// error frame (the message echoed the whole name and no longer fit). Error
+/// messages now repeat at most 64 characters of what a client sent.
+#[tokio::test]
+async fn a_huge_agent_name_in_the_hello_gets_the_documented_error_frame() {
+    use automation_framework::protocol::MAX_HELLO_LEN;
+    let daemon = Daemon::start("");
+    for (agent, client) in [
+        ("a".repeat(4_050), "raw"),
+        ("planner".into(), &*"c".repeat(4_050)),
+    ] {
+        let hello = ClientFrame::Hello(Hello {
+            version: automation_framework::protocol::PROTOCOL_VERSION,
+            client: client.into(),
+            agent: agent.clone(),
+        });
+        let body = encode(&hello).unwrap();
+        assert!(body.len() <= MAX_HELLO_LEN, "{} bytes", body.len());
+        let mut raw = daemon.raw().await;
+        raw.send_body(body).await;
+        match raw.recv().await {
+            Some(ServerFrame::Error(err)) => {
+                assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.message);
+                assert!(err.message.contains("4050 bytes"), "{}", err.message);
+                assert!(err.message.len() < 400, "{} bytes", err.message.len());
+            }
+            other => panic!("expected Error(InvalidArgument), got {other:?}"),
+        }
+        raw.expect_closed().await;
+    }
+}
+
+/// After the handshake, a name or key as long as a frame allows is refused with
+/// its own error, not replaced by `FrameTooLarge` because the message repeating
+/// it would not fit the reply.
+#[tokio::test]
+async fn a_huge_name_in_a_request_gets_its_own_error_not_frame_too_large() {
+    use automation_framework::protocol::{AdminRequest, QuotasRequest};
+    let daemon = Daemon::start("");
+    let mut client = daemon.client("a").await;
+    let huge = "n".repeat(1_000_000);
+    let requests = [
+        admit(&huge),
+        Request::Quotas(QuotasRequest {
+            quota: Some(huge.clone()),
+        }),
+        Request::Admin(AdminRequest::ResetBudget {
+            budget: huge.clone(),
+        }),
+        Request::Admin(AdminRequest::Refund { key: huge.clone() }),
+    ];
+    for request in requests {
+        let op = request.op();
+        match client.call(request).await.unwrap() {
+            Response::Error(err) => {
+                assert_eq!(
+                    err.code,
+                    ErrorCode::InvalidArgument,
+                    "{op}: {}",
+                    err.message
+                );
+                assert!(
+                    err.message.contains("1000000 bytes"),
+                    "{op}: {}",
+                    err.message
+                );
+                assert!(err.message.len() < 400, "{op}: {} bytes", err.message.len());
+            }
+            other => panic!("{op}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+}
+
+/// The blocking client (no async runtime of the caller's) speaks the same
+/// protocol: admit, report, pipelining and budgets from a plain thread.
+#[test]
+fn the_blocking_client_admits_reports_and_pipelines_from_a_plain_thread() {
+    use automation_framework::protocol::{AdmitRequest, Outcome, ReportRequest, Request, Response};
+    let daemon = Daemon::start("[budget]\nlimit = 5.0\n");
+    let socket = daemon.socket.clone();
+    std::thread::spawn(move || {
+        let mut client =
+            automation_framework_client::BlockingClient::connect(&socket, "plain", "test")
+                .expect("connect");
+        assert!(client.ping().unwrap().ok);
+        let admitted = client
+            .admit(AdmitRequest {
+                service: "llm".into(),
+                cost: Some(2.0),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(admitted.allowed, "{admitted:?}");
+        let reported = client
+            .report(ReportRequest {
+                reservation: admitted.reservation,
+                outcome: Outcome::Success,
+                cost: Some(1.25),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(reported.charged, Some(1.25));
+        let ids: Vec<u64> = (0..8)
+            .map(|_| client.send(Request::Ping).unwrap())
+            .collect();
+        for id in ids {
+            let reply = client.recv().unwrap();
+            assert_eq!(reply.id, id);
+            assert!(matches!(reply.response, Response::Pong(_)));
+        }
+        assert_eq!(client.budget(None).unwrap().spent, 1.25);
+    })
+    .join()
+    .expect("the blocking client's thread");
+    tokio::runtime::Runtime::new()
+        .expect("a runtime for the ledger check")
+        .block_on(daemon.assert_memory_matches_ledger());
+}

@@ -1,0 +1,135 @@
+//! Config reload through the real daemon: SIGHUP and `automation-framework reload`
+//! re-read the file it was started with; unchanged guards keep their state and a
+//! bad file leaves the old config in force.
+
+use automation_framework::protocol::{AdmitReply, AdmitRequest, GuardKind};
+use automation_framework_client::Client;
+
+use crate::util::Daemon;
+
+const TIGHT_S: &str =
+    "[[rate_limits]]\nname = \"tight\"\nservices = [\"s\"]\nrate = 1\nper = \"1h\"\nburst = 1\n";
+
+async fn admit(client: &mut Client, service: &str) -> AdmitReply {
+    client
+        .admit(AdmitRequest {
+            agent: None,
+            service: service.into(),
+            units: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("admit answered")
+}
+
+#[tokio::test]
+async fn sighup_applies_a_new_rate_limit_and_an_open_breaker_stays_open() {
+    let daemon = Daemon::start("");
+    let mut client = daemon.client("a").await;
+    crate::util::fail_five(&mut client, "flaky").await;
+    assert_eq!(
+        admit(&mut client, "flaky").await.guard,
+        Some(GuardKind::Breaker)
+    );
+    assert!(admit(&mut client, "s").await.allowed);
+    assert!(admit(&mut client, "s").await.allowed, "no limit on s yet");
+
+    daemon.write_config(TIGHT_S);
+    let log = daemon.sighup_and_wait();
+    assert!(log.contains("configuration reloaded from"), "{log}");
+
+    let reply = admit(&mut client, "flaky").await;
+    assert!(!reply.allowed, "the breaker is still open: {reply:?}");
+    assert_eq!(reply.guard, Some(GuardKind::Breaker));
+    assert!(admit(&mut client, "s").await.allowed);
+    let reply = admit(&mut client, "s").await;
+    assert_eq!(
+        reply.guard,
+        Some(GuardKind::Rate),
+        "the new limit: {reply:?}"
+    );
+    assert_eq!(reply.rule.as_deref(), Some("tight"));
+}
+
+#[tokio::test]
+async fn a_broken_config_is_refused_and_the_old_one_stays_in_force() {
+    let daemon = Daemon::start(TIGHT_S);
+    let mut client = daemon.client("a").await;
+    assert!(admit(&mut client, "s").await.allowed);
+
+    daemon.write_config(&TIGHT_S.replace("burst = 1", "burts = 100"));
+    let log = daemon.sighup_and_wait();
+    assert!(
+        log.contains("the old configuration stays in force") && log.contains("burts"),
+        "the error names the key: {log}"
+    );
+    let reply = admit(&mut client, "s").await;
+    assert_eq!(
+        reply.guard,
+        Some(GuardKind::Rate),
+        "the old limit: {reply:?}"
+    );
+
+    // The daemon still serves, and a fixed file applies.
+    daemon.write_config(&TIGHT_S.replace("burst = 1", "burst = 3"));
+    let log = daemon.sighup_and_wait();
+    assert!(log.contains("rate limits 0 kept, 1 new"), "{log}");
+    assert!(admit(&mut client, "s").await.allowed);
+}
+
+#[tokio::test]
+async fn the_cli_reload_reports_what_it_did_and_exits_2_on_a_bad_file() {
+    // The test runs as the daemon's own uid, which is always an admin.
+    let daemon = Daemon::start(TIGHT_S);
+    daemon.write_config(&format!("{TIGHT_S}[daemon]\nmax_connections = 7\n"));
+    let out = daemon.cli().arg("reload").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout} {}", daemon.log());
+    assert!(
+        stdout.contains("configuration reloaded: rate limits 1 kept, 0 new"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("restart only: daemon.max_connections"),
+        "{stdout}"
+    );
+
+    daemon.write_config("[budget.agents.x]\nlimit = 5.0\n");
+    let out = daemon.cli().arg("reload").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("budget.agents.x added")
+            && stderr.contains("old configuration stays in force"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_session_op_reload_answers_ok_and_a_message() {
+    use std::io::Write;
+    let daemon = Daemon::start(TIGHT_S);
+    let mut child = daemon
+        .cli()
+        .arg("session")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, r#"{{"op":"reload","id":"r1"}}"#).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["op"], "reload");
+    assert_eq!(reply["id"], "r1");
+    assert_eq!(reply["ok"], true);
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("rate limits 1 kept"),
+        "{reply}"
+    );
+}

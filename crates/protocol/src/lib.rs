@@ -1,0 +1,21 @@
+//! The wire protocol shared by the daemon, the Rust client, the CLI and (later) the
+//! Python bindings: frame limits, the bincode configuration, and the message types.
+//!
+//! Serializing and deserializing messages is implemented here and nowhere else. Nothing
+//! in this module does I/O or knows what a guard is; `docs/PROTOCOL.md` is the
+//! language-neutral description of the same bytes.
+
+pub mod frame;
+pub mod handshake;
+pub mod message;
+pub mod names;
+pub mod paths;
+
+/// bincode's error, as the encoding functions return it (a frame too large for its
+/// limit is `EncodeErrorKind::SizeLimit`).
+pub use bincode::{Error as EncodeError, ErrorKind as EncodeErrorKind};
+pub use frame::{
+    decode, decode_client_frame, encode, encoded_len, length_codec, DecodeError, MAX_FRAME_LEN,
+};
+pub use handshake::{Hello, PeerIdentity, Welcome, MAX_HELLO_LEN, PROTOCOL_VERSION};
+pub use message::*;

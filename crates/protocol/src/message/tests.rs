@@ -1,0 +1,558 @@
+//! Property tests: every message round-trips through the real codec (length prefix
+//! included), and the wire constants agree with the enums.
+
+use bytes::BytesMut;
+use proptest::prelude::*;
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::*;
+use crate::frame::{decode, decode_client_frame, encode, length_codec};
+
+/// Encodes `message` into a length-delimited frame and decodes it back.
+fn through_codec<T>(message: &T) -> T
+where
+    T: Serialize + serde::de::DeserializeOwned,
+{
+    let body = encode(message).expect("message fits in a frame");
+    let mut codec = length_codec();
+    let mut wire = BytesMut::new();
+    codec
+        .encode(bytes::Bytes::from(body), &mut wire)
+        .expect("frame encodes");
+    let frame = codec
+        .decode(&mut wire)
+        .expect("frame decodes")
+        .expect("frame complete");
+    assert!(wire.is_empty(), "codec left bytes behind");
+    decode(&frame).expect("message decodes")
+}
+
+proptest! {
+    // Collections of up to 16 elements: nested vectors (a batch of breaker lists)
+    // otherwise make each case megabytes large and the suite slow in debug builds,
+    // without exercising any encoding path the smaller cases do not.
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        max_default_size_range: 16,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn client_frames_round_trip(frame in any::<ClientFrame>()) {
+        prop_assert_eq!(through_codec(&frame), frame);
+    }
+
+    #[test]
+    fn responses_round_trip(response in any::<Response>()) {
+        prop_assert_eq!(through_codec(&response), response);
+    }
+
+    #[test]
+    fn requests_round_trip_through_json(request in any::<Request>()) {
+        // The session's JSON form of the inner request structs must also round-trip.
+        match &request {
+            Request::Admit(a) => {
+                let back: AdmitRequest = serde_json::from_value(serde_json::to_value(a).unwrap()).unwrap();
+                prop_assert_eq!(&back, a);
+            }
+            Request::Report(r) => {
+                let back: ReportRequest = serde_json::from_value(serde_json::to_value(r).unwrap()).unwrap();
+                prop_assert_eq!(&back, r);
+            }
+            Request::ForceBreaker(f) => {
+                let back: ForceBreakerRequest = serde_json::from_value(serde_json::to_value(f).unwrap()).unwrap();
+                prop_assert_eq!(&back, f);
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn any_truncation_is_malformed_not_a_panic(frame in any::<ClientFrame>(), cut in 0usize..64) {
+        let body = encode(&frame).unwrap();
+        let cut = cut.min(body.len().saturating_sub(1));
+        prop_assert!(decode_client_frame(&body[..cut]).is_err());
+    }
+
+    #[test]
+    fn random_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode_client_frame(&body);
+    }
+}
+
+proptest! {
+    // Server frames nest the deepest (a batch of replies, each a list of breakers or
+    // votes); every reply kind is already covered by `responses_round_trip`, so fewer
+    // cases suffice here to cover the frame variants.
+    #![proptest_config(ProptestConfig {
+        cases: 32,
+        max_default_size_range: 4,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn server_frames_round_trip(frame in any::<ServerFrame>()) {
+        prop_assert_eq!(through_codec(&frame), frame);
+    }
+}
+
+#[test]
+fn kind_count_matches_the_enum() {
+    let last = encode(&Request::Reload).unwrap();
+    let index = u32::from_le_bytes(last[0..4].try_into().unwrap());
+    assert_eq!(index + 1, Request::KIND_COUNT);
+}
+
+#[test]
+fn request_variant_constant_matches_the_enum() {
+    let body = encode(&ClientFrame::Request(Envelope {
+        id: 0,
+        request: Request::Ping,
+    }))
+    .unwrap();
+    assert_eq!(
+        u32::from_le_bytes(body[0..4].try_into().unwrap()),
+        ClientFrame::REQUEST_VARIANT
+    );
+}
+
+/// The documented byte layout in docs/PROTOCOL.md, checked byte for byte.
+#[test]
+fn hello_bytes_match_the_documented_layout() {
+    let body = encode(&ClientFrame::Hello(crate::Hello {
+        version: 1,
+        client: "c".into(),
+        agent: "ab".into(),
+    }))
+    .unwrap();
+    let expected: Vec<u8> = [
+        &0u32.to_le_bytes()[..], // ClientFrame::Hello
+        &1u16.to_le_bytes()[..], // version
+        &1u64.to_le_bytes()[..], // client length
+        b"c",
+        &2u64.to_le_bytes()[..], // agent length
+        b"ab",
+    ]
+    .concat();
+    assert_eq!(body, expected);
+    assert_eq!(crate::handshake::peek_hello_version(&body), Some(1));
+}
+
+#[test]
+fn admit_json_defaults_and_rejects_typos() {
+    let admit: AdmitRequest = serde_json::from_str(r#"{"service":"openai"}"#).unwrap();
+    assert_eq!(admit.units, 1);
+    assert_eq!(admit.agent, None);
+    let err = serde_json::from_str::<AdmitRequest>(r#"{"service":"openai","unit":3}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `unit`"), "{err}");
+}
+
+/// docs/PROTOCOL.md is what a client in another language is written from (issue
+/// 10 found it saying unknown kinds start at 9 while `Reload` is 9): its tables of
+/// variant indexes and struct fields, and the numbers it states, are the code's.
+mod the_document {
+    use std::collections::BTreeMap;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::{Hello, PeerIdentity, Welcome, MAX_FRAME_LEN, MAX_HELLO_LEN};
+
+    const DOC: &str = include_str!("../../../../docs/PROTOCOL.md");
+
+    /// The rows (cells, without the header) of the table that follows the line
+    /// `heading` within a few lines.
+    fn table_after(heading: &str) -> Vec<Vec<String>> {
+        let at = DOC
+            .lines()
+            .position(|line| line == heading)
+            .unwrap_or_else(|| panic!("docs/PROTOCOL.md has no line {heading:?}"));
+        let rest: Vec<&str> = DOC.lines().skip(at + 1).collect();
+        let start = rest
+            .iter()
+            .position(|line| line.starts_with('|'))
+            .filter(|&gap| gap <= 3)
+            .unwrap_or_else(|| panic!("no table right after {heading:?}"));
+        rest[start..]
+            .iter()
+            .take_while(|line| line.starts_with('|'))
+            .skip(2)
+            .map(|line| {
+                line.trim_matches('|')
+                    .split(" | ")
+                    .map(|cell| cell.trim().to_owned())
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn unquoted(cell: &str) -> &str {
+        cell.trim_matches('`')
+    }
+
+    /// `Admit` and `"admit"` and `half_open` and `HalfOpen` alike.
+    fn normalized(name: &str) -> String {
+        name.chars()
+            .filter(|c| *c != '_')
+            .flat_map(char::to_lowercase)
+            .collect()
+    }
+
+    /// The value of `T` whose encoding starts with `prefix` and is zeros after it
+    /// (empty strings and vectors, `None`, 0, `false`, variant 0), if `prefix`
+    /// starts a `T` at all: how the test reaches every variant without listing
+    /// them (a new variant is found, and must be documented).
+    fn zeroed<T: serde::de::DeserializeOwned>(prefix: &[u8]) -> Option<T> {
+        use bincode::Options;
+        let mut bytes = prefix.to_vec();
+        bytes.resize(4096, 0);
+        bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .with_little_endian()
+            .allow_trailing_bytes()
+            .deserialize(&bytes)
+            .ok()
+    }
+
+    /// Wire index → (JSON name, JSON value) of every variant of `T`.
+    fn variants<T: Serialize + serde::de::DeserializeOwned>() -> BTreeMap<u32, (String, Value)> {
+        (0u32..)
+            .map_while(|index| zeroed::<T>(&index.to_le_bytes()).map(|value| (index, value)))
+            .map(|(index, value)| {
+                let json = serde_json::to_value(&value).unwrap();
+                let name = match &json {
+                    Value::String(name) => name.clone(),
+                    Value::Object(map) => map.keys().next().unwrap().clone(),
+                    other => panic!("not an externally tagged enum: {other}"),
+                };
+                (index, (name, json))
+            })
+            .collect()
+    }
+
+    /// The enum's table lists exactly its variants at their wire indexes; where
+    /// the table has a JSON column, the JSON spelling too; where it lists a
+    /// variant's fields, those in order.
+    fn enum_matches<T: Serialize + serde::de::DeserializeOwned>(heading: &str) -> usize {
+        let code = variants::<T>();
+        let rows = table_after(heading);
+        let doc: BTreeMap<u32, &Vec<String>> = rows
+            .iter()
+            .map(|row| (row[0].parse().expect("an index"), row))
+            .collect();
+        assert_eq!(
+            doc.keys().collect::<Vec<_>>(),
+            code.keys().collect::<Vec<_>>(),
+            "the indexes of {heading:?}"
+        );
+        for (index, (name, json)) in &code {
+            let row = doc[index];
+            assert_eq!(
+                normalized(unquoted(&row[1])),
+                normalized(name),
+                "{heading:?} index {index}"
+            );
+            if let Some(spelled) = row.get(2).filter(|cell| cell.starts_with("`\"")) {
+                let spelled = spelled.split(' ').next().unwrap();
+                assert_eq!(unquoted(spelled), json.to_string(), "{heading:?} {name}");
+            }
+            if let (Some(fields), Value::Object(map)) = (row.get(2), json) {
+                if fields.contains(": ") {
+                    let keys: Vec<&String> = map[name].as_object().unwrap().keys().collect();
+                    assert_eq!(field_names(fields), keys, "{heading:?} {name}");
+                }
+            }
+        }
+        code.len()
+    }
+
+    /// "`budget: String`, `limit: f64`" → ["budget", "limit"].
+    fn field_names(cell: &str) -> Vec<&str> {
+        cell.split(", ")
+            .map(|field| unquoted(field).split(':').next().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn enum_tables_match_the_code() {
+        enum_matches::<ClientFrame>("`ClientFrame` (client → daemon):");
+        enum_matches::<ServerFrame>("`ServerFrame` (daemon → client):");
+        let kinds = enum_matches::<Request>("`Request`:");
+        assert_eq!(kinds, Request::KIND_COUNT as usize);
+        enum_matches::<Response>(
+            "`Response` (note that `Error` keeps index 5; the kinds added after it follow it):",
+        );
+        enum_matches::<AdminRequest>(
+            "`AdminRequest` is an enum whose variants carry named fields; each is encoded as",
+        );
+        enum_matches::<GuardKind>("`GuardKind`:");
+        enum_matches::<Outcome>("`Outcome`:");
+        enum_matches::<BreakerState>("`BreakerState`:");
+        enum_matches::<BreakerForce>(
+            "`BreakerForce` (the operator's override in `ForceBreakerRequest`):",
+        );
+        enum_matches::<Health>("`Health`:");
+        enum_matches::<ErrorCode>("`ErrorCode`:");
+    }
+
+    #[test]
+    fn struct_tables_list_the_fields_in_wire_order() {
+        // Every "| `Struct` | `field: Type`, … |" row of section 5.
+        let rows: BTreeMap<&str, Vec<&str>> = DOC
+            .lines()
+            .skip_while(|line| !line.starts_with("## 5. "))
+            .take_while(|line| !line.starts_with("## 6. "))
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.trim_matches('|').split(" | ").collect();
+                let (name, fields) = (cells.first()?.trim(), cells.get(1)?.trim());
+                (cells.len() == 2 && name.starts_with('`') && fields.contains(": "))
+                    .then(|| (unquoted(name), field_names(fields)))
+            })
+            .collect();
+        let mut checked = Vec::new();
+        macro_rules! check {
+            ($($ty:ident),* $(,)?) => {$(
+                let value = zeroed::<$ty>(&[]).expect("zeros are a value");
+                let json = serde_json::to_value(&value).unwrap();
+                let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+                let documented = rows
+                    .get(stringify!($ty))
+                    .unwrap_or_else(|| panic!("docs/PROTOCOL.md has no row for {}", stringify!($ty)));
+                assert_eq!(documented, &keys, "{}", stringify!($ty));
+                checked.push(stringify!($ty));
+            )*};
+        }
+        check!(
+            Hello,
+            Welcome,
+            PeerIdentity,
+            Envelope,
+            ReplyEnvelope,
+            Pong,
+            AdmitRequest,
+            AdmitReply,
+            Vote,
+            ReportRequest,
+            ReportReply,
+            BreakersRequest,
+            BreakersReply,
+            BreakerInfo,
+            BudgetRequest,
+            BudgetReply,
+            BudgetInfo,
+            QuotasRequest,
+            QuotasReply,
+            QuotaInfo,
+            AdminReply,
+            ForceBreakerRequest,
+            ReloadReply,
+            StatusReport,
+            BreakerCounts,
+            ErrorReply,
+        );
+        let documented: Vec<&str> = rows.keys().copied().collect();
+        checked.sort_unstable();
+        assert_eq!(
+            documented, checked,
+            "a documented struct the test does not know"
+        );
+    }
+
+    #[test]
+    fn stated_numbers_are_the_code_s() {
+        let kinds = Request::KIND_COUNT;
+        for stated in [
+            format!("index ≥ {kinds} for this daemon, `Request::KIND_COUNT`"),
+            format!("`Request::KIND_COUNT` = {kinds}: an index ≥ {kinds}"),
+            format!("`Reload` is index {}", Request::Reload.kind()),
+            format!(
+                "`MAX_FRAME_LEN` = 1 MiB = **{}** bytes",
+                thousands(MAX_FRAME_LEN)
+            ),
+            format!("`MAX_HELLO_LEN` = **{}**", thousands(MAX_HELLO_LEN)),
+            // version, two strings of at most MAX_NAME_LEN, variant index
+            format!(
+                "is at most {} bytes",
+                4 + 2 + 2 * (8 + crate::names::MAX_NAME_LEN)
+            ),
+            format!("at most its first {} characters", crate::names::SHOWN_CHARS),
+        ] {
+            assert!(
+                DOC.contains(&stated),
+                "docs/PROTOCOL.md should say {stated:?}"
+            );
+        }
+        // "### 6.3 `Admit` (2): …": each request's section names its index.
+        for line in DOC.lines().filter(|l| l.starts_with("### 6.")) {
+            let name = line.split('`').nth(1).unwrap();
+            let index: usize = line.split(['(', ')']).nth(1).unwrap().parse().unwrap();
+            let op = &Request::OPS[index];
+            assert_eq!(normalized(name), normalized(op), "{line}");
+        }
+    }
+
+    /// The bytes of the first code block after the line that starts with
+    /// `marker`: on each line, the leading two-digit hex tokens.
+    fn block_after(marker: &str) -> Vec<u8> {
+        DOC.lines()
+            .skip_while(|line| !line.starts_with(marker))
+            .skip_while(|line| !line.starts_with("```"))
+            .skip(1)
+            .take_while(|line| !line.starts_with("```"))
+            .flat_map(|line| {
+                line.split_whitespace()
+                    .take_while(|t| t.len() == 2 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .map(|t| u8::from_str_radix(t, 16).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn framed<T: Serialize>(message: &T) -> Vec<u8> {
+        let body = encode(message).unwrap();
+        [&u32::try_from(body.len()).unwrap().to_be_bytes()[..], &body].concat()
+    }
+
+    /// Section 9's byte dumps are what the code encodes (the reply dump with
+    /// elided strings is left out).
+    #[test]
+    fn worked_examples_are_the_encoded_bytes() {
+        use crate::Outcome;
+        let examples: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "### 9.2",
+                framed(&ClientFrame::Request(Envelope {
+                    id: 7,
+                    request: Request::Ping,
+                })),
+            ),
+            (
+                "`Welcome { version: 1,",
+                framed(&ServerFrame::Welcome(Welcome {
+                    version: 1,
+                    server: "0.1.0".into(),
+                    session: 1,
+                    peer: PeerIdentity {
+                        uid: 1000,
+                        gid: 1000,
+                        pid: 4242,
+                    },
+                })),
+            ),
+            (
+                "`Reply { id: 7, response: Pong",
+                framed(&ServerFrame::Reply(ReplyEnvelope {
+                    id: 7,
+                    response: Response::Pong(Pong {
+                        ok: true,
+                        version: "0.1.0".into(),
+                        session: 1,
+                        agent: "ab".into(),
+                    }),
+                })),
+            ),
+            (
+                "`Error(ErrorReply { code: VersionMismatch",
+                framed(&ServerFrame::Error(ErrorReply::new(
+                    ErrorCode::VersionMismatch,
+                    "x",
+                ))),
+            ),
+            (
+                "`Request(Envelope { id: 8, request: Admit(",
+                framed(&ClientFrame::Request(Envelope {
+                    id: 8,
+                    request: Request::Admit(AdmitRequest {
+                        agent: None,
+                        service: "openai".into(),
+                        units: 1200,
+                        cost: Some(0.02),
+                        model: Some("gpt-4o".into()),
+                        input_units: 1000,
+                        output_units: 200,
+                    }),
+                })),
+            ),
+            (
+                "`Request(Envelope { id: 9, request: Report(",
+                framed(&ClientFrame::Request(Envelope {
+                    id: 9,
+                    request: Request::Report(ReportRequest {
+                        reservation: Some((1 << 32) | 1),
+                        outcome: Outcome::Success,
+                        latency_ms: Some(840),
+                        cost: Some(0.017),
+                        ..ReportRequest::default()
+                    }),
+                })),
+            ),
+            (
+                "### 9.5 A batch",
+                framed(&ClientFrame::Batch(vec![
+                    Envelope {
+                        id: 1,
+                        request: Request::Ping,
+                    },
+                    Envelope {
+                        id: 2,
+                        request: Request::Status,
+                    },
+                ])),
+            ),
+        ];
+        for (marker, expected) in examples {
+            assert_eq!(block_after(marker), expected, "the bytes after {marker:?}");
+        }
+        // Written inline, in groups: compared without the spaces.
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let squeezed: String = DOC.split_whitespace().collect();
+        let report_reply = |duplicate: bool| {
+            encode(&ServerFrame::Reply(ReplyEnvelope {
+                id: 9,
+                response: Response::Report(ReportReply {
+                    ok: true,
+                    duplicate,
+                    breaker: (!duplicate).then_some(BreakerState::Closed),
+                    charged: (!duplicate).then_some(0.017),
+                }),
+            }))
+            .unwrap()
+        };
+        for inline in [
+            framed(&ClientFrame::Request(Envelope {
+                id: 10,
+                request: Request::Budget(BudgetRequest { agent: None }),
+            })),
+            report_reply(false),
+            report_reply(true),
+        ] {
+            let text = format!("`{}`", hex(&inline));
+            assert!(
+                squeezed.contains(&text),
+                "docs/PROTOCOL.md should show {text}"
+            );
+        }
+        let refund = framed(&ClientFrame::Request(Envelope {
+            id: 11,
+            request: Request::Admin(AdminRequest::Refund {
+                key: "reservation:4294967297".into(),
+            }),
+        }));
+        let marker = "`Request(Envelope { id: 10, request: Budget(";
+        assert_eq!(block_after(marker), refund, "the Refund block");
+    }
+
+    fn thousands(n: usize) -> String {
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    }
+}
