@@ -404,7 +404,9 @@ impl<'a> Resolver<'_, 'a> {
                 next = self.skip_to_close(after + 2)?;
             }
             // __import__("m"), require("m")
-            "__import__" | "require" if self.is_punct(open, b'(') => {
+            "__import__" | "require"
+                if self.is_punct(open, b'(') && matches!(self.tok(open + 1), Some(Tok::Str(_))) =>
+            {
                 let Some(Tok::Str(module)) = self.tok(open + 1) else {
                     return None;
                 };

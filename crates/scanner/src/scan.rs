@@ -164,14 +164,21 @@ impl Scanner {
     }
 }
 
+/// A match before it is located and checked against inline allows.
+struct Hit {
+    rule_idx: usize,
+    /// Byte range of the match (for a secret: of the secret itself).
+    range: Range<usize>,
+    excerpt: String,
+}
+
 /// One scan of one text.
 struct Scan<'s, 't> {
     scanner: &'s Scanner,
     lang: Lang,
     text: &'t str,
     lexed: Option<Lexed>,
-    /// (rule index, byte offset of the match, excerpt)
-    hits: Vec<(usize, usize, String)>,
+    hits: Vec<Hit>,
 }
 
 // === impl Scan ===
@@ -273,7 +280,13 @@ impl<'s, 't> Scan<'s, 't> {
                         whole.as_str(),
                         secret_range.start - whole.start()..secret_range.end - whole.start(),
                     );
-                    self.hits.push((rule_idx, start, shown));
+                    let secret_at =
+                        range.start + secret_range.start..range.start + secret_range.end;
+                    self.hits.push(Hit {
+                        rule_idx,
+                        range: secret_at,
+                        excerpt: shown,
+                    });
                 }
             } else {
                 for found in rule.pattern.find_iter(haystack) {
@@ -290,7 +303,11 @@ impl<'s, 't> Scan<'s, 't> {
                     if rule.kind == Kind::Secret && !looks_secret(rule, found.as_str()) {
                         continue;
                     }
-                    self.hits.push((rule_idx, start, shown));
+                    self.hits.push(Hit {
+                        rule_idx,
+                        range: start..range.start + found.end(),
+                        excerpt: shown,
+                    });
                 }
             }
         }
@@ -333,7 +350,11 @@ impl<'s, 't> Scan<'s, 't> {
                 if self.scanner.is_allowed(rule, source) {
                     continue;
                 }
-                self.hits.push((rule_idx, call.pos, excerpt(source)));
+                self.hits.push(Hit {
+                    rule_idx,
+                    range: call.pos..call.end,
+                    excerpt: excerpt(source),
+                });
             }
         }
     }
@@ -344,13 +365,40 @@ impl<'s, 't> Scan<'s, 't> {
         if self.hits.is_empty() {
             return Vec::new();
         }
-        self.hits.sort_by_key(|hit| (hit.1, hit.0));
-        self.hits.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
-        let allowed = self.inline_allows();
         let rules = &self.scanner.rules.rules;
+        self.hits.sort_by_key(|hit| (hit.range.start, hit.rule_idx));
+        self.hits
+            .dedup_by(|a, b| a.rule_idx == b.rule_idx && a.range.start == b.range.start);
+        // One secret, one finding: where secret rules overlap (a provider's
+        // key assigned to `api_key = "…"` also fits the generic rule), the
+        // most severe rule wins, then the first in the set.
+        let secret_hits: Vec<(usize, Range<usize>, usize)> = self
+            .hits
+            .iter()
+            .enumerate()
+            .filter(|(_, hit)| rules[hit.rule_idx].kind == Kind::Secret)
+            .map(|(idx, hit)| (idx, hit.range.clone(), hit.rule_idx))
+            .collect();
+        let mut shadowed = vec![false; self.hits.len()];
+        for (idx, range, rule_idx) in &secret_hits {
+            for (other_idx, other_range, other_rule) in &secret_hits {
+                let overlaps = range.start < other_range.end && other_range.start < range.end;
+                let outranked = (rules[*other_rule].severity, std::cmp::Reverse(*other_rule))
+                    > (rules[*rule_idx].severity, std::cmp::Reverse(*rule_idx));
+                if idx != other_idx && overlaps && outranked {
+                    shadowed[*idx] = true;
+                }
+            }
+        }
+        let allowed = self.inline_allows();
         let line_starts = line_starts(self.text.as_bytes());
         let mut findings = Vec::with_capacity(self.hits.len());
-        for (rule_idx, pos, shown) in std::mem::take(&mut self.hits) {
+        let hits = std::mem::take(&mut self.hits);
+        for (hit, shadowed) in hits.into_iter().zip(shadowed) {
+            if shadowed {
+                continue;
+            }
+            let (rule_idx, pos, shown) = (hit.rule_idx, hit.range.start, hit.excerpt);
             let rule = &rules[rule_idx];
             let line_idx = line_starts.partition_point(|&start| start <= pos) - 1;
             if allowed.iter().any(|(line, ids)| {
@@ -416,8 +464,7 @@ fn looks_secret(rule: &Rule, secret_text: &str) -> bool {
     {
         return false;
     }
-    rule
-        .min_char_classes
+    rule.min_char_classes
         .is_none_or(|min| secret::char_classes(secret_text) >= min)
 }
 

@@ -22,7 +22,9 @@ pub fn entropy(value: &str) -> f64 {
         .sum()
 }
 
-/// How many of lower case, upper case, digits and other characters `value` uses.
+/// How many of lower case, upper case, digits and symbols `value` uses. The
+/// separators of names and paths (`-_./:`) are not symbols, so `prod/db/creds`
+/// and `my-app-name` count one class, like the identifiers they are.
 pub fn char_classes(value: &str) -> u8 {
     let mut classes = [false; 4];
     for ch in value.chars() {
@@ -32,6 +34,8 @@ pub fn char_classes(value: &str) -> u8 {
             1
         } else if ch.is_ascii_digit() {
             2
+        } else if "-_./:".contains(ch) {
+            continue;
         } else {
             3
         };
@@ -104,6 +108,7 @@ pub fn is_placeholder(value: &str) -> bool {
     if PLACEHOLDER_VALUES.contains(&lower.as_str())
         || PLACEHOLDER_WORDS.iter().any(|word| lower.contains(word))
         || lower.starts_with('$')
+        || (lower.starts_with('{') && lower.ends_with('}'))
         || (lower.starts_with('%') && lower.ends_with('%'))
         || lower.contains("12345678")
         || lower.contains("abcdefgh")
@@ -193,6 +198,7 @@ mod tests {
     fn classes() {
         assert_eq!(char_classes("abc"), 1);
         assert_eq!(char_classes("aB3!"), 4);
-        assert_eq!(char_classes("hello-world"), 2);
+        assert_eq!(char_classes("hello-world"), 1);
+        assert_eq!(char_classes("prod/db/creds"), 1);
     }
 }
