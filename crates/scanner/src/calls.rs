@@ -57,14 +57,22 @@ struct Token<'a> {
     end: usize,
 }
 
-/// Every call in the code regions of `text`.
-pub fn find_calls(lang: Lang, text: &str, lexed: &Lexed) -> Vec<Call> {
+/// Every call in the code regions of `text` whose resolved name passes
+/// `wanted` (the scanner passes "some call rule matches it", so the arguments
+/// of the other calls are never rendered).
+pub fn find_calls(
+    lang: Lang,
+    text: &str,
+    lexed: &Lexed,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Vec<Call> {
     let tokens = tokenize(lang, text, lexed);
     let mut resolver = Resolver {
         lang,
         tokens: &tokens,
         aliases: HashMap::new(),
         star_modules: Vec::new(),
+        wanted,
     };
     resolver.collect_aliases();
     let mut calls = Vec::new();
@@ -144,6 +152,7 @@ struct Resolver<'t, 'a> {
     aliases: HashMap<&'a str, Vec<String>>,
     /// Modules imported with `from m import *` (Python).
     star_modules: Vec<String>,
+    wanted: &'t dyn Fn(&str) -> bool,
 }
 
 // === impl Resolver ===
@@ -347,6 +356,9 @@ impl<'a> Resolver<'_, 'a> {
         if !self.is_punct(idx + 1, b'=') || self.is_punct(idx + 2, b'=') {
             return;
         }
+        if !self.may_be_alias(idx + 2) {
+            return;
+        }
         let Some((path, next)) = self.reference(idx + 2) else {
             return;
         };
@@ -514,6 +526,9 @@ impl<'a> Resolver<'_, 'a> {
                 _ => {}
             }
         }
+        if !self.may_be_call(idx) {
+            return;
+        }
         let new = idx > 0 && self.tok(idx - 1) == Some(Tok::Ident("new"));
         let Some((path, next)) = self.reference(idx) else {
             return;
@@ -537,6 +552,43 @@ impl<'a> Resolver<'_, 'a> {
         }
     }
 
+    /// A cheap look ahead, without allocating: does a `(` follow the name at
+    /// `idx` and its `.x` / `["x"]` steps? Most identifiers are not callees,
+    /// and this keeps the resolver off them.
+    fn may_be_call(&self, idx: usize) -> bool {
+        let mut next = idx + 1;
+        loop {
+            match (self.tok(next), self.tok(next + 1), self.tok(next + 2)) {
+                (Some(Tok::Punct(b'(')), _, _) => return true,
+                (Some(Tok::Punct(b'.')), Some(Tok::Ident(_)), _) => next += 2,
+                (Some(Tok::Punct(b'[')), Some(Tok::Str(_)), Some(Tok::Punct(b']'))) => next += 3,
+                _ => return false,
+            }
+        }
+    }
+
+    /// A cheap look ahead for [`Resolver::assignment`]: is the right-hand side
+    /// at `idx` a plain reference ending the statement, or one of the
+    /// namespace functions? Keeps the resolver off ordinary assignments.
+    fn may_be_alias(&self, idx: usize) -> bool {
+        match self.tok(idx) {
+            Some(Tok::Ident(
+                "getattr" | "require" | "__import__" | "importlib" | "globals" | "vars" | "locals",
+            )) => return true,
+            Some(Tok::Ident(_)) => {}
+            _ => return false,
+        }
+        let mut next = idx + 1;
+        loop {
+            match (self.tok(next), self.tok(next + 1), self.tok(next + 2)) {
+                (None | Some(Tok::Newline | Tok::Punct(b';' | b',')), _, _) => return true,
+                (Some(Tok::Punct(b'.')), Some(Tok::Ident(_)), _) => next += 2,
+                (Some(Tok::Punct(b'[')), Some(Tok::Str(_)), Some(Tok::Punct(b']'))) => next += 3,
+                _ => return false,
+            }
+        }
+    }
+
     /// Pushes a call named each of `names`, callee at `idx`, `(` at `open`.
     fn push_calls(
         &self,
@@ -546,6 +598,14 @@ impl<'a> Resolver<'_, 'a> {
         names: Vec<String>,
         calls: &mut Vec<Call>,
     ) {
+        let names: Vec<String> = names
+            .into_iter()
+            .map(|name| if new { format!("new {name}") } else { name })
+            .filter(|name| (self.wanted)(name))
+            .collect();
+        if names.is_empty() {
+            return;
+        }
         let close = self.skip_to_close(open + 1);
         // A method definition in a JS class body (`exec(cmd) { … }`) is not a call.
         if !self.python() && close.is_some_and(|close| self.is_punct(close, b'{')) {
@@ -556,7 +616,6 @@ impl<'a> Resolver<'_, 'a> {
         let end = self.tokens[end_idx.saturating_sub(1).max(idx)].end;
         let pos = self.tokens[idx].pos;
         for name in names {
-            let name = if new { format!("new {name}") } else { name };
             calls.push(Call {
                 name,
                 pos,
@@ -616,7 +675,7 @@ mod tests {
     use crate::lex::lex;
 
     fn names(lang: Lang, text: &str) -> Vec<String> {
-        find_calls(lang, text, &lex(lang, text))
+        find_calls(lang, text, &lex(lang, text), &|_| true)
             .into_iter()
             .map(|call| call.name)
             .collect()
@@ -725,7 +784,7 @@ mod tests {
     #[test]
     fn arguments_render_strings_as_placeholders() {
         let text = "subprocess.run('shell=True', shell = True)";
-        let calls = find_calls(Lang::Python, text, &lex(Lang::Python, text));
+        let calls = find_calls(Lang::Python, text, &lex(Lang::Python, text), &|_| true);
         assert_eq!(calls[0].args, "\"…\",shell=True");
         assert_eq!(calls[0].end, text.len());
     }

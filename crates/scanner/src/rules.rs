@@ -18,7 +18,8 @@
 //!                                   # call: pattern over the resolved callee name
 //! pattern = '''acme_(?P<secret>[a-z0-9]{32})'''
 //! arguments = '''shell\s*=\s*True'''  # call rules: must match the call's arguments
-//! keywords = ["acme_"]              # pre-filter, ASCII case-insensitive
+//! keywords = ["acme_"]              # pre-filter, ASCII case-insensitive; for
+//!                                   # call rules, whole identifiers in exact case
 //! entropy = 3.5                     # secrets: bits per char of the secret part
 //! min_char_classes = 2              # secrets: of lower, upper, digit, symbol
 //! multiline = false                 # text rules: may a match cross lines?

@@ -13,7 +13,7 @@ use std::ops::Range;
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 
 use crate::calls::find_calls;
-use crate::lex::{lex, Lexed, Region};
+use crate::lex::{is_ident_byte, lex, Lexed, Region};
 use crate::rules::{ArgKind, Kind, MatchOn, Rule, RuleSet, Severity, Target, Where};
 use crate::{args, secret, Lang};
 
@@ -233,7 +233,25 @@ impl<'s, 't> Scan<'s, 't> {
         let bytes = self.text.as_bytes();
         for hit in self.scanner.keywords.find_overlapping_iter(self.text) {
             let mut line: Option<Range<usize>> = None;
+            let whole_word = || {
+                let before = hit.start().checked_sub(1).map(|idx| bytes[idx]);
+                let after = bytes.get(hit.end()).copied();
+                !before.is_some_and(is_ident_byte) && !after.is_some_and(is_ident_byte)
+            };
+            let found = &bytes[hit.range()];
             for &rule_idx in &self.scanner.keyword_rules[hit.pattern().as_usize()] {
+                // A call rule's keywords name identifiers, which are whole
+                // words in their exact case: `eval` inside `evaluate`, or
+                // `function` for `Function`, cannot make the call.
+                if rules[rule_idx].match_on == MatchOn::Call
+                    && !(whole_word()
+                        && rules[rule_idx]
+                            .keywords
+                            .iter()
+                            .any(|k| k.as_bytes() == found))
+                {
+                    continue;
+                }
                 let range = if rules[rule_idx].multiline {
                     line_start(bytes, hit.start())..bytes.len()
                 } else {
@@ -331,8 +349,13 @@ impl<'s, 't> Scan<'s, 't> {
             return;
         }
         let (lang, text) = (self.lang, self.text);
-        let calls = find_calls(lang, text, self.lexed());
         let rules = &self.scanner.rules.rules;
+        let wanted = |name: &str| {
+            call_rules
+                .iter()
+                .any(|&idx| rules[idx].pattern.is_match(name))
+        };
+        let calls = find_calls(lang, text, self.lexed(), &wanted);
         for call in &calls {
             for &rule_idx in call_rules {
                 let rule = &rules[rule_idx];
