@@ -22,6 +22,7 @@
 mod commit;
 mod engine;
 mod ledger;
+mod operator;
 mod reconfigure;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -467,6 +468,7 @@ impl Admission {
 
 pub use commit::{Durable, Pending, PendingAdmit, PendingOrphan, PendingReport};
 pub use ledger::{AdminAction, AdminKind, BudgetView, PendingAdmin, QuotaView};
+pub use operator::{BudgetGauge, Gauges, ListedQuota, QuotaListing};
 pub use reconfigure::{Reconfigured, ReloadError};
 
 // === impl Admission (budgets, quotas, admin) ===
