@@ -9,13 +9,6 @@
 //!
 //! Undo and adjust are only exact while nothing else touches the key in between; the
 //! admission layer guarantees that by running every guard under one short lock.
-//!
-//! The store is split into [`SHARDS`] tables by a hash of the key, each behind its
-//! own lock, so that a purge (a retain over every bucket, then perhaps a shrink)
-//! works one slice at a time with the lock released in between: an admission that
-//! needs a bucket meanwhile (while holding the engine lock) waits for one slice at
-//! most, not for a walk of a million-key table. A key always lives in the same
-//! shard, so GCRA stays exact for keys in use.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -102,24 +95,10 @@ pub enum RateDenial {
     Never { asked: u32, burst: u32 },
 }
 
-/// Tables of one store (a power of two). A million keys are then slices of some
-/// 16,000, which a purge retains in well under a millisecond each.
-pub const SHARDS: usize = 64;
-
 /// The keyed GCRA state: theoretical arrival time per key, in nanoseconds since the
 /// limiter's start.
 #[derive(Debug, Clone, Default)]
-pub struct RateStore(Arc<Shards>);
-
-/// The buckets, split by key.
-#[derive(Debug)]
-struct Shards {
-    /// Picks a key's shard. Seeded apart from the tables' own hashers (and of
-    /// another construction), so the keys of one shard are not alike in the hash
-    /// bits their table probes with.
-    pick: foldhash::quality::RandomState,
-    tables: [Mutex<Buckets>; SHARDS],
-}
+pub struct RateStore(Arc<Mutex<Buckets>>);
 
 /// Keys come from clients (agent names): foldhash is seeded per process, and
 /// several times cheaper than SipHash on these short keys.
@@ -136,8 +115,8 @@ const INLINE: usize = 30;
 
 /// A bucket's key as the store keeps it: inside the table when it is short (an
 /// agent or service name, or `agent\0service`, of up to 30 bytes: the usual case),
-/// on the heap otherwise. A million agents are then a few large allocations (the
-/// shards' tables) instead of a million small ones scattered among everything else the daemon
+/// on the heap otherwise. A million agents are then one allocation (the table)
+/// instead of a million small ones scattered among everything else the daemon
 /// allocated meanwhile, which glibc can give back only where whole pages are
 /// free: the table goes back to the kernel the moment a purge shrinks it. Looked
 /// up by its bytes (`Borrow<[u8]>`), so hashing and equality are those of the
@@ -297,25 +276,13 @@ impl std::fmt::Debug for RateRule {
 // === impl RateStore ===
 
 impl RateStore {
-    /// The table `key` lives in, locked.
-    fn lock(&self, key: &[u8]) -> MutexGuard<'_, Buckets> {
-        use std::hash::BuildHasher;
-        let idx = self.0.pick.hash_one(key) as usize & (SHARDS - 1);
-        lock(&self.0.tables[idx])
-    }
-
-    /// Slots the shards' tables hold, used or not.
-    #[cfg(test)]
-    fn capacity(&self) -> usize {
-        self.0
-            .tables
-            .iter()
-            .map(|table| lock(table).capacity())
-            .sum()
+    fn lock(&self) -> MutexGuard<'_, Buckets> {
+        // A panic while holding this lock cannot leave a half-written entry.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn restore(&self, key: &str, value: Option<Nanos>) {
-        let mut map = self.lock(key.as_bytes());
+        let mut map = self.lock();
         match value {
             Some(tat) => {
                 map.insert(BucketKey::new(key), tat);
@@ -328,7 +295,7 @@ impl RateStore {
 
     /// Moves a key's arrival time later (`later`) or earlier by `delta` nanoseconds.
     fn shift(&self, key: &str, delta: u64, later: bool) {
-        if let Some(tat) = self.lock(key.as_bytes()).get_mut(key.as_bytes()) {
+        if let Some(tat) = self.lock().get_mut(key.as_bytes()) {
             let value = tat.as_u64();
             let value = if later {
                 value.saturating_add(delta)
@@ -347,7 +314,7 @@ impl StateStore for RateStore {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let mut map = self.lock(key.as_bytes());
+        let mut map = self.lock();
         match map.get_mut(key.as_bytes()) {
             Some(tat) => {
                 FOUND.with(|found| found.set(Some(*tat)));
@@ -365,53 +332,31 @@ impl StateStore for RateStore {
 }
 
 impl ShrinkableKeyedStateStore<String> for RateStore {
-    /// One shard at a time, the lock released between: an admission waits for one
-    /// slice of the walk at most.
     fn retain_recent(&self, drop_below: Nanos) {
-        for table in &self.0.tables {
-            let mut map = lock(table);
-            let before = map.len();
-            map.retain(|_, tat| *tat > drop_below);
-            FORGOTTEN.fetch_add(before - map.len(), Ordering::Relaxed);
-        }
+        let mut map = self.lock();
+        let before = map.len();
+        map.retain(|_, tat| *tat > drop_below);
+        FORGOTTEN.fetch_add(before - map.len(), Ordering::Relaxed);
     }
 
-    /// Gives a shard's table back when at most a quarter of it is used: a burst of
-    /// keys leaves tables sized for the burst (33 bytes a slot) after its keys are
-    /// forgotten. A steady set of keys, which would fill them again, is left alone,
-    /// so it is not rehashed at every purge. One shard at a time, as above.
+    /// Gives the table back when at most a quarter of it is used: a burst of keys
+    /// leaves a table sized for the burst (33 bytes a slot) after its keys are
+    /// forgotten. A steady set of keys, which would fill it again, is left alone,
+    /// so it is not rehashed at every purge.
     fn shrink_to_fit(&self) {
-        for table in &self.0.tables {
-            let mut map = lock(table);
-            if map.len() <= map.capacity() / 4 {
-                map.shrink_to_fit();
-            }
+        let mut map = self.lock();
+        if map.len() <= map.capacity() / 4 {
+            map.shrink_to_fit();
         }
     }
 
     fn len(&self) -> usize {
-        self.0.tables.iter().map(|table| lock(table).len()).sum()
+        self.lock().len()
     }
 
     fn is_empty(&self) -> bool {
-        self.0.tables.iter().all(|table| lock(table).is_empty())
+        self.lock().is_empty()
     }
-}
-
-// === impl Shards ===
-
-impl Default for Shards {
-    fn default() -> Shards {
-        Shards {
-            pick: foldhash::quality::RandomState::default(),
-            tables: std::array::from_fn(|_| Mutex::default()),
-        }
-    }
-}
-
-fn lock(table: &Mutex<Buckets>) -> MutexGuard<'_, Buckets> {
-    // A panic while holding this lock cannot leave a half-written entry.
-    table.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 // === impl BucketKey ===
