@@ -1,4 +1,8 @@
-//! Metric names, their descriptions, and the scrape-time refresh of state gauges.
+//! Metric names, their descriptions, and the hot handles of the request path.
+//!
+//! A low layer: it imports nothing of the daemon's state, so anything may import
+//! it. The scrape-time refresh of the state gauges lives with the HTTP listener
+//! (`http/gauges.rs`).
 //!
 //! Names follow Prometheus conventions: one `automation_framework_` prefix,
 //! counters end in `_total`, durations are `_seconds` histograms with buckets,
@@ -11,11 +15,10 @@
 
 use std::time::Duration;
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::guard::breaker::Phase;
-use crate::state::State;
 
 pub const REQUESTS: &str = "automation_framework_requests_total";
 pub const REQUEST_DURATION: &str = "automation_framework_request_duration_seconds";
@@ -108,7 +111,7 @@ impl Hot {
 }
 
 /// Breaker states as the numbers `automation_framework_breaker_state` reports.
-const PHASES: [(Phase, &str); 6] = [
+pub const PHASES: [(Phase, &str); 6] = [
     (Phase::Closed, "closed"),
     (Phase::Open, "open"),
     (Phase::HalfOpen, "half_open"),
@@ -240,53 +243,4 @@ fn describe() {
         Unit::Count,
         "Jobs (reservations, charges, …) made durable by one group commit"
     );
-}
-
-/// Sets the state gauges from `state`; called when `/metrics` is scraped.
-pub fn refresh(state: &State) {
-    let now = state.moment();
-    for (service, snapshot) in state.admission().breakers(None, now.mono) {
-        for (phase, name) in PHASES {
-            let value = if snapshot.phase == phase { 1.0 } else { 0.0 };
-            gauge!(BREAKER_STATE, "service" => service.clone(), "state" => name).set(value);
-        }
-    }
-    for budget in state.admission().budgets(None, now) {
-        gauge!(BUDGET_SPENT, "budget" => budget.name.clone()).set(budget.spent.dollars());
-        gauge!(BUDGET_RESERVED, "budget" => budget.name.clone()).set(budget.reserved.dollars());
-        gauge!(BUDGET_LIMIT, "budget" => budget.name).set(budget.limit.dollars());
-    }
-    if let Ok(quotas) = state.admission().quotas(None, now) {
-        let mut highest: std::collections::BTreeMap<String, f64> = state
-            .config()
-            .quotas
-            .iter()
-            .map(|q| (q.name.clone(), 0.0))
-            .collect();
-        for q in quotas {
-            let ratio = if q.limit == 0 {
-                1.0
-            } else {
-                q.used as f64 / q.limit as f64
-            };
-            let entry = highest.entry(q.quota).or_insert(0.0);
-            *entry = entry.max(ratio);
-        }
-        for (quota, ratio) in highest {
-            gauge!(QUOTA_USAGE, "quota" => quota).set(ratio);
-        }
-    }
-    let (connections, agents) = state.session_counts();
-    gauge!(CONNECTIONS).set(f64::from(connections));
-    gauge!(ACTIVE_AGENTS).set(f64::from(agents));
-    gauge!(OPEN_RESERVATIONS).set(state.admission().open_reservations() as f64);
-    for limit in crate::state::Limit::ALL {
-        metrics::counter!(LIMIT_HITS, "limit" => limit.name())
-            .absolute(state.counters().get(limit));
-    }
-    gauge!(STORE_UP).set(if state.store().health().is_none() {
-        1.0
-    } else {
-        0.0
-    });
 }

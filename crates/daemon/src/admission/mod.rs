@@ -25,6 +25,7 @@
 mod commit;
 mod engine;
 mod ledger;
+mod operator;
 mod pipeline;
 mod reconfigure;
 
@@ -436,6 +437,7 @@ impl Admission {
 
 pub use commit::{Durable, Pending, PendingAdmit, PendingOrphan, PendingReport};
 pub use ledger::{AdminAction, AdminKind, BudgetView, PendingAdmin, QuotaView};
+pub use operator::{BudgetGauge, Gauges, ListedQuota, QuotaListing};
 pub use reconfigure::{Reconfigured, ReloadError};
 
 // === impl Admission (budgets, quotas, admin) ===

@@ -1,4 +1,6 @@
-//! `Status`: the daemon's health document (the body `/health` will serve).
+//! `Status`: the daemon's health document (the body `/health` serves), built from
+//! one copy of the engine's gauges (`Admission::gauges`: no walk of per-key
+//! state under the engine lock).
 
 use crate::admission::Moment;
 use crate::config::Mode;
@@ -13,8 +15,10 @@ pub(super) fn report(state: &State, now: Moment) -> StatusReport {
         half_open: 0,
     };
     let mut reasons = Vec::new();
-    for (service, snapshot) in state.admission().breakers(None, now.mono) {
-        match snapshot.phase {
+    let mut gauges = state.admission().gauges(now);
+    gauges.breakers.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (service, phase) in &gauges.breakers {
+        match phase {
             Phase::Closed | Phase::ForcedClosed | Phase::Disabled => counts.closed += 1,
             Phase::Open | Phase::ForcedOpen => {
                 counts.open += 1;
@@ -36,11 +40,7 @@ pub(super) fn report(state: &State, now: Moment) -> StatusReport {
     if let Some(failure) = &store {
         reasons.insert(0, format!("ledger store failing: {failure}"));
     }
-    let global = state
-        .admission()
-        .budgets(None, now)
-        .into_iter()
-        .find(|b| b.name == "global");
+    let global = gauges.budgets.iter().find(|b| b.name == "global");
     StatusReport {
         status,
         reasons,
@@ -52,10 +52,10 @@ pub(super) fn report(state: &State, now: Moment) -> StatusReport {
         },
         connections,
         active_agents,
-        open_reservations: state.admission().open_reservations(),
+        open_reservations: gauges.open_reservations,
         circuit_breakers: counts,
         store: store.map_or_else(|| "ok".to_owned(), |failure| format!("failing: {failure}")),
-        budget_spent: global.as_ref().map_or(0.0, |b| b.spent.dollars()),
-        budget_limit: global.as_ref().map_or(0.0, |b| b.limit.dollars()),
+        budget_spent: global.map_or(0.0, |b| b.spent.dollars()),
+        budget_limit: global.map_or(0.0, |b| b.limit.dollars()),
     }
 }

@@ -315,6 +315,10 @@ impl Budgets {
         self.by_name.keys()
     }
 
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Arc<str>, &mut Budget)> {
+        self.by_name.iter_mut()
+    }
+
     /// The budgets a call by `agent` to `service` must fit: global, the agent's,
     /// the service's (those configured).
     pub fn applicable(&self, agent: &str, service: &str) -> Vec<Arc<str>> {

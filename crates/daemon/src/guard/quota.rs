@@ -1,6 +1,11 @@
 //! Quotas: counted resources with a limit per window ("3 calls a day; the 4th is
 //! blocked"), keyed like rate limits. Counts are exact integers, so a limit of
 //! millions is exact, and a limit of 0 blocks everything.
+//!
+//! Each quota keeps its highest counter of the current window ([`Peak`]) up to
+//! date as counters change, so the operator's gauge
+//! (`automation_framework_quota_max_usage_ratio`) reads one number per quota
+//! under the engine lock instead of walking a million counters.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -30,6 +35,23 @@ pub struct QuotaRule {
     /// The quota's name, shared with every vote it casts.
     name: Arc<str>,
     counters: HashMap<String, Counter>,
+    peak: Peak,
+}
+
+/// The highest counter in one window, and how many counters stand at it.
+///
+/// A counter rising past it or reaching it is O(1) to account for; so is an
+/// exact undo (the reservation keeps the peak it found). When a counter standing
+/// at the peak falls (a refund, an admin reset) and was the last one there, the
+/// true peak is lower but unknown without a walk: `used` stays as an upper bound
+/// (`holders == 0`) until the next purge, which walks the counters anyway and
+/// sets it exactly, or until a counter reaches it again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Peak {
+    window_start: u64,
+    used: u64,
+    /// Counters of the window whose `used` equals the peak's.
+    holders: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +67,7 @@ pub struct QuotaTaken {
     pub n: u64,
     pub window_start: u64,
     before: Option<Counter>,
+    peak_before: Peak,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,6 +93,7 @@ impl QuotaRule {
             name: Arc::from(spec.name.as_str()),
             spec,
             counters: HashMap::new(),
+            peak: Peak::default(),
         }
     }
 
@@ -80,6 +104,7 @@ impl QuotaRule {
             name: Arc::from(spec.name.as_str()),
             spec,
             counters: old.counters,
+            peak: old.peak,
         }
     }
 
@@ -141,39 +166,73 @@ impl QuotaRule {
                 used: used + n,
             },
         );
+        let peak_before = self.peak;
+        self.peak.change(window_start, used, used + n);
         Ok(QuotaTaken {
             key,
             n,
             window_start,
             before,
+            peak_before,
         })
     }
 
-    /// Puts the counter back as it was before `taken`.
+    /// Puts the counter back as it was before `taken`. Only for the admission that
+    /// took it, before anything else touched this quota (the engine undoes a
+    /// denied admission under the same lock), so the peak is restored too.
     pub fn undo(&mut self, taken: &QuotaTaken) {
         match taken.before {
             Some(counter) => self.counters.insert(taken.key.clone(), counter),
             None => self.counters.remove(&taken.key),
         };
+        self.peak = taken.peak_before;
     }
 
     /// Gives `taken` back arithmetically (other admissions may have counted since).
     pub fn give_back(&mut self, taken: &QuotaTaken) {
         if let Some(counter) = self.counters.get_mut(&taken.key) {
             if counter.window_start == taken.window_start {
-                counter.used = counter.used.saturating_sub(taken.n);
+                let old = counter.used;
+                counter.used = old.saturating_sub(taken.n);
+                self.peak.change(counter.window_start, old, counter.used);
             }
         }
     }
 
     /// Loads a counter from the ledger at startup.
     pub fn restore(&mut self, key: String, counter: Counter) {
-        self.counters.insert(key, counter);
+        let old = self
+            .counters
+            .insert(key, counter)
+            .filter(|c| c.window_start == counter.window_start)
+            .map_or(0, |c| c.used);
+        self.peak.change(counter.window_start, old, counter.used);
     }
 
     /// Starts `key`'s current window over. Returns whether it had a counter.
     pub fn reset(&mut self, key: &str) -> bool {
-        self.counters.remove(key).is_some()
+        match self.counters.remove(key) {
+            Some(counter) => {
+                self.peak.change(counter.window_start, counter.used, 0);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The highest used/limit ratio among the counters of the window containing
+    /// `now`, without walking them: 0 when none counted in it yet, 1 for a limit
+    /// of 0 with counters. After a refund or an admin reset lowered the highest
+    /// counter it may read high until the next [`QuotaRule::purge`].
+    pub fn peak_ratio(&self, now: u64) -> f64 {
+        if self.peak.window_start != self.spec.window.start(now) {
+            return 0.0;
+        }
+        match self.spec.limit {
+            0 if self.counters.is_empty() => 0.0,
+            0 => 1.0,
+            limit => self.peak.used as f64 / limit as f64,
+        }
     }
 
     /// Counters of the current windows.
@@ -185,10 +244,55 @@ impl QuotaRule {
             .map(|(key, c)| (key.as_str(), c.used))
     }
 
-    /// Forgets counters of past windows.
+    /// Forgets counters of past windows, and sets the peak exactly (the walk is
+    /// there anyway).
     pub fn purge(&mut self, now: u64) {
         let start = self.spec.window.start(now);
-        self.counters.retain(|_, c| c.window_start == start);
+        let mut peak = Peak {
+            window_start: start,
+            ..Peak::default()
+        };
+        self.counters.retain(|_, c| {
+            let current = c.window_start == start;
+            if current {
+                peak.change(start, 0, c.used);
+            }
+            current
+        });
+        self.peak = peak;
+    }
+}
+
+// === impl Peak ===
+
+impl Peak {
+    /// One counter of the window starting at `window_start` went from `old` to
+    /// `new` (a counter new to the window goes from 0).
+    fn change(&mut self, window_start: u64, old: u64, new: u64) {
+        if window_start != self.window_start {
+            if window_start < self.window_start {
+                // The wall clock stepped back into an earlier window: the gauge
+                // keeps the later window's peak until the purge rebuilds it.
+                return;
+            }
+            *self = Peak {
+                window_start,
+                used: 0,
+                holders: 0,
+            };
+        }
+        if new > self.used {
+            self.used = new;
+            self.holders = 1;
+        } else if new == self.used {
+            if old != new && new > 0 {
+                self.holders += 1;
+            }
+        } else if old == self.used && self.holders > 0 {
+            // It stood at the peak and fell below; when it was the last one, the
+            // peak stays as an upper bound (see the type's doc).
+            self.holders -= 1;
+        }
     }
 }
 
@@ -409,6 +513,114 @@ mod tests {
                 limit: 3_000_000
             })
         );
+    }
+
+    /// The highest counter of the window at `now`, by walking them all.
+    fn walked(q: &QuotaRule, now: u64) -> f64 {
+        let limit = q.spec().limit as f64;
+        q.counters(now)
+            .map(|(_, used)| used as f64 / limit)
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn the_peak_follows_counters_up_and_undos_exactly() {
+        let mut q = quota(10, Period::Daily);
+        assert_eq!(q.peak_ratio(MON), 0.0);
+        q.check("a".into(), 3, MON).unwrap();
+        let b = q.check("b".into(), 3, MON).unwrap();
+        assert_eq!(q.peak_ratio(MON), 0.3);
+        let b2 = q.check("b".into(), 2, MON).unwrap();
+        assert_eq!(q.peak_ratio(MON), 0.5);
+        q.undo(&b2);
+        q.undo(&b);
+        assert_eq!(q.peak_ratio(MON), walked(&q, MON));
+        assert_eq!(
+            q.peak_ratio(MON + 86_400),
+            0.0,
+            "a new day has no counters yet"
+        );
+        q.check("c".into(), 1, MON + 86_400).unwrap();
+        assert_eq!(q.peak_ratio(MON + 86_400), 0.1);
+    }
+
+    #[test]
+    fn a_fallen_peak_reads_high_until_the_purge_walks() {
+        let mut q = quota(10, Period::Daily);
+        let a = q.check("a".into(), 6, MON).unwrap();
+        q.check("b".into(), 6, MON).unwrap();
+        q.check("c".into(), 2, MON).unwrap();
+        q.give_back(&a);
+        assert_eq!(q.peak_ratio(MON), 0.6, "b still stands at the peak");
+        assert!(q.reset("b"));
+        assert_eq!(q.peak_ratio(MON), 0.6, "an upper bound until the purge");
+        q.purge(MON);
+        assert_eq!(q.peak_ratio(MON), 0.2);
+        assert_eq!(q.peak_ratio(MON), walked(&q, MON));
+    }
+
+    #[test]
+    fn a_limit_of_zero_reads_full_once_anything_counted() {
+        let mut q = quota(0, Period::Forever);
+        assert_eq!(q.peak_ratio(MON), 0.0);
+        let mut units = quota(0, Period::Forever);
+        units.spec.weight = Weight::Units;
+        assert!(q.check("a".into(), 1, MON).is_err());
+        units.check("a".into(), 0, MON).unwrap();
+        assert_eq!(units.peak_ratio(MON), 1.0);
+    }
+
+    proptest::proptest! {
+        /// Checks and undos keep the peak exact; refunds and resets keep it an
+        /// upper bound; a purge makes it exact again.
+        #[test]
+        fn the_peak_is_the_walked_maximum(ops in proptest::collection::vec((0u8..4, 0u8..6, 0u64..4, proptest::bool::weighted(0.05)), 1..200)) {
+            let mut q = quota(12, Period::Daily);
+            // Every take, for refunds; the newest ones since the last refund,
+            // reset or purge, for exact undos (newest first, as the engine does).
+            let mut all: Vec<QuotaTaken> = Vec::new();
+            let mut undoable = 0;
+            let mut exact = true;
+            let mut now = MON;
+            for (op, key, n, later) in ops {
+                // Time only moves forward, half a day at a time.
+                if later {
+                    now += 43_200;
+                }
+                match op {
+                    0 => if let Ok(t) = q.check(format!("k{key}"), n, now) {
+                        all.push(t);
+                        undoable += 1;
+                    },
+                    1 => if undoable > 0 {
+                        undoable -= 1;
+                        q.undo(&all.pop().expect("undoable takes are in all"));
+                    },
+                    2 => if let Some(t) = all.first().cloned() {
+                        q.give_back(&t);
+                        undoable = 0;
+                        exact = false;
+                    },
+                    _ => {
+                        q.reset(&format!("k{key}"));
+                        undoable = 0;
+                        exact = false;
+                    }
+                }
+                let (peak, truth) = (q.peak_ratio(now), walked(&q, now));
+                if exact {
+                    proptest::prop_assert_eq!(peak, truth);
+                } else {
+                    proptest::prop_assert!(peak >= truth, "{} < {}", peak, truth);
+                }
+                if op == 3 && key == 0 {
+                    q.purge(now);
+                    undoable = 0;
+                    exact = true;
+                    proptest::prop_assert_eq!(q.peak_ratio(now), walked(&q, now));
+                }
+            }
+        }
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //!
 //! * `GET /metrics` — Prometheus text exposition. Counters and histograms are
 //!   recorded where things happen; gauges of state (breakers, budgets, quotas,
-//!   connections, the ledger) are refreshed from `State` at scrape time, so they
-//!   cost nothing between scrapes.
+//!   connections, the ledger) are refreshed from `State` at scrape time
+//!   (`gauges.rs`), so they cost nothing between scrapes.
 //! * `GET /health` — the JSON health document (the `status` request's reply);
 //!   `503` when unhealthy, `200` otherwise.
 //! * `GET /ready` — `200` once the agent socket accepts connections, `503` before.
@@ -28,6 +28,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+mod gauges;
 
 use crate::protocol::Health;
 use crate::state::State;
@@ -140,7 +142,7 @@ impl Routes {
         match request.uri().path() {
             "/metrics" => match &self.metrics {
                 Some(handle) => {
-                    crate::metrics::refresh(&self.state);
+                    gauges::refresh(&self.state);
                     let mut response = text(StatusCode::OK, handle.render());
                     response.headers_mut().insert(
                         hyper::header::CONTENT_TYPE,

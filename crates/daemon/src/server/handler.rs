@@ -1,0 +1,419 @@
+//! One connection, from accept to close: the peer check and per-uid slot, the
+//! handshake, then the request loop, one function per thing that can happen
+//! (shutdown, a reply ready, the idle timer, a frame read).
+//!
+//! Architecture Invariant: a connection's errors stop at its task. A client that
+//! sends garbage, an oversized length or half a frame gets an error frame where one
+//! can still be sent, is disconnected, and nothing it did reaches another client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::StreamExt;
+use futures_util::FutureExt;
+use tokio::net::UnixStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use super::handshake::{self, Refusal};
+use super::replies::{self, answer, unknown_request, Queued, ReplyQueue, MAX_IN_FLIGHT};
+use super::slots::{PerUid, UidSlot};
+use super::{close, refuse};
+use crate::connection::{Connection, ReadError, WriteError};
+use crate::protocol::{
+    ClientFrame, DecodeError, ErrorCode, PeerIdentity, ServerFrame, Welcome, MAX_FRAME_LEN,
+    MAX_HELLO_LEN, PROTOCOL_VERSION,
+};
+use crate::state::{Limit, Session, State};
+
+/// One connection, from accept to close. The semaphore permit and the uid slot are
+/// held for the connection's lifetime, so dropping them frees the slots.
+pub(super) async fn serve(
+    stream: UnixStream,
+    state: State,
+    shutdown: CancellationToken,
+    permit: OwnedSemaphorePermit,
+    per_uid: Arc<PerUid>,
+) {
+    let mut conn = match Connection::new(stream) {
+        Ok(conn) => conn,
+        Err(err) => {
+            log::debug!("dropping a connection whose peer credentials cannot be read: {err}");
+            return;
+        }
+    };
+    let _uid_slot = match let_in(&conn, &state, &per_uid) {
+        Ok(slot) => slot,
+        Err((limit, refusal)) => {
+            drop(permit);
+            state.counters().hit(limit);
+            refuse(&mut conn, refusal).await;
+            return;
+        }
+    };
+    conn.set_max_frame_len(MAX_HELLO_LEN);
+    let Some(session) = handshake(&mut conn, &state).await else {
+        return;
+    };
+    conn.set_max_frame_len(MAX_FRAME_LEN);
+    log::debug!(
+        session = session.id, agent = session.agent.as_str(), peer_uid = session.peer.uid, peer_gid = session.peer.gid, peer_pid = session.peer.pid;
+        "session {} opened by uid {} gid {} pid {} as agent {:?}",
+        session.id, session.peer.uid, session.peer.gid, session.peer.pid, session.agent
+    );
+    Handler::new(conn, state, session).run(shutdown).await;
+}
+
+/// May this peer connect (the access policy), and has its uid a slot left? The
+/// refusal says which limit turned it away.
+fn let_in(
+    conn: &Connection,
+    state: &State,
+    per_uid: &Arc<PerUid>,
+) -> Result<UidSlot, (Limit, Refusal)> {
+    if let Err(denied) = state.access().check_connect(conn.peer()) {
+        return Err((
+            Limit::NotPermitted,
+            Refusal::new(ErrorCode::NotPermitted, denied.to_string()),
+        ));
+    }
+    let uid = conn.peer().uid;
+    per_uid.try_acquire(uid).ok_or_else(|| {
+        let max = per_uid.max;
+        (
+            Limit::MaxConnectionsPerUid,
+            Refusal::new(
+                ErrorCode::TooManyConnections,
+                format!("uid {uid} already holds {max} connections (daemon.max_connections_per_uid); close some or retry later"),
+            ),
+        )
+    })
+}
+
+/// Reads and answers the `Hello`. Returns the session, or `None` after telling the
+/// client why not.
+async fn handshake(conn: &mut Connection, state: &State) -> Option<Session> {
+    let limit = state.config().daemon.handshake_timeout;
+    let first = match tokio::time::timeout(limit, conn.read_frame()).await {
+        Err(_) => Err(Refusal::new(
+            ErrorCode::Timeout,
+            format!("no handshake within {limit:?} (daemon.handshake_timeout); send Hello first"),
+        )),
+        Ok(Ok(None)) => return None,
+        Ok(Ok(Some(frame))) => handshake::accept(Ok(frame), conn.peer(), &state.access()),
+        Ok(Err(ReadError::Decode(err))) => {
+            handshake::accept(Err(err), conn.peer(), &state.access())
+        }
+        Ok(Err(err @ ReadError::TooLarge { .. })) => Err(Refusal::new(
+            ErrorCode::FrameTooLarge,
+            format!("{err} before the handshake; the first frame must be a Hello"),
+        )),
+        Ok(Err(err)) => match read_error_reply(&err) {
+            Some(refusal) => Err(refusal),
+            None => return None,
+        },
+    };
+    let hello = match first {
+        Ok(hello) => hello,
+        Err(refusal) => {
+            let counted = match refusal.code {
+                ErrorCode::Timeout => Some(Limit::HandshakeTimeout),
+                ErrorCode::NotPermitted => Some(Limit::AgentName),
+                ErrorCode::FrameTooLarge => Some(Limit::FrameTooLarge),
+                ErrorCode::Malformed => Some(Limit::Malformed),
+                _ => None,
+            };
+            if let Some(limit) = counted {
+                state.counters().hit(limit);
+            }
+            refuse(conn, refusal).await;
+            return None;
+        }
+    };
+    let session = state.open_session(hello.agent, conn.peer().clone());
+    let welcome = ServerFrame::Welcome(Welcome {
+        version: PROTOCOL_VERSION,
+        server: env!("CARGO_PKG_VERSION").to_owned(),
+        session: session.id,
+        peer: PeerIdentity {
+            uid: session.peer.uid,
+            gid: session.peer.gid,
+            pid: session.peer.pid,
+        },
+    });
+    let sent = async {
+        conn.feed_frame(&welcome).await?;
+        conn.flush_unless_busy().await.map_err(WriteError::Io)
+    };
+    tokio::time::timeout(limit, sent)
+        .await
+        .ok()?
+        .ok()
+        .map(|()| session)
+}
+
+/// The error frame for a read failure, when the stream can still carry one.
+fn read_error_reply(err: &ReadError) -> Option<Refusal> {
+    match err {
+        ReadError::TooLarge { .. } => Some(Refusal::new(
+            ErrorCode::FrameTooLarge,
+            format!("{err}; split the batch or shorten the payload"),
+        )),
+        ReadError::Decode(err) => Some(handshake::decode_refusal(err)),
+        ReadError::Truncated | ReadError::Io(_) => None,
+    }
+}
+
+/// A read failed after the handshake: the connection ends, with an error frame
+/// when the stream can still carry one.
+async fn read_failed(conn: &mut Connection, state: &State, session: &Session, err: ReadError) {
+    match &err {
+        ReadError::TooLarge { .. } => state.counters().hit(Limit::FrameTooLarge),
+        ReadError::Decode(_) => state.counters().hit(Limit::Malformed),
+        ReadError::Truncated | ReadError::Io(_) => {}
+    }
+    match read_error_reply(&err) {
+        Some(refusal) => close(conn, session, refusal.code, refusal.message).await,
+        None => log::debug!(session = session.id; "session {}: {err}", session.id),
+    }
+}
+
+/// A handshaken connection's request loop and what it keeps between requests.
+struct Handler {
+    conn: Connection,
+    state: State,
+    session: Session,
+    idle: Duration,
+    max_batch: usize,
+    /// Replies in the order their requests arrived; those waiting for the ledger
+    /// wait concurrently. Bounded ([`MAX_IN_FLIGHT`]), so a client that pipelines
+    /// without reading gets backpressure instead of unbounded buffering. A reply
+    /// that is ready when nothing is queued ahead of it skips the queue and is
+    /// written at once.
+    replies: ReplyQueue,
+    /// Shutdown began: read nothing more, answer what was asked, then say goodbye.
+    draining: bool,
+    /// The client is done sending; answer what it already sent.
+    eof: bool,
+    /// When the connection last read a request or wrote replies ([`coarse_now`]).
+    last_active: Duration,
+}
+
+/// What woke the loop.
+enum Event {
+    ShuttingDown,
+    Reply(ServerFrame),
+    IdleTimer,
+    Read(Result<Option<ClientFrame>, ReadError>),
+}
+
+/// Whether the connection goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+// === impl Handler ===
+
+impl Handler {
+    fn new(conn: Connection, state: State, session: Session) -> Handler {
+        let config = state.config();
+        Handler {
+            conn,
+            idle: config.daemon.idle_timeout,
+            max_batch: config.daemon.max_batch,
+            state,
+            session,
+            replies: ReplyQueue::new(),
+            draining: false,
+            eof: false,
+            last_active: coarse_now(),
+        }
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) {
+        // One idle timer for the connection's life, pushed back lazily: arming a
+        // timer per read would cost more than the decision.
+        let idle_timer = tokio::time::sleep(self.idle);
+        tokio::pin!(idle_timer);
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        loop {
+            if self.eof && self.replies.is_empty() {
+                return;
+            }
+            if self.draining && self.replies.is_empty() {
+                self.close(
+                    ErrorCode::ShuttingDown,
+                    "the daemon is shutting down; reconnect to its successor".into(),
+                )
+                .await;
+                return;
+            }
+            let reading = !self.draining && !self.eof && self.replies.len() < MAX_IN_FLIGHT;
+            let event = tokio::select! {
+                biased;
+                _ = &mut cancelled, if !self.draining => Event::ShuttingDown,
+                Some(frame) = self.replies.next(), if !self.replies.is_empty() => Event::Reply(frame),
+                () = &mut idle_timer, if reading && self.replies.is_empty() => Event::IdleTimer,
+                read = self.conn.read_frame(), if reading => Event::Read(read),
+            };
+            let flow = match event {
+                Event::ShuttingDown => {
+                    self.draining = true;
+                    Flow::Continue
+                }
+                Event::Reply(frame) => self.write_ready(frame).await,
+                Event::IdleTimer => match self.idle_left() {
+                    Some(left) => {
+                        idle_timer
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + left);
+                        Flow::Continue
+                    }
+                    None => self.idle_timeout().await,
+                },
+                Event::Read(read) => self.read(read).await,
+            };
+            if flow == Flow::Close {
+                return;
+            }
+        }
+    }
+
+    /// Writes `first` and every further reply that is ready now, then flushes once.
+    async fn write_ready(&mut self, first: ServerFrame) -> Flow {
+        let next_ready = |replies: &mut ReplyQueue| match replies.next().now_or_never() {
+            Some(Some(ready)) => Some(ready),
+            _ => None,
+        };
+        if !self.write(first, next_ready).await {
+            return Flow::Close;
+        }
+        self.last_active = coarse_now();
+        Flow::Continue
+    }
+
+    /// [`replies::write`] on this connection.
+    async fn write(
+        &mut self,
+        first: ServerFrame,
+        more: impl FnMut(&mut ReplyQueue) -> Option<ServerFrame>,
+    ) -> bool {
+        replies::write(
+            &mut self.conn,
+            &self.state,
+            &self.session,
+            self.idle,
+            first,
+            &mut self.replies,
+            more,
+        )
+        .await
+    }
+
+    /// How much longer the connection may stay quiet, `None` when its idle time is
+    /// up: the timer fires at the deadline it was armed with, and activity since
+    /// then pushes the deadline back.
+    fn idle_left(&self) -> Option<Duration> {
+        let quiet = coarse_now().saturating_sub(self.last_active);
+        (quiet < self.idle).then(|| self.idle - quiet)
+    }
+
+    async fn idle_timeout(&mut self) -> Flow {
+        self.state.counters().hit(Limit::IdleTimeout);
+        let idle = self.idle;
+        self.close(
+            ErrorCode::Timeout,
+            format!("no request for {idle:?} (daemon.idle_timeout); reconnect when needed"),
+        )
+        .await;
+        Flow::Close
+    }
+
+    /// A read finished: a frame to answer, the end of the client's requests, or an
+    /// error that ends the connection (an unknown request kind does not).
+    async fn read(&mut self, read: Result<Option<ClientFrame>, ReadError>) -> Flow {
+        self.last_active = coarse_now();
+        match read {
+            Ok(Some(frame)) => self.frame(frame).await,
+            Ok(None) => {
+                self.eof = true;
+                Flow::Continue
+            }
+            Err(ReadError::Decode(DecodeError::UnknownRequest { id, kind })) => {
+                self.replies
+                    .push_back(Queued::Ready(Some(unknown_request(id, kind))));
+                Flow::Continue
+            }
+            Err(ReadError::Decode(DecodeError::VersionMismatch { .. })) => {
+                // Only a Hello carries a version; after the handshake this is garbage.
+                self.state.counters().hit(Limit::Malformed);
+                self.close(
+                    ErrorCode::Malformed,
+                    "malformed message: a handshake frame after the handshake".into(),
+                )
+                .await;
+                Flow::Close
+            }
+            Err(err) => {
+                read_failed(&mut self.conn, &self.state, &self.session, err).await;
+                Flow::Close
+            }
+        }
+    }
+
+    /// Decides the requests of `frame` now and writes or queues the reply.
+    async fn frame(&mut self, frame: ClientFrame) -> Flow {
+        let max_batch = self.max_batch;
+        let reply = match frame {
+            // Refused whole, none of it run, and the connection closed: answering
+            // each envelope could not fit in one reply frame (a 1 MiB batch holds
+            // ~87,000 requests), and running part of it would leave the client
+            // guessing which part.
+            ClientFrame::Batch(envelopes) if envelopes.len() > max_batch => {
+                let n_requests = envelopes.len();
+                drop(envelopes);
+                self.state.counters().hit(Limit::MaxBatch);
+                self.close(
+                    ErrorCode::InvalidArgument,
+                    format!("a batch of {n_requests} requests exceeds daemon.max_batch = {max_batch}; none of it was run; send at most {max_batch} requests per batch"),
+                )
+                .await;
+                return Flow::Close;
+            }
+            ClientFrame::Hello(_) => {
+                self.close(
+                    ErrorCode::HandshakeRequired,
+                    "a second Hello on one connection; the handshake happens once".into(),
+                )
+                .await;
+                return Flow::Close;
+            }
+            frame => answer(&self.state, &self.session, frame),
+        };
+        match reply {
+            // Nothing queued ahead of it: write it now, without the queue.
+            Queued::Ready(Some(frame)) if self.replies.is_empty() => {
+                if !self.write(frame, |_| None).await {
+                    return Flow::Close;
+                }
+            }
+            reply => self.replies.push_back(reply),
+        }
+        Flow::Continue
+    }
+
+    async fn close(&mut self, code: ErrorCode, message: String) {
+        close(&mut self.conn, &self.session, code, message).await;
+    }
+}
+
+/// A monotonic time good to a few milliseconds (`CLOCK_MONOTONIC_COARSE`), for
+/// the idle timeout: reading it costs a fraction of a precise clock read, and it is
+/// read on every request.
+fn coarse_now() -> Duration {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE).map_or(Duration::ZERO, Duration::from)
+}
