@@ -93,13 +93,7 @@ fn as_nobody(test: &str, daemon: &Daemon, groups: &[u32]) -> Option<Command> {
         eprintln!("SKIPPED {test}: setpriv not installed (Debian package util-linux); .ci/run installs it");
         return None;
     };
-    let dir = daemon.dir.path();
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let cli = dir.join("automation-framework");
-    if !cli.exists() {
-        std::fs::copy(crate::util::cli_bin(), &cli).unwrap();
-        std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let cli = cli_for_nobody();
     let mut cmd = Command::new(setpriv);
     cmd.arg(format!("--reuid={NOBODY}"))
         .arg(format!("--regid={NOBODY}"));
@@ -382,6 +376,38 @@ async fn a_peer_that_may_act_as_the_agent_reports_from_any_of_its_connections() 
         out.contains("\"duplicate\":false") && out.contains("\"charged\":1.0"),
         "{out}"
     );
+}
+
+/// A copy of the CLI that `nobody` can run (the build directory may sit under a
+/// home only root can enter), made once per test process. The copy is executed
+/// once before it is handed out: while it was being written, a test thread
+/// forking a child may have inherited the open file, and exec'ing it then fails
+/// with "Text file busy" (ETXTBSY); once one exec succeeded, nothing holds it
+/// open for writing any more.
+// Waiting out another thread's fork is waiting for a process, not for time to pass.
+#[allow(clippy::disallowed_methods)]
+fn cli_for_nobody() -> std::path::PathBuf {
+    static COPY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir").keep();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cli = dir.join("automation-framework");
+        std::fs::copy(crate::util::cli_bin(), &cli).unwrap();
+        std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for _ in 0..100 {
+            match Command::new(&cli).arg("--version").output() {
+                Err(err) if err.raw_os_error() == Some(nix::libc::ETXTBSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => {
+                    other.expect("run the copied CLI");
+                    return cli;
+                }
+            }
+        }
+        panic!("{} stayed busy (ETXTBSY)", cli.display());
+    })
+    .clone()
 }
 
 /// Runs a CLI session with `input` on stdin and returns its stdout.

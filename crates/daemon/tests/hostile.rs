@@ -198,9 +198,9 @@ async fn a_second_hello_closes_the_connection() {
 #[tokio::test]
 async fn the_connection_cap_turns_extra_clients_away_with_a_reason() {
     let daemon = Daemon::start("[daemon]\nmax_connections = 3\n");
-    let mut bystander = Bystander::new(&daemon).await;
-    let second = daemon.client("two").await;
-    let _third = daemon.client("three").await;
+    let mut bystander = Bystander::from_client(daemon.client_when_free("bystander").await);
+    let second = daemon.client_when_free("two").await;
+    let _third = daemon.client_when_free("three").await;
     let mut raw = daemon.raw().await;
     let message = expect_error_then_close(&mut raw, ErrorCode::TooManyConnections).await;
     assert!(message.contains("max_connections"), "{message}");

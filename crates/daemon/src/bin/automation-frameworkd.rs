@@ -252,7 +252,6 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         shutdown.clone(),
     ));
-    tokio::spawn(systemd::watchdog(shutdown.clone()));
     let http_task = http_listener.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
             log::info!("http listening on {addr} (/metrics /health /ready)");
@@ -271,6 +270,9 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
     // the moment of bind): ready, for /ready and for systemd at the same instant.
     ready.set();
     systemd::notify_ready(&serving);
+    // Pings start once READY=1 is out: a ping first would tell systemd the
+    // service is alive before it said it had started.
+    tokio::spawn(systemd::watchdog(shutdown.clone()));
     *serving_status
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = serving;

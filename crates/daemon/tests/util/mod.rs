@@ -175,9 +175,11 @@ impl Daemon {
                     self.log()
                 );
             }
-            // Ready = the agent socket accepts and the HTTP listener is up.
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
-                && self.log().contains("http listening on")
+            // Ready = the HTTP listener is up and the agent socket accepts. The
+            // log is read first, so only one probe connection is made: each holds
+            // a connection slot until the daemon has seen it close.
+            if self.log().contains("http listening on")
+                && std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
             {
                 return;
             }
@@ -277,6 +279,18 @@ impl Daemon {
     }
 
     /// A raw framed connection, not yet handshaken.
+    /// [`Daemon::client`], for tests of the connection cap: retries while the
+    /// daemon still counts a connection that was closed a moment ago (the
+    /// readiness probe's, on a loaded machine) against `max_connections`.
+    pub async fn client_when_free(&self, agent: &str) -> Client {
+        eventually(PROMPTLY, || async {
+            Client::connect(&self.socket, agent, "integration-test")
+                .await
+                .ok()
+        })
+        .await
+    }
+
     pub async fn raw(&self) -> Raw {
         let stream = UnixStream::connect(&self.socket).await.expect("connect");
         Raw {
@@ -468,6 +482,13 @@ pub struct Bystander {
 }
 
 impl Bystander {
+    pub fn from_client(client: Client) -> Bystander {
+        Bystander {
+            client,
+            slowest: Duration::ZERO,
+        }
+    }
+
     pub async fn new(daemon: &Daemon) -> Bystander {
         Bystander {
             client: daemon.client("bystander").await,
