@@ -18,8 +18,6 @@ use std::time::Duration;
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::guard::breaker::Phase;
-
 pub const REQUESTS: &str = "automation_framework_requests_total";
 pub const REQUEST_DURATION: &str = "automation_framework_request_duration_seconds";
 pub const DECISIONS: &str = "automation_framework_decisions_total";
@@ -57,8 +55,6 @@ pub struct Hot {
 
 /// Outcomes of a guard's vote, as the `outcome` label says them.
 pub const OUTCOMES: [&str; 3] = ["allow", "deny", "shadow_deny"];
-/// Guards, as the `guard` label says them (the order of [`crate::admission::Guard`]).
-pub const GUARDS: [&str; 4] = ["rate", "breaker", "budget", "quota"];
 
 /// The hot handles. Registered with the recorder installed at the first call, so
 /// the daemon calls [`install`] before serving; without a recorder (tests, the
@@ -77,9 +73,10 @@ pub fn hot() -> &'static Hot {
                 .map(|&op| metrics::histogram!(REQUEST_DURATION, "op" => op))
                 .collect(),
             admissions: ["allow", "deny"].map(|d| metrics::counter!(ADMISSIONS, "decision" => d)),
-            decisions: GUARDS
+            decisions: crate::protocol::GuardKind::ALL
                 .iter()
-                .map(|&guard| {
+                .map(|kind| {
+                    let guard = kind.name();
                     OUTCOMES.map(|outcome| {
                         metrics::counter!(DECISIONS, "guard" => guard, "outcome" => outcome)
                     })
@@ -104,21 +101,12 @@ impl Hot {
         self.admissions[usize::from(!allowed)].increment(1);
     }
 
-    /// One guard's vote; `guard` and `outcome` index [`GUARDS`] and [`OUTCOMES`].
+    /// One guard's vote; `guard` is the `GuardKind`'s index and `outcome` indexes
+    /// [`OUTCOMES`].
     pub fn decision(&self, guard: usize, outcome: usize) {
         self.decisions[guard][outcome].increment(1);
     }
 }
-
-/// Breaker states as the numbers `automation_framework_breaker_state` reports.
-pub const PHASES: [(Phase, &str); 6] = [
-    (Phase::Closed, "closed"),
-    (Phase::Open, "open"),
-    (Phase::HalfOpen, "half_open"),
-    (Phase::ForcedOpen, "forced_open"),
-    (Phase::ForcedClosed, "forced_closed"),
-    (Phase::Disabled, "disabled"),
-];
 
 /// Installs the Prometheus recorder and describes every metric.
 ///

@@ -9,9 +9,10 @@
 
 use metrics::gauge;
 
+use crate::guard::breaker::Phase;
 use crate::metrics::{
     ACTIVE_AGENTS, BREAKER_STATE, BUDGET_LIMIT, BUDGET_RESERVED, BUDGET_SPENT, CONNECTIONS,
-    LIMIT_HITS, OPEN_RESERVATIONS, PHASES, QUOTA_USAGE, STORE_UP,
+    LIMIT_HITS, OPEN_RESERVATIONS, QUOTA_USAGE, STORE_UP,
 };
 use crate::state::{Limit, State};
 
@@ -46,3 +47,13 @@ pub fn refresh(state: &State) {
         0.0
     });
 }
+
+/// Breaker states as the numbers `automation_framework_breaker_state` reports.
+pub const PHASES: [(Phase, &str); 6] = [
+    (Phase::Closed, "closed"),
+    (Phase::Open, "open"),
+    (Phase::HalfOpen, "half_open"),
+    (Phase::ForcedOpen, "forced_open"),
+    (Phase::ForcedClosed, "forced_closed"),
+    (Phase::Disabled, "disabled"),
+];
