@@ -11,7 +11,7 @@
 //!
 //! The socket gets its mode and group after `bind`, by path and without following
 //! symlinks (`fchmodat`/`fchownat` with `AT_SYMLINK_NOFOLLOW`): `fchmod`/`fchown` on
-//! the bound fd do not change the file (CRATES.md), and a plain `chmod`/`chown` would
+//! the bound fd do not change the file (docs/DEPENDENCIES.md), and a plain `chmod`/`chown` would
 //! follow a symlink swapped in after `bind`. Anyone who connects in the moment
 //! between `bind` and `chmod` is still subject to the `[access]` policy.
 

@@ -16,9 +16,12 @@ use crate::guard::quota::{QuotaRule, Quotas};
 use crate::guard::rate::{RateLimits, RateRule};
 use crate::guard::Guard;
 
+/// How many guards [`Guards::stages`] runs.
+pub(super) const STAGES: usize = 4;
+
 /// The budget stage's place in [`Guards::stages`]: money is the last thing
 /// taken, so a call any other guard denies never touches it.
-pub(super) const BUDGET_STAGE: usize = 3;
+pub(super) const BUDGET_STAGE: usize = STAGES - 1;
 
 /// Every guard's state.
 pub(super) struct Guards {
@@ -50,8 +53,8 @@ impl Guards {
     }
 
     /// The guards, in the order they decide: the breaker first (the cheapest "no",
-    /// shared by every agent), money last.
-    pub(super) fn stages(&mut self) -> [&mut dyn Guard; 4] {
+    /// shared by every agent), money last (a new guard goes before it).
+    pub(super) fn stages(&mut self) -> [&mut dyn Guard; STAGES] {
         [
             &mut self.breakers,
             &mut self.rates,
