@@ -28,22 +28,18 @@ mod ledger;
 mod operator;
 mod pipeline;
 mod reconfigure;
+mod reservation;
+mod types;
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::num::NonZeroU32;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crate::alerts::Alerts;
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::guard::breaker::{Breaker, BreakerSnapshot, Force, Phase, Transition};
-use crate::guard::Taken;
-use crate::money::Usd;
+use crate::guard::breaker::{Breaker, BreakerSnapshot, Force, Transition};
 use crate::store::Snapshot;
-
-/// How many closed reservation ids are remembered to recognise a repeated report.
-const RECENTLY_CLOSED: usize = 65_536;
 
 /// The admission engine: guards, breakers, budgets and open reservations.
 pub struct Admission {
@@ -51,125 +47,6 @@ pub struct Admission {
 }
 
 pub use crate::clock::Moment;
-
-/// Who is asking.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller<'a> {
-    pub session: u64,
-    pub agent: &'a str,
-}
-
-/// A planned call.
-#[derive(Debug, Clone, Copy)]
-pub struct Plan<'a> {
-    pub service: &'a str,
-    pub units: NonZeroU32,
-    pub input_units: u32,
-    pub output_units: u32,
-    /// The caller's own estimate; `None` prices the call from the config.
-    pub cost: Option<Usd>,
-    pub model: Option<&'a str>,
-}
-
-/// The verdict on a planned call.
-#[derive(Debug)]
-pub struct Decision {
-    pub allowed: bool,
-    pub reservation: Option<u64>,
-    /// Every rule's vote, in the order the guards ran; typed (numbers and
-    /// denials), made text by `cmd/` outside the engine lock.
-    pub votes: Vec<Vote>,
-    /// Index in `votes` of the vote that denied.
-    pub decisive: Option<usize>,
-    /// Breaker state changes this admission caused (Open → HalfOpen by time).
-    pub transitions: Vec<(Arc<str>, Phase, Phase)>,
-    /// The estimate reserved against the budgets.
-    pub estimate: Usd,
-}
-
-pub use crate::guard::{Reason, Vote};
-
-/// A decision, and whether it must be made durable before it may be
-/// acknowledged.
-#[derive(Debug)]
-pub enum Admitted {
-    /// Denied, or allowed with nothing to write: answer now.
-    Decided(Decision),
-    /// Allowed, holding money or durable quota usage: [`Admission::commit`] it,
-    /// and answer with what the commit yields.
-    Durable(Durable<PendingAdmit>),
-}
-
-/// An outcome to record.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub failure: bool,
-    pub units: Option<u32>,
-    pub input_units: Option<u32>,
-    pub output_units: Option<u32>,
-    pub cost: Option<Usd>,
-    pub latency: Option<Duration>,
-}
-
-/// What a report asks the caller to do next.
-#[derive(Debug)]
-pub enum Reporting {
-    /// Done in memory; nothing to write.
-    Settled(Settlement),
-    /// [`Admission::commit`] it; the commit yields the settlement.
-    Durable(Durable<PendingReport>),
-    /// The reservation is not in memory: ask the ledger whether `key` was charged
-    /// (a report repeated after a restart), then answer duplicate or unknown.
-    Lookup { key: String, reservation: u64 },
-}
-
-/// What a report did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settlement {
-    /// The charge was made before; nothing was counted again.
-    pub duplicate: bool,
-    /// The service, when there is a `transition` to log (empty otherwise: most
-    /// reports change nothing, and need not copy the name).
-    pub service: String,
-    pub phase: Option<Phase>,
-    pub transition: Option<(Phase, Phase)>,
-    /// Committed to the budgets.
-    pub charged: Option<Usd>,
-}
-
-/// Why a request could not be carried out at all (as opposed to a denial, which is
-/// a normal answer).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AdmissionError {
-    // The service name was checked (at most 128 bytes) before it got here, so the
-    // config hint may repeat it whole.
-    #[error("unknown service {shown}; declare it under [services.{name}] in the config, or set daemon.allow_unknown_services = true", shown = crate::names::shown(.0), name = .0)]
-    UnknownService(String),
-    #[error("the daemon already tracks {0} services (daemon.max_services); refusing a new one")]
-    TooManyServices(usize),
-    #[error("this connection already holds {0} open reservations (daemon.max_reservations_per_connection); report outcomes before admitting more")]
-    TooManyReservations(usize),
-    #[error("reservation {0} was never issued by this daemon, or was closed too long ago to tell")]
-    UnknownReservation(u64),
-    #[error(
-        "reservation {0} was released when its connection closed; its outcome was not counted"
-    )]
-    Released(u64),
-    #[error("reservation {0} is being committed right now; retry in a moment")]
-    Busy(u64),
-    #[error("a charge without a reservation needs an idempotency_key, so that a repeated report is counted once")]
-    KeyRequired,
-    #[error("{0}")]
-    Invalid(String),
-    #[error("no budget named {}; budgets are \"global\", \"agent:NAME\" and \"service:NAME\" as configured", crate::names::shown(.0))]
-    UnknownBudget(String),
-    #[error("no quota named {}", crate::names::shown(.0))]
-    UnknownQuota(String),
-    #[error("no charge with idempotency key {} to refund (never charged, or already refunded)", crate::names::shown(.0))]
-    NothingToRefund(String),
-    #[error("reservation {reservation} was admitted for agent {}; report it from a connection acting as that agent", crate::names::shown(owner))]
-    NotOwner { reservation: u64, owner: String },
-}
 
 /// Maps on the decision path: foldhash is seeded per process (so keys chosen by a
 /// client cannot be made to collide ahead of time) and several times cheaper than
@@ -196,45 +73,6 @@ struct Engine {
     /// restarts and a stale id can never close a new reservation.
     epoch: u64,
     next_reservation: u64,
-}
-
-/// What an allowed admission took, held until its outcome is known.
-struct Reservation {
-    /// `None` once the connection is gone (or after a restart): an orphan.
-    session: Option<u64>,
-    orphaned_at: Option<Duration>,
-    agent: String,
-    service: String,
-    model: Option<String>,
-    units: u32,
-    input_units: u32,
-    output_units: u32,
-    /// What each guard took, in pipeline order.
-    taken: Vec<Taken>,
-    stage: Stage,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    /// Decided; its ledger entries are being written.
-    Admitting,
-    Open,
-    /// Its charge (or orphan settlement) is being written.
-    Settling,
-}
-
-/// How a closed reservation ended, to answer a late report correctly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Closed {
-    Reported,
-    Released,
-}
-
-/// A bounded memory of closed reservation ids (FIFO eviction).
-#[derive(Default)]
-struct RecentlyClosed {
-    order: VecDeque<u64>,
-    ids: FastMap<u64, Closed>,
 }
 
 // === impl Admission ===
@@ -439,6 +277,11 @@ pub use commit::{Durable, Pending, PendingAdmit, PendingOrphan, PendingReport};
 pub use ledger::{AdminAction, AdminKind, BudgetView, PendingAdmin, QuotaView};
 pub use operator::{BudgetGauge, Gauges, ListedQuota, QuotaListing};
 pub use reconfigure::{Reconfigured, ReloadError};
+pub use reservation::reservation_key;
+use reservation::{Closed, RecentlyClosed, Reservation, Stage};
+pub use types::{
+    AdmissionError, Admitted, Caller, Decision, Outcome, Plan, Reason, Reporting, Settlement, Vote,
+};
 
 // === impl Admission (budgets, quotas, admin) ===
 
@@ -470,65 +313,6 @@ impl Admission {
     ) -> Result<Durable<PendingAdmin>, AdmissionError> {
         self.lock().admin(action, now)
     }
-}
-
-// === impl Decision ===
-
-impl Decision {
-    fn denied(votes: Vec<Vote>, transitions: Vec<(Arc<str>, Phase, Phase)>) -> Decision {
-        Decision {
-            allowed: false,
-            reservation: None,
-            decisive: Some(votes.len() - 1),
-            votes,
-            transitions,
-            estimate: Usd::ZERO,
-        }
-    }
-
-    /// The vote that denied, if any.
-    pub fn decisive_vote(&self) -> Option<&Vote> {
-        self.decisive.and_then(|idx| self.votes.get(idx))
-    }
-}
-
-// === impl Settlement ===
-
-impl Settlement {
-    /// A repeated report: acknowledged, counted nowhere.
-    pub fn duplicate() -> Settlement {
-        Settlement {
-            duplicate: true,
-            service: String::new(),
-            phase: None,
-            transition: None,
-            charged: None,
-        }
-    }
-}
-
-// === impl RecentlyClosed ===
-
-impl RecentlyClosed {
-    fn insert(&mut self, id: u64, how: Closed) {
-        if self.ids.insert(id, how).is_none() {
-            self.order.push_back(id);
-            if self.order.len() > RECENTLY_CLOSED {
-                if let Some(old) = self.order.pop_front() {
-                    self.ids.remove(&old);
-                }
-            }
-        }
-    }
-
-    fn get(&self, id: u64) -> Option<Closed> {
-        self.ids.get(&id).copied()
-    }
-}
-
-/// The idempotency key of a reservation's charge.
-pub fn reservation_key(id: u64) -> String {
-    format!("reservation:{id}")
 }
 
 #[cfg(test)]

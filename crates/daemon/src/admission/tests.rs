@@ -4,8 +4,12 @@
 
 use super::*;
 use crate::clock::{Clock, ManualClock};
+use crate::guard::breaker::Phase;
+use crate::money::Usd;
 use crate::protocol::GuardKind;
 use crate::store::Store;
+use std::num::NonZeroU32;
+use std::time::Duration;
 
 const S: Duration = Duration::from_secs(1);
 const DAY: Duration = Duration::from_secs(86_400);
