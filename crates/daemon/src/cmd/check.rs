@@ -11,11 +11,17 @@
 //! slow every other connection's pings and admissions in proportion. With the
 //! permits, at most half the cores scan at once and the others keep serving;
 //! scans beyond that wait their turn without holding a thread.
+//!
+//! Texts waiting for (or in) a scan are bounded too, by size across the whole
+//! daemon ([`MAX_QUEUED_BYTES`]): each connection may have 256 requests in
+//! flight, so without it a few connections pipelining 1 MiB payloads could
+//! hold gigabytes while they wait. Beyond the bound a request is answered
+//! `Unavailable` at once (retry later), before it holds anything.
 
 use std::sync::{Arc, OnceLock};
 
 use automation_framework_scanner::{Finding, Lang, Scanner};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::invalid;
 use crate::config::ContentConfig;
@@ -29,6 +35,9 @@ use super::Reply;
 /// At most this many violations are listed in a reply (each is at most a few
 /// hundred bytes), so a reply always fits a frame; the rest are counted.
 pub const MAX_LISTED: usize = 500;
+
+/// Bytes of text waiting for or in a scan, across every connection.
+pub const MAX_QUEUED_BYTES: usize = 64 << 20;
 
 pub(super) fn apply(state: &State, payload: Payload) -> Reply {
     let config = state.config();
@@ -46,6 +55,8 @@ pub(super) fn apply(state: &State, payload: Payload) -> Reply {
 
 /// A checked text, ready to be scanned off the connection's task.
 pub(super) struct Job {
+    /// This text's share of [`MAX_QUEUED_BYTES`], given back when it is scanned.
+    queued: OwnedSemaphorePermit,
     scanner: Arc<Scanner>,
     lang: Option<Lang>,
     text: String,
@@ -84,7 +95,18 @@ impl Job {
                 })
             })
             .transpose()?;
+        // One permit per KiB begun (a 0-byte text still takes one).
+        let kib = u32::try_from(size / 1024 + 1).unwrap_or(u32::MAX);
+        let queued = Arc::clone(queued_bytes())
+            .try_acquire_many_owned(kib)
+            .map_err(|_| {
+                ErrorReply::new(
+                    ErrorCode::Unavailable,
+                    format!("the daemon already holds {} MiB of text waiting to be scanned; nothing was done, retry later", MAX_QUEUED_BYTES >> 20),
+                )
+            })?;
         Ok(Job {
+            queued,
             scanner: Arc::clone(&content.scanner),
             lang,
             text: payload.text,
@@ -105,6 +127,7 @@ impl Job {
             .await
             .map_err(|_| ErrorReply::new(ErrorCode::Internal, "the scan pool is closed"))?;
         let Job {
+            queued,
             scanner,
             lang,
             text,
@@ -114,7 +137,7 @@ impl Job {
         let scanned = tokio::task::spawn_blocking(move || {
             // Held by the thread, not the future: a scan whose request was
             // abandoned still occupies its permit until it ends.
-            let _permit = permit;
+            let _permits = (permit, queued);
             let lang = lang.unwrap_or_else(|| Lang::guess(&text));
             let findings = scanner.scan(Some(lang), &text);
             Scanned {
@@ -147,6 +170,11 @@ impl Job {
 /// How many scans may run at once: half the cores, at least one.
 pub fn concurrent_scans() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+fn queued_bytes() -> &'static Arc<Semaphore> {
+    static QUEUED: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    QUEUED.get_or_init(|| Arc::new(Semaphore::new(MAX_QUEUED_BYTES / 1024)))
 }
 
 fn scan_permits() -> &'static Arc<Semaphore> {
