@@ -327,12 +327,8 @@ fn cli_check_exit_codes_and_json() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    writeln!(
-        child.stdin.take().unwrap(),
-        "export ACME=acme_{}",
-        "k3j4h5g6f7d8s9a0p1o2i3u4y5t6r7e8"
-    )
-    .unwrap();
+    let token = format!("acme_{}", "k3j4h5g6f7d8s9a0p1o2i3u4y5t6r7e8");
+    writeln!(child.stdin.take().unwrap(), "export ACME={token}").unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(1), "{stdout}");
