@@ -1,12 +1,14 @@
 //! `automation-framework`: the command-line client. One command per connection,
 //! except `session`, which speaks JSON lines over one connection.
 //!
-//! Exit status: 0 done or allowed, 1 denied (or, for `config check`, invalid),
-//! 2 error (usage, connection, protocol) with the reason on stderr.
+//! Exit status: 0 done or allowed, 1 denied (or, for `config check`, invalid;
+//! for `check`, something found), 2 error (usage, connection, protocol) with
+//! the reason on stderr.
 
 #![forbid(unsafe_code)]
 
 mod bench;
+mod check;
 mod render;
 mod session;
 
@@ -19,7 +21,7 @@ use automation_framework::config::Config;
 use automation_framework_client::{Client, ClientError};
 use automation_framework_protocol::paths;
 use automation_framework_protocol::{
-    AdminRequest, AdmitRequest, BreakerForce, Outcome, ReportRequest,
+    AdminRequest, AdmitRequest, BreakerForce, Outcome, Payload, ReportRequest,
 };
 
 const CLIENT_NAME: &str = concat!("automation-framework-cli/", env!("CARGO_PKG_VERSION"));
@@ -74,6 +76,14 @@ enum Command {
         /// Model, to pick the price entry "service/model".
         #[arg(long)]
         model: Option<String>,
+        /// The code or text the call will run or send, from this file (`-`:
+        /// stdin), for the daemon's content guard.
+        #[arg(long, value_name = "FILE")]
+        payload_file: Option<PathBuf>,
+        /// The payload's language (python, javascript, typescript, shell, rust,
+        /// go, text); default: guessed by the daemon.
+        #[arg(long, requires = "payload_file")]
+        lang: Option<String>,
     },
     /// Report the outcome of a call made without admission (or of a reservation
     /// held by this connection); feeds the service's breaker.
@@ -142,6 +152,21 @@ enum Command {
     /// Make the daemon re-read its configuration file, as SIGHUP does (admin only).
     /// Exit 0 when applied, 2 when refused (the old configuration stays in force).
     Reload,
+    /// Scan a file (`-`: stdin) for dangerous calls, secrets and hostile
+    /// arguments, here, with the built-in rules plus --rules-dir (no daemon
+    /// needed). Exit 0 clean, 1 something found, 2 error.
+    Check {
+        /// The file to scan, or `-` for stdin.
+        file: PathBuf,
+        /// Its language (python, javascript, typescript, shell, rust, go, text);
+        /// default: from the file's extension, else guessed from the text.
+        #[arg(long)]
+        lang: Option<String>,
+        /// A directory of operator rule files (`*.toml`), as the daemon's
+        /// content.rules_dir.
+        #[arg(long, value_name = "DIR")]
+        rules_dir: Option<PathBuf>,
+    },
     /// Configuration file tools (no daemon needed).
     Config {
         #[command(subcommand)]
@@ -209,6 +234,17 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => Ok(config_check(&file, json)),
+        Command::Check {
+            file,
+            lang,
+            rules_dir,
+        } => Ok(
+            if check::run(&file, lang.as_deref(), rules_dir.as_deref(), json)? {
+                Verdict::Denied
+            } else {
+                Verdict::Done
+            },
+        ),
         Command::Ping => {
             let pong = connect(&socket, &cli.agent).await?.ping().await?;
             render::pong(&pong, json);
@@ -224,7 +260,12 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
             units,
             cost,
             model,
+            payload_file,
+            lang,
         } => {
+            let payload = payload_file
+                .map(|file| check::read(&file).map(|text| Payload { lang, text }))
+                .transpose()?;
             let mut client = connect(&socket, &cli.agent).await?;
             let reply = client
                 .admit(AdmitRequest {
@@ -235,6 +276,7 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
                     model,
                     input_units: 0,
                     output_units: 0,
+                    payload,
                 })
                 .await?;
             render::admit(&reply, json);

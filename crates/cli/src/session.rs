@@ -12,12 +12,12 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use automation_framework_client::{Client, ClientError};
 use automation_framework_protocol::{
-    AdminRequest, AdmitRequest, BreakersRequest, BudgetRequest, ForceBreakerRequest, QuotasRequest,
-    ReportRequest, Request, Response,
+    AdminRequest, AdmitRequest, BreakersRequest, BudgetRequest, ForceBreakerRequest, Payload,
+    QuotasRequest, ReportRequest, Request, Response,
 };
 
 const OPS: &str =
-    "ping, status, admit, report, breakers, budget, quotas, admin, force_breaker, reload";
+    "ping, status, admit, report, breakers, budget, quotas, admin, force_breaker, reload, check";
 
 /// A line that could not become a request.
 struct LineError {
@@ -93,6 +93,8 @@ fn parse(line: &str) -> Result<(Option<Value>, Request), LineError> {
         "admin" => Request::Admin(fields_of::<AdminRequest>(&op, fields)?),
         "force_breaker" => Request::ForceBreaker(fields_of::<ForceBreakerRequest>(&op, fields)?),
         "reload" => no_fields(&op, fields).map(|()| Request::Reload)?,
+        // {"op":"check","lang":"python","text":"eval(x)"}
+        "check" => Request::Check(fields_of::<Payload>(&op, fields)?),
         other => {
             return Err(LineError {
                 kind: "unknown_request",
@@ -140,6 +142,7 @@ fn response_object(response: Response) -> Value {
         Response::Admin(v) => object(&v),
         Response::ForceBreaker(v) => object(&v),
         Response::Reload(v) => object(&v),
+        Response::Check(v) => object(&v),
         Response::Error(err) => error_object(&wire_name(&err.code), &err.message),
     }
 }

@@ -18,9 +18,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use automation_framework_protocol::frame::{decode, encode, length_codec};
 use automation_framework_protocol::{
     AdminReply, AdminRequest, AdmitReply, AdmitRequest, BreakerForce, BreakerInfo, BreakersRequest,
-    BudgetReply, BudgetRequest, ClientFrame, Envelope, ErrorReply, ForceBreakerRequest, Hello,
-    Pong, QuotaInfo, QuotasRequest, ReloadReply, ReplyEnvelope, ReportReply, ReportRequest,
-    Request, Response, ServerFrame, StatusReport, Welcome, PROTOCOL_VERSION,
+    BudgetReply, BudgetRequest, CheckReply, ClientFrame, Envelope, ErrorReply, ForceBreakerRequest,
+    Hello, Payload, Pong, QuotaInfo, QuotasRequest, ReloadReply, ReplyEnvelope, ReportReply,
+    ReportRequest, Request, Response, ServerFrame, StatusReport, Welcome, PROTOCOL_VERSION,
 };
 
 /// A handshaken connection to the daemon.
@@ -301,6 +301,18 @@ impl Client {
     pub async fn reload(&mut self) -> Result<ReloadReply, ClientError> {
         match self.call(Request::Reload).await? {
             Response::Reload(reply) => Ok(reply),
+            other => unexpected(other),
+        }
+    }
+
+    /// Scans `payload` with the daemon's content rules; changes nothing.
+    ///
+    /// # Errors
+    /// Connection failures or an error reply (too large, unknown language,
+    /// content checks disabled).
+    pub async fn check(&mut self, payload: Payload) -> Result<CheckReply, ClientError> {
+        match self.call(Request::Check(payload)).await? {
+            Response::Check(reply) => Ok(reply),
             other => unexpected(other),
         }
     }

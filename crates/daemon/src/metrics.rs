@@ -23,6 +23,7 @@ pub const REQUEST_DURATION: &str = "automation_framework_request_duration_second
 pub const DECISIONS: &str = "automation_framework_decisions_total";
 pub const ADMISSIONS: &str = "automation_framework_admissions_total";
 pub const RATE_LIMIT_HITS: &str = "automation_framework_rate_limit_hits_total";
+pub const CONSTRAINT_VIOLATIONS: &str = "automation_framework_constraint_violations_total";
 pub const BREAKER_TRANSITIONS: &str = "automation_framework_breaker_transitions_total";
 pub const BREAKER_STATE: &str = "automation_framework_breaker_state";
 pub const BUDGET_SPENT: &str = "automation_framework_budget_spent_dollars";
@@ -49,7 +50,7 @@ pub struct Hot {
     durations: Vec<metrics::Histogram>,
     /// allow, deny.
     admissions: [metrics::Counter; 2],
-    /// By guard (rate, breaker, budget, quota), then outcome (allow, deny, shadow_deny).
+    /// By guard (rate, breaker, budget, quota, content), then outcome (allow, deny, shadow_deny).
     decisions: Vec<[metrics::Counter; 3]>,
 }
 
@@ -167,6 +168,11 @@ fn describe() {
         RATE_LIMIT_HITS,
         Unit::Count,
         "Admissions a rate limit refused, by rule"
+    );
+    describe_counter!(
+        CONSTRAINT_VIOLATIONS,
+        Unit::Count,
+        "Content rule violations found in Check texts and Admit payloads, by rule and kind (never the text)"
     );
     describe_counter!(
         BREAKER_TRANSITIONS,

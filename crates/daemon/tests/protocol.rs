@@ -121,10 +121,33 @@ async fn a_wrong_protocol_version_gets_a_clear_error_then_close() {
     }
     raw.expect_closed().await;
 
+    // A client of protocol version 1 (before `AdmitRequest.payload`): told so,
+    // not served with a layout it cannot read.
+    let mut raw = daemon.raw().await;
+    raw.send(&ClientFrame::Hello(Hello {
+        version: 1,
+        client: "old".into(),
+        agent: "a".into(),
+    }))
+    .await;
+    match raw.recv().await {
+        Some(ServerFrame::Error(err)) => {
+            assert_eq!(err.code, ErrorCode::VersionMismatch);
+            let expected = format!(
+                "client speaks protocol version 1, this daemon ({}) speaks version {}",
+                env!("CARGO_PKG_VERSION"),
+                automation_framework::protocol::PROTOCOL_VERSION
+            );
+            assert!(err.message.contains(&expected), "{}", err.message);
+        }
+        other => panic!("expected VersionMismatch, got {other:?}"),
+    }
+    raw.expect_closed().await;
+
     // A future Hello whose layout this build cannot decode at all.
     let mut raw = daemon.raw().await;
     let mut body = 0u32.to_le_bytes().to_vec();
-    body.extend_from_slice(&2u16.to_le_bytes());
+    body.extend_from_slice(&(automation_framework::protocol::PROTOCOL_VERSION + 1).to_le_bytes());
     body.extend_from_slice(&[0xEE; 5]);
     raw.send_body(body).await;
     match raw.recv().await {

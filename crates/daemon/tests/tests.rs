@@ -50,3 +50,7 @@ mod lifecycle;
 // The committed fuzz inputs (seeds and crash regressions) through the fuzz
 // targets' checks, without cargo-fuzz.
 mod fuzzed;
+
+// The content guard: the check request, admit with a payload, the CLI's check,
+// the session's check, a reload with a broken rules file.
+mod content;

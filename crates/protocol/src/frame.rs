@@ -12,10 +12,17 @@ use tokio_util::codec::LengthDelimitedCodec;
 
 use super::message::{ClientFrame, Request};
 
-/// Largest frame body, in bytes, that either side accepts or sends (1 MiB).
+/// Largest frame body, in bytes, that either side accepts or sends: 1 MiB plus
+/// 64 KiB, so a request carrying a payload of [`MAX_PAYLOAD_LEN`] (the content
+/// guard's largest `max_payload`) still fits with its names and fields around it.
 ///
 /// Client and daemon must agree on it; a larger frame is rejected before allocation.
-pub const MAX_FRAME_LEN: usize = 1 << 20;
+pub const MAX_FRAME_LEN: usize = (1 << 20) + (1 << 16);
+
+/// The largest text a `Check` or an `Admit` payload may carry (1 MiB): what fits
+/// in a frame with room to spare for the rest of the request. The daemon's
+/// `content.max_payload` may lower it, never raise it.
+pub const MAX_PAYLOAD_LEN: usize = 1 << 20;
 
 /// Why a frame body could not be turned into a message.
 #[derive(Debug, thiserror::Error)]

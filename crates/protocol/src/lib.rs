@@ -16,6 +16,7 @@ pub mod paths;
 pub use bincode::{Error as EncodeError, ErrorKind as EncodeErrorKind};
 pub use frame::{
     decode, decode_client_frame, encode, encoded_len, length_codec, DecodeError, MAX_FRAME_LEN,
+    MAX_PAYLOAD_LEN,
 };
 pub use handshake::{Hello, PeerIdentity, Welcome, MAX_HELLO_LEN, PROTOCOL_VERSION};
 pub use message::*;

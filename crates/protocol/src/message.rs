@@ -74,12 +74,15 @@ pub enum Request {
     ForceBreaker(ForceBreakerRequest),
     /// Admin only: re-read the daemon's config file, as SIGHUP does.
     Reload,
+    /// Scan a text for dangerous calls, secrets and hostile arguments with the
+    /// daemon's content rules; changes nothing.
+    Check(Payload),
 }
 
 impl Request {
     /// How many request kinds this build knows; a higher variant index is
     /// answered with `ErrorCode::UnknownRequest` instead of closing the connection.
-    pub const KIND_COUNT: u32 = 10;
+    pub const KIND_COUNT: u32 = 11;
 
     /// Every kind's name, as used in logs, metrics and the JSON `"op"` field,
     /// by variant index.
@@ -94,6 +97,7 @@ impl Request {
         "admin",
         "force_breaker",
         "reload",
+        "check",
     ];
 
     /// The variant index on the wire.
@@ -109,6 +113,7 @@ impl Request {
             Request::Admin(_) => 7,
             Request::ForceBreaker(_) => 8,
             Request::Reload => 9,
+            Request::Check(_) => 10,
         }
     }
 
@@ -136,6 +141,8 @@ pub enum Response {
     ForceBreaker(BreakerInfo),
     /// A successful `Reload`; a failed one is answered with `Error`.
     Reload(ReloadReply),
+    /// What a `Check` found.
+    Check(CheckReply),
 }
 
 /// Reply to `Ping`.
@@ -176,6 +183,57 @@ pub struct AdmitRequest {
     pub input_units: u32,
     #[serde(default)]
     pub output_units: u32,
+    /// The code or text the call will run or send: scanned by the content guard,
+    /// which then votes (protocol version 2).
+    #[serde(default)]
+    pub payload: Option<Payload>,
+}
+
+/// A text for the content scanner: the body of a `Check`, or an `Admit`'s payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(deny_unknown_fields)]
+pub struct Payload {
+    /// `python`, `javascript`, `typescript`, `shell`, `rust`, `go` or `text` (and
+    /// their usual aliases: `py`, `js`, `ts`, `sh`, `bash`, `rs`, `golang`, `txt`);
+    /// `None`: guessed from the text.
+    #[serde(default)]
+    pub lang: Option<String>,
+    /// At most `content.max_payload` bytes (default and most 1 MiB, `MAX_PAYLOAD_LEN`).
+    pub text: String,
+}
+
+/// Reply to `Check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct CheckReply {
+    /// The language the text was scanned as (given, or guessed).
+    pub lang: String,
+    /// What was found, in the order of the text; empty when clean.
+    pub violations: Vec<Violation>,
+    /// Violations found but not listed, so the reply fits a frame (at most
+    /// 500 are listed).
+    pub omitted: u32,
+}
+
+/// One thing the content scanner found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Violation {
+    /// `dangerous_call`, `secret`, `path_traversal`, `shell_injection` or `sql_injection`.
+    pub kind: String,
+    /// The rule's id (`python-eval`, `aws-access-key-id`, …).
+    pub rule: String,
+    /// `low`, `medium`, `high` or `critical`.
+    pub severity: String,
+    /// 1-based line of the match.
+    pub line: u32,
+    /// 1-based column, in characters (not bytes).
+    pub column: u32,
+    /// The matched text on its line, at most 120 characters; a secret shows at
+    /// most its first four characters and its length (`AKIA***(20 chars)`).
+    pub excerpt: String,
+    pub message: String,
 }
 
 /// The combined verdict of an admission.
@@ -222,15 +280,18 @@ pub enum GuardKind {
     Breaker,
     Budget,
     Quota,
+    /// The content scanner, on an `Admit`'s payload.
+    Content,
 }
 
 impl GuardKind {
     /// Every kind, in wire order: `ALL[kind.index()] == kind`.
-    pub const ALL: [GuardKind; 4] = [
+    pub const ALL: [GuardKind; 5] = [
         GuardKind::Rate,
         GuardKind::Breaker,
         GuardKind::Budget,
         GuardKind::Quota,
+        GuardKind::Content,
     ];
 
     /// The kind's position in [`GuardKind::ALL`] (its wire index), for tables
@@ -246,6 +307,7 @@ impl GuardKind {
             GuardKind::Breaker => "breaker",
             GuardKind::Budget => "budget",
             GuardKind::Quota => "quota",
+            GuardKind::Content => "content",
         }
     }
 }
@@ -603,6 +665,7 @@ impl Default for AdmitRequest {
             model: None,
             input_units: 0,
             output_units: 0,
+            payload: None,
         }
     }
 }

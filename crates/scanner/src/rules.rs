@@ -153,6 +153,43 @@ pub struct RuleError {
     pub problem: String,
 }
 
+// === impl Kind ===
+
+impl Kind {
+    /// The kind as rule files, replies, logs and the `kind` metric label spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::DangerousCall => "dangerous_call",
+            Kind::Secret => "secret",
+            Kind::PathTraversal => "path_traversal",
+            Kind::ShellInjection => "shell_injection",
+            Kind::SqlInjection => "sql_injection",
+        }
+    }
+}
+
+// === impl Severity ===
+
+impl Severity {
+    /// Every severity, from the least to the most severe.
+    pub const ALL: [Severity; 4] = [
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+
+    /// The severity as rule files and replies spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
 // === impl Rule ===
 
 impl Rule {

@@ -53,6 +53,7 @@ impl Engine {
             estimate,
             now,
             shadow_all: self.config.daemon.mode == Mode::Shadow,
+            content: plan.content,
         };
 
         let mut checked = Checked::new();

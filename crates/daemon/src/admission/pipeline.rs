@@ -12,12 +12,13 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::guard::breaker::Breakers;
 use crate::guard::budget::Budgets;
+use crate::guard::content::Content;
 use crate::guard::quota::{QuotaRule, Quotas};
 use crate::guard::rate::{RateLimits, RateRule};
 use crate::guard::Guard;
 
 /// How many guards [`Guards::stages`] runs.
-pub(super) const STAGES: usize = 4;
+pub(super) const STAGES: usize = 5;
 
 /// The budget stage's place in [`Guards::stages`]: money is the last thing
 /// taken, so a call any other guard denies never touches it.
@@ -25,6 +26,7 @@ pub(super) const BUDGET_STAGE: usize = STAGES - 1;
 
 /// Every guard's state.
 pub(super) struct Guards {
+    pub content: Content,
     pub breakers: Breakers,
     pub rates: RateLimits,
     pub quotas: Quotas,
@@ -45,6 +47,7 @@ impl Guards {
             .collect::<Result<_, _>>()?;
         let quotas = config.quotas.iter().cloned().map(QuotaRule::new).collect();
         Ok(Guards {
+            content: Content,
             breakers: Breakers::default(),
             rates: RateLimits::new(rules),
             quotas: Quotas::new(quotas),
@@ -52,10 +55,13 @@ impl Guards {
         })
     }
 
-    /// The guards, in the order they decide: the breaker first (the cheapest "no",
+    /// The guards, in the order they decide: the payload's content first (its
+    /// scan is already done, it takes nothing, and a forbidden payload is
+    /// refused whatever the limits say), then the breaker (the cheapest "no"
     /// shared by every agent), money last (a new guard goes before it).
     pub(super) fn stages(&mut self) -> [&mut dyn Guard; STAGES] {
         [
+            &mut self.content,
             &mut self.breakers,
             &mut self.rates,
             &mut self.quotas,

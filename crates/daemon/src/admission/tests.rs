@@ -55,6 +55,7 @@ fn plan(service: &str) -> Plan<'_> {
         output_units: 0,
         cost: None,
         model: None,
+        content: None,
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Plan<'a> {
     /// The caller's own estimate; `None` prices the call from the config.
     pub cost: Option<Usd>,
     pub model: Option<&'a str>,
+    /// The payload's scan, made outside the lock (`guard::content`).
+    pub content: Option<&'a crate::guard::content::Scanned>,
 }
 
 /// The verdict on a planned call.

@@ -1,29 +1,81 @@
 //! `Admit`: may this agent call this service now, at this cost? Validates the
 //! request, runs the admission, makes its reservation durable when money or a
 //! durable quota is involved, and turns the decision into an `AdmitReply`.
+//!
+//! With a payload (and `content.enabled`), the payload is scanned first, off
+//! the connection's task (`check.rs`), and the admission runs when the scan is
+//! done, with its result for the content guard. Such an admission is decided
+//! when its scan ends, not when it arrived: requests pipelined behind it on the
+//! same connection may be decided before it (their replies still come in order).
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use super::check::Job;
 use super::{dollars, invalid, log_transition, unavailable, Reply};
 use crate::admission::{Admitted, Caller, Decision, Moment, Plan, Reason};
+use crate::guard::content::Scanned;
+use crate::money::Usd;
 use crate::names::{check_name, shown};
 use crate::protocol::{AdmitReply, AdmitRequest, ErrorReply, GuardKind, Response, Vote};
 use crate::state::{Session, State};
 
-pub(super) fn apply(state: &State, session: &Session, req: AdmitRequest, now: Moment) -> Reply {
-    match decide(state, session, &req, now) {
-        Ok(reply) => reply,
-        Err(err) => Reply::Ready(Response::Error(err)),
-    }
+/// Who asked, as the decision and its log line need it; owned, because with a
+/// payload the decision is made in a future, after the scan.
+struct Asker {
+    session: u64,
+    agent: String,
+    peer_uid: u32,
+    peer_pid: i32,
 }
 
-fn decide(
+/// The request's checked values.
+#[derive(Clone, Copy)]
+struct Valid {
+    units: NonZeroU32,
+    cost: Option<Usd>,
+}
+
+pub(super) fn apply(state: &State, session: &Session, mut req: AdmitRequest, now: Moment) -> Reply {
+    let payload = req.payload.take();
+    let (asker, valid) = match validate(state, session, &req) {
+        Ok(checked) => checked,
+        Err(err) => return Reply::Ready(Response::Error(err)),
+    };
+    let config = state.config();
+    // Without the guard a payload is not looked at: no scan, no content vote.
+    let Some(payload) = payload.filter(|_| config.content.enabled) else {
+        return decided(decide(state, &asker, &req, valid, now, None));
+    };
+    let job = match Job::new(&config.content, payload) {
+        Ok(job) => job,
+        Err(err) => return Reply::Ready(Response::Error(err)),
+    };
+    let state = state.clone();
+    Reply::Pending(Box::pin(async move {
+        let scanned = match job.run().await {
+            Ok(scanned) => scanned,
+            Err(err) => return Response::Error(err),
+        };
+        // The scan took time: the admission happens now.
+        let now = state.moment();
+        decided(decide(&state, &asker, &req, valid, now, Some(&scanned)))
+            .into_response()
+            .await
+    }))
+}
+
+fn decided(result: Result<Reply, ErrorReply>) -> Reply {
+    result.unwrap_or_else(|err| Reply::Ready(Response::Error(err)))
+}
+
+/// Everything that can be checked before an admission: names, the agent's
+/// binding, units, cost.
+fn validate(
     state: &State,
     session: &Session,
     req: &AdmitRequest,
-    now: Moment,
-) -> Result<Reply, ErrorReply> {
+) -> Result<(Asker, Valid), ErrorReply> {
     check_name(&req.service)
         .map_err(|e| invalid(format!("service name {} {e}", shown(&req.service))))?;
     let agent = req.agent.as_deref().unwrap_or(&session.agent);
@@ -41,16 +93,35 @@ fn decide(
     let units =
         NonZeroU32::new(req.units).ok_or_else(|| invalid("units must be at least 1, got 0"))?;
     let cost = req.cost.map(|c| dollars("cost", c)).transpose()?;
+    let asker = Asker {
+        session: session.id,
+        agent: agent.to_owned(),
+        peer_uid: session.peer.uid,
+        peer_pid: session.peer.pid,
+    };
+    Ok((asker, Valid { units, cost }))
+}
+
+fn decide(
+    state: &State,
+    asker: &Asker,
+    req: &AdmitRequest,
+    valid: Valid,
+    now: Moment,
+    content: Option<&Scanned>,
+) -> Result<Reply, ErrorReply> {
+    let agent = asker.agent.as_str();
     let plan = Plan {
         service: &req.service,
-        units,
+        units: valid.units,
         input_units: req.input_units,
         output_units: req.output_units,
-        cost,
+        cost: valid.cost,
         model: req.model.as_deref(),
+        content,
     };
     let caller = Caller {
-        session: session.id,
+        session: asker.session,
         agent,
     };
     let admitted = state
@@ -64,7 +135,7 @@ fn decide(
     for (service, from, to) in &decision.transitions {
         log_transition(state, service, *from, *to);
     }
-    log_decision(session, agent, &req.service, decision);
+    log_decision(asker, &req.service, decision);
     let durable = match admitted {
         Admitted::Decided(decision) => {
             return Ok(Reply::Ready(Response::Admit(into_reply(decision))))
@@ -82,7 +153,8 @@ fn decide(
     })))
 }
 
-fn log_decision(session: &Session, agent: &str, service: &str, decision: &Decision) {
+fn log_decision(asker: &Asker, service: &str, decision: &Decision) {
+    let agent = asker.agent.as_str();
     record(decision);
     match decision.decisive_vote() {
         Some(vote) => {
@@ -95,7 +167,7 @@ fn log_decision(session: &Session, agent: &str, service: &str, decision: &Decisi
             let (guard, rule, reason) = (vote.guard.name(), &*vote.rule, vote.reason.to_string());
             log::info!(
                 message_id = crate::logging::message_id::DENIED,
-                agent = agent, service = service, peer_uid = session.peer.uid, peer_pid = session.peer.pid,
+                agent = agent, service = service, peer_uid = asker.peer_uid, peer_pid = asker.peer_pid,
                 guard = guard, rule = rule, decision = "deny", reason = reason.as_str();
                 "deny agent={agent} service={service} guard={guard}/{rule}: {reason}"
             );

@@ -11,6 +11,7 @@ mod admin;
 mod admit;
 mod breakers;
 mod budget;
+pub mod check;
 mod force_breaker;
 mod ping;
 mod quotas;
@@ -86,6 +87,7 @@ fn decide(state: &State, session: &Session, request: Request) -> Reply {
             Reply::Ready(force_breaker::apply(state, session, req, now.mono))
         }
         Request::Reload => reload::apply(state, session),
+        Request::Check(payload) => check::apply(state, payload),
     }
 }
 
@@ -99,7 +101,8 @@ fn needs_admin(request: &Request) -> bool {
         | Request::Report(_)
         | Request::Breakers(_)
         | Request::Budget(_)
-        | Request::Quotas(_) => false,
+        | Request::Quotas(_)
+        | Request::Check(_) => false,
         Request::Admin(_) | Request::ForceBreaker(_) | Request::Reload => true,
     }
 }

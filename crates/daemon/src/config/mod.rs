@@ -18,7 +18,10 @@ pub use validate::{http_address, webhook_url};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use automation_framework_scanner::{Scanner, Severity};
 
 use crate::guard::breaker::BreakerConfig;
 use crate::guard::budget::BudgetSpec;
@@ -48,6 +51,27 @@ pub struct Config {
     pub http: HttpConfig,
     /// `[alerts]`: the webhook, and how alerts are suppressed and queued.
     pub alerts: AlertsConfig,
+    /// `[content]`: the content guard and its rules.
+    pub content: ContentConfig,
+}
+
+/// `[content]`: what payloads may contain (SPEC §3.7). The rules are loaded
+/// with the config, so a reload that brings an invalid rule file is refused
+/// whole like any other invalid key, and the old rules stay.
+#[derive(Debug, Clone)]
+pub struct ContentConfig {
+    /// Scan `Check` texts and `Admit` payloads at all.
+    pub enabled: bool,
+    /// Operator rule files (`*.toml`) added to the built-in rules.
+    pub rules_dir: Option<PathBuf>,
+    /// Largest text scanned, in bytes; checked before the scan.
+    pub max_payload: usize,
+    /// Findings at or above this severity deny an admission.
+    pub deny_at: Severity,
+    /// Record content denials, never deny.
+    pub shadow: bool,
+    /// The compiled rules: immutable, shared by every scan, swapped whole.
+    pub scanner: Arc<Scanner>,
 }
 
 /// The operator's HTTP listener.
@@ -92,6 +116,30 @@ pub struct Price {
     pub per_unit: UnitPrice,
     pub per_input_unit: UnitPrice,
     pub per_output_unit: UnitPrice,
+}
+
+// === impl ContentConfig ===
+
+impl PartialEq for ContentConfig {
+    /// The settings, and the rules by their ids in order: the compiled scanner
+    /// has no equality of its own, and a rule file edited in place keeps its ids
+    /// (so two loads compare equal unless a rule was added, removed or moved).
+    fn eq(&self, other: &Self) -> bool {
+        let ids = |c: &ContentConfig| -> Vec<String> {
+            c.scanner
+                .rules()
+                .rules()
+                .iter()
+                .map(|r| r.id.clone())
+                .collect()
+        };
+        self.enabled == other.enabled
+            && self.rules_dir == other.rules_dir
+            && self.max_payload == other.max_payload
+            && self.deny_at == other.deny_at
+            && self.shadow == other.shadow
+            && (Arc::ptr_eq(&self.scanner, &other.scanner) || ids(self) == ids(other))
+    }
 }
 
 // === impl Price ===

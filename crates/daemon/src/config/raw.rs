@@ -32,6 +32,7 @@ pub(super) struct RawConfig {
     pub quotas: Vec<RawQuota>,
     pub http: RawHttp,
     pub alerts: RawAlerts,
+    pub content: RawContent,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +191,16 @@ pub(super) struct RawAlerts {
     pub ca_file: Option<PathBuf>,
     pub suppress: String,
     pub queue: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawContent {
+    pub enabled: bool,
+    pub rules_dir: Option<PathBuf>,
+    pub max_payload: usize,
+    pub deny_at: Spelled<automation_framework_scanner::Severity>,
+    pub shadow: bool,
 }
 
 // === the spellings of the config's enums ===
@@ -374,6 +385,18 @@ impl Default for RawHttp {
         RawHttp {
             listen: "127.0.0.1:8765".into(),
             allow_remote: false,
+        }
+    }
+}
+
+impl Default for RawContent {
+    fn default() -> Self {
+        RawContent {
+            enabled: true,
+            rules_dir: None,
+            max_payload: crate::protocol::MAX_PAYLOAD_LEN,
+            deny_at: Spelled::Known(automation_framework_scanner::Severity::High),
+            shadow: false,
         }
     }
 }

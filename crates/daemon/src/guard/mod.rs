@@ -17,6 +17,7 @@
 
 pub mod breaker;
 pub mod budget;
+pub mod content;
 pub mod period;
 pub mod quota;
 pub mod rate;
@@ -48,6 +49,8 @@ pub struct Call<'a> {
     pub now: Moment,
     /// The whole daemon runs in shadow mode: decide and record, never deny.
     pub shadow_all: bool,
+    /// The payload's scan, made before the lock was taken (`None`: no payload).
+    pub content: Option<&'a content::Scanned>,
 }
 
 /// A guard's answer to a call.

@@ -63,6 +63,10 @@ proptest! {
                 let back: ForceBreakerRequest = serde_json::from_value(serde_json::to_value(f).unwrap()).unwrap();
                 prop_assert_eq!(&back, f);
             }
+            Request::Check(p) => {
+                let back: Payload = serde_json::from_value(serde_json::to_value(p).unwrap()).unwrap();
+                prop_assert_eq!(&back, p);
+            }
             _ => {}
         }
     }
@@ -98,7 +102,11 @@ proptest! {
 
 #[test]
 fn kind_count_matches_the_enum() {
-    let last = encode(&Request::Reload).unwrap();
+    let last = encode(&Request::Check(Payload {
+        lang: None,
+        text: String::new(),
+    }))
+    .unwrap();
     let index = u32::from_le_bytes(last[0..4].try_into().unwrap());
     assert_eq!(index + 1, Request::KIND_COUNT);
 }
@@ -120,14 +128,14 @@ fn request_variant_constant_matches_the_enum() {
 #[test]
 fn hello_bytes_match_the_documented_layout() {
     let body = encode(&ClientFrame::Hello(crate::Hello {
-        version: 1,
+        version: 2,
         client: "c".into(),
         agent: "ab".into(),
     }))
     .unwrap();
     let expected: Vec<u8> = [
         &0u32.to_le_bytes()[..], // ClientFrame::Hello
-        &1u16.to_le_bytes()[..], // version
+        &2u16.to_le_bytes()[..], // version
         &1u64.to_le_bytes()[..], // client length
         b"c",
         &2u64.to_le_bytes()[..], // agent length
@@ -135,7 +143,37 @@ fn hello_bytes_match_the_documented_layout() {
     ]
     .concat();
     assert_eq!(body, expected);
-    assert_eq!(crate::handshake::peek_hello_version(&body), Some(1));
+    assert_eq!(crate::handshake::peek_hello_version(&body), Some(2));
+}
+
+/// A client of protocol version 1 (before `AdmitRequest.payload`) is told its
+/// version, not handed a misread admission: its `Hello` decodes as this
+/// version's layout (the layout did not change), so the version check is what
+/// refuses it, and a version-1 `Admit` body sent anyway is not a valid frame.
+#[test]
+fn a_version_1_client_is_recognised_and_its_admit_does_not_decode() {
+    let hello = encode(&ClientFrame::Hello(crate::Hello {
+        version: 1,
+        client: "old".into(),
+        agent: "a".into(),
+    }))
+    .unwrap();
+    assert_eq!(crate::handshake::peek_hello_version(&hello), Some(1));
+    assert_ne!(crate::PROTOCOL_VERSION, 1);
+    // Version 1's Admit: the same fields without the payload's Option tag.
+    let mut v1 = encode(&ClientFrame::Request(Envelope {
+        id: 8,
+        request: Request::Admit(AdmitRequest {
+            service: "openai".into(),
+            ..AdmitRequest::default()
+        }),
+    }))
+    .unwrap();
+    assert_eq!(v1.pop(), Some(0), "the payload's None tag is the last byte");
+    assert!(
+        decode_client_frame(&v1).is_err(),
+        "a version-1 admit is malformed here"
+    );
 }
 
 #[test]
@@ -348,6 +386,9 @@ mod the_document {
             AdminReply,
             ForceBreakerRequest,
             ReloadReply,
+            Payload,
+            CheckReply,
+            Violation,
             StatusReport,
             BreakerCounts,
             ErrorReply,
@@ -366,10 +407,25 @@ mod the_document {
         for stated in [
             format!("index ≥ {kinds} for this daemon, `Request::KIND_COUNT`"),
             format!("`Request::KIND_COUNT` = {kinds}: an index ≥ {kinds}"),
-            format!("`Reload` is index {}", Request::Reload.kind()),
             format!(
-                "`MAX_FRAME_LEN` = 1 MiB = **{}** bytes",
+                "`Check` is index {}",
+                Request::Check(Payload {
+                    lang: None,
+                    text: String::new()
+                })
+                .kind()
+            ),
+            format!(
+                "`MAX_FRAME_LEN` = 1 MiB + 64 KiB = **{}** bytes",
                 thousands(MAX_FRAME_LEN)
+            ),
+            format!(
+                "`MAX_PAYLOAD_LEN` = 1 MiB = **{}** bytes",
+                thousands(crate::MAX_PAYLOAD_LEN)
+            ),
+            format!(
+                "Protocol version described here: **{}**",
+                crate::PROTOCOL_VERSION
             ),
             format!("`MAX_HELLO_LEN` = **{}**", thousands(MAX_HELLO_LEN)),
             // version, two strings of at most MAX_NAME_LEN, variant index
@@ -429,9 +485,9 @@ mod the_document {
                 })),
             ),
             (
-                "`Welcome { version: 1,",
+                "`Welcome { version: 2,",
                 framed(&ServerFrame::Welcome(Welcome {
-                    version: 1,
+                    version: 2,
                     server: "0.1.0".into(),
                     session: 1,
                     peer: PeerIdentity {
@@ -472,6 +528,7 @@ mod the_document {
                         model: Some("gpt-4o".into()),
                         input_units: 1000,
                         output_units: 200,
+                        payload: None,
                     }),
                 })),
             ),
@@ -485,6 +542,35 @@ mod the_document {
                         latency_ms: Some(840),
                         cost: Some(0.017),
                         ..ReportRequest::default()
+                    }),
+                })),
+            ),
+            (
+                "`Request(Envelope { id: 12, request: Check(",
+                framed(&ClientFrame::Request(Envelope {
+                    id: 12,
+                    request: Request::Check(Payload {
+                        lang: Some("py".into()),
+                        text: "eval(x)".into(),
+                    }),
+                })),
+            ),
+            (
+                "`Reply { id: 12, response: Check(",
+                framed(&ServerFrame::Reply(ReplyEnvelope {
+                    id: 12,
+                    response: Response::Check(CheckReply {
+                        lang: "python".into(),
+                        violations: vec![Violation {
+                            kind: "dangerous_call".into(),
+                            rule: "py-eval".into(),
+                            severity: "high".into(),
+                            line: 1,
+                            column: 1,
+                            excerpt: "eval(x)".into(),
+                            message: "eval".into(),
+                        }],
+                        omitted: 0,
                     }),
                 })),
             ),

@@ -7,6 +7,7 @@
 //! prices); the top level, `[http]`, `[alerts]` and the shared helpers are here.
 
 mod budget;
+mod content;
 mod daemon;
 mod guards;
 
@@ -36,6 +37,7 @@ pub(super) fn config(raw: RawConfig) -> Result<Config, ConfigError> {
     let alerts = alerts(raw.alerts)?;
     let access = daemon::access(raw.access)?;
     let agents = daemon::agents(raw.agents)?;
+    let content = content::content(raw.content)?;
     Ok(Config {
         daemon,
         breaker,
@@ -48,6 +50,7 @@ pub(super) fn config(raw: RawConfig) -> Result<Config, ConfigError> {
         quotas,
         http,
         alerts,
+        content,
     })
 }
 
