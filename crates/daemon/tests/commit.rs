@@ -259,3 +259,42 @@ async fn a_report_of_an_unknown_reservation_changes_nothing() {
     );
     daemon.assert_memory_matches_ledger().await;
 }
+
+/// Reproducer: a slow reader cut off by `idle_timeout` while its pipelined
+/// admissions were being committed left 125 of them stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_cut_off_mid_commit_leaves_nothing_stuck() {
+    let daemon = Daemon::start(
+        "[daemon]\nidle_timeout = \"500ms\"\n[budget]\nlimit = 1000.0\norphan_timeout = \"1s\"\norphan_policy = \"release\"\n",
+    );
+    let mut raw: Raw = daemon.raw().await;
+    raw.hello("deaf").await;
+    // Far more replies than the socket buffers hold, never read: the daemon's
+    // writes block, and it cuts the client off after the idle timeout.
+    let firehose = tokio::spawn(async move {
+        for id in 0..5_000u64 {
+            let frame = ClientFrame::Request(Envelope {
+                id,
+                request: admit(0.01),
+            });
+            if !raw.try_send(&frame).await {
+                break;
+            }
+        }
+        raw
+    });
+    eventually(Duration::from_secs(10), || async {
+        let status = daemon.client("poll").await.status().await.unwrap();
+        // Only the poller itself: the deaf client is gone.
+        (status.connections == 1).then_some(())
+    })
+    .await;
+    firehose.abort();
+    daemon.assert_memory_matches_ledger().await;
+    eventually(Duration::from_secs(10), || async {
+        let budget = daemon.client("poll").await.budget(None).await.unwrap();
+        (budget.reserved == 0.0).then_some(())
+    })
+    .await;
+    daemon.assert_memory_matches_ledger().await;
+}
