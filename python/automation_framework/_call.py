@@ -21,7 +21,7 @@ from __future__ import annotations
 import builtins
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ._native import Decision, Report
 from .errors import Denied
@@ -38,7 +38,10 @@ DEFAULT_RETRY_ON: tuple[type[BaseException], ...] = (
 )
 
 
-class _CallBase:
+C = TypeVar("C")
+
+
+class _CallBase(Generic[C]):
     service: str
     decision: Decision | None
     #: What the call actually cost (USD); ``None``: priced by the daemon.
@@ -55,6 +58,7 @@ class _CallBase:
 
     def __init__(
         self,
+        client: C,
         service: str,
         *,
         estimate: float | None,
@@ -65,6 +69,7 @@ class _CallBase:
         agent: str | None,
         retry_on: tuple[type[BaseException], ...],
     ) -> None:
+        self._client = client
         self.service = service
         self.estimate = estimate
         self._admit_units = units
@@ -98,16 +103,6 @@ class _CallBase:
         self.retryable = flag if isinstance(flag, bool) else isinstance(exc, self._retry_on)
         return False
 
-    def _report_kwargs(self, success: bool) -> dict[str, object]:
-        return {
-            "success": success,
-            "latency": self.latency,
-            "cost": self.cost,
-            "units": self.units,
-            "input_units": self.input_units,
-            "output_units": self.output_units,
-        }
-
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(service={self.service!r}, decision={self.decision!r}, "
@@ -115,12 +110,8 @@ class _CallBase:
         )
 
 
-class Call(_CallBase):
+class Call(_CallBase["Client"]):
     """One admitted call, reported when the ``with`` block ends."""
-
-    def __init__(self, client: Client, service: str, **kwargs: object) -> None:
-        super().__init__(service, **kwargs)  # type: ignore[arg-type]
-        self._client = client
 
     def __enter__(self) -> Call:
         self._admitted(
@@ -160,12 +151,8 @@ class Call(_CallBase):
             exc.add_note(f"automation_framework: reporting this failure failed: {report_error!r}")
 
 
-class AsyncCall(_CallBase):
+class AsyncCall(_CallBase["AsyncClient"]):
     """One admitted call, reported when the ``async with`` block ends."""
-
-    def __init__(self, client: AsyncClient, service: str, **kwargs: object) -> None:
-        super().__init__(service, **kwargs)  # type: ignore[arg-type]
-        self._client = client
 
     async def __aenter__(self) -> AsyncCall:
         self._admitted(
