@@ -28,7 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import automation_framework as af
+# Run as a script, Python puts this directory first on sys.path, where the source
+# package (without its native module) would stand in for the installed wheel.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import automation_framework as af  # noqa: E402
 
 CONFIG = "rate_limits = []\n[budget]\nenabled = false\n"
 

@@ -325,17 +325,22 @@ fn submit<'py>(slf: &Bound<'py, AsyncClient>, request: Request) -> PyResult<Boun
     this.watch(slf, &event_loop)?;
     let future = event_loop.call_method0(intern!(py, "create_future"))?;
     let token = this.next_token.fetch_add(1, Ordering::Relaxed);
+    // Filed before it is sent, so the result can never arrive before its future.
+    this.waiting
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(token, future.clone().unbind());
     let sent = match &*this.jobs.lock().unwrap_or_else(PoisonError::into_inner) {
         Some(jobs) => jobs.send(Job { token, request }).is_ok(),
         None => false,
     };
     if !sent {
+        this.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&token);
         return Err(Failure::ClientClosed.into_pyerr(py));
     }
-    this.waiting
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(token, future.clone().unbind());
     Ok(future)
 }
 

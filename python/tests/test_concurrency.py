@@ -156,3 +156,16 @@ def test_async_connect_failure_is_typed(tmp_path: object) -> None:
         client.close()
 
     asyncio.run(main())
+
+
+def test_a_cancelled_request_leaves_the_client_usable(daemon: Daemon) -> None:
+    async def main() -> None:
+        client = af.AsyncClient(daemon.socket, agent="canceller")
+        abandoned = asyncio.ensure_future(client.ping())
+        abandoned.cancel()
+        waiting = [client.ping() for _ in range(10)]
+        assert [p.agent for p in await asyncio.gather(*waiting)] == ["canceller"] * 10
+        assert abandoned.cancelled()
+        client.close()
+
+    asyncio.run(main())
