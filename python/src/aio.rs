@@ -4,14 +4,17 @@
 //! The connection belongs to a task on a small tokio runtime of the package's
 //! own (one worker thread, shared by every `AsyncClient` of the process). A
 //! request method, called on the event loop's thread, creates an asyncio future,
-//! files it under a token and hands the request to the task through a channel;
-//! it returns at once. The task writes requests as they come (pipelining) and
-//! reads replies, which the daemon sends in request order and which are matched
-//! to their requests by id. Finished replies are queued for the event loop, and
-//! one byte on a socket pair the loop watches (`loop.add_reader`) wakes it: the
-//! loop then drains every finished reply in one callback, turning each into its
-//! Python object and resolving its future. So the tokio thread never takes the
-//! GIL, and a burst of replies costs the loop one wake-up, not one per reply.
+//! files it under a token and queues the request; it returns at once. The
+//! requests queued during one turn of the event loop go to the task together
+//! (`_flush`, scheduled with `call_soon` by the first of them), and the task
+//! writes them with one write (pipelining). It reads the replies, which the
+//! daemon sends in request order and which are matched to their requests by id,
+//! and hands every reply that has arrived to the event loop at once when it has
+//! nothing more to do: one byte on a socket pair the loop watches
+//! (`loop.add_reader`) wakes it, and the loop drains every finished reply in one
+//! callback (`_drain`), turning each into its Python object and resolving its
+//! future. So the tokio thread never takes the GIL, and a burst of requests
+//! costs one hand-over each way, not one per request.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -22,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -70,11 +74,15 @@ struct Finished {
 }
 
 impl Finished {
-    fn push(&self, token: u64, result: Result<Response, Failure>) {
+    /// Hands `results` to the event loop (emptying it) and wakes the loop.
+    fn publish(&self, results: &mut Vec<(u64, Result<Response, Failure>)>) {
+        if results.is_empty() {
+            return;
+        }
         self.queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push((token, result));
+            .append(results);
         if !self.woken.swap(true, Ordering::AcqRel) {
             // Non-blocking: a full socket buffer already holds wake bytes.
             let _ = (&self.wake_tx).write(&[1]);
@@ -93,7 +101,10 @@ impl Finished {
 pub struct AsyncClient {
     socket: PathBuf,
     agent: String,
-    jobs: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    jobs: Mutex<Option<mpsc::UnboundedSender<Vec<Job>>>>,
+    /// Requests queued during this turn of the event loop, sent by `_flush`.
+    corked: Mutex<Vec<Job>>,
+    flush_scheduled: AtomicBool,
     finished: Arc<Finished>,
     wake_rx: StdUnixStream,
     next_token: AtomicU64,
@@ -140,6 +151,8 @@ impl AsyncClient {
             socket,
             agent,
             jobs: Mutex::new(Some(tx)),
+            corked: Mutex::new(Vec::new()),
+            flush_scheduled: AtomicBool::new(false),
             finished,
             wake_rx,
             next_token: AtomicU64::new(1),
@@ -244,6 +257,7 @@ impl AsyncClient {
     /// Ends the connection task once the requests already sent are answered,
     /// and stops watching the wake socket; later requests raise `ClientClosed`.
     fn close(&self, py: Python<'_>) {
+        self._flush(py);
         self.jobs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -258,6 +272,27 @@ impl AsyncClient {
                 .bind(py)
                 .call_method1("remove_reader", (self.wake_rx.as_raw_fd(),));
         }
+    }
+
+    /// Hands the requests queued during this turn of the event loop to the
+    /// connection task. Scheduled by `call_soon`; not part of the API.
+    fn _flush(&self, py: Python<'_>) {
+        self.flush_scheduled.store(false, Ordering::Release);
+        let batch =
+            std::mem::take(&mut *self.corked.lock().unwrap_or_else(PoisonError::into_inner));
+        if batch.is_empty() {
+            return;
+        }
+        let refused = match &*self.jobs.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(jobs) => jobs.send(batch).err().map(|e| e.0),
+            None => Some(batch),
+        };
+        // Closed meanwhile: the futures learn it now.
+        for job in refused.into_iter().flatten() {
+            self.finished
+                .publish(&mut vec![(job.token, Err(Failure::ClientClosed))]);
+        }
+        let _ = py;
     }
 
     /// Resolves the futures of every finished request. Called by the event loop
@@ -325,21 +360,27 @@ fn submit<'py>(slf: &Bound<'py, AsyncClient>, request: Request) -> PyResult<Boun
     this.watch(slf, &event_loop)?;
     let future = event_loop.call_method0(intern!(py, "create_future"))?;
     let token = this.next_token.fetch_add(1, Ordering::Relaxed);
-    // Filed before it is sent, so the result can never arrive before its future.
+    if this
+        .jobs
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_none()
+    {
+        return Err(Failure::ClientClosed.into_pyerr(py));
+    }
     this.waiting
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(token, future.clone().unbind());
-    let sent = match &*this.jobs.lock().unwrap_or_else(PoisonError::into_inner) {
-        Some(jobs) => jobs.send(Job { token, request }).is_ok(),
-        None => false,
-    };
-    if !sent {
-        this.waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&token);
-        return Err(Failure::ClientClosed.into_pyerr(py));
+    this.corked
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(Job { token, request });
+    if !this.flush_scheduled.swap(true, Ordering::AcqRel) {
+        event_loop.call_method1(
+            intern!(py, "call_soon"),
+            (slf.getattr(intern!(py, "_flush"))?,),
+        )?;
     }
     Ok(future)
 }
@@ -374,81 +415,103 @@ impl AsyncClient {
     }
 }
 
-/// Owns the connection: writes jobs as they arrive, reads replies, files each
-/// result under its job's token. Connects on the first job and again on the
-/// first job after the connection broke (the same rules as `Client`: a request
-/// that could not be written is sent again on a fresh connection; requests in
-/// flight when it broke fail with `ConnectionLost`).
+/// Results on their way to the event loop.
+type Done = Vec<(u64, Result<Response, Failure>)>;
+
+/// Owns the connection: writes requests in bursts, reads replies, and hands
+/// results to the event loop whenever it would otherwise wait. Connects on the
+/// first request and again on the first after the connection broke (the same
+/// rules as `Client`: a request that could not be written is sent again on a
+/// fresh connection; requests in flight when it broke fail with
+/// `ConnectionLost`).
 async fn connection_task(
     socket: PathBuf,
     agent: String,
     timeout: Option<Duration>,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
+    mut jobs: mpsc::UnboundedReceiver<Vec<Job>>,
     finished: Arc<Finished>,
 ) {
     let mut conn: Option<RustClient> = None;
-    // (request id, token) of each request written and not yet answered, in order.
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut backlog: VecDeque<Job> = VecDeque::new();
+    let mut done: Done = Vec::new();
+    let mut closing = false;
     let connect = || async {
         RustClient::connect(&socket, &agent, CLIENT_NAME)
             .await
             .map_err(Failure::from_client)
     };
     loop {
+        // Whatever can be done without waiting: take queued requests, write
+        // what fits, read the replies already here.
+        loop {
+            match jobs.try_recv() {
+                Ok(batch) => backlog.extend(batch),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    closing = true;
+                    break;
+                }
+            }
+        }
+        let mut progressed =
+            write_burst(&mut conn, &mut in_flight, &mut backlog, &mut done, &connect).await;
+        while conn.is_some() && !in_flight.is_empty() {
+            match next_reply(&mut conn, None).now_or_never() {
+                Some(reply) => {
+                    take_reply(reply, &mut conn, &mut in_flight, &mut done);
+                    progressed = true;
+                }
+                None => break,
+            }
+        }
+        if progressed {
+            continue;
+        }
+        // About to wait: the event loop gets everything finished so far.
+        finished.publish(&mut done);
+        if closing && backlog.is_empty() && (in_flight.is_empty() || conn.is_none()) {
+            fail_all(&mut in_flight, &mut done, &Failure::ClientClosed);
+            finished.publish(&mut done);
+            return;
+        }
         tokio::select! {
             biased;
             reply = next_reply(&mut conn, deadline(&in_flight, timeout)), if conn.is_some() && !in_flight.is_empty() => {
-                match reply {
-                    Ok(reply) => {
-                        let InFlight { id, token, .. } = in_flight.pop_front().expect("guarded by !in_flight.is_empty()");
-                        if reply.id == id {
-                            finished.push(token, Ok(reply.response));
-                        } else {
-                            let failure = Failure::Protocol(format!("reply id {} for request {id}", reply.id));
-                            finished.push(token, Err(failure.clone()));
-                            fail_all(&mut in_flight, &finished, &failure);
-                            conn = None;
-                        }
-                    }
-                    Err(failure) => {
-                        fail_all(&mut in_flight, &finished, &failure);
-                        conn = None;
-                    }
-                }
+                take_reply(reply, &mut conn, &mut in_flight, &mut done);
             }
-            job = jobs.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
-                let Some(mut job) = job else { break };
-                loop {
-                    // Room for the next job; take whatever else is already queued
-                    // without going around the select.
-                    write_job(&mut conn, &mut in_flight, job, &connect, &finished).await;
-                    if in_flight.len() >= MAX_IN_FLIGHT {
-                        break;
-                    }
-                    match jobs.try_recv() {
-                        Ok(next) => job = next,
-                        Err(_) => break,
-                    }
-                }
-            }
+            batch = jobs.recv(), if !closing => match batch {
+                Some(batch) => backlog.extend(batch),
+                None => closing = true,
+            },
         }
     }
-    // Every handle is gone: answer what was sent, then close.
-    while !in_flight.is_empty() {
-        let reply = next_reply(&mut conn, deadline(&in_flight, timeout)).await;
-        let InFlight { id, token, .. } = in_flight.pop_front().expect("checked by the loop");
-        match reply {
-            Ok(reply) if reply.id == id => finished.push(token, Ok(reply.response)),
-            Ok(reply) => finished.push(
-                token,
-                Err(Failure::Protocol(format!(
-                    "reply id {} for request {id}",
-                    reply.id
-                ))),
-            ),
-            Err(failure) => finished.push(token, Err(failure)),
+}
+
+/// Files one reply (or the failure that ended the connection).
+fn take_reply(
+    reply: Result<ReplyEnvelope, Failure>,
+    conn: &mut Option<RustClient>,
+    in_flight: &mut VecDeque<InFlight>,
+    done: &mut Done,
+) {
+    let failure = match reply {
+        Ok(reply) => {
+            let Some(InFlight { id, token, .. }) = in_flight.pop_front() else {
+                return;
+            };
+            if reply.id == id {
+                done.push((token, Ok(reply.response)));
+                return;
+            }
+            let failure = Failure::Protocol(format!("reply id {} for request {id}", reply.id));
+            done.push((token, Err(failure.clone())));
+            failure
         }
-    }
+        Err(failure) => failure,
+    };
+    fail_all(in_flight, done, &failure);
+    *conn = None;
 }
 
 /// A request written and not yet answered.
@@ -474,7 +537,8 @@ async fn next_reply(
     let Some(client) = conn.as_mut() else {
         return Err(Failure::Lost("not connected".into()));
     };
-    // `recv` only awaits the next frame, so dropping it in the select loses nothing.
+    // `recv` only awaits the next frame, so dropping it (select, now_or_never)
+    // loses nothing.
     match deadline {
         None => client.recv().await.map_err(Failure::from_client),
         Some((at, after)) => match tokio::time::timeout_at(at, client.recv()).await {
@@ -484,65 +548,103 @@ async fn next_reply(
     }
 }
 
-/// Writes one job, connecting first if needed; on failure the job's own result
-/// is filed (and those of the requests lost with the connection).
-async fn write_job<F, Fut>(
+/// Writes as many backlogged requests as the in-flight bound allows, with one
+/// write. Returns whether it took any request off the backlog.
+///
+/// When nothing is in flight, the connection may have been closed by the daemon
+/// since it was last used (a restart, the idle timeout), so the first request is
+/// written by itself: if that fails, the daemon never saw it, and it goes out
+/// again on a new connection. A failure after that loses the connection and
+/// every request in flight on it.
+async fn write_burst<F, Fut>(
     conn: &mut Option<RustClient>,
     in_flight: &mut VecDeque<InFlight>,
-    job: Job,
+    backlog: &mut VecDeque<Job>,
+    done: &mut Done,
     connect: &F,
-    finished: &Finished,
-) where
+) -> bool
+where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<RustClient, Failure>>,
 {
-    let fresh = conn.is_none();
-    if fresh {
-        match connect().await {
-            Ok(client) => *conn = Some(client),
-            Err(failure) => {
-                finished.push(job.token, Err(failure));
-                return;
-            }
-        }
+    let count = MAX_IN_FLIGHT
+        .saturating_sub(in_flight.len())
+        .min(backlog.len());
+    if count == 0 {
+        return false;
     }
-    let client = conn.as_mut().expect("connected just above");
-    match client.send(job.request.clone()).await {
-        Ok(id) => in_flight.push_back(InFlight {
-            id,
-            token: job.token,
-            sent: tokio::time::Instant::now(),
-        }),
-        Err(err) => {
-            let failure = Failure::from_client(err);
+    let mut burst: VecDeque<Job> = backlog.drain(..count).collect();
+    let sent = |id, token| InFlight {
+        id,
+        token,
+        sent: tokio::time::Instant::now(),
+    };
+    if conn.is_none() || in_flight.is_empty() {
+        let first = burst.pop_front().expect("count > 0");
+        let mut written = None;
+        if let Some(client) = conn.as_mut() {
+            written = client.send(first.request.clone()).await.ok();
+        }
+        if written.is_none() {
             *conn = None;
-            // The requests written before are lost with the connection; this one
-            // was never seen by the daemon and goes out again on a new connection.
-            fail_all(in_flight, finished, &failure);
-            if fresh {
-                finished.push(job.token, Err(failure));
-                return;
-            }
             match connect().await {
-                Ok(mut client) => match client.send(job.request).await {
+                Ok(mut client) => match client.send(first.request).await {
                     Ok(id) => {
-                        in_flight.push_back(InFlight {
-                            id,
-                            token: job.token,
-                            sent: tokio::time::Instant::now(),
-                        });
+                        written = Some(id);
                         *conn = Some(client);
                     }
-                    Err(err) => finished.push(job.token, Err(Failure::from_client(err))),
+                    Err(err) => done.push((first.token, Err(Failure::from_client(err)))),
                 },
-                Err(failure) => finished.push(job.token, Err(failure)),
+                Err(failure) => {
+                    // Nothing can be sent now: every waiting request learns why.
+                    for job in burst.drain(..).chain(backlog.drain(..)) {
+                        done.push((job.token, Err(failure.clone())));
+                    }
+                    done.push((first.token, Err(failure)));
+                    return true;
+                }
+            }
+        }
+        match written {
+            Some(id) => in_flight.push_back(sent(id, first.token)),
+            None => {
+                for job in burst {
+                    done.push((job.token, Err(Failure::Lost("connection failed".into()))));
+                }
+                return true;
             }
         }
     }
+    let Some(client) = conn.as_mut() else {
+        return true;
+    };
+    let mut failure = None;
+    for job in burst.drain(..) {
+        if let Some(failure) = &failure {
+            done.push((job.token, Err(Failure::clone(failure))));
+            continue;
+        }
+        match client.feed(job.request).await {
+            Ok(id) => in_flight.push_back(sent(id, job.token)),
+            Err(err) => {
+                let lost = Failure::from_client(err);
+                done.push((job.token, Err(lost.clone())));
+                failure = Some(lost);
+            }
+        }
+    }
+    if failure.is_none() {
+        failure = client.flush().await.err().map(Failure::from_client);
+    }
+    if let Some(failure) = failure {
+        fail_all(in_flight, done, &failure);
+        *conn = None;
+    }
+    true
 }
 
-fn fail_all(in_flight: &mut VecDeque<InFlight>, finished: &Finished, failure: &Failure) {
+fn fail_all(in_flight: &mut VecDeque<InFlight>, done: &mut Done, failure: &Failure) {
     for InFlight { token, .. } in in_flight.drain(..) {
-        finished.push(token, Err(failure.clone()));
+        done.push((token, Err(failure.clone())));
     }
 }
