@@ -141,6 +141,30 @@ impl Client {
         Ok(id)
     }
 
+    /// Queues a request without writing it yet; returns the id its reply carries.
+    /// A pipelining caller feeds a burst of requests and [`Client::flush`]es them
+    /// with one write instead of one per request (the Python `AsyncClient`).
+    ///
+    /// # Errors
+    /// Socket write errors (when the queue is large enough to be written now).
+    pub async fn feed(&mut self, request: Request) -> Result<u64, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let body = encode(&ClientFrame::Request(Envelope { id, request }))
+            .map_err(|e| ClientError::Io(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        self.framed.feed(bytes::Bytes::from(body)).await?;
+        Ok(id)
+    }
+
+    /// Writes every request [`Client::feed`] queued.
+    ///
+    /// # Errors
+    /// Socket write errors.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        SinkExt::<bytes::Bytes>::flush(&mut self.framed).await?;
+        Ok(())
+    }
+
     /// Receives the next single reply.
     ///
     /// # Errors

@@ -1,0 +1,123 @@
+//! Python arguments to protocol requests, shared by `Client` and `AsyncClient`
+//! so both take exactly the same keywords and refuse the same mistakes.
+
+use pyo3::prelude::*;
+
+use automation_framework_protocol::{
+    AdmitRequest, BreakersRequest, BudgetRequest, Outcome, QuotasRequest, ReportRequest, Request,
+};
+
+use crate::errors::invalid_argument;
+use crate::types::Decision;
+
+/// The name a `Hello` carries for this package, in the daemon's logs.
+pub const CLIENT_NAME: &str = concat!("automation-framework-python/", env!("CARGO_PKG_VERSION"));
+
+/// `admit` (see `_native.pyi` for the meaning of each argument).
+//
+// Room for the admission fields other issues add to the protocol: `payload` (the
+// content scanner's input), `lease` and `wait` (bulkheads and leases, retry
+// advice's `attempt`). They join this signature, the stubs and `Call` when the
+// `AdmitRequest` fields exist; until then the daemon would refuse them.
+#[allow(clippy::too_many_arguments)]
+pub fn admit(
+    service: String,
+    cost: Option<f64>,
+    units: Option<u32>,
+    model: Option<String>,
+    input_units: Option<u32>,
+    output_units: Option<u32>,
+    agent: Option<String>,
+) -> Request {
+    Request::Admit(AdmitRequest {
+        agent,
+        service,
+        units: units.unwrap_or(1),
+        cost,
+        model,
+        input_units: input_units.unwrap_or(0),
+        output_units: output_units.unwrap_or(0),
+    })
+}
+
+/// `report`: `reservation` is an int or the `Decision` that holds it.
+#[allow(clippy::too_many_arguments)]
+pub fn report(
+    py: Python<'_>,
+    reservation: Option<&Bound<'_, PyAny>>,
+    success: bool,
+    service: Option<String>,
+    units: Option<u32>,
+    latency: Option<f64>,
+    cost: Option<f64>,
+    input_units: Option<u32>,
+    output_units: Option<u32>,
+    idempotency_key: Option<String>,
+    agent: Option<String>,
+) -> PyResult<Request> {
+    let reservation = match reservation {
+        None => None,
+        Some(value) => match value.cast::<Decision>() {
+            Ok(decision) => match decision.get().reservation() {
+                Some(id) => Some(id),
+                None => {
+                    return Err(invalid_argument(
+                        py,
+                        "this Decision was a denial: it holds no reservation to report \
+                         (report only admitted calls, or pass service= for a call made \
+                         without admission)"
+                            .into(),
+                    ))
+                }
+            },
+            Err(_) => Some(value.extract::<u64>()?),
+        },
+    };
+    let latency_ms = match latency {
+        None => None,
+        Some(s) if s.is_finite() && s >= 0.0 => Some((s * 1000.0).round() as u64),
+        Some(s) => {
+            return Err(invalid_argument(
+                py,
+                format!("latency must be a finite number of seconds >= 0, got {s}"),
+            ))
+        }
+    };
+    Ok(Request::Report(ReportRequest {
+        reservation,
+        service,
+        outcome: if success {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        },
+        units,
+        latency_ms,
+        cost,
+        input_units,
+        output_units,
+        idempotency_key,
+        agent,
+    }))
+}
+
+pub fn budget(agent: Option<String>) -> Request {
+    Request::Budget(BudgetRequest { agent })
+}
+
+pub fn breakers(service: Option<String>) -> Request {
+    Request::Breakers(BreakersRequest { service })
+}
+
+pub fn quotas(quota: Option<String>) -> Request {
+    Request::Quotas(QuotasRequest { quota })
+}
+
+/// The agent name when none is given: `$AUTOMATION_FRAMEWORK_AGENT`, as the CLI
+/// reads it, else `python`.
+pub fn default_agent() -> String {
+    std::env::var("AUTOMATION_FRAMEWORK_AGENT")
+        .ok()
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| "python".to_owned())
+}

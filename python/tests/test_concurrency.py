@@ -1,0 +1,171 @@
+"""Sharing: eight threads on one ``Client``, and a hundred asyncio tasks on one
+``AsyncClient``, each over a single connection."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+import pytest
+
+import automation_framework as af
+from conftest import Daemon
+
+
+def test_eight_threads_share_one_client(daemon: Daemon) -> None:
+    client = af.Client(daemon.socket, agent="threads")
+    rounds = 50
+    reservations: list[int] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def worker(n: int) -> None:
+        try:
+            start.wait()
+            for _ in range(rounds):
+                decision = client.admit(f"svc-{n % 2}", cost=0.001)
+                assert decision.allowed and decision.reservation is not None
+                report = client.report(decision, cost=0.001)
+                assert report.ok and not report.duplicate
+                with lock:
+                    reservations.append(decision.reservation)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(set(reservations)) == 8 * rounds
+    status = client.status()
+    assert status.connections == 1  # one connection for all eight threads
+    assert status.open_reservations == 0
+    assert client.budget().spent == pytest.approx(8 * rounds * 0.001)
+
+
+def test_a_hundred_tasks_share_one_async_client(daemon: Daemon) -> None:
+    async def main() -> None:
+        async with af.AsyncClient(daemon.socket, agent="tasks") as client:
+            async def task(n: int) -> int:
+                decision = await client.admit("llm", cost=0.01)
+                assert decision.allowed and decision.reservation is not None
+                report = await client.report(decision, cost=0.01, latency=0.001 * n)
+                assert report.ok and not report.duplicate
+                return decision.reservation
+
+            reservations = await asyncio.gather(*(task(n) for n in range(100)))
+            assert len(set(reservations)) == 100
+            status = await client.status()
+            assert status.connections == 1
+            assert status.open_reservations == 0
+            budget = await client.budget()
+            assert budget.spent == pytest.approx(1.0)
+
+    asyncio.run(main())
+
+
+def test_the_event_loop_keeps_running_while_requests_wait(daemon: Daemon) -> None:
+    """The loop is never blocked: a ticker advances while 200 requests are in flight."""
+
+    async def main() -> int:
+        client = af.AsyncClient(daemon.socket, agent="ticker")
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        tick_task = asyncio.create_task(ticker())
+        results = await asyncio.gather(*(client.ping() for _ in range(200)))
+        done.set()
+        await tick_task
+        assert all(p.agent == "ticker" for p in results)
+        client.close()
+        return ticks
+
+    assert asyncio.run(main()) > 1
+
+
+def test_async_call_and_errors(start_daemon: Callable[[str], Daemon]) -> None:
+    daemon = start_daemon(
+        'rate_limits = []\n[budget]\nlimit = 1.0\norphan_timeout = "1h"\n'
+        '[breaker]\nfailure_threshold = 2\nopen_for = "1h"\n'
+    )
+
+    async def main() -> None:
+        client = af.AsyncClient(daemon.socket, agent="async-ctx")
+        async with client.call("llm", cost=0.2) as call:
+            call.cost = 0.1
+        assert call.report is not None and call.report.charged == pytest.approx(0.1)
+
+        for _ in range(2):
+            with pytest.raises(ConnectionResetError):
+                async with client.call("llm"):
+                    raise ConnectionResetError
+        with pytest.raises(af.Denied) as denied:
+            async with client.call("llm"):
+                pytest.fail("must not run")
+        assert denied.value.guard == "breaker"
+
+        with pytest.raises(af.InvalidArgument):
+            await client.admit("llm", units=0)
+        with pytest.raises(af.UnknownReservation):
+            await client.report(987654321)
+
+        slept: list[float] = []
+
+        async def fake_sleep(seconds: float) -> None:
+            slept.append(seconds)
+
+        async def body(call: af.AsyncCall) -> str:
+            return "ok"
+
+        assert await client.retrying(body, service="other", sleep=fake_sleep) == "ok"
+        client.close()
+        with pytest.raises(af.ClientClosed):
+            await client.ping()
+
+    asyncio.run(main())
+
+
+def test_async_client_reconnects_after_a_daemon_restart(daemon: Daemon) -> None:
+    client = af.AsyncClient(daemon.socket, agent="async-restart")
+
+    async def status() -> int:
+        return (await client.status()).connections
+
+    assert asyncio.run(status()) == 1
+    daemon.restart()
+    # The old connection is found closed and a new one made, on a second
+    # asyncio.run: the client moves to the new event loop, too.
+    assert asyncio.run(status()) == 1
+
+
+def test_async_connect_failure_is_typed(tmp_path: object) -> None:
+    async def main() -> None:
+        client = af.AsyncClient(f"{tmp_path}/nothing.sock", agent="x")
+        with pytest.raises(af.ConnectFailed):
+            await client.ping()
+        client.close()
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_request_leaves_the_client_usable(daemon: Daemon) -> None:
+    async def main() -> None:
+        client = af.AsyncClient(daemon.socket, agent="canceller")
+        abandoned = asyncio.ensure_future(client.ping())
+        abandoned.cancel()
+        waiting = [client.ping() for _ in range(10)]
+        assert [p.agent for p in await asyncio.gather(*waiting)] == ["canceller"] * 10
+        assert abandoned.cancelled()
+        client.close()
+
+    asyncio.run(main())
