@@ -16,7 +16,8 @@ pub const CLIENT_NAME: &str = concat!("automation-framework-python/", env!("CARG
 /// `admit` (see `_native.pyi` for the meaning of each argument).
 //
 // Room for the admission fields other issues add to the protocol: `payload` (the
-// content scanner's input), `lease` and `wait` (bulkheads and leases, retry
+// content scanner's input: on the wire since protocol 2, not yet in this API),
+// `lease` and `wait` (bulkheads and leases, retry
 // advice's `attempt`). They join this signature, the stubs and `Call` when the
 // `AdmitRequest` fields exist; until then the daemon would refuse them.
 #[allow(clippy::too_many_arguments)]
@@ -37,6 +38,9 @@ pub fn admit(
         model,
         input_units: input_units.unwrap_or(0),
         output_units: output_units.unwrap_or(0),
+        // The content check's payload exists on the wire now (protocol 2); the
+        // Python API takes it in a follow-up (with `check`).
+        payload: None,
     })
 }
 
