@@ -341,32 +341,27 @@ impl Engine {
         };
         let (mut released, mut orphaned) = (0, 0);
         for id in ids {
-            let Some(mut reservation) = self.reservations.remove(&id) else {
+            let Some(reservation) = self.reservations.get_mut(&id) else {
                 continue;
             };
+            let stages = self.guards.stages();
             let mut keep = Keep::No;
-            {
-                let pipeline = self.guards.stages();
-                for t in &mut reservation.taken {
-                    if pipeline[t.guard].disconnect(&mut *t.what) == Keep::Money {
-                        keep = Keep::Money;
-                    }
+            for t in &mut reservation.taken {
+                if stages[t.guard].disconnect(&mut *t.what) == Keep::Money {
+                    keep = Keep::Money;
                 }
             }
             reservation.session = None;
             if keep == Keep::Money {
                 reservation.orphaned_at = Some(now.mono);
-                self.reservations.insert(id, reservation);
                 orphaned += 1;
-            } else if reservation.stage == Stage::Admitting {
-                // Its durable quota usage is being written: the commit's
-                // completion releases it (or gives the usage back).
-                self.reservations.insert(id, reservation);
-                released += 1;
-            } else {
-                self.reservations.insert(id, reservation);
+                continue;
+            }
+            released += 1;
+            // One whose durable quota usage is still being written is released
+            // (or given back) by its commit's completion.
+            if reservation.stage != Stage::Admitting {
                 self.close(id, Closed::Released);
-                released += 1;
             }
         }
         (released, orphaned)

@@ -192,7 +192,7 @@ fn record(decision: &Decision) {
         };
         hot.decision(vote.guard.index(), outcome);
         if !vote.allow && vote.guard == GuardKind::Rate {
-            metrics::counter!(crate::metrics::RATE_LIMIT_HITS, "rule" => vote.rule.to_string())
+            metrics::counter!(crate::metrics::RATE_LIMIT_HITS, "rule" => String::from(&*vote.rule))
                 .increment(1);
         }
     }
@@ -206,7 +206,7 @@ fn into_reply(decision: Decision) -> AdmitReply {
         .iter()
         .map(|v| Vote {
             guard: v.guard,
-            rule: v.rule.to_string(),
+            rule: String::from(&*v.rule),
             allow: v.allow,
             shadow: v.shadow,
             reason: reason_text(&v.reason),

@@ -537,14 +537,12 @@ impl super::Guard for Breakers {
         let pass = match breaker.check(call.now.mono) {
             Ok(pass) => {
                 if breaker.phase() != Phase::Disabled {
-                    out.vote(super::Vote {
-                        guard: super::GuardKind::Breaker,
-                        rule: Arc::clone(&service),
-                        allow: true,
+                    out.vote(super::Vote::allow(
+                        super::GuardKind::Breaker,
+                        Arc::clone(&service),
                         shadow,
-                        reason: super::Reason::Fixed(allow_reason(pass)),
-                        retry_after: None,
-                    });
+                        super::Reason::Fixed(allow_reason(pass)),
+                    ));
                 }
                 pass
             }
@@ -554,14 +552,13 @@ impl super::Guard for Breakers {
                     | BreakerDenial::TrialsBusy { retry_after, .. } => Some(retry_after),
                     BreakerDenial::ForcedOpen => None,
                 };
-                out.vote(super::Vote {
-                    guard: super::GuardKind::Breaker,
-                    rule: Arc::clone(&service),
-                    allow: false,
+                out.vote(super::Vote::deny(
+                    super::GuardKind::Breaker,
+                    Arc::clone(&service),
                     shadow,
-                    reason: super::Reason::Denied(Box::new(denial)),
+                    denial,
                     retry_after,
-                });
+                ));
                 if !shadow {
                     return super::Verdict::Deny;
                 }

@@ -366,31 +366,28 @@ impl super::Guard for Budgets {
                 .expect("applicable budgets exist");
             budget.roll(call.now.unix);
             match budget.check(call.estimate, call.now.unix) {
-                Ok(()) => out.vote(super::Vote {
-                    guard: super::GuardKind::Budget,
-                    rule: Arc::clone(name),
-                    allow: true,
+                Ok(()) => out.vote(super::Vote::allow(
+                    super::GuardKind::Budget,
+                    Arc::clone(name),
                     shadow,
-                    reason: super::Reason::Reserved {
+                    super::Reason::Reserved {
                         estimate: call.estimate,
                         left: budget.remaining() - call.estimate,
                         limit: budget.limit(),
                     },
-                    retry_after: None,
-                }),
+                )),
                 Err(denial) => {
                     let retry_after = match &denial {
                         BudgetDenial::Exhausted { retry_after, .. }
                         | BudgetDenial::WouldExceed { retry_after, .. } => *retry_after,
                     };
-                    out.vote(super::Vote {
-                        guard: super::GuardKind::Budget,
-                        rule: Arc::clone(name),
-                        allow: false,
+                    out.vote(super::Vote::deny(
+                        super::GuardKind::Budget,
+                        Arc::clone(name),
                         shadow,
-                        reason: super::Reason::Denied(Box::new(denial)),
+                        denial,
                         retry_after,
-                    });
+                    ));
                     if !shadow {
                         return super::Verdict::Deny;
                     }

@@ -69,32 +69,29 @@ impl Guard for Content {
                 _ => Some(f),
             });
         let Some(decisive) = decisive else {
-            out.vote(Vote {
-                guard: GuardKind::Content,
-                rule: Arc::from(RULE),
-                allow: true,
+            out.vote(Vote::allow(
+                GuardKind::Content,
+                Arc::from(RULE),
                 shadow,
-                reason: Reason::Fixed(if scanned.findings.is_empty() {
+                Reason::Fixed(if scanned.findings.is_empty() {
                     "no violation found"
                 } else {
                     "violations found, all below content.deny_at"
                 }),
-                retry_after: None,
-            });
+            ));
             return Verdict::Allow;
         };
         let more = at_or_above.by_ref().count() - 1;
-        out.vote(Vote {
-            guard: GuardKind::Content,
-            rule: Arc::from(decisive.rule.as_str()),
-            allow: false,
+        out.vote(Vote::deny(
+            GuardKind::Content,
+            Arc::from(decisive.rule.as_str()),
             shadow,
-            reason: Reason::Denied(Box::new(ContentDenial {
+            ContentDenial {
                 finding: decisive.clone(),
                 more,
-            })),
-            retry_after: None,
-        });
+            },
+            None,
+        ));
         if shadow {
             Verdict::Allow
         } else {

@@ -187,6 +187,40 @@ pub trait Guard: Send {
     }
 }
 
+// === impl Vote ===
+
+impl Vote {
+    /// A rule's "yes", and why.
+    pub fn allow(guard: GuardKind, rule: Arc<str>, shadow: bool, reason: Reason) -> Vote {
+        Vote {
+            guard,
+            rule,
+            allow: true,
+            shadow,
+            reason,
+            retry_after: None,
+        }
+    }
+
+    /// A rule's "no" with its typed denial, and when the same call could pass.
+    pub fn deny(
+        guard: GuardKind,
+        rule: Arc<str>,
+        shadow: bool,
+        denial: impl std::error::Error + Send + Sync + 'static,
+        retry_after: Option<Duration>,
+    ) -> Vote {
+        Vote {
+            guard,
+            rule,
+            allow: false,
+            shadow,
+            reason: Reason::Denied(Box::new(denial)),
+            retry_after,
+        }
+    }
+}
+
 // === impl Checked ===
 
 impl Checked {

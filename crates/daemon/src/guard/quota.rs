@@ -348,18 +348,16 @@ impl super::Guard for Quotas {
             let n = rule.weight_of(call.units.get());
             match rule.check(key, n, call.now.unix) {
                 Ok(took) => {
-                    out.vote(super::Vote {
-                        guard: super::GuardKind::Quota,
-                        rule: Arc::clone(&rule.name),
-                        allow: true,
+                    out.vote(super::Vote::allow(
+                        super::GuardKind::Quota,
+                        Arc::clone(&rule.name),
                         shadow,
-                        reason: super::Reason::Counted {
+                        super::Reason::Counted {
                             n,
                             limit: rule.spec.limit,
                             window: rule.spec.window,
                         },
-                        retry_after: None,
-                    });
+                    ));
                     held.push((Arc::clone(&rule.name), took));
                 }
                 Err(denial) => {
@@ -367,14 +365,13 @@ impl super::Guard for Quotas {
                         QuotaDenial::Exhausted { retry_after, .. } => *retry_after,
                         QuotaDenial::Never { .. } => None,
                     };
-                    out.vote(super::Vote {
-                        guard: super::GuardKind::Quota,
-                        rule: Arc::clone(&rule.name),
-                        allow: false,
+                    out.vote(super::Vote::deny(
+                        super::GuardKind::Quota,
+                        Arc::clone(&rule.name),
                         shadow,
-                        reason: super::Reason::Denied(Box::new(denial)),
+                        denial,
                         retry_after,
-                    });
+                    ));
                     if !shadow {
                         denied = true;
                         break;

@@ -316,17 +316,15 @@ impl super::Guard for RateLimits {
             let key = rule.key(call.agent, call.service);
             match rule.check(key, rule.weight_of(call.units), call.now.mono) {
                 Ok(cells) => {
-                    out.vote(super::Vote {
-                        guard: super::GuardKind::Rate,
-                        rule: Arc::clone(&rule.name),
-                        allow: true,
+                    out.vote(super::Vote::allow(
+                        super::GuardKind::Rate,
+                        Arc::clone(&rule.name),
                         shadow,
-                        reason: super::Reason::Burst {
+                        super::Reason::Burst {
                             taken: cells.taken,
                             burst: rule.spec.burst.get(),
                         },
-                        retry_after: None,
-                    });
+                    ));
                     held.push((Arc::clone(rule), cells));
                 }
                 Err(denial) => {
@@ -334,14 +332,13 @@ impl super::Guard for RateLimits {
                         RateDenial::NotUntil { retry_after, .. } => Some(retry_after),
                         RateDenial::Never { .. } => None,
                     };
-                    out.vote(super::Vote {
-                        guard: super::GuardKind::Rate,
-                        rule: Arc::clone(&rule.name),
-                        allow: false,
+                    out.vote(super::Vote::deny(
+                        super::GuardKind::Rate,
+                        Arc::clone(&rule.name),
                         shadow,
-                        reason: super::Reason::Denied(Box::new(denial)),
+                        denial,
                         retry_after,
-                    });
+                    ));
                     if !shadow {
                         for (rule, cells) in held.iter().rev() {
                             rule.undo(cells);
