@@ -41,6 +41,7 @@ pub fn admit(
         // The content check's payload exists on the wire now (protocol 2); the
         // Python API takes it in a follow-up (with `check`).
         payload: None,
+        ..AdmitRequest::default()
     })
 }
 
@@ -102,6 +103,7 @@ pub fn report(
         output_units,
         idempotency_key,
         agent,
+        ..ReportRequest::default()
     }))
 }
 

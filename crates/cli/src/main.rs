@@ -277,6 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
                     input_units: 0,
                     output_units: 0,
                     payload,
+                    ..AdmitRequest::default()
                 })
                 .await?;
             render::admit(&reply, json);
@@ -313,6 +314,7 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
                     output_units: None,
                     idempotency_key: key,
                     agent: None,
+                    ..ReportRequest::default()
                 })
                 .await?;
             render::report(&reply, json);

@@ -12,12 +12,12 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use automation_framework_client::{Client, ClientError};
 use automation_framework_protocol::{
-    AdminRequest, AdmitRequest, BreakersRequest, BudgetRequest, ForceBreakerRequest, Payload,
-    QuotasRequest, ReportRequest, Request, Response,
+    AdminRequest, AdmitRequest, BreakersRequest, BudgetRequest, ForceBreakerRequest, LeaseRequest,
+    Payload, QuotasRequest, ReportRequest, Request, Response, RouteRequest,
 };
 
 const OPS: &str =
-    "ping, status, admit, report, breakers, budget, quotas, admin, force_breaker, reload, check";
+    "ping, status, admit, report, breakers, budget, quotas, admin, force_breaker, reload, check, lease, route";
 
 /// A line that could not become a request.
 struct LineError {
@@ -95,6 +95,10 @@ fn parse(line: &str) -> Result<(Option<Value>, Request), LineError> {
         "reload" => no_fields(&op, fields).map(|()| Request::Reload)?,
         // {"op":"check","lang":"python","text":"eval(x)"}
         "check" => Request::Check(fields_of::<Payload>(&op, fields)?),
+        // {"op":"lease","name":"repo-main","ttl_ms":30000}
+        "lease" => Request::Lease(fields_of::<LeaseRequest>(&op, fields)?),
+        // {"op":"route","route":"chat"} or {"op":"route","chain":["openai","anthropic"]}
+        "route" => Request::Route(fields_of::<RouteRequest>(&op, fields)?),
         other => {
             return Err(LineError {
                 kind: "unknown_request",
@@ -143,6 +147,8 @@ fn response_object(response: Response) -> Value {
         Response::ForceBreaker(v) => object(&v),
         Response::Reload(v) => object(&v),
         Response::Check(v) => object(&v),
+        Response::Lease(v) => object(&v),
+        Response::Route(v) => object(&v),
         Response::Error(err) => error_object(&wire_name(&err.code), &err.message),
     }
 }

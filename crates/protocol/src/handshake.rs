@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks. Bumped on any wire-layout change:
 /// 2 added `AdmitRequest.payload` (and the `Check` request, `GuardKind::Content`).
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Largest frame a daemon accepts before the handshake completed, in bytes: only a
 /// `Hello` may come then (at most 278 bytes in this version), so a peer that has not

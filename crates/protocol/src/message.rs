@@ -77,12 +77,16 @@ pub enum Request {
     /// Scan a text for dangerous calls, secrets and hostile arguments with the
     /// daemon's content rules; changes nothing.
     Check(Payload),
+    /// Acquire, renew or release a named exclusive lease (protocol version 3).
+    Lease(LeaseRequest),
+    /// Which service of a chain to call now (protocol version 3); takes nothing.
+    Route(RouteRequest),
 }
 
 impl Request {
     /// How many request kinds this build knows; a higher variant index is
     /// answered with `ErrorCode::UnknownRequest` instead of closing the connection.
-    pub const KIND_COUNT: u32 = 11;
+    pub const KIND_COUNT: u32 = 13;
 
     /// Every kind's name, as used in logs, metrics and the JSON `"op"` field,
     /// by variant index.
@@ -98,6 +102,8 @@ impl Request {
         "force_breaker",
         "reload",
         "check",
+        "lease",
+        "route",
     ];
 
     /// The variant index on the wire.
@@ -114,6 +120,8 @@ impl Request {
             Request::ForceBreaker(_) => 8,
             Request::Reload => 9,
             Request::Check(_) => 10,
+            Request::Lease(_) => 11,
+            Request::Route(_) => 12,
         }
     }
 
@@ -143,6 +151,10 @@ pub enum Response {
     Reload(ReloadReply),
     /// What a `Check` found.
     Check(CheckReply),
+    /// The lease after a `Lease` request, or who holds it.
+    Lease(LeaseReply),
+    /// The service a `Route` chose, or why none.
+    Route(RouteReply),
 }
 
 /// Reply to `Ping`.
@@ -165,7 +177,9 @@ pub struct AdmitRequest {
     /// Agent the call is made for; `None` means the session's agent.
     #[serde(default)]
     pub agent: Option<String>,
-    /// The upstream service (breakers are per service; limits may be).
+    /// The upstream service (breakers are per service; limits may be). Empty when
+    /// `route` names a route instead.
+    #[serde(default)]
     pub service: String,
     /// Weight of the call for rate limits and quotas counted in units (e.g.
     /// estimated tokens); those counted in requests take 1. Must be at least 1.
@@ -187,6 +201,24 @@ pub struct AdmitRequest {
     /// which then votes (protocol version 2).
     #[serde(default)]
     pub payload: Option<Payload>,
+    /// 1 for a first call, `n` for its `n - 1`th retry: an admission with
+    /// `attempt > 1` is a retry and counts against the service's retry budget.
+    #[serde(default = "one")]
+    pub attempt: u32,
+    /// When a bulkhead is full, wait up to this long for a permit (first come,
+    /// first served) instead of being denied at once; bounded by the daemon's
+    /// `concurrency.max_wait`. `None` or 0: do not wait.
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+    /// A lease the call needs: denied while another session holds it; when free,
+    /// the admission holds it until reported (with the lease's default TTL).
+    #[serde(default)]
+    pub lease: Option<String>,
+    /// A route (a chain of services in the config) to admit against instead of
+    /// `service`: the first service of the chain that would be admitted is, and
+    /// the reply's `service` names it.
+    #[serde(default)]
+    pub route: Option<String>,
 }
 
 /// A text for the content scanner: the body of a `Check`, or an `Admit`'s payload.
@@ -256,6 +288,9 @@ pub struct AdmitReply {
     pub votes: Vec<Vote>,
     /// The estimate reserved against the budgets, in USD (when allowed).
     pub cost: Option<f64>,
+    /// The service the admission was decided for: the one a route chose, or
+    /// `None` when the request named its service.
+    pub service: Option<String>,
 }
 
 /// One guard's opinion on an admission.
@@ -282,16 +317,25 @@ pub enum GuardKind {
     Quota,
     /// The content scanner, on an `Admit`'s payload.
     Content,
+    /// Bulkheads (calls in flight per service or agent) and the cap on active agents.
+    Concurrency,
+    /// A named lease held by another session.
+    Lease,
+    /// The service's shared retry budget, on an admission with `attempt > 1`.
+    Retry,
 }
 
 impl GuardKind {
     /// Every kind, in wire order: `ALL[kind.index()] == kind`.
-    pub const ALL: [GuardKind; 5] = [
+    pub const ALL: [GuardKind; 8] = [
         GuardKind::Rate,
         GuardKind::Breaker,
         GuardKind::Budget,
         GuardKind::Quota,
         GuardKind::Content,
+        GuardKind::Concurrency,
+        GuardKind::Lease,
+        GuardKind::Retry,
     ];
 
     /// The kind's position in [`GuardKind::ALL`] (its wire index), for tables
@@ -308,6 +352,9 @@ impl GuardKind {
             GuardKind::Budget => "budget",
             GuardKind::Quota => "quota",
             GuardKind::Content => "content",
+            GuardKind::Concurrency => "concurrency",
+            GuardKind::Lease => "lease",
+            GuardKind::Retry => "retry",
         }
     }
 }
@@ -349,6 +396,16 @@ pub struct ReportRequest {
     /// The agent a charge without reservation is made for (default: the session's).
     #[serde(default)]
     pub agent: Option<String>,
+    /// The failure may succeed if tried again (a timeout, a 429 or 5xx): the reply
+    /// then carries retry advice.
+    #[serde(default)]
+    pub retryable: bool,
+    /// Which attempt this was (1 for the first call); `None`: the admission's.
+    #[serde(default)]
+    pub attempt: Option<u32>,
+    /// The upstream's own Retry-After, when it sent one: advice is never sooner.
+    #[serde(default)]
+    pub retry_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -370,6 +427,111 @@ pub struct ReportReply {
     pub breaker: Option<BreakerState>,
     /// USD committed to the budgets by this report (`None` for a duplicate).
     pub charged: Option<f64>,
+    /// For a retryable failure: whether to retry, and when.
+    pub retry: Option<RetryAdvice>,
+}
+
+/// The daemon's answer to a retryable failure: backoff, the upstream's
+/// Retry-After, the breaker and the service's shared retry budget, combined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct RetryAdvice {
+    /// Retry, or give up (attempts used up, or the retry budget is spent).
+    pub retry: bool,
+    /// When retrying: wait this long first.
+    pub after_ms: Option<u64>,
+    /// The `attempt` to send on the retry's `admit` and `report`.
+    pub attempt: u32,
+    /// Why, for humans.
+    pub reason: String,
+}
+
+/// Acquire (or renew, when this session holds it) or release a named lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    pub name: String,
+    /// How long the lease lasts unless renewed; `None`: the configured default.
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+    /// Give the lease back instead of taking it.
+    #[serde(default)]
+    pub release: bool,
+    /// The agent holding it (default: the session's).
+    #[serde(default)]
+    pub agent: Option<String>,
+}
+
+/// Reply to `Lease`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct LeaseReply {
+    /// This session holds the lease now (false after a release).
+    pub granted: bool,
+    pub name: String,
+    /// Time left on the lease when granted.
+    pub expires_in_ms: Option<u64>,
+    /// Who holds it, when refused.
+    pub holder: Option<LeaseHolder>,
+    /// A release found the lease held by this session and gave it back.
+    pub released: bool,
+}
+
+/// The session holding a lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct LeaseHolder {
+    pub agent: String,
+    pub pid: u32,
+    pub uid: u32,
+    pub session: u64,
+    pub expires_in_ms: u64,
+}
+
+/// Which service of a chain to use now: a route named in the config, or a chain
+/// given here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(deny_unknown_fields)]
+pub struct RouteRequest {
+    /// A `[[routes]]` name. Exactly one of `route` and `chain`.
+    #[serde(default)]
+    pub route: Option<String>,
+    /// Services in order of preference.
+    #[serde(default)]
+    pub chain: Vec<String>,
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default = "one")]
+    pub units: u32,
+    /// Estimated cost in USD; `None`: from the price table, per service.
+    #[serde(default)]
+    pub cost: Option<f64>,
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// Reply to `Route`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct RouteReply {
+    /// The service to call now; `None` when every one was skipped.
+    pub service: Option<String>,
+    /// The services before it (all of them when none fits), and why each was skipped.
+    pub skipped: Vec<RouteSkip>,
+    /// When none fits: how long until the soonest one might, if known.
+    pub retry_after_ms: Option<u64>,
+}
+
+/// A service a route passed over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct RouteSkip {
+    pub service: String,
+    pub guard: GuardKind,
+    pub reason: String,
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Ask for breaker states: one service, or every known one.
@@ -575,6 +737,23 @@ pub struct StatusReport {
     /// The global budget's spending in its current period (USD).
     pub budget_spent: f64,
     pub budget_limit: f64,
+    /// Named leases held right now.
+    pub leases_held: u32,
+    /// Calls in flight per bulkhead key (only keys with calls in flight or waiting).
+    pub in_flight: Vec<InFlight>,
+}
+
+/// One bulkhead key's occupancy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct InFlight {
+    pub bulkhead: String,
+    /// The service, agent or `agent/service` the permits are counted for.
+    pub key: String,
+    pub in_flight: u32,
+    pub limit: u32,
+    /// Admissions waiting for a permit.
+    pub waiting: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -666,6 +845,10 @@ impl Default for AdmitRequest {
             input_units: 0,
             output_units: 0,
             payload: None,
+            attempt: 1,
+            wait_ms: None,
+            lease: None,
+            route: None,
         }
     }
 }
@@ -684,6 +867,9 @@ impl Default for ReportRequest {
             output_units: None,
             idempotency_key: None,
             agent: None,
+            retryable: false,
+            attempt: None,
+            retry_after_ms: None,
         }
     }
 }

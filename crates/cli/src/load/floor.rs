@@ -189,12 +189,14 @@ impl Replies {
                     vote(GuardKind::Rate, "bench", "1 of burst 100000000 taken"),
                 ],
                 cost: Some(0.0),
+                service: None,
             }))?,
             report: reply(Response::Report(ReportReply {
                 ok: true,
                 duplicate: false,
                 breaker: Some(BreakerState::Closed),
                 charged: Some(0.0),
+                retry: None,
             }))?,
         })
     }

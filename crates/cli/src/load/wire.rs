@@ -400,6 +400,7 @@ mod tests {
                     retry_after_ms: None,
                     votes: Vec::new(),
                     cost: None,
+                    service: None,
                 }),
             }))
             .unwrap();

@@ -71,11 +71,33 @@ fn decided(result: Result<Reply, ErrorReply>) -> Reply {
 
 /// Everything that can be checked before an admission: names, the agent's
 /// binding, units, cost.
+/// Protocol-3 fields whose guards this daemon does not serve yet: refused with a
+/// clear error rather than silently ignored.
+fn unsupported(req: &AdmitRequest) -> Result<(), ErrorReply> {
+    let field = if req.attempt == 0 {
+        return Err(invalid("attempt is 1-based: 1 for a first call, got 0"));
+    } else if req.attempt > 1 {
+        "attempt > 1 (retry budgets)"
+    } else if req.wait_ms.is_some() {
+        "wait_ms (bulkheads)"
+    } else if req.lease.is_some() {
+        "lease"
+    } else if req.route.is_some() {
+        "route"
+    } else {
+        return Ok(());
+    };
+    Err(invalid(format!(
+        "{field} is not supported by this daemon yet; send the admission without it"
+    )))
+}
+
 fn validate(
     state: &State,
     session: &Session,
     req: &AdmitRequest,
 ) -> Result<(Asker, Valid), ErrorReply> {
+    unsupported(req)?;
     check_name(&req.service)
         .map_err(|e| invalid(format!("service name {} {e}", shown(&req.service))))?;
     let agent = req.agent.as_deref().unwrap_or(&session.agent);
@@ -223,6 +245,7 @@ fn into_reply(decision: Decision) -> AdmitReply {
         retry_after_ms: decisive.and_then(|v| v.retry_after_ms),
         cost: decision.allowed.then(|| decision.estimate.dollars()),
         votes,
+        service: None,
     }
 }
 

@@ -69,6 +69,7 @@ pub fn health(state: &State) -> crate::protocol::StatusReport {
 
 fn decide(state: &State, session: &Session, request: Request) -> Reply {
     let now = state.moment();
+    let op = request.op();
     if needs_admin(&request) {
         if let Err(denied) = state.require_admin(&session.peer) {
             return Reply::Ready(Response::Error(not_permitted(state, session, &denied)));
@@ -88,6 +89,10 @@ fn decide(state: &State, session: &Session, request: Request) -> Reply {
         }
         Request::Reload => reload::apply(state, session),
         Request::Check(payload) => check::apply(state, payload),
+        Request::Lease(_) | Request::Route(_) => Reply::Ready(error(
+            ErrorCode::UnknownRequest,
+            format!("this daemon does not serve `{op}` yet; upgrade the daemon"),
+        )),
     }
 }
 
@@ -102,7 +107,9 @@ fn needs_admin(request: &Request) -> bool {
         | Request::Breakers(_)
         | Request::Budget(_)
         | Request::Quotas(_)
-        | Request::Check(_) => false,
+        | Request::Check(_)
+        | Request::Lease(_)
+        | Request::Route(_) => false,
         Request::Admin(_) | Request::ForceBreaker(_) | Request::Reload => true,
     }
 }

@@ -121,5 +121,6 @@ fn reply(state: &State, settlement: Settlement) -> Response {
         duplicate: settlement.duplicate,
         breaker: settlement.phase.map(Into::into),
         charged: settlement.charged.map(|c| c.dollars()),
+        retry: None,
     })
 }

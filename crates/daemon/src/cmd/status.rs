@@ -57,5 +57,7 @@ pub(super) fn report(state: &State, now: Moment) -> StatusReport {
         store: store.map_or_else(|| "ok".to_owned(), |failure| format!("failing: {failure}")),
         budget_spent: global.map_or(0.0, |b| b.spent.dollars()),
         budget_limit: global.map_or(0.0, |b| b.limit.dollars()),
+        leases_held: 0,
+        in_flight: Vec::new(),
     }
 }

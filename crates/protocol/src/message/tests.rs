@@ -102,9 +102,13 @@ proptest! {
 
 #[test]
 fn kind_count_matches_the_enum() {
-    let last = encode(&Request::Check(Payload {
-        lang: None,
-        text: String::new(),
+    let last = encode(&Request::Route(RouteRequest {
+        route: None,
+        chain: Vec::new(),
+        agent: None,
+        units: 1,
+        cost: None,
+        model: None,
     }))
     .unwrap();
     let index = u32::from_le_bytes(last[0..4].try_into().unwrap());
@@ -128,14 +132,14 @@ fn request_variant_constant_matches_the_enum() {
 #[test]
 fn hello_bytes_match_the_documented_layout() {
     let body = encode(&ClientFrame::Hello(crate::Hello {
-        version: 2,
+        version: 3,
         client: "c".into(),
         agent: "ab".into(),
     }))
     .unwrap();
     let expected: Vec<u8> = [
         &0u32.to_le_bytes()[..], // ClientFrame::Hello
-        &2u16.to_le_bytes()[..], // version
+        &3u16.to_le_bytes()[..], // version
         &1u64.to_le_bytes()[..], // client length
         b"c",
         &2u64.to_le_bytes()[..], // agent length
@@ -143,7 +147,7 @@ fn hello_bytes_match_the_documented_layout() {
     ]
     .concat();
     assert_eq!(body, expected);
-    assert_eq!(crate::handshake::peek_hello_version(&body), Some(2));
+    assert_eq!(crate::handshake::peek_hello_version(&body), Some(3));
 }
 
 /// A client of protocol version 1 (before `AdmitRequest.payload`) is told its
@@ -392,6 +396,14 @@ mod the_document {
             StatusReport,
             BreakerCounts,
             ErrorReply,
+            RetryAdvice,
+            LeaseRequest,
+            LeaseReply,
+            LeaseHolder,
+            RouteRequest,
+            RouteReply,
+            RouteSkip,
+            InFlight,
         );
         let documented: Vec<&str> = rows.keys().copied().collect();
         checked.sort_unstable();
@@ -485,9 +497,9 @@ mod the_document {
                 })),
             ),
             (
-                "`Welcome { version: 2,",
+                "`Welcome { version: 3,",
                 framed(&ServerFrame::Welcome(Welcome {
-                    version: 2,
+                    version: 3,
                     server: "0.1.0".into(),
                     session: 1,
                     peer: PeerIdentity {
@@ -529,6 +541,7 @@ mod the_document {
                         input_units: 1000,
                         output_units: 200,
                         payload: None,
+                        ..AdmitRequest::default()
                     }),
                 })),
             ),
@@ -602,6 +615,7 @@ mod the_document {
                     duplicate,
                     breaker: (!duplicate).then_some(BreakerState::Closed),
                     charged: (!duplicate).then_some(0.017),
+                    retry: None,
                 }),
             }))
             .unwrap()
