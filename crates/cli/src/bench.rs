@@ -58,6 +58,9 @@ pub fn run(args: BenchArgs, socket: PathBuf, agent: String, json: bool) -> anyho
         .enable_all()
         .build()
         .context("starting the bench runtime")?;
+    if args.floor && args.mix == Mix::Check {
+        anyhow::bail!("--floor answers canned ping, admit and report replies; a check's cost is the scanner's, which has no floor. Measure it against the daemon (without --floor), or use --mix pairs, admit or ping");
+    }
     // The floor's server gets as many threads as the daemon's runtime would.
     let floor = if args.floor {
         Some(Floor::start(

@@ -332,6 +332,7 @@ fn bench_drives_the_daemon_and_leaves_no_reservation_open() {
         ("pairs", "8"),
         ("admit", "8"),
         ("ping", "4"),
+        ("check", "4"),
     ] {
         let mut cmd = daemon.cli();
         cmd.args([
@@ -383,7 +384,8 @@ fn bench_drives_the_daemon_and_leaves_no_reservation_open() {
         .block_on(daemon.assert_memory_matches_ledger());
 }
 
-/// `bench --floor` needs no daemon; `--mix check` is refused with a reason.
+/// `bench --floor` needs no daemon; `--floor --mix check` (the scanner has no
+/// floor) is refused with a reason.
 #[test]
 fn bench_measures_the_floor_and_refuses_what_it_cannot_measure() {
     let mut cmd = Command::new(crate::util::cli_bin());
@@ -410,5 +412,5 @@ fn bench_measures_the_floor_and_refuses_what_it_cannot_measure() {
     cmd.args(["bench", "--floor", "--mix", "check", "--duration", "100ms"]);
     let (code, _, stderr) = run(cmd);
     assert_eq!(code, 2);
-    assert!(stderr.contains("no `check` request yet"), "{stderr}");
+    assert!(stderr.contains("has no floor"), "{stderr}");
 }

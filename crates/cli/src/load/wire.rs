@@ -17,7 +17,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use super::{Tally, Window};
 use automation_framework_protocol::frame::{decode, encode, length_codec};
 use automation_framework_protocol::{
-    AdmitRequest, ClientFrame, Envelope, Hello, Outcome, ReportRequest, Request, Response,
+    AdmitRequest, ClientFrame, Envelope, Hello, Outcome, Payload, ReportRequest, Request, Response,
     ServerFrame, PROTOCOL_VERSION,
 };
 
@@ -34,7 +34,8 @@ pub enum Mix {
     Admit,
     /// `ping`: the protocol without any guard.
     Ping,
-    /// `check` (content checks): not in the daemon yet; refused with a message.
+    /// `check`: the content scanner on a fixed, realistic snippet of Python
+    /// (about 1 KiB, one `eval` and one hard-coded key to find).
     Check,
 }
 
@@ -78,6 +79,7 @@ enum Kind {
     Admit,
     Report,
     Ping,
+    Check,
 }
 
 /// Connects and handshakes.
@@ -119,7 +121,46 @@ pub struct Frames {
     /// Where a report's reservation id sits in `report`.
     report_reservation_at: usize,
     ping: Vec<u8>,
+    check: Vec<u8>,
 }
+
+/// What `--mix check` scans: agent-written code of the usual shape, with one
+/// dangerous call and one secret for the scanner to report.
+const CHECK_SNIPPET: &str = r#"import json
+import os
+import requests
+
+API_KEY = "AKIAIOSFODNN7EXAMPLE"
+
+
+def fetch(url: str, retries: int = 3) -> dict:
+    # Fetch a JSON document, retrying on 5xx answers.
+    for attempt in range(retries):
+        response = requests.get(url, timeout=10)
+        if response.status_code < 500:
+            return response.json()
+    raise RuntimeError(f"{url} failed {retries} times")
+
+
+def summarise(items: list[dict]) -> str:
+    lines = []
+    for item in items:
+        title = item.get("title", "(untitled)")
+        score = item.get("score", 0)
+        lines.append(f"- {title}: {score}")
+    return "
+".join(lines)
+
+
+def evaluate(expression: str) -> float:
+    return eval(expression)
+
+
+if __name__ == "__main__":
+    data = fetch(os.environ.get("FEED_URL", "http://localhost/feed"))
+    print(summarise(data["items"]))
+    print(json.dumps({"total": len(data["items"])}))
+"#;
 
 /// Where the request id sits in a `ClientFrame::Request` (after the variant).
 const ID_AT: std::ops::Range<usize> = 4..12;
@@ -153,6 +194,10 @@ impl Frames {
             report,
             report_reservation_at,
             ping: request(Request::Ping)?,
+            check: request(Request::Check(Payload {
+                lang: Some("python".to_owned()),
+                text: CHECK_SNIPPET.to_owned(),
+            }))?,
         })
     }
 
@@ -175,6 +220,12 @@ impl Frames {
         buf.extend_from_slice(&self.ping);
         buf[ID_AT].copy_from_slice(&id.to_le_bytes());
     }
+
+    fn check_into(&self, buf: &mut Vec<u8>, id: u64) {
+        buf.clear();
+        buf.extend_from_slice(&self.check);
+        buf[ID_AT].copy_from_slice(&id.to_le_bytes());
+    }
 }
 
 /// Drives one connection through `window` and returns what it measured.
@@ -188,9 +239,6 @@ pub async fn drive(
     pipeline: usize,
     window: Window,
 ) -> anyhow::Result<Tally> {
-    if ask.mix == Mix::Check {
-        bail!("the daemon has no `check` request yet (content checks are not built); use --mix pairs, admit or ping");
-    }
     let mut framed = connect(&ask.socket, &ask.agent).await?;
     // Connections start at different keys, so K keys are all in use at once.
     let mut next_key = index;
@@ -255,6 +303,10 @@ pub async fn drive(
                 Mix::Ping if sending => {
                     frames.ping_into(&mut buf, id);
                     Kind::Ping
+                }
+                Mix::Check if sending => {
+                    frames.check_into(&mut buf, id);
+                    Kind::Check
                 }
                 Mix::Ping | Mix::Check => break,
             };
@@ -345,11 +397,12 @@ fn handle(
         }
         Sent::Timed(at, kind) => (at, kind),
     };
-    // Pong 0, Admit 2, Report 3 (the protocol's variant indices).
+    // Pong 0, Admit 2, Report 3, Check 11 (the protocol's variant indices).
     let expected = match kind {
         Kind::Ping => 0,
         Kind::Admit => 2,
         Kind::Report => 3,
+        Kind::Check => 11,
     };
     match prefix(body) {
         Some(reply) if reply.response == expected => {
