@@ -41,9 +41,12 @@ impl Failure {
     /// Maps a client-crate error met while sending or receiving.
     pub fn from_client(err: ClientError) -> Failure {
         match err {
-            ClientError::Connect { path, source } => Failure::Connect {
+            ClientError::Connect { path, error } => Failure::Connect {
                 path,
-                message: source.to_string(),
+                message: format!(
+                    "{error}; {}",
+                    automation_framework_client::connect_hint(&error)
+                ),
             },
             ClientError::Io(err) => Failure::Lost(err.to_string()),
             ClientError::Disconnected => Failure::Lost("the daemon closed the connection".into()),
@@ -59,11 +62,7 @@ impl Failure {
         let (class, message, code) = match self {
             Failure::Connect { path, message } => (
                 "ConnectFailed",
-                format!(
-                    "cannot connect to {}: {message} (is automation-frameworkd running? pass socket= or set ${})",
-                    path.display(),
-                    automation_framework_protocol::paths::SOCKET_ENV
-                ),
+                format!("cannot connect to {}: {message}", path.display()),
                 None,
             ),
             Failure::Lost(message) => (

@@ -32,12 +32,12 @@ pub struct Client {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {path}: {source} (is automation-frameworkd running? set --socket or ${})", automation_framework_protocol::paths::SOCKET_ENV)]
-    Connect {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// The socket could not be reached; the message says why in the operator's
+    /// terms (nothing there, no permission, a stale socket). The `io::Error` is
+    /// part of the message, not a separate source, so an error chain does not
+    /// print it twice.
+    #[error("cannot connect to {}: {error}; {}", path.display(), connect_hint(error))]
+    Connect { path: PathBuf, error: io::Error },
     #[error("socket error: {0}")]
     Io(#[from] io::Error),
     /// The daemon sent a connection-level error and closed the connection.
@@ -50,6 +50,29 @@ pub enum ClientError {
     Disconnected,
     #[error("protocol violation by the daemon: {0}")]
     Protocol(String),
+}
+
+/// What to do when connecting to the socket failed with `error`: the usual cause
+/// of each failure, not one guess for all of them (a user outside the socket's
+/// group used to be asked whether the daemon was running).
+pub fn connect_hint(error: &io::Error) -> String {
+    let env = automation_framework_protocol::paths::SOCKET_ENV;
+    match error.kind() {
+        io::ErrorKind::PermissionDenied => "this user may not use the socket: it is open to its \
+             group only (the systemd socket unit's SocketGroup, `automation-framework` when \
+             installed from the package); add the user to that group and log in again"
+            .to_owned(),
+        io::ErrorKind::NotFound => format!(
+            "no socket there: is automation-frameworkd running (systemctl status \
+             automation-framework.socket)? Or point at its socket with --socket or ${env}"
+        ),
+        io::ErrorKind::ConnectionRefused => "the socket file exists but nothing listens on it: \
+             the daemon is not running (start it, or remove the stale socket)"
+            .to_owned(),
+        _ => {
+            format!("is automation-frameworkd running? Point at its socket with --socket or ${env}")
+        }
+    }
 }
 
 fn code_name(err: &ErrorReply) -> String {
@@ -73,9 +96,9 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|source| ClientError::Connect {
+            .map_err(|error| ClientError::Connect {
                 path: path.to_owned(),
-                source,
+                error,
             })?;
         let mut framed = Framed::new(stream, length_codec());
         let hello = ClientFrame::Hello(Hello {

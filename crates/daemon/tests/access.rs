@@ -163,6 +163,14 @@ fn the_socket_mode_keeps_other_users_out_before_the_policy() {
     let (code, _, stderr) = run(cmd, &["ping"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("Permission denied"), "{stderr}");
+    // The hint names the cause (the socket's group), not a stopped daemon, and
+    // the OS error is said once.
+    assert!(stderr.contains("add the user to that group"), "{stderr}");
+    assert!(
+        !stderr.contains("is automation-frameworkd running"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("Permission denied").count(), 1, "{stderr}");
 }
 
 #[test]

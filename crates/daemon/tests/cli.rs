@@ -103,6 +103,24 @@ fn ping_and_connection_errors() {
         stderr.contains("cannot connect to /nonexistent/af.sock"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("is automation-frameworkd running"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("No such file").count(),
+        1,
+        "said once: {stderr}"
+    );
+    // A socket file nobody listens on (a daemon killed without cleaning up).
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let mut cmd = Command::new(crate::util::cli_bin());
+    cmd.arg("--socket").arg(&stale).arg("ping");
+    let (code, _, stderr) = run(cmd);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("nothing listens on it"), "{stderr}");
 
     let mut cmd = Command::new(crate::util::cli_bin());
     cmd.args(["admit"]);
