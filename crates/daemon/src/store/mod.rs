@@ -60,13 +60,17 @@ pub const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The WAL is checkpointed (copied into the database) once it holds this many
-/// pages, and cut back to [`WAL_SIZE_LIMIT`] after a checkpoint: on a small
-/// filesystem a WAL that never shrinks fills it (SQLite's default is 1,000 pages
-/// and no limit).
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 256;
+/// pages (SQLite's default) ...
+const WAL_PAGES_MAX: u64 = 1000;
 
-/// Bytes a WAL file is truncated to after a checkpoint (`journal_size_limit`).
-const WAL_SIZE_LIMIT: i64 = 1 << 20;
+/// ... or an eighth of the state filesystem, whichever is less, and cut back to
+/// that size after each checkpoint (`journal_size_limit`): on a small filesystem
+/// a WAL that never shrinks fills it, and once full a checkpoint has no room to
+/// copy it into the database either.
+const WAL_SHARE_OF_FILESYSTEM: u64 = 8;
+
+/// SQLite's page size (the default, which the ledger never changes).
+const PAGE_SIZE: u64 = 4096;
 
 /// How the ledger is opened.
 #[derive(Debug, Clone)]
@@ -345,7 +349,7 @@ impl Store {
             )));
         }
         let mut conn = Connection::open(&path).map_err(|e| fail(e.to_string()))?;
-        schema::prepare(&mut conn).map_err(fail)?;
+        schema::prepare(&mut conn, wal_pages(dir)).map_err(fail)?;
         let mut snapshot = schema::load(&mut conn).map_err(|e| fail(e.to_string()))?;
         snapshot.created = !existed;
         if !marker.exists() {
@@ -796,6 +800,17 @@ fn write_marker(marker: &Path) -> std::io::Result<()> {
           unless started with --init-ledger: restore it from a backup instead.\n",
     )?;
     file.sync_all()
+}
+
+/// How many pages the WAL may hold before a checkpoint: SQLite's default, or an
+/// eighth of the filesystem under `dir` when that is less (at least 16).
+fn wal_pages(dir: &Path) -> u64 {
+    let share = nix::sys::statvfs::statvfs(dir).map_or(u64::MAX, |fs| {
+        (fs.blocks() as u64).saturating_mul(fs.fragment_size() as u64)
+            / WAL_SHARE_OF_FILESYSTEM
+            / PAGE_SIZE
+    });
+    share.clamp(16, WAL_PAGES_MAX)
 }
 
 /// SQLITE_FULL: the disk (or the filesystem's quota) is full.

@@ -53,8 +53,9 @@ const MIGRATIONS: &[&str] = &[
          action TEXT NOT NULL);",
 ];
 
-/// Pragmas for durability, then migrations.
-pub(super) fn prepare(conn: &mut Connection) -> Result<(), String> {
+/// Pragmas for durability, then migrations. `wal_pages`: the WAL's size at
+/// which it is checkpointed and to which it is cut back.
+pub(super) fn prepare(conn: &mut Connection, wal_pages: u64) -> Result<(), String> {
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
     let mode: String = conn
@@ -71,12 +72,16 @@ pub(super) fn prepare(conn: &mut Connection) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     conn.pragma_update(None, "foreign_keys", true)
         .map_err(|e| e.to_string())?;
-    // A WAL that is checkpointed often and cut back after each checkpoint: on
-    // a small state filesystem an ever-growing WAL fills it for good.
-    conn.pragma_update(None, "wal_autocheckpoint", super::WAL_AUTOCHECKPOINT_PAGES)
+    // A WAL that is checkpointed before it takes much of its filesystem, and
+    // cut back after each checkpoint: on a small state filesystem an
+    // ever-growing WAL fills it for good.
+    conn.pragma_update(None, "wal_autocheckpoint", wal_pages as i64)
         .map_err(|e| e.to_string())?;
     conn.query_row(
-        &format!("PRAGMA journal_size_limit = {}", super::WAL_SIZE_LIMIT),
+        &format!(
+            "PRAGMA journal_size_limit = {}",
+            wal_pages * super::PAGE_SIZE
+        ),
         [],
         |_| Ok(()),
     )
