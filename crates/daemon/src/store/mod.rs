@@ -806,9 +806,7 @@ fn write_marker(marker: &Path) -> std::io::Result<()> {
 /// eighth of the filesystem under `dir` when that is less (at least 16).
 fn wal_pages(dir: &Path) -> u64 {
     let share = nix::sys::statvfs::statvfs(dir).map_or(u64::MAX, |fs| {
-        (fs.blocks() as u64).saturating_mul(fs.fragment_size() as u64)
-            / WAL_SHARE_OF_FILESYSTEM
-            / PAGE_SIZE
+        fs.blocks().saturating_mul(fs.fragment_size()) / WAL_SHARE_OF_FILESYSTEM / PAGE_SIZE
     });
     share.clamp(16, WAL_PAGES_MAX)
 }
