@@ -41,6 +41,7 @@ pub const ALERTS_DROPPED: &str = "automation_framework_alerts_dropped_total";
 pub const STORE_UP: &str = "automation_framework_store_up";
 pub const STORE_COMMIT_DURATION: &str = "automation_framework_store_commit_duration_seconds";
 pub const STORE_COMMIT_JOBS: &str = "automation_framework_store_commit_jobs";
+pub const BUDGET_CLOCK_STEPS_BACK: &str = "automation_framework_budget_clock_steps_back_total";
 
 /// Handles of the metrics every request touches, registered once: looking a
 /// labelled metric up by name and labels on each request (what `counter!` with
@@ -226,6 +227,11 @@ fn describe() {
     describe_gauge!(
         STORE_UP,
         "1 when the ledger's last transaction succeeded, 0 when it is failing"
+    );
+    describe_counter!(
+        BUDGET_CLOCK_STEPS_BACK,
+        Unit::Count,
+        "Times the wall clock stepped back into an earlier period than a budget's (the budget stays in its newest period)"
     );
     describe_histogram!(
         STORE_COMMIT_DURATION,

@@ -33,6 +33,11 @@ pub enum MoneyError {
 /// The largest amount accepted anywhere: $1e9 (so sums of many cannot overflow).
 const MAX_MICROS: i64 = 1_000_000_000 * 1_000_000;
 
+/// The largest balance the ledger files ($1e12): far above any honest spending
+/// (a limit is at most $1e9), far below `i64::MAX` micro-dollars ($9.2e12), so
+/// a flood of maximal charges is refused before a sum could overflow.
+pub const MAX_BALANCE: Usd = Usd(1_000 * MAX_MICROS);
+
 /// Pico-dollars in a micro-dollar.
 const PICOS_PER_MICRO: u128 = 1_000_000;
 
@@ -86,6 +91,12 @@ impl Usd {
     pub fn from_picos_rounding_up(picos: u128) -> Usd {
         let micros = picos.div_ceil(PICOS_PER_MICRO);
         Usd(i64::try_from(micros).map_or(MAX_MICROS, |m| m.min(MAX_MICROS)))
+    }
+
+    /// The exact sum, or `None` when it would overflow: for sums that are
+    /// written to the ledger, where saturating would file a wrong amount.
+    pub fn checked_add(self, other: Usd) -> Option<Usd> {
+        self.0.checked_add(other.0).map(Usd)
     }
 
     pub fn saturating_sub(self, other: Usd) -> Usd {

@@ -54,3 +54,7 @@ mod fuzzed;
 // The content guard: the check request, admit with a payload, the CLI's check,
 // the session's check, a reload with a broken rules file.
 mod content;
+
+// Issue 16: clock steps, overflow, floods, a vanished ledger, a full or frozen
+// disk (the mounting tests are ignored; .ci/faults runs them as root).
+mod faults;

@@ -16,6 +16,14 @@
 //! period, after every terminal path (reply sent, connection dropped, shutdown,
 //! ledger failure), because the only code that changes them after a durable
 //! decision is a `Pending::complete`, and every commit runs exactly one.
+//!
+//! A commit whose waiter gave up (`daemon.commit_timeout`: a frozen disk) was
+//! answered `Unavailable`, so nothing may come of it that the caller would have
+//! to know about: if the transaction holding it still commits, the completion
+//! runs as [`Pending::complete_late`] — an admission is undone in memory and
+//! its reservation deleted from the ledger by a follow-up write (the caller was
+//! told no, so it makes no call); a charge or an admin change stays (a retry of
+//! it is a duplicate, counted once).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,7 +31,7 @@ use std::sync::Arc;
 use super::{Admission, AdmissionError, Decision, Moment, Settlement};
 use crate::clock::SharedClock;
 use crate::money::Usd;
-use crate::store::{Entry, Outcome as LedgerOutcome, Store, StoreError};
+use crate::store::{Entry, Late, Outcome as LedgerOutcome, Store, StoreError};
 
 /// Ledger entries, and what to do in memory once they are (or are not) durable.
 #[must_use = "a durable decision holds what it took until it is committed"]
@@ -52,6 +60,23 @@ pub trait Pending: Send + 'static {
         result: Result<LedgerOutcome, StoreError>,
         now: Moment,
     ) -> Result<Self::Output, StoreError>;
+
+    /// [`Pending::complete`] for a write whose waiter was already answered
+    /// `Unavailable` (it timed out) when its transaction finished. Returns the
+    /// entries that undo in the ledger what the caller was told did not happen.
+    /// By default the result is applied as usual: durable facts stay facts.
+    fn complete_late(
+        self,
+        admission: &Admission,
+        result: Result<LedgerOutcome, StoreError>,
+        now: Moment,
+    ) -> Vec<Entry>
+    where
+        Self: Sized,
+    {
+        let _ = self.complete(admission, result, now);
+        Vec::new()
+    }
 }
 
 /// An allowed admission whose reservation (or durable quota usage) is being
@@ -96,11 +121,28 @@ impl Admission {
         durable: Durable<P>,
     ) -> impl Future<Output = Result<P::Output, StoreError>> + Send + 'static {
         let Durable { entries, pending } = durable;
-        let (admission, clock) = (Arc::clone(self), clock.clone());
-        let completed = store.commit(entries, move |result| {
-            pending.complete(&admission, result, Moment::read(&clock))
+        let (admission, clock, follow_up) = (Arc::clone(self), clock.clone(), store.clone());
+        let completed = store.commit_late(entries, move |result, late| {
+            let now = Moment::read(&clock);
+            match late {
+                Late::No => Some(pending.complete(&admission, result, now)),
+                Late::Yes => {
+                    let undo = pending.complete_late(&admission, result, now);
+                    if !undo.is_empty() {
+                        // Queued from the writer thread; nobody waits for it.
+                        drop(follow_up.write(undo));
+                    }
+                    None
+                }
+            }
         });
-        async move { completed.await? }
+        async move {
+            match completed.await? {
+                Some(output) => output,
+                // The waiter gave up before this ran, so no one reads this.
+                None => Err(StoreError::Closed),
+            }
+        }
     }
 }
 
@@ -132,6 +174,21 @@ impl Pending for PendingAdmit {
                 engine.abort(self.id);
                 Err(err)
             }
+        }
+    }
+
+    fn complete_late(
+        self,
+        admission: &Admission,
+        result: Result<LedgerOutcome, StoreError>,
+        _now: Moment,
+    ) -> Vec<Entry> {
+        // The caller was answered Unavailable and makes no call: whatever the
+        // ledger did, the reservation must not stay open.
+        admission.lock().abort(self.id);
+        match result {
+            Ok(_) => vec![Entry::Unreserve { id: self.id }],
+            Err(_) => Vec::new(),
         }
     }
 }
@@ -173,6 +230,10 @@ impl Pending for PendingOrphan {
         result: Result<LedgerOutcome, StoreError>,
         _now: Moment,
     ) -> Result<(), StoreError> {
+        let result = match result {
+            Ok(LedgerOutcome::Refused(why)) => Err(StoreError::Refused(why)),
+            other => other,
+        };
         let written = result.is_ok();
         admission.lock().finish_orphan(self, written);
         result.map(|_| ())

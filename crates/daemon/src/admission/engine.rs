@@ -45,6 +45,7 @@ impl Engine {
                 plan.output_units,
             )
         });
+        self.check_charge("the call's estimate", estimate)?;
         let call = Call {
             agent: caller.agent,
             service: plan.service,
@@ -65,6 +66,7 @@ impl Engine {
                 break;
             }
         }
+        self.note_clock_steps();
         let Checked {
             votes,
             transitions,
@@ -207,7 +209,6 @@ impl Engine {
             let settlement = self.close_reported(id, &outcome, None, now);
             return Ok(Reporting::Settled(settlement));
         };
-        reservation.stage = Stage::Settling;
         let amount = outcome.cost.unwrap_or_else(|| {
             let priced = self
                 .config
@@ -222,6 +223,15 @@ impl Engine {
                 None => hold(reservation).map_or(Usd::ZERO, |h| h.estimate),
             }
         });
+        let max_charge = self.config.budget.max_charge;
+        if amount > max_charge {
+            return Err(super::ledger::too_large(
+                "the reported cost",
+                amount,
+                max_charge,
+            ));
+        }
+        reservation.stage = Stage::Settling;
         let (agent, service) = (reservation.agent.clone(), reservation.service.clone());
         let filed = self.file(&budgets, now);
         let key = key.unwrap_or_else(|| reservation_key(id));
@@ -262,6 +272,7 @@ impl Engine {
                 outcome.output_units.unwrap_or(0),
             )
         });
+        self.check_charge("the reported cost", amount)?;
         let budgets = self.guards.budgets.applicable(agent, service);
         if amount == Usd::ZERO || budgets.is_empty() {
             return Ok(Reporting::Settled(
@@ -297,6 +308,11 @@ impl Engine {
         result: Result<LedgerOutcome, StoreError>,
         now: Moment,
     ) -> Result<Settlement, StoreError> {
+        let result = match result {
+            // Nothing was filed (a balance would overflow): as if not written.
+            Ok(LedgerOutcome::Refused(why)) => Err(StoreError::Refused(why)),
+            other => other,
+        };
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(err) => {

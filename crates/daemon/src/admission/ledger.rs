@@ -77,16 +77,34 @@ impl Engine {
                 spec.limit = *limit;
                 self.admin_limited.insert(spec.name.clone());
             }
-            let start = spec.reset.start(now.unix);
-            let spent = snapshot
+            let balances: Vec<(u64, Usd)> = snapshot
                 .balances
                 .iter()
-                .filter(|(name, period, _)| *name == spec.name && *period == start)
-                .map(|(_, _, spent)| *spent)
-                .fold(Usd::ZERO, |a, b| a + b);
-            self.guards
-                .budgets
-                .insert(Budget::new(spec, now.unix, spent));
+                .filter(|(name, _, _)| *name == spec.name)
+                .map(|(_, period, spent)| (*period, *spent))
+                .collect();
+            let unreadable: Vec<(u64, String)> = snapshot
+                .unreadable
+                .iter()
+                .filter(|(name, _, _)| *name == spec.name)
+                .map(|(_, period, why)| (*period, why.clone()))
+                .collect();
+            let budget = Budget::restore(spec, now.unix, &balances, &unreadable);
+            if let Some(why) = budget.unknown() {
+                log::error!(
+                    message_id = crate::logging::message_id::LEDGER_FAILED, budget = budget.name();
+                    "budget {}'s balance for the period starting at {} is unreadable in the ledger ({why}): its calls are refused until an admin resets it (automation-framework budget reset {})",
+                    budget.name(), budget.period_start(), budget.name()
+                );
+            }
+            if budget.period_start() > budget.spec().reset.start(now.unix) {
+                log::warn!(
+                    budget = budget.name();
+                    "the clock ({}) is behind budget {}'s newest period in the ledger (starting at {}): the budget stays in that period until the clock reaches it",
+                    now.unix, budget.name(), budget.period_start()
+                );
+            }
+            self.guards.budgets.insert(budget);
         }
         for (quota, key, window_start, used) in &snapshot.quotas {
             if let Some(rule) = self.guards.quotas.get_mut(quota) {
@@ -134,16 +152,56 @@ impl Engine {
         }
     }
 
-    /// Each budget with the start of the period a charge now is filed under.
+    /// Each budget with the start of the period a charge now is filed under
+    /// (the budget's newest period, also when the clock stepped back).
     pub(super) fn file(&mut self, budgets: &[Arc<str>], now: Moment) -> Vec<(String, u64)> {
-        budgets
+        let filed = budgets
             .iter()
             .filter_map(|name| {
-                let budget = self.guards.budgets.get_mut(name)?;
-                budget.roll(now.unix);
+                let budget = self.guards.budgets.roll(name, now.unix)?;
                 Some((name.to_string(), budget.period_start()))
             })
-            .collect()
+            .collect();
+        self.note_clock_steps();
+        filed
+    }
+
+    /// Logs and counts the steps back of the wall clock the budgets saw (rare:
+    /// a few per step at most, one per budget). A step back does not reopen an
+    /// earlier period (see `guard::budget`).
+    pub(super) fn note_clock_steps(&mut self) {
+        for (name, now_start, period_start) in self.guards.budgets.take_steps_back() {
+            metrics::counter!(crate::metrics::BUDGET_CLOCK_STEPS_BACK).increment(1);
+            log::warn!(
+                budget = &*name;
+                "the wall clock stepped back into an earlier period (starting at {now_start}) than budget {name}'s (starting at {period_start}): the budget stays in its period, with its spending, until the clock reaches a later one"
+            );
+        }
+    }
+
+    /// Refuses an amount above `budget.max_charge` before anything is decided
+    /// or written: one report must not be able to flood a balance.
+    pub(super) fn check_charge(&self, what: &str, amount: Usd) -> Result<(), AdmissionError> {
+        let max = self.config.budget.max_charge;
+        if amount > max {
+            return Err(too_large(what, amount, max));
+        }
+        Ok(())
+    }
+
+    /// Whether every budget's balance is known; else why not (for `budget`).
+    pub(super) fn unknown_balances(&self) -> Option<String> {
+        let mut unknown: Vec<String> = self
+            .guards
+            .budgets
+            .names()
+            .filter_map(|name| {
+                let why = self.guards.budgets.get(name)?.unknown()?;
+                Some(format!("budget {name}: {why}"))
+            })
+            .collect();
+        unknown.sort();
+        (!unknown.is_empty()).then(|| unknown.join("; "))
     }
 
     /// Adds a durable charge to its budgets; logs and raises thresholds it crossed
@@ -274,8 +332,7 @@ impl Engine {
         names
             .into_iter()
             .filter_map(|name| {
-                let budget = self.guards.budgets.get_mut(&name)?;
-                budget.roll(now.unix);
+                let budget = self.guards.budgets.roll(&name, now.unix)?;
                 Some(BudgetView {
                     spent: budget.spent(),
                     reserved: budget.reserved(),
@@ -343,9 +400,12 @@ impl Engine {
                 )
             }
             AdminKind::ResetBudget { budget } => {
-                let b = self.known_budget(budget)?;
-                b.roll(now.unix);
-                let start = b.period_start();
+                self.known_budget(budget)?;
+                let start = self
+                    .guards
+                    .budgets
+                    .roll(budget, now.unix)
+                    .map_or(0, |b| b.period_start());
                 (
                     Entry::ResetBudget {
                         budget: budget.clone(),
@@ -438,6 +498,20 @@ impl Engine {
             .budgets
             .get_mut(name)
             .ok_or_else(|| AdmissionError::UnknownBudget(name.to_owned()))
+    }
+}
+
+/// The refusal of an amount above `budget.max_charge`.
+pub(super) fn too_large(what: &str, amount: Usd, max: Usd) -> AdmissionError {
+    AdmissionError::Invalid(format!(
+        "{what} of {amount} is above budget.max_charge ({max}), the largest single charge this daemon accepts; nothing was charged. Check the amount (or its units and price), or raise budget.max_charge"
+    ))
+}
+
+impl super::Admission {
+    /// Why some budget's balance is unknown (unreadable in the ledger), if so.
+    pub fn unknown_balances(&self) -> Option<String> {
+        self.lock().unknown_balances()
     }
 }
 

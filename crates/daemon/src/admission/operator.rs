@@ -11,6 +11,7 @@ use super::{Admission, AdmissionError, Moment};
 use crate::guard::breaker::Phase;
 use crate::guard::period::Period;
 use crate::money::Usd;
+use std::sync::Arc;
 
 /// One copy of the engine's gauges.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -67,20 +68,22 @@ impl Admission {
                 (service.to_string(), breaker.phase())
             })
             .collect();
-        let budgets = engine
-            .guards
-            .budgets
-            .iter_mut()
-            .map(|(name, budget)| {
-                budget.roll(now.unix);
-                BudgetGauge {
+        let names: Vec<Arc<str>> = engine.guards.budgets.names().cloned().collect();
+        let budgets = names
+            .iter()
+            .filter_map(|name| {
+                // Through `Budgets::roll`, so a step back of the clock seen here
+                // is reported like one seen by an admission.
+                let budget = engine.guards.budgets.roll(name, now.unix)?;
+                Some(BudgetGauge {
                     name: name.to_string(),
                     spent: budget.spent(),
                     reserved: budget.reserved(),
                     limit: budget.limit(),
-                }
+                })
             })
             .collect();
+        engine.note_clock_steps();
         let quotas = engine
             .guards
             .quotas

@@ -643,7 +643,7 @@ async fn a_failing_ledger_fails_budgeted_admissions_closed_and_changes_nothing()
         )
         .await
         .unwrap_err();
-    assert!(err.contains("ledger store"), "{err}");
+    assert!(err.contains("the ledger at "), "{err}");
     let global = f.budget("global");
     assert_eq!((global.spent, global.reserved), (Usd::ZERO, Usd::ZERO));
     assert_eq!(f.admission.open_reservations(), 0);

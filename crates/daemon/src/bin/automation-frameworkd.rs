@@ -17,7 +17,7 @@ use automation_framework::alerts::Alerts;
 use automation_framework::clock::SharedClock;
 use automation_framework::config::Config;
 use automation_framework::state::State;
-use automation_framework::store::Store;
+use automation_framework::store::{Store, StoreOptions};
 use automation_framework::{paths, server, socket, systemd};
 
 /// The automation-framework daemon: host-wide rate limits and circuit breakers for
@@ -53,6 +53,13 @@ struct Args {
     /// [alerts] webhook.
     #[arg(long, value_name = "URL", env = "AUTOMATION_ALERT_WEBHOOK")]
     alert_webhook: Option<String>,
+
+    /// Begin an empty ledger even though the state directory held one (its
+    /// marker file is there but the ledger is gone). Without it such a start
+    /// refuses to create one, so spending is never silently forgotten. Does
+    /// nothing to a ledger that exists.
+    #[arg(long)]
+    init_ledger: bool,
 
     /// Log level on stderr: error, warn, info, debug, trace.
     #[arg(
@@ -165,26 +172,39 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
         .clone()
         .or_else(|| config.daemon.state_dir.clone())
         .unwrap_or_else(paths::default_state_dir);
-    let (store, snapshot) = match Store::open(&state_dir) {
+    let options = StoreOptions {
+        commit_timeout: config.daemon.commit_timeout,
+        init: args.init_ledger,
+    };
+    let (store, snapshot) = match Store::open_with(&state_dir, &options) {
         Ok((store, snapshot)) => {
-            log::info!(
-                "ledger {} opened (epoch {}, {} open reservation(s) recovered)",
-                store.path().display(),
-                snapshot.epoch,
-                snapshot.reservations.len()
-            );
+            if snapshot.created && args.init_ledger {
+                log::warn!(
+                    "ledger {} created empty, as --init-ledger asked: spending recorded before is not counted",
+                    store.path().display()
+                );
+            } else if snapshot.created {
+                log::info!("ledger {} created", store.path().display());
+            } else {
+                log::info!(
+                    "ledger {} opened (epoch {}, {} open reservation(s) recovered)",
+                    store.path().display(),
+                    snapshot.epoch,
+                    snapshot.reservations.len()
+                );
+            }
             (store, snapshot)
         }
         Err(err) => {
             // Serve without it rather than not at all: budget-governed requests
             // are refused (fail closed), everything else keeps working, and
             // health reports the reason.
-            log::error!("{err}; serving without a ledger: budget-governed requests will be refused until the daemon is restarted with a working ledger");
+            log::error!(
+                message_id = automation_framework::logging::message_id::LEDGER_FAILED;
+                "{err}; serving without a ledger: budget-governed requests will be refused until the daemon is restarted with a working ledger"
+            );
             let path = state_dir.join(automation_framework::store::LEDGER_FILE);
-            (
-                Store::unavailable(&path, err.to_string()),
-                Default::default(),
-            )
+            (Store::unavailable(&path, err.reason()), Default::default())
         }
     };
     let http_addr = match &args.http {
@@ -294,8 +314,12 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
     }
     signal_handle.close();
     signal_task.abort();
-    // Every handler has finished, so every acknowledged write is already durable;
-    // closing stops the writer thread.
+    // Every handler has finished (or was abandoned after drain_timeout), so
+    // every acknowledged write is already durable; closing stops the writer
+    // thread once it is done with what is queued. Nothing waits for it: a writer
+    // stuck in the kernel (a frozen filesystem) holds nothing acknowledged, and
+    // the process ends without it (its pid lingers until the kernel lets that
+    // thread go).
     store.close();
     if let Some(path) = bound_path {
         if let Err(err) = std::fs::remove_file(&path) {

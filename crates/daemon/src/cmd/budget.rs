@@ -17,6 +17,26 @@ pub(super) fn apply(state: &State, req: BudgetRequest, now: Moment) -> Response 
         }
     }
     let views = state.admission().budgets(req.agent.as_deref(), now);
+    // Figures from memory while the ledger fails (or a balance in it is
+    // unreadable) would read as the truth; they are the last known at best.
+    let unknown = match (state.store().health(), state.admission().unknown_balances()) {
+        (Some(failure), _) => Some(format!("the ledger is failing ({failure})")),
+        (None, Some(unreadable)) => Some(format!("unreadable in the ledger: {unreadable}")),
+        (None, None) => None,
+    };
+    if let Some(why) = unknown {
+        let last: Vec<String> = views
+            .iter()
+            .map(|v| format!("{} {} spent of {}", v.name, v.spent, v.limit))
+            .collect();
+        return error(
+            ErrorCode::Unavailable,
+            format!(
+                "balances are unknown: {why}; budget-governed calls are refused until it recovers. Last known: {}",
+                last.join(", ")
+            ),
+        );
+    }
     let budgets: Vec<BudgetInfo> = views
         .into_iter()
         .map(|v| BudgetInfo {

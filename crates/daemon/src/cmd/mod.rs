@@ -151,6 +151,10 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Response {
 /// The answer when the ledger could not make something durable: nothing was
 /// acknowledged, so the caller can retry.
 fn unavailable(err: &StoreError) -> Response {
+    if let StoreError::Refused(_) = err {
+        // Not a failure of the ledger: this charge will never be filed.
+        return error(ErrorCode::InvalidArgument, err.to_string());
+    }
     error(
         ErrorCode::Unavailable,
         format!("{err}; budget-governed requests are refused until the ledger recovers (fail closed), retry later"),

@@ -96,6 +96,9 @@ pub struct BudgetConfig {
     /// How long a reservation whose connection is gone waits for its report.
     pub orphan_timeout: Duration,
     pub orphan_policy: OrphanPolicy,
+    /// The largest single charge or estimate accepted (a report or admission
+    /// above it is refused): what one agent can add to a balance per call.
+    pub max_charge: Usd,
 }
 
 /// What happens to a reservation whose agent vanished without reporting.
@@ -192,6 +195,9 @@ pub struct DaemonConfig {
     /// distinct keys outlives the burst. Short values cost a walk of every key
     /// that often.
     pub purge_interval: Duration,
+    /// A ledger commit taking longer is answered Unavailable and turns health
+    /// unhealthy while it lasts (a frozen or dying disk); bound at start.
+    pub commit_timeout: Duration,
 }
 
 /// `[access]`: the rules that let a peer in, decided from its kernel credentials.

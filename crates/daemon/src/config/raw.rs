@@ -53,6 +53,7 @@ pub(super) struct RawDaemon {
     pub max_reservations_per_connection: usize,
     pub state_dir: Option<PathBuf>,
     pub purge_interval: String,
+    pub commit_timeout: String,
 }
 
 /// Breaker keys; every one optional so a service can override just one of them.
@@ -137,6 +138,7 @@ pub(super) struct RawBudget {
     pub orphan_policy: Spelled<RawOrphanPolicy>,
     pub agents: BTreeMap<String, RawSubBudget>,
     pub services: BTreeMap<String, RawSubBudget>,
+    pub max_charge: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -341,6 +343,7 @@ impl Default for RawDaemon {
             max_reservations_per_connection: 4096,
             state_dir: None,
             purge_interval: "30s".into(),
+            commit_timeout: "5s".into(),
         }
     }
 }
@@ -372,6 +375,7 @@ impl Default for RawBudget {
             orphan_policy: Spelled::Known(RawOrphanPolicy::ChargeEstimate),
             agents: BTreeMap::new(),
             services: BTreeMap::new(),
+            max_charge: 1000.0,
         }
     }
 }

@@ -4,6 +4,17 @@
 //! The check is `spent + reserved + estimate <= limit`, so concurrent admissions can
 //! never together pass the limit; once `spent` alone reaches the limit (a call cost
 //! more than estimated) nothing more is admitted until the period ends.
+//!
+//! A budget's period only moves forward. When the wall clock steps back (NTP, an
+//! operator, a VM restored from a snapshot) the budget stays in the newest period
+//! it has seen and keeps filing spending there: going back to an earlier period
+//! would start it over from nothing (the old behaviour, which let a step back
+//! and forth double a limit), and its real balance is in the ledger, not in
+//! memory. The step is reported ([`Roll::SteppedBack`]) so the engine can log and
+//! count it. A start after a step back resumes the newest period the ledger holds
+//! ([`Budget::restore`]). The price: if the clock once ran ahead, the budget stays
+//! in that future period until real time reaches it (an admin `reset` starts it
+//! over).
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -31,6 +42,23 @@ pub struct Budget {
     period_start: u64,
     spent: Usd,
     reserved: Usd,
+    /// The clock is in an earlier period than `period_start` (reported once).
+    behind: bool,
+    /// Why the ledger's balance of this period is not known (unreadable): the
+    /// budget refuses every call until an admin resets it.
+    unknown: Option<Arc<str>>,
+}
+
+/// What [`Budget::roll`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Roll {
+    /// Still the same period.
+    Same,
+    /// A new period began: spending starts over.
+    Next,
+    /// The clock is now in an earlier period (`now_start`) than the budget's:
+    /// it stays where it is. Reported once per step.
+    SteppedBack { now_start: u64 },
 }
 
 /// Why a budget refused.
@@ -53,6 +81,8 @@ pub enum BudgetDenial {
         limit: Usd,
         retry_after: Option<Duration>,
     },
+    #[error("budget {name}'s balance in the ledger is unknown ({why}); its calls are refused until an admin resets the budget")]
+    Unknown { name: Arc<str>, why: Arc<str> },
 }
 
 // === impl Budget ===
@@ -67,7 +97,44 @@ impl Budget {
             spec,
             spent,
             reserved: Usd::ZERO,
+            behind: false,
+            unknown: None,
         }
+    }
+
+    /// The budget as the ledger left it: in the newest of the period containing
+    /// `now` and the periods the ledger holds balances for (a start after the
+    /// clock stepped back resumes the newest period, as a running daemon would
+    /// have stayed in it), with that period's balance. `balances` are this
+    /// budget's (period start, balance) rows, `unreadable` its periods whose
+    /// balance is not a valid amount. Rows of periods that are not boundaries of
+    /// this budget's reset (left by another reset setting) are ignored.
+    pub fn restore(
+        spec: BudgetSpec,
+        now: u64,
+        balances: &[(u64, Usd)],
+        unreadable: &[(u64, String)],
+    ) -> Budget {
+        let reset = spec.reset;
+        let aligned = |start: &u64| reset.start(*start) == *start;
+        let newest = balances
+            .iter()
+            .map(|(start, _)| *start)
+            .chain(unreadable.iter().map(|(start, _)| *start))
+            .filter(aligned)
+            .fold(reset.start(now), u64::max);
+        let spent = balances
+            .iter()
+            .filter(|(start, _)| *start == newest)
+            .fold(Usd::ZERO, |sum, (_, spent)| sum + *spent);
+        let mut budget = Budget::new(spec, now, spent);
+        budget.period_start = newest;
+        budget.behind = newest > reset.start(now);
+        budget.unknown = unreadable
+            .iter()
+            .find(|(start, _)| *start == newest)
+            .map(|(_, why)| Arc::from(why.as_str()));
+        budget
     }
 
     pub fn spec(&self) -> &BudgetSpec {
@@ -78,17 +145,33 @@ impl Budget {
         &self.spec.name
     }
 
-    /// Moves to the period containing `now`; spending starts over at a boundary.
-    /// Reservations carry over: they are charged when they settle. Returns whether
-    /// a new period began.
-    pub fn roll(&mut self, now: u64) -> bool {
+    /// Moves forward to the period containing `now`; spending starts over at a
+    /// boundary. Reservations carry over: they are charged when they settle. A
+    /// `now` in an earlier period than the budget's (the clock stepped back)
+    /// changes nothing: the budget stays in its newest period.
+    pub fn roll(&mut self, now: u64) -> Roll {
         let start = self.spec.reset.start(now);
-        if start == self.period_start {
-            return false;
+        if start > self.period_start {
+            self.period_start = start;
+            self.spent = Usd::ZERO;
+            self.behind = false;
+            self.unknown = None;
+            return Roll::Next;
         }
-        self.period_start = start;
-        self.spent = Usd::ZERO;
-        true
+        if start == self.period_start {
+            self.behind = false;
+            return Roll::Same;
+        }
+        if self.behind {
+            return Roll::Same;
+        }
+        self.behind = true;
+        Roll::SteppedBack { now_start: start }
+    }
+
+    /// Why this period's balance is unknown, if it is.
+    pub fn unknown(&self) -> Option<&str> {
+        self.unknown.as_deref()
     }
 
     pub fn period_start(&self) -> u64 {
@@ -101,7 +184,19 @@ impl Budget {
     /// A [`BudgetDenial`]; `retry_after` is the time to the next reset, if any.
     pub fn check(&self, estimate: Usd, now: u64) -> Result<(), BudgetDenial> {
         let limit = self.spec.limit;
-        let retry_after = self.spec.reset.remaining(now).map(Duration::from_secs);
+        if let Some(why) = &self.unknown {
+            return Err(BudgetDenial::Unknown {
+                name: Arc::clone(&self.name),
+                why: Arc::clone(why),
+            });
+        }
+        // Until the end of the budget's period, which is later than the end of
+        // `now`'s period when the clock stepped back.
+        let retry_after = self
+            .spec
+            .reset
+            .end(self.period_start)
+            .map(|end| Duration::from_secs(end.saturating_sub(now)));
         if self.spent >= limit {
             return Err(BudgetDenial::Exhausted {
                 name: Arc::clone(&self.name),
@@ -148,9 +243,11 @@ impl Budget {
         self.spec.limit = limit;
     }
 
-    /// Starts the current period over.
+    /// Starts the current period over (the ledger's balance is 0 now, readable
+    /// again if it was not).
     pub fn reset_spent(&mut self) {
         self.spent = Usd::ZERO;
+        self.unknown = None;
     }
 
     pub fn spent(&self) -> Usd {
@@ -233,10 +330,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(!b.roll(MON + 86_399));
-        assert!(b.roll(MON + 86_400), "a new day");
+        assert_eq!(b.roll(MON + 86_399), Roll::Same);
+        assert_eq!(b.roll(MON + 86_400), Roll::Next, "a new day");
         assert_eq!(b.spent(), Usd::ZERO);
-        assert!(!b.roll(MON + 86_401), "once per boundary");
+        assert_eq!(b.roll(MON + 86_401), Roll::Same, "once per boundary");
         b.check(usd(10.0), MON + 86_401).unwrap();
     }
 
@@ -248,6 +345,71 @@ mod tests {
         b.charge(usd(3.0), MON);
         b.refund(usd(1.0), MON);
         assert_eq!(b.spent(), usd(2.0));
+    }
+
+    /// Issue 16: with a daily $100 budget, $90 on day 1 and $90 on day 2, a step
+    /// back into day 1 must not start a fresh $100, nor a step forward again.
+    #[test]
+    fn a_step_back_of_the_clock_stays_in_the_newest_period() {
+        let day1 = MON + 3600;
+        let day2 = MON + 86_400 + 3600;
+        let mut b = daily(100.0);
+        b.charge(usd(90.0), b.period_start());
+        assert_eq!(b.roll(day2), Roll::Next);
+        b.charge(usd(90.0), b.period_start());
+        assert_eq!(
+            b.roll(day1),
+            Roll::SteppedBack { now_start: MON },
+            "reported"
+        );
+        assert_eq!(b.period_start(), MON + 86_400, "stays in day 2");
+        assert_eq!(b.spent(), usd(90.0));
+        assert!(b.check(usd(10.0), day1).is_ok());
+        assert!(matches!(
+            b.check(usd(10.01), day1),
+            Err(BudgetDenial::WouldExceed { .. })
+        ));
+        assert_eq!(b.roll(day1 + 60), Roll::Same, "reported once per step");
+        assert_eq!(b.roll(day2), Roll::Same, "back in its own period");
+        assert_eq!(b.spent(), usd(90.0));
+        // While behind, retry_after counts to the end of day 2, not of day 1.
+        b.charge(usd(10.0), b.period_start());
+        match b.check(Usd::ZERO, day1) {
+            Err(BudgetDenial::Exhausted { retry_after, .. }) => {
+                assert_eq!(retry_after, Some(Duration::from_secs(2 * 86_400 - 3600)))
+            }
+            other => panic!("{other:?}"),
+        }
+        // A second step back after coming forward is reported again.
+        assert_eq!(b.roll(day1), Roll::SteppedBack { now_start: MON });
+        assert_eq!(b.roll(MON + 2 * 86_400), Roll::Next, "day 3 is new");
+        assert_eq!(b.spent(), Usd::ZERO);
+    }
+
+    #[test]
+    fn a_restart_resumes_the_newest_period_the_ledger_holds() {
+        let spec = BudgetSpec {
+            name: "global".into(),
+            limit: usd(100.0),
+            reset: Period::Daily,
+        };
+        let day2 = MON + 86_400;
+        let balances = [(MON, usd(90.0)), (day2, usd(95.0)), (MON - 7, usd(1.0))];
+        // Started with the clock back in day 1: day 2's balance, not day 1's.
+        let b = Budget::restore(spec.clone(), MON + 60, &balances, &[]);
+        assert_eq!((b.period_start(), b.spent()), (day2, usd(95.0)));
+        assert!(b.check(usd(5.01), MON + 60).is_err());
+        // Started in day 3: a new period.
+        let b = Budget::restore(spec.clone(), day2 + 86_400, &balances, &[]);
+        assert_eq!(b.spent(), Usd::ZERO);
+        // An unreadable balance fails this budget closed until reset.
+        let mut b = Budget::restore(spec, MON + 60, &[], &[(MON, "NaN".into())]);
+        assert!(matches!(
+            b.check(Usd::ZERO, MON + 60),
+            Err(BudgetDenial::Unknown { .. })
+        ));
+        b.reset_spent();
+        assert!(b.check(usd(1.0), MON + 60).is_ok());
     }
 
     #[test]
@@ -269,6 +431,10 @@ pub struct Budgets {
     /// a call builds no string.
     by_agent: HashMap<Box<str>, Arc<str>, foldhash::fast::RandomState>,
     by_service: HashMap<Box<str>, Arc<str>, foldhash::fast::RandomState>,
+    /// Steps back of the clock seen and not yet reported by the engine (which
+    /// logs and counts them; guards do neither): budget, the clock's period, the
+    /// budget's period.
+    stepped_back: Vec<(Arc<str>, u64, u64)>,
 }
 
 /// An estimate held against the budgets a call falls under, until it settles.
@@ -332,6 +498,26 @@ impl Budgets {
         names
     }
 
+    /// Moves `name` to `now`'s period ([`Budget::roll`]), remembering a step
+    /// back of the clock for [`Budgets::take_steps_back`].
+    pub fn roll(&mut self, name: &str, now: u64) -> Option<&mut Budget> {
+        let budget = self.by_name.get_mut(name)?;
+        if let Roll::SteppedBack { now_start } = budget.roll(now) {
+            self.stepped_back
+                .push((Arc::clone(&budget.name), now_start, budget.period_start));
+        }
+        Some(budget)
+    }
+
+    /// The steps back seen since the last call: (budget, the clock's period
+    /// start, the period the budget stays in).
+    pub fn take_steps_back(&mut self) -> Vec<(Arc<str>, u64, u64)> {
+        if self.stepped_back.is_empty() {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.stepped_back)
+    }
+
     /// Gives a hold back to its budgets.
     pub fn give_back(&mut self, hold: &Hold) {
         for name in &hold.budgets {
@@ -361,10 +547,8 @@ impl super::Guard for Budgets {
         let shadow = call.shadow_all;
         for name in &names {
             let budget = self
-                .by_name
-                .get_mut(name)
+                .roll(name, call.now.unix)
                 .expect("applicable budgets exist");
-            budget.roll(call.now.unix);
             match budget.check(call.estimate, call.now.unix) {
                 Ok(()) => out.vote(super::Vote::allow(
                     super::GuardKind::Budget,
@@ -380,6 +564,7 @@ impl super::Guard for Budgets {
                     let retry_after = match &denial {
                         BudgetDenial::Exhausted { retry_after, .. }
                         | BudgetDenial::WouldExceed { retry_after, .. } => *retry_after,
+                        BudgetDenial::Unknown { .. } => None,
                     };
                     out.vote(super::Vote::deny(
                         super::GuardKind::Budget,

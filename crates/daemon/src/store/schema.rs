@@ -6,8 +6,10 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use rusqlite::types::Value;
+
 use super::{Entry, Outcome, Snapshot, StoredReservation};
-use crate::money::Usd;
+use crate::money::{Usd, MAX_BALANCE};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is how many ran.
 /// Append only: a released migration is never edited.
@@ -51,8 +53,9 @@ const MIGRATIONS: &[&str] = &[
          action TEXT NOT NULL);",
 ];
 
-/// Pragmas for durability, then migrations.
-pub(super) fn prepare(conn: &mut Connection) -> Result<(), String> {
+/// Pragmas for durability, then migrations. `wal_pages`: the WAL's size at
+/// which it is checkpointed and to which it is cut back.
+pub(super) fn prepare(conn: &mut Connection, wal_pages: u64) -> Result<(), String> {
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
     let mode: String = conn
@@ -69,6 +72,20 @@ pub(super) fn prepare(conn: &mut Connection) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     conn.pragma_update(None, "foreign_keys", true)
         .map_err(|e| e.to_string())?;
+    // A WAL that is checkpointed before it takes much of its filesystem, and
+    // cut back after each checkpoint: on a small state filesystem an
+    // ever-growing WAL fills it for good.
+    conn.pragma_update(None, "wal_autocheckpoint", wal_pages as i64)
+        .map_err(|e| e.to_string())?;
+    conn.query_row(
+        &format!(
+            "PRAGMA journal_size_limit = {}",
+            wal_pages * super::PAGE_SIZE
+        ),
+        [],
+        |_| Ok(()),
+    )
+    .map_err(|e| e.to_string())?;
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .map_err(|e| e.to_string())?;
@@ -122,15 +139,24 @@ pub(super) fn load(conn: &mut Connection) -> rusqlite::Result<Snapshot> {
             })
         })?;
         snapshot.reservations = rows.collect::<rusqlite::Result<_>>()?;
+        // Read as any value: a balance that is not a valid amount (a float left
+        // by an overflow in an older version, a hand edit) must not keep the
+        // whole ledger from opening; its budget alone fails closed.
         let mut stmt = tx.prepare("SELECT budget, period_start, spent FROM balances")?;
         let rows = stmt.query_map([], |row| {
             Ok((
-                row.get(0)?,
+                row.get::<_, String>(0)?,
                 to_u64(row.get(1)?),
-                Usd::from_micros(row.get(2)?),
+                row.get::<_, Value>(2)?,
             ))
         })?;
-        snapshot.balances = rows.collect::<rusqlite::Result<_>>()?;
+        for row in rows {
+            let (budget, period, spent) = row?;
+            match balance(&spent) {
+                Ok(amount) => snapshot.balances.push((budget, period, amount)),
+                Err(found) => snapshot.unreadable.push((budget, period, found)),
+            }
+        }
         // The latest window of each counter; older windows are history.
         let mut stmt = tx.prepare(
             "SELECT quota, key, MAX(window_start), used FROM quota_usage GROUP BY quota, key",
@@ -150,6 +176,55 @@ pub(super) fn load(conn: &mut Connection) -> rusqlite::Result<Snapshot> {
     }
     tx.commit()?;
     Ok(snapshot)
+}
+
+/// A stored balance as an amount, or what was found instead.
+fn balance(value: &Value) -> Result<Usd, String> {
+    match value {
+        Value::Integer(n) if (0..=MAX_BALANCE.micros()).contains(n) => Ok(Usd::from_micros(*n)),
+        Value::Integer(n) => Err(format!("{n} micro-dollars, outside 0 to {MAX_BALANCE}")),
+        Value::Real(f) => Err(format!("the non-integer {f} (a sum that overflowed)")),
+        Value::Null => Err("NULL".into()),
+        Value::Text(_) | Value::Blob(_) => Err("a value that is not a number".into()),
+    }
+}
+
+/// A write that changes nothing but must reach the disk: does the ledger accept
+/// writes (after a full disk was given room)?
+pub(super) fn probe(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute("UPDATE meta SET value = value WHERE key = 'epoch'", [])?;
+    tx.commit()
+}
+
+/// The balance a charge of `amount` leaves in `budget`'s period, or why it may
+/// not be filed: it would pass [`MAX_BALANCE`] (which no honest spending
+/// reaches: a limit is at most $1e9), or the stored balance is unreadable.
+fn checked_balance(
+    sp: &Connection,
+    budget: &str,
+    period_start: u64,
+    amount: Usd,
+) -> rusqlite::Result<Result<(), String>> {
+    let stored: Option<Value> = sp
+        .prepare_cached("SELECT spent FROM balances WHERE budget = ?1 AND period_start = ?2")?
+        .query_row(params![budget, to_i64(period_start)], |row| row.get(0))
+        .optional()?;
+    let current = match stored.as_ref().map(balance) {
+        None => Usd::ZERO,
+        Some(Ok(current)) => current,
+        Some(Err(found)) => {
+            return Ok(Err(format!(
+                "budget {budget}'s balance in the ledger is {found}; an admin must reset the budget (automation-framework budget reset)"
+            )))
+        }
+    };
+    Ok(match current.checked_add(amount) {
+        Some(total) if total <= MAX_BALANCE => Ok(()),
+        _ => Err(format!(
+            "a charge of {amount} would take budget {budget}'s balance of {current} past the ledger's maximum of {MAX_BALANCE}; nothing was charged"
+        )),
+    })
 }
 
 pub(super) fn is_charged(conn: &Connection, key: &str) -> rusqlite::Result<bool> {
@@ -191,6 +266,17 @@ pub(super) fn apply(sp: &Connection, entries: &[Entry]) -> rusqlite::Result<Outc
                 budgets,
                 at,
             } => {
+                // Checked before anything is written, so a refusal needs no
+                // rollback (the invariant above). A duplicate key is told apart
+                // first: a repeat of a filed charge is a duplicate, not a refusal.
+                if is_charged(sp, key)? {
+                    return Ok(Outcome::Duplicate);
+                }
+                for (budget, period_start) in budgets {
+                    if let Err(why) = checked_balance(sp, budget, *period_start, *amount)? {
+                        return Ok(Outcome::Refused(why));
+                    }
+                }
                 let inserted = sp
                     .prepare_cached(
                         "INSERT OR IGNORE INTO charges (key, reservation, agent, service, amount, budgets, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

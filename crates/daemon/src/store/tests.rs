@@ -188,7 +188,7 @@ async fn a_failing_disk_fails_the_write_and_reports_unhealthy() {
     let (store, _) = Store::open(dir.path()).unwrap();
     store.fail_writes(true);
     let err = store.write(vec![charge("k", 1.0)]).await.unwrap_err();
-    assert!(err.to_string().contains("ledger store"), "{err}");
+    assert!(err.to_string().contains("the ledger at "), "{err}");
     assert!(store.health().is_some());
     store.fail_writes(false);
     store.write(vec![charge("k", 1.0)]).await.unwrap();
@@ -289,4 +289,143 @@ async fn a_panicking_completion_leaves_the_writer_running() {
         store.write(vec![charge("k2", 1.0)]).await,
         Ok(Outcome::Done)
     );
+}
+
+/// Issue 16: 9,300 reports of $1e9 pushed a balance past i64 and SQLite stored a
+/// float, after which the ledger would not open. A charge that would pass the
+/// maximum balance is refused before anything is written.
+#[tokio::test]
+async fn a_charge_that_would_overflow_a_balance_is_refused_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let mut keys = 0;
+    let refused = loop {
+        keys += 1;
+        match store.write(vec![charge(&format!("k{keys}"), 1e9)]).await {
+            Ok(Outcome::Done) => continue,
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(&refused, Ok(Outcome::Refused(why)) if why.contains("maximum")),
+        "{refused:?}"
+    );
+    assert_eq!(keys, 1001, "$1e12 is 1,000 charges of $1e9");
+    assert!(!store.is_charged(&format!("k{keys}")).await.unwrap());
+    assert_eq!(store.health(), None, "a refusal is not a failure");
+    drop(store);
+    let (_, snapshot) = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        snapshot.balances,
+        vec![("global".into(), 100, crate::money::MAX_BALANCE)]
+    );
+}
+
+#[tokio::test]
+async fn a_balance_that_is_not_an_amount_is_reported_and_the_ledger_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path()).unwrap());
+    let conn = Connection::open(dir.path().join(LEDGER_FILE)).unwrap();
+    // What an overflowed sum left behind before checked arithmetic.
+    conn.execute_batch(
+        "INSERT INTO balances VALUES ('global', 100, 9223372036854775807);
+         UPDATE balances SET spent = spent + 1 WHERE budget = 'global';
+         INSERT INTO balances VALUES ('agent:a', 100, 5);",
+    )
+    .unwrap();
+    drop(conn);
+    let (store, snapshot) = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        snapshot.balances,
+        vec![("agent:a".into(), 100, usd(0.000005))]
+    );
+    assert_eq!(snapshot.unreadable.len(), 1, "{:?}", snapshot.unreadable);
+    assert!(snapshot.unreadable[0].2.contains("overflowed"));
+    let refused = store.write(vec![charge("k", 1.0)]).await.unwrap();
+    assert!(matches!(refused, Outcome::Refused(why) if why.contains("reset")));
+    // An admin reset makes it an amount again.
+    store
+        .write(vec![Entry::ResetBudget {
+            budget: "global".into(),
+            period_start: 100,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.write(vec![charge("k", 1.0)]).await, Ok(Outcome::Done));
+}
+
+#[test]
+fn a_missing_ledger_where_one_was_is_not_recreated_without_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, snapshot) = Store::open(dir.path()).unwrap();
+    assert!(snapshot.created);
+    assert!(dir.path().join(LEDGER_MARKER).is_file());
+    for file in ["ledger.sqlite3", "ledger.sqlite3-wal", "ledger.sqlite3-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(file));
+    }
+    let err = Store::open(dir.path()).err().expect("refused");
+    assert!(err.to_string().contains("--init-ledger"), "{err}");
+    assert!(!dir.path().join(LEDGER_FILE).exists(), "nothing created");
+    let init = StoreOptions {
+        init: true,
+        ..StoreOptions::default()
+    };
+    let (_, snapshot) = Store::open_with(dir.path(), &init).unwrap();
+    assert!(snapshot.created);
+    assert_eq!(snapshot.epoch, 1);
+    let (_, snapshot) = Store::open(dir.path()).unwrap();
+    assert!(!snapshot.created, "an existing ledger just opens");
+}
+
+#[tokio::test]
+async fn a_ledger_deleted_while_open_fails_every_later_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    store.write(vec![charge("k1", 1.0)]).await.unwrap();
+    std::fs::remove_file(dir.path().join(LEDGER_FILE)).unwrap();
+    let err = store.write(vec![charge("k2", 1.0)]).await.unwrap_err();
+    assert!(err.to_string().contains("deleted"), "{err}");
+    assert!(store.health().is_some_and(|h| h.contains("deleted")));
+    // Also when the file comes back: it is not the one that holds the books.
+    std::fs::write(dir.path().join(LEDGER_FILE), b"").unwrap();
+    assert!(store.write(vec![charge("k3", 1.0)]).await.is_err());
+}
+
+/// A commit that cannot finish (here: another process holds the write lock, as
+/// a frozen disk would hold the fsync) is answered TimedOut after the bound,
+/// health says so while it lasts, and a write queued behind it that its waiter
+/// gave up on is never applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_commit_times_out_and_an_abandoned_write_is_never_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        commit_timeout: Duration::from_millis(300),
+        init: false,
+    };
+    let (store, _) = Store::open_with(dir.path(), &options).unwrap();
+    let blocker = Connection::open(dir.path().join(LEDGER_FILE)).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let first = store.write(vec![charge("k1", 1.0)]);
+    // Stuck in its transaction: health says so.
+    until(|| store.health().is_some_and(|h| h.contains("commit_timeout"))).await;
+    let second = store.write(vec![charge("k2", 1.0)]);
+    let err = first.await.unwrap_err();
+    assert!(matches!(err, StoreError::TimedOut { .. }), "{err}");
+    assert!(matches!(second.await, Err(StoreError::TimedOut { .. })));
+    blocker.execute_batch("ROLLBACK").unwrap();
+    // The first was in its transaction: it is written all the same, late (the
+    // busy handler waits 5 s). The second was never taken up.
+    until(|| store.health().is_none()).await;
+    assert!(!store.is_charged("k2").await.unwrap());
+    assert!(store.write(vec![charge("k3", 1.0)]).await.is_ok());
+}
+
+/// Polls for a condition the writer thread brings about (an event, not time
+/// passing), for at most ten seconds.
+async fn until(condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "not within 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -41,7 +41,21 @@ pub(super) fn budget(raw: RawBudget) -> Result<BudgetConfig, ConfigError> {
         thresholds: raw.thresholds,
         orphan_timeout,
         orphan_policy,
+        max_charge: max_charge(raw.max_charge)?,
     })
+}
+
+/// `budget.max_charge`: more than nothing (a cap of $0 would refuse every paid
+/// call), at most the $1e9 any amount may be.
+fn max_charge(value: f64) -> Result<crate::money::Usd, ConfigError> {
+    let amount = dollars("budget.max_charge", value)?;
+    if amount == crate::money::Usd::ZERO {
+        return Err(invalid(
+            "budget.max_charge",
+            "must be more than 0 (it is the largest charge one report may file)".to_owned(),
+        ));
+    }
+    Ok(amount)
 }
 
 /// `[budget.agents.NAME]` or `[budget.services.NAME]`, named `kind:NAME`.

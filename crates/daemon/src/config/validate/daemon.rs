@@ -83,6 +83,7 @@ pub(super) fn daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
         max_reservations_per_connection: raw.max_reservations_per_connection,
         state_dir: raw.state_dir,
         purge_interval: positive("daemon.purge_interval", &raw.purge_interval)?,
+        commit_timeout: positive("daemon.commit_timeout", &raw.commit_timeout)?,
     })
 }
 
