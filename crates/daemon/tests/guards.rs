@@ -98,13 +98,19 @@ async fn the_burst_passes_then_a_denial_says_when_to_come_back() {
 async fn the_default_config_allows_a_burst_of_100_per_agent_and_service() {
     let daemon = Daemon::start("");
     let mut client = daemon.client("a").await;
-    let mut allowed = 0;
+    let mut allowed = 0u64;
+    let started = std::time::Instant::now();
     while admit(&mut client, "openai").await.allowed {
         allowed += 1;
-        assert!(allowed < 200, "never denied");
+        assert!(allowed < 1_000, "never denied");
     }
-    // 100 burst plus whatever refilled at 10/s while the loop ran.
-    assert!((100..110).contains(&allowed), "{allowed}");
+    // 100 burst plus whatever refilled at 10/s while the loop ran (on a loaded
+    // machine the loop may take seconds: the bound follows the time it took).
+    let refilled = (started.elapsed().as_secs_f64() * 10.0).ceil() as u64;
+    assert!(
+        (100..=100 + refilled).contains(&allowed),
+        "{allowed} allowed, burst 100 + at most {refilled} refilled"
+    );
     // Another agent has its own bucket; another service too.
     let mut other = daemon.client("b").await;
     assert!(admit(&mut other, "openai").await.allowed);
