@@ -93,6 +93,11 @@ impl Engine {
                 ))
             }
         };
+        // A chain naming a service the daemon refuses is wrong whichever
+        // service would be chosen today.
+        if let Some(unknown) = chain.iter().find(|s| !config.knows_service(s)) {
+            return Err(AdmissionError::UnknownService(unknown.clone()));
+        }
         let mut routed = Routed::default();
         for service in chain {
             self.service(service)?;

@@ -342,3 +342,6 @@ impl Admission {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod retry_route_tests;
