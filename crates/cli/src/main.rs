@@ -360,7 +360,6 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
                     retryable,
                     attempt,
                     retry_after_ms,
-                    ..ReportRequest::default()
                 })
                 .await?;
             render::report(&reply, json);
