@@ -21,7 +21,7 @@ use automation_framework::config::Config;
 use automation_framework_client::{Client, ClientError};
 use automation_framework_protocol::paths;
 use automation_framework_protocol::{
-    AdminRequest, AdmitRequest, BreakerForce, Outcome, Payload, ReportRequest,
+    AdminRequest, AdmitRequest, BreakerForce, Outcome, Payload, ReportRequest, RouteRequest,
 };
 
 const CLIENT_NAME: &str = concat!("automation-framework-cli/", env!("CARGO_PKG_VERSION"));
@@ -65,8 +65,15 @@ enum Command {
     /// released. Use `session` to admit and report on one connection.
     Admit {
         /// The upstream service.
-        #[arg(long)]
-        service: String,
+        #[arg(long, required_unless_present = "route")]
+        service: Option<String>,
+        /// A route (a `[[routes]]` chain of the daemon's config) instead of a
+        /// service: the first of its services that admits the call is used.
+        #[arg(long, conflicts_with = "service")]
+        route: Option<String>,
+        /// 1 for a first call; n for its (n-1)th retry (as the retry advice says).
+        #[arg(long, default_value_t = 1)]
+        attempt: u32,
         /// Weight for unit-counted rate limits and quotas (e.g. estimated tokens).
         #[arg(long, default_value_t = 1)]
         units: u32,
@@ -110,6 +117,35 @@ enum Command {
         /// Idempotency key: a report repeated with the same key counts once.
         #[arg(long)]
         key: Option<String>,
+        /// The failure may succeed if tried again (a timeout, 429, 5xx): the
+        /// daemon answers whether to retry and when.
+        #[arg(long)]
+        retryable: bool,
+        /// Which attempt failed (default: the admission's, or 1).
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// The upstream's Retry-After, in milliseconds: the advice is never sooner.
+        #[arg(long)]
+        retry_after_ms: Option<u64>,
+    },
+    /// Which service of a route (or of a chain) to call now; takes nothing
+    /// (exit 1 when none fits).
+    Route {
+        /// A `[[routes]]` name from the daemon's config.
+        #[arg(long, required_unless_present = "chain")]
+        route: Option<String>,
+        /// Services in order of preference, comma-separated, instead of a route.
+        #[arg(long, value_delimiter = ',', conflicts_with = "route")]
+        chain: Vec<String>,
+        /// Weight for unit-counted rate limits and quotas.
+        #[arg(long, default_value_t = 1)]
+        units: u32,
+        /// Estimated cost in USD (default: each service's price table entry).
+        #[arg(long)]
+        cost: Option<f64>,
+        /// Model, to pick the price entries "service/model".
+        #[arg(long)]
+        model: Option<String>,
     },
     /// Budgets: spent, reserved, limit and remaining (USD) in the current period.
     Budget {
@@ -257,6 +293,8 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
         }
         Command::Admit {
             service,
+            route,
+            attempt,
             units,
             cost,
             model,
@@ -270,7 +308,9 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
             let reply = client
                 .admit(AdmitRequest {
                     agent: None,
-                    service,
+                    service: service.unwrap_or_default(),
+                    route,
+                    attempt,
                     units,
                     cost,
                     model,
@@ -295,6 +335,9 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
             units,
             cost,
             key,
+            retryable,
+            attempt,
+            retry_after_ms,
         } => {
             let outcome = if outcome == "success" {
                 Outcome::Success
@@ -314,11 +357,38 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
                     output_units: None,
                     idempotency_key: key,
                     agent: None,
-                    ..ReportRequest::default()
+                    retryable,
+                    attempt,
+                    retry_after_ms,
                 })
                 .await?;
             render::report(&reply, json);
             Ok(Verdict::Done)
+        }
+        Command::Route {
+            route,
+            chain,
+            units,
+            cost,
+            model,
+        } => {
+            let reply = connect(&socket, &cli.agent)
+                .await?
+                .route(RouteRequest {
+                    route,
+                    chain,
+                    agent: None,
+                    units,
+                    cost,
+                    model,
+                })
+                .await?;
+            render::route(&reply, json);
+            Ok(if reply.service.is_some() {
+                Verdict::Done
+            } else {
+                Verdict::Denied
+            })
         }
         Command::Budget {
             for_agent,

@@ -7,7 +7,7 @@ use serde::Serialize;
 use automation_framework::config::{Config, ConfigError};
 use automation_framework_protocol::{
     AdminReply, AdmitReply, BreakerInfo, BudgetReply, Pong, QuotaInfo, ReloadReply, ReportReply,
-    StatusReport,
+    RouteReply, StatusReport,
 };
 
 fn print_json<T: Serialize>(value: &T) {
@@ -135,6 +135,9 @@ pub fn admit(reply: &AdmitReply, json: bool) {
     if json {
         return print_json(reply);
     }
+    if let Some(service) = &reply.service {
+        println!("service {service} (chosen by the route)");
+    }
     if reply.allowed {
         println!(
             "allowed (reservation {}, ${:.6} reserved)",
@@ -173,6 +176,40 @@ pub fn report(reply: &ReportReply, json: bool) {
             None => println!("ok (breaker {})", name(state)),
         },
         (None, false) => println!("ok"),
+    }
+    if let Some(advice) = &reply.retry {
+        match (advice.retry, advice.after_ms) {
+            (true, Some(ms)) => println!(
+                "retry as attempt {} after {ms} ms: {}",
+                advice.attempt, advice.reason
+            ),
+            _ => println!("do not retry: {}", advice.reason),
+        }
+    }
+}
+
+pub fn route(reply: &RouteReply, json: bool) {
+    if json {
+        return print_json(reply);
+    }
+    match &reply.service {
+        Some(service) => println!("{service}"),
+        None => match reply.retry_after_ms {
+            Some(ms) => println!("no service fits now (retry after {ms} ms)"),
+            None => println!("no service fits now"),
+        },
+    }
+    for skip in &reply.skipped {
+        let after = skip
+            .retry_after_ms
+            .map(|ms| format!(" (retry after {ms} ms)"))
+            .unwrap_or_default();
+        println!(
+            "  skipped {:<20} {:<7} {}{after}",
+            skip.service,
+            name(&skip.guard),
+            skip.reason
+        );
     }
 }
 

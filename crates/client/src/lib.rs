@@ -363,6 +363,20 @@ impl Client {
             other => unexpected(other),
         }
     }
+
+    /// Which service of a route (or a chain) to call now; takes nothing.
+    ///
+    /// # Errors
+    /// Connection failures or an error reply (unknown route or service).
+    pub async fn route(
+        &mut self,
+        request: automation_framework_protocol::RouteRequest,
+    ) -> Result<automation_framework_protocol::RouteReply, ClientError> {
+        match self.call(Request::Route(request)).await? {
+            Response::Route(reply) => Ok(reply),
+            other => unexpected(other),
+        }
+    }
 }
 
 fn unexpected<T>(response: Response) -> Result<T, ClientError> {

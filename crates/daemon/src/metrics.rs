@@ -24,6 +24,9 @@ pub const DECISIONS: &str = "automation_framework_decisions_total";
 pub const ADMISSIONS: &str = "automation_framework_admissions_total";
 pub const RATE_LIMIT_HITS: &str = "automation_framework_rate_limit_hits_total";
 pub const CONSTRAINT_VIOLATIONS: &str = "automation_framework_constraint_violations_total";
+pub const RETRIES_ADVISED: &str = "automation_framework_retries_advised_total";
+pub const RETRIES_REFUSED: &str = "automation_framework_retries_refused_total";
+pub const ROUTE_CHOICES: &str = "automation_framework_route_choices_total";
 pub const BREAKER_TRANSITIONS: &str = "automation_framework_breaker_transitions_total";
 pub const BREAKER_STATE: &str = "automation_framework_breaker_state";
 pub const BUDGET_SPENT: &str = "automation_framework_budget_spent_dollars";
@@ -174,6 +177,21 @@ fn describe() {
         CONSTRAINT_VIOLATIONS,
         Unit::Count,
         "Content rule violations found in Check texts and Admit payloads, by rule and kind (never the text)"
+    );
+    describe_counter!(
+        RETRIES_ADVISED,
+        Unit::Count,
+        "Retryable failures answered with advice to retry, by service"
+    );
+    describe_counter!(
+        RETRIES_REFUSED,
+        Unit::Count,
+        "Retryable failures answered with advice to give up, by service and reason (attempts, budget, breaker); retries denied at admission are decisions_total{guard=\"retry\"}"
+    );
+    describe_counter!(
+        ROUTE_CHOICES,
+        Unit::Count,
+        "Services chosen by route and admit-by-route, by route (empty for a chain given in the request) and service (\"none\" when every service was skipped)"
     );
     describe_counter!(
         BREAKER_TRANSITIONS,

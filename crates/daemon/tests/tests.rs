@@ -23,6 +23,9 @@ mod limits;
 // Rate limits and circuit breakers through the socket, across connections.
 mod guards;
 
+// Retry advice, the shared retry budget, the breaker's half-open race and routes.
+mod retries;
+
 // The money budget and quotas: exact under concurrency, idempotent, and durable
 // across kill -9.
 mod ledger;

@@ -8,16 +8,18 @@
 //! disconnected with the others, and nothing here names what it takes.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use super::{
     reservation_key, AdmissionError, Admitted, Caller, Closed, Decision, Durable, Engine, Moment,
-    Outcome, PendingAdmit, PendingReport, Plan, Reporting, Reservation, Settlement, Stage,
+    Outcome, PendingAdmit, PendingReport, Plan, Reporting, Reservation, Routed, Settlement, Stage,
 };
 use crate::alerts::Alert;
-use crate::config::{Mode, Price};
-use crate::guard::breaker::Breaker;
+use crate::config::{Config, Mode, Price};
+use crate::guard::breaker::{Breaker, Phase};
 use crate::guard::budget::Hold;
 use crate::guard::quota::QuotaDenial;
+use crate::guard::retry::{Advice, Ask, BreakerView};
 use crate::guard::{Call, Checked, Keep, Report, Settled, Taken, Verdict};
 use crate::money::Usd;
 use crate::store::{Entry, Outcome as LedgerOutcome, StoreError};
@@ -36,36 +38,153 @@ impl Engine {
         if held >= cap {
             return Err(AdmissionError::TooManyReservations(cap));
         }
-        self.breaker(plan.service)?;
+        let Some(route) = plan.route else {
+            return self.admit_to(caller, &plan, plan.service, now);
+        };
+        // The chain is decided under this one lock: each service is admitted in
+        // turn, a denial undone before the next is tried, so the choice and the
+        // admission are one step.
+        let config = Arc::clone(&self.config);
+        let chain = route_chain(&config, route)?;
+        let mut skipped = Vec::new();
+        let mut transitions = Vec::new();
+        for (idx, service) in chain.iter().enumerate() {
+            let mut admitted = self.admit_to(caller, &plan, service, now)?;
+            let decision = match &mut admitted {
+                Admitted::Decided(decision) => decision,
+                Admitted::Durable(durable) => &mut durable.pending.decision,
+            };
+            transitions.append(&mut decision.transitions);
+            decision.service = Some(service.clone());
+            if decision.allowed || idx + 1 == chain.len() {
+                decision.transitions = transitions;
+                decision.skipped = skipped;
+                return Ok(admitted);
+            }
+            let Admitted::Decided(decision) = admitted else {
+                unreachable!("a denial is decided at once");
+            };
+            if let Some(vote) = decision
+                .decisive
+                .and_then(|i| decision.votes.into_iter().nth(i))
+            {
+                skipped.push((service.clone(), vote));
+            }
+        }
+        unreachable!("a route's chain is not empty (validated with the config)")
+    }
+
+    /// Which service of a chain would admit a call now, and why each before it
+    /// would not; takes nothing (each service's admission is run and undone).
+    pub(super) fn route(
+        &mut self,
+        caller: Caller<'_>,
+        plan: Plan<'_>,
+        chain: Option<&[String]>,
+        now: Moment,
+    ) -> Result<Routed, AdmissionError> {
+        let config = Arc::clone(&self.config);
+        let chain = match (chain, plan.route) {
+            (Some(chain), _) => chain,
+            (None, Some(route)) => route_chain(&config, route)?,
+            (None, None) => {
+                return Err(AdmissionError::Invalid(
+                    "give a route name or a chain of services".into(),
+                ))
+            }
+        };
+        // A chain naming a service the daemon refuses is wrong whichever
+        // service would be chosen today.
+        if let Some(unknown) = chain.iter().find(|s| !config.knows_service(s)) {
+            return Err(AdmissionError::UnknownService(unknown.clone()));
+        }
+        let mut routed = Routed::default();
+        for service in chain {
+            self.service(service)?;
+            let call = self.call(caller, &plan, service, now);
+            let (denied, checked) = self.run_pipeline(&call);
+            let Checked {
+                votes,
+                mut transitions,
+                taken,
+                ..
+            } = checked;
+            routed.transitions.append(&mut transitions);
+            self.undo(taken);
+            if !denied {
+                routed.service = Some(service.clone());
+                return Ok(routed);
+            }
+            if let Some(vote) = votes.into_iter().last() {
+                routed.skipped.push((service.clone(), vote));
+            }
+        }
+        Ok(routed)
+    }
+
+    /// The call a plan makes to `service`, priced for it.
+    fn call<'a>(
+        &self,
+        caller: Caller<'a>,
+        plan: &Plan<'a>,
+        service: &'a str,
+        now: Moment,
+    ) -> Call<'a> {
         let estimate = plan.cost.unwrap_or_else(|| {
             price(
-                self.config.price_for(plan.service, plan.model),
+                self.config.price_for(service, plan.model),
                 plan.units.get(),
                 plan.input_units,
                 plan.output_units,
             )
         });
-        self.check_charge("the call's estimate", estimate)?;
-        let call = Call {
+        Call {
             agent: caller.agent,
-            service: plan.service,
+            service,
             model: plan.model,
             units: plan.units,
             estimate,
             now,
             shadow_all: self.config.daemon.mode == Mode::Shadow,
             content: plan.content,
-        };
+            attempt: plan.attempt,
+        }
+    }
 
+    /// Runs every stage on `call`, stopping at the first that denies; whether
+    /// one did, and what was voted and taken.
+    fn run_pipeline(&mut self, call: &Call<'_>) -> (bool, Checked) {
         let mut checked = Checked::new();
-        let mut denied = false;
         for (idx, guard) in self.guards.stages().into_iter().enumerate() {
             checked.current = idx;
-            if guard.check(&call, &mut checked) == Verdict::Deny {
-                denied = true;
-                break;
+            if guard.check(call, &mut checked) == Verdict::Deny {
+                return (true, checked);
             }
         }
+        (false, checked)
+    }
+
+    /// Puts back what a pipeline run took, newest first, still under the lock
+    /// (so restoring is exact).
+    fn undo(&mut self, taken: Vec<Taken>) {
+        let pipeline = self.guards.stages();
+        for Taken { guard, what } in taken.into_iter().rev() {
+            pipeline[guard].undo(what);
+        }
+    }
+
+    /// Admits `plan` against `service`: all of the pipeline, or nothing.
+    fn admit_to(
+        &mut self,
+        caller: Caller<'_>,
+        plan: &Plan<'_>,
+        service: &str,
+        now: Moment,
+    ) -> Result<Admitted, AdmissionError> {
+        self.service(service)?;
+        let call = self.call(caller, plan, service, now);
+        self.check_charge("the call's estimate", call.estimate)?;
+        let (denied, checked) = self.run_pipeline(&call);
         self.note_clock_steps();
         let Checked {
             votes,
@@ -75,12 +194,7 @@ impl Engine {
         } = checked;
         if denied {
             self.raise_exhausted_quotas(&votes);
-            // Everything earlier guards took goes back, newest first, while
-            // still under the lock (so restoring is exact).
-            let pipeline = self.guards.stages();
-            for Taken { guard, what } in taken.into_iter().rev() {
-                pipeline[guard].undo(what);
-            }
+            self.undo(taken);
             return Ok(Admitted::Decided(Decision::denied(votes, transitions)));
         }
 
@@ -104,11 +218,12 @@ impl Engine {
                 session: Some(caller.session),
                 orphaned_at: None,
                 agent: caller.agent.to_owned(),
-                service: plan.service.to_owned(),
+                service: service.to_owned(),
                 model: plan.model.map(str::to_owned),
                 units: plan.units.get(),
                 input_units: plan.input_units,
                 output_units: plan.output_units,
+                attempt: plan.attempt,
                 taken,
                 stage,
             },
@@ -123,7 +238,9 @@ impl Engine {
             votes,
             decisive: None,
             transitions,
-            estimate,
+            estimate: call.estimate,
+            service: None,
+            skipped: Vec::new(),
         };
         if entries.is_empty() {
             return Ok(Admitted::Decided(decision));
@@ -407,7 +524,12 @@ impl Engine {
         for t in &mut reservation.taken {
             pipeline[t.guard].settle(&mut *t.what, &report, &mut settled);
         }
-        settlement(&reservation.service, settled, charged)
+        let mut settlement = settlement(&reservation.service, settled, charged);
+        settlement.advice = self.advise(&reservation.service, outcome, reservation.attempt, now);
+        if settlement.advice.is_some() {
+            settlement.advised_service = reservation.service;
+        }
+        settlement
     }
 
     /// Closes a reservation without an outcome: every guard releases what it
@@ -437,7 +559,12 @@ impl Engine {
             .guards
             .breakers
             .record(service, None, &report_of(outcome, now));
-        settlement(service, settled, charged)
+        let mut settlement = settlement(service, settled, charged);
+        settlement.advice = self.advise(service, outcome, 1, now);
+        if settlement.advice.is_some() {
+            settlement.advised_service = service.to_owned();
+        }
+        settlement
     }
 
     pub(super) fn forget_session_link(&mut self, id: u64, session: u64) {
@@ -447,6 +574,54 @@ impl Engine {
                 self.by_session.remove(&session);
             }
         }
+    }
+
+    /// Makes sure `service` has its breaker and its retry budget (created on
+    /// first use, with their settings from the config).
+    pub(super) fn service(&mut self, service: &str) -> Result<(), AdmissionError> {
+        self.breaker(service)?;
+        let config = &self.config;
+        self.guards
+            .retries
+            .get_or_insert(service, || config.retry_for(service).clone());
+        Ok(())
+    }
+
+    /// The advice for a reported failure, when it was reported retryable: the
+    /// service's retry settings and budget, and what its breaker says now.
+    fn advise(
+        &mut self,
+        service: &str,
+        outcome: &Outcome,
+        attempt: u32,
+        now: Moment,
+    ) -> Option<Advice> {
+        if !(outcome.failure && outcome.retryable) {
+            return None;
+        }
+        let breaker = match self.guards.breakers.get_mut(service) {
+            Some(breaker) => {
+                breaker.advance(now.mono);
+                let snapshot = breaker.snapshot(now.mono);
+                match snapshot.phase {
+                    Phase::ForcedOpen => BreakerView::ForcedOpen,
+                    Phase::Open => {
+                        BreakerView::OpenFor(snapshot.open_remaining.unwrap_or_default())
+                    }
+                    _ => BreakerView::Admits,
+                }
+            }
+            None => BreakerView::Admits,
+        };
+        let config = &self.config;
+        self.guards
+            .retries
+            .get_or_insert(service, || config.retry_for(service).clone());
+        let ask = Ask {
+            attempt: outcome.attempt.unwrap_or(attempt),
+            upstream_after: outcome.upstream_after,
+        };
+        self.guards.retries.advise(service, ask, breaker, now.mono)
     }
 
     /// The breaker of `service`, created on first use.
@@ -499,7 +674,22 @@ fn settlement(service: &str, settled: Settled, charged: Option<Usd>) -> Settleme
         phase: settled.phase,
         transition: settled.transition,
         charged,
+        advice: None,
+        advised_service: String::new(),
     }
+}
+
+/// The chain of the configured route `name`.
+fn route_chain<'c>(config: &'c Config, name: &str) -> Result<&'c [String], AdmissionError> {
+    config
+        .routes
+        .iter()
+        .find(|r| r.name == name)
+        .map(|r| r.chain.as_slice())
+        .ok_or_else(|| AdmissionError::UnknownRoute {
+            name: name.to_owned(),
+            known: config.routes.iter().map(|r| r.name.clone()).collect(),
+        })
 }
 
 /// The cost of a call by its price entry (exact, rounded once, up: see

@@ -136,6 +136,7 @@ impl Engine {
                     units: 1,
                     input_units: 0,
                     output_units: 0,
+                    attempt: 1,
                     taken: vec![Taken {
                         guard: BUDGET_STAGE,
                         what: Box::new(hold),

@@ -130,6 +130,21 @@ impl Admission {
         self.lock().admit(caller, plan, now)
     }
 
+    /// Which service of a chain (`chain`, or the route `plan.route`) would admit
+    /// `plan` now; takes nothing.
+    ///
+    /// # Errors
+    /// An unknown route or service, too many services.
+    pub fn route(
+        &self,
+        caller: Caller<'_>,
+        plan: Plan<'_>,
+        chain: Option<&[String]>,
+        now: Moment,
+    ) -> Result<Routed, AdmissionError> {
+        self.lock().route(caller, plan, chain, now)
+    }
+
     /// Starts closing a reservation with its outcome, whoever asks (the tests;
     /// the daemon reports through [`Admission::report_by`]).
     ///
@@ -190,6 +205,15 @@ impl Admission {
     /// settle it by policy: [`Admission::commit`] each.
     pub fn due_orphans(&self, now: Moment) -> Vec<Durable<PendingOrphan>> {
         self.lock().due_orphans(now)
+    }
+
+    /// A service's retry budget now: calls and retries in its window, retries
+    /// in flight, promised retries (`None` for a service not seen yet).
+    pub fn retry_budget(&self, service: &str, now: Duration) -> Option<(u32, u32, u32, usize)> {
+        let engine = self.lock();
+        let budget = engine.guards.retries.get(service)?;
+        let (calls, retries) = budget.totals(now);
+        Some((calls, retries, budget.in_flight(), budget.promised()))
     }
 
     /// Snapshots of breakers: one service, or all of them sorted by name.
@@ -280,7 +304,8 @@ pub use reconfigure::{Reconfigured, ReloadError};
 pub use reservation::reservation_key;
 use reservation::{Closed, RecentlyClosed, Reservation, Stage};
 pub use types::{
-    AdmissionError, Admitted, Caller, Decision, Outcome, Plan, Reason, Reporting, Settlement, Vote,
+    AdmissionError, Admitted, Caller, Decision, Outcome, Plan, Reason, Reporting, Routed,
+    Settlement, Vote,
 };
 
 // === impl Admission (budgets, quotas, admin) ===
@@ -317,3 +342,6 @@ impl Admission {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod retry_route_tests;

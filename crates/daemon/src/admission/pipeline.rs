@@ -15,10 +15,11 @@ use crate::guard::budget::Budgets;
 use crate::guard::content::Content;
 use crate::guard::quota::{QuotaRule, Quotas};
 use crate::guard::rate::{RateLimits, RateRule};
+use crate::guard::retry::{Jitter, Retries};
 use crate::guard::Guard;
 
 /// How many guards [`Guards::stages`] runs.
-pub(super) const STAGES: usize = 5;
+pub(super) const STAGES: usize = 6;
 
 /// The budget stage's place in [`Guards::stages`]: money is the last thing
 /// taken, so a call any other guard denies never touches it.
@@ -28,6 +29,7 @@ pub(super) const BUDGET_STAGE: usize = STAGES - 1;
 pub(super) struct Guards {
     pub content: Content,
     pub breakers: Breakers,
+    pub retries: Retries,
     pub rates: RateLimits,
     pub quotas: Quotas,
     pub budgets: Budgets,
@@ -49,6 +51,7 @@ impl Guards {
         Ok(Guards {
             content: Content,
             breakers: Breakers::default(),
+            retries: Retries::new(Jitter::from_entropy()),
             rates: RateLimits::new(rules),
             quotas: Quotas::new(quotas),
             budgets: Budgets::default(),
@@ -58,11 +61,14 @@ impl Guards {
     /// The guards, in the order they decide: the payload's content first (its
     /// scan is already done, it takes nothing, and a forbidden payload is
     /// refused whatever the limits say), then the breaker (the cheapest "no"
-    /// shared by every agent), money last (a new guard goes before it).
+    /// shared by every agent), then the service's retry budget (also shared,
+    /// and it only ever denies retries), money last (a new guard goes before
+    /// it).
     pub(super) fn stages(&mut self) -> [&mut dyn Guard; STAGES] {
         [
             &mut self.content,
             &mut self.breakers,
+            &mut self.retries,
             &mut self.rates,
             &mut self.quotas,
             &mut self.budgets,

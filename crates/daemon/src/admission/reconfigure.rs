@@ -136,6 +136,13 @@ impl Engine {
             done.breakers += 1;
         }
 
+        self.guards
+            .retries
+            .retain(|service| config.knows_service(service));
+        for (service, budget) in self.guards.retries.iter_mut() {
+            budget.reconfigure(config.retry_for(service).clone());
+        }
+
         for spec in specs {
             if self.admin_limited.contains(&spec.name) {
                 done.admin_limits_kept += 1;

@@ -23,6 +23,8 @@ pub(super) struct Reservation {
     pub(super) units: u32,
     pub(super) input_units: u32,
     pub(super) output_units: u32,
+    /// 1 for a first call, more for a retry: the default `attempt` of its report.
+    pub(super) attempt: u32,
     /// What each guard took, in pipeline order.
     pub(super) taken: Vec<Taken>,
     pub(super) stage: Stage,

@@ -56,6 +56,8 @@ fn plan(service: &str) -> Plan<'_> {
         cost: None,
         model: None,
         content: None,
+        attempt: 1,
+        route: None,
     }
 }
 
@@ -67,6 +69,9 @@ fn outcome(failure: bool) -> Outcome {
         output_units: None,
         cost: None,
         latency: None,
+        retryable: false,
+        attempt: None,
+        upstream_after: None,
     }
 }
 

@@ -28,6 +28,11 @@ pub struct Plan<'a> {
     pub model: Option<&'a str>,
     /// The payload's scan, made outside the lock (`guard::content`).
     pub content: Option<&'a crate::guard::content::Scanned>,
+    /// 1 for a first call; more is a retry, counted against the retry budget.
+    pub attempt: u32,
+    /// A `[[routes]]` name to admit against instead of `service`: the first
+    /// service of its chain that admits the call is chosen.
+    pub route: Option<&'a str>,
 }
 
 /// The verdict on a planned call.
@@ -44,9 +49,26 @@ pub struct Decision {
     pub transitions: Vec<(Arc<str>, Phase, Phase)>,
     /// The estimate reserved against the budgets.
     pub estimate: Usd,
+    /// The service a route chose (or tried last, when denied); `None` when
+    /// the plan named its service.
+    pub service: Option<String>,
+    /// The services of a route passed over before it, each with the vote that
+    /// ruled it out.
+    pub skipped: Vec<(String, Vote)>,
 }
 
 pub use crate::guard::{Reason, Vote};
+
+/// What a route found: the service to call now, and why each before it (all
+/// of them, when none fits) was passed over.
+#[derive(Debug, Default)]
+pub struct Routed {
+    pub service: Option<String>,
+    /// Each service passed over, with the vote that ruled it out.
+    pub skipped: Vec<(String, Vote)>,
+    /// Breaker state changes looking caused (Open → HalfOpen by time).
+    pub transitions: Vec<(Arc<str>, Phase, Phase)>,
+}
 
 /// A decision, and whether it must be made durable before it may be
 /// acknowledged.
@@ -68,6 +90,12 @@ pub struct Outcome {
     pub output_units: Option<u32>,
     pub cost: Option<Usd>,
     pub latency: Option<Duration>,
+    /// A failure that may succeed if tried again: the settlement carries advice.
+    pub retryable: bool,
+    /// The attempt that was made; `None`: the admission's (1 without one).
+    pub attempt: Option<u32>,
+    /// The upstream's own Retry-After.
+    pub upstream_after: Option<Duration>,
 }
 
 /// What a report asks the caller to do next.
@@ -94,6 +122,11 @@ pub struct Settlement {
     pub transition: Option<(Phase, Phase)>,
     /// Committed to the budgets.
     pub charged: Option<Usd>,
+    /// For a retryable failure: whether and when to retry.
+    pub advice: Option<crate::guard::retry::Advice>,
+    /// The service the report was about, for the advice's metrics (empty for
+    /// a duplicate).
+    pub advised_service: String,
 }
 
 /// Why a request could not be carried out at all (as opposed to a denial, which is
@@ -120,6 +153,8 @@ pub enum AdmissionError {
     KeyRequired,
     #[error("{0}")]
     Invalid(String),
+    #[error("no route named {}; routes are the [[routes]] of the config{}", crate::names::shown(.name), known_routes(.known))]
+    UnknownRoute { name: String, known: Vec<String> },
     #[error("no budget named {}; budgets are \"global\", \"agent:NAME\" and \"service:NAME\" as configured", crate::names::shown(.0))]
     UnknownBudget(String),
     #[error("no quota named {}", crate::names::shown(.0))]
@@ -141,6 +176,8 @@ impl Decision {
             votes,
             transitions,
             estimate: Usd::ZERO,
+            service: None,
+            skipped: Vec::new(),
         }
     }
 
@@ -161,6 +198,17 @@ impl Settlement {
             phase: None,
             transition: None,
             charged: None,
+            advice: None,
+            advised_service: String::new(),
         }
+    }
+}
+
+/// `: a, b` listing the configured routes, or a hint when there are none.
+fn known_routes(known: &[String]) -> String {
+    if known.is_empty() {
+        " (none is configured)".to_owned()
+    } else {
+        format!(": {}", known.join(", "))
     }
 }

@@ -69,21 +69,13 @@ fn decided(result: Result<Reply, ErrorReply>) -> Reply {
     result.unwrap_or_else(|err| Reply::Ready(Response::Error(err)))
 }
 
-/// Everything that can be checked before an admission: names, the agent's
-/// binding, units, cost.
 /// Protocol-3 fields whose guards this daemon does not serve yet: refused with a
 /// clear error rather than silently ignored.
 fn unsupported(req: &AdmitRequest) -> Result<(), ErrorReply> {
-    let field = if req.attempt == 0 {
-        return Err(invalid("attempt is 1-based: 1 for a first call, got 0"));
-    } else if req.attempt > 1 {
-        "attempt > 1 (retry budgets)"
-    } else if req.wait_ms.is_some() {
+    let field = if req.wait_ms.is_some() {
         "wait_ms (bulkheads)"
     } else if req.lease.is_some() {
         "lease"
-    } else if req.route.is_some() {
-        "route"
     } else {
         return Ok(());
     };
@@ -92,14 +84,33 @@ fn unsupported(req: &AdmitRequest) -> Result<(), ErrorReply> {
     )))
 }
 
+/// Everything that can be checked before an admission: names, the agent's
+/// binding, units, cost, attempt.
 fn validate(
     state: &State,
     session: &Session,
     req: &AdmitRequest,
 ) -> Result<(Asker, Valid), ErrorReply> {
     unsupported(req)?;
-    check_name(&req.service)
-        .map_err(|e| invalid(format!("service name {} {e}", shown(&req.service))))?;
+    if req.attempt == 0 {
+        return Err(invalid(
+            "attempt is 1-based: 1 for a first call, 2 for its first retry; got 0",
+        ));
+    }
+    match &req.route {
+        None => check_name(&req.service)
+            .map_err(|e| invalid(format!("service name {} {e}", shown(&req.service))))?,
+        Some(_) if !req.service.is_empty() => {
+            return Err(invalid(format!(
+                "give either service or route, not both (service {} with route {})",
+                shown(&req.service),
+                shown(req.route.as_deref().unwrap_or_default())
+            )))
+        }
+        Some(route) => {
+            check_name(route).map_err(|e| invalid(format!("route name {} {e}", shown(route))))?;
+        }
+    }
     let agent = req.agent.as_deref().unwrap_or(&session.agent);
     check_name(agent).map_err(|e| invalid(format!("agent name {} {e}", shown(agent))))?;
     // The session's own agent was checked at the handshake; a per-request agent must
@@ -141,6 +152,8 @@ fn decide(
         cost: valid.cost,
         model: req.model.as_deref(),
         content,
+        attempt: req.attempt,
+        route: req.route.as_deref(),
     };
     let caller = Caller {
         session: asker.session,
@@ -157,7 +170,11 @@ fn decide(
     for (service, from, to) in &decision.transitions {
         log_transition(state, service, *from, *to);
     }
-    log_decision(asker, &req.service, decision);
+    let service = decision.service.as_deref().unwrap_or(&req.service);
+    log_decision(asker, service, decision);
+    if let Some(route) = &req.route {
+        super::route::count_choice(route, decision.allowed.then_some(service));
+    }
     let durable = match admitted {
         Admitted::Decided(decision) => {
             return Ok(Reply::Ready(Response::Admit(into_reply(decision))))
@@ -236,23 +253,48 @@ fn into_reply(decision: Decision) -> AdmitReply {
         })
         .collect();
     let decisive = decision.decisive.and_then(|idx| votes.get(idx));
+    // A route that fits nowhere may fit again when the soonest of its
+    // services does.
+    let retry_after_ms = decisive.and_then(|v| v.retry_after_ms).into_iter().chain(
+        decision
+            .skipped
+            .iter()
+            .filter_map(|(_, v)| v.retry_after.map(millis_up)),
+    );
+    let reason = decisive.map(|v| {
+        if decision.skipped.is_empty() {
+            return v.reason.clone();
+        }
+        let mut reason = v.reason.clone();
+        for (service, vote) in &decision.skipped {
+            reason.push_str(&format!(
+                "; {service} skipped: {}",
+                reason_text(&vote.reason)
+            ));
+        }
+        reason
+    });
     AdmitReply {
         allowed: decision.allowed,
         reservation: decision.reservation,
         guard: decisive.map(|v| v.guard),
         rule: decisive.map(|v| v.rule.clone()),
-        reason: decisive.map(|v| v.reason.clone()),
-        retry_after_ms: decisive.and_then(|v| v.retry_after_ms),
+        reason,
+        retry_after_ms: if decision.allowed {
+            None
+        } else {
+            retry_after_ms.min()
+        },
         cost: decision.allowed.then(|| decision.estimate.dollars()),
         votes,
-        service: None,
+        service: decision.service,
     }
 }
 
 /// A vote's reason as text. The reason every allowed admission carries (rate
 /// cells taken) is built without the `fmt` machinery, which cost more than the
 /// rate check itself.
-fn reason_text(reason: &Reason) -> String {
+pub(super) fn reason_text(reason: &Reason) -> String {
     match reason {
         Reason::Burst { taken, burst } => taken_of_burst(*taken, *burst),
         Reason::Fixed(text) => (*text).to_owned(),
@@ -272,7 +314,7 @@ fn taken_of_burst(taken: u32, burst: u32) -> String {
 }
 
 /// Whole milliseconds, rounded up: coming back after the advertised wait must work.
-fn millis_up(d: Duration) -> u64 {
+pub(super) fn millis_up(d: Duration) -> u64 {
     u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 

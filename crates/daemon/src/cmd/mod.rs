@@ -17,6 +17,7 @@ mod ping;
 mod quotas;
 mod reload;
 mod report;
+mod route;
 mod status;
 
 use std::future::Future;
@@ -89,7 +90,8 @@ fn decide(state: &State, session: &Session, request: Request) -> Reply {
         }
         Request::Reload => reload::apply(state, session),
         Request::Check(payload) => check::apply(state, payload),
-        Request::Lease(_) | Request::Route(_) => Reply::Ready(error(
+        Request::Route(req) => Reply::Ready(route::apply(state, session, req, now)),
+        Request::Lease(_) => Reply::Ready(error(
             ErrorCode::UnknownRequest,
             format!("this daemon does not serve `{op}` yet; upgrade the daemon"),
         )),
@@ -183,6 +185,7 @@ impl From<AdmissionError> for ErrorReply {
             AdmissionError::Busy(_) => ErrorCode::Unavailable,
             AdmissionError::NotOwner { .. } => ErrorCode::NotPermitted,
             AdmissionError::TooManyReservations(_)
+            | AdmissionError::UnknownRoute { .. }
             | AdmissionError::KeyRequired
             | AdmissionError::Invalid(_)
             | AdmissionError::UnknownBudget(_)

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use super::{dollars, invalid, log_transition, unavailable, Reply};
 use crate::admission::{Moment, Outcome, Reporting, Settlement};
+use crate::guard::retry::{Advice, Why};
 use crate::names::{check_name, shown};
-use crate::protocol::{ErrorReply, ReportReply, ReportRequest, Response};
+use crate::protocol::{ErrorReply, ReportReply, ReportRequest, Response, RetryAdvice};
 use crate::state::{Session, State};
 
 /// Longest idempotency key, in bytes.
@@ -58,6 +59,11 @@ fn start(
             )));
         }
     }
+    if req.attempt == Some(0) {
+        return Err(invalid(
+            "attempt is 1-based: 1 for a first call, 2 for its first retry; got 0",
+        ));
+    }
     let outcome = Outcome {
         failure: req.outcome == crate::protocol::Outcome::Failure,
         units: req.units,
@@ -65,6 +71,9 @@ fn start(
         output_units: req.output_units,
         cost: req.cost.map(|c| dollars("cost", c)).transpose()?,
         latency: req.latency_ms.map(Duration::from_millis),
+        retryable: req.retryable,
+        attempt: req.attempt,
+        upstream_after: req.retry_after_ms.map(Duration::from_millis),
     };
     let admission = state.admission();
     let result = match (req.reservation, req.service.as_deref()) {
@@ -116,11 +125,36 @@ fn reply(state: &State, settlement: Settlement) -> Response {
     if let Some((from, to)) = settlement.transition {
         log_transition(state, &settlement.service, from, to);
     }
+    let retry = settlement
+        .advice
+        .map(|advice| advice_reply(&settlement.advised_service, advice));
     Response::Report(ReportReply {
         ok: true,
         duplicate: settlement.duplicate,
         breaker: settlement.phase.map(Into::into),
         charged: settlement.charged.map(|c| c.dollars()),
-        retry: None,
+        retry,
     })
+}
+
+/// The wire form of retry advice, counted per service in the metrics.
+fn advice_reply(service: &str, advice: Advice) -> RetryAdvice {
+    let service = service.to_owned();
+    if advice.retry {
+        metrics::counter!(crate::metrics::RETRIES_ADVISED, "service" => service).increment(1);
+    } else {
+        let why = match advice.why {
+            Why::AttemptsUsed { .. } => "attempts",
+            Why::Budget(_) => "budget",
+            _ => "breaker",
+        };
+        metrics::counter!(crate::metrics::RETRIES_REFUSED, "service" => service, "reason" => why)
+            .increment(1);
+    }
+    RetryAdvice {
+        retry: advice.retry,
+        after_ms: advice.after.map(super::admit::millis_up),
+        attempt: advice.attempt,
+        reason: advice.why.to_string(),
+    }
 }

@@ -27,6 +27,7 @@ use crate::guard::breaker::BreakerConfig;
 use crate::guard::budget::BudgetSpec;
 use crate::guard::quota::QuotaSpec;
 use crate::guard::rate::RateSpec;
+use crate::guard::retry::RetryConfig;
 use crate::money::{UnitPrice, Usd};
 
 /// A complete, validated configuration.
@@ -35,8 +36,12 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// Breaker settings for services without their own.
     pub breaker: BreakerConfig,
+    /// Retry advice and retry budgets for services without their own.
+    pub retry: RetryConfig,
     /// Declared services with their settings.
     pub services: BTreeMap<String, ServiceConfig>,
+    /// Named chains of services (`[[routes]]`), in file order.
+    pub routes: Vec<Route>,
     /// Rate limits in the order they run.
     pub rate_limits: Vec<RateSpec>,
     /// Who may connect and who is an admin (`[access]`).
@@ -242,6 +247,15 @@ pub enum Mode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
     pub breaker: BreakerConfig,
+    pub retry: RetryConfig,
+}
+
+/// `[[routes]]`: services in order of preference (a primary, then fallbacks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: String,
+    /// Never empty; each service at most once.
+    pub chain: Vec<String>,
 }
 
 /// Why a configuration was refused.
@@ -322,6 +336,11 @@ impl Config {
         self.services
             .get(service)
             .map_or(&self.breaker, |s| &s.breaker)
+    }
+
+    /// The retry settings of `service`.
+    pub fn retry_for(&self, service: &str) -> &RetryConfig {
+        self.services.get(service).map_or(&self.retry, |s| &s.retry)
     }
 
     /// The price entry for a call: `service/model` first, then `service`.

@@ -21,7 +21,9 @@ use serde::{Deserialize, Deserializer};
 pub(super) struct RawConfig {
     pub daemon: RawDaemon,
     pub breaker: RawBreaker,
+    pub retry: RawRetry,
     pub services: BTreeMap<String, RawService>,
+    pub routes: Vec<RawRoute>,
     /// `None` (no `[[rate_limits]]` at all) means the built-in default rule; an
     /// explicit empty list (`rate_limits = []`) means no rate limits.
     pub rate_limits: Option<Vec<RawRateLimit>>,
@@ -77,6 +79,30 @@ pub(super) struct RawBreaker {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawService {
     pub breaker: RawBreaker,
+    pub retry: RawRetry,
+}
+
+/// Retry keys; every one optional so a service can override just one of them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawRetry {
+    pub attempts: Option<u32>,
+    pub initial: Option<String>,
+    pub multiplier: Option<f64>,
+    pub max: Option<String>,
+    pub jitter: Option<u8>,
+    pub budget_percent: Option<u8>,
+    pub budget_window: Option<String>,
+    pub budget_min_retries: Option<u32>,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub name: String,
+    #[serde(default)]
+    pub chain: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -160,6 +160,7 @@ mod tests {
             },
             shadow_all,
             content,
+            attempt: 1,
         }
     }
 

@@ -21,6 +21,7 @@ pub mod content;
 pub mod period;
 pub mod quota;
 pub mod rate;
+pub mod retry;
 
 use std::any::Any;
 use std::fmt;
@@ -51,6 +52,8 @@ pub struct Call<'a> {
     pub shadow_all: bool,
     /// The payload's scan, made before the lock was taken (`None`: no payload).
     pub content: Option<&'a content::Scanned>,
+    /// 1 for a first call, more for a retry (the retry budget's business).
+    pub attempt: u32,
 }
 
 /// A guard's answer to a call.

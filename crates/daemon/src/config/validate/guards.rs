@@ -6,15 +6,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::super::raw::{
-    RawBreaker, RawForce, RawQuota, RawRateLimit, RawScope, RawService, RawWeight, RawWindow,
-    Spelled,
+    RawBreaker, RawForce, RawQuota, RawRateLimit, RawRetry, RawRoute, RawScope, RawService,
+    RawWeight, RawWindow, Spelled,
 };
-use super::super::{ConfigError, DaemonConfig, Preset, ServiceConfig, PRESETS};
+use super::super::{ConfigError, DaemonConfig, Preset, Route, ServiceConfig, PRESETS};
 use super::{choice, duration, invalid, name, names, nonzero, positive, unique};
 use crate::guard::breaker::{BreakerConfig, Force};
 use crate::guard::period::Period;
 use crate::guard::quota::QuotaSpec;
 use crate::guard::rate::{RateSpec, Scope, Weight};
+use crate::guard::retry::RetryConfig;
 
 /// Applies the keys of `raw` that are set onto `base`, validating each.
 pub(super) fn breaker(
@@ -86,19 +87,131 @@ pub(super) fn breaker(
     Ok(out)
 }
 
-/// `[services.NAME]`: each service's breaker, inheriting `[breaker]`.
+/// Applies the keys of `raw` that are set onto `base`, validating each.
+pub(super) fn retry(
+    raw: RawRetry,
+    prefix: &str,
+    base: RetryConfig,
+) -> Result<RetryConfig, ConfigError> {
+    let key = |field: &str| format!("{prefix}.{field}");
+    let mut out = base;
+    if let Some(v) = raw.attempts {
+        out.attempts = nonzero(&key("attempts"), v)?.get();
+    }
+    if let Some(v) = raw.initial {
+        out.initial = positive(&key("initial"), &v)?;
+    }
+    if let Some(v) = raw.multiplier {
+        if !(v.is_finite() && (1.0..=100.0).contains(&v)) {
+            return Err(invalid(
+                key("multiplier"),
+                format!("must be a number from 1 (a constant wait) to 100, got {v}"),
+            ));
+        }
+        out.multiplier = v;
+    }
+    if let Some(v) = raw.max {
+        out.max = positive(&key("max"), &v)?;
+    }
+    for (field, value) in [
+        ("jitter", raw.jitter),
+        ("budget_percent", raw.budget_percent),
+    ] {
+        if let Some(v) = value.filter(|v| *v > 100) {
+            return Err(invalid(
+                key(field),
+                format!("must be a percentage from 0 to 100, got {v}"),
+            ));
+        }
+    }
+    if let Some(v) = raw.jitter {
+        out.jitter = v;
+    }
+    if let Some(v) = raw.budget_percent {
+        out.budget_percent = v;
+    }
+    if let Some(v) = raw.budget_window {
+        out.budget_window = positive(&key("budget_window"), &v)?;
+    }
+    if let Some(v) = raw.budget_min_retries {
+        out.budget_min_retries = v;
+    }
+    if out.max < out.initial {
+        return Err(invalid(
+            key("max"),
+            format!(
+                "is {:?}, shorter than the first wait (initial = {:?}); raise max or lower initial",
+                out.max, out.initial
+            ),
+        ));
+    }
+    if out.attempts > 1 && out.budget_percent == 0 && out.budget_min_retries == 0 {
+        return Err(invalid(
+            key("budget_percent"),
+            "and budget_min_retries are both 0, so no retry could ever be made; set attempts = 1 to turn retries off",
+        ));
+    }
+    Ok(out)
+}
+
+/// `[services.NAME]`: each service's breaker and retry settings, inheriting
+/// `[breaker]` and `[retry]`.
 pub(super) fn services(
     raw: BTreeMap<String, RawService>,
     defaults: &BreakerConfig,
+    retry_defaults: &RetryConfig,
 ) -> Result<BTreeMap<String, ServiceConfig>, ConfigError> {
     let mut services = BTreeMap::new();
     for (service, raw) in raw {
         let key = format!("services.{service}");
         name(&key, &service)?;
         let breaker = breaker(raw.breaker, &format!("{key}.breaker"), defaults.clone())?;
-        services.insert(service, ServiceConfig { breaker });
+        let retry = retry(raw.retry, &format!("{key}.retry"), retry_defaults.clone())?;
+        services.insert(service, ServiceConfig { breaker, retry });
     }
     Ok(services)
+}
+
+/// `[[routes]]` in file order: unique names, chains that are not empty, name
+/// known services, and name each at most once.
+pub(super) fn routes(
+    raw: Vec<RawRoute>,
+    services: &BTreeMap<String, ServiceConfig>,
+    daemon: &DaemonConfig,
+) -> Result<Vec<Route>, ConfigError> {
+    let mut routes: Vec<Route> = Vec::with_capacity(raw.len());
+    for (idx, raw) in raw.into_iter().enumerate() {
+        let key = format!("routes[{idx}]");
+        name(&format!("{key}.name"), &raw.name)?;
+        unique(&key, "route", &raw.name, routes.iter().map(|r| &r.name))?;
+        if raw.chain.is_empty() {
+            return Err(invalid(
+                format!("{key}.chain"),
+                "is empty; list the services to try, in order of preference (e.g. chain = [\"primary\", \"fallback\"])",
+            ));
+        }
+        names(&format!("{key}.chain"), &raw.chain)?;
+        for (pos, service) in raw.chain.iter().enumerate() {
+            let at = format!("{key}.chain[{pos}]");
+            if !daemon.allow_unknown_services && !services.contains_key(service) {
+                return Err(invalid(
+                    at,
+                    format!("service {service:?} is not declared under [services] and daemon.allow_unknown_services is false"),
+                ));
+            }
+            if raw.chain[..pos].contains(service) {
+                return Err(invalid(
+                    at,
+                    format!("service {service:?} is already earlier in the chain"),
+                ));
+            }
+        }
+        routes.push(Route {
+            name: raw.name,
+            chain: raw.chain,
+        });
+    }
+    Ok(routes)
 }
 
 /// `[[rate_limits]]` in file order; none given at all means the built-in rule.

@@ -18,6 +18,7 @@ use super::alerts::{AlertsConfig, CaBundle, WebhookUrl};
 use super::raw::{RawAlerts, RawConfig, Spelled};
 use super::{Config, ConfigError, HttpConfig};
 use crate::guard::breaker::BreakerConfig;
+use crate::guard::retry::RetryConfig;
 use crate::money::Usd;
 use crate::names::check_name;
 
@@ -25,7 +26,9 @@ use crate::names::check_name;
 pub(super) fn config(raw: RawConfig) -> Result<Config, ConfigError> {
     let daemon = daemon::daemon(raw.daemon)?;
     let breaker = guards::breaker(raw.breaker, "breaker", BreakerConfig::default())?;
-    let services = guards::services(raw.services, &breaker)?;
+    let retry = guards::retry(raw.retry, "retry", RetryConfig::default())?;
+    let services = guards::services(raw.services, &breaker, &retry)?;
+    let routes = guards::routes(raw.routes, &services, &daemon)?;
     let rate_limits = guards::rate_limits(raw.rate_limits, &services, &daemon)?;
     let budget = budget::budget(raw.budget)?;
     let prices = budget::prices(raw.prices)?;
@@ -41,7 +44,9 @@ pub(super) fn config(raw: RawConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         daemon,
         breaker,
+        retry,
         services,
+        routes,
         rate_limits,
         access,
         agents,
