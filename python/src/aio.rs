@@ -130,8 +130,6 @@ enum Phase {
 /// Futures to resolve once the client's state is no longer borrowed.
 type Done = Vec<(Py<PyAny>, Result<Response, Failure>)>;
 
-static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
 #[pymethods]
 impl AsyncClient {
     #[new]
@@ -293,8 +291,16 @@ impl AsyncClient {
     fn _on_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
         let mut done = Done::new();
         let result = borrow(slf)?.read_in(slf.as_any(), &mut done);
+        let answered = !done.is_empty();
         resolve(slf.py(), done)?;
-        result
+        result?;
+        if answered {
+            // The tasks just woken run in the loop's next turn and will likely
+            // make requests; a flush scheduled now runs right after them, in
+            // the same turn, and writes all of them at once.
+            borrow(slf)?.schedule_flush(slf.as_any())?;
+        }
+        Ok(())
     }
 
     /// Finishes a connect in progress, or writes what waited for room. Called by
@@ -339,14 +345,7 @@ impl AsyncClient {
 /// Files a future for `request`, queues its frame, and returns the future.
 fn submit<'py>(slf: &Bound<'py, AsyncClient>, request: Request) -> PyResult<Bound<'py, PyAny>> {
     let py = slf.py();
-    let event_loop = GET_RUNNING_LOOP
-        .get_or_try_init(py, || {
-            py.import("asyncio")?
-                .getattr("get_running_loop")
-                .map(Bound::unbind)
-        })?
-        .bind(py)
-        .call0()?;
+    let event_loop = running_loop(slf)?;
     let future = event_loop.call_method0(intern!(py, "create_future"))?;
     let obj = slf.as_any();
     let mut done = Done::new();
@@ -367,7 +366,9 @@ fn submit<'py>(slf: &Bound<'py, AsyncClient>, request: Request) -> PyResult<Boun
         }
         this.next_id += 1;
         let len = this.out.len() - start;
-        let idle = this.queued.is_empty() && this.in_flight.is_empty();
+        // A request made when nothing else is pending, and no flush is coming,
+        // goes out at once.
+        let alone = this.queued.is_empty() && this.in_flight.is_empty() && !this.flush_scheduled;
         this.queued.push_back(Queued {
             waiting: Waiting {
                 id,
@@ -379,19 +380,11 @@ fn submit<'py>(slf: &Bound<'py, AsyncClient>, request: Request) -> PyResult<Boun
         this.arm_timer(obj)?;
         match this.conn.as_ref() {
             None => this.connect(obj, &mut done),
-            // Nothing else pending: no batch to wait for.
-            Some(conn) if idle && matches!(conn.phase, Phase::Ready) => {
+            Some(conn) if alone && matches!(conn.phase, Phase::Ready) => {
                 this.write_out(obj, &mut done)
             }
             Some(conn) if matches!(conn.phase, Phase::Ready) && !conn.writing => {
-                if !this.flush_scheduled {
-                    this.flush_scheduled = true;
-                    event_loop.call_method1(
-                        intern!(py, "call_soon"),
-                        (obj.getattr(intern!(py, "_flush"))?,),
-                    )?;
-                }
-                Ok(())
+                this.schedule_flush(obj)
             }
             // Written once the handshake is done or the socket has room.
             Some(_) => Ok(()),
@@ -399,6 +392,41 @@ fn submit<'py>(slf: &Bound<'py, AsyncClient>, request: Request) -> PyResult<Boun
     };
     resolve(py, done)?;
     result.map(|()| future)
+}
+
+/// The running event loop. `asyncio.get_running_loop()` makes a `getpid`
+/// system call each time (it checks for a fork), a measurable part of a
+/// request's cost; so when this thread is the one the client's loop runs on
+/// (`loop._thread_id`, set by `run_forever`; one loop runs per thread), that
+/// loop is the running one and the call is skipped.
+fn running_loop<'py>(slf: &Bound<'py, AsyncClient>) -> PyResult<Bound<'py, PyAny>> {
+    static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static GET_IDENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let py = slf.py();
+    let bound = slf
+        .try_borrow()
+        .ok()
+        .and_then(|this| this.event_loop.as_ref().map(|l| l.bind(py).clone()));
+    if let Some(bound) = bound {
+        let get_ident = GET_IDENT.get_or_try_init(py, || {
+            py.import("threading")?
+                .getattr("get_ident")
+                .map(Bound::unbind)
+        })?;
+        if let Ok(thread) = bound.getattr(intern!(py, "_thread_id")) {
+            if !thread.is_none() && thread.eq(get_ident.bind(py).call0()?)? {
+                return Ok(bound);
+            }
+        }
+    }
+    GET_RUNNING_LOOP
+        .get_or_try_init(py, || {
+            py.import("asyncio")?
+                .getattr("get_running_loop")
+                .map(Bound::unbind)
+        })?
+        .bind(py)
+        .call0()
 }
 
 fn borrow<'py>(slf: &Bound<'py, AsyncClient>) -> PyResult<PyRefMut<'py, AsyncClient>> {
@@ -481,6 +509,20 @@ impl AsyncClient {
                 "AsyncClient has no event loop (internal error)",
             )),
         }
+    }
+
+    /// Runs `_flush` after the callbacks already scheduled (once per turn).
+    fn schedule_flush(&mut self, obj: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.flush_scheduled || self.conn.is_none() || self.event_loop.is_none() {
+            return Ok(());
+        }
+        let py = obj.py();
+        self.event_loop(py)?.call_method1(
+            intern!(py, "call_soon"),
+            (obj.getattr(intern!(py, "_flush"))?,),
+        )?;
+        self.flush_scheduled = true;
+        Ok(())
     }
 
     fn set_reading(&mut self, obj: &Bound<'_, PyAny>, on: bool) -> PyResult<()> {
