@@ -67,7 +67,11 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// A connection to the daemon for asyncio code; every request method returns an
 /// awaitable.
-#[pyclass(subclass, module = "automation_framework._native", name = "AsyncClient")]
+#[pyclass(
+    subclass,
+    module = "automation_framework._native",
+    name = "AsyncClient"
+)]
 pub struct AsyncClient {
     socket: PathBuf,
     agent: String,
@@ -807,7 +811,12 @@ impl AsyncClient {
     /// Requests never written go out on a new connection, once, when this one
     /// had been working and merely ended (a daemon restart, an idle timeout);
     /// otherwise they fail too.
-    fn broken(&mut self, obj: &Bound<'_, PyAny>, failure: Failure, done: &mut Done) -> PyResult<()> {
+    fn broken(
+        &mut self,
+        obj: &Bound<'_, PyAny>,
+        failure: Failure,
+        done: &mut Done,
+    ) -> PyResult<()> {
         let py = obj.py();
         self.unregister(py);
         let Some(conn) = self.conn.take() else {
@@ -924,4 +933,3 @@ fn send(stream: &UnixStream, bytes: &[u8]) -> io::Result<usize> {
         }
     }
 }
-
