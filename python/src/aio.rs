@@ -9,20 +9,23 @@
 //! * A request method encodes its frame with the protocol crate's codec into the
 //!   client's one output buffer, files its future and returns it. The frames
 //!   queued during one turn of the loop go out with one write (`_flush`,
-//!   scheduled with `call_soon` by the first of them); a request made while
-//!   nothing else is pending is written at once, so a lone request does not wait
-//!   a turn.
+//!   scheduled with `call_soon`); a request made while nothing else is pending
+//!   is written at once, so a lone request does not wait a turn.
 //! * Each readable event reads what has arrived (one read when it is less than a
 //!   buffer full), decodes every complete reply, matches each to the oldest
-//!   request in flight by id (the daemon answers in request order) and resolves
-//!   their futures in one pass.
+//!   request in flight by id (the daemon answers in request order), resolves
+//!   their futures in one pass, and then schedules `_flush`: it runs right
+//!   after the tasks those replies woke, in the same turn of the loop, and
+//!   writes the requests they made at once. A round trip of a batch costs one
+//!   `send`, one `recv` and two `epoll_wait`s, whatever its size.
 //! * One timer (`call_later`), armed for the oldest pending request, enforces
 //!   `timeout`; it is not re-armed per request.
 //!
 //! An earlier design ran the connection on a tokio thread and handed results to
-//! the loop through a wake-up socket; on a busy two-core machine the hand-offs
-//! capped it at 1.6× the blocking `Client` with 32 requests in flight
-//! (python/README.md has the numbers).
+//! the loop through a wake-up socket; its hand-offs cost more CPU per request
+//! than everything else the package does, and on a busy two-core machine held
+//! 32 requests in flight to 1.6× the blocking `Client` (python/README.md has
+//! the numbers).
 //!
 //! Connecting is non-blocking too: the socket is made with `SOCK_NONBLOCK`, the
 //! `Hello` is written, and requests wait in the buffer until the `Welcome`
@@ -96,6 +99,9 @@ pub struct AsyncClient {
     /// last reply: one is allowed, so a daemon that accepts and drops every
     /// connection cannot make the client spin.
     reconnects: u32,
+    /// Counts connections made, so a callback can tell that the connection it
+    /// was working on has been replaced.
+    generation: u64,
     closed: bool,
 }
 
@@ -158,6 +164,7 @@ impl AsyncClient {
             flush_scheduled: false,
             timer: None,
             reconnects: 0,
+            generation: 0,
             closed: false,
         })
     }
@@ -593,6 +600,7 @@ impl AsyncClient {
 
     /// Starts a connection for the queued requests. A failure fails them all.
     fn connect(&mut self, obj: &Bound<'_, PyAny>, done: &mut Done) -> PyResult<()> {
+        self.generation += 1;
         match connect_nonblocking(&self.socket) {
             Ok((stream, connected)) => {
                 self.conn = Some(Conn {
@@ -709,6 +717,7 @@ impl AsyncClient {
 
     /// Reads what has arrived and dispatches every complete frame.
     fn read_in(&mut self, obj: &Bound<'_, PyAny>, done: &mut Done) -> PyResult<()> {
+        let generation = self.generation;
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
@@ -733,9 +742,10 @@ impl AsyncClient {
                 }
             }
         }
-        // What came before an end is still answered.
+        // What came before an end is still answered. A frame may end this
+        // connection (and a new one start): then the rest is not for it.
         loop {
-            let Some(conn) = self.conn.as_mut() else {
+            let Some(conn) = self.conn.as_mut().filter(|_| self.generation == generation) else {
                 return Ok(());
             };
             let frame = match conn.codec.decode(&mut conn.inbox) {
@@ -752,7 +762,9 @@ impl AsyncClient {
             }
         }
         if let Some(failure) = ended {
-            self.broken(obj, failure, done)?;
+            if self.generation == generation {
+                self.broken(obj, failure, done)?;
+            }
         }
         self.finish_if_closed(obj.py());
         Ok(())

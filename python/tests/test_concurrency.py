@@ -48,6 +48,34 @@ def test_eight_threads_share_one_client(daemon: Daemon) -> None:
     assert client.budget().spent == pytest.approx(8 * rounds * 0.001)
 
 
+def test_threads_waiting_on_the_daemon_do_not_hold_the_gil(daemon: Daemon) -> None:
+    """One thread waits for a reply from a stopped daemon, another for its turn
+    on the connection; meanwhile Python code runs in a third. Were the GIL held
+    while waiting, the third could not run until the first timed out."""
+    client = af.Client(daemon.socket, agent="gil", timeout=10.0)
+    answers: list[str] = []
+    entering = threading.Barrier(3)
+
+    def ask() -> None:
+        entering.wait()
+        answers.append(client.ping().agent)
+
+    daemon.freeze()
+    try:
+        waiters = [threading.Thread(target=ask) for _ in range(2)]
+        for t in waiters:
+            t.start()
+        entering.wait()
+        spins = sum(1 for _ in range(200_000))
+        assert spins == 200_000
+        assert all(t.is_alive() for t in waiters) and answers == []
+    finally:
+        daemon.thaw()
+    for t in waiters:
+        t.join()
+    assert answers == ["gil", "gil"]
+
+
 def test_a_hundred_tasks_share_one_async_client(daemon: Daemon) -> None:
     async def main() -> None:
         async with af.AsyncClient(daemon.socket, agent="tasks") as client:
