@@ -79,6 +79,8 @@ def rust_rate(cli: str, sock: Path, seconds: float) -> float:
         text=True,
     ).stdout
     summary = json.loads(out.strip().splitlines()[-1])
+    if not summary["ops_per_sec"]:
+        sys.exit(f"the Rust bench completed no request: {summary.get('first_error')}")
     return float(summary["ops_per_sec"])
 
 
