@@ -10,9 +10,10 @@ connection. Both speak the daemon's protocol through the workspace's Rust
 protocol and client crates (the native module ``_native``); this module adds
 ``call()`` (admit, then report) and ``retrying()`` on top.
 
-Not here yet, and added with the protocol requests they need: ``check()`` (the
-content scanner), ``lease()``, ``route()``, and ``admit``'s ``payload``,
-``lease`` and ``wait`` arguments.
+``check()`` scans a text with the daemon's content rules; ``admit(...,
+payload=...)`` has the content guard vote on the code or text a call will run
+or send. Not here yet, and added with the protocol requests they need:
+``lease()``, ``route()``, and ``admit``'s ``lease`` and ``wait`` arguments.
 """
 
 from __future__ import annotations
@@ -24,17 +25,19 @@ from types import TracebackType
 from typing import TypeVar
 
 from . import errors
-from ._call import DEFAULT_RETRY_ON, AsyncCall, Call
+from ._call import DEFAULT_RETRY_ON, AsyncCall, Call, Payload
 from ._native import (
     PROTOCOL_VERSION,
     Breaker,
     Budget,
     BudgetEntry,
+    CheckResult,
     Decision,
     Pong,
     Quota,
     Report,
     Status,
+    Violation,
     Vote,
     __version__,
 )
@@ -76,6 +79,9 @@ __all__ = [
     "Quota",
     "Status",
     "Pong",
+    "CheckResult",
+    "Violation",
+    "Payload",
     "PROTOCOL_VERSION",
     "__version__",
     "errors",
@@ -134,12 +140,15 @@ class Client(_NativeClient):
         input_units: int | None = None,
         output_units: int | None = None,
         agent: str | None = None,
+        payload: Payload | None = None,
         retry_on: tuple[type[BaseException], ...] = DEFAULT_RETRY_ON,
     ) -> Call:
         """Admit on ``with``, report on leaving it (see ``Call``).
 
         ``cost``, ``units``, ``input_units`` and ``output_units`` are the
         estimates to admit with; set the actual values on the call object.
+        ``payload`` (the text, or ``(text, lang)``) has the content guard vote
+        on what the call will run or send.
         """
         return Call(
             self,
@@ -150,6 +159,7 @@ class Client(_NativeClient):
             input_units=input_units,
             output_units=output_units,
             agent=agent,
+            payload=payload,
             retry_on=retry_on,
         )
 
@@ -164,6 +174,7 @@ class Client(_NativeClient):
         input_units: int | None = None,
         output_units: int | None = None,
         agent: str | None = None,
+        payload: Payload | None = None,
         backoff: Backoff | None = None,
         retry_on: tuple[type[BaseException], ...] = DEFAULT_RETRY_ON,
         sleep: Callable[[float], object] = time.sleep,
@@ -188,6 +199,7 @@ class Client(_NativeClient):
                 input_units=input_units,
                 output_units=output_units,
                 agent=agent,
+                payload=payload,
                 retry_on=retry_on,
             )
             try:
@@ -235,6 +247,7 @@ class AsyncClient(_NativeAsyncClient):
         input_units: int | None = None,
         output_units: int | None = None,
         agent: str | None = None,
+        payload: Payload | None = None,
         retry_on: tuple[type[BaseException], ...] = DEFAULT_RETRY_ON,
     ) -> AsyncCall:
         """Admit on ``async with``, report on leaving it (see ``Call``)."""
@@ -247,6 +260,7 @@ class AsyncClient(_NativeAsyncClient):
             input_units=input_units,
             output_units=output_units,
             agent=agent,
+            payload=payload,
             retry_on=retry_on,
         )
 
@@ -261,6 +275,7 @@ class AsyncClient(_NativeAsyncClient):
         input_units: int | None = None,
         output_units: int | None = None,
         agent: str | None = None,
+        payload: Payload | None = None,
         backoff: Backoff | None = None,
         retry_on: tuple[type[BaseException], ...] = DEFAULT_RETRY_ON,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
@@ -278,6 +293,7 @@ class AsyncClient(_NativeAsyncClient):
                 input_units=input_units,
                 output_units=output_units,
                 agent=agent,
+                payload=payload,
                 retry_on=retry_on,
             )
             try:

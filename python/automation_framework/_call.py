@@ -21,7 +21,7 @@ from __future__ import annotations
 import builtins
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeAlias, TypeVar
 
 from ._native import Decision, Report
 from .errors import Denied
@@ -29,7 +29,12 @@ from .errors import Denied
 if TYPE_CHECKING:
     from . import AsyncClient, Client
 
-__all__ = ["Call", "AsyncCall", "DEFAULT_RETRY_ON"]
+__all__ = ["Call", "AsyncCall", "DEFAULT_RETRY_ON", "Payload"]
+
+#: What ``admit(payload=...)`` takes: the text, or ``(text, lang)`` where
+#: ``lang`` is ``"python"``, ``"javascript"``, ``"typescript"``, ``"shell"``,
+#: ``"rust"``, ``"go"``, ``"text"`` or a usual alias (``None``: guessed).
+Payload: TypeAlias = str | tuple[str, str | None]
 
 #: Exceptions of an upstream call that are worth retrying unless they say otherwise.
 DEFAULT_RETRY_ON: tuple[type[BaseException], ...] = (
@@ -67,6 +72,7 @@ class _CallBase(Generic[C]):
         input_units: int | None,
         output_units: int | None,
         agent: str | None,
+        payload: Payload | None,
         retry_on: tuple[type[BaseException], ...],
     ) -> None:
         self._client = client
@@ -77,6 +83,7 @@ class _CallBase(Generic[C]):
         self._admit_input = input_units
         self._admit_output = output_units
         self._agent = agent
+        self._payload = payload
         self._retry_on = retry_on
         self.decision = None
         self.cost = None
@@ -123,6 +130,7 @@ class Call(_CallBase["Client"]):
                 input_units=self._admit_input,
                 output_units=self._admit_output,
                 agent=self._agent,
+                payload=self._payload,
             )
         )
         return self
@@ -164,6 +172,7 @@ class AsyncCall(_CallBase["AsyncClient"]):
                 input_units=self._admit_input,
                 output_units=self._admit_output,
                 agent=self._agent,
+                payload=self._payload,
             )
         )
         return self

@@ -1,9 +1,8 @@
 """Type stubs of the native module (``src/*.rs``).
 
-Room is left, clearly, for what other issues add to the protocol: ``check()``
-(the content scanner's ``Check`` request), ``lease()``, ``route()``, and
-``admit``'s ``payload``, ``lease`` and ``wait`` keywords. They appear here when
-the daemon understands them, not before.
+Room is left, clearly, for what other issues add to the protocol: ``lease()``,
+``route()``, and ``admit``'s ``lease`` and ``wait`` keywords. They appear here
+when the daemon understands them, not before.
 """
 
 from collections.abc import Awaitable
@@ -42,7 +41,7 @@ class Decision:
         """Hand it back in ``report`` (present when allowed)."""
     @property
     def guard(self) -> str | None:
-        """When denied: ``"rate"``, ``"breaker"``, ``"budget"`` or ``"quota"``."""
+        """When denied: ``"content"``, ``"rate"``, ``"breaker"``, ``"budget"`` or ``"quota"``."""
     @property
     def rule(self) -> str | None: ...
     @property
@@ -177,6 +176,57 @@ class Status:
     def budget_limit(self) -> float: ...
 
 @final
+class Violation:
+    """One thing the content scanner found."""
+
+    @property
+    def kind(self) -> str:
+        """``dangerous_call``, ``secret``, ``path_traversal``, ``shell_injection``
+        or ``sql_injection``."""
+    @property
+    def rule(self) -> str:
+        """The rule's id (``py-eval``, ``aws-access-key-id``, ...)."""
+    @property
+    def severity(self) -> str:
+        """``low``, ``medium``, ``high`` or ``critical``; an admission is denied
+        at the daemon's ``content.deny_at`` (default ``high``) and above."""
+    @property
+    def line(self) -> int:
+        """1-based line of the match."""
+    @property
+    def column(self) -> int:
+        """1-based column of the match, in characters (not bytes)."""
+    @property
+    def excerpt(self) -> str:
+        """The matched text on its line, at most 120 characters. A secret is
+        never sent back: at most its first four characters and its length
+        (``AKIA***(20 chars)``)."""
+    @property
+    def message(self) -> str:
+        """What the rule is about and what to do instead."""
+
+@final
+class CheckResult:
+    """What ``check`` found; truthy when nothing was (as a ``Decision`` is
+    truthy when the call may be made). ``len()`` counts every violation found,
+    omitted ones included."""
+
+    @property
+    def lang(self) -> str:
+        """The language the text was scanned as (given, or guessed)."""
+    @property
+    def violations(self) -> list[Violation]:
+        """What was found, in the order of the text; at most 500."""
+    @property
+    def omitted(self) -> int:
+        """Violations found beyond those listed (the reply must fit a frame)."""
+    @property
+    def clean(self) -> bool:
+        """Nothing was found."""
+    def __bool__(self) -> bool: ...
+    def __len__(self) -> int: ...
+
+@final
 class Pong:
     @property
     def version(self) -> str: ...
@@ -210,8 +260,29 @@ class Client:
         input_units: int | None = None,
         output_units: int | None = None,
         agent: str | None = None,
+        payload: str | tuple[str, str | None] | None = None,
     ) -> Decision:
-        """May this call be made now? A denial is a falsy ``Decision``, not an error."""
+        """May this call be made now? A denial is a falsy ``Decision``, not an error.
+
+        ``payload`` is the code or text the call will run or send: the text, or
+        ``(text, lang)``. The daemon's content guard scans it and votes first
+        (``guard="content"`` and the rule's id when it denies). Refused with
+        ``InvalidArgument`` when content checks are disabled, the text is too
+        large or the language unknown; nothing is taken then.
+        """
+    def check(self, text: str, lang: str | None = None) -> CheckResult:
+        """Scans ``text`` with the daemon's content rules (built-in and the
+        operator's) for dangerous calls, hard-coded secrets and hostile
+        arguments; changes nothing.
+
+        ``lang``: ``python``, ``javascript``, ``typescript``, ``shell``,
+        ``rust``, ``go`` or ``text``, or a usual alias or file extension
+        (``py``, ``js``, ``sh``, ...); ``None``: guessed from the text. At most
+        1 MiB of text (the daemon's ``content.max_payload`` may allow less).
+        ``InvalidArgument`` when content checks are disabled, the text is too
+        large or the language unknown; ``Unavailable`` when the daemon has too
+        many texts waiting to be scanned (retry later).
+        """
     def report(
         self,
         reservation: int | Decision | None = None,
@@ -236,7 +307,11 @@ class Client:
     def close(self) -> None: ...
 
 class AsyncClient:
-    """Asyncio connection to the daemon: every method returns an awaitable."""
+    """Asyncio connection to the daemon: every method returns an awaitable.
+
+    The event loop drives its socket (``add_reader``/``add_writer``); nothing
+    blocks the loop, connecting included. Call it from its loop's thread only.
+    """
 
     def __init__(
         self,
@@ -259,7 +334,13 @@ class AsyncClient:
         input_units: int | None = None,
         output_units: int | None = None,
         agent: str | None = None,
-    ) -> Awaitable[Decision]: ...
+        payload: str | tuple[str, str | None] | None = None,
+    ) -> Awaitable[Decision]:
+        """``Client.admit``, awaitable."""
+    def check(self, text: str, lang: str | None = None) -> Awaitable[CheckResult]:
+        """``Client.check``, awaitable. The scan runs on a daemon thread of its
+        own; requests behind it on this connection are not held up by it on
+        the daemon's side, and replies still come in request order."""
     def report(
         self,
         reservation: int | Decision | None = None,
@@ -279,4 +360,6 @@ class AsyncClient:
     def quotas(self, quota: str | None = None) -> Awaitable[list[Quota]]: ...
     def status(self) -> Awaitable[Status]: ...
     def ping(self) -> Awaitable[Pong]: ...
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Later requests raise ``ClientClosed``; the connection ends once the
+        requests already made are answered."""

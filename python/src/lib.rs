@@ -40,6 +40,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::Quota>()?;
     m.add_class::<types::Status>()?;
     m.add_class::<types::PongReply>()?;
+    m.add_class::<types::CheckResult>()?;
+    m.add_class::<types::Violation>()?;
     m.add(
         "PROTOCOL_VERSION",
         automation_framework_protocol::PROTOCOL_VERSION,

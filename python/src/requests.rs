@@ -3,8 +3,10 @@
 
 use pyo3::prelude::*;
 
+use automation_framework_protocol::frame::MAX_PAYLOAD_LEN;
 use automation_framework_protocol::{
-    AdmitRequest, BreakersRequest, BudgetRequest, Outcome, QuotasRequest, ReportRequest, Request,
+    AdmitRequest, BreakersRequest, BudgetRequest, Outcome, Payload, QuotasRequest, ReportRequest,
+    Request,
 };
 
 use crate::errors::invalid_argument;
@@ -15,11 +17,10 @@ pub const CLIENT_NAME: &str = concat!("automation-framework-python/", env!("CARG
 
 /// `admit` (see `_native.pyi` for the meaning of each argument).
 //
-// Room for the admission fields other issues add to the protocol: `payload` (the
-// content scanner's input: on the wire since protocol 2, not yet in this API),
-// `lease` and `wait` (bulkheads and leases, retry
-// advice's `attempt`). They join this signature, the stubs and `Call` when the
-// `AdmitRequest` fields exist; until then the daemon would refuse them.
+// Room for the admission fields other issues add to the protocol: `lease` and
+// `wait` (bulkheads and leases, retry advice's `attempt`). They join this
+// signature, the stubs and `Call` when the `AdmitRequest` fields exist; until
+// then the daemon would refuse them.
 #[allow(clippy::too_many_arguments)]
 pub fn admit(
     service: String,
@@ -29,6 +30,7 @@ pub fn admit(
     input_units: Option<u32>,
     output_units: Option<u32>,
     agent: Option<String>,
+    payload: Option<Payload>,
 ) -> Request {
     Request::Admit(AdmitRequest {
         agent,
@@ -38,11 +40,51 @@ pub fn admit(
         model,
         input_units: input_units.unwrap_or(0),
         output_units: output_units.unwrap_or(0),
-        // The content check's payload exists on the wire now (protocol 2); the
-        // Python API takes it in a follow-up (with `check`).
-        payload: None,
+        payload,
         ..AdmitRequest::default()
     })
+}
+
+/// `admit`'s `payload=`: the text, or `(text, lang)` with `lang` possibly `None`
+/// (guessed by the daemon).
+pub fn payload_arg(py: Python<'_>, value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Payload>> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    if value.is_none() {
+        return Ok(None);
+    }
+    let (text, lang) = if let Ok(text) = value.extract::<String>() {
+        (text, None)
+    } else if let Ok(pair) = value.extract::<(String, Option<String>)>() {
+        pair
+    } else {
+        return Err(invalid_argument(
+            py,
+            format!(
+                "payload must be the text (a str) or a (text, lang) tuple such as \
+                 (code, \"python\"), got {}",
+                value.get_type().name()?
+            ),
+        ));
+    };
+    payload(py, text, lang).map(Some)
+}
+
+/// The scanner's input for `check` and `admit`, refused here when it could not
+/// fit a frame (the daemon's own `content.max_payload` may be lower; it says so).
+pub fn payload(py: Python<'_>, text: String, lang: Option<String>) -> PyResult<Payload> {
+    if text.len() > MAX_PAYLOAD_LEN {
+        return Err(invalid_argument(
+            py,
+            format!(
+                "the text to scan is {} bytes; at most {MAX_PAYLOAD_LEN} bytes (1 MiB) can be sent: \
+                 scan it in parts",
+                text.len()
+            ),
+        ));
+    }
+    Ok(Payload { lang, text })
 }
 
 /// `report`: `reservation` is an int or the `Decision` that holds it.

@@ -107,7 +107,7 @@ impl SyncClient {
         &self.agent
     }
 
-    #[pyo3(signature = (service, *, cost=None, units=None, model=None, input_units=None, output_units=None, agent=None))]
+    #[pyo3(signature = (service, *, cost=None, units=None, model=None, input_units=None, output_units=None, agent=None, payload=None))]
     #[allow(clippy::too_many_arguments)]
     fn admit(
         &self,
@@ -119,7 +119,9 @@ impl SyncClient {
         input_units: Option<u32>,
         output_units: Option<u32>,
         agent: Option<String>,
+        payload: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
+        let payload = requests::payload_arg(py, payload)?;
         self.request(
             py,
             requests::admit(
@@ -130,8 +132,15 @@ impl SyncClient {
                 input_units,
                 output_units,
                 agent,
+                payload,
             ),
         )
+    }
+
+    #[pyo3(signature = (text, lang=None))]
+    fn check(&self, py: Python<'_>, text: String, lang: Option<String>) -> PyResult<Py<PyAny>> {
+        let payload = requests::payload(py, text, lang)?;
+        self.request(py, Request::Check(payload))
     }
 
     #[pyo3(signature = (reservation=None, *, success=true, service=None, units=None, latency=None, cost=None, input_units=None, output_units=None, idempotency_key=None, agent=None))]

@@ -10,8 +10,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyList;
 
 use automation_framework_protocol::{
-    AdmitReply, BreakerInfo, BreakerState, BudgetInfo, BudgetReply, GuardKind, Health, Pong,
-    QuotaInfo, ReportReply, Response, StatusReport, Vote as WireVote,
+    AdmitReply, BreakerInfo, BreakerState, BudgetInfo, BudgetReply, CheckReply, GuardKind, Health,
+    Pong, QuotaInfo, ReportReply, Response, StatusReport, Violation as WireViolation,
+    Vote as WireVote,
 };
 
 use crate::errors::Failure;
@@ -402,6 +403,89 @@ impl From<Pong> for PongReply {
     }
 }
 
+/// What the content scanner found in a text (`check`); truthy when nothing was
+/// found, as a `Decision` is truthy when the call may be made.
+#[pyclass(frozen, get_all, module = "automation_framework")]
+pub struct CheckResult {
+    lang: String,
+    violations: Vec<Violation>,
+    omitted: u32,
+}
+
+#[pymethods]
+impl CheckResult {
+    /// Nothing was found (no violation listed, none omitted).
+    #[getter]
+    fn clean(&self) -> bool {
+        self.violations.is_empty() && self.omitted == 0
+    }
+
+    fn __bool__(&self) -> bool {
+        self.clean()
+    }
+
+    fn __len__(&self) -> usize {
+        self.violations.len() + self.omitted as usize
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "CheckResult(lang={:?}, violations=[{} found], omitted={})",
+            self.lang,
+            self.violations.len(),
+            self.omitted
+        )
+    }
+}
+
+impl From<CheckReply> for CheckResult {
+    fn from(reply: CheckReply) -> CheckResult {
+        CheckResult {
+            lang: reply.lang,
+            violations: reply.violations.into_iter().map(Violation::from).collect(),
+            omitted: reply.omitted,
+        }
+    }
+}
+
+/// One finding of the content scanner. A secret's excerpt never holds the
+/// secret: at most its first four characters and its length.
+#[pyclass(frozen, get_all, module = "automation_framework")]
+#[derive(Clone)]
+pub struct Violation {
+    kind: String,
+    rule: String,
+    severity: String,
+    line: u32,
+    column: u32,
+    excerpt: String,
+    message: String,
+}
+
+#[pymethods]
+impl Violation {
+    fn __repr__(&self) -> String {
+        format!(
+            "Violation(kind={:?}, rule={:?}, severity={:?}, line={}, column={}, excerpt={:?})",
+            self.kind, self.rule, self.severity, self.line, self.column, self.excerpt
+        )
+    }
+}
+
+impl From<WireViolation> for Violation {
+    fn from(v: WireViolation) -> Violation {
+        Violation {
+            kind: v.kind,
+            rule: v.rule,
+            severity: v.severity,
+            line: v.line,
+            column: v.column,
+            excerpt: v.excerpt,
+            message: v.message,
+        }
+    }
+}
+
 /// A reply as the Python object its request returns, or the typed exception of
 /// an error reply. The reply's kind decides (replies are matched to requests by
 /// id before they get here), so both clients share this one mapping.
@@ -414,6 +498,10 @@ pub fn response_to_py(py: Python<'_>, response: Response) -> PyResult<Py<PyAny>>
         Response::Quotas(reply) => list(py, reply.quotas.into_iter().map(Quota::from))?,
         Response::Status(report) => Status::from(report).into_pyobject(py)?.into_any().unbind(),
         Response::Pong(pong) => PongReply::from(pong).into_pyobject(py)?.into_any().unbind(),
+        Response::Check(reply) => CheckResult::from(reply)
+            .into_pyobject(py)?
+            .into_any()
+            .unbind(),
         Response::Error(err) => return Err(Failure::Refused(err).into_pyerr(py)),
         other => {
             return Err(Failure::Protocol(format!(

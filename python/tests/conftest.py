@@ -95,6 +95,26 @@ class Daemon:
             self.process.wait(PROMPTLY)
         self.process = None
 
+    def freeze(self) -> None:
+        """Stops the daemon (SIGSTOP) and returns once every thread of it is
+        stopped: from then on nothing it holds is read or answered."""
+        assert self.process is not None
+        pid = self.process.pid
+        self.process.send_signal(signal.SIGSTOP)
+
+        def stopped() -> bool | None:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state not in ("T", "t"):
+                    return None
+            return True
+
+        eventually(stopped)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def restart(self) -> None:
         self.stop()
         self.start()

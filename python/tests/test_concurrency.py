@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from collections.abc import Callable
 
@@ -45,6 +46,34 @@ def test_eight_threads_share_one_client(daemon: Daemon) -> None:
     assert status.connections == 1  # one connection for all eight threads
     assert status.open_reservations == 0
     assert client.budget().spent == pytest.approx(8 * rounds * 0.001)
+
+
+def test_threads_waiting_on_the_daemon_do_not_hold_the_gil(daemon: Daemon) -> None:
+    """One thread waits for a reply from a stopped daemon, another for its turn
+    on the connection; meanwhile Python code runs in a third. Were the GIL held
+    while waiting, the third could not run until the first timed out."""
+    client = af.Client(daemon.socket, agent="gil", timeout=10.0)
+    answers: list[str] = []
+    entering = threading.Barrier(3)
+
+    def ask() -> None:
+        entering.wait()
+        answers.append(client.ping().agent)
+
+    daemon.freeze()
+    try:
+        waiters = [threading.Thread(target=ask) for _ in range(2)]
+        for t in waiters:
+            t.start()
+        entering.wait()
+        spins = sum(1 for _ in range(200_000))
+        assert spins == 200_000
+        assert all(t.is_alive() for t in waiters) and answers == []
+    finally:
+        daemon.thaw()
+    for t in waiters:
+        t.join()
+    assert answers == ["gil", "gil"]
 
 
 def test_a_hundred_tasks_share_one_async_client(daemon: Daemon) -> None:
@@ -167,5 +196,89 @@ def test_a_cancelled_request_leaves_the_client_usable(daemon: Daemon) -> None:
         assert [p.agent for p in await asyncio.gather(*waiting)] == ["canceller"] * 10
         assert abandoned.cancelled()
         client.close()
+
+    asyncio.run(main())
+
+
+def test_async_requests_time_out_without_blocking_the_loop(daemon: Daemon) -> None:
+    """A daemon that stops answering (SIGSTOP): connecting, the handshake and
+    the requests all wait in the loop, which keeps running; every waiting
+    request gets ``RequestTimeout``, and the client works again afterwards."""
+
+    async def main() -> None:
+        client = af.AsyncClient(daemon.socket, agent="stalled", timeout=0.3)
+        assert (await client.ping()).agent == "stalled"  # connected and idle
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        tick_task = asyncio.create_task(ticker())
+        daemon.freeze()
+        try:
+            stalled = await asyncio.gather(*(client.ping() for _ in range(5)), return_exceptions=True)
+            assert all(isinstance(r, af.RequestTimeout) for r in stalled), stalled
+            assert isinstance(stalled[0], TimeoutError) and "timeout=" in str(stalled[0])
+            # A new connection to a stopped daemon: the kernel accepts it, the
+            # handshake is never answered; the loop goes on meanwhile.
+            fresh = af.AsyncClient(daemon.socket, agent="fresh", timeout=0.3)
+            with pytest.raises(af.RequestTimeout):
+                await fresh.ping()
+            assert ticks > 10
+        finally:
+            daemon.thaw()
+        done.set()
+        await tick_task
+        assert (await client.ping()).agent == "stalled"  # reconnected
+        assert (await fresh.ping()).agent == "fresh"
+        client.close()
+        fresh.close()
+
+    asyncio.run(main())
+
+
+def test_async_requests_in_flight_when_the_daemon_dies_are_lost(daemon: Daemon) -> None:
+    """Written and unanswered when the connection ends: ``ConnectionLost`` (they
+    may have been carried out). Requests made after the daemon is back go
+    through on a new connection, in the same event loop."""
+
+    async def main() -> None:
+        client = af.AsyncClient(daemon.socket, agent="orphaned")
+        assert (await client.ping()).agent == "orphaned"
+        daemon.freeze()
+        pending = [asyncio.ensure_future(client.ping()) for _ in range(3)]
+        await asyncio.sleep(0)  # let the batch be written
+        daemon.stop(signal.SIGKILL)
+        lost = await asyncio.gather(*pending, return_exceptions=True)
+        assert all(isinstance(r, af.ConnectionLost) for r in lost), lost
+        assert isinstance(lost[0], ConnectionError) and "may or may not" in str(lost[0])
+        with pytest.raises(af.ConnectFailed):
+            await client.ping()
+        daemon.start()
+        assert (await client.ping()).agent == "orphaned"
+        # An idle connection the daemon ends (a restart) is noticed by the
+        # loop and replaced on the next request, without an error.
+        daemon.restart()
+        assert [p.agent for p in await asyncio.gather(client.ping(), client.ping())] == ["orphaned"] * 2
+        client.close()
+
+    asyncio.run(main())
+
+
+def test_async_large_requests_wait_for_room_in_the_socket(daemon: Daemon) -> None:
+    """Texts near the 1 MiB limit do not fit the socket buffer at once: the rest
+    is written when the socket has room, replies keep being read meanwhile."""
+    text = ("x = 1\n" * 170_000)[: (1 << 20) - 64]
+
+    async def main() -> None:
+        async with af.AsyncClient(daemon.socket, agent="bulk") as client:
+            checks = [client.check(text, "python") for _ in range(4)]
+            ping = client.ping()
+            assert all(r.clean for r in await asyncio.gather(*checks))
+            assert (await ping).agent == "bulk"
 
     asyncio.run(main())
