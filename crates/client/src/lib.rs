@@ -166,7 +166,7 @@ impl Client {
 
     /// Queues a request without writing it yet; returns the id its reply carries.
     /// A pipelining caller feeds a burst of requests and [`Client::flush`]es them
-    /// with one write instead of one per request (the Python `AsyncClient`).
+    /// with one write instead of one per request.
     ///
     /// # Errors
     /// Socket write errors (when the queue is large enough to be written now).
