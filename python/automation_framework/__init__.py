@@ -12,15 +12,18 @@ protocol and client crates (the native module ``_native``); this module adds
 
 ``check()`` scans a text with the daemon's content rules; ``admit(...,
 payload=...)`` has the content guard vote on the code or text a call will run
-or send. Not here yet, and added with the protocol requests they need:
-``lease()``, ``route()``, and ``admit``'s ``lease`` and ``wait`` arguments.
+or send. ``route()`` says which service of a chain to call now (``admit(...,
+route=...)`` admits it); ``lease()`` and ``lease_held()`` take named exclusive
+leases; ``admit(..., wait=...)`` waits for a bulkhead permit; ``report(...,
+retryable=True)`` gets the daemon's retry advice, which ``retrying()`` follows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import TypeVar
 
@@ -33,9 +36,15 @@ from ._native import (
     BudgetEntry,
     CheckResult,
     Decision,
+    InFlight,
+    Lease,
+    LeaseHolder,
     Pong,
     Quota,
     Report,
+    RetryAdvice,
+    RouteResult,
+    RouteSkip,
     Status,
     Violation,
     Vote,
@@ -43,7 +52,7 @@ from ._native import (
 )
 from ._native import AsyncClient as _NativeAsyncClient
 from ._native import Client as _NativeClient
-from ._retry import Backoff, daemon_advice
+from ._retry import RetryState
 from .errors import (
     AutomationFrameworkError,
     ClientClosed,
@@ -55,6 +64,7 @@ from .errors import (
     Denied,
     InternalError,
     InvalidArgument,
+    LeaseHeld,
     NotPermitted,
     ProtocolError,
     RequestTimeout,
@@ -69,10 +79,15 @@ __all__ = [
     "AsyncClient",
     "Call",
     "AsyncCall",
-    "Backoff",
     "Decision",
     "Vote",
     "Report",
+    "RetryAdvice",
+    "RouteResult",
+    "RouteSkip",
+    "Lease",
+    "LeaseHolder",
+    "InFlight",
     "Breaker",
     "Budget",
     "BudgetEntry",
@@ -87,6 +102,7 @@ __all__ = [
     "errors",
     "AutomationFrameworkError",
     "Denied",
+    "LeaseHeld",
     "DaemonError",
     "InvalidArgument",
     "UnknownService",
@@ -116,7 +132,8 @@ class Client(_NativeClient):
     the per-user path); the agent defaults to ``$AUTOMATION_FRAMEWORK_AGENT``,
     else ``"python"``. It connects at once (``connect=False``: at the first
     request) and again whenever the connection was found broken, e.g. after
-    the daemon restarted.
+    the daemon restarted. Leases are held by the connection: closing the
+    client (or losing the connection) releases them.
     """
 
     def __enter__(self) -> Client:
@@ -132,7 +149,7 @@ class Client(_NativeClient):
 
     def call(
         self,
-        service: str,
+        service: str | None = None,
         *,
         cost: float | None = None,
         units: int | None = None,
@@ -141,6 +158,10 @@ class Client(_NativeClient):
         output_units: int | None = None,
         agent: str | None = None,
         payload: Payload | None = None,
+        lease: str | None = None,
+        wait: float | None = None,
+        route: str | None = None,
+        attempt: int = 1,
         retry_on: tuple[type[BaseException], ...] = DEFAULT_RETRY_ON,
     ) -> Call:
         """Admit on ``with``, report on leaving it (see ``Call``).
@@ -148,7 +169,14 @@ class Client(_NativeClient):
         ``cost``, ``units``, ``input_units`` and ``output_units`` are the
         estimates to admit with; set the actual values on the call object.
         ``payload`` (the text, or ``(text, lang)``) has the content guard vote
-        on what the call will run or send.
+        on what the call will run or send. ``route`` instead of ``service``
+        lets the daemon choose the service (``call.service`` names it);
+        ``lease`` is a lease the call needs, held until the report; ``wait``
+        (seconds) waits for a bulkhead permit; ``attempt`` says which attempt
+        this is. A failure raised with ``retryable = True`` (or one of
+        ``retry_on``) is reported retryable, with the exception's
+        ``retry_after`` (seconds) if it has one; ``call.advice`` is then the
+        daemon's retry advice.
         """
         return Call(
             self,
@@ -160,14 +188,43 @@ class Client(_NativeClient):
             output_units=output_units,
             agent=agent,
             payload=payload,
+            lease=lease,
+            wait=wait,
+            route=route,
+            attempt=attempt,
             retry_on=retry_on,
         )
+
+    @contextmanager
+    def lease_held(self, name: str, *, ttl: float | None = None) -> Iterator[Lease]:
+        """``with client.lease_held("deploy", ttl=30):`` takes the lease for the
+        block and gives it back after it (also when it raises).
+
+        Raises ``LeaseHeld`` (with ``.holder``) when another session holds it.
+        ``ttl`` (seconds; default the daemon's ``leases.default_ttl``) must
+        cover the block, or the lease expires under it: renew it with
+        ``client.lease(name, ttl=...)`` from inside.
+        """
+        lease = self.lease(name, ttl=ttl)
+        if not lease.granted:
+            raise LeaseHeld(lease)
+        try:
+            yield lease
+        except BaseException as exc:
+            try:
+                self.lease(name, release=True)
+            except Exception as release_error:
+                exc.add_note(
+                    f"automation_framework: releasing lease {name!r} failed: {release_error!r}"
+                )
+            raise
+        self.lease(name, release=True)
 
     def retrying(
         self,
         fn: Callable[[Call], T],
         *,
-        service: str,
+        service: str | None = None,
         cost: float | None = None,
         units: int | None = None,
         model: str | None = None,
@@ -175,21 +232,27 @@ class Client(_NativeClient):
         output_units: int | None = None,
         agent: str | None = None,
         payload: Payload | None = None,
-        backoff: Backoff | None = None,
+        lease: str | None = None,
+        wait: float | None = None,
+        route: str | None = None,
+        attempts: int | None = None,
+        max_wait: float = 60.0,
         retry_on: tuple[type[BaseException], ...] = DEFAULT_RETRY_ON,
         sleep: Callable[[float], object] = time.sleep,
     ) -> T:
-        """Runs ``fn(call)`` inside ``self.call(service, ...)``, again when it is
-        worth it, and returns what it returns.
+        """Runs ``fn(call)`` inside ``self.call(...)``, again as the daemon
+        advises, and returns what it returns.
 
-        A denial with a ``retry_after`` is waited out; one without is raised at
-        once. A failure is retried when retryable (see ``Call``), after the
-        backoff. Attempts and the total wait are bounded by ``backoff``; the
-        last ``Denied`` or exception is raised. ``sleep`` is injectable for tests.
+        A retryable failure is reported with its attempt number; when the
+        daemon's advice says retry, the helper sleeps ``advice.after`` and
+        admits again with ``attempt=advice.attempt``; when it says give up, the
+        exception is raised with ``retry_advice`` set and its reason in a note.
+        A denial with a ``retry_after`` is waited out; one without, or a
+        ``Retry`` denial (the service's retry budget is spent), is raised at
+        once. ``max_wait`` bounds the total sleep, ``attempts`` (optional) the
+        admissions. ``sleep`` is injectable for tests.
         """
-        policy = backoff or Backoff()
-        waited = 0.0
-        attempt = 1
+        state = RetryState(attempts=attempts, max_wait=max_wait)
         while True:
             call = self.call(
                 service,
@@ -200,24 +263,24 @@ class Client(_NativeClient):
                 output_units=output_units,
                 agent=agent,
                 payload=payload,
+                lease=lease,
+                wait=wait,
+                route=route,
+                attempt=state.admitting(),
                 retry_on=retry_on,
             )
             try:
                 with call:
                     return fn(call)
             except Denied as denied:
-                delay = policy.after_denial(denied.retry_after)
-                if delay is None or attempt >= policy.attempts or waited + delay > policy.max_wait:
+                delay = state.after_denial(denied)
+                if delay is None:
                     raise
-            except Exception:
-                if call.decision is None or not call.retryable or attempt >= policy.attempts:
-                    raise
-                delay = policy.after_failure(attempt, advice=daemon_advice(call.report))
-                if waited + delay > policy.max_wait:
+            except Exception as exc:
+                delay = state.after_failure(exc, call)
+                if delay is None:
                     raise
             sleep(delay)
-            waited += delay
-            attempt += 1
 
 
 class AsyncClient(_NativeAsyncClient):
@@ -239,7 +302,7 @@ class AsyncClient(_NativeAsyncClient):
 
     def call(
         self,
-        service: str,
+        service: str | None = None,
         *,
         cost: float | None = None,
         units: int | None = None,
@@ -248,9 +311,13 @@ class AsyncClient(_NativeAsyncClient):
         output_units: int | None = None,
         agent: str | None = None,
         payload: Payload | None = None,
+        lease: str | None = None,
+        wait: float | None = None,
+        route: str | None = None,
+        attempt: int = 1,
         retry_on: tuple[type[BaseException], ...] = DEFAULT_RETRY_ON,
     ) -> AsyncCall:
-        """Admit on ``async with``, report on leaving it (see ``Call``)."""
+        """Admit on ``async with``, report on leaving it (see ``Client.call``)."""
         return AsyncCall(
             self,
             service,
@@ -261,14 +328,37 @@ class AsyncClient(_NativeAsyncClient):
             output_units=output_units,
             agent=agent,
             payload=payload,
+            lease=lease,
+            wait=wait,
+            route=route,
+            attempt=attempt,
             retry_on=retry_on,
         )
+
+    @asynccontextmanager
+    async def lease_held(self, name: str, *, ttl: float | None = None) -> AsyncIterator[Lease]:
+        """``async with client.lease_held("deploy", ttl=30):`` (see
+        ``Client.lease_held``)."""
+        lease = await self.lease(name, ttl=ttl)
+        if not lease.granted:
+            raise LeaseHeld(lease)
+        try:
+            yield lease
+        except BaseException as exc:
+            try:
+                await self.lease(name, release=True)
+            except Exception as release_error:
+                exc.add_note(
+                    f"automation_framework: releasing lease {name!r} failed: {release_error!r}"
+                )
+            raise
+        await self.lease(name, release=True)
 
     async def retrying(
         self,
         fn: Callable[[AsyncCall], Awaitable[T]],
         *,
-        service: str,
+        service: str | None = None,
         cost: float | None = None,
         units: int | None = None,
         model: str | None = None,
@@ -276,14 +366,17 @@ class AsyncClient(_NativeAsyncClient):
         output_units: int | None = None,
         agent: str | None = None,
         payload: Payload | None = None,
-        backoff: Backoff | None = None,
+        lease: str | None = None,
+        wait: float | None = None,
+        route: str | None = None,
+        attempts: int | None = None,
+        max_wait: float = 60.0,
         retry_on: tuple[type[BaseException], ...] = DEFAULT_RETRY_ON,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> T:
-        """``Client.retrying`` for a coroutine function ``fn(call)``."""
-        policy = backoff or Backoff()
-        waited = 0.0
-        attempt = 1
+        """``Client.retrying`` for a coroutine function ``fn(call)``; sleeps with
+        ``asyncio.sleep``."""
+        state = RetryState(attempts=attempts, max_wait=max_wait)
         while True:
             call = self.call(
                 service,
@@ -294,21 +387,21 @@ class AsyncClient(_NativeAsyncClient):
                 output_units=output_units,
                 agent=agent,
                 payload=payload,
+                lease=lease,
+                wait=wait,
+                route=route,
+                attempt=state.admitting(),
                 retry_on=retry_on,
             )
             try:
                 async with call:
                     return await fn(call)
             except Denied as denied:
-                delay = policy.after_denial(denied.retry_after)
-                if delay is None or attempt >= policy.attempts or waited + delay > policy.max_wait:
+                delay = state.after_denial(denied)
+                if delay is None:
                     raise
-            except Exception:
-                if call.decision is None or not call.retryable or attempt >= policy.attempts:
-                    raise
-                delay = policy.after_failure(attempt, advice=daemon_advice(call.report))
-                if waited + delay > policy.max_wait:
+            except Exception as exc:
+                delay = state.after_failure(exc, call)
+                if delay is None:
                     raise
             await sleep(delay)
-            waited += delay
-            attempt += 1

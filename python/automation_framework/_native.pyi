@@ -1,8 +1,7 @@
 """Type stubs of the native module (``src/*.rs``).
 
-Room is left, clearly, for what other issues add to the protocol: ``lease()``,
-``route()``, and ``admit``'s ``lease`` and ``wait`` keywords. They appear here
-when the daemon understands them, not before.
+Durations are seconds (``float``), as ``time.sleep`` takes them; the wire's
+exact milliseconds are beside them where a reply carries them (``*_ms``).
 """
 
 from collections.abc import Awaitable
@@ -41,7 +40,10 @@ class Decision:
         """Hand it back in ``report`` (present when allowed)."""
     @property
     def guard(self) -> str | None:
-        """When denied: ``"content"``, ``"rate"``, ``"breaker"``, ``"budget"`` or ``"quota"``."""
+        """When denied: ``"content"``, ``"breaker"``, ``"retry"`` (the service's
+        retry budget, on an ``attempt > 1``), ``"concurrency"`` (a bulkhead),
+        ``"lease"`` (held by another session), ``"rate"``, ``"quota"`` or
+        ``"budget"``."""
     @property
     def rule(self) -> str | None: ...
     @property
@@ -57,6 +59,10 @@ class Decision:
     @property
     def cost(self) -> float | None:
         """When allowed: the estimate reserved against the budgets (USD)."""
+    @property
+    def service(self) -> str | None:
+        """The service a ``route`` chose (when allowed; the last one tried when
+        denied); ``None`` when the admission named its service."""
     def __bool__(self) -> bool: ...
 
 @final
@@ -72,6 +78,124 @@ class Report:
     def breaker(self) -> str | None: ...
     @property
     def charged(self) -> float | None: ...
+    @property
+    def retry(self) -> RetryAdvice | None:
+        """For a failure reported ``retryable=True``: the daemon's advice.
+        ``None`` otherwise, and for a duplicate."""
+
+@final
+class RetryAdvice:
+    """Whether to retry a failed call, and when: the daemon's backoff (per
+    ``[retry]``), the upstream's Retry-After, the breaker and the service's
+    retry budget shared by every agent, combined. Truthy when it says retry."""
+
+    @property
+    def retry(self) -> bool:
+        """Retry; ``False``: give up (the attempts are used up, the breaker is
+        forced open, or the retry budget is spent)."""
+    @property
+    def after(self) -> float | None:
+        """When retrying: seconds to wait first."""
+    @property
+    def after_ms(self) -> int | None: ...
+    @property
+    def attempt(self) -> int:
+        """The ``attempt`` to pass to the retry's ``admit`` (and ``report``)."""
+    @property
+    def reason(self) -> str:
+        """Why, for humans: ``retry 2 of at most 3 after exponential backoff``,
+        ``attempt 3 was the last of 3: give up``, ``retry budget spent: ...``."""
+    def __bool__(self) -> bool: ...
+
+@final
+class RouteSkip:
+    """A service a route passed over."""
+
+    @property
+    def service(self) -> str: ...
+    @property
+    def guard(self) -> str:
+        """The guard that ruled it out (``"breaker"``, ``"rate"``, ``"budget"``, ...)."""
+    @property
+    def reason(self) -> str: ...
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds until it might fit, when known."""
+
+@final
+class RouteResult:
+    """Which service of a chain to call now; truthy when one fits. Nothing is
+    taken: ``admit(route=...)`` (or ``admit(service)``) takes it."""
+
+    @property
+    def service(self) -> str | None:
+        """The first service that would be admitted now; ``None`` when none."""
+    @property
+    def skipped(self) -> list[RouteSkip]:
+        """The services before it (all of them when none fits), and why."""
+    @property
+    def retry_after(self) -> float | None:
+        """When none fits: seconds until the soonest might, if known."""
+    @property
+    def retry_after_ms(self) -> int | None: ...
+    def __bool__(self) -> bool: ...
+
+@final
+class LeaseHolder:
+    """The session (one connection of one process) holding a lease."""
+
+    @property
+    def agent(self) -> str: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def uid(self) -> int: ...
+    @property
+    def session(self) -> int: ...
+    @property
+    def expires_in(self) -> float:
+        """Seconds left on its lease unless renewed."""
+    @property
+    def expires_in_ms(self) -> int: ...
+
+@final
+class Lease:
+    """A named lease after ``lease()``; truthy when this connection holds it."""
+
+    @property
+    def granted(self) -> bool:
+        """This connection holds the lease now (``False`` after a release)."""
+    @property
+    def name(self) -> str: ...
+    @property
+    def expires_in(self) -> float | None:
+        """When granted: seconds left on it unless renewed."""
+    @property
+    def expires_in_ms(self) -> int | None: ...
+    @property
+    def holder(self) -> LeaseHolder | None:
+        """When refused: who holds it."""
+    @property
+    def released(self) -> bool:
+        """A release found the lease held by this connection and gave it back."""
+    def __bool__(self) -> bool: ...
+
+@final
+class InFlight:
+    """One bulkhead key's calls in flight (``Status.in_flight``)."""
+
+    @property
+    def bulkhead(self) -> str: ...
+    @property
+    def key(self) -> str:
+        """The service, agent or ``agent/service`` the permits are counted for."""
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def limit(self) -> int: ...
+    @property
+    def waiting(self) -> int:
+        """Admissions waiting in line for a permit."""
 
 @final
 class Breaker:
@@ -174,6 +298,12 @@ class Status:
     def budget_spent(self) -> float: ...
     @property
     def budget_limit(self) -> float: ...
+    @property
+    def leases_held(self) -> int:
+        """Named leases held right now, by every session."""
+    @property
+    def in_flight(self) -> list[InFlight]:
+        """One entry per bulkhead key with calls in flight or waiting."""
 
 @final
 class Violation:
@@ -252,7 +382,7 @@ class Client:
     def agent(self) -> str: ...
     def admit(
         self,
-        service: str,
+        service: str | None = None,
         *,
         cost: float | None = None,
         units: int | None = None,
@@ -261,6 +391,10 @@ class Client:
         output_units: int | None = None,
         agent: str | None = None,
         payload: str | tuple[str, str | None] | None = None,
+        lease: str | None = None,
+        wait: float | None = None,
+        route: str | None = None,
+        attempt: int = 1,
     ) -> Decision:
         """May this call be made now? A denial is a falsy ``Decision``, not an error.
 
@@ -269,7 +403,49 @@ class Client:
         (``guard="content"`` and the rule's id when it denies). Refused with
         ``InvalidArgument`` when content checks are disabled, the text is too
         large or the language unknown; nothing is taken then.
+
+        ``route``, instead of ``service``: a ``[[routes]]`` name; the first
+        service of its chain that would be admitted is, and ``Decision.service``
+        names it (when all deny, the denial lists why each was skipped).
+        ``lease``: a named lease the call needs: denied (``guard="lease"``)
+        while another session holds it, else taken and held until the report.
+        ``wait``: seconds to wait for a bulkhead permit, first come first
+        served, instead of a denial at once (the daemon caps it at
+        ``concurrency.max_wait``; the reply, and those behind it on this
+        connection, come that much later, and the client's timeout is
+        extended by it). ``attempt``: 1 for a first call, ``advice.attempt``
+        for a retry; a retry counts against the service's retry budget, whose
+        ``"retry"`` guard may deny it.
         """
+    def route(
+        self,
+        route: str | None = None,
+        *,
+        chain: list[str] | None = None,
+        units: int | None = None,
+        cost: float | None = None,
+        model: str | None = None,
+        agent: str | None = None,
+    ) -> RouteResult:
+        """Which service to call now: the first of a configured route (by name)
+        or of ``chain`` (services in order of preference, at most 32) that
+        ``admit`` would admit at this instant (breaker, retry budget, limits
+        and quotas for ``units``, its price within the budgets). Takes nothing.
+        ``InvalidArgument`` for an unknown route (the message lists them)."""
+    def lease(
+        self,
+        name: str,
+        *,
+        ttl: float | None = None,
+        release: bool = False,
+        agent: str | None = None,
+    ) -> Lease:
+        """Takes the named lease for ``ttl`` seconds (default the daemon's
+        ``leases.default_ttl``, at most ``leases.max_ttl``), or renews it when
+        this connection holds it; a falsy ``Lease`` naming the ``holder`` when
+        another session does. ``release=True`` gives it back. A lease ends with
+        its release, its TTL, or this connection (``close()``, a lost
+        connection); a daemon restart frees every lease."""
     def check(self, text: str, lang: str | None = None) -> CheckResult:
         """Scans ``text`` with the daemon's content rules (built-in and the
         operator's) for dangerous calls, hard-coded secrets and hostile
@@ -296,9 +472,17 @@ class Client:
         output_units: int | None = None,
         idempotency_key: str | None = None,
         agent: str | None = None,
+        retryable: bool = False,
+        attempt: int | None = None,
+        retry_after: float | None = None,
     ) -> Report:
         """How the call went. Give the reservation (or its ``Decision``), or
-        ``service`` for a call made without admission. Idempotent per key."""
+        ``service`` for a call made without admission. Idempotent per key.
+
+        A failure with ``retryable=True`` (a timeout, a 429, a 5xx) gets the
+        daemon's retry advice in ``Report.retry``. ``attempt``: which attempt
+        this was (default the admission's); ``retry_after``: the upstream's
+        Retry-After in seconds, so the advice is never sooner."""
     def budget(self, agent: str | None = None) -> Budget: ...
     def breakers(self, service: str | None = None) -> list[Breaker]: ...
     def quotas(self, quota: str | None = None) -> list[Quota]: ...
@@ -326,7 +510,7 @@ class AsyncClient:
     def agent(self) -> str: ...
     def admit(
         self,
-        service: str,
+        service: str | None = None,
         *,
         cost: float | None = None,
         units: int | None = None,
@@ -335,8 +519,34 @@ class AsyncClient:
         output_units: int | None = None,
         agent: str | None = None,
         payload: str | tuple[str, str | None] | None = None,
+        lease: str | None = None,
+        wait: float | None = None,
+        route: str | None = None,
+        attempt: int = 1,
     ) -> Awaitable[Decision]:
-        """``Client.admit``, awaitable."""
+        """``Client.admit``, awaitable. An admission waiting for a bulkhead
+        permit (``wait``) does not block the event loop; replies to the
+        requests sent after it on this client come after it."""
+    def route(
+        self,
+        route: str | None = None,
+        *,
+        chain: list[str] | None = None,
+        units: int | None = None,
+        cost: float | None = None,
+        model: str | None = None,
+        agent: str | None = None,
+    ) -> Awaitable[RouteResult]:
+        """``Client.route``, awaitable."""
+    def lease(
+        self,
+        name: str,
+        *,
+        ttl: float | None = None,
+        release: bool = False,
+        agent: str | None = None,
+    ) -> Awaitable[Lease]:
+        """``Client.lease``, awaitable; the lease is held by this client's connection."""
     def check(self, text: str, lang: str | None = None) -> Awaitable[CheckResult]:
         """``Client.check``, awaitable. The scan runs on a daemon thread of its
         own; requests behind it on this connection are not held up by it on
@@ -354,7 +564,11 @@ class AsyncClient:
         output_units: int | None = None,
         idempotency_key: str | None = None,
         agent: str | None = None,
-    ) -> Awaitable[Report]: ...
+        retryable: bool = False,
+        attempt: int | None = None,
+        retry_after: float | None = None,
+    ) -> Awaitable[Report]:
+        """``Client.report``, awaitable."""
     def budget(self, agent: str | None = None) -> Awaitable[Budget]: ...
     def breakers(self, service: str | None = None) -> Awaitable[list[Breaker]]: ...
     def quotas(self, quota: str | None = None) -> Awaitable[list[Quota]]: ...

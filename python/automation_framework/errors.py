@@ -17,11 +17,12 @@ import builtins
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._native import Decision
+    from ._native import Decision, Lease, LeaseHolder
 
 __all__ = [
     "AutomationFrameworkError",
     "Denied",
+    "LeaseHeld",
     "DaemonError",
     "InvalidArgument",
     "UnknownService",
@@ -89,6 +90,42 @@ class Denied(AutomationFrameworkError):
 
     def __reduce__(self) -> tuple[object, ...]:
         # Decision is a native object; pickle (multiprocessing) carries the text.
+        return (AutomationFrameworkError, (self.message, self.code))
+
+
+class LeaseHeld(AutomationFrameworkError):
+    """``lease_held()`` could not take the lease: another session holds it.
+
+    ``holder`` names that session (``agent``, ``pid``, ``uid``, ``session``,
+    ``expires_in``); ``retry_after`` is when its lease runs out unless renewed
+    (seconds). ``lease`` is the daemon's whole answer.
+    """
+
+    lease: Lease
+    name: str
+    holder: LeaseHolder | None
+    retry_after: float | None
+
+    def __init__(self, lease: Lease) -> None:
+        holder = lease.holder
+        who = (
+            f"agent {holder.agent!r} (pid {holder.pid}, uid {holder.uid}, session "
+            f"{holder.session}) for {holder.expires_in:.3f}s more unless renewed"
+            if holder is not None
+            else "another session"
+        )
+        super().__init__(
+            f"lease {lease.name!r} is held by {who}; wait for it to be released or to "
+            "expire, or ask its holder",
+            None,
+        )
+        self.lease = lease
+        self.name = lease.name
+        self.holder = holder
+        self.retry_after = holder.expires_in if holder is not None else None
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Lease is a native object; pickle (multiprocessing) carries the text.
         return (AutomationFrameworkError, (self.message, self.code))
 
 

@@ -54,8 +54,9 @@ def complete(client: af.Client, prompt: str, *, max_tokens: int = 256, rng: rand
         return completion.text
 
     # Denials with a retry_after are waited out; RateLimitedByVendor is retried
-    # with backoff; anything else, or a denial that waiting cannot cure (budget
-    # spent, breaker forced open), is raised.
+    # when and as often as the daemon advises (its backoff, the breaker, the
+    # retry budget shared by every agent); anything else, or a denial that
+    # waiting cannot cure (budget spent, breaker forced open), is raised.
     return client.retrying(attempt, service="openai", cost=estimate, model="gpt-4o")
 
 

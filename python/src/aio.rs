@@ -19,7 +19,10 @@
 //!   writes the requests they made at once. A round trip of a batch costs one
 //!   `send`, one `recv` and two `epoll_wait`s, whatever its size.
 //! * One timer (`call_later`), armed for the oldest pending request, enforces
-//!   `timeout`; it is not re-armed per request.
+//!   `timeout`; it is not re-armed per request. The timeout counts from the
+//!   later of the request and the previous reply, plus the request's own
+//!   `wait` (an admission waiting for a bulkhead permit is answered late on
+//!   purpose, and the replies behind it, which come in request order, with it).
 //!
 //! An earlier design ran the connection on a tokio thread and handed results to
 //! the loop through a wake-up socket; its hand-offs cost more CPU per request
@@ -99,6 +102,9 @@ pub struct AsyncClient {
     /// last reply: one is allowed, so a daemon that accepts and drops every
     /// connection cannot make the client spin.
     reconnects: u32,
+    /// When the last reply came: a request queued behind a slow one (replies
+    /// come in request order) has its timeout counted from then.
+    last_reply: Option<Instant>,
     /// Counts connections made, so a callback can tell that the connection it
     /// was working on has been replaced.
     generation: u64,
@@ -110,6 +116,8 @@ struct Waiting {
     id: u64,
     future: Py<PyAny>,
     since: Instant,
+    /// How much later than `timeout` its reply may come (an admission's `wait`).
+    grace: Duration,
 }
 
 /// A request whose frame (`len` bytes of `out`) is not completely written.
@@ -164,6 +172,7 @@ impl AsyncClient {
             flush_scheduled: false,
             timer: None,
             reconnects: 0,
+            last_reply: None,
             generation: 0,
             closed: false,
         })
@@ -179,11 +188,11 @@ impl AsyncClient {
         &self.agent
     }
 
-    #[pyo3(signature = (service, *, cost=None, units=None, model=None, input_units=None, output_units=None, agent=None, payload=None))]
+    #[pyo3(signature = (service=None, *, cost=None, units=None, model=None, input_units=None, output_units=None, agent=None, payload=None, lease=None, wait=None, route=None, attempt=1))]
     #[allow(clippy::too_many_arguments)]
     fn admit<'py>(
         slf: &Bound<'py, Self>,
-        service: String,
+        service: Option<String>,
         cost: Option<f64>,
         units: Option<u32>,
         model: Option<String>,
@@ -191,21 +200,56 @@ impl AsyncClient {
         output_units: Option<u32>,
         agent: Option<String>,
         payload: Option<&Bound<'py, PyAny>>,
+        lease: Option<String>,
+        wait: Option<f64>,
+        route: Option<String>,
+        attempt: u32,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let payload = requests::payload_arg(slf.py(), payload)?;
-        submit(
-            slf,
-            requests::admit(
-                service,
-                cost,
-                units,
-                model,
-                input_units,
-                output_units,
-                agent,
-                payload,
-            ),
-        )
+        let py = slf.py();
+        let payload = requests::payload_arg(py, payload)?;
+        let request = requests::admit(
+            py,
+            service,
+            cost,
+            units,
+            model,
+            input_units,
+            output_units,
+            agent,
+            payload,
+            lease,
+            wait,
+            route,
+            attempt,
+        )?;
+        submit(slf, request)
+    }
+
+    #[pyo3(signature = (route=None, *, chain=None, units=None, cost=None, model=None, agent=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn route<'py>(
+        slf: &Bound<'py, Self>,
+        route: Option<String>,
+        chain: Option<Vec<String>>,
+        units: Option<u32>,
+        cost: Option<f64>,
+        model: Option<String>,
+        agent: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let request = requests::route(slf.py(), route, chain, units, cost, model, agent)?;
+        submit(slf, request)
+    }
+
+    #[pyo3(signature = (name, *, ttl=None, release=false, agent=None))]
+    fn lease<'py>(
+        slf: &Bound<'py, Self>,
+        name: String,
+        ttl: Option<f64>,
+        release: bool,
+        agent: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let request = requests::lease(slf.py(), name, ttl, release, agent)?;
+        submit(slf, request)
     }
 
     #[pyo3(signature = (text, lang=None))]
@@ -218,7 +262,7 @@ impl AsyncClient {
         submit(slf, Request::Check(payload))
     }
 
-    #[pyo3(signature = (reservation=None, *, success=true, service=None, units=None, latency=None, cost=None, input_units=None, output_units=None, idempotency_key=None, agent=None))]
+    #[pyo3(signature = (reservation=None, *, success=true, service=None, units=None, latency=None, cost=None, input_units=None, output_units=None, idempotency_key=None, agent=None, retryable=false, attempt=None, retry_after=None))]
     #[allow(clippy::too_many_arguments)]
     fn report<'py>(
         slf: &Bound<'py, Self>,
@@ -232,6 +276,9 @@ impl AsyncClient {
         output_units: Option<u32>,
         idempotency_key: Option<String>,
         agent: Option<String>,
+        retryable: bool,
+        attempt: Option<u32>,
+        retry_after: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let request = requests::report(
             slf.py(),
@@ -245,6 +292,9 @@ impl AsyncClient {
             output_units,
             idempotency_key,
             agent,
+            retryable,
+            attempt,
+            retry_after,
         )?;
         submit(slf, request)
     }
@@ -341,8 +391,8 @@ impl AsyncClient {
         let result = {
             let mut this = borrow(slf)?;
             this.timer = None;
-            if let (Some(after), Some(oldest)) = (this.timeout, this.oldest()) {
-                if oldest.elapsed() >= after {
+            if let (Some(after), Some(deadline)) = (this.timeout, this.deadline()) {
+                if Instant::now() >= deadline {
                     this.fail_everything(slf.as_any(), Failure::Timeout(after), &mut done);
                 }
             }
@@ -367,6 +417,7 @@ fn submit<'py>(slf: &Bound<'py, AsyncClient>, request: Request) -> PyResult<Boun
         }
         this.bind_loop(obj, &event_loop)?;
         let id = this.next_id;
+        let grace = requests::reply_grace(&request);
         let start = this.out.len();
         let frame = ClientFrame::Request(Envelope { id, request });
         if let Err(err) = encode_frame_into(&mut this.out, &frame) {
@@ -385,6 +436,7 @@ fn submit<'py>(slf: &Bound<'py, AsyncClient>, request: Request) -> PyResult<Boun
                 id,
                 future: future.clone().unbind(),
                 since: Instant::now(),
+                grace,
             },
             len,
         });
@@ -808,6 +860,7 @@ impl AsyncClient {
                     return self.broken(obj, failure, done);
                 }
                 self.reconnects = 0;
+                self.last_reply = Some(Instant::now());
                 done.push((waiting.future, Ok(reply.response)));
                 Ok(())
             }
@@ -879,20 +932,25 @@ impl AsyncClient {
         self.finish_if_closed(obj.py());
     }
 
-    /// When the oldest pending request was made.
-    fn oldest(&self) -> Option<Instant> {
-        self.in_flight
+    /// When the oldest pending request times out (see the module doc).
+    fn deadline(&self) -> Option<Instant> {
+        let after = self.timeout?;
+        let oldest = self
+            .in_flight
             .front()
-            .or_else(|| self.queued.front().map(|q| &q.waiting))
-            .map(|w| w.since)
+            .or_else(|| self.queued.front().map(|q| &q.waiting))?;
+        let start = self
+            .last_reply
+            .map_or(oldest.since, |last| last.max(oldest.since));
+        Some(start + after + oldest.grace)
     }
 
     fn arm_timer(&mut self, obj: &Bound<'_, PyAny>) -> PyResult<()> {
-        let (Some(after), Some(oldest), None) = (self.timeout, self.oldest(), &self.timer) else {
+        let (Some(deadline), None) = (self.deadline(), &self.timer) else {
             return Ok(());
         };
         let py = obj.py();
-        let delay = (oldest + after).saturating_duration_since(Instant::now());
+        let delay = deadline.saturating_duration_since(Instant::now());
         let handle = self.event_loop(py)?.call_method1(
             intern!(py, "call_later"),
             (delay.as_secs_f64(), obj.getattr(intern!(py, "_on_timer"))?),

@@ -42,6 +42,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::PongReply>()?;
     m.add_class::<types::CheckResult>()?;
     m.add_class::<types::Violation>()?;
+    m.add_class::<types::RetryAdvice>()?;
+    m.add_class::<types::RouteResult>()?;
+    m.add_class::<types::RouteSkip>()?;
+    m.add_class::<types::Lease>()?;
+    m.add_class::<types::LeaseHolder>()?;
+    m.add_class::<types::InFlight>()?;
     m.add(
         "PROTOCOL_VERSION",
         automation_framework_protocol::PROTOCOL_VERSION,

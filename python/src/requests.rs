@@ -5,8 +5,8 @@ use pyo3::prelude::*;
 
 use automation_framework_protocol::frame::MAX_PAYLOAD_LEN;
 use automation_framework_protocol::{
-    AdmitRequest, BreakersRequest, BudgetRequest, Outcome, Payload, QuotasRequest, ReportRequest,
-    Request,
+    AdmitRequest, BreakersRequest, BudgetRequest, LeaseRequest, Outcome, Payload, QuotasRequest,
+    ReportRequest, Request, RouteRequest,
 };
 
 use crate::errors::invalid_argument;
@@ -15,15 +15,12 @@ use crate::types::Decision;
 /// The name a `Hello` carries for this package, in the daemon's logs.
 pub const CLIENT_NAME: &str = concat!("automation-framework-python/", env!("CARGO_PKG_VERSION"));
 
-/// `admit` (see `_native.pyi` for the meaning of each argument).
-//
-// Room for the admission fields other issues add to the protocol: `lease` and
-// `wait` (bulkheads and leases, retry advice's `attempt`). They join this
-// signature, the stubs and `Call` when the `AdmitRequest` fields exist; until
-// then the daemon would refuse them.
+/// `admit` (see `_native.pyi` for the meaning of each argument). `wait` is
+/// in seconds, as everywhere in the Python API; the wire counts milliseconds.
 #[allow(clippy::too_many_arguments)]
 pub fn admit(
-    service: String,
+    py: Python<'_>,
+    service: Option<String>,
     cost: Option<f64>,
     units: Option<u32>,
     model: Option<String>,
@@ -31,8 +28,31 @@ pub fn admit(
     output_units: Option<u32>,
     agent: Option<String>,
     payload: Option<Payload>,
-) -> Request {
-    Request::Admit(AdmitRequest {
+    lease: Option<String>,
+    wait: Option<f64>,
+    route: Option<String>,
+    attempt: u32,
+) -> PyResult<Request> {
+    let service = match (service, &route) {
+        (Some(service), None) => service,
+        (None, Some(_)) => String::new(),
+        (Some(service), Some(route)) => {
+            return Err(invalid_argument(
+                py,
+                format!(
+                    "give the service ({service:?}) or a route ({route:?}), not both: a route \
+                     chooses the service itself"
+                ),
+            ))
+        }
+        (None, None) => {
+            return Err(invalid_argument(
+                py,
+                "give the service to admit, or route= to let a configured route choose it".into(),
+            ))
+        }
+    };
+    Ok(Request::Admit(AdmitRequest {
         agent,
         service,
         units: units.unwrap_or(1),
@@ -41,8 +61,79 @@ pub fn admit(
         input_units: input_units.unwrap_or(0),
         output_units: output_units.unwrap_or(0),
         payload,
-        ..AdmitRequest::default()
-    })
+        attempt,
+        wait_ms: millis(py, "wait", wait)?,
+        lease,
+        route,
+    }))
+}
+
+/// How much longer than the client's timeout a reply may take: an admission
+/// that waits for a bulkhead permit is answered when it gets one (or gives up).
+pub fn reply_grace(request: &Request) -> std::time::Duration {
+    match request {
+        Request::Admit(AdmitRequest {
+            wait_ms: Some(ms), ..
+        }) => std::time::Duration::from_millis(*ms),
+        _ => std::time::Duration::ZERO,
+    }
+}
+
+/// Seconds (as Python gives durations) to whole milliseconds, rounded up so a
+/// wait or a Retry-After is never made shorter than asked.
+pub fn millis(py: Python<'_>, name: &str, seconds: Option<f64>) -> PyResult<Option<u64>> {
+    match seconds {
+        None => Ok(None),
+        Some(s) if (0.0..=1e12).contains(&s) => Ok(Some((s * 1000.0).ceil() as u64)),
+        Some(s) => Err(invalid_argument(
+            py,
+            format!("{name} must be a finite number of seconds >= 0, got {s}"),
+        )),
+    }
+}
+
+/// `route`: a configured route by name, or a chain of services given here.
+pub fn route(
+    py: Python<'_>,
+    route: Option<String>,
+    chain: Option<Vec<String>>,
+    units: Option<u32>,
+    cost: Option<f64>,
+    model: Option<String>,
+    agent: Option<String>,
+) -> PyResult<Request> {
+    if route.is_some() == chain.is_some() {
+        return Err(invalid_argument(
+            py,
+            "give a configured route's name, or chain= (services in order of preference), \
+             exactly one of them"
+                .into(),
+        ));
+    }
+    Ok(Request::Route(RouteRequest {
+        route,
+        chain: chain.unwrap_or_default(),
+        agent,
+        units: units.unwrap_or(1),
+        cost,
+        model,
+    }))
+}
+
+/// `lease`: take or renew (`ttl` in seconds), or give back.
+pub fn lease(
+    py: Python<'_>,
+    name: String,
+    ttl: Option<f64>,
+    release: bool,
+    agent: Option<String>,
+) -> PyResult<Request> {
+    Ok(Request::Lease(LeaseRequest {
+        name,
+        ttl_ms: millis(py, "ttl", ttl)?,
+        release,
+        agent,
+    }))
 }
 
 /// `admit`'s `payload=`: the text, or `(text, lang)` with `lang` possibly `None`
@@ -101,6 +192,9 @@ pub fn report(
     output_units: Option<u32>,
     idempotency_key: Option<String>,
     agent: Option<String>,
+    retryable: bool,
+    attempt: Option<u32>,
+    retry_after: Option<f64>,
 ) -> PyResult<Request> {
     let reservation = match reservation {
         None => None,
@@ -145,7 +239,9 @@ pub fn report(
         output_units,
         idempotency_key,
         agent,
-        ..ReportRequest::default()
+        retryable,
+        attempt,
+        retry_after_ms: millis(py, "retry_after", retry_after)?,
     }))
 }
 

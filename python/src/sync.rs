@@ -107,12 +107,12 @@ impl SyncClient {
         &self.agent
     }
 
-    #[pyo3(signature = (service, *, cost=None, units=None, model=None, input_units=None, output_units=None, agent=None, payload=None))]
+    #[pyo3(signature = (service=None, *, cost=None, units=None, model=None, input_units=None, output_units=None, agent=None, payload=None, lease=None, wait=None, route=None, attempt=1))]
     #[allow(clippy::too_many_arguments)]
     fn admit(
         &self,
         py: Python<'_>,
-        service: String,
+        service: Option<String>,
         cost: Option<f64>,
         units: Option<u32>,
         model: Option<String>,
@@ -120,21 +120,57 @@ impl SyncClient {
         output_units: Option<u32>,
         agent: Option<String>,
         payload: Option<&Bound<'_, PyAny>>,
+        lease: Option<String>,
+        wait: Option<f64>,
+        route: Option<String>,
+        attempt: u32,
     ) -> PyResult<Py<PyAny>> {
         let payload = requests::payload_arg(py, payload)?;
-        self.request(
+        let request = requests::admit(
             py,
-            requests::admit(
-                service,
-                cost,
-                units,
-                model,
-                input_units,
-                output_units,
-                agent,
-                payload,
-            ),
-        )
+            service,
+            cost,
+            units,
+            model,
+            input_units,
+            output_units,
+            agent,
+            payload,
+            lease,
+            wait,
+            route,
+            attempt,
+        )?;
+        self.request(py, request)
+    }
+
+    #[pyo3(signature = (route=None, *, chain=None, units=None, cost=None, model=None, agent=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn route(
+        &self,
+        py: Python<'_>,
+        route: Option<String>,
+        chain: Option<Vec<String>>,
+        units: Option<u32>,
+        cost: Option<f64>,
+        model: Option<String>,
+        agent: Option<String>,
+    ) -> PyResult<Py<PyAny>> {
+        let request = requests::route(py, route, chain, units, cost, model, agent)?;
+        self.request(py, request)
+    }
+
+    #[pyo3(signature = (name, *, ttl=None, release=false, agent=None))]
+    fn lease(
+        &self,
+        py: Python<'_>,
+        name: String,
+        ttl: Option<f64>,
+        release: bool,
+        agent: Option<String>,
+    ) -> PyResult<Py<PyAny>> {
+        let request = requests::lease(py, name, ttl, release, agent)?;
+        self.request(py, request)
     }
 
     #[pyo3(signature = (text, lang=None))]
@@ -143,7 +179,7 @@ impl SyncClient {
         self.request(py, Request::Check(payload))
     }
 
-    #[pyo3(signature = (reservation=None, *, success=true, service=None, units=None, latency=None, cost=None, input_units=None, output_units=None, idempotency_key=None, agent=None))]
+    #[pyo3(signature = (reservation=None, *, success=true, service=None, units=None, latency=None, cost=None, input_units=None, output_units=None, idempotency_key=None, agent=None, retryable=false, attempt=None, retry_after=None))]
     #[allow(clippy::too_many_arguments)]
     fn report(
         &self,
@@ -158,6 +194,9 @@ impl SyncClient {
         output_units: Option<u32>,
         idempotency_key: Option<String>,
         agent: Option<String>,
+        retryable: bool,
+        attempt: Option<u32>,
+        retry_after: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
         let request = requests::report(
             py,
@@ -171,6 +210,9 @@ impl SyncClient {
             output_units,
             idempotency_key,
             agent,
+            retryable,
+            attempt,
+            retry_after,
         )?;
         self.request(py, request)
     }
@@ -257,7 +299,10 @@ impl SyncClient {
         let Conn {
             runtime, client, ..
         } = &mut *conn;
-        let timeout = self.timeout;
+        // An admission waiting for a bulkhead permit is answered late on purpose.
+        let timeout = self
+            .timeout
+            .map(|after| after + requests::reply_grace(&request));
         runtime.block_on(async {
             let exchange = self.exchange(client, request);
             let result = match timeout {

@@ -11,8 +11,9 @@ use pyo3::types::PyList;
 
 use automation_framework_protocol::{
     AdmitReply, BreakerInfo, BreakerState, BudgetInfo, BudgetReply, CheckReply, GuardKind, Health,
-    Pong, QuotaInfo, ReportReply, Response, StatusReport, Violation as WireViolation,
-    Vote as WireVote,
+    InFlight as WireInFlight, LeaseHolder as WireLeaseHolder, LeaseReply, Pong, QuotaInfo,
+    ReportReply, Response, RetryAdvice as WireRetryAdvice, RouteReply, RouteSkip as WireRouteSkip,
+    StatusReport, Violation as WireViolation, Vote as WireVote,
 };
 
 use crate::errors::Failure;
@@ -48,6 +49,7 @@ pub struct Decision {
     retry_after_ms: Option<u64>,
     votes: Vec<Vote>,
     cost: Option<f64>,
+    service: Option<String>,
 }
 
 #[pymethods]
@@ -59,9 +61,10 @@ impl Decision {
     fn __repr__(&self) -> String {
         if self.allowed {
             format!(
-                "Decision(allowed=True, reservation={}, cost={})",
+                "Decision(allowed=True, reservation={}, cost={}, service={})",
                 opt(&self.reservation),
-                opt(&self.cost)
+                opt(&self.cost),
+                opt_str(self.service.as_deref())
             )
         } else {
             format!(
@@ -87,6 +90,7 @@ impl From<AdmitReply> for Decision {
             retry_after_ms: reply.retry_after_ms,
             votes: reply.votes.into_iter().map(Vote::from).collect(),
             cost: reply.cost,
+            service: reply.service,
         }
     }
 }
@@ -143,18 +147,247 @@ pub struct Report {
     duplicate: bool,
     breaker: Option<&'static str>,
     charged: Option<f64>,
+    retry: Option<RetryAdvice>,
 }
 
 #[pymethods]
 impl Report {
     fn __repr__(&self) -> String {
         format!(
-            "Report(ok={}, duplicate={}, breaker={}, charged={})",
+            "Report(ok={}, duplicate={}, breaker={}, charged={}, retry={})",
             py_bool(self.ok),
             py_bool(self.duplicate),
             opt_str(self.breaker),
-            opt(&self.charged)
+            opt(&self.charged),
+            self.retry
+                .as_ref()
+                .map_or_else(|| "None".to_owned(), RetryAdvice::__repr__)
         )
+    }
+}
+
+/// The daemon's word on retrying a failure reported `retryable`: its backoff,
+/// the upstream's Retry-After, the breaker and the service's retry budget
+/// shared by every agent, combined. Truthy when the call should be retried.
+#[pyclass(frozen, get_all, module = "automation_framework")]
+#[derive(Clone)]
+pub struct RetryAdvice {
+    retry: bool,
+    after: Option<f64>,
+    after_ms: Option<u64>,
+    attempt: u32,
+    reason: String,
+}
+
+#[pymethods]
+impl RetryAdvice {
+    fn __bool__(&self) -> bool {
+        self.retry
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "RetryAdvice(retry={}, after={}, attempt={}, reason={:?})",
+            py_bool(self.retry),
+            opt(&self.after),
+            self.attempt,
+            self.reason
+        )
+    }
+}
+
+impl From<WireRetryAdvice> for RetryAdvice {
+    fn from(advice: WireRetryAdvice) -> RetryAdvice {
+        RetryAdvice {
+            retry: advice.retry,
+            after: seconds(advice.after_ms),
+            after_ms: advice.after_ms,
+            attempt: advice.attempt,
+            reason: advice.reason,
+        }
+    }
+}
+
+/// The service a `route` chose (truthy), or none (falsy), and why each service
+/// before it was passed over.
+#[pyclass(frozen, get_all, module = "automation_framework")]
+pub struct RouteResult {
+    service: Option<String>,
+    skipped: Vec<RouteSkip>,
+    retry_after: Option<f64>,
+    retry_after_ms: Option<u64>,
+}
+
+#[pymethods]
+impl RouteResult {
+    fn __bool__(&self) -> bool {
+        self.service.is_some()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "RouteResult(service={}, skipped={:?}, retry_after={})",
+            opt_str(self.service.as_deref()),
+            self.skipped.iter().map(|s| &s.service).collect::<Vec<_>>(),
+            opt(&self.retry_after)
+        )
+    }
+}
+
+impl From<RouteReply> for RouteResult {
+    fn from(reply: RouteReply) -> RouteResult {
+        RouteResult {
+            service: reply.service,
+            skipped: reply.skipped.into_iter().map(RouteSkip::from).collect(),
+            retry_after: seconds(reply.retry_after_ms),
+            retry_after_ms: reply.retry_after_ms,
+        }
+    }
+}
+
+/// A service a route passed over: the guard that ruled it out, and why.
+#[pyclass(frozen, get_all, module = "automation_framework")]
+#[derive(Clone)]
+pub struct RouteSkip {
+    service: String,
+    guard: &'static str,
+    reason: String,
+    retry_after: Option<f64>,
+}
+
+#[pymethods]
+impl RouteSkip {
+    fn __repr__(&self) -> String {
+        format!(
+            "RouteSkip(service={:?}, guard={:?}, reason={:?}, retry_after={})",
+            self.service,
+            self.guard,
+            self.reason,
+            opt(&self.retry_after)
+        )
+    }
+}
+
+impl From<WireRouteSkip> for RouteSkip {
+    fn from(skip: WireRouteSkip) -> RouteSkip {
+        RouteSkip {
+            service: skip.service,
+            guard: skip.guard.name(),
+            reason: skip.reason,
+            retry_after: seconds(skip.retry_after_ms),
+        }
+    }
+}
+
+/// A named lease after `lease()`: truthy when this connection holds it.
+#[pyclass(frozen, get_all, module = "automation_framework")]
+pub struct Lease {
+    granted: bool,
+    name: String,
+    expires_in: Option<f64>,
+    expires_in_ms: Option<u64>,
+    holder: Option<LeaseHolder>,
+    released: bool,
+}
+
+#[pymethods]
+impl Lease {
+    fn __bool__(&self) -> bool {
+        self.granted
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Lease(name={:?}, granted={}, expires_in={}, holder={}, released={})",
+            self.name,
+            py_bool(self.granted),
+            opt(&self.expires_in),
+            self.holder
+                .as_ref()
+                .map_or_else(|| "None".to_owned(), LeaseHolder::__repr__),
+            py_bool(self.released)
+        )
+    }
+}
+
+impl From<LeaseReply> for Lease {
+    fn from(reply: LeaseReply) -> Lease {
+        Lease {
+            granted: reply.granted,
+            name: reply.name,
+            expires_in: seconds(reply.expires_in_ms),
+            expires_in_ms: reply.expires_in_ms,
+            holder: reply.holder.map(LeaseHolder::from),
+            released: reply.released,
+        }
+    }
+}
+
+/// The session (one connection of one process) holding a lease.
+#[pyclass(frozen, get_all, module = "automation_framework")]
+#[derive(Clone)]
+pub struct LeaseHolder {
+    agent: String,
+    pid: u32,
+    uid: u32,
+    session: u64,
+    expires_in: f64,
+    expires_in_ms: u64,
+}
+
+#[pymethods]
+impl LeaseHolder {
+    fn __repr__(&self) -> String {
+        format!(
+            "LeaseHolder(agent={:?}, pid={}, uid={}, session={}, expires_in={})",
+            self.agent, self.pid, self.uid, self.session, self.expires_in
+        )
+    }
+}
+
+impl From<WireLeaseHolder> for LeaseHolder {
+    fn from(holder: WireLeaseHolder) -> LeaseHolder {
+        LeaseHolder {
+            agent: holder.agent,
+            pid: holder.pid,
+            uid: holder.uid,
+            session: holder.session,
+            expires_in: holder.expires_in_ms as f64 / 1000.0,
+            expires_in_ms: holder.expires_in_ms,
+        }
+    }
+}
+
+/// One bulkhead key's occupancy, in `status().in_flight`.
+#[pyclass(frozen, get_all, module = "automation_framework")]
+#[derive(Clone)]
+pub struct InFlight {
+    bulkhead: String,
+    key: String,
+    in_flight: u32,
+    limit: u32,
+    waiting: u32,
+}
+
+#[pymethods]
+impl InFlight {
+    fn __repr__(&self) -> String {
+        format!(
+            "InFlight(bulkhead={:?}, key={:?}, in_flight={}, limit={}, waiting={})",
+            self.bulkhead, self.key, self.in_flight, self.limit, self.waiting
+        )
+    }
+}
+
+impl From<WireInFlight> for InFlight {
+    fn from(f: WireInFlight) -> InFlight {
+        InFlight {
+            bulkhead: f.bulkhead,
+            key: f.key,
+            in_flight: f.in_flight,
+            limit: f.limit,
+            waiting: f.waiting,
+        }
     }
 }
 
@@ -165,6 +398,7 @@ impl From<ReportReply> for Report {
             duplicate: reply.duplicate,
             breaker: reply.breaker.map(breaker_state_name),
             charged: reply.charged,
+            retry: reply.retry.map(RetryAdvice::from),
         }
     }
 }
@@ -338,6 +572,8 @@ pub struct Status {
     store: String,
     budget_spent: f64,
     budget_limit: f64,
+    leases_held: u32,
+    in_flight: Vec<InFlight>,
 }
 
 #[pymethods]
@@ -371,6 +607,8 @@ impl From<StatusReport> for Status {
             store: report.store,
             budget_spent: report.budget_spent,
             budget_limit: report.budget_limit,
+            leases_held: report.leases_held,
+            in_flight: report.in_flight.into_iter().map(InFlight::from).collect(),
         }
     }
 }
@@ -502,6 +740,11 @@ pub fn response_to_py(py: Python<'_>, response: Response) -> PyResult<Py<PyAny>>
             .into_pyobject(py)?
             .into_any()
             .unbind(),
+        Response::Route(reply) => RouteResult::from(reply)
+            .into_pyobject(py)?
+            .into_any()
+            .unbind(),
+        Response::Lease(reply) => Lease::from(reply).into_pyobject(py)?.into_any().unbind(),
         Response::Error(err) => return Err(Failure::Refused(err).into_pyerr(py)),
         other => {
             return Err(Failure::Protocol(format!(

@@ -100,7 +100,8 @@ def test_retrying_waits_out_a_denial_for_as_long_as_the_daemon_says(
         client.retrying(
             lambda call: "never",
             service="search",
-            backoff=af.Backoff(attempts=3, max_wait=10_000),
+            attempts=3,
+            max_wait=10_000,
             sleep=slept.append,
         )
     assert len(slept) == 2 and all(3000 < s <= 3600 for s in slept)
@@ -109,45 +110,3 @@ def test_retrying_waits_out_a_denial_for_as_long_as_the_daemon_says(
     with pytest.raises(af.Denied):
         client.retrying(lambda call: "never", service="search", sleep=slept.append)
     assert slept == []
-
-
-def test_retrying_retries_retryable_failures_with_backoff(
-    start_daemon: Callable[[str], Daemon],
-) -> None:
-    daemon = start_daemon(BREAKER.replace("failure_threshold = 3", "failure_threshold = 10"))
-    client = af.Client(daemon.socket, agent="retry")
-    slept: list[float] = []
-    attempts: list[int] = []
-
-    def flaky(call: af.Call) -> str:
-        attempts.append(1)
-        if len(attempts) < 3:
-            raise UpstreamDown("overloaded")
-        call.cost = 0.01
-        return "answer"
-
-    backoff = af.Backoff(attempts=5, rand=lambda: 0.5)  # no jitter
-    assert client.retrying(flaky, service="llm", backoff=backoff, sleep=slept.append) == "answer"
-    assert len(attempts) == 3
-    assert slept == pytest.approx([0.1, 0.2])
-    assert client.breakers("llm")[0].failures == 0  # the success reset the count
-
-    def broken(call: af.Call) -> str:
-        raise KeyError("not retryable")
-
-    slept.clear()
-    with pytest.raises(KeyError):
-        client.retrying(broken, service="llm", sleep=slept.append)
-    assert slept == []
-
-
-def test_backoff_stays_within_its_jitter_and_cap() -> None:
-    low = af.Backoff(rand=lambda: 0.0)
-    high = af.Backoff(rand=lambda: 0.999999)
-    assert low.after_failure(1) == pytest.approx(0.08)
-    assert high.after_failure(1) == pytest.approx(0.12, rel=1e-4)
-    assert low.after_failure(30) == pytest.approx(24.0)
-    assert high.after_failure(30) == pytest.approx(36.0, rel=1e-4)
-    assert low.after_failure(2, advice=7.5) == 7.5
-    with pytest.raises(ValueError):
-        af.Backoff(attempts=0)

@@ -103,8 +103,10 @@ def test_errors_are_typed(start_daemon: Callable[[str], Daemon], tmp_path: Path)
         client.report(123456789)
     assert unknown.value.code == "unknown_reservation"
 
+    held = client.admit("openai", cost=600.0)
     with pytest.raises(af.InvalidArgument, match="denial"):
-        client.report(client.admit("openai", cost=5000.0))
+        client.report(client.admit("openai", cost=600.0))  # 1200 > the $1000 budget
+    client.report(held, cost=0.0)
 
     with pytest.raises(af.NotPermitted) as refused:
         af.Client(daemon.socket, agent="payroll")
