@@ -272,12 +272,13 @@ class Client(_NativeClient):
             try:
                 with call:
                     return fn(call)
-            except Denied as denied:
-                delay = state.after_denial(denied)
-                if delay is None:
-                    raise
             except Exception as exc:
-                delay = state.after_failure(exc, call)
+                # A Denied from the admission is waited out; one raised by the
+                # body (a nested call) is a failure of this call like any other.
+                if isinstance(exc, Denied) and call.decision is None:
+                    delay = state.after_denial(exc)
+                else:
+                    delay = state.after_failure(exc, call)
                 if delay is None:
                     raise
             sleep(delay)
@@ -396,12 +397,13 @@ class AsyncClient(_NativeAsyncClient):
             try:
                 async with call:
                     return await fn(call)
-            except Denied as denied:
-                delay = state.after_denial(denied)
-                if delay is None:
-                    raise
             except Exception as exc:
-                delay = state.after_failure(exc, call)
+                # A Denied from the admission is waited out; one raised by the
+                # body (a nested call) is a failure of this call like any other.
+                if isinstance(exc, Denied) and call.decision is None:
+                    delay = state.after_denial(exc)
+                else:
+                    delay = state.after_failure(exc, call)
                 if delay is None:
                     raise
             await sleep(delay)

@@ -73,6 +73,8 @@ class _CallBase(Generic[C]):
     retryable: bool | None
     #: The daemon's acknowledgement of the report, after the block.
     report: Report | None
+    #: Which attempt this call is: 1, or the ``attempt`` of the retry advice.
+    attempt: int
 
     def __init__(
         self,
