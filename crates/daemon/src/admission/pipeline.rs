@@ -12,13 +12,15 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::guard::breaker::Breakers;
 use crate::guard::budget::Budgets;
+use crate::guard::concurrency::Concurrency;
 use crate::guard::content::Content;
+use crate::guard::lease::Leases;
 use crate::guard::quota::{QuotaRule, Quotas};
 use crate::guard::rate::{RateLimits, RateRule};
 use crate::guard::Guard;
 
 /// How many guards [`Guards::stages`] runs.
-pub(super) const STAGES: usize = 5;
+pub(super) const STAGES: usize = 7;
 
 /// The budget stage's place in [`Guards::stages`]: money is the last thing
 /// taken, so a call any other guard denies never touches it.
@@ -28,6 +30,8 @@ pub(super) const BUDGET_STAGE: usize = STAGES - 1;
 pub(super) struct Guards {
     pub content: Content,
     pub breakers: Breakers,
+    pub leases: Leases,
+    pub concurrency: Concurrency,
     pub rates: RateLimits,
     pub quotas: Quotas,
     pub budgets: Budgets,
@@ -49,6 +53,11 @@ impl Guards {
         Ok(Guards {
             content: Content,
             breakers: Breakers::default(),
+            leases: Leases::new(config.leases),
+            concurrency: Concurrency::new(
+                config.bulkheads.clone(),
+                config.concurrency.max_active_agents,
+            ),
             rates: RateLimits::new(rules),
             quotas: Quotas::new(quotas),
             budgets: Budgets::default(),
@@ -58,11 +67,16 @@ impl Guards {
     /// The guards, in the order they decide: the payload's content first (its
     /// scan is already done, it takes nothing, and a forbidden payload is
     /// refused whatever the limits say), then the breaker (the cheapest "no"
-    /// shared by every agent), money last (a new guard goes before it).
+    /// shared by every agent), then a lease another session holds and a full
+    /// bulkhead (refused before any rate cell is spent, so a call that waits
+    /// for a permit takes nothing while it waits), money last (a new guard
+    /// goes before it).
     pub(super) fn stages(&mut self) -> [&mut dyn Guard; STAGES] {
         [
             &mut self.content,
             &mut self.breakers,
+            &mut self.leases,
+            &mut self.concurrency,
             &mut self.rates,
             &mut self.quotas,
             &mut self.budgets,

@@ -13,6 +13,7 @@ mod breakers;
 mod budget;
 pub mod check;
 mod force_breaker;
+mod lease;
 mod ping;
 mod quotas;
 mod reload;
@@ -89,7 +90,8 @@ fn decide(state: &State, session: &Session, request: Request) -> Reply {
         }
         Request::Reload => reload::apply(state, session),
         Request::Check(payload) => check::apply(state, payload),
-        Request::Lease(_) | Request::Route(_) => Reply::Ready(error(
+        Request::Lease(req) => Reply::Ready(lease::apply(state, session, req, now)),
+        Request::Route(_) => Reply::Ready(error(
             ErrorCode::UnknownRequest,
             format!("this daemon does not serve `{op}` yet; upgrade the daemon"),
         )),

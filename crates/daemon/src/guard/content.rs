@@ -160,6 +160,11 @@ mod tests {
             },
             shadow_all,
             content,
+            session: 1,
+            pid: 0,
+            uid: 0,
+            lease: None,
+            waiter: None,
         }
     }
 
