@@ -54,3 +54,7 @@ mod fuzzed;
 // The content guard: the check request, admit with a payload, the CLI's check,
 // the session's check, a reload with a broken rules file.
 mod content;
+
+// Bulkheads, waiting for a permit, and leases: exact capacity under churn,
+// first come first served, what a dropped connection gives back.
+mod concurrency;
