@@ -7,6 +7,14 @@
 //! done, with its result for the content guard. Such an admission is decided
 //! when its scan ends, not when it arrived: requests pipelined behind it on the
 //! same connection may be decided before it (their replies still come in order).
+//!
+//! With `wait_ms`, an admission refused only for want of a bulkhead permit
+//! waits its turn (`Admit::run`): the engine put it in line under its lock, and
+//! its reply future waits to be woken or for its deadline, outside every lock,
+//! then decides again. Requests pipelined behind it are decided as they
+//! arrive (a report behind it may free its permit); their replies wait behind
+//! its reply. Its place in line is an [`InLine`] owned by that future, so a
+//! timeout or a dropped connection removes it by construction.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
