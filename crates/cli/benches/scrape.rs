@@ -165,6 +165,7 @@ async fn measure(socket: &Path, mix: Mix, secs: f64) -> anyhow::Result<Summary> 
         service: "bench".into(),
         keys: 1000,
         agent: "bench".into(),
+        lease: None,
     };
     let frames = Arc::new(Frames::new(&ask)?);
     let ask = Arc::new(ask);

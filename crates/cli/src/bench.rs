@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// socket that answers with ready-made replies of the same sizes.
     #[arg(long)]
     floor: bool,
+    /// A lease every admission names (taken by the admission, given back by
+    /// its report). Use with --connections 1: other connections are refused it.
+    #[arg(long)]
+    lease: Option<String>,
     /// Client threads [default: the number of CPUs].
     #[arg(long)]
     threads: Option<usize>,
@@ -75,6 +79,7 @@ pub fn run(args: BenchArgs, socket: PathBuf, agent: String, json: bool) -> anyho
         service: args.service,
         keys: usize::try_from(args.keys).context("--keys")?,
         agent,
+        lease: args.lease,
     });
     let frames = Arc::new(Frames::new(&ask)?);
     let load = Load {

@@ -21,7 +21,8 @@ use automation_framework::config::Config;
 use automation_framework_client::{Client, ClientError};
 use automation_framework_protocol::paths;
 use automation_framework_protocol::{
-    AdminRequest, AdmitRequest, BreakerForce, Outcome, Payload, ReportRequest, RouteRequest,
+    AdminRequest, AdmitRequest, BreakerForce, LeaseRequest, Outcome, Payload, ReportRequest,
+    RouteRequest,
 };
 
 const CLIENT_NAME: &str = concat!("automation-framework-cli/", env!("CARGO_PKG_VERSION"));
@@ -91,6 +92,28 @@ enum Command {
         /// go, text); default: guessed by the daemon.
         #[arg(long, requires = "payload_file")]
         lang: Option<String>,
+        /// When a bulkhead is full, wait up to this long for a permit (first
+        /// come, first served; at most the daemon's concurrency.max_wait).
+        #[arg(long)]
+        wait_ms: Option<u64>,
+        /// A lease the call needs: denied while another connection holds it.
+        #[arg(long)]
+        lease: Option<String>,
+    },
+    /// Try a named lease: prints who holds it (exit 1), or that it is free
+    /// (exit 0). A lease belongs to the connection that took it, so the one
+    /// this command takes is released again when it exits: it is a probe. To
+    /// hold a lease across commands, use `session` ({"op":"lease",...}).
+    Lease {
+        /// The lease's name.
+        name: String,
+        /// How long to ask for (default: the daemon's leases.default_ttl).
+        #[arg(long)]
+        ttl_ms: Option<u64>,
+        /// Release instead (only a lease this connection holds: from a
+        /// one-shot command, none).
+        #[arg(long, conflicts_with = "ttl_ms")]
+        release: bool,
     },
     /// Report the outcome of a call made without admission (or of a reservation
     /// held by this connection); feeds the service's breaker.
@@ -300,6 +323,8 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
             model,
             payload_file,
             lang,
+            wait_ms,
+            lease,
         } => {
             let payload = payload_file
                 .map(|file| check::read(&file).map(|text| Payload { lang, text }))
@@ -317,7 +342,8 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
                     input_units: 0,
                     output_units: 0,
                     payload,
-                    ..AdmitRequest::default()
+                    wait_ms,
+                    lease,
                 })
                 .await?;
             render::admit(&reply, json);
@@ -457,6 +483,27 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
             let reply = connect(&socket, &cli.agent).await?.reload().await?;
             render::reload(&reply, json);
             Ok(Verdict::Done)
+        }
+        Command::Lease {
+            name,
+            ttl_ms,
+            release,
+        } => {
+            let reply = connect(&socket, &cli.agent)
+                .await?
+                .lease(LeaseRequest {
+                    name,
+                    ttl_ms,
+                    release,
+                    agent: None,
+                })
+                .await?;
+            render::lease(&reply, json);
+            Ok(if reply.holder.is_some() {
+                Verdict::Denied
+            } else {
+                Verdict::Done
+            })
         }
         Command::Session => {
             let client = connect(&socket, &cli.agent).await?;

@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use automation_framework::config::{Config, ConfigError};
 use automation_framework_protocol::{
-    AdminReply, AdmitReply, BreakerInfo, BudgetReply, Pong, QuotaInfo, ReloadReply, ReportReply,
-    RouteReply, StatusReport,
+    AdminReply, AdmitReply, BreakerInfo, BudgetReply, LeaseReply, Pong, QuotaInfo, ReloadReply,
+    ReportReply, RouteReply, StatusReport,
 };
 
 fn print_json<T: Serialize>(value: &T) {
@@ -61,6 +61,45 @@ pub fn status(status: &StatusReport, json: bool) {
         status.budget_spent, status.budget_limit
     );
     println!("ledger:       {}", status.store);
+    println!("leases:       {} held", status.leases_held);
+    for key in &status.in_flight {
+        let shown = if key.key.is_empty() {
+            key.bulkhead.clone()
+        } else {
+            format!("{} {}", key.bulkhead, key.key)
+        };
+        println!(
+            "in flight:    {shown}: {} of {}, {} waiting",
+            key.in_flight, key.limit, key.waiting
+        );
+    }
+}
+
+/// A one-shot `lease`: the lease was free (and is released again as the
+/// command exits), or who holds it.
+pub fn lease(reply: &LeaseReply, json: bool) {
+    if json {
+        return print_json(reply);
+    }
+    if let Some(holder) = &reply.holder {
+        println!(
+            "lease {:?} is held by agent {:?} (pid {}, uid {}, session {}) for another {} ms",
+            reply.name, holder.agent, holder.pid, holder.uid, holder.session, holder.expires_in_ms
+        );
+    } else if reply.granted {
+        println!(
+            "lease {:?} granted for {} ms; released again as this command exits (a lease lasts as long as the connection that took it: hold one with `automation-framework session`)",
+            reply.name,
+            reply.expires_in_ms.unwrap_or_default()
+        );
+    } else if reply.released {
+        println!("lease {:?} released", reply.name);
+    } else {
+        println!(
+            "lease {:?} is not held by this connection: nothing released (a lease belongs to the connection that took it; release it there, or let its TTL pass)",
+            reply.name
+        );
+    }
 }
 
 pub fn budget(reply: &BudgetReply, json: bool) {

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use automation_framework_protocol::{
     AdminReply, AdminRequest, AdmitReply, AdmitRequest, BreakerForce, BreakerInfo, BudgetReply,
-    Pong, QuotaInfo, ReloadReply, ReplyEnvelope, ReportReply, ReportRequest, Request, Response,
-    StatusReport, Welcome,
+    LeaseReply, LeaseRequest, Pong, QuotaInfo, ReloadReply, ReplyEnvelope, ReportReply,
+    ReportRequest, Request, Response, StatusReport, Welcome,
 };
 
 use crate::{Client, ClientError};
@@ -77,5 +77,6 @@ impl BlockingClient {
         fn admin(request: AdminRequest) -> AdminReply;
         fn force_breaker(service: String, force: BreakerForce) -> BreakerInfo;
         fn reload() -> ReloadReply;
+        fn lease(request: LeaseRequest) -> LeaseReply;
     }
 }

@@ -19,8 +19,9 @@ use automation_framework_protocol::frame::{decode, encode, length_codec};
 use automation_framework_protocol::{
     AdminReply, AdminRequest, AdmitReply, AdmitRequest, BreakerForce, BreakerInfo, BreakersRequest,
     BudgetReply, BudgetRequest, CheckReply, ClientFrame, Envelope, ErrorReply, ForceBreakerRequest,
-    Hello, Payload, Pong, QuotaInfo, QuotasRequest, ReloadReply, ReplyEnvelope, ReportReply,
-    ReportRequest, Request, Response, ServerFrame, StatusReport, Welcome, PROTOCOL_VERSION,
+    Hello, LeaseReply, LeaseRequest, Payload, Pong, QuotaInfo, QuotasRequest, ReloadReply,
+    ReplyEnvelope, ReportReply, ReportRequest, Request, Response, ServerFrame, StatusReport,
+    Welcome, PROTOCOL_VERSION,
 };
 
 /// A handshaken connection to the daemon.
@@ -374,6 +375,20 @@ impl Client {
     ) -> Result<automation_framework_protocol::RouteReply, ClientError> {
         match self.call(Request::Route(request)).await? {
             Response::Route(reply) => Ok(reply),
+            other => unexpected(other),
+        }
+    }
+
+    /// Acquires, renews or releases a named lease for this connection. A lease
+    /// another connection holds is not an error: `granted` is false and
+    /// `holder` names it.
+    ///
+    /// # Errors
+    /// Connection failures or an error reply (a TTL above `leases.max_ttl`,
+    /// too many leases held).
+    pub async fn lease(&mut self, request: LeaseRequest) -> Result<LeaseReply, ClientError> {
+        match self.call(Request::Lease(request)).await? {
+            Response::Lease(reply) => Ok(reply),
             other => unexpected(other),
         }
     }

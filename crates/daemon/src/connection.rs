@@ -85,6 +85,26 @@ impl Connection {
         &self.peer
     }
 
+    /// Has the peer closed its end entirely (not only shut down its writing
+    /// half)? Read after an end of stream: a client that only stopped sending
+    /// still wants the replies to what it sent, but one that closed its socket
+    /// never reads them, so the requests still waiting (e.g. an admission in
+    /// line for a bulkhead permit) can be dropped at once. The kernel reports
+    /// a full close as `POLLHUP` on the socket; a zero-timeout `poll` never
+    /// blocks.
+    pub fn peer_hung_up(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let mut fds = [PollFd::new(
+            self.framed.get_ref().as_fd(),
+            PollFlags::empty(),
+        )];
+        poll(&mut fds, PollTimeout::ZERO).is_ok_and(|_| {
+            fds[0]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
+        })
+    }
+
     /// Lowers (or restores) the largest frame this connection accepts. Before the
     /// handshake only a `Hello` may come, so a peer that has not said who it is
     /// cannot make the daemon buffer a full-size frame.

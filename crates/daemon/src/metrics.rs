@@ -41,6 +41,11 @@ pub const LOG_SUPPRESSED: &str = "automation_framework_log_lines_suppressed_tota
 pub const ALERTS_SENT: &str = "automation_framework_alerts_sent_total";
 pub const ALERTS_FAILED: &str = "automation_framework_alerts_failed_total";
 pub const ALERTS_DROPPED: &str = "automation_framework_alerts_dropped_total";
+pub const BULKHEAD_IN_FLIGHT: &str = "automation_framework_bulkhead_in_flight";
+pub const BULKHEAD_WAITING: &str = "automation_framework_bulkhead_waiting";
+pub const BULKHEAD_DENIALS: &str = "automation_framework_bulkhead_denials_total";
+pub const BULKHEAD_WAITS: &str = "automation_framework_bulkhead_waits_total";
+pub const LEASES_HELD: &str = "automation_framework_leases_held";
 pub const STORE_UP: &str = "automation_framework_store_up";
 pub const STORE_COMMIT_DURATION: &str = "automation_framework_store_commit_duration_seconds";
 pub const STORE_COMMIT_JOBS: &str = "automation_framework_store_commit_jobs";
@@ -56,6 +61,9 @@ pub struct Hot {
     admissions: [metrics::Counter; 2],
     /// By guard (rate, breaker, budget, quota, content), then outcome (allow, deny, shadow_deny).
     decisions: Vec<[metrics::Counter; 3]>,
+    /// Waits for a bulkhead permit that ended admitted (or refused by another
+    /// guard), and that timed out.
+    waits: [metrics::Counter; 2],
 }
 
 /// Outcomes of a guard's vote, as the `outcome` label says them.
@@ -87,6 +95,8 @@ pub fn hot() -> &'static Hot {
                     })
                 })
                 .collect(),
+            waits: ["served", "timed_out"]
+                .map(|outcome| metrics::counter!(BULKHEAD_WAITS, "outcome" => outcome)),
         }
     })
 }
@@ -110,6 +120,12 @@ impl Hot {
     /// [`OUTCOMES`].
     pub fn decision(&self, guard: usize, outcome: usize) {
         self.decisions[guard][outcome].increment(1);
+    }
+
+    /// A wait for a bulkhead permit ended: its turn came (`true`), or its
+    /// time ran out.
+    pub fn waited(&self, served: bool) {
+        self.waits[usize::from(!served)].increment(1);
     }
 }
 
@@ -242,6 +258,25 @@ fn describe() {
         Unit::Count,
         "Connections and requests a limit or an access rule turned away, by limit"
     );
+    describe_gauge!(
+        BULKHEAD_IN_FLIGHT,
+        "Calls holding a permit of the bulkhead, over all its keys (max_active_agents: agents with calls in flight)"
+    );
+    describe_gauge!(
+        BULKHEAD_WAITING,
+        "Admissions waiting in line for a permit of the bulkhead (wait_ms)"
+    );
+    describe_counter!(
+        BULKHEAD_DENIALS,
+        Unit::Count,
+        "Admissions a bulkhead (or max_active_agents) refused, by bulkhead; a waiting admission counts once, when its wait ends"
+    );
+    describe_counter!(
+        BULKHEAD_WAITS,
+        Unit::Count,
+        "Waits for a bulkhead permit, by how they ended: served (its turn came) or timed_out"
+    );
+    describe_gauge!(LEASES_HELD, "Named leases held and not expired");
     describe_gauge!(
         STORE_UP,
         "1 when the ledger's last transaction succeeded, 0 when it is failing"

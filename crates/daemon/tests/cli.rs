@@ -432,3 +432,55 @@ fn bench_measures_the_floor_and_refuses_what_it_cannot_measure() {
     assert_eq!(code, 2);
     assert!(stderr.contains("has no floor"), "{stderr}");
 }
+
+/// A script holds a lease in a `session`; the one-shot `lease` is a probe:
+/// refused naming the holder (exit 1) while the session lives, granted (and
+/// released again at exit) once it ended.
+#[test]
+fn a_session_holds_a_lease_and_the_one_shot_command_names_its_holder() {
+    let daemon = Daemon::start("");
+    let mut child = daemon
+        .cli()
+        .args(["--agent", "deployer", "session"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    writeln!(
+        stdin,
+        r#"{{"op":"lease","name":"prod-db","ttl_ms":600000}}"#
+    )
+    .unwrap();
+    stdin.flush().unwrap();
+    let mut reply = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut reply).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(value["granted"], true, "{reply}");
+    assert_eq!(value["expires_in_ms"], 600_000);
+
+    let mut cmd = daemon.cli();
+    cmd.args(["--agent", "other", "lease", "prod-db"]);
+    let (code, stdout_text, _) = run(cmd);
+    assert_eq!(code, 1, "{stdout_text}");
+    assert!(
+        stdout_text.contains(&format!("held by agent \"deployer\" (pid {}", child.id())),
+        "{stdout_text}"
+    );
+    let mut cmd = daemon.cli();
+    cmd.args(["--agent", "other", "status"]);
+    let (_, status, _) = run(cmd);
+    assert!(status.contains("leases:       1 held"), "{status}");
+
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    let mut cmd = daemon.cli();
+    cmd.args([
+        "--json", "--agent", "other", "lease", "prod-db", "--ttl-ms", "5000",
+    ]);
+    let (code, stdout_text, _) = run(cmd);
+    assert_eq!(code, 0, "{stdout_text}");
+    let reply: serde_json::Value = serde_json::from_str(&stdout_text).unwrap();
+    assert_eq!(reply["granted"], true);
+}

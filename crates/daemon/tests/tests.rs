@@ -61,3 +61,6 @@ mod content;
 // Issue 16: clock steps, overflow, floods, a vanished ledger, a full or frozen
 // disk (the mounting tests are ignored; .ci/faults runs them as root).
 mod faults;
+// Bulkheads, waiting for a permit, and leases: exact capacity under churn,
+// first come first served, what a dropped connection gives back.
+mod concurrency;

@@ -214,6 +214,7 @@ async fn cell(socket: &Path, load: Load, target: Target) -> anyhow::Result<Figur
         service: "bench".into(),
         keys: 1,
         agent: "bench".into(),
+        lease: None,
     });
     let frames = Arc::new(Frames::new(&ask)?);
     let tally = load_gen::run(&load, |index, window| {

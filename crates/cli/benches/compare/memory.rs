@@ -357,6 +357,7 @@ async fn load(socket: &Path, keys: usize) -> anyhow::Result<(u64, Duration)> {
         service: "bench".into(),
         keys,
         agent: "bench".into(),
+        lease: None,
     });
     let frames = Arc::new(Frames::new(&ask)?);
     let share = keys.div_ceil(CONNECTIONS) as u64;

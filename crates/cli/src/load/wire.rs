@@ -61,6 +61,9 @@ pub struct Ask {
     pub keys: usize,
     /// The session's agent name (the handshake's).
     pub agent: String,
+    /// A lease every admission names (taken by the admission, given back by
+    /// its report); meant for one connection, as others would be refused it.
+    pub lease: Option<String>,
 }
 
 /// Released reservations are reported in batches of this many.
@@ -175,6 +178,7 @@ impl Frames {
                 request(Request::Admit(AdmitRequest {
                     agent: Some(format!("bench-{k}")),
                     service: ask.service.clone(),
+                    lease: ask.lease.clone(),
                     ..AdmitRequest::default()
                 }))
             })
@@ -473,6 +477,7 @@ mod tests {
             service: "svc".into(),
             keys: 3,
             agent: "a".into(),
+            lease: None,
         };
         let frames = Frames::new(&ask).unwrap();
         let mut buf = Vec::new();

@@ -20,7 +20,7 @@ use crate::guard::breaker::{Breaker, Phase};
 use crate::guard::budget::Hold;
 use crate::guard::quota::QuotaDenial;
 use crate::guard::retry::{Advice, Ask, BreakerView};
-use crate::guard::{Call, Checked, Keep, Report, Settled, Taken, Verdict};
+use crate::guard::{Call, Checked, GuardKind, Keep, Report, Settled, Taken, Verdict};
 use crate::money::Usd;
 use crate::store::{Entry, Outcome as LedgerOutcome, StoreError};
 
@@ -148,6 +148,11 @@ impl Engine {
             shadow_all: self.config.daemon.mode == Mode::Shadow,
             content: plan.content,
             attempt: plan.attempt,
+            session: caller.session,
+            pid: caller.pid,
+            uid: caller.uid,
+            lease: plan.lease,
+            waiter: plan.wait.and_then(|w| w.ticket),
         }
     }
 
@@ -195,7 +200,13 @@ impl Engine {
         if denied {
             self.raise_exhausted_quotas(&votes);
             self.undo(taken);
-            return Ok(Admitted::Decided(Decision::denied(votes, transitions)));
+            let mut decision = Decision::denied(votes, transitions);
+            decision.waiting = self.wait_in_line(plan, &call, &decision);
+            return Ok(Admitted::Decided(decision));
+        }
+        if let Some(ticket) = call.waiter {
+            // Its turn came: out of every line, holding its permits now.
+            self.guards.concurrency.leave(ticket);
         }
 
         let id = (self.epoch << 32) | self.next_reservation;
@@ -241,6 +252,7 @@ impl Engine {
             estimate: call.estimate,
             service: None,
             skipped: Vec::new(),
+            waiting: None,
         };
         if entries.is_empty() {
             return Ok(Admitted::Decided(decision));
@@ -249,6 +261,32 @@ impl Engine {
             entries,
             pending: PendingAdmit { id, decision },
         }))
+    }
+
+    /// A call refused only for want of a bulkhead permit, whose caller will
+    /// wait, stands in line (or keeps its place); any other refusal takes it
+    /// out of line.
+    fn wait_in_line(
+        &mut self,
+        plan: &Plan<'_>,
+        call: &Call<'_>,
+        decision: &Decision,
+    ) -> Option<u64> {
+        let wait = plan.wait?;
+        let for_a_permit = decision
+            .decisive_vote()
+            .is_some_and(|vote| vote.guard == GuardKind::Concurrency);
+        if for_a_permit {
+            return Some(
+                self.guards
+                    .concurrency
+                    .enqueue(wait.ticket, wait.wake, call),
+            );
+        }
+        if let Some(ticket) = wait.ticket {
+            self.guards.concurrency.leave(ticket);
+        }
+        None
     }
 
     /// Quota counters a call found used up are raised as alerts (suppressed per
@@ -469,6 +507,8 @@ impl Engine {
     }
 
     pub(super) fn end_session(&mut self, session: u64, now: Moment) -> (usize, usize) {
+        // Leases taken by `Lease` requests end with their connection.
+        self.guards.leases.end_session(session);
         let Some(ids) = self.by_session.remove(&session) else {
             return (0, 0);
         };

@@ -25,6 +25,7 @@
 mod commit;
 mod engine;
 mod ledger;
+mod occupancy;
 mod operator;
 mod pipeline;
 mod reconfigure;
@@ -289,6 +290,7 @@ impl Admission {
             for quota in engine.guards.quotas.rules_mut() {
                 quota.purge(now.unix);
             }
+            engine.guards.leases.purge(now.mono);
             engine.guards.rates.rules().to_vec()
         };
         for rule in rules {
@@ -305,7 +307,7 @@ pub use reservation::reservation_key;
 use reservation::{Closed, RecentlyClosed, Reservation, Stage};
 pub use types::{
     AdmissionError, Admitted, Caller, Decision, Outcome, Plan, Reason, Reporting, Routed,
-    Settlement, Vote,
+    Settlement, Vote, Wait,
 };
 
 // === impl Admission (budgets, quotas, admin) ===

@@ -25,6 +25,10 @@ pub struct Gauges {
     /// (`QuotaRule::peak_ratio`).
     pub quotas: Vec<(String, f64)>,
     pub open_reservations: u64,
+    /// Calls in flight and waiting per bulkhead (and the active-agent cap).
+    pub bulkheads: Vec<crate::guard::concurrency::BulkheadTotals>,
+    /// Leases held and not expired.
+    pub leases_held: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +100,8 @@ impl Admission {
             budgets,
             quotas,
             open_reservations: engine.reservations.len() as u64,
+            bulkheads: engine.guards.concurrency.totals(),
+            leases_held: engine.guards.leases.held(now.mono),
         }
     }
 

@@ -12,14 +12,16 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::guard::breaker::Breakers;
 use crate::guard::budget::Budgets;
+use crate::guard::concurrency::Concurrency;
 use crate::guard::content::Content;
+use crate::guard::lease::Leases;
 use crate::guard::quota::{QuotaRule, Quotas};
 use crate::guard::rate::{RateLimits, RateRule};
 use crate::guard::retry::{Jitter, Retries};
 use crate::guard::Guard;
 
 /// How many guards [`Guards::stages`] runs.
-pub(super) const STAGES: usize = 6;
+pub(super) const STAGES: usize = 8;
 
 /// The budget stage's place in [`Guards::stages`]: money is the last thing
 /// taken, so a call any other guard denies never touches it.
@@ -30,6 +32,8 @@ pub(super) struct Guards {
     pub content: Content,
     pub breakers: Breakers,
     pub retries: Retries,
+    pub leases: Leases,
+    pub concurrency: Concurrency,
     pub rates: RateLimits,
     pub quotas: Quotas,
     pub budgets: Budgets,
@@ -52,6 +56,11 @@ impl Guards {
             content: Content,
             breakers: Breakers::default(),
             retries: Retries::new(Jitter::from_entropy()),
+            leases: Leases::new(config.leases),
+            concurrency: Concurrency::new(
+                config.bulkheads.clone(),
+                config.concurrency.max_active_agents,
+            ),
             rates: RateLimits::new(rules),
             quotas: Quotas::new(quotas),
             budgets: Budgets::default(),
@@ -62,13 +71,17 @@ impl Guards {
     /// scan is already done, it takes nothing, and a forbidden payload is
     /// refused whatever the limits say), then the breaker (the cheapest "no"
     /// shared by every agent), then the service's retry budget (also shared,
-    /// and it only ever denies retries), money last (a new guard goes before
-    /// it).
+    /// and it only ever denies retries), then a lease another session holds and
+    /// a full bulkhead (refused before any rate cell is spent, so a call that
+    /// waits for a permit takes nothing while it waits), money last (a new
+    /// guard goes before it).
     pub(super) fn stages(&mut self) -> [&mut dyn Guard; STAGES] {
         [
             &mut self.content,
             &mut self.breakers,
             &mut self.retries,
+            &mut self.leases,
+            &mut self.concurrency,
             &mut self.rates,
             &mut self.quotas,
             &mut self.budgets,

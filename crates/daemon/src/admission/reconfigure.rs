@@ -124,6 +124,11 @@ impl Engine {
         }
         *self.guards.quotas.rules_mut() = quotas;
         self.guards.rates.replace(rules);
+        self.guards.concurrency.reconfigure(
+            config.bulkheads.clone(),
+            config.concurrency.max_active_agents,
+        );
+        self.guards.leases.reconfigure(config.leases);
 
         // A service the new config no longer accepts is refused from now on, as if
         // never seen (its breaker would otherwise keep admitting it).

@@ -54,6 +54,8 @@ fn plan(service: &str) -> Plan<'_> {
         content: None,
         attempt: 1,
         route: None,
+        lease: None,
+        wait: None,
     }
 }
 
@@ -75,6 +77,8 @@ fn caller(session: u64) -> Caller<'static> {
     Caller {
         session,
         agent: "a",
+        pid: 0,
+        uid: 0,
     }
 }
 

@@ -58,6 +58,8 @@ fn plan(service: &str) -> Plan<'_> {
         content: None,
         attempt: 1,
         route: None,
+        lease: None,
+        wait: None,
     }
 }
 
@@ -92,7 +94,16 @@ impl Fixture {
     ) -> Result<Decision, String> {
         let admitted = self
             .admission
-            .admit(Caller { session, agent }, plan, self.now())
+            .admit(
+                Caller {
+                    session,
+                    agent,
+                    pid: 0,
+                    uid: 0,
+                },
+                plan,
+                self.now(),
+            )
             .map_err(|e| e.to_string())?;
         match admitted {
             Admitted::Decided(decision) => Ok(decision),

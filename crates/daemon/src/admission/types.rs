@@ -14,6 +14,9 @@ use crate::money::Usd;
 pub struct Caller<'a> {
     pub session: u64,
     pub agent: &'a str,
+    /// The peer's pid and uid (from the kernel), to name a lease's holder.
+    pub pid: u32,
+    pub uid: u32,
 }
 
 /// A planned call.
@@ -33,6 +36,27 @@ pub struct Plan<'a> {
     /// A `[[routes]]` name to admit against instead of `service`: the first
     /// service of its chain that admits the call is chosen.
     pub route: Option<&'a str>,
+    /// The lease the call needs.
+    pub lease: Option<&'a str>,
+    /// The caller will wait for a bulkhead permit rather than be refused.
+    pub wait: Option<Wait<'a>>,
+}
+
+/// An admission that waits its turn when a bulkhead is full.
+#[derive(Clone, Copy)]
+pub struct Wait<'a> {
+    /// Its place in line from an earlier try; `None` the first time.
+    pub ticket: Option<u64>,
+    /// How it is told it may have room now.
+    pub wake: &'a Arc<dyn crate::guard::concurrency::Wake>,
+}
+
+impl std::fmt::Debug for Wait<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wait")
+            .field("ticket", &self.ticket)
+            .finish()
+    }
 }
 
 /// The verdict on a planned call.
@@ -55,6 +79,9 @@ pub struct Decision {
     /// The services of a route passed over before it, each with the vote that
     /// ruled it out.
     pub skipped: Vec<(String, Vote)>,
+    /// Refused for want of a bulkhead permit, and standing in line under this
+    /// ticket ([`Plan::wait`]): wait to be woken, then try again with it.
+    pub waiting: Option<u64>,
 }
 
 pub use crate::guard::{Reason, Vote};
@@ -178,6 +205,7 @@ impl Decision {
             estimate: Usd::ZERO,
             service: None,
             skipped: Vec::new(),
+            waiting: None,
         }
     }
 

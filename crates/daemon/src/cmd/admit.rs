@@ -7,13 +7,25 @@
 //! done, with its result for the content guard. Such an admission is decided
 //! when its scan ends, not when it arrived: requests pipelined behind it on the
 //! same connection may be decided before it (their replies still come in order).
+//!
+//! With `wait_ms`, an admission refused only for want of a bulkhead permit
+//! waits its turn (`Admit::run`): the engine put it in line under its lock, and
+//! its reply future waits to be woken or for its deadline, outside every lock,
+//! then decides again. Requests pipelined behind it are decided as they
+//! arrive (a report behind it may free its permit); their replies wait behind
+//! its reply. Its place in line is an [`InLine`] owned by that future, so a
+//! timeout or a dropped connection removes it by construction.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use super::check::Job;
 use super::{dollars, invalid, log_transition, unavailable, Reply};
-use crate::admission::{Admitted, Caller, Decision, Moment, Plan, Reason};
+use crate::admission::{Admitted, Caller, Decision, Moment, Plan, Reason, Wait as AdmitWait};
+use crate::guard::concurrency::Wake;
 use crate::guard::content::Scanned;
 use crate::money::Usd;
 use crate::names::{check_name, shown};
@@ -43,9 +55,20 @@ pub(super) fn apply(state: &State, session: &Session, mut req: AdmitRequest, now
         Err(err) => return Reply::Ready(Response::Error(err)),
     };
     let config = state.config();
+    let wait = req
+        .wait_ms
+        .filter(|&ms| ms > 0)
+        .map(|ms| Duration::from_millis(ms).min(config.concurrency.max_wait))
+        .filter(|wait| !wait.is_zero());
+    let admit = Admit {
+        asker,
+        req,
+        valid,
+        wait,
+    };
     // Without the guard a payload is not looked at: no scan, no content vote.
     let Some(payload) = payload.filter(|_| config.content.enabled) else {
-        return decided(decide(state, &asker, &req, valid, now, None));
+        return admit.run(state, now, None);
     };
     let job = match Job::new(&config.content, payload) {
         Ok(job) => job,
@@ -59,9 +82,7 @@ pub(super) fn apply(state: &State, session: &Session, mut req: AdmitRequest, now
         };
         // The scan took time: the admission happens now.
         let now = state.moment();
-        decided(decide(&state, &asker, &req, valid, now, Some(&scanned)))
-            .into_response()
-            .await
+        admit.run(&state, now, Some(scanned)).into_response().await
     }))
 }
 
@@ -69,19 +90,188 @@ fn decided(result: Result<Reply, ErrorReply>) -> Reply {
     result.unwrap_or_else(|err| Reply::Ready(Response::Error(err)))
 }
 
-/// Protocol-3 fields whose guards this daemon does not serve yet: refused with a
-/// clear error rather than silently ignored.
-fn unsupported(req: &AdmitRequest) -> Result<(), ErrorReply> {
-    let field = if req.wait_ms.is_some() {
-        "wait_ms (bulkheads)"
-    } else if req.lease.is_some() {
-        "lease"
-    } else {
-        return Ok(());
-    };
-    Err(invalid(format!(
-        "{field} is not supported by this daemon yet; send the admission without it"
-    )))
+/// A validated admission, owned: with a payload or a wait it is decided in a
+/// future, after the scan or when a permit frees.
+struct Admit {
+    asker: Asker,
+    req: AdmitRequest,
+    valid: Valid,
+    /// How long it may wait for a bulkhead permit (`wait_ms`, at most
+    /// `concurrency.max_wait`); `None`: refused at once.
+    wait: Option<Duration>,
+}
+
+/// How a waiting admission is woken: the bulkhead guard calls this under the
+/// engine lock; it only marks the waiter's `Notify` (no I/O, no waiting).
+impl Wake for Notify {
+    fn wake(&self) {
+        self.notify_one();
+    }
+}
+
+/// A waiting admission's place in the bulkheads' lines, owned by the future
+/// that waits: however that future ends (admitted, timed out, dropped with its
+/// connection), dropping this takes the place away, so a waiter that is gone
+/// can never hold up the line or take a permit.
+struct InLine {
+    state: State,
+    ticket: u64,
+}
+
+impl Drop for InLine {
+    fn drop(&mut self) {
+        self.state.admission().leave_line(self.ticket);
+    }
+}
+
+impl Admit {
+    /// Decides now. A caller that may wait and is refused only for want of a
+    /// permit gets a pending reply that stands in line (first come, first
+    /// served) and tries again each time it may have room, until admitted,
+    /// refused by another guard, or its wait is up.
+    fn run(self, state: &State, now: Moment, content: Option<Scanned>) -> Reply {
+        let Some(wait) = self.wait else {
+            let admitted = self.admit(state, now, content.as_ref(), None);
+            return decided(admitted.and_then(|a| self.finish(state, a, None)));
+        };
+        let notify = Arc::new(Notify::new());
+        let wake: Arc<dyn Wake> = Arc::clone(&notify) as Arc<dyn Wake>;
+        let first = self.admit(
+            state,
+            now,
+            content.as_ref(),
+            Some(AdmitWait {
+                ticket: None,
+                wake: &wake,
+            }),
+        );
+        let (ticket, mut last) = match first {
+            Ok(Admitted::Decided(decision)) if decision.waiting.is_some() => {
+                (decision.waiting.unwrap_or_default(), decision)
+            }
+            other => return decided(other.and_then(|a| self.finish(state, a, None))),
+        };
+        let line = InLine {
+            state: state.clone(),
+            ticket,
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        let state = state.clone();
+        Reply::Pending(Box::pin(async move {
+            loop {
+                if tokio::time::timeout_at(deadline, notify.notified())
+                    .await
+                    .is_err()
+                {
+                    // Out of line before answering: it took nothing.
+                    drop(line);
+                    crate::metrics::hot().waited(false);
+                    let reply = self.finish(&state, Admitted::Decided(last), Some(wait));
+                    return decided(reply).into_response().await;
+                }
+                let now = state.moment();
+                let wait = AdmitWait {
+                    ticket: Some(ticket),
+                    wake: &wake,
+                };
+                match self.admit(&state, now, content.as_ref(), Some(wait)) {
+                    Ok(Admitted::Decided(decision)) if decision.waiting.is_some() => {
+                        last = decision;
+                    }
+                    other => {
+                        drop(line);
+                        crate::metrics::hot().waited(true);
+                        let reply = other.and_then(|a| self.finish(&state, a, None));
+                        return decided(reply).into_response().await;
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Runs the admission once.
+    fn admit(
+        &self,
+        state: &State,
+        now: Moment,
+        content: Option<&Scanned>,
+        wait: Option<AdmitWait<'_>>,
+    ) -> Result<Admitted, ErrorReply> {
+        let (asker, req, valid) = (&self.asker, &self.req, self.valid);
+        let plan = Plan {
+            service: &req.service,
+            units: valid.units,
+            input_units: req.input_units,
+            output_units: req.output_units,
+            cost: valid.cost,
+            model: req.model.as_deref(),
+            content,
+            attempt: req.attempt,
+            route: req.route.as_deref(),
+            lease: req.lease.as_deref(),
+            wait,
+        };
+        let caller = Caller {
+            session: asker.session,
+            agent: &asker.agent,
+            pid: u32::try_from(asker.peer_pid).unwrap_or(0),
+            uid: asker.peer_uid,
+        };
+        let admitted = state
+            .admission()
+            .admit(caller, plan, now)
+            .map_err(ErrorReply::from)?;
+        let decision = match &admitted {
+            Admitted::Decided(decision) => decision,
+            Admitted::Durable(durable) => durable.pending.decision(),
+        };
+        // Logged on every try: a waiting admission may move a breaker too.
+        for (service, from, to) in &decision.transitions {
+            log_transition(state, service, *from, *to);
+        }
+        Ok(admitted)
+    }
+
+    /// The final decision: logged, counted, made durable when it must be, and
+    /// answered. `waited`: a waiting admission whose wait ran out.
+    fn finish(
+        &self,
+        state: &State,
+        admitted: Admitted,
+        waited: Option<Duration>,
+    ) -> Result<Reply, ErrorReply> {
+        let decision = match &admitted {
+            Admitted::Decided(decision) => decision,
+            Admitted::Durable(durable) => durable.pending.decision(),
+        };
+        let service = decision.service.as_deref().unwrap_or(&self.req.service);
+        log_decision(&self.asker, service, decision);
+        if let Some(route) = &self.req.route {
+            super::route::count_choice(route, decision.allowed.then_some(service));
+        }
+        let durable = match admitted {
+            Admitted::Decided(decision) => {
+                let mut reply = into_reply(decision);
+                if let (Some(waited), Some(reason)) = (waited, reply.reason.as_mut()) {
+                    reason.push_str(&format!(
+                        "; waited {} ms for a permit (wait_ms, at most concurrency.max_wait)",
+                        waited.as_millis()
+                    ));
+                }
+                return Ok(Reply::Ready(Response::Admit(reply)));
+            }
+            Admitted::Durable(durable) => durable,
+        };
+        // The commit opens the reservation (or gives back what it took) when the
+        // ledger answers, whether or not this reply is still wanted then.
+        let committed = state.commit(durable);
+        Ok(Reply::Pending(Box::pin(async move {
+            match committed.await {
+                Ok(decision) => Response::Admit(into_reply(decision)),
+                Err(err) => unavailable(&err),
+            }
+        })))
+    }
 }
 
 /// Everything that can be checked before an admission: names, the agent's
@@ -91,7 +281,6 @@ fn validate(
     session: &Session,
     req: &AdmitRequest,
 ) -> Result<(Asker, Valid), ErrorReply> {
-    unsupported(req)?;
     if req.attempt == 0 {
         return Err(invalid(
             "attempt is 1-based: 1 for a first call, 2 for its first retry; got 0",
@@ -123,6 +312,9 @@ fn validate(
     if let Some(model) = &req.model {
         check_name(model).map_err(|e| invalid(format!("model name {} {e}", shown(model))))?;
     }
+    if let Some(lease) = &req.lease {
+        check_name(lease).map_err(|e| invalid(format!("lease name {} {e}", shown(lease))))?;
+    }
     let units =
         NonZeroU32::new(req.units).ok_or_else(|| invalid("units must be at least 1, got 0"))?;
     let cost = req.cost.map(|c| dollars("cost", c)).transpose()?;
@@ -133,63 +325,6 @@ fn validate(
         peer_pid: session.peer.pid,
     };
     Ok((asker, Valid { units, cost }))
-}
-
-fn decide(
-    state: &State,
-    asker: &Asker,
-    req: &AdmitRequest,
-    valid: Valid,
-    now: Moment,
-    content: Option<&Scanned>,
-) -> Result<Reply, ErrorReply> {
-    let agent = asker.agent.as_str();
-    let plan = Plan {
-        service: &req.service,
-        units: valid.units,
-        input_units: req.input_units,
-        output_units: req.output_units,
-        cost: valid.cost,
-        model: req.model.as_deref(),
-        content,
-        attempt: req.attempt,
-        route: req.route.as_deref(),
-    };
-    let caller = Caller {
-        session: asker.session,
-        agent,
-    };
-    let admitted = state
-        .admission()
-        .admit(caller, plan, now)
-        .map_err(ErrorReply::from)?;
-    let decision = match &admitted {
-        Admitted::Decided(decision) => decision,
-        Admitted::Durable(durable) => durable.pending.decision(),
-    };
-    for (service, from, to) in &decision.transitions {
-        log_transition(state, service, *from, *to);
-    }
-    let service = decision.service.as_deref().unwrap_or(&req.service);
-    log_decision(asker, service, decision);
-    if let Some(route) = &req.route {
-        super::route::count_choice(route, decision.allowed.then_some(service));
-    }
-    let durable = match admitted {
-        Admitted::Decided(decision) => {
-            return Ok(Reply::Ready(Response::Admit(into_reply(decision))))
-        }
-        Admitted::Durable(durable) => durable,
-    };
-    // The commit opens the reservation (or gives back what it took) when the
-    // ledger answers, whether or not this reply is still wanted then.
-    let committed = state.commit(durable);
-    Ok(Reply::Pending(Box::pin(async move {
-        match committed.await {
-            Ok(decision) => Response::Admit(into_reply(decision)),
-            Err(err) => unavailable(&err),
-        }
-    })))
 }
 
 fn log_decision(asker: &Asker, service: &str, decision: &Decision) {
@@ -232,6 +367,10 @@ fn record(decision: &Decision) {
         hot.decision(vote.guard.index(), outcome);
         if !vote.allow && vote.guard == GuardKind::Rate {
             metrics::counter!(crate::metrics::RATE_LIMIT_HITS, "rule" => String::from(&*vote.rule))
+                .increment(1);
+        }
+        if !vote.allow && vote.guard == GuardKind::Concurrency {
+            metrics::counter!(crate::metrics::BULKHEAD_DENIALS, "bulkhead" => String::from(&*vote.rule))
                 .increment(1);
         }
     }
@@ -298,6 +437,7 @@ pub(super) fn reason_text(reason: &Reason) -> String {
     match reason {
         Reason::Burst { taken, burst } => taken_of_burst(*taken, *burst),
         Reason::Fixed(text) => (*text).to_owned(),
+        Reason::InFlight { n, max } => in_flight_of(*n, *max),
         other => other.to_string(),
     }
 }
@@ -310,6 +450,17 @@ fn taken_of_burst(taken: u32, burst: u32) -> String {
     reason.push_str(" of burst ");
     reason.push_str(numbers.format(burst));
     reason.push_str(" taken");
+    reason
+}
+
+/// "`n` of `max` in flight", without `format!`.
+fn in_flight_of(n: u32, max: u32) -> String {
+    let mut numbers = itoa::Buffer::new();
+    let mut reason = String::with_capacity(32);
+    reason.push_str(numbers.format(n));
+    reason.push_str(" of ");
+    reason.push_str(numbers.format(max));
+    reason.push_str(" in flight");
     reason
 }
 
@@ -331,5 +482,9 @@ mod tests {
             );
         }
         assert_eq!(taken_of_burst(1, 100), "1 of burst 100 taken");
+        assert_eq!(
+            in_flight_of(3, 4),
+            Reason::InFlight { n: 3, max: 4 }.to_string()
+        );
     }
 }

@@ -13,6 +13,7 @@ mod breakers;
 mod budget;
 pub mod check;
 mod force_breaker;
+mod lease;
 mod ping;
 mod quotas;
 mod reload;
@@ -70,7 +71,6 @@ pub fn health(state: &State) -> crate::protocol::StatusReport {
 
 fn decide(state: &State, session: &Session, request: Request) -> Reply {
     let now = state.moment();
-    let op = request.op();
     if needs_admin(&request) {
         if let Err(denied) = state.require_admin(&session.peer) {
             return Reply::Ready(Response::Error(not_permitted(state, session, &denied)));
@@ -91,10 +91,7 @@ fn decide(state: &State, session: &Session, request: Request) -> Reply {
         Request::Reload => reload::apply(state, session),
         Request::Check(payload) => check::apply(state, payload),
         Request::Route(req) => Reply::Ready(route::apply(state, session, req, now)),
-        Request::Lease(_) => Reply::Ready(error(
-            ErrorCode::UnknownRequest,
-            format!("this daemon does not serve `{op}` yet; upgrade the daemon"),
-        )),
+        Request::Lease(req) => Reply::Ready(lease::apply(state, session, req, now)),
     }
 }
 

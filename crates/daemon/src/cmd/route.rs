@@ -87,10 +87,14 @@ fn route(
         content: None,
         attempt: 1,
         route: req.route.as_deref(),
+        lease: None,
+        wait: None,
     };
     let caller = Caller {
         session: session.id,
         agent,
+        pid: u32::try_from(session.peer.pid).unwrap_or(0),
+        uid: session.peer.uid,
     };
     let routed = state
         .admission()

@@ -5,7 +5,7 @@
 use crate::admission::Moment;
 use crate::config::Mode;
 use crate::guard::breaker::Phase;
-use crate::protocol::{BreakerCounts, Health, StatusReport};
+use crate::protocol::{BreakerCounts, Health, InFlight, StatusReport};
 use crate::state::State;
 
 pub(super) fn report(state: &State, now: Moment) -> StatusReport {
@@ -57,7 +57,26 @@ pub(super) fn report(state: &State, now: Moment) -> StatusReport {
         store: store.map_or_else(|| "ok".to_owned(), |failure| format!("failing: {failure}")),
         budget_spent: global.map_or(0.0, |b| b.spent.dollars()),
         budget_limit: global.map_or(0.0, |b| b.limit.dollars()),
-        leases_held: 0,
-        in_flight: Vec::new(),
+        leases_held: gauges.leases_held,
+        in_flight: in_flight(state),
     }
+}
+
+/// Bulkhead keys with calls in flight or waiting, sorted by bulkhead and key
+/// (outside the engine lock).
+fn in_flight(state: &State) -> Vec<InFlight> {
+    let mut keys: Vec<InFlight> = state
+        .admission()
+        .in_flight()
+        .into_iter()
+        .map(|k| InFlight {
+            bulkhead: k.bulkhead,
+            key: k.key,
+            in_flight: k.in_flight,
+            limit: k.limit,
+            waiting: k.waiting,
+        })
+        .collect();
+    keys.sort_unstable_by(|a, b| (&a.bulkhead, &a.key).cmp(&(&b.bulkhead, &b.key)));
+    keys
 }

@@ -25,6 +25,8 @@ use automation_framework_scanner::{Scanner, Severity};
 
 use crate::guard::breaker::BreakerConfig;
 use crate::guard::budget::BudgetSpec;
+use crate::guard::concurrency::BulkheadSpec;
+use crate::guard::lease::LeaseLimits;
 use crate::guard::quota::QuotaSpec;
 use crate::guard::rate::RateSpec;
 use crate::guard::retry::RetryConfig;
@@ -58,6 +60,21 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// `[content]`: the content guard and its rules.
     pub content: ContentConfig,
+    /// `[[bulkheads]]` in the order they run.
+    pub bulkheads: Vec<BulkheadSpec>,
+    /// `[concurrency]`.
+    pub concurrency: ConcurrencyConfig,
+    /// `[leases]`.
+    pub leases: LeaseLimits,
+}
+
+/// `[concurrency]`: what bulkheads share (SPEC §3.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConcurrencyConfig {
+    /// Agents with calls in flight at once on the host; `None`: no cap.
+    pub max_active_agents: Option<u32>,
+    /// The longest an admission may wait for a permit (`wait_ms` is cut to it).
+    pub max_wait: Duration,
 }
 
 /// `[content]`: what payloads may contain (SPEC §3.7). The rules are loaded

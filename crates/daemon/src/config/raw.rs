@@ -35,6 +35,9 @@ pub(super) struct RawConfig {
     pub http: RawHttp,
     pub alerts: RawAlerts,
     pub content: RawContent,
+    pub bulkheads: Vec<RawBulkhead>,
+    pub concurrency: RawConcurrency,
+    pub leases: RawLeases,
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,6 +206,40 @@ pub(super) struct RawQuota {
     pub agents: Vec<String>,
     #[serde(default)]
     pub shadow: bool,
+}
+
+/// One `[[bulkheads]]` entry: calls in flight per key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBulkhead {
+    pub name: String,
+    pub max_in_flight: u32,
+    #[serde(default)]
+    pub scope: Option<Spelled<RawScope>>,
+    #[serde(default)]
+    pub services: Vec<String>,
+    #[serde(default)]
+    pub agents: Vec<String>,
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+/// `[concurrency]`: the host-wide settings of bulkheads.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawConcurrency {
+    pub max_active_agents: u32,
+    pub max_wait: String,
+}
+
+/// `[leases]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLeases {
+    pub default_ttl: String,
+    pub max_ttl: String,
+    pub max_per_connection: u32,
+    pub max_total: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -438,6 +475,27 @@ impl Default for RawAlerts {
             ca_file: None,
             suppress: "5m".into(),
             queue: 256,
+        }
+    }
+}
+
+impl Default for RawConcurrency {
+    /// No cap on active agents; a waiting admission waits at most 30 s.
+    fn default() -> Self {
+        RawConcurrency {
+            max_active_agents: 0,
+            max_wait: "30s".into(),
+        }
+    }
+}
+
+impl Default for RawLeases {
+    fn default() -> Self {
+        RawLeases {
+            default_ttl: "30s".into(),
+            max_ttl: "1h".into(),
+            max_per_connection: 64,
+            max_total: 4096,
         }
     }
 }

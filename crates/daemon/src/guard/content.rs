@@ -161,6 +161,11 @@ mod tests {
             shadow_all,
             content,
             attempt: 1,
+            session: 1,
+            pid: 0,
+            uid: 0,
+            lease: None,
+            waiter: None,
         }
     }
 

@@ -17,7 +17,9 @@
 
 pub mod breaker;
 pub mod budget;
+pub mod concurrency;
 pub mod content;
+pub mod lease;
 pub mod period;
 pub mod quota;
 pub mod rate;
@@ -54,6 +56,14 @@ pub struct Call<'a> {
     pub content: Option<&'a content::Scanned>,
     /// 1 for a first call, more for a retry (the retry budget's business).
     pub attempt: u32,
+    /// The connection asking, and its peer's pid and uid (a lease's holder).
+    pub session: u64,
+    pub pid: u32,
+    pub uid: u32,
+    /// The lease the call needs, if any.
+    pub lease: Option<&'a str>,
+    /// The caller's place in the bulkheads' lines, when it already waits.
+    pub waiter: Option<u64>,
 }
 
 /// A guard's answer to a call.
@@ -99,6 +109,11 @@ pub enum Reason {
         estimate: Usd,
         left: Usd,
         limit: Usd,
+    },
+    /// `n` calls (or agents) in flight of at most `max`.
+    InFlight {
+        n: u32,
+        max: u32,
     },
     /// The guard's typed denial.
     Denied(Box<dyn std::error::Error + Send + Sync>),
@@ -273,6 +288,7 @@ impl fmt::Display for Reason {
                 left,
                 limit,
             } => write!(f, "{estimate} reserved, {left} left of {limit}"),
+            Reason::InFlight { n, max } => write!(f, "{n} of {max} in flight"),
             Reason::Denied(denial) => write!(f, "{denial}"),
         }
     }

@@ -11,8 +11,9 @@ use metrics::gauge;
 
 use crate::guard::breaker::Phase;
 use crate::metrics::{
-    ACTIVE_AGENTS, BREAKER_STATE, BUDGET_LIMIT, BUDGET_RESERVED, BUDGET_SPENT, CONNECTIONS,
-    LIMIT_HITS, OPEN_RESERVATIONS, QUOTA_USAGE, STORE_UP,
+    ACTIVE_AGENTS, BREAKER_STATE, BUDGET_LIMIT, BUDGET_RESERVED, BUDGET_SPENT, BULKHEAD_IN_FLIGHT,
+    BULKHEAD_WAITING, CONNECTIONS, LEASES_HELD, LIMIT_HITS, OPEN_RESERVATIONS, QUOTA_USAGE,
+    STORE_UP,
 };
 use crate::state::{Limit, State};
 
@@ -37,6 +38,12 @@ pub fn refresh(state: &State) {
     gauge!(CONNECTIONS).set(f64::from(connections));
     gauge!(ACTIVE_AGENTS).set(f64::from(agents));
     gauge!(OPEN_RESERVATIONS).set(gauges.open_reservations as f64);
+    for bulkhead in gauges.bulkheads {
+        gauge!(BULKHEAD_IN_FLIGHT, "bulkhead" => bulkhead.bulkhead.clone())
+            .set(bulkhead.in_flight as f64);
+        gauge!(BULKHEAD_WAITING, "bulkhead" => bulkhead.bulkhead).set(bulkhead.waiting as f64);
+    }
+    gauge!(LEASES_HELD).set(f64::from(gauges.leases_held));
     for limit in Limit::ALL {
         metrics::counter!(LIMIT_HITS, "limit" => limit.name())
             .absolute(state.counters().get(limit));

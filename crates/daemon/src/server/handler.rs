@@ -339,6 +339,12 @@ impl Handler {
         match read {
             Ok(Some(frame)) => self.frame(frame).await,
             Ok(None) => {
+                // Gone for good: nobody will read the replies still waiting
+                // (an admission in a bulkhead's line would otherwise wait out
+                // its `wait_ms` first); dropping them gives back their places.
+                if !self.replies.is_empty() && self.conn.peer_hung_up() {
+                    return Flow::Close;
+                }
                 self.eof = true;
                 Flow::Continue
             }

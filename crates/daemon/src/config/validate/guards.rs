@@ -371,7 +371,7 @@ fn quota(raw: RawQuota, prefix: &str) -> Result<QuotaSpec, ConfigError> {
     })
 }
 
-fn scope(key: &str, value: Spelled<RawScope>) -> Result<Scope, ConfigError> {
+pub(super) fn scope(key: &str, value: Spelled<RawScope>) -> Result<Scope, ConfigError> {
     Ok(match choice(key, "scope", value)? {
         RawScope::Global => Scope::Global,
         RawScope::Agent => Scope::Agent,

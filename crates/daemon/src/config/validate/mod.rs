@@ -7,6 +7,7 @@
 //! prices); the top level, `[http]`, `[alerts]` and the shared helpers are here.
 
 mod budget;
+mod concurrency;
 mod content;
 mod daemon;
 mod guards;
@@ -41,6 +42,9 @@ pub(super) fn config(raw: RawConfig) -> Result<Config, ConfigError> {
     let access = daemon::access(raw.access)?;
     let agents = daemon::agents(raw.agents)?;
     let content = content::content(raw.content)?;
+    let bulkheads = concurrency::bulkheads(raw.bulkheads, &services, &daemon)?;
+    let concurrency = concurrency::concurrency(raw.concurrency)?;
+    let leases = concurrency::leases(raw.leases)?;
     Ok(Config {
         daemon,
         breaker,
@@ -56,6 +60,9 @@ pub(super) fn config(raw: RawConfig) -> Result<Config, ConfigError> {
         http,
         alerts,
         content,
+        bulkheads,
+        concurrency,
+        leases,
     })
 }
 

@@ -34,6 +34,11 @@ fn call(attempt: u32, now: Duration) -> Call<'static> {
         shadow_all: false,
         content: None,
         attempt,
+        session: 1,
+        pid: 0,
+        uid: 0,
+        lease: None,
+        waiter: None,
     }
 }
 

@@ -1,0 +1,640 @@
+//! Concurrency: bulkheads (at most N calls in flight per service, per agent, per
+//! agent and service, or in all) and the cap on agents with calls in flight on
+//! the host (SPEC §3.6), with an optional first-come-first-served wait.
+//!
+//! A permit is held by the reservation of the admission that took it, and goes
+//! back when the call is reported, released, aborted, or its connection ends
+//! (`disconnect` gives it back at once: an orphan holds no permit, and nor does a
+//! reservation reloaded after a restart: permits are not durable).
+//!
+//! Waiting. An admission that may wait and is refused only for want of a permit
+//! is queued (`enqueue`) on every bulkhead key it needs, in one step under the
+//! engine lock, so every queue agrees on who came first. A queued waiter passes
+//! a key when the calls in flight plus the waiters ahead of it leave a permit
+//! over; a newcomer counts every waiter as ahead of it, so it cannot overtake
+//! the line. Whenever a key gains room (a permit back, a waiter leaving) the
+//! waiters that might now pass are woken through the handle they gave
+//! ([`Wake`]); a woken waiter runs its whole admission again and stays in line
+//! if it still does not fit. A waiter that leaves (admitted, refused by another
+//! guard, timed out, or its connection gone) is removed from every queue
+//! (`leave`): it held no permit while it waited, so there is nothing to give
+//! back. The waiting itself, and its deadline, happen outside the lock
+//! (`cmd/admit.rs`); this file never waits.
+
+use std::any::Any;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+use super::{
+    display_key, filter_matches, scope_key, Call, Checked, GuardKind, Keep, Reason, Report, Scope,
+    Settled, Verdict, Vote,
+};
+
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The rule name of the cap on active agents, in votes, `status` and metrics.
+pub const AGENTS_RULE: &str = "max_active_agents";
+
+/// One `[[bulkheads]]` entry, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BulkheadSpec {
+    pub name: String,
+    pub scope: Scope,
+    /// Services it applies to; empty means every service.
+    pub services: Vec<String>,
+    /// Agents it applies to; empty means every agent.
+    pub agents: Vec<String>,
+    /// Calls in flight per key; 0 closes the key entirely (every call refused).
+    pub max_in_flight: u32,
+    pub shadow: bool,
+}
+
+/// How a waiting admission is told that it may have room now. The guard only
+/// calls it (no I/O, no waiting); `cmd/admit.rs` implements it on the future
+/// that waits.
+pub trait Wake: Send + Sync {
+    fn wake(&self);
+}
+
+/// The pipeline stage: every bulkhead's keys and the active-agent cap.
+pub struct Concurrency {
+    rules: Vec<Rule>,
+    agents: AgentCap,
+    waiters: Map<u64, Waiter>,
+    next_waiter: u64,
+}
+
+struct Rule {
+    spec: BulkheadSpec,
+    name: Arc<str>,
+    /// Only keys with a call in flight or a waiter: emptied keys are removed.
+    slots: Map<String, Slot>,
+    in_flight: u64,
+    waiting: u64,
+}
+
+#[derive(Default)]
+struct Slot {
+    in_flight: u32,
+    /// Waiter ids, first come first.
+    queue: VecDeque<u64>,
+}
+
+/// Agents with at least one admission in flight, and how many each has.
+struct AgentCap {
+    /// `None`: no cap (`concurrency.max_active_agents = 0`).
+    max: Option<u32>,
+    name: Arc<str>,
+    active: Map<String, u32>,
+    queue: VecDeque<u64>,
+}
+
+struct Waiter {
+    wake: Arc<dyn Wake>,
+    /// Where it stands in line.
+    places: Vec<Place>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum Place {
+    Key { rule: Arc<str>, key: String },
+    Agents,
+}
+
+/// What an admission took: its permits (bulkhead name and key) and its count
+/// among the active agents. Given back once: the lists are drained.
+#[derive(Debug, Default)]
+pub struct Permits {
+    keys: Vec<(Arc<str>, String)>,
+    agent: Option<String>,
+}
+
+/// Why a call was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConcurrencyDenial {
+    /// The bulkhead's key has no permit left for this call.
+    Full {
+        /// The key as shown (`agent/service` for pairs, empty for global).
+        key: String,
+        in_flight: u32,
+        max: u32,
+        waiting: u32,
+    },
+    /// The host's cap on agents with calls in flight is reached, and this
+    /// agent has none.
+    Agents { active: u32, max: u32, waiting: u32 },
+}
+
+/// One key's occupancy, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyOccupancy {
+    pub bulkhead: String,
+    /// As shown (`agent/service` for pairs).
+    pub key: String,
+    pub in_flight: u32,
+    pub limit: u32,
+    pub waiting: u32,
+}
+
+/// One bulkhead's totals over its keys, for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BulkheadTotals {
+    pub bulkhead: String,
+    pub in_flight: u64,
+    pub waiting: u64,
+}
+
+// === impl Concurrency ===
+
+impl Concurrency {
+    pub fn new(specs: Vec<BulkheadSpec>, max_active_agents: Option<u32>) -> Concurrency {
+        Concurrency {
+            rules: specs.into_iter().map(Rule::new).collect(),
+            agents: AgentCap {
+                max: max_active_agents,
+                name: Arc::from(AGENTS_RULE),
+                active: Map::default(),
+                queue: VecDeque::new(),
+            },
+            waiters: Map::default(),
+            next_waiter: 1,
+        }
+    }
+
+    /// Takes the bulkheads and the agent cap of a new config. A bulkhead whose
+    /// name stays keeps its calls in flight and its waiters (a lower limit
+    /// refuses new calls until enough have ended); a removed one forgets its
+    /// keys, and permits it had given are no-ops when they come back. Every
+    /// waiter is woken to look again.
+    pub fn reconfigure(&mut self, specs: Vec<BulkheadSpec>, max_active_agents: Option<u32>) {
+        let mut old: Vec<Option<Rule>> = std::mem::take(&mut self.rules)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.rules = specs
+            .into_iter()
+            .map(|spec| {
+                let kept = old
+                    .iter_mut()
+                    .find(|r| r.as_ref().is_some_and(|r| r.spec.name == spec.name))
+                    .and_then(Option::take);
+                match kept {
+                    Some(mut rule) => {
+                        rule.spec = spec;
+                        rule
+                    }
+                    None => Rule::new(spec),
+                }
+            })
+            .collect();
+        self.agents.max = max_active_agents;
+        // Waiters queued on a bulkhead that is gone no longer stand there.
+        let rules = &self.rules;
+        for waiter in self.waiters.values_mut() {
+            waiter.places.retain(|place| match place {
+                Place::Key { rule, .. } => rules.iter().any(|r| r.name == *rule),
+                Place::Agents => true,
+            });
+        }
+        for waiter in self.waiters.values() {
+            waiter.wake.wake();
+        }
+    }
+
+    /// Queues waiter `ticket` (a new one when `None`) on every key `call` needs
+    /// that it is not in line for yet; returns its id. Called when the call was
+    /// refused for want of a permit and its caller will wait.
+    pub fn enqueue(&mut self, ticket: Option<u64>, wake: &Arc<dyn Wake>, call: &Call<'_>) -> u64 {
+        let id = ticket.unwrap_or_else(|| {
+            let id = self.next_waiter;
+            self.next_waiter += 1;
+            id
+        });
+        let waiter = self.waiters.entry(id).or_insert_with(|| Waiter {
+            wake: Arc::clone(wake),
+            places: Vec::new(),
+        });
+        if self.agents.max.is_some()
+            && !self.agents.active.contains_key(call.agent)
+            && !waiter.places.contains(&Place::Agents)
+        {
+            self.agents.queue.push_back(id);
+            waiter.places.push(Place::Agents);
+        }
+        for rule in &mut self.rules {
+            if !rule.applies(call) {
+                continue;
+            }
+            let key = scope_key(rule.spec.scope, call.agent, call.service);
+            let place = Place::Key {
+                rule: Arc::clone(&rule.name),
+                key,
+            };
+            if waiter.places.contains(&place) {
+                continue;
+            }
+            let Place::Key { key, .. } = &place else {
+                unreachable!("built as a key place just above")
+            };
+            rule.slots
+                .entry(key.clone())
+                .or_default()
+                .queue
+                .push_back(id);
+            rule.waiting += 1;
+            waiter.places.push(place);
+        }
+        id
+    }
+
+    /// Takes waiter `id` out of every line it stands in (admitted, refused,
+    /// timed out, or gone); those behind it may now pass and are woken. A no-op
+    /// for an id not waiting.
+    pub fn leave(&mut self, id: u64) {
+        let Some(waiter) = self.waiters.remove(&id) else {
+            return;
+        };
+        for place in waiter.places {
+            match place {
+                Place::Agents => {
+                    self.agents.queue.retain(|w| *w != id);
+                    self.agents.wake(&self.waiters);
+                }
+                Place::Key { rule, key } => {
+                    let Some(rule) = self.rules.iter_mut().find(|r| r.name == rule) else {
+                        continue;
+                    };
+                    let Some(slot) = rule.slots.get_mut(&key) else {
+                        continue;
+                    };
+                    let before = slot.queue.len();
+                    slot.queue.retain(|w| *w != id);
+                    rule.waiting -= (before - slot.queue.len()) as u64;
+                    wake(slot, rule.spec.max_in_flight, &self.waiters);
+                    if slot.is_empty() {
+                        rule.slots.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waiters in line (each counted once, however many keys it waits for).
+    pub fn waiters(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// Keys with calls in flight or waiting, at most `cap` of them, then the
+    /// agent cap (as bulkhead [`AGENTS_RULE`]) when it has any.
+    pub fn occupancy(&self, cap: usize) -> Vec<KeyOccupancy> {
+        let mut out = Vec::new();
+        if let Some(max) = self.agents.max {
+            if !self.agents.active.is_empty() || !self.agents.queue.is_empty() {
+                out.push(KeyOccupancy {
+                    bulkhead: AGENTS_RULE.to_owned(),
+                    key: String::new(),
+                    in_flight: count(self.agents.active.len()),
+                    limit: max,
+                    waiting: count(self.agents.queue.len()),
+                });
+            }
+        }
+        'rules: for rule in &self.rules {
+            for (key, slot) in &rule.slots {
+                if out.len() >= cap {
+                    break 'rules;
+                }
+                out.push(KeyOccupancy {
+                    bulkhead: rule.spec.name.clone(),
+                    key: display_key(key),
+                    in_flight: slot.in_flight,
+                    limit: rule.spec.max_in_flight,
+                    waiting: count(slot.queue.len()),
+                });
+            }
+        }
+        out
+    }
+
+    /// Each bulkhead's totals (and the agent cap's, when configured), O(rules).
+    pub fn totals(&self) -> Vec<BulkheadTotals> {
+        let mut out: Vec<BulkheadTotals> = self
+            .rules
+            .iter()
+            .map(|rule| BulkheadTotals {
+                bulkhead: rule.spec.name.clone(),
+                in_flight: rule.in_flight,
+                waiting: rule.waiting,
+            })
+            .collect();
+        if self.agents.max.is_some() {
+            out.push(BulkheadTotals {
+                bulkhead: AGENTS_RULE.to_owned(),
+                in_flight: self.agents.active.len() as u64,
+                waiting: self.agents.queue.len() as u64,
+            });
+        }
+        out
+    }
+
+    /// The active-agent cap's vote; counts the call's agent when it passes.
+    fn check_agent(&mut self, call: &Call<'_>, out: &mut Checked) -> Verdict {
+        let agents = &mut self.agents;
+        let Some(max) = agents.max else {
+            return Verdict::Allow;
+        };
+        let shadow = call.shadow_all;
+        if let Some(n) = agents.active.get_mut(call.agent) {
+            *n += 1;
+        } else {
+            let active = count(agents.active.len());
+            let ahead = ahead(&agents.queue, call.waiter);
+            if (u64::from(active) + ahead as u64) >= u64::from(max) {
+                out.vote(Vote::deny(
+                    GuardKind::Concurrency,
+                    Arc::clone(&agents.name),
+                    shadow,
+                    ConcurrencyDenial::Agents {
+                        active,
+                        max,
+                        waiting: count(agents.queue.len()),
+                    },
+                    None,
+                ));
+                if !shadow {
+                    return Verdict::Deny;
+                }
+                agents.active.insert(call.agent.to_owned(), 1);
+                return Verdict::Allow;
+            }
+            agents.active.insert(call.agent.to_owned(), 1);
+        }
+        out.vote(Vote::allow(
+            GuardKind::Concurrency,
+            Arc::clone(&agents.name),
+            shadow,
+            Reason::InFlight {
+                n: count(agents.active.len()),
+                max,
+            },
+        ));
+        Verdict::Allow
+    }
+
+    /// Puts back what a check took when a later rule of the same check denies:
+    /// nothing else ran in between, so no waiter can have gained room.
+    fn give_back_quietly(&mut self, permits: &mut Permits) {
+        for (name, key) in permits.keys.drain(..) {
+            if let Some(rule) = self.rules.iter_mut().find(|r| r.name == name) {
+                if let Some(slot) = rule.slots.get_mut(&key) {
+                    slot.in_flight -= 1;
+                    rule.in_flight -= 1;
+                    if slot.is_empty() {
+                        rule.slots.remove(&key);
+                    }
+                }
+            }
+        }
+        if let Some(agent) = permits.agent.take() {
+            if let Some(n) = self.agents.active.get_mut(&agent) {
+                *n -= 1;
+                if *n == 0 {
+                    self.agents.active.remove(&agent);
+                }
+            }
+        }
+    }
+
+    /// Gives back what `permits` holds (once: the lists are drained) and wakes
+    /// the waiters that may now pass.
+    fn give_back(&mut self, permits: &mut Permits) {
+        for (name, key) in permits.keys.drain(..).rev() {
+            let Some(rule) = self.rules.iter_mut().find(|r| r.name == name) else {
+                // Its bulkhead was removed by a reload.
+                continue;
+            };
+            let Some(slot) = rule.slots.get_mut(&key) else {
+                continue;
+            };
+            slot.in_flight = slot.in_flight.saturating_sub(1);
+            rule.in_flight = rule.in_flight.saturating_sub(1);
+            wake(slot, rule.spec.max_in_flight, &self.waiters);
+            if slot.is_empty() {
+                rule.slots.remove(&key);
+            }
+        }
+        if let Some(agent) = permits.agent.take() {
+            if let Some(n) = self.agents.active.get_mut(&agent) {
+                *n -= 1;
+                if *n == 0 {
+                    self.agents.active.remove(&agent);
+                    self.agents.wake(&self.waiters);
+                }
+            }
+        }
+    }
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Wakes the waiters at the front of `slot`'s line that fit in its free permits.
+fn wake(slot: &Slot, max: u32, waiters: &Map<u64, Waiter>) {
+    let free = max.saturating_sub(slot.in_flight) as usize;
+    for id in slot.queue.iter().take(free) {
+        if let Some(waiter) = waiters.get(id) {
+            waiter.wake.wake();
+        }
+    }
+}
+
+impl super::Guard for Concurrency {
+    fn check(&mut self, call: &Call<'_>, out: &mut Checked) -> Verdict {
+        if self.rules.is_empty() && self.agents.max.is_none() {
+            return Verdict::Allow;
+        }
+        let mut permits = Permits::default();
+        if self.agents.max.is_some() && self.check_agent(call, out) == Verdict::Deny {
+            return Verdict::Deny;
+        }
+        if self.agents.max.is_some() {
+            permits.agent = Some(call.agent.to_owned());
+        }
+        for rule in &mut self.rules {
+            if !rule.applies(call) {
+                continue;
+            }
+            let shadow = call.shadow_all || rule.spec.shadow;
+            let max = rule.spec.max_in_flight;
+            let key = scope_key(rule.spec.scope, call.agent, call.service);
+            let (in_flight, waiting, ahead) = rule.slots.get(&key).map_or((0, 0, 0), |slot| {
+                (
+                    slot.in_flight,
+                    slot.queue.len(),
+                    ahead(&slot.queue, call.waiter),
+                )
+            });
+            let fits = (u64::from(in_flight) + ahead as u64) < u64::from(max);
+            if fits {
+                out.vote(Vote::allow(
+                    GuardKind::Concurrency,
+                    Arc::clone(&rule.name),
+                    shadow,
+                    Reason::InFlight {
+                        n: in_flight + 1,
+                        max,
+                    },
+                ));
+            } else {
+                out.vote(Vote::deny(
+                    GuardKind::Concurrency,
+                    Arc::clone(&rule.name),
+                    shadow,
+                    ConcurrencyDenial::Full {
+                        key: display_key(&key),
+                        in_flight,
+                        max,
+                        waiting: count(waiting),
+                    },
+                    None,
+                ));
+                if !shadow {
+                    // Exactly as before the check: nothing else ran meanwhile.
+                    self.give_back_quietly(&mut permits);
+                    return Verdict::Deny;
+                }
+                // A shadow bulkhead counts the call anyway, so its gauges show
+                // what enforcing it would face.
+            }
+            match rule.slots.get_mut(&key) {
+                Some(slot) => slot.in_flight += 1,
+                None => {
+                    rule.slots.insert(
+                        key.clone(),
+                        Slot {
+                            in_flight: 1,
+                            queue: VecDeque::new(),
+                        },
+                    );
+                }
+            }
+            rule.in_flight += 1;
+            permits.keys.push((Arc::clone(&rule.name), key));
+        }
+        if !permits.keys.is_empty() || permits.agent.is_some() {
+            out.take(permits);
+        }
+        Verdict::Allow
+    }
+
+    fn undo(&mut self, taken: Box<dyn Any + Send>) {
+        if let Ok(mut permits) = taken.downcast::<Permits>() {
+            self.give_back(&mut permits);
+        }
+    }
+
+    fn abort(&mut self, taken: &mut (dyn Any + Send)) {
+        self.give_back(super::own(taken));
+    }
+
+    fn settle(&mut self, taken: &mut (dyn Any + Send), _report: &Report, _out: &mut Settled) {
+        self.give_back(super::own(taken));
+    }
+
+    fn release(&mut self, taken: &mut (dyn Any + Send)) {
+        self.give_back(super::own(taken));
+    }
+
+    fn disconnect(&mut self, taken: &mut (dyn Any + Send)) -> Keep {
+        // A call whose agent is gone is not in flight any more as far as this
+        // host can tell, and waiting for an orphan's timeout would hold the
+        // bulkhead shut for minutes: the permit goes back now.
+        self.give_back(super::own(taken));
+        Keep::No
+    }
+}
+
+/// How many waiters stand ahead of `waiter` in `queue`: all of them for a
+/// newcomer (or a waiter not in this line).
+fn ahead(queue: &VecDeque<u64>, waiter: Option<u64>) -> usize {
+    waiter
+        .and_then(|id| queue.iter().position(|w| *w == id))
+        .unwrap_or(queue.len())
+}
+
+// === impl Rule ===
+
+impl Rule {
+    fn new(spec: BulkheadSpec) -> Rule {
+        Rule {
+            name: Arc::from(spec.name.as_str()),
+            spec,
+            slots: Map::default(),
+            in_flight: 0,
+            waiting: 0,
+        }
+    }
+
+    fn applies(&self, call: &Call<'_>) -> bool {
+        filter_matches(&self.spec.services, call.service)
+            && filter_matches(&self.spec.agents, call.agent)
+    }
+}
+
+impl Slot {
+    fn is_empty(&self) -> bool {
+        self.in_flight == 0 && self.queue.is_empty()
+    }
+}
+
+impl AgentCap {
+    fn wake(&self, waiters: &Map<u64, Waiter>) {
+        let Some(max) = self.max else { return };
+        let free = (max as usize).saturating_sub(self.active.len());
+        for id in self.queue.iter().take(free) {
+            if let Some(waiter) = waiters.get(id) {
+                waiter.wake.wake();
+            }
+        }
+    }
+}
+
+// === impl ConcurrencyDenial ===
+
+impl fmt::Display for ConcurrencyDenial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConcurrencyDenial::Full {
+                key,
+                in_flight,
+                max,
+                waiting,
+            } => {
+                f.write_str("bulkhead full")?;
+                if !key.is_empty() {
+                    write!(f, " for {key}")?;
+                }
+                write!(f, ": {in_flight} of {max} calls in flight, {waiting} waiting")?;
+                if *max == 0 {
+                    f.write_str(" (max_in_flight = 0 refuses every call)")?;
+                }
+                Ok(())
+            }
+            ConcurrencyDenial::Agents {
+                active,
+                max,
+                waiting,
+            } => write!(
+                f,
+                "{active} of {max} agents already have calls in flight (concurrency.max_active_agents), {waiting} waiting"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConcurrencyDenial {}
+
+#[cfg(test)]
+mod tests;

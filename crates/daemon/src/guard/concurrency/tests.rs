@@ -1,0 +1,337 @@
+//! Unit tests of the bulkheads: permits counted exactly through every way a
+//! call ends, the line's order, and who is woken when.
+
+use std::any::Any;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::clock::Moment;
+use crate::guard::Guard;
+use crate::money::Usd;
+
+/// Counts its wake-ups.
+#[derive(Default)]
+struct Bell(AtomicUsize);
+
+impl Wake for Bell {
+    fn wake(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Bell {
+    fn rings(&self) -> usize {
+        self.0.swap(0, Ordering::Relaxed)
+    }
+}
+
+fn spec(name: &str, scope: Scope, max: u32) -> BulkheadSpec {
+    BulkheadSpec {
+        name: name.into(),
+        scope,
+        services: Vec::new(),
+        agents: Vec::new(),
+        max_in_flight: max,
+        shadow: false,
+    }
+}
+
+fn call<'a>(agent: &'a str, service: &'a str, waiter: Option<u64>) -> Call<'a> {
+    Call {
+        agent,
+        service,
+        model: None,
+        units: NonZeroU32::MIN,
+        estimate: Usd::ZERO,
+        now: Moment {
+            mono: Duration::from_secs(1),
+            unix: 0,
+        },
+        shadow_all: false,
+        content: None,
+        attempt: 1,
+        session: 1,
+        pid: 0,
+        uid: 0,
+        lease: None,
+        waiter,
+    }
+}
+
+/// Checks `call`; the permits taken when allowed.
+fn check(c: &mut Concurrency, call: &Call<'_>) -> Result<Box<dyn Any + Send>, Vec<Vote>> {
+    let mut out = Checked::new();
+    match c.check(call, &mut out) {
+        Verdict::Allow => Ok(out
+            .taken
+            .pop()
+            .map_or_else(|| Box::new(()) as Box<dyn Any + Send>, |t| t.what)),
+        Verdict::Deny => {
+            assert!(out.taken.is_empty(), "a denial takes nothing");
+            Err(out.votes)
+        }
+    }
+}
+
+fn in_flight(c: &Concurrency) -> Vec<(String, String, u32, u32)> {
+    let mut keys: Vec<_> = c
+        .occupancy(usize::MAX)
+        .into_iter()
+        .map(|k| (k.bulkhead, k.key, k.in_flight, k.waiting))
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn exactly_max_permits_per_key_and_every_end_gives_one_back() {
+    let mut c = Concurrency::new(vec![spec("svc", Scope::Service, 2)], None);
+    let mut a = check(&mut c, &call("x", "s", None)).unwrap();
+    let mut b = check(&mut c, &call("y", "s", None)).unwrap();
+    let denied = check(&mut c, &call("z", "s", None)).unwrap_err();
+    let vote = denied.last().unwrap();
+    assert_eq!(
+        vote.reason.to_string(),
+        "bulkhead full for s: 2 of 2 calls in flight, 0 waiting",
+        "the denial says how many are in flight"
+    );
+    assert_eq!(vote.retry_after, None);
+    // Another key has its own permits.
+    let other = check(&mut c, &call("z", "t", None)).unwrap();
+    assert_eq!(
+        in_flight(&c),
+        vec![
+            ("svc".into(), "s".into(), 2, 0),
+            ("svc".into(), "t".into(), 1, 0)
+        ]
+    );
+    // Settle, release, disconnect, abort: one permit back each, once.
+    c.settle(&mut *a, &dummy_report(), &mut Settled::default());
+    c.release(&mut *a);
+    assert_eq!(c.disconnect(&mut *b), Keep::No);
+    c.abort(&mut *b);
+    c.undo(other);
+    assert!(in_flight(&c).is_empty(), "emptied keys are forgotten");
+    assert_eq!(c.totals()[0].in_flight, 0);
+    for _ in 0..2 {
+        check(&mut c, &call("z", "s", None)).unwrap();
+    }
+    assert!(check(&mut c, &call("z", "s", None)).is_err());
+}
+
+fn dummy_report() -> Report {
+    Report {
+        failure: false,
+        units: None,
+        latency: None,
+        now: Moment {
+            mono: Duration::ZERO,
+            unix: 0,
+        },
+    }
+}
+
+#[test]
+fn a_denial_by_a_later_bulkhead_puts_back_the_earlier_permits() {
+    let mut c = Concurrency::new(
+        vec![
+            spec("per-agent", Scope::Agent, 5),
+            spec("global", Scope::Global, 1),
+        ],
+        Some(3),
+    );
+    let _held = check(&mut c, &call("a", "s", None)).unwrap();
+    let before = in_flight(&c);
+    assert!(check(&mut c, &call("b", "s", None)).is_err());
+    assert_eq!(
+        in_flight(&c),
+        before,
+        "the agent cap and per-agent permit went back"
+    );
+}
+
+#[test]
+fn waiters_are_served_first_come_first_served_and_newcomers_cannot_overtake() {
+    let mut c = Concurrency::new(vec![spec("svc", Scope::Service, 1)], None);
+    let mut holder = check(&mut c, &call("h", "s", None)).unwrap();
+    let bells: Vec<Arc<Bell>> = (0..3).map(|_| Arc::new(Bell::default())).collect();
+    let mut tickets = Vec::new();
+    for bell in &bells {
+        let c_ = call("w", "s", None);
+        assert!(check(&mut c, &c_).is_err());
+        let wake: Arc<dyn Wake> = Arc::clone(bell) as Arc<dyn Wake>;
+        tickets.push(c.enqueue(None, &wake, &c_));
+    }
+    assert_eq!(in_flight(&c), vec![("svc".into(), "s".into(), 1, 3)]);
+    // The permit comes back: only the first in line is woken, and a newcomer
+    // (or the second in line) finds no room ahead of it.
+    c.release(&mut *holder);
+    assert_eq!(
+        bells.iter().map(|b| b.rings()).collect::<Vec<_>>(),
+        [1, 0, 0]
+    );
+    assert!(check(&mut c, &call("new", "s", None)).is_err());
+    assert!(check(&mut c, &call("w", "s", Some(tickets[1]))).is_err());
+    let mut first = check(&mut c, &call("w", "s", Some(tickets[0]))).unwrap();
+    c.leave(tickets[0]);
+    // The third leaves (timed out): nothing to give back, the second is next.
+    c.leave(tickets[2]);
+    c.leave(tickets[2]);
+    c.settle(&mut *first, &dummy_report(), &mut Settled::default());
+    assert_eq!(bells[1].rings(), 1);
+    let _second = check(&mut c, &call("w", "s", Some(tickets[1]))).unwrap();
+    c.leave(tickets[1]);
+    assert_eq!(c.waiters(), 0);
+    assert_eq!(in_flight(&c), vec![("svc".into(), "s".into(), 1, 0)]);
+}
+
+#[test]
+fn a_waiter_leaving_the_front_wakes_the_one_it_was_blocking() {
+    // Two keys of room 2; the first waiter also needs a key that is full.
+    let mut c = Concurrency::new(vec![spec("pair", Scope::AgentService, 1)], None);
+    let _a = check(&mut c, &call("a", "s", None)).unwrap();
+    let bell = Arc::new(Bell::default());
+    let wake: Arc<dyn Wake> = Arc::clone(&bell) as Arc<dyn Wake>;
+    let first = c.enqueue(None, &wake, &call("a", "s", None));
+    let other = Arc::new(Bell::default());
+    let other_wake: Arc<dyn Wake> = Arc::clone(&other) as Arc<dyn Wake>;
+    let second = c.enqueue(None, &other_wake, &call("a", "s", None));
+    c.leave(first);
+    assert_eq!(other.rings(), 0, "still no permit free");
+    assert!(check(&mut c, &call("a", "s", Some(second))).is_err());
+    c.leave(second);
+    assert_eq!(in_flight(&c), vec![("pair".into(), "a/s".into(), 1, 0)]);
+}
+
+#[test]
+fn the_agent_cap_counts_agents_not_calls() {
+    let mut c = Concurrency::new(Vec::new(), Some(2));
+    let mut a1 = check(&mut c, &call("a", "s", None)).unwrap();
+    let mut a2 = check(&mut c, &call("a", "t", None)).unwrap();
+    let mut b = check(&mut c, &call("b", "s", None)).unwrap();
+    let denied = check(&mut c, &call("c", "s", None)).unwrap_err();
+    assert_eq!(
+        denied.last().unwrap().reason.to_string(),
+        "2 of 2 agents already have calls in flight (concurrency.max_active_agents), 0 waiting"
+    );
+    // `a` still has a call in flight after one ends.
+    c.settle(&mut *a1, &dummy_report(), &mut Settled::default());
+    assert!(check(&mut c, &call("c", "s", None)).is_err());
+    let bell = Arc::new(Bell::default());
+    let wake: Arc<dyn Wake> = Arc::clone(&bell) as Arc<dyn Wake>;
+    let ticket = c.enqueue(None, &wake, &call("c", "s", None));
+    c.release(&mut *a2);
+    assert_eq!(bell.rings(), 1, "agent a went idle: c may come in");
+    let _c = check(&mut c, &call("c", "s", Some(ticket))).unwrap();
+    c.leave(ticket);
+    c.release(&mut *b);
+    assert_eq!(
+        c.totals(),
+        vec![BulkheadTotals {
+            bulkhead: AGENTS_RULE.into(),
+            in_flight: 1,
+            waiting: 0
+        }]
+    );
+}
+
+#[test]
+fn churn_leaves_the_counts_exact() {
+    let mut c = Concurrency::new(
+        vec![
+            spec("svc", Scope::Service, 4),
+            spec("agent", Scope::Agent, 3),
+        ],
+        Some(5),
+    );
+    let bell: Arc<dyn Wake> = Arc::new(Bell::default());
+    let mut held: Vec<Box<dyn Any + Send>> = Vec::new();
+    let mut waiting = Vec::new();
+    let agents = ["a", "b", "c", "d", "e", "f", "g"];
+    for round in 0..2_000usize {
+        let agent = agents[round % agents.len()];
+        let service = if round % 3 == 0 { "s" } else { "t" };
+        match check(&mut c, &call(agent, service, None)) {
+            Ok(permits) => held.push(permits),
+            Err(_) if round % 2 == 0 => {
+                waiting.push(c.enqueue(None, &bell, &call(agent, service, None)));
+            }
+            Err(_) => {}
+        }
+        if round % 5 == 0 && !held.is_empty() {
+            let mut permits = held.swap_remove(round % held.len());
+            match round % 3 {
+                0 => c.settle(&mut *permits, &dummy_report(), &mut Settled::default()),
+                1 => drop(c.disconnect(&mut *permits)),
+                _ => c.release(&mut *permits),
+            }
+        }
+        if round % 7 == 0 {
+            if let Some(ticket) = waiting.pop() {
+                c.leave(ticket);
+            }
+        }
+    }
+    for ticket in waiting {
+        c.leave(ticket);
+    }
+    for mut permits in held {
+        c.release(&mut *permits);
+    }
+    assert!(in_flight(&c).is_empty());
+    assert_eq!(c.waiters(), 0);
+    assert!(c
+        .totals()
+        .iter()
+        .all(|t| t.in_flight == 0 && t.waiting == 0));
+    for agent in ["p", "q", "r", "u"] {
+        check(&mut c, &call(agent, "s", None)).unwrap_or_else(|_| panic!("capacity is back"));
+    }
+    assert!(
+        check(&mut c, &call("v", "s", None)).is_err(),
+        "and exactly 4"
+    );
+}
+
+#[test]
+fn a_reload_keeps_what_is_in_flight_and_forgets_removed_bulkheads() {
+    let mut c = Concurrency::new(vec![spec("svc", Scope::Service, 2)], None);
+    let mut a = check(&mut c, &call("a", "s", None)).unwrap();
+    let _b = check(&mut c, &call("b", "s", None)).unwrap();
+    c.reconfigure(vec![spec("svc", Scope::Service, 1)], None);
+    assert!(check(&mut c, &call("c", "s", None)).is_err());
+    c.release(&mut *a);
+    assert!(
+        check(&mut c, &call("c", "s", None)).is_err(),
+        "2 - 1 = 1 of 1"
+    );
+    c.reconfigure(vec![spec("other", Scope::Service, 1)], None);
+    let _c = check(&mut c, &call("c", "s", None)).unwrap();
+    assert_eq!(in_flight(&c), vec![("other".into(), "s".into(), 1, 0)]);
+}
+
+#[test]
+fn a_closed_bulkhead_refuses_everything_and_says_why() {
+    let mut c = Concurrency::new(vec![spec("off", Scope::Global, 0)], None);
+    let denied = check(&mut c, &call("a", "s", None)).unwrap_err();
+    assert!(denied[0]
+        .reason
+        .to_string()
+        .contains("max_in_flight = 0 refuses every call"));
+    assert!(in_flight(&c).is_empty());
+}
+
+#[test]
+fn a_shadow_bulkhead_counts_but_never_denies() {
+    let mut s = spec("svc", Scope::Service, 1);
+    s.shadow = true;
+    let mut c = Concurrency::new(vec![s], None);
+    let _a = check(&mut c, &call("a", "s", None)).unwrap();
+    let mut out = Checked::new();
+    assert_eq!(c.check(&call("b", "s", None), &mut out), Verdict::Allow);
+    assert!(out.votes[0].shadow && !out.votes[0].allow);
+    assert_eq!(in_flight(&c), vec![("svc".into(), "s".into(), 2, 0)]);
+}

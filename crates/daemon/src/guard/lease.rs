@@ -1,0 +1,605 @@
+//! Leases: named, exclusive, with a time to live (SPEC §3.6), so two agents do
+//! not change the same thing at once, and the second is told who has it.
+//!
+//! A lease is held by a session (one connection), in one of two ways: taken by
+//! a `Lease` request, it lasts until released, until its TTL passes unrenewed,
+//! or until the connection ends; taken by an admission that named it, it is the
+//! admission's, and also ends when the call is reported or released (with the
+//! default TTL as the longest it can last). An admission naming a lease its own
+//! session already holds takes nothing and leaves that hold alone. Every
+//! acquisition gets a grant number, so a stale holder (an admission whose lease
+//! has since expired and been granted again) can never release someone else's.
+//!
+//! Leases are not durable: they live in memory only, so a daemon restart frees
+//! every one, and a reservation reloaded as an orphan holds none (its
+//! connection, which held the lease, is gone).
+//!
+//! Time to live is checked lazily against the `now` each request brings (the
+//! guard reads no clock): an expired lease is free to the next asker, and
+//! `purge` forgets expired ones so the counts stay honest.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Call, Checked, GuardKind, Keep, Reason, Report, Settled, Verdict, Vote};
+
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// `[leases]`, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseLimits {
+    /// A lease taken without a TTL (and every lease an admission takes).
+    pub default_ttl: Duration,
+    /// The longest TTL a request may ask for.
+    pub max_ttl: Duration,
+    /// Leases one connection may hold at once.
+    pub max_per_connection: u32,
+    /// Leases held on the whole host at once.
+    pub max_total: u32,
+}
+
+/// The session that holds, or asks for, a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub session: u64,
+    pub agent: String,
+    pub pid: u32,
+    pub uid: u32,
+}
+
+/// The pipeline stage and the lease table.
+pub struct Leases {
+    limits: LeaseLimits,
+    by_name: Map<Arc<str>, Held>,
+    /// Names held per session, so a session's end is O(its leases).
+    by_session: Map<u64, Vec<Arc<str>>>,
+    next_grant: u64,
+}
+
+struct Held {
+    holder: Holder,
+    expires: Duration,
+    grant: u64,
+    /// Taken by an admission (ends with its call) rather than by a request.
+    by_admission: bool,
+}
+
+/// What an admission took: the lease and its grant.
+#[derive(Debug)]
+pub struct Grant {
+    name: Arc<str>,
+    grant: Option<u64>,
+}
+
+/// Why a lease was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseDenial {
+    /// Another session holds it.
+    Held {
+        name: String,
+        holder: Holder,
+        expires_in: Duration,
+    },
+    /// Taking it would pass `leases.max_per_connection` or `leases.max_total`.
+    TooMany(LeaseError),
+}
+
+/// Why a `Lease` request could not be carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    #[error("ttl_ms must be at least 1")]
+    ZeroTtl,
+    #[error("a TTL of {asked:?} is longer than leases.max_ttl ({max:?}); ask for at most {} ms and renew before it runs out", max.as_millis())]
+    TtlTooLong { asked: Duration, max: Duration },
+    #[error(
+        "this connection already holds {0} leases (leases.max_per_connection); release one first"
+    )]
+    PerConnection(u32),
+    #[error(
+        "the daemon already holds {0} leases (leases.max_total); retry when some are released"
+    )]
+    Total(u32),
+}
+
+/// What a `Lease` request asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseOp {
+    /// Take it, or renew it when this session holds it, for `ttl` (`None`:
+    /// `leases.default_ttl`).
+    Acquire {
+        ttl: Option<Duration>,
+    },
+    Release,
+}
+
+/// The answer to a `Lease` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseOutcome {
+    /// The asking session holds the lease now.
+    pub granted: bool,
+    /// Time left when granted.
+    pub expires_in: Option<Duration>,
+    /// Who holds it, when another session does.
+    pub holder: Option<(Holder, Duration)>,
+    /// A release gave it back.
+    pub released: bool,
+}
+
+// === impl Leases ===
+
+impl Leases {
+    pub fn new(limits: LeaseLimits) -> Leases {
+        Leases {
+            limits,
+            by_name: Map::default(),
+            by_session: Map::default(),
+            next_grant: 1,
+        }
+    }
+
+    /// New limits from a reload; leases held keep their expiry.
+    pub fn reconfigure(&mut self, limits: LeaseLimits) {
+        self.limits = limits;
+    }
+
+    /// Leases held and not expired at `now`.
+    pub fn held(&self, now: Duration) -> u32 {
+        let live = self.by_name.values().filter(|h| h.expires > now).count();
+        u32::try_from(live).unwrap_or(u32::MAX)
+    }
+
+    /// Forgets expired leases.
+    pub fn purge(&mut self, now: Duration) {
+        let expired: Vec<Arc<str>> = self
+            .by_name
+            .iter()
+            .filter(|(_, held)| held.expires <= now)
+            .map(|(name, _)| Arc::clone(name))
+            .collect();
+        for name in expired {
+            self.remove(&name);
+        }
+    }
+
+    /// A `Lease` request by `holder` for the lease `name`.
+    ///
+    /// # Errors
+    /// A TTL of 0 or above `leases.max_ttl`; a new lease beyond the caps.
+    pub fn request(
+        &mut self,
+        name: &str,
+        op: LeaseOp,
+        holder: Holder,
+        now: Duration,
+    ) -> Result<LeaseOutcome, LeaseError> {
+        self.expire(name, now);
+        let other = self
+            .by_name
+            .get(name)
+            .filter(|held| held.holder.session != holder.session)
+            .map(|held| (held.holder.clone(), held.expires.saturating_sub(now)));
+        let mine = self.by_name.contains_key(name) && other.is_none();
+        let mut outcome = LeaseOutcome {
+            granted: false,
+            expires_in: None,
+            holder: None,
+            released: false,
+        };
+        if other.is_some() {
+            outcome.holder = other;
+            return Ok(outcome);
+        }
+        let LeaseOp::Acquire { ttl } = op else {
+            if mine {
+                self.remove(name);
+                outcome.released = true;
+            }
+            return Ok(outcome);
+        };
+        let ttl = self.ttl(ttl)?;
+        if mine {
+            let next_grant = &mut self.next_grant;
+            if let Some(held) = self.by_name.get_mut(name) {
+                // A renewal. A lease an admission took becomes the session's:
+                // it now outlives the call, and the call's end (holding the
+                // old grant) leaves it alone.
+                held.expires = now + ttl;
+                if held.by_admission {
+                    held.by_admission = false;
+                    held.grant = *next_grant;
+                    *next_grant += 1;
+                }
+            }
+        } else {
+            self.room_for(holder.session)?;
+            self.insert(name, holder, now + ttl, false);
+        }
+        outcome.granted = true;
+        outcome.expires_in = Some(ttl);
+        Ok(outcome)
+    }
+
+    /// Frees every lease `session` holds (its connection ended). Returns how many.
+    pub fn end_session(&mut self, session: u64) -> usize {
+        let Some(names) = self.by_session.remove(&session) else {
+            return 0;
+        };
+        for name in &names {
+            self.by_name.remove(name);
+        }
+        names.len()
+    }
+
+    fn ttl(&self, asked: Option<Duration>) -> Result<Duration, LeaseError> {
+        match asked {
+            None => Ok(self.limits.default_ttl),
+            Some(ttl) if ttl.is_zero() => Err(LeaseError::ZeroTtl),
+            Some(ttl) if ttl > self.limits.max_ttl => Err(LeaseError::TtlTooLong {
+                asked: ttl,
+                max: self.limits.max_ttl,
+            }),
+            Some(ttl) => Ok(ttl),
+        }
+    }
+
+    fn room_for(&self, session: u64) -> Result<(), LeaseError> {
+        let mine = self.by_session.get(&session).map_or(0, Vec::len);
+        if mine >= self.limits.max_per_connection as usize {
+            return Err(LeaseError::PerConnection(self.limits.max_per_connection));
+        }
+        if self.by_name.len() >= self.limits.max_total as usize {
+            return Err(LeaseError::Total(self.limits.max_total));
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, name: &str, holder: Holder, expires: Duration, by_admission: bool) -> u64 {
+        let grant = self.next_grant;
+        self.next_grant += 1;
+        let name: Arc<str> = Arc::from(name);
+        self.by_session
+            .entry(holder.session)
+            .or_default()
+            .push(Arc::clone(&name));
+        self.by_name.insert(
+            name,
+            Held {
+                holder,
+                expires,
+                grant,
+                by_admission,
+            },
+        );
+        grant
+    }
+
+    /// Drops `name` if its TTL passed.
+    fn expire(&mut self, name: &str, now: Duration) {
+        if self.by_name.get(name).is_some_and(|h| h.expires <= now) {
+            self.remove(name);
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        let Some(held) = self.by_name.remove(name) else {
+            return;
+        };
+        if let Some(names) = self.by_session.get_mut(&held.holder.session) {
+            names.retain(|n| &**n != name);
+            if names.is_empty() {
+                self.by_session.remove(&held.holder.session);
+            }
+        }
+    }
+
+    /// Ends an admission's hold, if it is still the one it took.
+    fn give_back(&mut self, grant: &mut Grant) {
+        let Some(number) = grant.grant.take() else {
+            return;
+        };
+        if self
+            .by_name
+            .get(&grant.name)
+            .is_some_and(|held| held.grant == number && held.by_admission)
+        {
+            self.remove(&grant.name.clone());
+        }
+    }
+}
+
+impl super::Guard for Leases {
+    fn check(&mut self, call: &Call<'_>, out: &mut Checked) -> Verdict {
+        let Some(name) = call.lease else {
+            return Verdict::Allow;
+        };
+        let now = call.now.mono;
+        let shadow = call.shadow_all;
+        self.expire(name, now);
+        let rule: Arc<str> = Arc::from(name);
+        if let Some(held) = self.by_name.get(name) {
+            if held.holder.session == call.session {
+                out.vote(Vote::allow(
+                    GuardKind::Lease,
+                    rule,
+                    shadow,
+                    Reason::Fixed("held by this connection"),
+                ));
+                return Verdict::Allow;
+            }
+            let expires_in = held.expires.saturating_sub(now);
+            out.vote(Vote::deny(
+                GuardKind::Lease,
+                rule,
+                shadow,
+                LeaseDenial::Held {
+                    name: name.to_owned(),
+                    holder: held.holder.clone(),
+                    expires_in,
+                },
+                Some(expires_in),
+            ));
+            return if shadow {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            };
+        }
+        if let Err(err) = self.room_for(call.session) {
+            out.vote(Vote::deny(
+                GuardKind::Lease,
+                rule,
+                shadow,
+                LeaseDenial::TooMany(err),
+                None,
+            ));
+            return if shadow {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            };
+        }
+        let holder = Holder {
+            session: call.session,
+            agent: call.agent.to_owned(),
+            pid: call.pid,
+            uid: call.uid,
+        };
+        let grant = self.insert(name, holder, now + self.limits.default_ttl, true);
+        out.vote(Vote::allow(
+            GuardKind::Lease,
+            Arc::clone(&rule),
+            shadow,
+            Reason::Fixed("taken until the call is reported"),
+        ));
+        out.take(Grant {
+            name: rule,
+            grant: Some(grant),
+        });
+        Verdict::Allow
+    }
+
+    fn undo(&mut self, taken: Box<dyn Any + Send>) {
+        if let Ok(mut grant) = taken.downcast::<Grant>() {
+            self.give_back(&mut grant);
+        }
+    }
+
+    fn abort(&mut self, taken: &mut (dyn Any + Send)) {
+        self.give_back(super::own(taken));
+    }
+
+    fn settle(&mut self, taken: &mut (dyn Any + Send), _report: &Report, _out: &mut Settled) {
+        self.give_back(super::own(taken));
+    }
+
+    fn release(&mut self, taken: &mut (dyn Any + Send)) {
+        self.give_back(super::own(taken));
+    }
+
+    fn disconnect(&mut self, taken: &mut (dyn Any + Send)) -> Keep {
+        // The connection held the lease: it ends with it, also for an orphan.
+        self.give_back(super::own(taken));
+        Keep::No
+    }
+}
+
+// === impl LeaseDenial ===
+
+impl fmt::Display for LeaseDenial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LeaseDenial::Held {
+                name,
+                holder,
+                expires_in,
+            } => write!(
+                f,
+                "lease {} is held by agent {} (pid {}, uid {}, session {}) for another {} ms",
+                crate::names::shown(name),
+                crate::names::shown(&holder.agent),
+                holder.pid,
+                holder.uid,
+                holder.session,
+                expires_in.as_millis()
+            ),
+            LeaseDenial::TooMany(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+impl std::error::Error for LeaseDenial {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leases() -> Leases {
+        Leases::new(LeaseLimits {
+            default_ttl: Duration::from_secs(30),
+            max_ttl: Duration::from_secs(300),
+            max_per_connection: 2,
+            max_total: 3,
+        })
+    }
+
+    fn holder(session: u64) -> Holder {
+        Holder {
+            session,
+            agent: format!("agent{session}"),
+            pid: 100 + session as u32,
+            uid: 1000,
+        }
+    }
+
+    fn acquire(ttl_s: u64) -> LeaseOp {
+        LeaseOp::Acquire {
+            ttl: Some(Duration::from_secs(ttl_s)),
+        }
+    }
+
+    const T0: Duration = Duration::from_secs(1000);
+
+    #[test]
+    fn a_held_lease_names_its_holder_and_frees_itself_at_its_ttl() {
+        let mut l = leases();
+        let got = l.request("repo", acquire(10), holder(1), T0).unwrap();
+        assert!(got.granted);
+        assert_eq!(got.expires_in, Some(Duration::from_secs(10)));
+        let at = T0 + Duration::from_secs(4);
+        let refused = l.request("repo", acquire(10), holder(2), at).unwrap();
+        assert!(!refused.granted);
+        assert_eq!(
+            refused.holder,
+            Some((holder(1), Duration::from_secs(6))),
+            "the refusal names the holder and when it expires"
+        );
+        assert_eq!(l.held(at), 1);
+        // One nanosecond before expiry it is still held; at expiry it is free.
+        let just_before = T0 + Duration::from_secs(10) - Duration::from_nanos(1);
+        assert!(
+            !l.request("repo", acquire(10), holder(2), just_before)
+                .unwrap()
+                .granted
+        );
+        let at_expiry = T0 + Duration::from_secs(10);
+        assert_eq!(l.held(at_expiry), 0);
+        assert!(
+            l.request("repo", acquire(10), holder(2), at_expiry)
+                .unwrap()
+                .granted
+        );
+        // The first holder's release is not the second's.
+        let release = l
+            .request("repo", LeaseOp::Release, holder(1), at_expiry)
+            .unwrap();
+        assert!(!release.released);
+        assert_eq!(l.held(at_expiry), 1);
+    }
+
+    #[test]
+    fn renewing_extends_and_release_frees_at_once() {
+        let mut l = leases();
+        l.request("x", acquire(10), holder(1), T0).unwrap();
+        let later = T0 + Duration::from_secs(8);
+        let renewed = l.request("x", acquire(10), holder(1), later).unwrap();
+        assert_eq!(renewed.expires_in, Some(Duration::from_secs(10)));
+        // Past the first TTL, still held thanks to the renewal.
+        let past_first = T0 + Duration::from_secs(12);
+        assert!(
+            !l.request("x", acquire(1), holder(2), past_first)
+                .unwrap()
+                .granted
+        );
+        let released = l
+            .request("x", LeaseOp::Release, holder(1), past_first)
+            .unwrap();
+        assert!(released.released);
+        assert!(
+            l.request("x", acquire(1), holder(2), past_first)
+                .unwrap()
+                .granted
+        );
+    }
+
+    #[test]
+    fn ttls_and_caps_are_checked_with_clear_errors() {
+        let mut l = leases();
+        assert_eq!(
+            l.request("x", acquire(0), holder(1), T0),
+            Err(LeaseError::ZeroTtl)
+        );
+        let err = l.request("x", acquire(301), holder(1), T0).unwrap_err();
+        assert!(err.to_string().contains("leases.max_ttl"), "{err}");
+        let default = l
+            .request("x", LeaseOp::Acquire { ttl: None }, holder(1), T0)
+            .unwrap();
+        assert_eq!(default.expires_in, Some(Duration::from_secs(30)));
+        l.request("y", acquire(10), holder(1), T0).unwrap();
+        let err = l.request("z", acquire(10), holder(1), T0).unwrap_err();
+        assert_eq!(err, LeaseError::PerConnection(2));
+        assert!(err.to_string().contains("leases.max_per_connection"));
+        // Renewing one already held is not a new lease.
+        assert!(l.request("y", acquire(10), holder(1), T0).unwrap().granted);
+        l.request("z", acquire(10), holder(2), T0).unwrap();
+        assert_eq!(
+            l.request("w", acquire(10), holder(3), T0),
+            Err(LeaseError::Total(3))
+        );
+        // Expired leases do not count against the caps once purged.
+        let later = T0 + Duration::from_secs(31);
+        l.purge(later);
+        assert_eq!(l.held(later), 0);
+        assert!(
+            l.request("w", acquire(10), holder(3), later)
+                .unwrap()
+                .granted
+        );
+    }
+
+    #[test]
+    fn a_session_end_frees_its_leases_only() {
+        let mut l = leases();
+        l.request("a", acquire(10), holder(1), T0).unwrap();
+        l.request("b", acquire(10), holder(1), T0).unwrap();
+        l.request("c", acquire(10), holder(2), T0).unwrap();
+        assert_eq!(l.end_session(1), 2);
+        assert_eq!(l.end_session(1), 0);
+        assert_eq!(l.held(T0), 1);
+        assert!(l.request("a", acquire(10), holder(3), T0).unwrap().granted);
+    }
+
+    #[test]
+    fn an_admission_hold_ends_with_its_call_unless_renewed_by_request() {
+        let mut l = leases();
+        let insert = |l: &mut Leases| {
+            let grant = l.insert("r", holder(1), T0 + Duration::from_secs(30), true);
+            Grant {
+                name: Arc::from("r"),
+                grant: Some(grant),
+            }
+        };
+        let mut grant = insert(&mut l);
+        l.give_back(&mut grant);
+        assert_eq!(l.held(T0), 0);
+        l.give_back(&mut grant);
+        // Renewed by a Lease request: the session's now; the call's end leaves it.
+        let mut grant = insert(&mut l);
+        assert!(l.request("r", acquire(60), holder(1), T0).unwrap().granted);
+        l.give_back(&mut grant);
+        assert_eq!(l.held(T0), 1);
+        // A stale grant never frees a later holder's lease.
+        let mut l = leases();
+        let mut stale = insert(&mut l);
+        let after = T0 + Duration::from_secs(31);
+        assert!(
+            l.request("r", acquire(10), holder(2), after)
+                .unwrap()
+                .granted
+        );
+        l.give_back(&mut stale);
+        assert_eq!(l.held(after), 1);
+    }
+}
