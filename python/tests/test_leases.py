@@ -73,6 +73,13 @@ def test_a_lease_refusal_names_its_holder_and_the_block_releases_it(
             raise RuntimeError("the deployment failed")
     assert other.lease("deploy").granted
 
+    # A call that needs a lease holds it from its admission to its report.
+    with other.call("deploy-api", lease="schema") as call:
+        assert call.decision is not None and call.decision.allowed
+        during = deployer.lease("schema")
+        assert not during and during.holder is not None and during.holder.agent == "other"
+    assert deployer.lease("schema").granted
+
     with pytest.raises(af.InvalidArgument, match="ttl"):
         other.lease("x", ttl=-1)
 
