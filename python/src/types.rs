@@ -131,10 +131,10 @@ impl From<WireVote> for Vote {
     fn from(vote: WireVote) -> Vote {
         Vote {
             guard: vote.guard.name(),
-            rule: vote.rule,
+            rule: vote.rule.to_string(),
             allow: vote.allow,
             shadow: vote.shadow,
-            reason: vote.reason,
+            reason: vote.reason.into_owned(),
             retry_after: seconds(vote.retry_after_ms),
         }
     }

@@ -185,7 +185,7 @@ async fn content_shadow_records_and_allows() {
     let vote = &reply.votes[0];
     assert_eq!(vote.guard, GuardKind::Content);
     assert!(!vote.allow && vote.shadow, "{vote:?}");
-    assert_eq!(vote.rule, "py-eval");
+    assert_eq!(&*vote.rule, "py-eval");
 }
 
 #[tokio::test]

@@ -294,15 +294,32 @@ pub struct AdmitReply {
 }
 
 /// One guard's opinion on an admission.
+///
+/// On the wire both texts are plain strings. In memory the rule is shared with
+/// the daemon's rule (an `Arc` clone, not a copy) and a fixed reason is a
+/// `&'static str`: every admission carries a vote per guard, and copying their
+/// texts was the largest part of building a reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Vote {
     pub guard: GuardKind,
-    pub rule: String,
+    #[cfg_attr(
+        test,
+        proptest(
+            strategy = "proptest::strategy::Strategy::prop_map(proptest::prelude::any::<String>(), std::sync::Arc::from)"
+        )
+    )]
+    pub rule: std::sync::Arc<str>,
     pub allow: bool,
     /// A shadow guard records its decision but never denies.
     pub shadow: bool,
-    pub reason: String,
+    #[cfg_attr(
+        test,
+        proptest(
+            strategy = "proptest::strategy::Strategy::prop_map(proptest::prelude::any::<String>(), std::borrow::Cow::Owned)"
+        )
+    )]
+    pub reason: std::borrow::Cow<'static, str>,
     pub retry_after_ms: Option<u64>,
 }
 

@@ -154,10 +154,10 @@ impl Replies {
         };
         let vote = |guard, rule: &str, reason: &str| Vote {
             guard,
-            rule: rule.to_owned(),
+            rule: rule.into(),
             allow: true,
             shadow: false,
-            reason: reason.to_owned(),
+            reason: reason.to_owned().into(),
             retry_after_ms: None,
         };
         Ok(Replies {

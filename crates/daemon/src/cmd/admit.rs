@@ -16,6 +16,7 @@
 //! its reply. Its place in line is an [`InLine`] owned by that future, so a
 //! timeout or a dropped connection removes it by construction.
 
+use std::borrow::Cow;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -384,7 +385,7 @@ fn into_reply(decision: Decision) -> AdmitReply {
         .iter()
         .map(|v| Vote {
             guard: v.guard,
-            rule: String::from(&*v.rule),
+            rule: Arc::clone(&v.rule),
             allow: v.allow,
             shadow: v.shadow,
             reason: reason_text(&v.reason),
@@ -402,9 +403,9 @@ fn into_reply(decision: Decision) -> AdmitReply {
     );
     let reason = decisive.map(|v| {
         if decision.skipped.is_empty() {
-            return v.reason.clone();
+            return v.reason.to_string();
         }
-        let mut reason = v.reason.clone();
+        let mut reason = v.reason.to_string();
         for (service, vote) in &decision.skipped {
             reason.push_str(&format!(
                 "; {service} skipped: {}",
@@ -417,7 +418,7 @@ fn into_reply(decision: Decision) -> AdmitReply {
         allowed: decision.allowed,
         reservation: decision.reservation,
         guard: decisive.map(|v| v.guard),
-        rule: decisive.map(|v| v.rule.clone()),
+        rule: decisive.map(|v| v.rule.to_string()),
         reason,
         retry_after_ms: if decision.allowed {
             None
@@ -430,15 +431,15 @@ fn into_reply(decision: Decision) -> AdmitReply {
     }
 }
 
-/// A vote's reason as text. The reason every allowed admission carries (rate
-/// cells taken) is built without the `fmt` machinery, which cost more than the
-/// rate check itself.
-pub(super) fn reason_text(reason: &Reason) -> String {
+/// A vote's reason as text: a fixed reason is not copied, and the reasons an
+/// allowed admission carries with numbers (rate cells taken, calls in flight)
+/// are built without the `fmt` machinery, which cost more than the checks.
+pub(super) fn reason_text(reason: &Reason) -> Cow<'static, str> {
     match reason {
-        Reason::Burst { taken, burst } => taken_of_burst(*taken, *burst),
-        Reason::Fixed(text) => (*text).to_owned(),
-        Reason::InFlight { n, max } => in_flight_of(*n, *max),
-        other => other.to_string(),
+        Reason::Burst { taken, burst } => Cow::Owned(taken_of_burst(*taken, *burst)),
+        Reason::Fixed(text) => Cow::Borrowed(text),
+        Reason::InFlight { n, max } => Cow::Owned(in_flight_of(*n, *max)),
+        other => Cow::Owned(other.to_string()),
     }
 }
 

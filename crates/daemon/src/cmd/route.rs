@@ -113,7 +113,7 @@ fn route(
         .map(|(service, vote)| RouteSkip {
             service: service.clone(),
             guard: vote.guard,
-            reason: reason_text(&vote.reason),
+            reason: reason_text(&vote.reason).into_owned(),
             retry_after_ms: vote.retry_after.map(millis_up),
         })
         .collect();
