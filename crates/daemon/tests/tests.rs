@@ -54,3 +54,7 @@ mod fuzzed;
 // The content guard: the check request, admit with a payload, the CLI's check,
 // the session's check, a reload with a broken rules file.
 mod content;
+
+// Floods (issue 16): orphaned reservations capped and settled in batches, empty
+// and huge configs refused, half-sent HTTP requests that cannot starve /health.
+mod floods;

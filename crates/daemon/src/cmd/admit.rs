@@ -122,6 +122,7 @@ fn decide(
     };
     let caller = Caller {
         session: asker.session,
+        uid: asker.peer_uid,
         agent,
     };
     let admitted = state

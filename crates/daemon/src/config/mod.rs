@@ -185,6 +185,13 @@ pub struct DaemonConfig {
     pub max_services: usize,
     /// Open reservations one connection may hold.
     pub max_reservations_per_connection: usize,
+    /// Open reservations (orphans included) the connections of one uid may hold
+    /// at once: an orphan outlives its connection, so the per-connection cap
+    /// alone does not bound what a user can leave behind by reconnecting.
+    pub max_reservations_per_uid: usize,
+    /// Open reservations (orphans included) in the whole daemon: with the
+    /// per-uid cap, what bounds the engine's memory against many users.
+    pub max_reservations: usize,
     /// Where the ledger lives when `--state-dir` does not say.
     pub state_dir: Option<PathBuf>,
     /// How often idle keyed state (full rate buckets, past quota windows) is

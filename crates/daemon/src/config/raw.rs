@@ -51,6 +51,8 @@ pub(super) struct RawDaemon {
     pub allow_unknown_services: bool,
     pub max_services: usize,
     pub max_reservations_per_connection: usize,
+    pub max_reservations_per_uid: usize,
+    pub max_reservations: usize,
     pub state_dir: Option<PathBuf>,
     pub purge_interval: String,
 }
@@ -339,6 +341,8 @@ impl Default for RawDaemon {
             allow_unknown_services: true,
             max_services: 10_000,
             max_reservations_per_connection: 4096,
+            max_reservations_per_uid: 8192,
+            max_reservations: 32_768,
             state_dir: None,
             purge_interval: "30s".into(),
         }
