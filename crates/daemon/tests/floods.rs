@@ -175,3 +175,61 @@ async fn thousands_of_due_orphans_are_settled_together() {
     );
     daemon.assert_memory_matches_ledger().await;
 }
+
+const PLANNER_IS_1001: &str = "[[agents]]\nname = \"planner\"\nuids = [1001]\n";
+
+/// Issue 16, item 6: an editor's truncate-then-write can leave the file empty at
+/// the moment of a SIGHUP, which applied every default and dropped the
+/// `[[agents]]` bindings. Such a file is refused; the old config stays.
+#[tokio::test]
+async fn an_empty_config_is_refused_on_reload_and_the_bindings_stay() {
+    let daemon = Daemon::start(PLANNER_IS_1001);
+    assert!(
+        Client::connect(&daemon.socket, "planner", "integration-test")
+            .await
+            .is_err(),
+        "planner is bound to uid 1001"
+    );
+    for empty in ["", "# being rewritten\n\n"] {
+        daemon.write_config(empty);
+        let log = daemon.sighup_and_wait();
+        assert!(
+            log.contains("holds no settings")
+                && log.contains("the old configuration stays in force"),
+            "{log}"
+        );
+        let Err(refused) = Client::connect(&daemon.socket, "planner", "integration-test").await
+        else {
+            panic!("the binding is still in force");
+        };
+        assert!(refused.to_string().contains("planner"), "{refused}");
+    }
+}
+
+/// Issue 16, item 6: at start, an explicit `--config` naming an empty file is an
+/// error too (without `--config` the daemon runs on its defaults).
+#[test]
+fn an_explicit_empty_config_is_an_error_at_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("empty.toml");
+    std::fs::write(&config, "").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--http")
+        .arg("off")
+        .env_remove("LISTEN_FDS")
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .expect("run the daemon");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("holds no settings") && stderr.contains("empty.toml"),
+        "{stderr}"
+    );
+}
