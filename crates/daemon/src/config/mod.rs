@@ -275,6 +275,15 @@ fn has_settings(text: &str) -> bool {
     })
 }
 
+/// The most `[[rate_limits]]` a configuration may hold. Rules are found by
+/// index (`guard/index.rs`), so the cap bounds memory (a rule and its empty
+/// limiter are a few hundred bytes) and the time a reload or `config check`
+/// takes, not the cost of an admission.
+pub const MAX_RATE_LIMITS: usize = 10_000;
+
+/// The most `[[quotas]]` a configuration may hold (as [`MAX_RATE_LIMITS`]).
+pub const MAX_QUOTAS: usize = 10_000;
+
 /// A provider's published limit, enabled with `preset = "…"` on a rate limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Preset {

@@ -18,6 +18,7 @@
 pub mod breaker;
 pub mod budget;
 pub mod content;
+pub mod index;
 pub mod period;
 pub mod quota;
 pub mod rate;
