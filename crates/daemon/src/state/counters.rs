@@ -31,6 +31,11 @@ pub enum Limit {
     AgentName,
     /// An admin operation by a peer that is not an admin.
     AdminOnly,
+    /// An HTTP connection that found every slot, the probes' reserve included,
+    /// taken.
+    HttpConnections,
+    /// An HTTP connection from a peer that already held its share.
+    HttpPerPeer,
 }
 
 /// How often each [`Limit`] was hit since the daemon started. Plain atomics, bumped
@@ -43,7 +48,7 @@ pub struct Counters {
 // === impl Limit ===
 
 impl Limit {
-    pub const ALL: [Limit; 12] = [
+    pub const ALL: [Limit; 14] = [
         Limit::NotPermitted,
         Limit::MaxConnections,
         Limit::MaxConnectionsPerUid,
@@ -56,6 +61,8 @@ impl Limit {
         Limit::ReplyTooLarge,
         Limit::AgentName,
         Limit::AdminOnly,
+        Limit::HttpConnections,
+        Limit::HttpPerPeer,
     ];
 
     /// The metric label.
@@ -73,6 +80,8 @@ impl Limit {
             Limit::ReplyTooLarge => "reply_too_large",
             Limit::AgentName => "agent_name",
             Limit::AdminOnly => "admin_only",
+            Limit::HttpConnections => "http_connections",
+            Limit::HttpPerPeer => "http_per_peer",
         }
     }
 }
