@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use automation_framework::protocol::{AdmitRequest, ErrorCode, Request, Response};
+use automation_framework::protocol::{AdmitRequest, ErrorCode, GuardKind, Request, Response};
 use automation_framework_client::{Client, ClientError};
 
 use crate::util::{eventually, Daemon, PROMPTLY};
@@ -232,4 +232,102 @@ fn an_explicit_empty_config_is_an_error_at_start() {
         stderr.contains("holds no settings") && stderr.contains("empty.toml"),
         "{stderr}"
     );
+}
+
+/// `n` rate limits, each for a service of its own (`svc-0`, `svc-1`, ...).
+fn rules_for_other_services(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!("[[rate_limits]]\nname = \"r{i}\"\nrate = 100\nservices = [\"svc-{i}\"]\n")
+        })
+        .collect()
+}
+
+/// Issue 16, item 7: 100,000 rules took 29 s to check and 3 ms per admission.
+/// A config holds at most 10,000 rate limits (and quotas), a file over the cap
+/// is refused with the limit and what to do, and a call visits only its rules.
+#[tokio::test]
+async fn rule_counts_are_capped_and_a_call_sees_only_its_own_rules() {
+    let llm = "[[rate_limits]]\nname = \"llm\"\nrate = 1\nburst = 1\nservices = [\"llm\"]\n";
+    let daemon = Daemon::start(&format!("{llm}{}", rules_for_other_services(9_999)));
+    let mut client = daemon.client("a").await;
+    let call = || AdmitRequest {
+        service: "llm".into(),
+        ..Default::default()
+    };
+    let first = client.admit(call()).await.expect("admitted");
+    assert!(first.allowed);
+    assert_eq!(
+        first
+            .votes
+            .iter()
+            .filter(|v| v.guard == GuardKind::Rate)
+            .map(|v| v.rule.as_str())
+            .collect::<Vec<_>>(),
+        ["llm"],
+        "only the rate limit for llm voted"
+    );
+    let second = client.admit(call()).await.expect("decided");
+    assert_eq!(second.rule.as_deref(), Some("llm"), "{second:?}");
+
+    daemon.write_config(&format!("{llm}{}", rules_for_other_services(10_000)));
+    let log = daemon.sighup_and_wait();
+    assert!(
+        log.contains(
+            "rate_limits: 10001 rate limits, more than the 10000 a configuration may hold"
+        ) && log.contains("the old configuration stays in force"),
+        "{log}"
+    );
+}
+
+/// Issue 16, item 8: 40 half-sent HTTP requests from another local user held
+/// every slot for the header timeout, and `/health` probes queued behind them.
+/// Now that user holds 4 connections (the rest are closed at once and counted)
+/// and the probes of everyone else are answered without waiting.
+#[tokio::test]
+async fn half_sent_http_requests_of_one_user_leave_health_probes_answered() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED half_sent_http_requests_of_one_user_leave_health_probes_answered: needs root to act as another uid (CI runs as root)");
+        return;
+    }
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let daemon = Daemon::start("");
+    let port = daemon.http_addr().port();
+    let script = format!(
+        "for i in $(seq 40); do exec {{fd}}<>/dev/tcp/127.0.0.1/{port} 2>/dev/null && printf 'GET /health HTTP/1.1\\r\\nHo' >&$fd 2>/dev/null; done; echo opened; exec sleep 60"
+    );
+    let mut flood = std::process::Command::new("bash");
+    flood
+        .args(["-c", &script])
+        .uid(65534)
+        .gid(65534)
+        .stdout(std::process::Stdio::piped());
+    let mut flood = crate::util::KillOnDrop(flood.spawn().expect("spawn the flood as nobody"));
+    let mut opened = String::new();
+    std::io::BufReader::new(flood.0.stdout.take().expect("piped"))
+        .read_line(&mut opened)
+        .expect("the flood reports");
+    assert_eq!(opened.trim(), "opened");
+    let refused = eventually(PROMPTLY, || async {
+        let (_, metrics) = daemon.http_get("/metrics");
+        let line = metrics
+            .lines()
+            .find(|l| l.contains("limit_hits_total") && l.contains("http_per_peer"))?
+            .to_owned();
+        let n: u64 = line.rsplit(' ').next()?.parse().ok()?;
+        (n >= 36).then_some(n)
+    })
+    .await;
+    assert_eq!(refused, 36, "nobody keeps 4 connections");
+    for _ in 0..10 {
+        let started = std::time::Instant::now();
+        let (code, body) = daemon.http_get("/health");
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a probe waited {:?} behind the half-sent requests",
+            started.elapsed()
+        );
+    }
 }
