@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use super::check::Job;
 use super::{dollars, invalid, log_transition, unavailable, Reply};
-use crate::admission::{Admitted, Caller, Decision, Moment, Plan, Reason};
+use crate::admission::{AdmissionError, Admitted, Caller, Decision, Moment, Plan, Reason};
 use crate::guard::content::Scanned;
 use crate::money::Usd;
 use crate::names::{check_name, shown};
 use crate::protocol::{AdmitReply, AdmitRequest, ErrorReply, GuardKind, Response, Vote};
-use crate::state::{Session, State};
+use crate::state::{Limit, Session, State};
 
 /// Who asked, as the decision and its log line need it; owned, because with a
 /// payload the decision is made in a future, after the scan.
@@ -128,7 +128,19 @@ fn decide(
     let admitted = state
         .admission()
         .admit(caller, plan, now)
-        .map_err(ErrorReply::from)?;
+        .map_err(|err| {
+            let hit = match err {
+                AdmissionError::TooManyReservationsForUid { .. } => {
+                    Some(Limit::MaxReservationsPerUid)
+                }
+                AdmissionError::TooManyOpenReservations(_) => Some(Limit::MaxReservations),
+                _ => None,
+            };
+            if let Some(limit) = hit {
+                state.counters().hit(limit);
+            }
+            ErrorReply::from(err)
+        })?;
     let decision = match &admitted {
         Admitted::Decided(decision) => decision,
         Admitted::Durable(durable) => durable.pending.decision(),

@@ -31,6 +31,10 @@ pub enum Limit {
     AgentName,
     /// An admin operation by a peer that is not an admin.
     AdminOnly,
+    /// `daemon.max_reservations_per_uid`, orphans included.
+    MaxReservationsPerUid,
+    /// `daemon.max_reservations`, orphans included.
+    MaxReservations,
     /// An HTTP connection that found every slot, the probes' reserve included,
     /// taken.
     HttpConnections,
@@ -48,7 +52,7 @@ pub struct Counters {
 // === impl Limit ===
 
 impl Limit {
-    pub const ALL: [Limit; 14] = [
+    pub const ALL: [Limit; 16] = [
         Limit::NotPermitted,
         Limit::MaxConnections,
         Limit::MaxConnectionsPerUid,
@@ -61,6 +65,8 @@ impl Limit {
         Limit::ReplyTooLarge,
         Limit::AgentName,
         Limit::AdminOnly,
+        Limit::MaxReservationsPerUid,
+        Limit::MaxReservations,
         Limit::HttpConnections,
         Limit::HttpPerPeer,
     ];
@@ -80,6 +86,8 @@ impl Limit {
             Limit::ReplyTooLarge => "reply_too_large",
             Limit::AgentName => "agent_name",
             Limit::AdminOnly => "admin_only",
+            Limit::MaxReservationsPerUid => "max_reservations_per_uid",
+            Limit::MaxReservations => "max_reservations",
             Limit::HttpConnections => "http_connections",
             Limit::HttpPerPeer => "http_per_peer",
         }
