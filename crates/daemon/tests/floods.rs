@@ -208,12 +208,13 @@ async fn an_empty_config_is_refused_on_reload_and_the_bindings_stay() {
 
 /// Issue 16, item 6: at start, an explicit `--config` naming an empty file is an
 /// error too (without `--config` the daemon runs on its defaults).
-#[test]
-fn an_explicit_empty_config_is_an_error_at_start() {
+#[tokio::test]
+async fn an_explicit_empty_config_is_an_error_at_start() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("empty.toml");
     std::fs::write(&config, "").expect("write");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+    let stderr_path = dir.path().join("stderr");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
         .arg("--config")
         .arg(&config)
         .arg("--socket")
@@ -224,10 +225,20 @@ fn an_explicit_empty_config_is_an_error_at_start() {
         .arg("off")
         .env_remove("LISTEN_FDS")
         .env_remove("NOTIFY_SOCKET")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
         .expect("run the daemon");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    // A daemon that accepted the file would run until killed: wait for its exit
+    // a while, then fail rather than hang.
+    let mut child = crate::util::KillOnDrop(child);
+    let status = eventually(PROMPTLY, || {
+        let exited = child.0.try_wait().expect("wait for the daemon");
+        async move { exited }
+    })
+    .await;
+    let stderr = std::fs::read_to_string(&stderr_path).expect("read stderr");
+    assert!(!status.success(), "{stderr}");
     assert!(
         stderr.contains("holds no settings") && stderr.contains("empty.toml"),
         "{stderr}"

@@ -125,22 +125,17 @@ fn decide(
         uid: asker.peer_uid,
         agent,
     };
-    let admitted = state
-        .admission()
-        .admit(caller, plan, now)
-        .map_err(|err| {
-            let hit = match err {
-                AdmissionError::TooManyReservationsForUid { .. } => {
-                    Some(Limit::MaxReservationsPerUid)
-                }
-                AdmissionError::TooManyOpenReservations(_) => Some(Limit::MaxReservations),
-                _ => None,
-            };
-            if let Some(limit) = hit {
-                state.counters().hit(limit);
-            }
-            ErrorReply::from(err)
-        })?;
+    let admitted = state.admission().admit(caller, plan, now).map_err(|err| {
+        let hit = match err {
+            AdmissionError::TooManyReservationsForUid { .. } => Some(Limit::MaxReservationsPerUid),
+            AdmissionError::TooManyOpenReservations(_) => Some(Limit::MaxReservations),
+            _ => None,
+        };
+        if let Some(limit) = hit {
+            state.counters().hit(limit);
+        }
+        ErrorReply::from(err)
+    })?;
     let decision = match &admitted {
         Admitted::Decided(decision) => decision,
         Admitted::Durable(durable) => durable.pending.decision(),

@@ -52,6 +52,10 @@ const PROBE_RESERVE: usize = 8;
 /// one user's half-sent requests cannot take the slots of everyone's probes.
 const MAX_PER_PEER: usize = 4;
 
+/// Accepted connections whose peer is being looked up at once (a read of
+/// `/proc/net/tcp` each); beyond it a connection is closed at once.
+const MAX_IDENTIFYING: usize = 64;
+
 /// A client must send its request headers within this time. A probe or a scrape
 /// sends them at once; a longer wait only lets idle connections hold slots.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -84,6 +88,7 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
     let reserve = Arc::new(Semaphore::new(PROBE_RESERVE));
     let peers = Arc::new(Peers::default());
+    let identifying = Arc::new(Semaphore::new(MAX_IDENTIFYING));
     let routes = Arc::new(Routes {
         state,
         metrics,
@@ -104,33 +109,44 @@ pub async fn run(
                 }
             },
         };
-        let (permit, probes_only) = match Arc::clone(&slots).try_acquire_owned() {
-            Ok(permit) => (permit, false),
-            Err(_) => match Arc::clone(&reserve).try_acquire_owned() {
-                Ok(permit) => (permit, true),
-                Err(_) => {
-                    routes.state.counters().hit(Limit::HttpConnections);
-                    log::debug!("http connection from {peer} closed: every slot is taken");
-                    continue;
-                }
-            },
+        // Who the peer is takes a read of procfs, in the connection's task; the
+        // connections being identified are capped too, so a connect flood cannot
+        // queue unbounded work.
+        let Ok(identifying) = Arc::clone(&identifying).try_acquire_owned() else {
+            routes.state.counters().hit(Limit::HttpConnections);
+            log::debug!("http connection from {peer} closed: too many being identified");
+            continue;
         };
         let routes = Arc::clone(&routes);
         let peers = Arc::clone(&peers);
+        let (slots, reserve) = (Arc::clone(&slots), Arc::clone(&reserve));
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let _permit = permit;
             let local = stream.local_addr().unwrap_or(peer);
             // procfs is read on the blocking pool, not on a worker.
             let key = tokio::task::spawn_blocking(move || PeerKey::of(peer, local))
                 .await
                 .unwrap_or(PeerKey::Ip(peer.ip()));
+            drop(identifying);
+            // The peer's share first, then a slot: one peer's connections never
+            // hold more than their share of the slots, even for a moment.
             let Some(_held) = peers.enter(key, MAX_PER_PEER) else {
                 routes.state.counters().hit(Limit::HttpPerPeer);
                 log::debug!(
                     "http connection from {peer} ({key}) closed: it already holds {MAX_PER_PEER} connections"
                 );
                 return;
+            };
+            let (_permit, probes_only) = match slots.try_acquire_owned() {
+                Ok(permit) => (permit, false),
+                Err(_) => match reserve.try_acquire_owned() {
+                    Ok(permit) => (permit, true),
+                    Err(_) => {
+                        routes.state.counters().hit(Limit::HttpConnections);
+                        log::debug!("http connection from {peer} closed: every slot is taken");
+                        return;
+                    }
+                },
             };
             let service = hyper::service::service_fn(move |request| {
                 let routes = Arc::clone(&routes);
