@@ -32,8 +32,11 @@ pub struct PendingOrphans {
 struct Settling {
     id: u64,
     /// The charge the policy files, if it charges.
-    charge: Option<(Usd, Vec<(String, u64)>)>,
+    charge: Option<Charge>,
 }
+
+/// An amount and the (budget, period start) pairs it is filed under.
+type Charge = (Usd, Vec<(String, u64)>);
 
 impl Engine {
     /// Due orphans, marked settling, in jobs of at most [`BATCH`] (those whose
@@ -70,12 +73,7 @@ impl Engine {
 
     /// Marks orphan `id` settling and returns the entry that settles it by
     /// `policy`, with the charge to count once it is written.
-    fn settle_by(
-        &mut self,
-        policy: OrphanPolicy,
-        id: u64,
-        now: Moment,
-    ) -> (Entry, Option<(Usd, Vec<(String, u64)>)>) {
+    fn settle_by(&mut self, policy: OrphanPolicy, id: u64, now: Moment) -> (Entry, Option<Charge>) {
         let (hold, agent, service) = {
             let r = self
                 .reservations
@@ -145,7 +143,7 @@ impl Engine {
             settled += 1;
             if let Some((amount, filed)) = &orphan.charge {
                 self.charge_filed(filed, *amount);
-                charged = charged + *amount;
+                charged += *amount;
             }
         }
         log::info!("{settled} orphaned reservation(s) settled by policy: {charged} charged");
