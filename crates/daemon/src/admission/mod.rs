@@ -238,6 +238,12 @@ impl Admission {
         Ok((breaker.snapshot(now), transition))
     }
 
+    /// Closes a reservation without an outcome, as if its connection had ended
+    /// (`cmd::admit` refusing a $0 admission while the ledger fails).
+    pub fn release(&self, id: u64) {
+        self.lock().close(id, Closed::Released);
+    }
+
     /// Reservations not yet reported.
     pub fn open_reservations(&self) -> u64 {
         self.lock().reservations.len() as u64

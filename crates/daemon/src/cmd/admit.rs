@@ -136,6 +136,11 @@ fn decide(
         }
         ErrorReply::from(err)
     })?;
+    if let Admitted::Decided(decision) = &admitted {
+        if let Some(refusal) = fail_closed_without_a_write(state, decision) {
+            return Ok(Reply::Ready(refusal));
+        }
+    }
     let decision = match &admitted {
         Admitted::Decided(decision) => decision,
         Admitted::Durable(durable) => durable.pending.decision(),
@@ -159,6 +164,28 @@ fn decide(
             Err(err) => unavailable(&err),
         }
     })))
+}
+
+/// A $0 admission under a budget writes nothing to the ledger (issue 16), but
+/// its report will charge the actual cost there: while the ledger is failing it
+/// is refused like every budget-governed request (fail closed), and the
+/// reservation it took is released.
+fn fail_closed_without_a_write(state: &State, decision: &Decision) -> Option<Response> {
+    let budgeted = decision
+        .votes
+        .iter()
+        .any(|vote| vote.guard == GuardKind::Budget);
+    if !decision.allowed || !budgeted {
+        return None;
+    }
+    let message = state.store().health()?;
+    if let Some(id) = decision.reservation {
+        state.admission().release(id);
+    }
+    Some(unavailable(&crate::store::StoreError::Failed {
+        path: state.store().path().display().to_string(),
+        message,
+    }))
 }
 
 fn log_decision(asker: &Asker, service: &str, decision: &Decision) {
