@@ -312,6 +312,9 @@ async fn a_reservation_is_reported_only_by_peers_that_may_act_as_its_agent() {
                 .await
                 .admit(AdmitRequest {
                     service: "svc".into(),
+                    // Money, so the reservation outlives its connection as an
+                    // orphan ($0 ones are released with it).
+                    cost: Some(0.01),
                     ..Default::default()
                 })
                 .await

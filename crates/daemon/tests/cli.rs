@@ -342,8 +342,9 @@ fn a_session_forces_a_breaker() {
 #[test]
 fn bench_drives_the_daemon_and_leaves_no_reservation_open() {
     let daemon = Daemon::start(
-        // A budget, so a reservation the bench forgot would stay open as an orphan.
-        "[daemon]\nmax_connections_per_uid = 64\n[[rate_limits]]\nname = \"open\"\nrate = 100000000\nburst = 100000000\n[budget]\nlimit = 1000000.0\n",
+        // A budget and a price, so a reservation the bench forgot would hold
+        // money and stay open as an orphan ($0 ones are released).
+        "[daemon]\nmax_connections_per_uid = 64\n[[rate_limits]]\nname = \"open\"\nrate = 100000000\nburst = 100000000\n[budget]\nlimit = 1000000.0\n[prices.bench]\nper_request = 0.000001\n",
     );
     for (mix, pipeline) in [
         ("pairs", "1"),

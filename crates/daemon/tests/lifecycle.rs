@@ -233,7 +233,8 @@ fn notifies_systemd_ready_watchdog_and_stopping() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let config = dir.path().join("config.toml");
-    std::fs::write(&config, "").unwrap();
+    // An empty file is refused (issue 16); an empty table means the defaults.
+    std::fs::write(&config, "[daemon]\n").unwrap();
     let mut child = crate::util::KillOnDrop(
         std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
             .arg("--config")

@@ -64,3 +64,6 @@ mod faults;
 // Bulkheads, waiting for a permit, and leases: exact capacity under churn,
 // first come first served, what a dropped connection gives back.
 mod concurrency;
+// Floods (issue 16): orphaned reservations capped and settled in batches, empty
+// and huge configs refused, half-sent HTTP requests that cannot starve /health.
+mod floods;

@@ -97,14 +97,6 @@ pub struct PendingReport {
     pub(super) outcome: super::Outcome,
 }
 
-/// An orphaned reservation being settled by policy.
-#[derive(Debug)]
-pub struct PendingOrphan {
-    pub(super) id: u64,
-    /// The charge the policy files, if it charges.
-    pub(super) charge: Option<(Usd, Vec<(String, u64)>)>,
-}
-
 // === impl Admission (commit) ===
 
 impl Admission {
@@ -218,24 +210,5 @@ impl Pending for super::PendingAdmin {
         // A failed write changed nothing, in the ledger or here.
         let outcome = result?;
         Ok(admission.lock().finish_admin(self, outcome))
-    }
-}
-
-impl Pending for PendingOrphan {
-    type Output = ();
-
-    fn complete(
-        self,
-        admission: &Admission,
-        result: Result<LedgerOutcome, StoreError>,
-        _now: Moment,
-    ) -> Result<(), StoreError> {
-        let result = match result {
-            Ok(LedgerOutcome::Refused(why)) => Err(StoreError::Refused(why)),
-            other => other,
-        };
-        let written = result.is_ok();
-        admission.lock().finish_orphan(self, written);
-        result.map(|_| ())
     }
 }

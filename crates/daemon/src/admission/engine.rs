@@ -38,6 +38,21 @@ impl Engine {
         if held >= cap {
             return Err(AdmissionError::TooManyReservations(cap));
         }
+        // Orphans outlive their connections, so only these two caps bound what
+        // reconnecting clients can leave behind; both are checked before any
+        // guard takes anything.
+        let daemon = &self.config.daemon;
+        if self.reservations.held_by(caller.uid) >= daemon.max_reservations_per_uid {
+            return Err(AdmissionError::TooManyReservationsForUid {
+                uid: caller.uid,
+                cap: daemon.max_reservations_per_uid,
+            });
+        }
+        if self.reservations.len() >= daemon.max_reservations {
+            return Err(AdmissionError::TooManyOpenReservations(
+                daemon.max_reservations,
+            ));
+        }
         let Some(route) = plan.route else {
             return self.admit_to(caller, &plan, plan.service, now);
         };
@@ -227,6 +242,8 @@ impl Engine {
             id,
             Reservation {
                 session: Some(caller.session),
+                uid: Some(caller.uid),
+                settle_alone: false,
                 orphaned_at: None,
                 agent: caller.agent.to_owned(),
                 service: service.to_owned(),
@@ -313,7 +330,7 @@ impl Engine {
             return;
         }
         reservation.stage = Stage::Open;
-        if reservation.session.is_none() && hold(reservation).is_none() {
+        if reservation.session.is_none() && !holds_money(reservation) {
             self.close(id, Closed::Released);
         }
     }
@@ -691,6 +708,13 @@ pub(super) fn hold(reservation: &Reservation) -> Option<&Hold> {
         .iter()
         .find(|t| t.guard == BUDGET_STAGE)
         .and_then(|t| t.what.downcast_ref::<Hold>())
+}
+
+/// Whether a reservation holds money a budget counts: one that does becomes an
+/// orphan when its connection ends, one that does not (no budget applies, or a
+/// $0 estimate) is released.
+pub(super) fn holds_money(reservation: &Reservation) -> bool {
+    hold(reservation).is_some_and(|h| h.estimate > Usd::ZERO)
 }
 
 fn report_of(outcome: &Outcome, now: Moment) -> Report {

@@ -5,9 +5,8 @@
 use std::sync::Arc;
 
 use super::engine::BUDGET_STAGE;
-use super::{AdmissionError, Durable, Engine, Moment, PendingOrphan, Reservation, Stage};
+use super::{AdmissionError, Durable, Engine, Moment, Reservation, Stage};
 use crate::alerts::Alert;
-use crate::config::OrphanPolicy;
 use crate::guard::budget::Budget;
 use crate::guard::display_key;
 use crate::guard::quota::Counter;
@@ -129,6 +128,8 @@ impl Engine {
                 stored.id,
                 Reservation {
                     session: None,
+                    uid: None,
+                    settle_alone: false,
                     orphaned_at: Some(now.mono),
                     agent: stored.agent.clone(),
                     service: stored.service.clone(),
@@ -233,75 +234,6 @@ impl Engine {
                 });
             }
         }
-    }
-
-    pub(super) fn due_orphans(&mut self, now: Moment) -> Vec<Durable<PendingOrphan>> {
-        let timeout = self.config.budget.orphan_timeout;
-        let policy = self.config.budget.orphan_policy;
-        let due: Vec<u64> = self
-            .reservations
-            .iter()
-            .filter(|(_, r)| {
-                r.stage == Stage::Open && r.orphaned_at.is_some_and(|t| now.mono >= t + timeout)
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        let mut out = Vec::with_capacity(due.len());
-        for id in due {
-            let (hold, agent, service) = {
-                let r = self.reservations.get_mut(&id).expect("collected above");
-                r.stage = Stage::Settling;
-                let hold = super::engine::hold(r).cloned();
-                (hold, r.agent.clone(), r.service.clone())
-            };
-            let (budgets, estimate) =
-                hold.map_or((Vec::new(), Usd::ZERO), |h| (h.budgets, h.estimate));
-            let (entries, charge) = match policy {
-                OrphanPolicy::ChargeEstimate => {
-                    let filed = self.file(&budgets, now);
-                    let entry = Entry::Charge {
-                        key: super::reservation_key(id),
-                        reservation: Some(id),
-                        agent,
-                        service,
-                        amount: estimate,
-                        budgets: filed.clone(),
-                        at: now.unix,
-                    };
-                    (vec![entry], Some((estimate, filed)))
-                }
-                OrphanPolicy::Release => (vec![Entry::Unreserve { id }], None),
-            };
-            out.push(Durable {
-                entries,
-                pending: PendingOrphan { id, charge },
-            });
-        }
-        out
-    }
-
-    /// Applies an orphan's settlement: `written` false leaves it open, to be tried
-    /// again at the next tick.
-    pub(super) fn finish_orphan(&mut self, pending: PendingOrphan, written: bool) {
-        let id = pending.id;
-        if !written {
-            if let Some(r) = self.reservations.get_mut(&id) {
-                r.stage = Stage::Open;
-            }
-            return;
-        }
-        let Some(reservation) = self.close(id, super::Closed::Reported) else {
-            return;
-        };
-        let mut charged = Usd::ZERO;
-        if let Some((amount, filed)) = &pending.charge {
-            self.charge_filed(filed, *amount);
-            charged = *amount;
-        }
-        log::info!(
-            agent = reservation.agent.as_str(), service = reservation.service.as_str();
-            "orphaned reservation {id} of agent {:?} settled by policy: {charged} charged", reservation.agent
-        );
     }
 
     pub(super) fn budget_views(&mut self, agent: Option<&str>, now: Moment) -> Vec<BudgetView> {

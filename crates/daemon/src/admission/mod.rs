@@ -27,6 +27,7 @@ mod engine;
 mod ledger;
 mod occupancy;
 mod operator;
+mod orphans;
 mod pipeline;
 mod reconfigure;
 mod reservation;
@@ -67,7 +68,7 @@ struct Engine {
     /// Where crossed thresholds and exhausted quotas are raised; raising never
     /// blocks (`alerts.rs`), so it is safe under the lock.
     alerts: Alerts,
-    reservations: FastMap<u64, Reservation>,
+    reservations: Reservations,
     by_session: FastMap<u64, FastSet<u64>>,
     recently_closed: RecentlyClosed,
     /// Reservation ids are `epoch << 32 | counter`, so they never repeat across
@@ -100,7 +101,7 @@ impl Admission {
             admin_limited: HashSet::new(),
             thresholds_logged: HashMap::new(),
             alerts,
-            reservations: FastMap::default(),
+            reservations: Reservations::default(),
             by_session: FastMap::default(),
             recently_closed: RecentlyClosed::default(),
             epoch: snapshot.epoch,
@@ -202,9 +203,9 @@ impl Admission {
         self.lock().end_session(session, now)
     }
 
-    /// Orphans whose timeout passed, marked settling, each with the entries that
-    /// settle it by policy: [`Admission::commit`] each.
-    pub fn due_orphans(&self, now: Moment) -> Vec<Durable<PendingOrphan>> {
+    /// Orphans whose timeout passed, marked settling, in batches with the
+    /// entries that settle them by policy: [`Admission::commit`] each batch.
+    pub fn due_orphans(&self, now: Moment) -> Vec<Durable<PendingOrphans>> {
         self.lock().due_orphans(now)
     }
 
@@ -262,6 +263,12 @@ impl Admission {
         Ok((breaker.snapshot(now), transition))
     }
 
+    /// Closes a reservation without an outcome, as if its connection had ended
+    /// (`cmd::admit` refusing a $0 admission while the ledger fails).
+    pub fn release(&self, id: u64) {
+        self.lock().close(id, Closed::Released);
+    }
+
     /// Reservations not yet reported.
     pub fn open_reservations(&self) -> u64 {
         self.lock().reservations.len() as u64
@@ -299,12 +306,13 @@ impl Admission {
     }
 }
 
-pub use commit::{Durable, Pending, PendingAdmit, PendingOrphan, PendingReport};
+pub use commit::{Durable, Pending, PendingAdmit, PendingReport};
 pub use ledger::{AdminAction, AdminKind, BudgetView, PendingAdmin, QuotaView};
 pub use operator::{BudgetGauge, Gauges, ListedQuota, QuotaListing};
+pub use orphans::PendingOrphans;
 pub use reconfigure::{Reconfigured, ReloadError};
 pub use reservation::reservation_key;
-use reservation::{Closed, RecentlyClosed, Reservation, Stage};
+use reservation::{Closed, RecentlyClosed, Reservation, Reservations, Stage};
 pub use types::{
     AdmissionError, Admitted, Caller, Decision, Outcome, Plan, Reason, Reporting, Routed,
     Settlement, Vote, Wait,

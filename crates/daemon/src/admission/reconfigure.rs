@@ -9,7 +9,7 @@
 //! refused until a restart. Everything is checked and built before anything is
 //! swapped, so a refused reload changes nothing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::{Engine, Moment};
@@ -75,9 +75,21 @@ impl Engine {
         }
 
         // Rate rules: equal specs keep their Arc (and so their buckets).
+        // Names are unique, so an equal spec is found by its name: one lookup per
+        // rule, not a walk of the old rules (100,000 rules took 33 s of CPU).
+        let old_rates: HashMap<&str, &Arc<RateRule>> = self
+            .guards
+            .rates
+            .rules()
+            .iter()
+            .map(|r| (r.name(), r))
+            .collect();
         let mut rules = Vec::with_capacity(config.rate_limits.len());
         for (idx, spec) in config.rate_limits.iter().enumerate() {
-            if let Some(old) = self.guards.rates.rules().iter().find(|r| r.spec() == spec) {
+            if let Some(old) = old_rates
+                .get(spec.name.as_str())
+                .filter(|r| r.spec() == spec)
+            {
                 rules.push(Arc::clone(old));
                 done.rate_kept += 1;
             } else {
@@ -87,22 +99,25 @@ impl Engine {
                 done.rate_new += 1;
             }
         }
+        drop(old_rates);
 
         // Nothing can fail from here on.
-        let mut old_quotas: Vec<Option<QuotaRule>> = std::mem::take(self.guards.quotas.rules_mut())
-            .into_iter()
-            .map(Some)
+        let mut old_quotas: Vec<Option<QuotaRule>> =
+            self.guards.quotas.take().into_iter().map(Some).collect();
+        // By name, as for rate rules: an equal spec has the same name, and a
+        // quota carried over keeps its name and window.
+        let old_by_name: HashMap<String, usize> = old_quotas
+            .iter()
+            .enumerate()
+            .filter_map(|(pos, q)| q.as_ref().map(|q| (q.name().to_owned(), pos)))
             .collect();
         let mut quotas = Vec::with_capacity(config.quotas.len());
         for spec in &config.quotas {
-            let same = old_quotas
-                .iter()
-                .position(|q| q.as_ref().is_some_and(|q| q.spec() == spec));
+            let named = old_by_name.get(&spec.name).copied();
+            let old_spec = |pos: usize| old_quotas[pos].as_ref().map(QuotaRule::spec);
+            let same = named.filter(|&pos| old_spec(pos) == Some(spec));
             let carried = same.or_else(|| {
-                old_quotas.iter().position(|q| {
-                    q.as_ref()
-                        .is_some_and(|q| q.name() == spec.name && q.spec().window == spec.window)
-                })
+                named.filter(|&pos| old_spec(pos).is_some_and(|old| old.window == spec.window))
             });
             // Open reservations name the quota they counted against, so the
             // usage they hold follows a quota that moved.
@@ -122,7 +137,7 @@ impl Engine {
                 }
             }
         }
-        *self.guards.quotas.rules_mut() = quotas;
+        self.guards.quotas = crate::guard::quota::Quotas::new(quotas);
         self.guards.rates.replace(rules);
         self.guards.concurrency.reconfigure(
             config.bulkheads.clone(),

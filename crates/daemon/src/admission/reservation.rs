@@ -1,7 +1,13 @@
 //! A reservation: what an allowed admission took, guard by guard, from the
 //! moment it was decided until it is reported, released or settled as an
-//! orphan; and the bounded memory of recently closed ones that tells a repeated
+//! orphan; the table of open ones, which counts them per uid so that the caps
+//! (`daemon.max_reservations_per_uid`, `daemon.max_reservations`) are checked
+//! in O(1); and the bounded memory of recently closed ones that tells a repeated
 //! report from an unknown one.
+//!
+//! Memory: an open reservation costs about 500 bytes (the map slot, the names,
+//! what each guard took), an orphan the same; the caps' defaults (8,192 per uid,
+//! 32,768 in all) keep the table under 20 MiB.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -16,6 +22,12 @@ const RECENTLY_CLOSED: usize = 65_536;
 pub(super) struct Reservation {
     /// `None` once the connection is gone (or after a restart): an orphan.
     pub(super) session: Option<u64>,
+    /// The kernel uid of the connection that made it; `None` for one restored
+    /// from the ledger at start (it counts against the total cap only).
+    pub(super) uid: Option<u32>,
+    /// Its settlement failed as part of a batch (a duplicate key rolled the
+    /// batch back): it is settled alone from now on.
+    pub(super) settle_alone: bool,
     pub(super) orphaned_at: Option<Duration>,
     pub(super) agent: String,
     pub(super) service: String,
@@ -39,6 +51,13 @@ pub(super) enum Stage {
     Settling,
 }
 
+/// The open reservations by id, with how many each uid holds.
+#[derive(Default)]
+pub(super) struct Reservations {
+    by_id: FastMap<u64, Reservation>,
+    per_uid: FastMap<u32, usize>,
+}
+
 /// How a closed reservation ended, to answer a late report correctly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Closed {
@@ -51,6 +70,61 @@ pub(super) enum Closed {
 pub(super) struct RecentlyClosed {
     order: VecDeque<u64>,
     ids: FastMap<u64, Closed>,
+}
+
+// === impl Reservations ===
+
+impl Reservations {
+    pub(super) fn insert(&mut self, id: u64, reservation: Reservation) {
+        let uid = reservation.uid;
+        if let Some(old) = self.by_id.insert(id, reservation) {
+            self.uncount(old.uid);
+        }
+        if let Some(uid) = uid {
+            *self.per_uid.entry(uid).or_default() += 1;
+        }
+    }
+
+    pub(super) fn remove(&mut self, id: &u64) -> Option<Reservation> {
+        let reservation = self.by_id.remove(id)?;
+        self.uncount(reservation.uid);
+        Some(reservation)
+    }
+
+    fn uncount(&mut self, uid: Option<u32>) {
+        let Some(uid) = uid else { return };
+        if let Some(n) = self.per_uid.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_uid.remove(&uid);
+            }
+        }
+    }
+
+    pub(super) fn get_mut(&mut self, id: &u64) -> Option<&mut Reservation> {
+        self.by_id.get_mut(id)
+    }
+
+    pub(super) fn contains_key(&self, id: &u64) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Open reservations, orphans included, made by `uid`'s connections.
+    pub(super) fn held_by(&self, uid: u32) -> usize {
+        self.per_uid.get(&uid).copied().unwrap_or(0)
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&u64, &Reservation)> {
+        self.by_id.iter()
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &Reservation> {
+        self.by_id.values()
+    }
 }
 
 // === impl RecentlyClosed ===

@@ -92,18 +92,26 @@ impl Fixture {
         agent: &str,
         plan: Plan<'_>,
     ) -> Result<Decision, String> {
+        self.admit_as(session, 1000, agent, plan).await
+    }
+
+    /// [`Fixture::admit_plan`] for a connection of `uid`.
+    async fn admit_as(
+        &self,
+        session: u64,
+        uid: u32,
+        agent: &str,
+        plan: Plan<'_>,
+    ) -> Result<Decision, String> {
+        let caller = Caller {
+            session,
+            uid,
+            agent,
+            pid: 0,
+        };
         let admitted = self
             .admission
-            .admit(
-                Caller {
-                    session,
-                    agent,
-                    pid: 0,
-                    uid: 0,
-                },
-                plan,
-                self.now(),
-            )
+            .admit(caller, plan, self.now())
             .map_err(|e| e.to_string())?;
         match admitted {
             Admitted::Decided(decision) => Ok(decision),
@@ -283,8 +291,8 @@ async fn a_dropped_session_frees_trial_slots_without_counting() {
     );
     assert_eq!(
         f.admission.end_session(1, f.now()),
-        (0, 2),
-        "money-holding reservations become orphans"
+        (2, 0),
+        "$0 reservations hold no money: released, not orphaned"
     );
     let snapshot = &f.admission.breakers(Some("s"), f.clock.now())[0].1;
     assert_eq!(
@@ -605,6 +613,93 @@ async fn an_orphan_is_reportable_until_its_timeout_then_charged_its_estimate() {
         f.report_with(lost, outcome(false)).await.unwrap().duplicate,
         "settled by policy already"
     );
+}
+
+#[tokio::test]
+async fn open_reservations_are_capped_per_uid_orphans_included_and_in_total() {
+    let f = fixture(
+        "[daemon]\nmax_reservations_per_uid = 3\nmax_reservations = 5\n[budget]\nlimit = 100.0\norphan_timeout = \"1h\"\n",
+    );
+    let cost = Plan {
+        cost: Some(usd(0.5)),
+        ..plan("s")
+    };
+    for _ in 0..3 {
+        f.admit_as(1, 1000, "a", cost).await.unwrap();
+    }
+    // The connection ends; its reservations are orphans of uid 1000 now, and a new
+    // connection of the same uid is still at the cap.
+    assert_eq!(f.admission.end_session(1, f.now()), (0, 3));
+    let refused = f.admit_as(2, 1000, "b", cost).await.unwrap_err();
+    assert!(
+        refused.contains("uid 1000 already holds 3 open reservations")
+            && refused.contains("daemon.max_reservations_per_uid"),
+        "{refused}"
+    );
+    f.admit_as(3, 1001, "c", cost).await.unwrap();
+    f.admit_as(3, 1001, "c", cost).await.unwrap();
+    let refused = f.admit_as(4, 1002, "d", cost).await.unwrap_err();
+    assert!(
+        refused.contains("holds 5 open reservations")
+            && refused.contains("daemon.max_reservations)"),
+        "{refused}"
+    );
+    assert_eq!(
+        f.budget("global").reserved,
+        usd(2.5),
+        "refusals took nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_zero_cost_reservation_is_neither_written_nor_orphaned() {
+    let f = fixture("[budget]\nlimit = 10.0\norphan_timeout = \"1s\"\n");
+    let free = f.admit_cost(1, "a", "s", 0.0).await.reservation.unwrap();
+    f.admit_cost(1, "a", "s", 1.0).await;
+    assert_eq!(
+        f.admission.end_session(1, f.now()),
+        (1, 1),
+        "the $0 one is released, the $1 one an orphan"
+    );
+    let err = f.report_with(free, outcome(false)).await.unwrap_err();
+    assert!(
+        err.contains("was released when its connection closed"),
+        "{err}"
+    );
+    let f = f.restart();
+    assert_eq!(
+        f.budget("global").orphaned,
+        1,
+        "only the $1 reservation was in the ledger"
+    );
+}
+
+#[tokio::test]
+async fn due_orphans_are_settled_in_batches_of_one_commit_each() {
+    let f = fixture(
+        "rate_limits = []\n[daemon]\nmax_reservations_per_connection = 3000\n[budget]\nlimit = 100.0\norphan_timeout = \"1s\"\n",
+    );
+    for _ in 0..2500 {
+        f.admit_cost(1, "a", "s", 0.01).await;
+    }
+    f.admission.end_session(1, f.now());
+    f.clock.advance(S);
+    let batches = f.admission.due_orphans(f.now());
+    let sizes: Vec<usize> = batches.iter().map(|d| d.pending.len()).collect();
+    assert_eq!(sizes, [1024, 1024, 452]);
+    assert!(
+        f.admission.due_orphans(f.now()).is_empty(),
+        "settling orphans are not handed out twice"
+    );
+    for durable in batches {
+        f.commit(durable).await.unwrap();
+    }
+    let global = f.budget("global");
+    assert_eq!(
+        (global.spent, global.reserved, global.orphaned),
+        (usd(25.0), Usd::ZERO, 0)
+    );
+    assert_eq!(f.admission.open_reservations(), 0);
 }
 
 #[tokio::test]

@@ -13,10 +13,12 @@ use crate::money::Usd;
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
     pub session: u64,
-    pub agent: &'a str,
-    /// The peer's pid and uid (from the kernel), to name a lease's holder.
-    pub pid: u32,
+    /// The connection's kernel uid: open reservations are capped per uid, and
+    /// a lease's holder is named by it.
     pub uid: u32,
+    pub agent: &'a str,
+    /// The peer's pid (from the kernel), to name a lease's holder.
+    pub pid: u32,
 }
 
 /// A planned call.
@@ -168,6 +170,10 @@ pub enum AdmissionError {
     TooManyServices(usize),
     #[error("this connection already holds {0} open reservations (daemon.max_reservations_per_connection); report outcomes before admitting more")]
     TooManyReservations(usize),
+    #[error("uid {uid} already holds {cap} open reservations, orphans of its closed connections included (daemon.max_reservations_per_uid); report outcomes, or wait for orphans to settle after budget.orphan_timeout, before admitting more")]
+    TooManyReservationsForUid { uid: u32, cap: usize },
+    #[error("the daemon holds {0} open reservations, its limit (daemon.max_reservations); retry once outcomes are reported or orphans settle after budget.orphan_timeout")]
+    TooManyOpenReservations(usize),
     #[error("reservation {0} was never issued by this daemon, or was closed too long ago to tell")]
     UnknownReservation(u64),
     #[error(

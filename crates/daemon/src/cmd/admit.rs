@@ -25,13 +25,15 @@ use tokio::sync::Notify;
 
 use super::check::Job;
 use super::{dollars, invalid, log_transition, unavailable, Reply};
-use crate::admission::{Admitted, Caller, Decision, Moment, Plan, Reason, Wait as AdmitWait};
+use crate::admission::{
+    AdmissionError, Admitted, Caller, Decision, Moment, Plan, Reason, Wait as AdmitWait,
+};
 use crate::guard::concurrency::Wake;
 use crate::guard::content::Scanned;
 use crate::money::Usd;
 use crate::names::{check_name, shown};
 use crate::protocol::{AdmitReply, AdmitRequest, ErrorReply, GuardKind, Response, Vote};
-use crate::state::{Session, State};
+use crate::state::{Limit, Session, State};
 
 /// Who asked, as the decision and its log line need it; owned, because with a
 /// payload the decision is made in a future, after the scan.
@@ -218,10 +220,19 @@ impl Admit {
             pid: u32::try_from(asker.peer_pid).unwrap_or(0),
             uid: asker.peer_uid,
         };
-        let admitted = state
-            .admission()
-            .admit(caller, plan, now)
-            .map_err(ErrorReply::from)?;
+        let admitted = state.admission().admit(caller, plan, now).map_err(|err| {
+            let hit = match err {
+                AdmissionError::TooManyReservationsForUid { .. } => {
+                    Some(Limit::MaxReservationsPerUid)
+                }
+                AdmissionError::TooManyOpenReservations(_) => Some(Limit::MaxReservations),
+                _ => None,
+            };
+            if let Some(limit) = hit {
+                state.counters().hit(limit);
+            }
+            ErrorReply::from(err)
+        })?;
         let decision = match &admitted {
             Admitted::Decided(decision) => decision,
             Admitted::Durable(durable) => durable.pending.decision(),
@@ -249,6 +260,11 @@ impl Admit {
         log_decision(&self.asker, service, decision);
         if let Some(route) = &self.req.route {
             super::route::count_choice(route, decision.allowed.then_some(service));
+        }
+        if let Admitted::Decided(decision) = &admitted {
+            if let Some(refusal) = fail_closed_without_a_write(state, decision) {
+                return Ok(Reply::Ready(refusal));
+            }
         }
         let durable = match admitted {
             Admitted::Decided(decision) => {
@@ -326,6 +342,28 @@ fn validate(
         peer_pid: session.peer.pid,
     };
     Ok((asker, Valid { units, cost }))
+}
+
+/// A $0 admission under a budget writes nothing to the ledger (issue 16), but
+/// its report will charge the actual cost there: while the ledger is failing it
+/// is refused like every budget-governed request (fail closed), and the
+/// reservation it took is released.
+fn fail_closed_without_a_write(state: &State, decision: &Decision) -> Option<Response> {
+    let budgeted = decision
+        .votes
+        .iter()
+        .any(|vote| vote.guard == GuardKind::Budget);
+    if !decision.allowed || !budgeted {
+        return None;
+    }
+    let message = state.store().health()?;
+    if let Some(id) = decision.reservation {
+        state.admission().release(id);
+    }
+    Some(unavailable(&crate::store::StoreError::Failed {
+        path: state.store().path().display().to_string(),
+        message,
+    }))
 }
 
 fn log_decision(asker: &Asker, service: &str, decision: &Decision) {

@@ -179,7 +179,9 @@ impl From<AdmissionError> for ErrorReply {
             AdmissionError::UnknownReservation(_) | AdmissionError::Released(_) => {
                 ErrorCode::UnknownReservation
             }
-            AdmissionError::Busy(_) => ErrorCode::Unavailable,
+            AdmissionError::Busy(_)
+            | AdmissionError::TooManyReservationsForUid { .. }
+            | AdmissionError::TooManyOpenReservations(_) => ErrorCode::Unavailable,
             AdmissionError::NotOwner { .. } => ErrorCode::NotPermitted,
             AdmissionError::TooManyReservations(_)
             | AdmissionError::UnknownRoute { .. }

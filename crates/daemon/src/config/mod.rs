@@ -210,6 +210,13 @@ pub struct DaemonConfig {
     pub max_services: usize,
     /// Open reservations one connection may hold.
     pub max_reservations_per_connection: usize,
+    /// Open reservations (orphans included) the connections of one uid may hold
+    /// at once: an orphan outlives its connection, so the per-connection cap
+    /// alone does not bound what a user can leave behind by reconnecting.
+    pub max_reservations_per_uid: usize,
+    /// Open reservations (orphans included) in the whole daemon: with the
+    /// per-uid cap, what bounds the engine's memory against many users.
+    pub max_reservations: usize,
     /// Where the ledger lives when `--state-dir` does not say.
     pub state_dir: Option<PathBuf>,
     /// How often idle keyed state (full rate buckets, past quota windows) is
@@ -286,9 +293,33 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Parse(#[from] toml::de::Error),
+    /// A file with no setting at all: on reload most likely one caught between
+    /// a truncate and a write, which would apply every default and drop every
+    /// `[[agents]]` binding.
+    #[error("{path} holds no settings (it is empty, or only comments): refusing it, since a file caught half-written would silently apply every default and drop every [[agents]] binding; put at least one table in it (an empty [daemon] means \"all defaults\"), or start without --config to run on the built-in defaults")]
+    Empty { path: PathBuf },
     #[error("{key}: {problem}")]
     Invalid { key: String, problem: String },
 }
+
+/// Whether a TOML text holds anything but blank lines and comments: a key or a
+/// table header (a line starting with `#` is a comment; a `#` inside a value
+/// sits after a key, on a line that counts).
+fn has_settings(text: &str) -> bool {
+    text.lines().any(|line| {
+        let line = line.trim_start_matches(['\u{feff}', ' ', '\t', '\r']);
+        !line.is_empty() && !line.starts_with('#')
+    })
+}
+
+/// The most `[[rate_limits]]` a configuration may hold. Rules are found by
+/// index (`guard/index.rs`), so the cap bounds memory (a rule and its empty
+/// limiter are a few hundred bytes) and the time a reload or `config check`
+/// takes, not the cost of an admission.
+pub const MAX_RATE_LIMITS: usize = 10_000;
+
+/// The most `[[quotas]]` a configuration may hold (as [`MAX_RATE_LIMITS`]).
+pub const MAX_QUOTAS: usize = 10_000;
 
 /// A provider's published limit, enabled with `preset = "…"` on a rate limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,15 +367,24 @@ impl Config {
         validate::config(toml::from_str(text)?)
     }
 
-    /// Reads, parses and validates a configuration file.
+    /// Reads, parses and validates a configuration file. A file is named on
+    /// purpose (`--config`, a reload), so one without any setting is refused
+    /// rather than read as "all defaults" (issue 16: a reload racing an editor's
+    /// truncate-then-write).
     ///
     /// # Errors
-    /// As [`Config::from_toml`], plus a read error naming the path.
+    /// As [`Config::from_toml`], plus a read error naming the path and
+    /// [`ConfigError::Empty`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
+        if !has_settings(&text) {
+            return Err(ConfigError::Empty {
+                path: path.to_owned(),
+            });
+        }
         Config::from_toml(&text)
     }
 

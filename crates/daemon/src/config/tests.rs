@@ -80,6 +80,31 @@ fn presets() {
 }
 
 #[test]
+fn a_file_without_settings_is_refused_and_an_empty_table_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    for text in [
+        "",
+        "\n \t\n",
+        "# only a comment\n\n   # and another\n",
+        "\u{feff}",
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let err = Config::load(&path).expect_err("refused");
+        assert!(matches!(err, ConfigError::Empty { .. }), "{text:?}: {err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("holds no settings") && message.contains("start without --config"),
+            "{message}"
+        );
+    }
+    for text in ["[daemon]\n", "# defaults\nrate_limits = []\n"] {
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+    }
+}
+
+#[test]
 fn an_empty_list_means_no_rate_limits() {
     assert!(Config::from_toml("rate_limits = []\n")
         .unwrap()

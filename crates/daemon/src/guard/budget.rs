@@ -609,9 +609,14 @@ impl super::Guard for Budgets {
         self.give_back(super::own::<Hold>(taken));
     }
 
-    fn disconnect(&mut self, _taken: &mut (dyn Any + Send)) -> super::Keep {
-        // Held money stays held: the actual cost may still be reported.
-        super::Keep::Money
+    fn disconnect(&mut self, taken: &mut (dyn Any + Send)) -> super::Keep {
+        // Held money stays held: the actual cost may still be reported. A $0
+        // hold holds nothing the budget counts (issue 16: orphans of $0 floods),
+        // so its connection's end releases it (ARCHITECTURE.md, orphans).
+        match taken.downcast_ref::<Hold>() {
+            Some(hold) if hold.estimate == Usd::ZERO => super::Keep::No,
+            _ => super::Keep::Money,
+        }
     }
 
     fn entries(
@@ -624,6 +629,11 @@ impl super::Guard for Budgets {
         let Some(hold) = taken.downcast_ref::<Hold>() else {
             return;
         };
+        if hold.estimate == Usd::ZERO {
+            // Nothing reserved, nothing a crash could lose from the books: a $0
+            // reservation lives in memory only (issue 16).
+            return;
+        }
         out.push(crate::store::Entry::Reserve {
             id: reservation,
             agent: call.agent.to_owned(),

@@ -20,6 +20,7 @@ pub mod budget;
 pub mod concurrency;
 pub mod content;
 pub mod lease;
+pub mod index;
 pub mod period;
 pub mod quota;
 pub mod rate;

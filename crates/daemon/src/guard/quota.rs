@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::index::RuleIndex;
 use super::period::Period;
 use super::rate::{Scope, Weight};
 
@@ -300,6 +301,11 @@ impl Peak {
 #[derive(Debug, Default)]
 pub struct Quotas {
     rules: Vec<QuotaRule>,
+    /// Which quotas may apply to a call (`guard/index.rs`).
+    index: RuleIndex,
+    /// Positions by name: what an admission took names its quota, and giving it
+    /// back must not walk every quota.
+    by_name: HashMap<Arc<str>, usize>,
 }
 
 /// What an admission took from the quotas that apply to it, by quota name (a
@@ -311,19 +317,41 @@ type Held = Vec<(Arc<str>, QuotaTaken)>;
 
 impl Quotas {
     pub fn new(rules: Vec<QuotaRule>) -> Quotas {
-        Quotas { rules }
+        let index = RuleIndex::new(
+            rules
+                .iter()
+                .map(|rule| (rule.spec.services.as_slice(), rule.spec.agents.as_slice())),
+        );
+        let by_name = rules
+            .iter()
+            .enumerate()
+            .map(|(pos, rule)| (Arc::clone(&rule.name), pos))
+            .collect();
+        Quotas {
+            rules,
+            index,
+            by_name,
+        }
     }
 
     pub fn rules(&self) -> &[QuotaRule] {
         &self.rules
     }
 
-    pub fn rules_mut(&mut self) -> &mut Vec<QuotaRule> {
+    /// The quotas, to change their counters (not which quotas there are: that
+    /// is [`Quotas::take`] and [`Quotas::new`], which keep the index right).
+    pub fn rules_mut(&mut self) -> &mut [QuotaRule] {
         &mut self.rules
     }
 
+    /// Takes every quota out, leaving none (a reload rebuilds the set).
+    pub fn take(&mut self) -> Vec<QuotaRule> {
+        std::mem::take(self).rules
+    }
+
     pub fn get_mut(&mut self, name: &str) -> Option<&mut QuotaRule> {
-        self.rules.iter_mut().find(|rule| rule.name() == name)
+        let pos = *self.by_name.get(name)?;
+        self.rules.get_mut(pos)
     }
 
     fn undo_all(&mut self, held: &Held) {
@@ -339,7 +367,8 @@ impl super::Guard for Quotas {
     fn check(&mut self, call: &super::Call<'_>, out: &mut super::Checked) -> super::Verdict {
         let mut held: Held = Vec::new();
         let mut denied = false;
-        for rule in &mut self.rules {
+        for pos in self.index.candidates(call.agent, call.service) {
+            let rule = &mut self.rules[pos];
             if !rule.applies(call.agent, call.service) {
                 continue;
             }

@@ -23,6 +23,7 @@ use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 
+use super::index::RuleIndex;
 use crate::clock::SharedClock;
 
 /// What a rule is keyed by: one bucket for everyone, or one per agent, per service,
@@ -281,6 +282,9 @@ impl std::fmt::Debug for RateRule {
 #[derive(Debug, Default)]
 pub struct RateLimits {
     rules: Vec<Arc<RateRule>>,
+    /// Which rules may apply to a call (`guard/index.rs`), so an admission never
+    /// visits the rules written for other services or agents.
+    index: RuleIndex,
 }
 
 /// What an admission took from the rate limits that apply to it. Each entry
@@ -292,7 +296,8 @@ type Held = Vec<(Arc<RateRule>, Cells)>;
 
 impl RateLimits {
     pub fn new(rules: Vec<Arc<RateRule>>) -> RateLimits {
-        RateLimits { rules }
+        let index = index_of(&rules);
+        RateLimits { rules, index }
     }
 
     pub fn rules(&self) -> &[Arc<RateRule>] {
@@ -301,14 +306,34 @@ impl RateLimits {
 
     /// Replaces the rules (a reload keeps the `Arc`s of unchanged ones).
     pub fn replace(&mut self, rules: Vec<Arc<RateRule>>) {
-        self.rules = rules;
+        *self = RateLimits::new(rules);
     }
+
+    /// The rules that may apply to a call by `agent` to `service`, by index.
+    pub fn candidates<'a>(
+        &'a self,
+        agent: &str,
+        service: &str,
+    ) -> impl Iterator<Item = &'a Arc<RateRule>> + 'a {
+        let rules = &self.rules;
+        self.index
+            .candidates(agent, service)
+            .map(move |pos| &rules[pos])
+    }
+}
+
+fn index_of(rules: &[Arc<RateRule>]) -> RuleIndex {
+    RuleIndex::new(
+        rules
+            .iter()
+            .map(|rule| (rule.spec.services.as_slice(), rule.spec.agents.as_slice())),
+    )
 }
 
 impl super::Guard for RateLimits {
     fn check(&mut self, call: &super::Call<'_>, out: &mut super::Checked) -> super::Verdict {
         let mut held: Held = Vec::new();
-        for rule in &self.rules {
+        for rule in self.candidates(call.agent, call.service) {
             if !rule.applies(call.agent, call.service) {
                 continue;
             }

@@ -9,8 +9,10 @@
 //! * `GET /ready` — `200` once the agent socket accepts connections, `503` before.
 //!
 //! Architecture Invariant: nothing here can stall the agent socket. Connections are
-//! capped, headers must arrive within a timeout, and every handler only takes the
-//! same short locks a request does.
+//! capped (32 for every route, 8 more for the probes only, 4 per peer: a local
+//! uid, see `peer.rs`), headers must arrive within 2 s, a connection that finds
+//! no slot is closed at once instead of waiting in the backlog, and every
+//! handler only takes the same short locks a request does.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,15 +32,33 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod gauges;
+mod peer;
+
+use peer::{PeerKey, Peers};
 
 use crate::protocol::Health;
-use crate::state::State;
+use crate::state::{Limit, State};
 
-/// HTTP connections served at once; more wait in the kernel's backlog.
+/// HTTP connections served at once for every route.
 const MAX_HTTP_CONNECTIONS: usize = 32;
 
-/// A client must send its request headers within this time.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections beyond [`MAX_HTTP_CONNECTIONS`] served for the probes only
+/// (`/health`, `/ready`): a full listener still answers the probes that decide
+/// whether the daemon is restarted. Beyond both, a connection is closed at once
+/// rather than left in the kernel's backlog, where probes would time out.
+const PROBE_RESERVE: usize = 8;
+
+/// Connections one peer (a local uid, or a remote address) may hold at once, so
+/// one user's half-sent requests cannot take the slots of everyone's probes.
+const MAX_PER_PEER: usize = 4;
+
+/// Accepted connections whose peer is being looked up at once (a read of
+/// `/proc/net/tcp` each); beyond it a connection is closed at once.
+const MAX_IDENTIFYING: usize = 64;
+
+/// A client must send its request headers within this time. A probe or a scrape
+/// sends them at once; a longer wait only lets idle connections hold slots.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Set once the agent socket accepts connections; never unset.
 #[derive(Debug, Clone, Default)]
@@ -65,24 +85,23 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
-    let limit = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
+    let reserve = Arc::new(Semaphore::new(PROBE_RESERVE));
+    let peers = Arc::new(Peers::default());
+    let identifying = Arc::new(Semaphore::new(MAX_IDENTIFYING));
     let routes = Arc::new(Routes {
         state,
         metrics,
         ready,
     });
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = Arc::clone(&limit).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let stream = tokio::select! {
+        // Accepting never waits for a slot: a connection that finds none is
+        // closed now (and counted), so the backlog never holds probes behind
+        // connections that are not being served.
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     log::warn!("http accept failed: {err}; retrying in 100ms");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -90,13 +109,48 @@ pub async fn run(
                 }
             },
         };
+        // Who the peer is takes a read of procfs, in the connection's task; the
+        // connections being identified are capped too, so a connect flood cannot
+        // queue unbounded work.
+        let Ok(identifying) = Arc::clone(&identifying).try_acquire_owned() else {
+            routes.state.counters().hit(Limit::HttpConnections);
+            log::debug!("http connection from {peer} closed: too many being identified");
+            continue;
+        };
         let routes = Arc::clone(&routes);
+        let peers = Arc::clone(&peers);
+        let (slots, reserve) = (Arc::clone(&slots), Arc::clone(&reserve));
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let _permit = permit;
+            let local = stream.local_addr().unwrap_or(peer);
+            // procfs is read on the blocking pool, not on a worker.
+            let key = tokio::task::spawn_blocking(move || PeerKey::of(peer, local))
+                .await
+                .unwrap_or(PeerKey::Ip(peer.ip()));
+            drop(identifying);
+            // The peer's share first, then a slot: one peer's connections never
+            // hold more than their share of the slots, even for a moment.
+            let Some(_held) = peers.enter(key, MAX_PER_PEER) else {
+                routes.state.counters().hit(Limit::HttpPerPeer);
+                log::debug!(
+                    "http connection from {peer} ({key}) closed: it already holds {MAX_PER_PEER} connections"
+                );
+                return;
+            };
+            let (_permit, probes_only) = match slots.try_acquire_owned() {
+                Ok(permit) => (permit, false),
+                Err(_) => match reserve.try_acquire_owned() {
+                    Ok(permit) => (permit, true),
+                    Err(_) => {
+                        routes.state.counters().hit(Limit::HttpConnections);
+                        log::debug!("http connection from {peer} closed: every slot is taken");
+                        return;
+                    }
+                },
+            };
             let service = hyper::service::service_fn(move |request| {
                 let routes = Arc::clone(&routes);
-                async move { Ok::<_, Infallible>(routes.handle(&request)) }
+                async move { Ok::<_, Infallible>(routes.handle(&request, probes_only)) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -135,9 +189,22 @@ struct Routes {
 // === impl Routes ===
 
 impl Routes {
-    fn handle(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    /// Answers `request`; on a connection of the probes' reserve
+    /// (`probes_only`), only `/health` and `/ready`.
+    fn handle(&self, request: &Request<Incoming>, probes_only: bool) -> Response<Full<Bytes>> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n");
+        }
+        if probes_only && !matches!(request.uri().path(), "/health" | "/ready") {
+            let mut response = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "every HTTP slot is taken; only /health and /ready are answered now, retry in a second\n",
+            );
+            response.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from_static("1"),
+            );
+            return response;
         }
         match request.uri().path() {
             "/metrics" => match &self.metrics {

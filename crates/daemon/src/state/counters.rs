@@ -31,6 +31,15 @@ pub enum Limit {
     AgentName,
     /// An admin operation by a peer that is not an admin.
     AdminOnly,
+    /// `daemon.max_reservations_per_uid`, orphans included.
+    MaxReservationsPerUid,
+    /// `daemon.max_reservations`, orphans included.
+    MaxReservations,
+    /// An HTTP connection that found every slot, the probes' reserve included,
+    /// taken.
+    HttpConnections,
+    /// An HTTP connection from a peer that already held its share.
+    HttpPerPeer,
 }
 
 /// How often each [`Limit`] was hit since the daemon started. Plain atomics, bumped
@@ -43,7 +52,7 @@ pub struct Counters {
 // === impl Limit ===
 
 impl Limit {
-    pub const ALL: [Limit; 12] = [
+    pub const ALL: [Limit; 16] = [
         Limit::NotPermitted,
         Limit::MaxConnections,
         Limit::MaxConnectionsPerUid,
@@ -56,6 +65,10 @@ impl Limit {
         Limit::ReplyTooLarge,
         Limit::AgentName,
         Limit::AdminOnly,
+        Limit::MaxReservationsPerUid,
+        Limit::MaxReservations,
+        Limit::HttpConnections,
+        Limit::HttpPerPeer,
     ];
 
     /// The metric label.
@@ -73,6 +86,10 @@ impl Limit {
             Limit::ReplyTooLarge => "reply_too_large",
             Limit::AgentName => "agent_name",
             Limit::AdminOnly => "admin_only",
+            Limit::MaxReservationsPerUid => "max_reservations_per_uid",
+            Limit::MaxReservations => "max_reservations",
+            Limit::HttpConnections => "http_connections",
+            Limit::HttpPerPeer => "http_per_peer",
         }
     }
 }

@@ -71,6 +71,13 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("agent.sock");
         let config_path = dir.path().join("config.toml");
+        // A named file with no settings is refused (issue 16); "" here means the
+        // built-in defaults, which an empty table says explicitly.
+        let config = if config.is_empty() {
+            "[daemon]\n"
+        } else {
+            config
+        };
         std::fs::write(&config_path, config).expect("write config");
         let log = dir.path().join("daemon.log");
         let child = spawn(&config_path, &socket, &dir.path().join("state"), &log);

@@ -18,6 +18,7 @@ pub(super) fn bulkheads(
     daemon: &DaemonConfig,
 ) -> Result<Vec<BulkheadSpec>, ConfigError> {
     let mut specs: Vec<BulkheadSpec> = Vec::with_capacity(raw.len());
+    let mut seen = std::collections::HashSet::new();
     for (idx, raw) in raw.into_iter().enumerate() {
         let prefix = format!("bulkheads[{idx}]");
         let key = |field: &str| format!("{prefix}.{field}");
@@ -28,12 +29,7 @@ pub(super) fn bulkheads(
                 format!("{AGENTS_RULE:?} names the cap on active agents (concurrency.max_active_agents); choose another name"),
             ));
         }
-        unique(
-            &prefix,
-            "bulkhead",
-            &raw.name,
-            specs.iter().map(|s| &s.name),
-        )?;
+        unique(&prefix, "bulkhead", &raw.name, &mut seen)?;
         names(&key("services"), &raw.services)?;
         names(&key("agents"), &raw.agents)?;
         if let Some(service) = raw.services.iter().find(|service| {

@@ -22,6 +22,11 @@ pub(super) fn daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
             "daemon.max_reservations_per_connection",
             raw.max_reservations_per_connection,
         ),
+        (
+            "daemon.max_reservations_per_uid",
+            raw.max_reservations_per_uid,
+        ),
+        ("daemon.max_reservations", raw.max_reservations),
     ] {
         if value == 0 {
             return Err(invalid(key, "must be at least 1, got 0"));
@@ -81,6 +86,8 @@ pub(super) fn daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
         allow_unknown_services: raw.allow_unknown_services,
         max_services: raw.max_services,
         max_reservations_per_connection: raw.max_reservations_per_connection,
+        max_reservations_per_uid: raw.max_reservations_per_uid,
+        max_reservations: raw.max_reservations,
         state_dir: raw.state_dir,
         purge_interval: positive("daemon.purge_interval", &raw.purge_interval)?,
         commit_timeout: positive("daemon.commit_timeout", &raw.commit_timeout)?,

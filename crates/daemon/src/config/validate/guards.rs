@@ -2,14 +2,16 @@
 //! the guards, checked so that every rule can act (a breaker that can open, a rate
 //! that fits in a nanosecond, names that are unique).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use super::super::raw::{
     RawBreaker, RawForce, RawQuota, RawRateLimit, RawRetry, RawRoute, RawScope, RawService,
     RawWeight, RawWindow, Spelled,
 };
-use super::super::{ConfigError, DaemonConfig, Preset, Route, ServiceConfig, PRESETS};
+use super::super::{
+    ConfigError, DaemonConfig, Preset, Route, ServiceConfig, MAX_QUOTAS, MAX_RATE_LIMITS, PRESETS,
+};
 use super::{choice, duration, invalid, name, names, nonzero, positive, unique};
 use crate::guard::breaker::{BreakerConfig, Force};
 use crate::guard::period::Period;
@@ -180,10 +182,11 @@ pub(super) fn routes(
     daemon: &DaemonConfig,
 ) -> Result<Vec<Route>, ConfigError> {
     let mut routes: Vec<Route> = Vec::with_capacity(raw.len());
+    let mut seen = std::collections::HashSet::new();
     for (idx, raw) in raw.into_iter().enumerate() {
         let key = format!("routes[{idx}]");
         name(&format!("{key}.name"), &raw.name)?;
-        unique(&key, "route", &raw.name, routes.iter().map(|r| &r.name))?;
+        unique(&key, "route", &raw.name, &mut seen)?;
         if raw.chain.is_empty() {
             return Err(invalid(
                 format!("{key}.chain"),
@@ -223,16 +226,13 @@ pub(super) fn rate_limits(
     let Some(raw) = raw else {
         return Ok(vec![default_rate_limit()]);
     };
+    at_most("rate_limits", "rate limits", raw.len(), MAX_RATE_LIMITS)?;
     let mut specs: Vec<RateSpec> = Vec::with_capacity(raw.len());
+    let mut seen = HashSet::with_capacity(raw.len());
     for (idx, raw) in raw.into_iter().enumerate() {
         let key = format!("rate_limits[{idx}]");
         let spec = rate_limit(raw, &key)?;
-        unique(
-            &key,
-            "rate limit",
-            &spec.name,
-            specs.iter().map(|s| &s.name),
-        )?;
+        unique(&key, "rate limit", &spec.name, &mut seen)?;
         if let Some(service) = spec.services.iter().find(|service| {
             !daemon.allow_unknown_services && !services.contains_key(service.as_str())
         }) {
@@ -317,6 +317,17 @@ fn preset(key: &str, text: &str) -> Result<Preset, ConfigError> {
         })
 }
 
+/// Refuses more than `max` rules in one list, before checking any of them.
+fn at_most(key: &str, what: &str, n: usize, max: usize) -> Result<(), ConfigError> {
+    if n > max {
+        return Err(invalid(
+            key,
+            format!("{n} {what}, more than the {max} a configuration may hold (each is checked on every admission it applies to, and held in memory); merge rules with a `services` or `agents` list, or use a wider scope"),
+        ));
+    }
+    Ok(())
+}
+
 /// SPEC §3.1: 10 requests per second with a burst of 100, per agent and service.
 pub(super) fn default_rate_limit() -> RateSpec {
     RateSpec {
@@ -334,11 +345,13 @@ pub(super) fn default_rate_limit() -> RateSpec {
 
 /// `[[quotas]]` in file order.
 pub(super) fn quotas(raw: Vec<RawQuota>) -> Result<Vec<QuotaSpec>, ConfigError> {
+    at_most("quotas", "quotas", raw.len(), MAX_QUOTAS)?;
     let mut quotas: Vec<QuotaSpec> = Vec::with_capacity(raw.len());
+    let mut seen = HashSet::with_capacity(raw.len());
     for (idx, raw) in raw.into_iter().enumerate() {
         let key = format!("quotas[{idx}]");
         let spec = quota(raw, &key)?;
-        unique(&key, "quota", &spec.name, quotas.iter().map(|q| &q.name))?;
+        unique(&key, "quota", &spec.name, &mut seen)?;
         quotas.push(spec);
     }
     Ok(quotas)

@@ -194,13 +194,15 @@ fn listed(spellings: &[&str], last: Option<&str>) -> String {
 }
 
 /// Refuses `name` at `key` if an earlier entry of the same list has it.
-fn unique<'a>(
+/// Refuses `name` if an earlier rule took it; remembers it otherwise. A set, not
+/// a walk of the earlier rules: that made checking 100,000 rules take 29 s.
+fn unique(
     key: &str,
     what: &str,
     name: &str,
-    earlier: impl IntoIterator<Item = &'a String>,
+    earlier: &mut std::collections::HashSet<String>,
 ) -> Result<(), ConfigError> {
-    if earlier.into_iter().any(|n| n == name) {
+    if !earlier.insert(name.to_owned()) {
         return Err(invalid(
             format!("{key}.name"),
             format!("{name:?} is used by an earlier {what}; names must be unique"),
