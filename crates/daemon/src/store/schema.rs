@@ -80,7 +80,7 @@ pub(super) fn prepare(conn: &mut Connection, wal_pages: u64) -> Result<(), Strin
     conn.query_row(
         &format!(
             "PRAGMA journal_size_limit = {}",
-            wal_pages * super::PAGE_SIZE
+            wal_pages * super::watch::PAGE_SIZE
         ),
         [],
         |_| Ok(()),
