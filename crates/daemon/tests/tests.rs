@@ -58,3 +58,7 @@ mod content;
 // Issue 16: clock steps, overflow, floods, a vanished ledger, a full or frozen
 // disk (the mounting tests are ignored; .ci/faults runs them as root).
 mod faults;
+
+// Issue 15's durability split, under strace: a reservation-only batch makes no
+// fsync, a batch with a charge exactly one; both survive kill -9.
+mod durability;

@@ -1,8 +1,15 @@
 //! The durable ledger: the only module that touches disk.
 //!
-//! SQLite in WAL mode with `synchronous=FULL`, so a committed transaction survives
-//! kill -9 and power loss. One writer thread owns the connection and does group
-//! commit; nothing is acknowledged before it is on disk.
+//! SQLite in WAL mode. One writer thread owns the connection and does group
+//! commit; nothing is acknowledged before it is written to the ledger file.
+//! Durability is split by what an entry protects ([`Entry::needs_sync`]): what
+//! the operator pays or decided (charges, refunds, admin changes, durable quota
+//! counts) is committed with `synchronous=FULL`, fsync'd before it is
+//! acknowledged, and survives power loss; a reservation, which only keeps calls
+//! in flight from overrunning a budget, is committed with `synchronous=NORMAL`:
+//! written before its admit is answered (it survives kill -9 of the daemon) and
+//! made durable by the next fsync'd commit. A power loss can lose the
+//! reservations since that commit, and it kills every agent that held them.
 //!
 //! Architecture Invariant: the hot path never waits on the disk while holding the
 //! admission lock; it queues a job and awaits the answer outside the lock.

@@ -70,6 +70,25 @@ pub enum Entry {
     },
 }
 
+impl Entry {
+    /// Whether this entry must be fsync'd before it is acknowledged.
+    ///
+    /// A charge, a refund, an admin change, an audit line, a durable quota count
+    /// and a reservation's close are what the operator pays or decided: each is
+    /// on stable storage before it is acknowledged, and survives power loss. A
+    /// reservation only keeps the budget from being overrun by calls in flight:
+    /// it is written (into the kernel's page cache, so it survives kill -9 of the
+    /// daemon) before the admit is answered, but not fsync'd on its own. A power
+    /// loss can lose the last milliseconds of reservations, and it also kills
+    /// every agent that held them (they talk to the daemon over a Unix socket, on
+    /// the same host), so nothing is left that could report against them; the
+    /// next fsync'd commit makes every earlier reservation durable too (the WAL is
+    /// one file, written in order).
+    pub fn needs_sync(&self) -> bool {
+        !matches!(self, Entry::Reserve { .. })
+    }
+}
+
 /// What a job did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
