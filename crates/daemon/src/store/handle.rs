@@ -62,6 +62,8 @@ pub(super) struct Inner {
     /// Milliseconds after `born` (plus one) at which the running batch started;
     /// 0 when the writer is not in a transaction.
     pub(super) busy_since: AtomicU64,
+    /// The same for the syncer's fsync of the WAL.
+    pub(super) syncing_since: AtomicU64,
     pub(super) born: Instant,
     pub(super) commit_timeout: Duration,
     pub(super) stats: Stats,
@@ -114,6 +116,16 @@ impl Store {
         let identity = std::fs::metadata(&path)
             .map(|m| (m.dev(), m.ino()))
             .map_err(|e| fail(format!("reading the ledger file's metadata: {e}")))?;
+        // The WAL exists: `schema::load` wrote to it. SQLite keeps the file
+        // (truncating it at most) while the connection is open.
+        let mut wal_path = path.clone().into_os_string();
+        wal_path.push("-wal");
+        let wal = std::fs::File::open(&wal_path).map_err(|e| {
+            fail(format!(
+                "opening the write-ahead log {}: {e}",
+                Path::new(&wal_path).display()
+            ))
+        })?;
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {
             jobs: Mutex::new(Some(tx)),
@@ -121,15 +133,22 @@ impl Store {
             lost: Mutex::new(None),
             identity: Some(identity),
             busy_since: AtomicU64::new(0),
+            syncing_since: AtomicU64::new(0),
             born: Instant::now(),
             commit_timeout: options.commit_timeout,
             stats: Stats::default(),
             path,
         });
+        let (to_sync, committed) = mpsc::channel();
+        let syncer = Arc::clone(&inner);
+        std::thread::Builder::new()
+            .name("af-ledger-sync".into())
+            .spawn(move || syncer.sync_loop(&wal, &committed))
+            .map_err(|e| fail(format!("starting the syncer thread: {e}")))?;
         let writer = Arc::clone(&inner);
         std::thread::Builder::new()
             .name("af-ledger".into())
-            .spawn(move || writer.run(conn, rx))
+            .spawn(move || writer.run(conn, &rx, &to_sync))
             .map_err(|e| fail(format!("starting the writer thread: {e}")))?;
         Ok((Store { inner }, snapshot))
     }
@@ -144,6 +163,7 @@ impl Store {
             lost: Mutex::new(None),
             identity: None,
             busy_since: AtomicU64::new(0),
+            syncing_since: AtomicU64::new(0),
             born: Instant::now(),
             commit_timeout: DEFAULT_COMMIT_TIMEOUT,
             stats: Stats::default(),

@@ -4,12 +4,11 @@
 //! commit; nothing is acknowledged before it is written to the ledger file.
 //! Durability is split by what an entry protects ([`Entry::needs_sync`]): what
 //! the operator pays or decided (charges, refunds, admin changes, durable quota
-//! counts) is committed with `synchronous=FULL`, fsync'd before it is
-//! acknowledged, and survives power loss; a reservation, which only keeps calls
-//! in flight from overrunning a budget, is committed with `synchronous=NORMAL`:
+//! counts) is fsync'd before it is acknowledged and survives power loss; a
+//! reservation, which only keeps calls in flight from overrunning a budget, is
 //! written before its admit is answered (it survives kill -9 of the daemon) and
-//! made durable by the next fsync'd commit. A power loss can lose the
-//! reservations since that commit, and it kills every agent that held them.
+//! made durable by the next fsync. A power loss can lose the reservations made
+//! since then, and it kills every agent that held them.
 //!
 //! Architecture Invariant: the hot path never waits on the disk while holding the
 //! admission lock; it queues a job and awaits the answer outside the lock.
@@ -19,6 +18,8 @@
 //! - `handle.rs`: [`Store`], the handle the daemon holds: open, commit, health;
 //! - `completion.rs`: what a write does with its answer, run exactly once ([`Late`]);
 //! - `writer.rs`: the writer thread: batching, one transaction per group commit;
+//! - `syncer.rs`: the syncer thread: the fsync that charges wait for, and
+//!   reservations do not;
 //! - `watch.rs`: the disk watch: file identity, marker, WAL size, stuck commits,
 //!   the probe after a failure (the ledger fails closed, and says so);
 //! - `schema.rs`: tables, migrations, the startup load, how each entry is written.
@@ -26,6 +27,7 @@
 mod completion;
 mod handle;
 mod schema;
+mod syncer;
 mod types;
 mod watch;
 mod writer;

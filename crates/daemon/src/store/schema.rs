@@ -68,7 +68,7 @@ pub(super) fn prepare(conn: &mut Connection, wal_pages: u64) -> Result<(), Strin
     }
     // FULL: the WAL is fsynced at every commit, so an acknowledged charge survives
     // power loss, not only a crash of the process. The writer thread lowers it to
-    // NORMAL for transactions that hold only reservations (`writer::Sync`).
+    // NORMAL and leaves the fsync to the syncer thread (`syncer.rs`).
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(|e| e.to_string())?;
     conn.pragma_update(None, "foreign_keys", true)

@@ -82,8 +82,8 @@ impl Entry {
     /// loss can lose the last milliseconds of reservations, and it also kills
     /// every agent that held them (they talk to the daemon over a Unix socket, on
     /// the same host), so nothing is left that could report against them; the
-    /// next fsync'd commit makes every earlier reservation durable too (the WAL is
-    /// one file, written in order).
+    /// next fsync makes every earlier reservation durable too (the WAL is one
+    /// file, written in order).
     pub fn needs_sync(&self) -> bool {
         !matches!(self, Entry::Reserve { .. })
     }

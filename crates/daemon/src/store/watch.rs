@@ -17,7 +17,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -47,12 +47,22 @@ pub(super) const PAGE_SIZE: u64 = 4096;
 impl Inner {
     /// Marks the start (`true`) or the end of a transaction, for [`Inner::stuck`].
     pub(super) fn set_busy(&self, busy: bool) {
-        let since = if busy {
+        self.mark(&self.busy_since, busy);
+    }
+
+    /// Marks the start or the end of an fsync of the WAL (`syncer.rs`), which
+    /// a frozen or dying disk holds up as it would a commit.
+    pub(super) fn set_syncing(&self, syncing: bool) {
+        self.mark(&self.syncing_since, syncing);
+    }
+
+    fn mark(&self, since: &AtomicU64, busy: bool) {
+        let at = if busy {
             u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
         } else {
             0
         };
-        self.busy_since.store(since, Ordering::Release);
+        since.store(at, Ordering::Release);
     }
 
     /// Between jobs: is the file still ours, and — after a failure — do writes
@@ -93,24 +103,34 @@ impl Inner {
             }
             Err(e) => format!("the ledger file cannot be looked at: {e}"),
         };
-        let message = format!(
+        Err(self.lose(format!(
             "{problem}; writes into it would not survive a restart, so budget-governed requests are refused. Restore the file and restart the daemon (a start without it refuses to begin an empty ledger unless given --init-ledger)"
-        );
+        )))
+    }
+
+    /// Marks the ledger as not to be trusted until a restart (every later
+    /// write fails with `message`, and health shows it).
+    pub(super) fn lose(&self, message: String) -> StoreError {
         log::error!(
             message_id = crate::logging::message_id::LEDGER_FAILED;
             "ledger {}: {message}", self.path.display()
         );
         *lock(&self.lost) = Some(message.clone());
-        Err(fail(message))
+        StoreError::Failed {
+            path: self.path.display().to_string(),
+            message,
+        }
     }
 
     /// Why a commit counts as stuck, if the running one has been going for
     /// longer than the commit timeout.
     pub(super) fn stuck(&self) -> Option<String> {
-        let since = self.busy_since.load(Ordering::Acquire);
-        if since == 0 {
-            return None;
-        }
+        // The one that started first (0: not running).
+        let since = [&self.busy_since, &self.syncing_since]
+            .iter()
+            .map(|at| at.load(Ordering::Acquire))
+            .filter(|&at| at != 0)
+            .min()?;
         let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
         let running = Duration::from_millis(now.saturating_sub(since - 1));
         (running > self.commit_timeout).then(|| {

@@ -1,13 +1,13 @@
 //! The writer thread: group commit.
 //!
 //! One thread owns the SQLite connection. It takes every job queued while the
-//! previous transaction was being made durable, applies them in one transaction
-//! (one fsync for the whole batch), and only then answers each job, so nothing is
-//! acknowledged before it is written and the cost of an fsync is shared by every
-//! request that arrived during the last one. Jobs that hold only reservations go
-//! into a transaction of their own, committed without an fsync
-//! ([`crate::store::Entry::needs_sync`] says why that is enough), so an admit
-//! never waits for a charge's fsync.
+//! previous transaction was being committed, applies them in one transaction,
+//! and only then answers each job, so nothing is acknowledged before it is
+//! written and the cost of a commit is shared by every request that arrived
+//! during the last one. Transactions are committed with `synchronous=NORMAL`:
+//! jobs that hold only reservations are answered at once; the others wait for
+//! the syncer thread's fsync (`syncer.rs`, which says why that split is safe),
+//! so an admit never waits for a charge's fsync.
 //!
 //! A job of several entries is applied in its own savepoint, so a duplicate charge
 //! (an idempotency key already in the ledger) rolls back that job alone and is
@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 
 use super::completion::Completion;
 use super::handle::Inner;
+use super::syncer::{self, Committed};
 use super::watch::{self, CHECK_EVERY};
 use super::{schema, Entry, Outcome, StoreError};
 
@@ -51,7 +52,11 @@ pub struct Stats {
     pub batches: AtomicU64,
     pub jobs: AtomicU64,
     pub largest_batch: AtomicU64,
+    /// Time in transactions (apply and commit, without the fsync).
     pub commit_micros: AtomicU64,
+    /// fsyncs of the WAL by the syncer thread, and the time they took.
+    pub syncs: AtomicU64,
+    pub sync_micros: AtomicU64,
 }
 
 // === impl Inner ===
@@ -59,15 +64,22 @@ pub struct Stats {
 impl Inner {
     /// The writer thread: group commit until every sender is gone; when idle,
     /// a look at the file's identity and, after a failure, a probe.
-    pub(super) fn run(&self, mut conn: Connection, jobs: mpsc::Receiver<Job>) {
-        // `schema::prepare` opened the connection with FULL.
-        let mut sync = Sync::Full;
+    pub(super) fn run(
+        &self,
+        mut conn: Connection,
+        jobs: &mpsc::Receiver<Job>,
+        syncer: &mpsc::Sender<Committed>,
+    ) {
+        // `schema::prepare` opened the connection with FULL for the start-up
+        // writes; from here on the syncer makes commits durable. Should this
+        // fail, FULL stays: slower, as durable.
+        if let Err(e) = conn.execute_batch("PRAGMA synchronous = NORMAL") {
+            log::warn!("the ledger stays at synchronous=FULL: {e}");
+        }
         loop {
             let first = match jobs.recv_timeout(CHECK_EVERY) {
                 Ok(job) => job,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    // The probe must reach the disk to tell that the disk works.
-                    let _ = set_sync(&conn, &mut sync, Sync::Full);
                     self.idle_check(&mut conn);
                     continue;
                 }
@@ -101,42 +113,17 @@ impl Inner {
             if writes.is_empty() {
                 continue;
             }
-            self.commit_batch(&mut conn, &mut sync, writes);
+            self.commit_batch(&mut conn, syncer, writes);
         }
     }
 
-    /// Commits one batch as up to two transactions: the jobs that hold only
-    /// reservations first, without an fsync of their own, answered at once; then
-    /// the rest (charges, admin changes, durable quota counts), fsync'd before
-    /// they are answered. Reservations first so that an admit never waits for
-    /// another request's fsync: this is what lets a budget-governed admit+report
-    /// pair cost one fsync wait instead of two. The order is free: no job in the
-    /// queue depends on another queued job (a report's charge is made only after
-    /// its admission's completion ran, i.e. after that transaction committed).
+    /// Applies one batch and answers its jobs, or hands them to the syncer:
+    /// failed as a whole when the ledger file is not the one opened, before or
+    /// after the transaction.
     fn commit_batch(
         &self,
         conn: &mut Connection,
-        sync: &mut Sync,
-        writes: Vec<(Vec<Entry>, Completion)>,
-    ) {
-        let (reservations, synced): (Vec<_>, Vec<_>) = writes
-            .into_iter()
-            .partition(|(entries, _)| !entries.iter().any(Entry::needs_sync));
-        if !reservations.is_empty() {
-            self.commit_group(conn, sync, Sync::Normal, reservations);
-        }
-        if !synced.is_empty() {
-            self.commit_group(conn, sync, Sync::Full, synced);
-        }
-    }
-
-    /// Applies one transaction and answers its jobs: failed as a whole when the
-    /// ledger file is not the one opened, before or after the transaction.
-    fn commit_group(
-        &self,
-        conn: &mut Connection,
-        sync: &mut Sync,
-        wanted: Sync,
+        syncer: &mpsc::Sender<Committed>,
         writes: Vec<(Vec<Entry>, Completion)>,
     ) {
         if let Err(error) = self.check_identity() {
@@ -147,11 +134,11 @@ impl Inner {
         }
         let started = Instant::now();
         self.set_busy(true);
-        let mut result = apply_batch(conn, sync, wanted, &writes);
+        let mut result = apply_batch(conn, &writes);
         if matches!(&result, Err(e) if watch::is_full(e)) && watch::truncate_wal(conn) {
             // The WAL held the space: copied into the database and cut back,
             // the batch may fit now.
-            result = apply_batch(conn, sync, wanted, &writes);
+            result = apply_batch(conn, &writes);
         }
         self.set_busy(false);
         let took = started.elapsed();
@@ -176,8 +163,23 @@ impl Inner {
         match result {
             Ok(outcomes) => {
                 self.set_health(None);
-                for ((_, done), outcome) in writes.into_iter().zip(outcomes) {
-                    done.run(Ok(outcome));
+                let mut durable = Vec::new();
+                for ((entries, done), outcome) in writes.into_iter().zip(outcomes) {
+                    if syncer::needs_sync(&entries) {
+                        durable.push((done, outcome));
+                    } else {
+                        done.run(Ok(outcome));
+                    }
+                }
+                if durable.is_empty() {
+                    return;
+                }
+                // The syncer ends only after the writer: a send fails only
+                // if it panicked, and then these were never made durable.
+                if let Err(mpsc::SendError(durable)) = syncer.send(durable) {
+                    for (done, _) in durable {
+                        done.run(Err(StoreError::Closed));
+                    }
                 }
             }
             Err(error) => {
@@ -189,44 +191,11 @@ impl Inner {
     }
 }
 
-/// How a transaction reaches the disk: SQLite's `synchronous`, which is per
-/// connection and applies from the next commit on, so it can change between
-/// two transactions (a switch costs about 5 µs, against about 180 µs for an
-/// fsync on the development VM; docs/PERFORMANCE.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Sync {
-    /// The WAL is fsync'd at every commit: the commit survives power loss.
-    Full,
-    /// The WAL is written at commit but not fsync'd: the commit survives kill
-    /// -9 (the write is in the kernel's page cache) and becomes durable with the
-    /// next FULL commit (one file, written in order) or checkpoint (which syncs
-    /// the WAL before copying it).
-    Normal,
-}
-
-/// Switches `synchronous` when it is not `wanted` already.
-fn set_sync(conn: &Connection, current: &mut Sync, wanted: Sync) -> rusqlite::Result<()> {
-    if *current != wanted {
-        conn.prepare_cached(match wanted {
-            Sync::Full => "PRAGMA synchronous = FULL",
-            Sync::Normal => "PRAGMA synchronous = NORMAL",
-        })?
-        .execute([])?;
-        *current = wanted;
-    }
-    Ok(())
-}
-
-/// One transaction for the whole batch, a savepoint per job of several entries,
-/// committed as durably as `wanted` says (a failed switch fails the batch: a
-/// charge is never committed without its fsync).
+/// One transaction for the whole batch, a savepoint per job of several entries.
 fn apply_batch(
     conn: &mut Connection,
-    sync: &mut Sync,
-    wanted: Sync,
     writes: &[(Vec<Entry>, Completion)],
 ) -> rusqlite::Result<Vec<Outcome>> {
-    set_sync(conn, sync, wanted)?;
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(writes.len());
     for (entries, _) in writes {
@@ -255,6 +224,12 @@ fn apply_batch(
 // === impl Stats ===
 
 impl Stats {
+    pub(super) fn record_sync(&self, micros: u128) {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.sync_micros
+            .fetch_add(u64::try_from(micros).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
     pub(super) fn record(&self, jobs: usize, micros: u128) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.jobs.fetch_add(jobs as u64, Ordering::Relaxed);
