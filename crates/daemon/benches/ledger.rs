@@ -190,7 +190,7 @@ async fn daemon_section(daemon: &Path, measure: Duration) {
     println!("ON/OFF: budget-ON pairs/s ÷ budget-OFF pairs/s at the same connection count (issue 3's target: ≥ 0.50 at 16).");
     println!("commits, jobs/cmt, µs/cmt: the daemon's ledger group commits over the whole cell (warm-up included),");
     println!("  from /metrics: transactions, ledger jobs per transaction (each admit and each report is one job),");
-    println!("  and time per transaction (apply + commit with fsync).");
+    println!("  and time per transaction (apply + commit; the fsync charges wait for is the syncer thread's, not included).");
     for cell in cells.iter().filter(|c| c.budget) {
         let largest = cell
             .commits
@@ -524,7 +524,7 @@ async fn store_section() {
     println!();
     println!("writes/s: acknowledged (durable) jobs per second; p50/p99/max: write() to acknowledgement;");
     println!("batches: transactions; mean job: jobs per transaction (jobs/batches); largest: largest_batch;");
-    println!("µs/batch: commit_micros/batches (apply + COMMIT with fsync).");
+    println!("µs/batch: commit_micros/batches (apply + COMMIT; the fsync is the syncer thread's, see Stats::sync_micros).");
 }
 
 async fn store_worker(store: Store, task: usize, until: Instant) -> (Histogram<u64>, u64) {

@@ -289,7 +289,7 @@ fn describe() {
     describe_histogram!(
         STORE_COMMIT_DURATION,
         Unit::Seconds,
-        "Time to apply and fsync one group commit of the ledger"
+        "Time to apply and commit one group commit of the ledger (the fsync that charges wait for is the syncer thread's, not included)"
     );
     describe_histogram!(
         STORE_COMMIT_JOBS,

@@ -67,3 +67,7 @@ mod concurrency;
 // Floods (issue 16): orphaned reservations capped and settled in batches, empty
 // and huge configs refused, half-sent HTTP requests that cannot starve /health.
 mod floods;
+
+// Issue 15's durability split, under strace: a reservation-only batch makes no
+// fsync, a batch with a charge exactly one; both survive kill -9.
+mod durability;

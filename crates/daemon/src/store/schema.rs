@@ -67,7 +67,8 @@ pub(super) fn prepare(conn: &mut Connection, wal_pages: u64) -> Result<(), Strin
         ));
     }
     // FULL: the WAL is fsynced at every commit, so an acknowledged charge survives
-    // power loss, not only a crash of the process.
+    // power loss, not only a crash of the process. The writer thread lowers it to
+    // NORMAL and leaves the fsync to the syncer thread (`syncer.rs`).
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(|e| e.to_string())?;
     conn.pragma_update(None, "foreign_keys", true)
@@ -80,7 +81,7 @@ pub(super) fn prepare(conn: &mut Connection, wal_pages: u64) -> Result<(), Strin
     conn.query_row(
         &format!(
             "PRAGMA journal_size_limit = {}",
-            wal_pages * super::PAGE_SIZE
+            wal_pages * super::watch::PAGE_SIZE
         ),
         [],
         |_| Ok(()),

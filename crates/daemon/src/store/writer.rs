@@ -1,0 +1,240 @@
+//! The writer thread: group commit.
+//!
+//! One thread owns the SQLite connection. It takes every job queued while the
+//! previous transaction was being committed, applies them in one transaction,
+//! and only then answers each job, so nothing is acknowledged before it is
+//! written and the cost of a commit is shared by every request that arrived
+//! during the last one. Transactions are committed with `synchronous=NORMAL`:
+//! jobs that hold only reservations are answered at once; the others wait for
+//! the syncer thread's fsync (`syncer.rs`, which says why that split is safe),
+//! so an admit never waits for a charge's fsync.
+//!
+//! A job of several entries is applied in its own savepoint, so a duplicate charge
+//! (an idempotency key already in the ledger) rolls back that job alone and is
+//! reported as such; a job of one entry needs none (it changes nothing when it is a
+//! duplicate).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use super::completion::Completion;
+use super::handle::Inner;
+use super::syncer::{self, Committed};
+use super::watch::{self, CHECK_EVERY};
+use super::{schema, Entry, Outcome, StoreError};
+
+/// Most jobs applied in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// What the handles ask of the writer thread.
+pub(super) enum Job {
+    Write {
+        entries: Vec<Entry>,
+        done: Completion,
+    },
+    /// A lookup or a test hook waits for nothing and is never abandoned.
+    /// Is this idempotency key charged?
+    Lookup {
+        key: String,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    /// Test hook: make every write fail (SQLite `query_only`) or work again.
+    FailWrites(bool),
+}
+
+/// Group-commit figures, for the benchmark and health.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub batches: AtomicU64,
+    pub jobs: AtomicU64,
+    pub largest_batch: AtomicU64,
+    /// Time in transactions (apply and commit, without the fsync).
+    pub commit_micros: AtomicU64,
+    /// fsyncs of the WAL by the syncer thread, and the time they took.
+    pub syncs: AtomicU64,
+    pub sync_micros: AtomicU64,
+}
+
+// === impl Inner ===
+
+impl Inner {
+    /// The writer thread: group commit until every sender is gone; when idle,
+    /// a look at the file's identity and, after a failure, a probe.
+    pub(super) fn run(
+        &self,
+        mut conn: Connection,
+        jobs: &mpsc::Receiver<Job>,
+        syncer: &mpsc::Sender<Committed>,
+    ) {
+        // `schema::prepare` opened the connection with FULL for the start-up
+        // writes; from here on the syncer makes commits durable. Should this
+        // fail, FULL stays: slower, as durable.
+        if let Err(e) = conn.execute_batch("PRAGMA synchronous = NORMAL") {
+            log::warn!("the ledger stays at synchronous=FULL: {e}");
+        }
+        loop {
+            let first = match jobs.recv_timeout(CHECK_EVERY) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.idle_check(&mut conn);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let mut writes = Vec::new();
+            let mut pending = Some(first);
+            while let Some(job) = pending.take() {
+                match job {
+                    Job::Write { entries, done } => {
+                        // A write its waiter gave up on is not applied: it was
+                        // answered Unavailable, so nothing may become of it.
+                        if done.take_for_writing() {
+                            writes.push((entries, done));
+                        } else {
+                            done.run(Err(self.timed_out()));
+                        }
+                    }
+                    Job::Lookup { key, reply } => {
+                        let _ = reply
+                            .send(schema::is_charged(&conn, &key).map_err(|e| self.failed(&e)));
+                    }
+                    Job::FailWrites(fail) => {
+                        let _ = conn.pragma_update(None, "query_only", fail);
+                    }
+                }
+                if writes.len() < MAX_BATCH {
+                    pending = jobs.try_recv().ok();
+                }
+            }
+            if writes.is_empty() {
+                continue;
+            }
+            self.commit_batch(&mut conn, syncer, writes);
+        }
+    }
+
+    /// Applies one batch and answers its jobs, or hands them to the syncer:
+    /// failed as a whole when the ledger file is not the one opened, before or
+    /// after the transaction.
+    fn commit_batch(
+        &self,
+        conn: &mut Connection,
+        syncer: &mpsc::Sender<Committed>,
+        writes: Vec<(Vec<Entry>, Completion)>,
+    ) {
+        if let Err(error) = self.check_identity() {
+            for (_, done) in writes {
+                done.run(Err(error.clone()));
+            }
+            return;
+        }
+        let started = Instant::now();
+        self.set_busy(true);
+        let mut result = apply_batch(conn, &writes);
+        if matches!(&result, Err(e) if watch::is_full(e)) && watch::truncate_wal(conn) {
+            // The WAL held the space: copied into the database and cut back,
+            // the batch may fit now.
+            result = apply_batch(conn, &writes);
+        }
+        self.set_busy(false);
+        let took = started.elapsed();
+        self.stats.record(writes.len(), took.as_micros());
+        metrics::histogram!(crate::metrics::STORE_COMMIT_DURATION).record(took.as_secs_f64());
+        metrics::histogram!(crate::metrics::STORE_COMMIT_JOBS).record(writes.len() as f64);
+        // Committed into a file that was deleted meanwhile is not durable: the
+        // next start would not see it.
+        let result = match (result, self.check_identity()) {
+            (Ok(_), Err(lost)) => Err(lost),
+            (Ok(outcomes), Ok(())) => Ok(outcomes),
+            (Err(err), _) => {
+                let error = self.failed(&err);
+                log::error!(
+                    message_id = crate::logging::message_id::LEDGER_FAILED;
+                    "ledger transaction of {} job(s) failed: {err}",
+                    writes.len()
+                );
+                Err(error)
+            }
+        };
+        match result {
+            Ok(outcomes) => {
+                self.set_health(None);
+                let mut durable = Vec::new();
+                for ((entries, done), outcome) in writes.into_iter().zip(outcomes) {
+                    if syncer::needs_sync(&entries) {
+                        durable.push((done, outcome));
+                    } else {
+                        done.run(Ok(outcome));
+                    }
+                }
+                if durable.is_empty() {
+                    return;
+                }
+                // The syncer ends only after the writer: a send fails only
+                // if it panicked, and then these were never made durable.
+                if let Err(mpsc::SendError(durable)) = syncer.send(durable) {
+                    for (done, _) in durable {
+                        done.run(Err(StoreError::Closed));
+                    }
+                }
+            }
+            Err(error) => {
+                for (_, done) in writes {
+                    done.run(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for the whole batch, a savepoint per job of several entries.
+fn apply_batch(
+    conn: &mut Connection,
+    writes: &[(Vec<Entry>, Completion)],
+) -> rusqlite::Result<Vec<Outcome>> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(writes.len());
+    for (entries, _) in writes {
+        // A savepoint costs two statements; most jobs are one entry, which changes
+        // nothing when it answers Duplicate or NotFound (see `schema::apply`).
+        if entries.len() == 1 {
+            outcomes.push(schema::apply(&tx, entries)?);
+            continue;
+        }
+        let sp = tx.savepoint()?;
+        let outcome = schema::apply(&sp, entries)?;
+        if matches!(
+            outcome,
+            Outcome::Duplicate | Outcome::NotFound | Outcome::Refused(_)
+        ) {
+            drop(sp); // rolls the job back
+        } else {
+            sp.commit()?;
+        }
+        outcomes.push(outcome);
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+// === impl Stats ===
+
+impl Stats {
+    pub(super) fn record_sync(&self, micros: u128) {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.sync_micros
+            .fetch_add(u64::try_from(micros).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub(super) fn record(&self, jobs: usize, micros: u128) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.jobs.fetch_add(jobs as u64, Ordering::Relaxed);
+        self.largest_batch.fetch_max(jobs as u64, Ordering::Relaxed);
+        self.commit_micros
+            .fetch_add(u64::try_from(micros).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
