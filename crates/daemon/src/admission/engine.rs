@@ -17,14 +17,13 @@ use super::{
 use crate::alerts::Alert;
 use crate::config::{Config, Mode, Price};
 use crate::guard::breaker::{Breaker, Phase};
-use crate::guard::budget::Hold;
 use crate::guard::quota::QuotaDenial;
 use crate::guard::retry::{Advice, Ask, BreakerView};
 use crate::guard::{Call, Checked, GuardKind, Keep, Report, Settled, Taken, Verdict};
 use crate::money::Usd;
 use crate::store::{Entry, Outcome as LedgerOutcome, StoreError};
 
-pub(super) use super::pipeline::BUDGET_STAGE;
+use super::reservation::{hold, holds_money};
 
 impl Engine {
     pub(super) fn admit(
@@ -699,22 +698,6 @@ impl Engine {
             .breakers
             .get_or_insert(service, || config.breaker_for(service).clone()))
     }
-}
-
-/// The money a reservation holds, if any (what the budget stage took).
-pub(super) fn hold(reservation: &Reservation) -> Option<&Hold> {
-    reservation
-        .taken
-        .iter()
-        .find(|t| t.guard == BUDGET_STAGE)
-        .and_then(|t| t.what.downcast_ref::<Hold>())
-}
-
-/// Whether a reservation holds money a budget counts: one that does becomes an
-/// orphan when its connection ends, one that does not (no budget applies, or a
-/// $0 estimate) is released.
-pub(super) fn holds_money(reservation: &Reservation) -> bool {
-    hold(reservation).is_some_and(|h| h.estimate > Usd::ZERO)
 }
 
 fn report_of(outcome: &Outcome, now: Moment) -> Report {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::engine::BUDGET_STAGE;
+use super::pipeline::BUDGET_STAGE;
 use super::{AdmissionError, Durable, Engine, Moment, Reservation, Stage};
 use crate::alerts::Alert;
 use crate::guard::budget::Budget;
@@ -240,7 +240,7 @@ impl Engine {
         let mut orphaned: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
         for r in self.reservations.values() {
             if r.session.is_none() {
-                for name in super::engine::hold(r).iter().flat_map(|h| &h.budgets) {
+                for name in super::reservation::hold(r).iter().flat_map(|h| &h.budgets) {
                     *orphaned.entry(&**name).or_default() += 1;
                 }
             }

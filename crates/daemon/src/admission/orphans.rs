@@ -81,7 +81,7 @@ impl Engine {
                 .expect("the caller found it open");
             r.stage = Stage::Settling;
             (
-                super::engine::hold(r).cloned(),
+                super::reservation::hold(r).cloned(),
                 r.agent.clone(),
                 r.service.clone(),
             )

@@ -12,8 +12,11 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use super::pipeline::BUDGET_STAGE;
 use super::FastMap;
+use crate::guard::budget::Hold;
 use crate::guard::Taken;
+use crate::money::Usd;
 
 /// How many closed reservation ids are remembered to recognise a repeated report.
 const RECENTLY_CLOSED: usize = 65_536;
@@ -149,4 +152,20 @@ impl RecentlyClosed {
 /// The idempotency key of a reservation's charge.
 pub fn reservation_key(id: u64) -> String {
     format!("reservation:{id}")
+}
+
+/// The money a reservation holds, if any (what the budget stage took).
+pub(super) fn hold(reservation: &Reservation) -> Option<&Hold> {
+    reservation
+        .taken
+        .iter()
+        .find(|t| t.guard == BUDGET_STAGE)
+        .and_then(|t| t.what.downcast_ref::<Hold>())
+}
+
+/// Whether a reservation holds money a budget counts: one that does becomes an
+/// orphan when its connection ends, one that does not (no budget applies, or a
+/// $0 estimate) is released.
+pub(super) fn holds_money(reservation: &Reservation) -> bool {
+    hold(reservation).is_some_and(|h| h.estimate > Usd::ZERO)
 }

@@ -20,6 +20,7 @@ mod reload;
 mod report;
 mod route;
 mod status;
+mod text;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -153,7 +153,7 @@ fn advice_reply(service: &str, advice: Advice) -> RetryAdvice {
     }
     RetryAdvice {
         retry: advice.retry,
-        after_ms: advice.after.map(super::admit::millis_up),
+        after_ms: advice.after.map(super::text::millis_up),
         attempt: advice.attempt,
         reason: advice.why.to_string(),
     }

@@ -6,7 +6,7 @@
 
 use std::num::NonZeroU32;
 
-use super::admit::{millis_up, reason_text};
+use super::text::{millis_up, reason_text};
 use super::{dollars, invalid, log_transition};
 use crate::admission::{Caller, Plan};
 use crate::names::{check_name, shown};
