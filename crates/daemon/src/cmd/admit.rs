@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 
 use super::check::Job;
 use super::text::{millis_up, reason_text};
-use super::{dollars, invalid, log_transition, unavailable, Reply};
+use super::{invalid, log_transition, unavailable, Reply};
 use crate::admission::{
     AdmissionError, Admitted, Caller, Decision, Moment, Plan, Wait as AdmitWait,
 };
@@ -317,24 +317,17 @@ fn validate(
             check_name(route).map_err(|e| invalid(format!("route name {} {e}", shown(route))))?;
         }
     }
-    let agent = req.agent.as_deref().unwrap_or(&session.agent);
-    check_name(agent).map_err(|e| invalid(format!("agent name {} {e}", shown(agent))))?;
-    // The session's own agent was checked at the handshake; a per-request agent must
-    // pass the same `[[agents]]` binding, or the override would be a way around it.
-    if req.agent.is_some() {
-        if let Err(denied) = state.access().check_agent(&session.peer, agent) {
-            return Err(super::not_permitted(state, session, &denied));
-        }
-    }
-    if let Some(model) = &req.model {
-        check_name(model).map_err(|e| invalid(format!("model name {} {e}", shown(model))))?;
-    }
+    let (agent, units, cost) = super::call_fields(
+        state,
+        session,
+        req.agent.as_deref(),
+        req.model.as_deref(),
+        req.units,
+        req.cost,
+    )?;
     if let Some(lease) = &req.lease {
         check_name(lease).map_err(|e| invalid(format!("lease name {} {e}", shown(lease))))?;
     }
-    let units =
-        NonZeroU32::new(req.units).ok_or_else(|| invalid("units must be at least 1, got 0"))?;
-    let cost = req.cost.map(|c| dollars("cost", c)).transpose()?;
     let asker = Asker {
         session: session.id,
         agent: agent.to_owned(),

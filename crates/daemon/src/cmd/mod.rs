@@ -166,6 +166,36 @@ fn dollars(field: &str, value: f64) -> Result<Usd, ErrorReply> {
     Usd::from_dollars(value).map_err(|e| invalid(format!("{field}: {e}")))
 }
 
+/// The fields `admit` and `route` share, checked alike: the agent the call is
+/// for (a per-request agent must pass the same `[[agents]]` binding as the
+/// handshake's, or the override would be a way around it), the model's name,
+/// `units` ≥ 1 and the cost estimate.
+fn call_fields<'a>(
+    state: &State,
+    session: &'a Session,
+    agent: Option<&'a str>,
+    model: Option<&str>,
+    units: u32,
+    cost: Option<f64>,
+) -> Result<(&'a str, std::num::NonZeroU32, Option<Usd>), ErrorReply> {
+    let name = agent.unwrap_or(&session.agent);
+    crate::names::check_name(name)
+        .map_err(|e| invalid(format!("agent name {} {e}", crate::names::shown(name))))?;
+    if agent.is_some() {
+        if let Err(denied) = state.access().check_agent(&session.peer, name) {
+            return Err(not_permitted(state, session, &denied));
+        }
+    }
+    if let Some(model) = model {
+        crate::names::check_name(model)
+            .map_err(|e| invalid(format!("model name {} {e}", crate::names::shown(model))))?;
+    }
+    let units = std::num::NonZeroU32::new(units)
+        .ok_or_else(|| invalid("units must be at least 1, got 0"))?;
+    let cost = cost.map(|c| dollars("cost", c)).transpose()?;
+    Ok((name, units, cost))
+}
+
 fn invalid(message: impl Into<String>) -> ErrorReply {
     ErrorReply::new(ErrorCode::InvalidArgument, message)
 }

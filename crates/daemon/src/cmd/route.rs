@@ -4,10 +4,8 @@
 //! this instant (breaker, retry budget, rate limits, quotas, budgets, and any
 //! guard added to the pipeline later, such as bulkheads) and nothing is taken.
 
-use std::num::NonZeroU32;
-
 use super::text::{millis_up, reason_text};
-use super::{dollars, invalid, log_transition};
+use super::{invalid, log_transition};
 use crate::admission::{Caller, Plan};
 use crate::names::{check_name, shown};
 use crate::protocol::{ErrorReply, Response, RouteReply, RouteRequest, RouteSkip};
@@ -64,19 +62,14 @@ fn route(
             ))
         }
     };
-    let agent = req.agent.as_deref().unwrap_or(&session.agent);
-    check_name(agent).map_err(|e| invalid(format!("agent name {} {e}", shown(agent))))?;
-    if req.agent.is_some() {
-        if let Err(denied) = state.access().check_agent(&session.peer, agent) {
-            return Err(super::not_permitted(state, session, &denied));
-        }
-    }
-    if let Some(model) = &req.model {
-        check_name(model).map_err(|e| invalid(format!("model name {} {e}", shown(model))))?;
-    }
-    let units =
-        NonZeroU32::new(req.units).ok_or_else(|| invalid("units must be at least 1, got 0"))?;
-    let cost = req.cost.map(|c| dollars("cost", c)).transpose()?;
+    let (agent, units, cost) = super::call_fields(
+        state,
+        session,
+        req.agent.as_deref(),
+        req.model.as_deref(),
+        req.units,
+        req.cost,
+    )?;
     let plan = Plan {
         service: "",
         units,

@@ -215,7 +215,7 @@ impl Leases {
             }
         } else {
             self.room_for(holder.session)?;
-            self.insert(name, holder, now + ttl, false);
+            self.insert(Arc::from(name), holder, now + ttl, false);
         }
         outcome.granted = true;
         outcome.expires_in = Some(ttl);
@@ -256,10 +256,15 @@ impl Leases {
         Ok(())
     }
 
-    fn insert(&mut self, name: &str, holder: Holder, expires: Duration, by_admission: bool) -> u64 {
+    fn insert(
+        &mut self,
+        name: Arc<str>,
+        holder: Holder,
+        expires: Duration,
+        by_admission: bool,
+    ) -> u64 {
         let grant = self.next_grant;
         self.next_grant += 1;
-        let name: Arc<str> = Arc::from(name);
         self.by_session
             .entry(holder.session)
             .or_default()
@@ -318,8 +323,9 @@ impl super::Guard for Leases {
         let now = call.now.mono;
         let shadow = call.shadow_all;
         self.expire(name, now);
-        let rule: Arc<str> = Arc::from(name);
-        if let Some(held) = self.by_name.get(name) {
+        // The held lease's own name is the vote's rule: no copy of it per call.
+        if let Some((rule, held)) = self.by_name.get_key_value(name) {
+            let rule = Arc::clone(rule);
             if held.holder.session == call.session {
                 out.vote(Vote::allow(
                     GuardKind::Lease,
@@ -347,6 +353,7 @@ impl super::Guard for Leases {
                 Verdict::Deny
             };
         }
+        let rule: Arc<str> = Arc::from(name);
         if let Err(err) = self.room_for(call.session) {
             out.vote(Vote::deny(
                 GuardKind::Lease,
@@ -367,7 +374,12 @@ impl super::Guard for Leases {
             pid: call.pid,
             uid: call.uid,
         };
-        let grant = self.insert(name, holder, now + self.limits.default_ttl, true);
+        let grant = self.insert(
+            Arc::clone(&rule),
+            holder,
+            now + self.limits.default_ttl,
+            true,
+        );
         out.vote(Vote::allow(
             GuardKind::Lease,
             Arc::clone(&rule),
@@ -575,7 +587,7 @@ mod tests {
     fn an_admission_hold_ends_with_its_call_unless_renewed_by_request() {
         let mut l = leases();
         let insert = |l: &mut Leases| {
-            let grant = l.insert("r", holder(1), T0 + Duration::from_secs(30), true);
+            let grant = l.insert("r".into(), holder(1), T0 + Duration::from_secs(30), true);
             Grant {
                 name: Arc::from("r"),
                 grant: Some(grant),
