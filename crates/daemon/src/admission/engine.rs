@@ -19,7 +19,7 @@ use crate::config::{Config, Mode, Price};
 use crate::guard::breaker::{Breaker, Phase};
 use crate::guard::quota::QuotaDenial;
 use crate::guard::retry::{Advice, Ask, BreakerView};
-use crate::guard::{Call, Checked, GuardKind, Keep, Report, Settled, Taken, Verdict};
+use crate::guard::{Call, Checked, GuardKind, Keep, Report, Settled, Taken, TakenList, Verdict};
 use crate::money::Usd;
 use crate::store::{Entry, Outcome as LedgerOutcome, StoreError};
 
@@ -185,10 +185,10 @@ impl Engine {
 
     /// Puts back what a pipeline run took, newest first, still under the lock
     /// (so restoring is exact).
-    fn undo(&mut self, taken: Vec<Taken>) {
+    fn undo(&mut self, taken: TakenList) {
         let pipeline = self.guards.stages();
-        for Taken { guard, what } in taken.into_iter().rev() {
-            pipeline[guard].undo(what);
+        for Taken { guard, mut what } in taken.into_iter().rev() {
+            pipeline[guard].undo(&mut *what);
         }
     }
 

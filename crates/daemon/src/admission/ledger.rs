@@ -138,9 +138,9 @@ impl Engine {
                     input_units: 0,
                     output_units: 0,
                     attempt: 1,
-                    taken: vec![Taken {
+                    taken: smallvec::smallvec![Taken {
                         guard: BUDGET_STAGE,
-                        what: Box::new(hold),
+                        what: crate::guard::stash(hold),
                     }],
                     stage: Stage::Open,
                 },

@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::pipeline::BUDGET_STAGE;
 use super::FastMap;
 use crate::guard::budget::Hold;
-use crate::guard::Taken;
+use crate::guard::TakenList;
 use crate::money::Usd;
 
 /// How many closed reservation ids are remembered to recognise a repeated report.
@@ -41,7 +41,7 @@ pub(super) struct Reservation {
     /// 1 for a first call, more for a retry: the default `attempt` of its report.
     pub(super) attempt: u32,
     /// What each guard took, in pipeline order.
-    pub(super) taken: Vec<Taken>,
+    pub(super) taken: TakenList,
     pub(super) stage: Stage,
 }
 

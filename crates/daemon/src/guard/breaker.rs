@@ -444,6 +444,9 @@ struct Held {
     pass: Pass,
 }
 
+// Kept inline in the reservation (no heap allocation per admission).
+const _: () = assert!(super::fits_inline::<Held>());
+
 // === impl Breakers ===
 
 impl Breakers {
@@ -570,10 +573,8 @@ impl super::Guard for Breakers {
         super::Verdict::Allow
     }
 
-    fn undo(&mut self, taken: Box<dyn Any + Send>) {
-        if let Ok(mut held) = taken.downcast::<Held>() {
-            self.release_pass(&mut held);
-        }
+    fn undo(&mut self, taken: &mut (dyn Any + Send)) {
+        self.release_pass(super::own(taken));
     }
 
     fn abort(&mut self, taken: &mut (dyn Any + Send)) {

@@ -444,6 +444,9 @@ pub struct Hold {
     pub estimate: Usd,
 }
 
+// Kept inline in the reservation (no heap allocation per admission).
+const _: () = assert!(super::fits_inline::<Hold>());
+
 // === impl Budgets ===
 
 impl Budgets {
@@ -584,10 +587,8 @@ impl super::Guard for Budgets {
         super::Verdict::Allow
     }
 
-    fn undo(&mut self, taken: Box<dyn Any + Send>) {
-        if let Ok(hold) = taken.downcast::<Hold>() {
-            self.give_back(&hold);
-        }
+    fn undo(&mut self, taken: &mut (dyn Any + Send)) {
+        self.give_back(super::own::<Hold>(taken));
     }
 
     fn abort(&mut self, taken: &mut (dyn Any + Send)) {

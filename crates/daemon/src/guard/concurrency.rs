@@ -110,6 +110,9 @@ pub struct Permits {
     agent: Option<String>,
 }
 
+// Kept inline in the reservation (no heap allocation per admission).
+const _: () = assert!(super::fits_inline::<Permits>());
+
 /// Why a call was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConcurrencyDenial {
@@ -529,10 +532,8 @@ impl super::Guard for Concurrency {
         Verdict::Allow
     }
 
-    fn undo(&mut self, taken: Box<dyn Any + Send>) {
-        if let Ok(mut permits) = taken.downcast::<Permits>() {
-            self.give_back(&mut permits);
-        }
+    fn undo(&mut self, taken: &mut (dyn Any + Send)) {
+        self.give_back(super::own(taken));
     }
 
     fn abort(&mut self, taken: &mut (dyn Any + Send)) {

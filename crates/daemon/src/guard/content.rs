@@ -99,7 +99,7 @@ impl Guard for Content {
         }
     }
 
-    fn undo(&mut self, _taken: Box<dyn Any + Send>) {}
+    fn undo(&mut self, _taken: &mut (dyn Any + Send)) {}
 
     fn abort(&mut self, _taken: &mut (dyn Any + Send)) {}
 

@@ -74,6 +74,9 @@ pub struct Grant {
     grant: Option<u64>,
 }
 
+// Kept inline in the reservation (no heap allocation per admission).
+const _: () = assert!(super::fits_inline::<Grant>());
+
 /// Why a lease was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseDenial {
@@ -393,10 +396,8 @@ impl super::Guard for Leases {
         Verdict::Allow
     }
 
-    fn undo(&mut self, taken: Box<dyn Any + Send>) {
-        if let Ok(mut grant) = taken.downcast::<Grant>() {
-            self.give_back(&mut grant);
-        }
+    fn undo(&mut self, taken: &mut (dyn Any + Send)) {
+        self.give_back(super::own(taken));
     }
 
     fn abort(&mut self, taken: &mut (dyn Any + Send)) {

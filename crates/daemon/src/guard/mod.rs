@@ -125,15 +125,33 @@ pub enum Reason {
 pub struct Taken {
     /// The guard's place in the pipeline.
     pub(crate) guard: usize,
-    pub(crate) what: Box<dyn Any + Send>,
+    pub(crate) what: Stash,
 }
+
+/// A guard's take, type-erased, kept inline (up to 64 bytes, the largest take
+/// of the built-in guards) rather than in a box of its own: a heap allocation
+/// per guard per admission was the largest share of the hot path's.
+pub(crate) type Stash = smallbox::SmallBox<dyn Any + Send, smallbox::space::S8>;
+
+/// The bytes a take may have and still be kept inline ([`Stash`]'s space:
+/// eight words). Guards assert at compile time that their usual take fits.
+pub(crate) const INLINE_TAKE: usize = 64;
+
+/// Whether a take of type `T` is kept inline, for the guards' compile-time checks.
+pub(crate) const fn fits_inline<T>() -> bool {
+    std::mem::size_of::<T>() <= INLINE_TAKE && std::mem::align_of::<T>() <= 8
+}
+
+/// What every guard of one admission took, in pipeline order: inline for the
+/// usual few.
+pub type TakenList = smallvec::SmallVec<[Taken; 4]>;
 
 /// What a guard's check hands back to the admission.
 pub struct Checked {
     pub votes: Vec<Vote>,
     /// Breaker phase changes the check caused (Open → HalfOpen by time).
     pub transitions: Vec<(Arc<str>, breaker::Phase, breaker::Phase)>,
-    pub taken: Vec<Taken>,
+    pub taken: TakenList,
     /// The guard being run, so `take` files under the right one.
     pub(crate) current: usize,
 }
@@ -175,7 +193,7 @@ pub trait Guard: Send {
 
     /// Puts back exactly what `check` took: a later guard denied the same call,
     /// under the same lock, so nothing else ran in between.
-    fn undo(&mut self, taken: Box<dyn Any + Send>);
+    fn undo(&mut self, taken: &mut (dyn Any + Send));
 
     /// Gives back what was taken when the admission could not be made durable;
     /// other calls may have run since, so arithmetically, not by restoring.
@@ -247,7 +265,7 @@ impl Checked {
         Checked {
             votes: Vec::new(),
             transitions: Vec::new(),
-            taken: Vec::new(),
+            taken: TakenList::new(),
             current: 0,
         }
     }
@@ -256,7 +274,7 @@ impl Checked {
     pub fn take(&mut self, what: impl Any + Send) {
         self.taken.push(Taken {
             guard: self.current,
-            what: Box::new(what),
+            what: stash(what),
         });
     }
 
@@ -331,6 +349,11 @@ pub fn filter_matches(list: &[String], name: &str) -> bool {
 /// How a counter key reads in replies and logs (`agent/service` for pairs).
 pub fn display_key(key: &str) -> String {
     key.replace('\0', "/")
+}
+
+/// Type-erases what a guard took, inline when it fits.
+pub(crate) fn stash(what: impl Any + Send) -> Stash {
+    smallbox::smallbox!(what)
 }
 
 /// Downcasts what a guard took back to the type it took; a mismatch is a bug

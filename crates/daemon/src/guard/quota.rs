@@ -418,10 +418,8 @@ impl super::Guard for Quotas {
         super::Verdict::Allow
     }
 
-    fn undo(&mut self, taken: Box<dyn Any + Send>) {
-        if let Ok(held) = taken.downcast::<Held>() {
-            self.undo_all(&held);
-        }
+    fn undo(&mut self, taken: &mut (dyn Any + Send)) {
+        self.undo_all(super::own::<Held>(taken));
     }
 
     fn abort(&mut self, taken: &mut (dyn Any + Send)) {

@@ -70,18 +70,24 @@ pub struct RateRule {
     name: Arc<str>,
     /// Time to replenish one cell.
     interval: Duration,
-    limiter: RateLimiter<String, RateStore, SharedClock, NoOpMiddleware<Duration>>,
+    limiter: RateLimiter<BucketKey, RateStore, SharedClock, NoOpMiddleware<Duration>>,
     store: RateStore,
 }
 
 /// Cells an admission took from one rule, kept in its reservation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cells {
-    pub key: String,
+    pub key: BucketKey,
     pub taken: u32,
-    /// The bucket's state before the take, for an exact undo.
-    before: Option<Nanos>,
+    /// The bucket's state before the take, for an exact undo ([`NO_BUCKET`]:
+    /// the bucket did not exist). A plain number rather than an `Option`, so
+    /// that a one-rule take fits the reservation's inline space.
+    before: u64,
 }
+
+/// `Cells::before` of a bucket the take created: no arrival time is this late
+/// (it is 584 years after the limiter's start).
+const NO_BUCKET: u64 = u64::MAX;
 
 /// Why a rule refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -126,7 +132,7 @@ const INLINE: usize = 30;
 /// up by its bytes (`Borrow<[u8]>`), so hashing and equality are those of the
 /// key's bytes, whichever way it is stored.
 #[derive(Debug, Clone)]
-enum BucketKey {
+pub enum BucketKey {
     Inline { len: u8, bytes: [u8; INLINE] },
     Heap(Box<[u8]>),
 }
@@ -189,9 +195,10 @@ impl RateRule {
         matches(&self.spec.services, service) && matches(&self.spec.agents, agent)
     }
 
-    /// The bucket a call by `agent` to `service` counts against.
-    pub fn key(&self, agent: &str, service: &str) -> String {
-        super::scope_key(self.spec.scope, agent, service)
+    /// The bucket a call by `agent` to `service` counts against: built in
+    /// place, without a heap allocation for names of the usual length.
+    pub fn key(&self, agent: &str, service: &str) -> BucketKey {
+        BucketKey::of(self.spec.scope, agent, service)
     }
 
     /// Cells a call of `units` takes from this rule.
@@ -207,7 +214,13 @@ impl RateRule {
     ///
     /// # Errors
     /// [`RateDenial::NotUntil`] with the wait, or [`RateDenial::Never`].
-    pub fn check(&self, key: String, n: NonZeroU32, now: Duration) -> Result<Cells, RateDenial> {
+    pub fn check(
+        &self,
+        key: impl Into<BucketKey>,
+        n: NonZeroU32,
+        now: Duration,
+    ) -> Result<Cells, RateDenial> {
+        let key = key.into();
         FOUND.with(|found| found.set(None));
         match self.limiter.check_key_n(&key, n) {
             Ok(Ok(())) => Ok(Cells {
@@ -215,7 +228,9 @@ impl RateRule {
                 taken: n.get(),
                 // What the store held before (set by `measure_and_replace`, which
                 // governor called just now on this thread).
-                before: FOUND.with(std::cell::Cell::take),
+                before: FOUND
+                    .with(std::cell::Cell::take)
+                    .map_or(NO_BUCKET, Nanos::as_u64),
             }),
             Ok(Err(not_until)) => Err(RateDenial::NotUntil {
                 rate: self.spec.rate.get(),
@@ -290,7 +305,10 @@ pub struct RateLimits {
 /// What an admission took from the rate limits that apply to it. Each entry
 /// holds its rule, so what a reload replaced is still given back to the buckets
 /// it was taken from.
-type Held = Vec<(Arc<RateRule>, Cells)>;
+type Held = smallvec::SmallVec<[(Arc<RateRule>, Cells); 1]>;
+
+// The usual take (one rule) is kept inline in the reservation.
+const _: () = assert!(super::fits_inline::<Held>());
 
 // === impl RateLimits ===
 
@@ -332,7 +350,7 @@ fn index_of(rules: &[Arc<RateRule>]) -> RuleIndex {
 
 impl super::Guard for RateLimits {
     fn check(&mut self, call: &super::Call<'_>, out: &mut super::Checked) -> super::Verdict {
-        let mut held: Held = Vec::new();
+        let mut held = Held::new();
         for rule in self.candidates(call.agent, call.service) {
             if !rule.applies(call.agent, call.service) {
                 continue;
@@ -379,11 +397,9 @@ impl super::Guard for RateLimits {
         super::Verdict::Allow
     }
 
-    fn undo(&mut self, taken: Box<dyn Any + Send>) {
-        if let Ok(held) = taken.downcast::<Held>() {
-            for (rule, cells) in held.iter().rev() {
-                rule.undo(cells);
-            }
+    fn undo(&mut self, taken: &mut (dyn Any + Send)) {
+        for (rule, cells) in super::own::<Held>(taken).iter().rev() {
+            rule.undo(cells);
         }
     }
 
@@ -423,20 +439,17 @@ impl RateStore {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn restore(&self, key: &str, value: Option<Nanos>) {
+    fn restore(&self, key: &BucketKey, before: u64) {
         let mut map = self.lock();
-        match value {
-            Some(tat) => {
-                map.insert(BucketKey::new(key), tat);
-            }
-            None => {
-                map.remove(key.as_bytes());
-            }
+        if before == NO_BUCKET {
+            map.remove(key.as_bytes());
+        } else {
+            map.insert(key.clone(), Nanos::new(before));
         }
     }
 
     /// Moves a key's arrival time later (`later`) or earlier by `delta` nanoseconds.
-    fn shift(&self, key: &str, delta: u64, later: bool) {
+    fn shift(&self, key: &BucketKey, delta: u64, later: bool) {
         if let Some(tat) = self.lock().get_mut(key.as_bytes()) {
             let value = tat.as_u64();
             let value = if later {
@@ -450,9 +463,9 @@ impl RateStore {
 }
 
 impl StateStore for RateStore {
-    type Key = String;
+    type Key = BucketKey;
 
-    fn measure_and_replace<T, F, E>(&self, key: &String, f: F) -> Result<T, E>
+    fn measure_and_replace<T, F, E>(&self, key: &BucketKey, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
@@ -466,14 +479,14 @@ impl StateStore for RateStore {
             }
             None => {
                 let (out, next) = f(None)?;
-                map.insert(BucketKey::new(key), next);
+                map.insert(key.clone(), next);
                 Ok(out)
             }
         }
     }
 }
 
-impl ShrinkableKeyedStateStore<String> for RateStore {
+impl ShrinkableKeyedStateStore<BucketKey> for RateStore {
     fn retain_recent(&self, drop_below: Nanos) {
         let mut map = self.lock();
         let before = map.len();
@@ -504,15 +517,27 @@ impl ShrinkableKeyedStateStore<String> for RateStore {
 // === impl BucketKey ===
 
 impl BucketKey {
-    fn new(key: &str) -> BucketKey {
-        let key = key.as_bytes();
-        match u8::try_from(key.len()) {
-            Ok(len) if key.len() <= INLINE => {
+    /// The bucket a call by `agent` to `service` falls under for `scope`: the
+    /// same bytes as [`super::scope_key`], built in place.
+    pub fn of(scope: Scope, agent: &str, service: &str) -> BucketKey {
+        let parts: [&[u8]; 3] = match scope {
+            Scope::Global => [b"", b"", b""],
+            Scope::Agent => [agent.as_bytes(), b"", b""],
+            Scope::Service => [service.as_bytes(), b"", b""],
+            Scope::AgentService => [agent.as_bytes(), b"\0", service.as_bytes()],
+        };
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        match u8::try_from(len) {
+            Ok(short) if len <= INLINE => {
                 let mut bytes = [0; INLINE];
-                bytes[..key.len()].copy_from_slice(key);
-                BucketKey::Inline { len, bytes }
+                let mut at = 0;
+                for part in parts {
+                    bytes[at..at + part.len()].copy_from_slice(part);
+                    at += part.len();
+                }
+                BucketKey::Inline { len: short, bytes }
             }
-            _ => BucketKey::Heap(key.into()),
+            _ => BucketKey::Heap(parts.concat().into()),
         }
     }
 
@@ -544,6 +569,24 @@ impl PartialEq for BucketKey {
 }
 
 impl Eq for BucketKey {}
+
+impl From<&str> for BucketKey {
+    fn from(key: &str) -> BucketKey {
+        BucketKey::of(Scope::Agent, key, "")
+    }
+}
+
+impl From<String> for BucketKey {
+    fn from(key: String) -> BucketKey {
+        BucketKey::from(key.as_str())
+    }
+}
+
+impl PartialEq<&str> for BucketKey {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
 
 #[cfg(test)]
 mod tests;

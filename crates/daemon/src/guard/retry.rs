@@ -160,6 +160,9 @@ struct Counted {
     in_flight: bool,
 }
 
+// Kept inline in the reservation (no heap allocation per admission).
+const _: () = assert!(super::fits_inline::<Counted>());
+
 // === impl RetryConfig ===
 
 impl Default for RetryConfig {
@@ -550,10 +553,8 @@ impl super::Guard for Retries {
         Verdict::Allow
     }
 
-    fn undo(&mut self, taken: Box<dyn Any + Send>) {
-        if let Ok(mut counted) = taken.downcast::<Counted>() {
-            self.give_back(&mut counted);
-        }
+    fn undo(&mut self, taken: &mut (dyn Any + Send)) {
+        self.give_back(super::own(taken));
     }
 
     fn abort(&mut self, taken: &mut (dyn Any + Send)) {

@@ -1,7 +1,7 @@
 //! Unit tests of the bulkheads: permits counted exactly through every way a
 //! call ends, the line's order, and who is woken when.
 
-use std::any::Any;
+use crate::guard::{stash, Stash};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -62,13 +62,10 @@ fn call<'a>(agent: &'a str, service: &'a str, waiter: Option<u64>) -> Call<'a> {
 }
 
 /// Checks `call`; the permits taken when allowed.
-fn check(c: &mut Concurrency, call: &Call<'_>) -> Result<Box<dyn Any + Send>, Vec<Vote>> {
+fn check(c: &mut Concurrency, call: &Call<'_>) -> Result<Stash, Vec<Vote>> {
     let mut out = Checked::new();
     match c.check(call, &mut out) {
-        Verdict::Allow => Ok(out
-            .taken
-            .pop()
-            .map_or_else(|| Box::new(()) as Box<dyn Any + Send>, |t| t.what)),
+        Verdict::Allow => Ok(out.taken.pop().map_or_else(|| stash(()), |t| t.what)),
         Verdict::Deny => {
             assert!(out.taken.is_empty(), "a denial takes nothing");
             Err(out.votes)
@@ -100,7 +97,7 @@ fn exactly_max_permits_per_key_and_every_end_gives_one_back() {
     );
     assert_eq!(vote.retry_after, None);
     // Another key has its own permits.
-    let other = check(&mut c, &call("z", "t", None)).unwrap();
+    let mut other = check(&mut c, &call("z", "t", None)).unwrap();
     assert_eq!(
         in_flight(&c),
         vec![
@@ -113,7 +110,7 @@ fn exactly_max_permits_per_key_and_every_end_gives_one_back() {
     c.release(&mut *a);
     assert_eq!(c.disconnect(&mut *b), Keep::No);
     c.abort(&mut *b);
-    c.undo(other);
+    c.undo(&mut *other);
     assert!(in_flight(&c).is_empty(), "emptied keys are forgotten");
     assert_eq!(c.totals()[0].in_flight, 0);
     for _ in 0..2 {
@@ -248,7 +245,7 @@ fn churn_leaves_the_counts_exact() {
         Some(5),
     );
     let bell: Arc<dyn Wake> = Arc::new(Bell::default());
-    let mut held: Vec<Box<dyn Any + Send>> = Vec::new();
+    let mut held: Vec<Stash> = Vec::new();
     let mut waiting = Vec::new();
     let agents = ["a", "b", "c", "d", "e", "f", "g"];
     for round in 0..2_000usize {

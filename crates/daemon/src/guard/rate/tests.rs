@@ -33,16 +33,16 @@ fn burst_then_denial_with_the_exact_wait() {
     // The SPEC default: 10/s, burst 100.
     let (rule, clock) = rule(10, Duration::from_secs(1), 100, Weight::Requests);
     for _ in 0..100 {
-        rule.check("k".into(), nz(1), clock.now()).unwrap();
+        rule.check("k", nz(1), clock.now()).unwrap();
     }
-    match rule.check("k".into(), nz(1), clock.now()) {
+    match rule.check("k", nz(1), clock.now()) {
         Err(RateDenial::NotUntil { retry_after, .. }) => assert_eq!(retry_after, 100 * MS),
         other => panic!("{other:?}"),
     }
     clock.advance(100 * MS);
-    rule.check("k".into(), nz(1), clock.now())
+    rule.check("k", nz(1), clock.now())
         .expect("one cell replenished");
-    assert!(rule.check("k".into(), nz(1), clock.now()).is_err());
+    assert!(rule.check("k", nz(1), clock.now()).is_err());
 }
 
 #[test]
@@ -57,7 +57,7 @@ fn keys_are_independent() {
 fn weight_beyond_the_burst_is_never_not_later() {
     let (rule, clock) = rule(100, Duration::from_secs(60), 50, Weight::Units);
     assert_eq!(
-        rule.check("k".into(), nz(51), clock.now()),
+        rule.check("k", nz(51), clock.now()),
         Err(RateDenial::Never {
             asked: 51,
             burst: 50
@@ -68,12 +68,12 @@ fn weight_beyond_the_burst_is_never_not_later() {
 #[test]
 fn undo_restores_the_bucket_exactly() {
     let (rule, clock) = rule(1, Duration::from_secs(1), 2, Weight::Requests);
-    let first = rule.check("k".into(), nz(1), clock.now()).unwrap();
-    let second = rule.check("k".into(), nz(1), clock.now()).unwrap();
+    let first = rule.check("k", nz(1), clock.now()).unwrap();
+    let second = rule.check("k", nz(1), clock.now()).unwrap();
     rule.undo(&second);
     rule.undo(&first);
     assert_eq!(rule.bucket_count(), 0, "undone to the never-seen state");
-    rule.check("k".into(), nz(2), clock.now())
+    rule.check("k", nz(2), clock.now())
         .expect("full burst again");
 }
 
@@ -81,17 +81,17 @@ fn undo_restores_the_bucket_exactly() {
 fn settle_gives_back_unused_units_and_charges_overruns() {
     // 1,000 tokens per minute, burst 1,000: one token per 60 ms.
     let (rule, clock) = rule(1000, Duration::from_secs(60), 1000, Weight::Units);
-    let estimate = rule.check("k".into(), nz(1000), clock.now()).unwrap();
-    assert!(rule.check("k".into(), nz(1), clock.now()).is_err());
+    let estimate = rule.check("k", nz(1000), clock.now()).unwrap();
+    assert!(rule.check("k", nz(1), clock.now()).is_err());
     rule.settle(&estimate, 400);
-    rule.check("k".into(), nz(600), clock.now())
+    rule.check("k", nz(600), clock.now())
         .expect("600 unused tokens were given back");
-    assert!(rule.check("k".into(), nz(1), clock.now()).is_err());
+    assert!(rule.check("k", nz(1), clock.now()).is_err());
 
     let (rule, clock) = rule_fresh();
-    let estimate = rule.check("k".into(), nz(10), clock.now()).unwrap();
+    let estimate = rule.check("k", nz(10), clock.now()).unwrap();
     rule.settle(&estimate, 1000);
-    match rule.check("k".into(), nz(1), clock.now()) {
+    match rule.check("k", nz(1), clock.now()) {
         Err(RateDenial::NotUntil { retry_after, .. }) => assert_eq!(retry_after, 60 * MS),
         other => panic!("the overrun must be charged: {other:?}"),
     }
@@ -114,7 +114,7 @@ fn purge_forgets_full_buckets() {
     for i in 0..10_000 {
         rule.check(format!("key-{i}"), nz(1), clock.now()).unwrap();
     }
-    rule.check("busy".into(), nz(10), clock.now()).unwrap();
+    rule.check("busy", nz(10), clock.now()).unwrap();
     assert_eq!(rule.bucket_count(), 10_001);
     clock.advance(200 * MS);
     rule.purge();
@@ -133,7 +133,7 @@ fn purge_counts_what_it_forgot_and_gives_the_table_back() {
     for i in 0..10_000 {
         rule.check(format!("key-{i}"), nz(1), clock.now()).unwrap();
     }
-    rule.check("busy".into(), nz(10), clock.now()).unwrap();
+    rule.check("busy", nz(10), clock.now()).unwrap();
     assert!(rule.store.lock().capacity() >= 10_001);
     clock.advance(200 * MS);
     rule.purge();
@@ -217,4 +217,30 @@ fn filters_and_keys() {
     assert!(rule.applies("anyone", "openai"));
     assert!(!rule.applies("anyone", "anthropic"));
     assert_eq!(rule.key("a", "openai"), "openai");
+}
+
+#[test]
+fn bucket_keys_are_the_scope_keys_built_in_place() {
+    let long = "a".repeat(40);
+    for (agent, service) in [("a", "s"), ("agent-7", "openai"), (long.as_str(), "s")] {
+        for scope in [
+            Scope::Global,
+            Scope::Agent,
+            Scope::Service,
+            Scope::AgentService,
+        ] {
+            let key = BucketKey::of(scope, agent, service);
+            let expected = crate::guard::scope_key(scope, agent, service);
+            assert_eq!(key, expected.as_str(), "{scope:?} {agent} {service}");
+            let inline = matches!(key, BucketKey::Inline { .. });
+            assert_eq!(inline, expected.len() <= INLINE, "{scope:?} {agent}");
+        }
+    }
+    // A take from one rule is kept inline by its reservation.
+    let (rule, clock) = rule(10, Duration::from_secs(1), 10, Weight::Requests);
+    let cells = rule
+        .check(rule.key("agent-7", "openai"), nz(1), clock.now())
+        .unwrap();
+    let held: Held = smallvec::smallvec![(Arc::new(rule), cells)];
+    assert!(!crate::guard::stash(held).is_heap());
 }

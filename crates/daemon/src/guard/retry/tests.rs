@@ -383,7 +383,7 @@ fn undo_puts_back_the_count_the_retry_and_the_promise() {
     let (verdict, mut out) = check(&mut r, 2, t);
     assert_eq!(verdict, Verdict::Allow);
     assert_eq!(state(&r, t), (1, 1, 1, 0));
-    r.undo(out.taken.pop().unwrap().what);
+    r.undo(&mut *out.taken.pop().unwrap().what);
     assert_eq!(state(&r, t), before);
     // Aborted later (a failed commit), after the slot moved on: the retry is
     // no longer in flight and the promise is back; the old slot is gone anyway.
