@@ -200,7 +200,7 @@ impl Engine {
         service: &str,
         now: Moment,
     ) -> Result<Admitted, AdmissionError> {
-        self.service(service)?;
+        let name = self.service(service)?;
         let call = self.call(caller, plan, service, now);
         self.check_charge("the call's estimate", call.estimate)?;
         let (denied, checked) = self.run_pipeline(&call);
@@ -244,8 +244,8 @@ impl Engine {
                 uid: Some(caller.uid),
                 settle_alone: false,
                 orphaned_at: None,
-                agent: caller.agent.to_owned(),
-                service: service.to_owned(),
+                agent: Arc::clone(caller.agent),
+                service: name,
                 model: plan.model.map(str::to_owned),
                 units: plan.units.get(),
                 input_units: plan.input_units,
@@ -370,7 +370,7 @@ impl Engine {
         if !may_settle(&reservation.agent) {
             return Err(AdmissionError::NotOwner {
                 reservation: id,
-                owner: reservation.agent.clone(),
+                owner: reservation.agent.to_string(),
             });
         }
         if reservation.stage != Stage::Open {
@@ -403,7 +403,10 @@ impl Engine {
             ));
         }
         reservation.stage = Stage::Settling;
-        let (agent, service) = (reservation.agent.clone(), reservation.service.clone());
+        let (agent, service) = (
+            reservation.agent.to_string(),
+            reservation.service.to_string(),
+        );
         let filed = self.file(&budgets, now);
         let key = key.unwrap_or_else(|| reservation_key(id));
         Ok(Reporting::Durable(Durable {
@@ -583,7 +586,7 @@ impl Engine {
         let mut settlement = settlement(&reservation.service, settled, charged);
         settlement.advice = self.advise(&reservation.service, outcome, reservation.attempt, now);
         if settlement.advice.is_some() {
-            settlement.advised_service = reservation.service;
+            settlement.advised_service = reservation.service.to_string();
         }
         settlement
     }
@@ -634,13 +637,15 @@ impl Engine {
 
     /// Makes sure `service` has its breaker and its retry budget (created on
     /// first use, with their settings from the config).
-    pub(super) fn service(&mut self, service: &str) -> Result<(), AdmissionError> {
-        self.breaker(service)?;
+    /// Makes sure `service` is known and has its breaker and retry state;
+    /// its name, shared by every reservation made against it.
+    pub(super) fn service(&mut self, service: &str) -> Result<Arc<str>, AdmissionError> {
+        let name = Arc::clone(self.named_breaker(service)?.0);
         let config = &self.config;
         self.guards
             .retries
             .get_or_insert(service, || config.retry_for(service).clone());
-        Ok(())
+        Ok(name)
     }
 
     /// The advice for a reported failure, when it was reported retryable: the
@@ -682,21 +687,25 @@ impl Engine {
 
     /// The breaker of `service`, created on first use.
     pub(super) fn breaker(&mut self, service: &str) -> Result<&mut Breaker, AdmissionError> {
-        if !self.guards.breakers.contains(service) {
-            if !self.config.knows_service(service) {
+        self.named_breaker(service).map(|(_, breaker)| breaker)
+    }
+
+    /// [`Engine::breaker`] with the service's shared name; one lookup when
+    /// the breaker exists (every admission but a service's first).
+    fn named_breaker(
+        &mut self,
+        service: &str,
+    ) -> Result<(&Arc<str>, &mut Breaker), AdmissionError> {
+        let config = &self.config;
+        self.guards.breakers.named(service, |existing| {
+            if !config.knows_service(service) {
                 return Err(AdmissionError::UnknownService(service.to_owned()));
             }
-            if self.guards.breakers.len() >= self.config.daemon.max_services {
-                return Err(AdmissionError::TooManyServices(
-                    self.config.daemon.max_services,
-                ));
+            if existing >= config.daemon.max_services {
+                return Err(AdmissionError::TooManyServices(config.daemon.max_services));
             }
-        }
-        let config = &self.config;
-        Ok(self
-            .guards
-            .breakers
-            .get_or_insert(service, || config.breaker_for(service).clone()))
+            Ok(config.breaker_for(service).clone())
+        })
     }
 }
 

@@ -93,8 +93,8 @@ impl Engine {
                 let entry = Entry::Charge {
                     key: super::reservation_key(id),
                     reservation: Some(id),
-                    agent,
-                    service,
+                    agent: agent.to_string(),
+                    service: service.to_string(),
                     amount: estimate,
                     budgets: filed.clone(),
                     at: now.unix,

@@ -10,6 +10,7 @@
 //! 32,768 in all) keep the table under 20 MiB.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::pipeline::BUDGET_STAGE;
@@ -32,8 +33,9 @@ pub(super) struct Reservation {
     /// batch back): it is settled alone from now on.
     pub(super) settle_alone: bool,
     pub(super) orphaned_at: Option<Duration>,
-    pub(super) agent: String,
-    pub(super) service: String,
+    /// Shared with the session (or the service's breaker): no copy per admission.
+    pub(super) agent: Arc<str>,
+    pub(super) service: Arc<str>,
     pub(super) model: Option<String>,
     pub(super) units: u32,
     pub(super) input_units: u32,

@@ -74,9 +74,11 @@ fn failure(retryable: bool) -> Outcome {
 }
 
 fn caller(session: u64) -> Caller<'static> {
+    static AGENT: std::sync::LazyLock<std::sync::Arc<str>> =
+        std::sync::LazyLock::new(|| "a".into());
     Caller {
         session,
-        agent: "a",
+        agent: &AGENT,
         pid: 0,
         uid: 0,
     }

@@ -39,7 +39,8 @@ use crate::state::{Limit, Session, State};
 /// payload the decision is made in a future, after the scan.
 struct Asker {
     session: u64,
-    agent: String,
+    /// The session's own name unless the request names another: shared, not copied.
+    agent: Arc<str>,
     peer_uid: u32,
     peer_pid: i32,
 }
@@ -330,7 +331,7 @@ fn validate(
     }
     let asker = Asker {
         session: session.id,
-        agent: agent.to_owned(),
+        agent,
         peer_uid: session.peer.uid,
         peer_pid: session.peer.pid,
     };
@@ -360,7 +361,7 @@ fn fail_closed_without_a_write(state: &State, decision: &Decision) -> Option<Res
 }
 
 fn log_decision(asker: &Asker, service: &str, decision: &Decision) {
-    let agent = asker.agent.as_str();
+    let agent = &*asker.agent;
     record(decision);
     match decision.decisive_vote() {
         Some(vote) => {

@@ -43,7 +43,7 @@ pub(super) fn apply(state: &State, session: &Session, req: LeaseRequest, now: Mo
     };
     if let Some((holder, left)) = &outcome.holder {
         log::info!(
-            session = session.id, agent = session.agent.as_str(), lease = req.name.as_str(), holder_agent = holder.agent.as_str(), holder_pid = holder.pid;
+            session = session.id, agent = &*session.agent, lease = req.name.as_str(), holder_agent = holder.agent.as_str(), holder_pid = holder.pid;
             "lease {:?} refused to session {}: held by agent {:?} (pid {}, session {}) for another {} ms",
             req.name, session.id, holder.agent, holder.pid, holder.session, left.as_millis()
         );

@@ -125,7 +125,7 @@ fn not_permitted(state: &State, session: &Session, denied: &AccessDenied) -> Err
     let peer = &session.peer;
     let reason = denied.to_string();
     log::warn!(
-        session = session.id, agent = session.agent.as_str(), peer_uid = peer.uid, peer_gid = peer.gid, peer_pid = peer.pid, reason = reason.as_str();
+        session = session.id, agent = &*session.agent, peer_uid = peer.uid, peer_gid = peer.gid, peer_pid = peer.pid, reason = reason.as_str();
         "refused a request of session {} (uid {} gid {} pid {}): {reason}",
         session.id, peer.uid, peer.gid, peer.pid
     );
@@ -169,15 +169,16 @@ fn dollars(field: &str, value: f64) -> Result<Usd, ErrorReply> {
 /// The fields `admit` and `route` share, checked alike: the agent the call is
 /// for (a per-request agent must pass the same `[[agents]]` binding as the
 /// handshake's, or the override would be a way around it), the model's name,
-/// `units` ≥ 1 and the cost estimate.
-fn call_fields<'a>(
+/// `units` ≥ 1 and the cost estimate. The agent comes back shared: the
+/// session's own name is not copied.
+fn call_fields(
     state: &State,
-    session: &'a Session,
-    agent: Option<&'a str>,
+    session: &Session,
+    agent: Option<&str>,
     model: Option<&str>,
     units: u32,
     cost: Option<f64>,
-) -> Result<(&'a str, std::num::NonZeroU32, Option<Usd>), ErrorReply> {
+) -> Result<(std::sync::Arc<str>, std::num::NonZeroU32, Option<Usd>), ErrorReply> {
     let name = agent.unwrap_or(&session.agent);
     crate::names::check_name(name)
         .map_err(|e| invalid(format!("agent name {} {e}", crate::names::shown(name))))?;
@@ -193,6 +194,10 @@ fn call_fields<'a>(
     let units = std::num::NonZeroU32::new(units)
         .ok_or_else(|| invalid("units must be at least 1, got 0"))?;
     let cost = cost.map(|c| dollars("cost", c)).transpose()?;
+    let name = match agent {
+        Some(name) => std::sync::Arc::from(name),
+        None => std::sync::Arc::clone(&session.agent),
+    };
     Ok((name, units, cost))
 }
 

@@ -8,6 +8,6 @@ pub(super) fn apply(_state: &State, session: &Session) -> Response {
         ok: true,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         session: session.id,
-        agent: session.agent.clone(),
+        agent: session.agent.to_string(),
     })
 }

@@ -83,7 +83,7 @@ fn start(
             // stays reportable after a reconnect or a restart, and a per-request
             // agent override can report what it admitted. Admins may settle any.
             let may_settle = |owner: &str| {
-                owner == session.agent
+                *owner == *session.agent
                     || state.access().check_agent(&session.peer, owner).is_ok()
                     || state.is_admin(&session.peer)
             };

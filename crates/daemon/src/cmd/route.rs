@@ -85,7 +85,7 @@ fn route(
     };
     let caller = Caller {
         session: session.id,
-        agent,
+        agent: &agent,
         pid: u32::try_from(session.peer.pid).unwrap_or(0),
         uid: session.peer.uid,
     };

@@ -463,17 +463,28 @@ impl Breakers {
         service: &str,
         config: impl FnOnce() -> BreakerConfig,
     ) -> &mut Breaker {
+        let made: Result<_, std::convert::Infallible> = self.named(service, |_| Ok(config()));
+        match made {
+            Ok((_, breaker)) => breaker,
+        }
+    }
+
+    /// The breaker of `service` with the service's shared name, made from
+    /// `config` (which is told how many breakers exist, and may refuse) when
+    /// it has none yet.
+    pub fn named<E>(
+        &mut self,
+        service: &str,
+        config: impl FnOnce(usize) -> Result<BreakerConfig, E>,
+    ) -> Result<(&Arc<str>, &mut Breaker), E> {
         if !self.by_service.contains_key(service) {
+            let breaker = Breaker::new(config(self.by_service.len())?);
             let service: Arc<str> = Arc::from(service);
-            let breaker = Breaker::new(config());
             self.by_service
                 .insert(Arc::clone(&service), Named { service, breaker });
         }
-        &mut self
-            .by_service
-            .get_mut(service)
-            .expect("inserted above")
-            .breaker
+        let named = self.by_service.get_mut(service).expect("inserted above");
+        Ok((&named.service, &mut named.breaker))
     }
 
     pub fn len(&self) -> usize {

@@ -57,7 +57,7 @@ pub(super) async fn serve(
     };
     conn.set_max_frame_len(MAX_FRAME_LEN);
     log::debug!(
-        session = session.id, agent = session.agent.as_str(), peer_uid = session.peer.uid, peer_gid = session.peer.gid, peer_pid = session.peer.pid;
+        session = session.id, agent = &*session.agent, peer_uid = session.peer.uid, peer_gid = session.peer.gid, peer_pid = session.peer.pid;
         "session {} opened by uid {} gid {} pid {} as agent {:?}",
         session.id, session.peer.uid, session.peer.gid, session.peer.pid, session.agent
     );

@@ -136,7 +136,7 @@ async fn refuse(conn: &mut Connection, refusal: Refusal) {
 /// Sends a final error frame and logs why the connection ends.
 async fn close(conn: &mut Connection, session: &Session, code: ErrorCode, message: String) {
     log::info!(
-        session = session.id, agent = session.agent.as_str(), peer_uid = session.peer.uid, peer_pid = session.peer.pid, reason = message.as_str();
+        session = session.id, agent = &*session.agent, peer_uid = session.peer.uid, peer_pid = session.peer.pid, reason = message.as_str();
         "closing session {} (agent {:?}, uid {}, pid {}): {message}",
         session.id, session.agent, session.peer.uid, session.peer.pid
     );

@@ -137,7 +137,7 @@ pub(super) async fn write(
         Err(_) => {
             state.counters().hit(Limit::SlowReader);
             log::info!(
-                session = session.id, agent = session.agent.as_str(), peer_uid = session.peer.uid, peer_pid = session.peer.pid;
+                session = session.id, agent = &*session.agent, peer_uid = session.peer.uid, peer_pid = session.peer.pid;
                 "closing session {} (agent {:?}): it has not read its replies for {idle:?}", session.id, session.agent
             );
             false

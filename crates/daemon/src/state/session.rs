@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{MutexGuard, PoisonError};
+use std::sync::{Arc, MutexGuard, PoisonError};
 
 use super::State;
 use crate::connection::Peer;
@@ -20,7 +20,8 @@ use crate::connection::Peer;
 /// table and every reservation it still holds is released.
 pub struct Session {
     pub id: u64,
-    pub agent: String,
+    /// Shared with the reservations the session makes.
+    pub agent: Arc<str>,
     pub peer: Peer,
     state: State,
 }
@@ -41,7 +42,7 @@ impl State {
         self.sessions().insert(id, &agent);
         Session {
             id,
-            agent,
+            agent: Arc::from(agent),
             peer,
             state: self.clone(),
         }
@@ -101,7 +102,7 @@ impl Drop for Session {
             .end_session(self.id, self.state.moment());
         if released + orphaned > 0 {
             log::info!(
-                session = self.id, agent = self.agent.as_str(), released = released, orphaned = orphaned;
+                session = self.id, agent = &*self.agent, released = released, orphaned = orphaned;
                 "session {} of agent {:?} ended with unreported reservations: {released} released without counting, {orphaned} holding money kept as orphans until budget.orphan_timeout",
                 self.id, self.agent
             );
