@@ -1,6 +1,6 @@
 //! The one source of time for every guard.
 //!
-//! Guards never read the wall clock: dispatch reads [`Clock::now`] once per request and
+//! Guards never read the wall clock: dispatch reads the [`Moment`] once per request and
 //! passes it down, and the rate limiter's governor clock is the same [`SharedClock`].
 //! Time is a monotonic `Duration` since the clock was created, so tests drive it with
 //! [`ManualClock`] and never sleep.
@@ -79,10 +79,15 @@ impl Clock for SystemClock {
         self.epoch.elapsed()
     }
 
+    /// The coarse wall clock (`CLOCK_REALTIME_COARSE`, the time of the last
+    /// tick): whole seconds need no more, and it is read on every request for
+    /// a fraction of a precise read.
     fn unix(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        use nix::time::{clock_gettime, ClockId};
+        clock_gettime(ClockId::CLOCK_REALTIME_COARSE)
+            .ok()
+            .and_then(|t| u64::try_from(t.tv_sec()).ok())
+            .unwrap_or(0)
     }
 }
 

@@ -28,6 +28,7 @@ use std::pin::Pin;
 use crate::access::AccessDenied;
 use crate::admission::AdmissionError;
 use crate::alerts::Alert;
+use crate::clock::Moment;
 use crate::guard::breaker::Phase;
 use crate::money::Usd;
 use crate::protocol::{BreakerState, ErrorCode, ErrorReply, Request, Response};
@@ -44,25 +45,32 @@ pub enum Reply {
 }
 
 /// Decides one request now; returns its reply or the wait for it.
+///
+/// The clock is read once to decide (the request's [`Moment`], which its
+/// duration is also measured from) and once when the reply is ready.
 pub fn dispatch(state: &State, session: &Session, request: Request) -> Reply {
     let kind = request.kind();
-    let started = std::time::Instant::now();
+    let now = state.moment();
     crate::metrics::hot().request(kind);
-    match decide(state, session, request) {
+    match decide(state, session, request, now) {
         Reply::Ready(response) => {
-            record_duration(kind, started);
+            record_duration(state, kind, now);
             Reply::Ready(response)
         }
-        Reply::Pending(future) => Reply::Pending(Box::pin(async move {
-            let response = future.await;
-            record_duration(kind, started);
-            response
-        })),
+        Reply::Pending(future) => {
+            let state = state.clone();
+            Reply::Pending(Box::pin(async move {
+                let response = future.await;
+                record_duration(&state, kind, now);
+                response
+            }))
+        }
     }
 }
 
-fn record_duration(kind: usize, started: std::time::Instant) {
-    crate::metrics::hot().duration(kind, started.elapsed().as_secs_f64());
+fn record_duration(state: &State, kind: usize, started: Moment) {
+    let took = state.now().saturating_sub(started.mono);
+    crate::metrics::hot().duration(kind, took.as_secs_f64());
 }
 
 /// The health document, for `/health`.
@@ -70,8 +78,7 @@ pub fn health(state: &State) -> crate::protocol::StatusReport {
     status::report(state, state.moment())
 }
 
-fn decide(state: &State, session: &Session, request: Request) -> Reply {
-    let now = state.moment();
+fn decide(state: &State, session: &Session, request: Request, now: Moment) -> Reply {
     if needs_admin(&request) {
         if let Err(denied) = state.require_admin(&session.peer) {
             return Reply::Ready(Response::Error(not_permitted(state, session, &denied)));

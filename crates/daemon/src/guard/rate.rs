@@ -70,7 +70,7 @@ pub struct RateRule {
     name: Arc<str>,
     /// Time to replenish one cell.
     interval: Duration,
-    limiter: RateLimiter<BucketKey, RateStore, SharedClock, NoOpMiddleware<Duration>>,
+    limiter: RateLimiter<BucketKey, RateStore, CallClock, NoOpMiddleware<Duration>>,
     store: RateStore,
 }
 
@@ -118,6 +118,25 @@ std::thread_local! {
     /// The value `measure_and_replace` found, for the `check` that called it on
     /// this thread: one lookup per check instead of a `get` and then governor's.
     static FOUND: std::cell::Cell<Option<Nanos>> = const { std::cell::Cell::new(None) };
+
+    /// The request's `now`, while [`RateRule::check`] runs on this thread.
+    static CALL_NOW: std::cell::Cell<Option<Duration>> = const { std::cell::Cell::new(None) };
+}
+
+/// governor's clock for a rule: the `now` the request was decided at while a
+/// check runs (a request reads the clock once, not once more per rule), the
+/// daemon's clock otherwise (a purge).
+#[derive(Debug, Clone)]
+struct CallClock(SharedClock);
+
+impl governor::clock::Clock for CallClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        CALL_NOW
+            .with(std::cell::Cell::get)
+            .unwrap_or_else(|| self.0.now())
+    }
 }
 
 /// The longest key kept inside the table itself.
@@ -166,7 +185,7 @@ impl RateRule {
             })?
             .allow_burst(spec.burst);
         let store = RateStore::default();
-        let limiter = RateLimiter::new(quota, store.clone(), clock);
+        let limiter = RateLimiter::new(quota, store.clone(), CallClock(clock));
         Ok(RateRule {
             name: Arc::from(spec.name.as_str()),
             spec,
@@ -222,7 +241,10 @@ impl RateRule {
     ) -> Result<Cells, RateDenial> {
         let key = key.into();
         FOUND.with(|found| found.set(None));
-        match self.limiter.check_key_n(&key, n) {
+        CALL_NOW.with(|call_now| call_now.set(Some(now)));
+        let checked = self.limiter.check_key_n(&key, n);
+        CALL_NOW.with(|call_now| call_now.set(None));
+        match checked {
             Ok(Ok(())) => Ok(Cells {
                 key,
                 taken: n.get(),
