@@ -69,7 +69,7 @@ pub struct Decision {
     pub reservation: Option<u64>,
     /// Every rule's vote, in the order the guards ran; typed (numbers and
     /// denials), made text by `cmd/` outside the engine lock.
-    pub votes: Vec<Vote>,
+    pub votes: Votes,
     /// Index in `votes` of the vote that denied.
     pub decisive: Option<usize>,
     /// Breaker state changes this admission caused (Open → HalfOpen by time).
@@ -87,7 +87,7 @@ pub struct Decision {
     pub waiting: Option<u64>,
 }
 
-pub use crate::guard::{Reason, Vote};
+pub use crate::guard::{Reason, Vote, Votes};
 
 /// What a route found: the service to call now, and why each before it (all
 /// of them, when none fits) was passed over.
@@ -202,7 +202,7 @@ pub enum AdmissionError {
 // === impl Decision ===
 
 impl Decision {
-    pub(super) fn denied(votes: Vec<Vote>, transitions: Vec<(Arc<str>, Phase, Phase)>) -> Decision {
+    pub(super) fn denied(votes: Votes, transitions: Vec<(Arc<str>, Phase, Phase)>) -> Decision {
         Decision {
             allowed: false,
             reservation: None,

@@ -181,7 +181,7 @@ mod tests {
     fn vote(scan: Option<&Scanned>, shadow_all: bool) -> (Verdict, Vec<Vote>) {
         let mut out = Checked::new();
         let verdict = Content.check(&call(scan, shadow_all), &mut out);
-        (verdict, out.votes)
+        (verdict, out.votes.into_vec())
     }
 
     #[test]

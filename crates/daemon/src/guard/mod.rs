@@ -142,13 +142,17 @@ pub(crate) const fn fits_inline<T>() -> bool {
     std::mem::size_of::<T>() <= INLINE_TAKE && std::mem::align_of::<T>() <= 8
 }
 
+/// Every rule's vote on one admission: inline for the usual two (the
+/// breaker's and one rate limit's).
+pub type Votes = smallvec::SmallVec<[Vote; 2]>;
+
 /// What every guard of one admission took, in pipeline order: inline for the
 /// usual few.
 pub type TakenList = smallvec::SmallVec<[Taken; 4]>;
 
 /// What a guard's check hands back to the admission.
 pub struct Checked {
-    pub votes: Vec<Vote>,
+    pub votes: Votes,
     /// Breaker phase changes the check caused (Open → HalfOpen by time).
     pub transitions: Vec<(Arc<str>, breaker::Phase, breaker::Phase)>,
     pub taken: TakenList,
@@ -263,7 +267,7 @@ impl Vote {
 impl Checked {
     pub(crate) fn new() -> Checked {
         Checked {
-            votes: Vec::new(),
+            votes: Votes::new(),
             transitions: Vec::new(),
             taken: TakenList::new(),
             current: 0,

@@ -68,7 +68,7 @@ fn check(c: &mut Concurrency, call: &Call<'_>) -> Result<Stash, Vec<Vote>> {
         Verdict::Allow => Ok(out.taken.pop().map_or_else(|| stash(()), |t| t.what)),
         Verdict::Deny => {
             assert!(out.taken.is_empty(), "a denial takes nothing");
-            Err(out.votes)
+            Err(out.votes.into_vec())
         }
     }
 }
