@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::completion::{Completion, Late};
-use super::writer::{Job, Stats};
+use super::inner::{Inner, Job, Stats};
 use super::{
     lock, schema, watch, Entry, Outcome, Snapshot, StoreError, DEFAULT_COMMIT_TIMEOUT, LEDGER_FILE,
     LEDGER_MARKER,
@@ -47,27 +47,6 @@ impl Default for StoreOptions {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
-}
-
-/// What the handles and the writer thread share.
-pub(super) struct Inner {
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    /// Why the last transaction failed; cleared by the next that commits.
-    pub(super) health: Mutex<Option<String>>,
-    /// Why the ledger file cannot be trusted any more (deleted or replaced while
-    /// the daemon ran); never cleared: a restart must look at it.
-    pub(super) lost: Mutex<Option<String>>,
-    /// (device, inode) of the ledger file as opened.
-    pub(super) identity: Option<(u64, u64)>,
-    /// Milliseconds after `born` (plus one) at which the running batch started;
-    /// 0 when the writer is not in a transaction.
-    pub(super) busy_since: AtomicU64,
-    /// The same for the syncer's fsync of the WAL.
-    pub(super) syncing_since: AtomicU64,
-    pub(super) born: Instant,
-    pub(super) commit_timeout: Duration,
-    pub(super) stats: Stats,
-    pub(super) path: PathBuf,
 }
 
 // === impl Store ===

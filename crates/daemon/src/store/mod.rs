@@ -26,6 +26,7 @@
 
 mod completion;
 mod handle;
+mod inner;
 mod schema;
 mod syncer;
 mod types;
@@ -37,8 +38,8 @@ use std::time::Duration;
 
 pub use completion::Late;
 pub use handle::{Store, StoreOptions};
+pub use inner::Stats;
 pub use types::{Entry, Outcome, Snapshot, StoreError, StoredReservation};
-pub use writer::Stats;
 
 /// The ledger file inside the state directory.
 pub const LEDGER_FILE: &str = "ledger.sqlite3";

@@ -11,6 +11,9 @@ use rusqlite::types::Value;
 use super::{Entry, Outcome, Snapshot, StoredReservation};
 use crate::money::{Usd, MAX_BALANCE};
 
+/// SQLite's page size (the default, which the ledger never changes).
+pub(super) const PAGE_SIZE: u64 = 4096;
+
 /// Schema migrations, applied in order; `PRAGMA user_version` is how many ran.
 /// Append only: a released migration is never edited.
 const MIGRATIONS: &[&str] = &[
@@ -79,10 +82,7 @@ pub(super) fn prepare(conn: &mut Connection, wal_pages: u64) -> Result<(), Strin
     conn.pragma_update(None, "wal_autocheckpoint", wal_pages as i64)
         .map_err(|e| e.to_string())?;
     conn.query_row(
-        &format!(
-            "PRAGMA journal_size_limit = {}",
-            wal_pages * super::watch::PAGE_SIZE
-        ),
+        &format!("PRAGMA journal_size_limit = {}", wal_pages * PAGE_SIZE),
         [],
         |_| Ok(()),
     )

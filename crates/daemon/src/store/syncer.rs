@@ -22,7 +22,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use super::completion::Completion;
-use super::handle::Inner;
+use super::inner::Inner;
 use super::{Entry, Outcome};
 
 /// Committed jobs waiting for the next fsync, with what each did.

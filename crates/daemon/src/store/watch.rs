@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::handle::Inner;
+use super::inner::Inner;
 use super::{lock, schema, StoreError};
 
 /// How often the writer thread, when idle, checks the file's identity and (when
@@ -38,9 +38,6 @@ const WAL_PAGES_MAX: u64 = 1000;
 /// a WAL that never shrinks fills it, and once full a checkpoint has no room to
 /// copy it into the database either.
 const WAL_SHARE_OF_FILESYSTEM: u64 = 8;
-
-/// SQLite's page size (the default, which the ledger never changes).
-pub(super) const PAGE_SIZE: u64 = 4096;
 
 // === impl Inner ===
 
@@ -179,7 +176,7 @@ pub(super) fn write_marker(marker: &Path) -> std::io::Result<()> {
 /// eighth of the filesystem under `dir` when that is less (at least 16).
 pub(super) fn wal_pages(dir: &Path) -> u64 {
     let share = nix::sys::statvfs::statvfs(dir).map_or(u64::MAX, |fs| {
-        fs.blocks().saturating_mul(fs.fragment_size()) / WAL_SHARE_OF_FILESYSTEM / PAGE_SIZE
+        fs.blocks().saturating_mul(fs.fragment_size()) / WAL_SHARE_OF_FILESYSTEM / schema::PAGE_SIZE
     });
     share.clamp(16, WAL_PAGES_MAX)
 }

@@ -14,50 +14,19 @@
 //! reported as such; a job of one entry needs none (it changes nothing when it is a
 //! duplicate).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
 use rusqlite::{Connection, TransactionBehavior};
-use tokio::sync::oneshot;
 
 use super::completion::Completion;
-use super::handle::Inner;
+use super::inner::{Inner, Job};
 use super::syncer::{self, Committed};
 use super::watch::{self, CHECK_EVERY};
 use super::{schema, Entry, Outcome, StoreError};
 
 /// Most jobs applied in one transaction.
 const MAX_BATCH: usize = 4096;
-
-/// What the handles ask of the writer thread.
-pub(super) enum Job {
-    Write {
-        entries: Vec<Entry>,
-        done: Completion,
-    },
-    /// A lookup or a test hook waits for nothing and is never abandoned.
-    /// Is this idempotency key charged?
-    Lookup {
-        key: String,
-        reply: oneshot::Sender<Result<bool, StoreError>>,
-    },
-    /// Test hook: make every write fail (SQLite `query_only`) or work again.
-    FailWrites(bool),
-}
-
-/// Group-commit figures, for the benchmark and health.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub batches: AtomicU64,
-    pub jobs: AtomicU64,
-    pub largest_batch: AtomicU64,
-    /// Time in transactions (apply and commit, without the fsync).
-    pub commit_micros: AtomicU64,
-    /// fsyncs of the WAL by the syncer thread, and the time they took.
-    pub syncs: AtomicU64,
-    pub sync_micros: AtomicU64,
-}
 
 // === impl Inner ===
 
@@ -219,22 +188,4 @@ fn apply_batch(
     }
     tx.commit()?;
     Ok(outcomes)
-}
-
-// === impl Stats ===
-
-impl Stats {
-    pub(super) fn record_sync(&self, micros: u128) {
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.sync_micros
-            .fetch_add(u64::try_from(micros).unwrap_or(u64::MAX), Ordering::Relaxed);
-    }
-
-    pub(super) fn record(&self, jobs: usize, micros: u128) {
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.jobs.fetch_add(jobs as u64, Ordering::Relaxed);
-        self.largest_batch.fetch_max(jobs as u64, Ordering::Relaxed);
-        self.commit_micros
-            .fetch_add(u64::try_from(micros).unwrap_or(u64::MAX), Ordering::Relaxed);
-    }
 }
