@@ -21,11 +21,13 @@
 //! back. The waiting itself, and its deadline, happen outside the lock
 //! (`cmd/admit.rs`); this file never waits.
 //!
-//! Cost. An admission under a bulkhead allocates nothing in the usual case: a
-//! key is a [`BucketKey`] built on the stack (names of up to 30 bytes), looked
-//! up as it is; the permits it takes name their bulkhead by number and are kept
-//! inline, and so is the agent's place among the active agents (a number into
-//! a table of them whose entries are reused).
+//! Cost. An admission under a bulkhead allocates nothing in the usual case,
+//! and giving its permits back looks nothing up by name: a key's count is an
+//! entry of a table, found by the key's bytes (borrowed from the call, or built
+//! on the stack for an `agent/service` pair), and a permit holds the entry's
+//! number, kept inline with the others. The agents' counts are kept the same
+//! way. Entries of emptied keys are reused, so a table is as long as the most
+//! keys ever busy at once.
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
@@ -85,13 +87,19 @@ struct Rule {
     id: RuleId,
     name: Arc<str>,
     /// Only keys with a call in flight or a waiter: emptied keys are removed.
-    slots: Map<BucketKey, Slot>,
+    keys: Map<BucketKey, SlotId>,
+    /// The keys' counts; an emptied key's entry waits in `free` for the next.
+    slots: Vec<Slot>,
+    free: Vec<SlotId>,
     in_flight: u64,
     waiting: u64,
 }
 
-#[derive(Default)]
+/// An entry of [`Rule::slots`].
+type SlotId = u32;
+
 struct Slot {
+    key: BucketKey,
     in_flight: u32,
     /// Waiter ids, first come first.
     queue: VecDeque<u64>,
@@ -134,16 +142,16 @@ struct Waiter {
 
 #[derive(Clone, PartialEq, Eq)]
 enum Place {
-    Key { rule: RuleId, key: BucketKey },
+    Key { rule: RuleId, slot: SlotId },
     Agents,
 }
 
-/// What an admission took: its permits (bulkhead and key) and its count among
-/// the active agents. Given back once: the lists are drained.
+/// What an admission took: its permits (bulkhead and key's entry) and its
+/// count among the active agents. Given back once: the lists are drained.
 #[derive(Debug, Default)]
 pub struct Permits {
-    /// Inline for one bulkhead (the usual case), on the heap for more.
-    keys: SmallVec<[(RuleId, BucketKey); 1]>,
+    /// Inline for up to four bulkheads.
+    keys: SmallVec<[(RuleId, SlotId); 4]>,
     agent: Option<AgentId>,
 }
 
@@ -275,21 +283,18 @@ impl Concurrency {
             if !rule.applies(call) {
                 continue;
             }
+            let slot = match rule.find(call) {
+                Some(slot) => slot,
+                None => rule.add(call),
+            };
             let place = Place::Key {
                 rule: rule.id,
-                key: BucketKey::of(rule.spec.scope, call.agent, call.service),
+                slot,
             };
             if waiter.places.contains(&place) {
                 continue;
             }
-            let Place::Key { key, .. } = &place else {
-                unreachable!("built as a key place just above")
-            };
-            rule.slots
-                .entry(key.clone())
-                .or_default()
-                .queue
-                .push_back(id);
+            rule.slots[slot as usize].queue.push_back(id);
             rule.waiting += 1;
             waiter.places.push(place);
         }
@@ -309,20 +314,18 @@ impl Concurrency {
                     self.agents.queue.retain(|w| *w != id);
                     self.agents.wake(&self.waiters);
                 }
-                Place::Key { rule, key } => {
+                Place::Key { rule, slot: at } => {
                     let Some(rule) = self.rules.iter_mut().find(|r| r.id == rule) else {
                         continue;
                     };
-                    let Some(slot) = rule.slots.get_mut(&key) else {
+                    let Some(slot) = rule.slots.get_mut(at as usize) else {
                         continue;
                     };
                     let before = slot.queue.len();
                     slot.queue.retain(|w| *w != id);
                     rule.waiting -= (before - slot.queue.len()) as u64;
                     wake(slot, rule.spec.max_in_flight, &self.waiters);
-                    if slot.is_empty() {
-                        rule.slots.remove(&key);
-                    }
+                    rule.forget_if_empty(at);
                 }
             }
         }
@@ -349,13 +352,14 @@ impl Concurrency {
             }
         }
         'rules: for rule in &self.rules {
-            for (key, slot) in &rule.slots {
+            for &at in rule.keys.values() {
                 if out.len() >= cap {
                     break 'rules;
                 }
+                let slot = &rule.slots[at as usize];
                 out.push(KeyOccupancy {
                     bulkhead: rule.spec.name.clone(),
-                    key: shown(key),
+                    key: shown(&slot.key),
                     in_flight: slot.in_flight,
                     limit: rule.spec.max_in_flight,
                     waiting: count(slot.queue.len()),
@@ -432,14 +436,12 @@ impl Concurrency {
     /// Puts back what a check took when a later rule of the same check denies:
     /// nothing else ran in between, so no waiter can have gained room.
     fn give_back_quietly(&mut self, permits: &mut Permits) {
-        for (id, key) in permits.keys.drain(..) {
+        for (id, at) in permits.keys.drain(..) {
             if let Some(rule) = self.rules.iter_mut().find(|r| r.id == id) {
-                if let Some(slot) = rule.slots.get_mut(&key) {
+                if let Some(slot) = rule.slots.get_mut(at as usize) {
                     slot.in_flight -= 1;
                     rule.in_flight -= 1;
-                    if slot.is_empty() {
-                        rule.slots.remove(&key);
-                    }
+                    rule.forget_if_empty(at);
                 }
             }
         }
@@ -451,20 +453,22 @@ impl Concurrency {
     /// Gives back what `permits` holds (once: the lists are drained) and wakes
     /// the waiters that may now pass.
     fn give_back(&mut self, permits: &mut Permits) {
-        for (id, key) in permits.keys.drain(..).rev() {
+        for (id, at) in permits.keys.drain(..).rev() {
             let Some(rule) = self.rules.iter_mut().find(|r| r.id == id) else {
                 // Its bulkhead was removed by a reload.
                 continue;
             };
-            let Some(slot) = rule.slots.get_mut(&key) else {
+            let Some(slot) = rule.slots.get_mut(at as usize) else {
                 continue;
             };
-            slot.in_flight = slot.in_flight.saturating_sub(1);
+            if slot.in_flight == 0 {
+                // Given back twice: a bug elsewhere, but not one to count twice.
+                continue;
+            }
+            slot.in_flight -= 1;
             rule.in_flight = rule.in_flight.saturating_sub(1);
             wake(slot, rule.spec.max_in_flight, &self.waiters);
-            if slot.is_empty() {
-                rule.slots.remove(&key);
-            }
+            rule.forget_if_empty(at);
         }
         if let Some(agent) = permits.agent.take() {
             if self.agents.deactivate(agent) {
@@ -512,9 +516,9 @@ impl super::Guard for Concurrency {
             }
             let shadow = call.shadow_all || rule.spec.shadow;
             let max = rule.spec.max_in_flight;
-            let key = BucketKey::of(rule.spec.scope, call.agent, call.service);
-            let slot = rule.slots.get_mut(&key);
-            let (in_flight, waiting, ahead) = slot.as_deref().map_or((0, 0, 0), |slot| {
+            let found = rule.find(call);
+            let slot = found.map(|at| &rule.slots[at as usize]);
+            let (in_flight, waiting, ahead) = slot.map_or((0, 0, 0), |slot| {
                 (
                     slot.in_flight,
                     slot.queue.len(),
@@ -538,7 +542,7 @@ impl super::Guard for Concurrency {
                     Arc::clone(&rule.name),
                     shadow,
                     ConcurrencyDenial::Full {
-                        key: shown(&key),
+                        key: shown(&BucketKey::of(rule.spec.scope, call.agent, call.service)),
                         in_flight,
                         max,
                         waiting: count(waiting),
@@ -553,20 +557,10 @@ impl super::Guard for Concurrency {
                 // A shadow bulkhead counts the call anyway, so its gauges show
                 // what enforcing it would face.
             }
-            match slot {
-                Some(slot) => slot.in_flight += 1,
-                None => {
-                    rule.slots.insert(
-                        key.clone(),
-                        Slot {
-                            in_flight: 1,
-                            queue: VecDeque::new(),
-                        },
-                    );
-                }
-            }
+            let at = found.unwrap_or_else(|| rule.add(call));
+            rule.slots[at as usize].in_flight += 1;
             rule.in_flight += 1;
-            permits.keys.push((rule.id, key));
+            permits.keys.push((rule.id, at));
         }
         if !permits.keys.is_empty() || permits.agent.is_some() {
             out.take(permits);
@@ -618,7 +612,9 @@ impl Rule {
             id,
             name: Arc::from(spec.name.as_str()),
             spec,
-            slots: Map::default(),
+            keys: Map::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
             in_flight: 0,
             waiting: 0,
         }
@@ -627,6 +623,59 @@ impl Rule {
     fn applies(&self, call: &Call<'_>) -> bool {
         filter_matches(&self.spec.services, call.service)
             && filter_matches(&self.spec.agents, call.agent)
+    }
+
+    /// The entry of the key `call` falls under, when it is busy: looked up by
+    /// the call's own bytes (a pair's built on the stack).
+    fn find(&self, call: &Call<'_>) -> Option<SlotId> {
+        let found = match self.spec.scope {
+            Scope::Global => self.keys.get(&b""[..]),
+            Scope::Agent => self.keys.get(call.agent.as_bytes()),
+            Scope::Service => self.keys.get(call.service.as_bytes()),
+            Scope::AgentService => self.keys.get(&BucketKey::of(
+                Scope::AgentService,
+                call.agent,
+                call.service,
+            )),
+        };
+        found.copied()
+    }
+
+    /// An entry for the key `call` falls under, not busy yet (an emptied one
+    /// when there is one).
+    fn add(&mut self, call: &Call<'_>) -> SlotId {
+        let key = BucketKey::of(self.spec.scope, call.agent, call.service);
+        let at = match self.free.pop() {
+            Some(at) => {
+                let slot = &mut self.slots[at as usize];
+                slot.key = key.clone();
+                slot.in_flight = 0;
+                at
+            }
+            None => {
+                let at = SlotId::try_from(self.slots.len())
+                    .expect("fewer keys are busy at once than u32::MAX");
+                self.slots.push(Slot {
+                    key: key.clone(),
+                    in_flight: 0,
+                    queue: VecDeque::new(),
+                });
+                at
+            }
+        };
+        self.keys.insert(key, at);
+        at
+    }
+
+    /// Forgets entry `at`'s key when nothing is in flight or waiting there.
+    fn forget_if_empty(&mut self, at: SlotId) {
+        let Some(slot) = self.slots.get(at as usize) else {
+            return;
+        };
+        if slot.is_empty() && self.keys.get(&slot.key) == Some(&at) {
+            self.keys.remove(&slot.key);
+            self.free.push(at);
+        }
     }
 }
 

@@ -388,3 +388,28 @@ fn active_agents_reuse_their_entries() {
     }
     assert!(check(&mut c, &call("r", "s", None)).is_err());
 }
+
+#[test]
+fn emptied_keys_leave_their_entries_for_the_next_keys() {
+    let mut c = Concurrency::new(vec![spec("pair", Scope::AgentService, 1)], None);
+    let bell: Arc<dyn Wake> = Arc::new(Bell::default());
+    for n in 0..500 {
+        let agent = format!("agent-{n}");
+        let mut held = check(&mut c, &call(&agent, "s", None)).unwrap();
+        let ticket = c.enqueue(None, &bell, &call(&agent, "s", None));
+        assert_eq!(
+            in_flight(&c),
+            vec![("pair".into(), format!("{agent}/s"), 1, 1)]
+        );
+        c.release(&mut *held);
+        let mut next = check(&mut c, &call(&agent, "s", Some(ticket))).unwrap();
+        c.leave(ticket);
+        c.release(&mut *next);
+        // Already given back: a no-op.
+        c.abort(&mut *held);
+    }
+    assert_eq!(c.rules[0].slots.len(), 1, "the most keys busy at once");
+    assert!(in_flight(&c).is_empty());
+    check(&mut c, &call("a", "s", None)).unwrap();
+    assert!(check(&mut c, &call("a", "s", None)).is_err());
+}
