@@ -20,15 +20,25 @@
 //! (`leave`): it held no permit while it waited, so there is nothing to give
 //! back. The waiting itself, and its deadline, happen outside the lock
 //! (`cmd/admit.rs`); this file never waits.
+//!
+//! Cost. An admission under a bulkhead allocates nothing in the usual case,
+//! and giving its permits back looks nothing up by name: a key's count is an
+//! entry of a table, found by the key's bytes (borrowed from the call, or built
+//! on the stack for an `agent/service` pair), and a permit holds the entry's
+//! number, kept inline with the others. The agents' counts are kept the same
+//! way. Entries of emptied keys are reused, so a table is as long as the most
+//! keys ever busy at once.
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
+use super::rate::BucketKey;
 use super::{
-    display_key, filter_matches, scope_key, Call, Checked, GuardKind, Keep, Reason, Report, Scope,
-    Settled, Verdict, Vote,
+    filter_matches, Call, Checked, GuardKind, Keep, Reason, Report, Scope, Settled, Verdict, Vote,
 };
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -63,31 +73,65 @@ pub struct Concurrency {
     agents: AgentCap,
     waiters: Map<u64, Waiter>,
     next_waiter: u64,
+    next_rule: RuleId,
 }
+
+/// A bulkhead as its permits and waiters name it: a number, not its name, so a
+/// permit stays small enough to be kept inline. A bulkhead kept by a reload
+/// keeps its number; one removed and added again later gets a new one, so the
+/// permits of the old one come back as no-ops.
+type RuleId = u32;
 
 struct Rule {
     spec: BulkheadSpec,
+    id: RuleId,
     name: Arc<str>,
     /// Only keys with a call in flight or a waiter: emptied keys are removed.
-    slots: Map<String, Slot>,
+    keys: Map<BucketKey, SlotId>,
+    /// The keys' counts; an emptied key's entry waits in `free` for the next.
+    slots: Vec<Slot>,
+    free: Vec<SlotId>,
     in_flight: u64,
     waiting: u64,
 }
 
-#[derive(Default)]
+/// An entry of [`Rule::slots`].
+type SlotId = u32;
+
 struct Slot {
+    key: BucketKey,
     in_flight: u32,
     /// Waiter ids, first come first.
     queue: VecDeque<u64>,
 }
 
 /// Agents with at least one admission in flight, and how many each has.
+///
+/// An agent's count is an entry of `entries`, found by name through `active`;
+/// a permit holds the entry's number, so giving it back needs no lookup by
+/// name, and neither the permit nor the table copies the name to the heap (an
+/// agent becomes active, and idle again, every few calls when it has few in
+/// flight). Entries of idle agents are reused; the table is as long as the
+/// most agents ever active at once.
 struct AgentCap {
     /// `None`: no cap (`concurrency.max_active_agents = 0`).
     max: Option<u32>,
     name: Arc<str>,
-    active: Map<String, u32>,
+    /// Active agents' entries, by name.
+    active: Map<BucketKey, AgentId>,
+    entries: Vec<Active>,
+    /// Entries of agents no longer active, for the next to become active.
+    idle: Vec<AgentId>,
     queue: VecDeque<u64>,
+}
+
+/// An entry of [`AgentCap::entries`].
+type AgentId = u32;
+
+/// One active agent (or an idle entry: `calls == 0`).
+struct Active {
+    agent: BucketKey,
+    calls: u32,
 }
 
 struct Waiter {
@@ -98,16 +142,17 @@ struct Waiter {
 
 #[derive(Clone, PartialEq, Eq)]
 enum Place {
-    Key { rule: Arc<str>, key: String },
+    Key { rule: RuleId, slot: SlotId },
     Agents,
 }
 
-/// What an admission took: its permits (bulkhead name and key) and its count
-/// among the active agents. Given back once: the lists are drained.
+/// What an admission took: its permits (bulkhead and key's entry) and its
+/// count among the active agents. Given back once: the lists are drained.
 #[derive(Debug, Default)]
 pub struct Permits {
-    keys: Vec<(Arc<str>, String)>,
-    agent: Option<String>,
+    /// Inline for up to four bulkheads.
+    keys: SmallVec<[(RuleId, SlotId); 4]>,
+    agent: Option<AgentId>,
 }
 
 // Kept inline in the reservation (no heap allocation per admission).
@@ -152,16 +197,24 @@ pub struct BulkheadTotals {
 
 impl Concurrency {
     pub fn new(specs: Vec<BulkheadSpec>, max_active_agents: Option<u32>) -> Concurrency {
+        let mut next_rule = 0;
+        let rules = specs
+            .into_iter()
+            .map(|spec| Rule::new(spec, &mut next_rule))
+            .collect();
         Concurrency {
-            rules: specs.into_iter().map(Rule::new).collect(),
+            rules,
             agents: AgentCap {
                 max: max_active_agents,
                 name: Arc::from(AGENTS_RULE),
                 active: Map::default(),
+                entries: Vec::new(),
+                idle: Vec::new(),
                 queue: VecDeque::new(),
             },
             waiters: Map::default(),
             next_waiter: 1,
+            next_rule,
         }
     }
 
@@ -175,6 +228,7 @@ impl Concurrency {
             .into_iter()
             .map(Some)
             .collect();
+        let next_rule = &mut self.next_rule;
         self.rules = specs
             .into_iter()
             .map(|spec| {
@@ -187,7 +241,7 @@ impl Concurrency {
                         rule.spec = spec;
                         rule
                     }
-                    None => Rule::new(spec),
+                    None => Rule::new(spec, next_rule),
                 }
             })
             .collect();
@@ -196,7 +250,7 @@ impl Concurrency {
         let rules = &self.rules;
         for waiter in self.waiters.values_mut() {
             waiter.places.retain(|place| match place {
-                Place::Key { rule, .. } => rules.iter().any(|r| r.name == *rule),
+                Place::Key { rule, .. } => rules.iter().any(|r| r.id == *rule),
                 Place::Agents => true,
             });
         }
@@ -219,7 +273,7 @@ impl Concurrency {
             places: Vec::new(),
         });
         if self.agents.max.is_some()
-            && !self.agents.active.contains_key(call.agent)
+            && !self.agents.active.contains_key(call.agent.as_bytes())
             && !waiter.places.contains(&Place::Agents)
         {
             self.agents.queue.push_back(id);
@@ -229,22 +283,18 @@ impl Concurrency {
             if !rule.applies(call) {
                 continue;
             }
-            let key = scope_key(rule.spec.scope, call.agent, call.service);
+            let slot = match rule.find(call) {
+                Some(slot) => slot,
+                None => rule.add(call),
+            };
             let place = Place::Key {
-                rule: Arc::clone(&rule.name),
-                key,
+                rule: rule.id,
+                slot,
             };
             if waiter.places.contains(&place) {
                 continue;
             }
-            let Place::Key { key, .. } = &place else {
-                unreachable!("built as a key place just above")
-            };
-            rule.slots
-                .entry(key.clone())
-                .or_default()
-                .queue
-                .push_back(id);
+            rule.slots[slot as usize].queue.push_back(id);
             rule.waiting += 1;
             waiter.places.push(place);
         }
@@ -264,20 +314,18 @@ impl Concurrency {
                     self.agents.queue.retain(|w| *w != id);
                     self.agents.wake(&self.waiters);
                 }
-                Place::Key { rule, key } => {
-                    let Some(rule) = self.rules.iter_mut().find(|r| r.name == rule) else {
+                Place::Key { rule, slot: at } => {
+                    let Some(rule) = self.rules.iter_mut().find(|r| r.id == rule) else {
                         continue;
                     };
-                    let Some(slot) = rule.slots.get_mut(&key) else {
+                    let Some(slot) = rule.slots.get_mut(at as usize) else {
                         continue;
                     };
                     let before = slot.queue.len();
                     slot.queue.retain(|w| *w != id);
                     rule.waiting -= (before - slot.queue.len()) as u64;
                     wake(slot, rule.spec.max_in_flight, &self.waiters);
-                    if slot.is_empty() {
-                        rule.slots.remove(&key);
-                    }
+                    rule.forget_if_empty(at);
                 }
             }
         }
@@ -304,13 +352,14 @@ impl Concurrency {
             }
         }
         'rules: for rule in &self.rules {
-            for (key, slot) in &rule.slots {
+            for &at in rule.keys.values() {
                 if out.len() >= cap {
                     break 'rules;
                 }
+                let slot = &rule.slots[at as usize];
                 out.push(KeyOccupancy {
                     bulkhead: rule.spec.name.clone(),
-                    key: display_key(key),
+                    key: shown(&slot.key),
                     in_flight: slot.in_flight,
                     limit: rule.spec.max_in_flight,
                     waiting: count(slot.queue.len()),
@@ -341,15 +390,15 @@ impl Concurrency {
         out
     }
 
-    /// The active-agent cap's vote; counts the call's agent when it passes.
-    fn check_agent(&mut self, call: &Call<'_>, out: &mut Checked) -> Verdict {
+    /// The active-agent cap's vote; counts the call's agent when it passes and
+    /// returns its entry (`None`: denied, or no cap).
+    fn check_agent(&mut self, call: &Call<'_>, out: &mut Checked) -> Option<AgentId> {
         let agents = &mut self.agents;
-        let Some(max) = agents.max else {
-            return Verdict::Allow;
-        };
+        let max = agents.max?;
         let shadow = call.shadow_all;
-        if let Some(n) = agents.active.get_mut(call.agent) {
-            *n += 1;
+        let agent = if let Some(&id) = agents.active.get(call.agent.as_bytes()) {
+            agents.entries[id as usize].calls += 1;
+            id
         } else {
             let active = count(agents.active.len());
             let ahead = ahead(&agents.queue, call.waiter);
@@ -366,13 +415,12 @@ impl Concurrency {
                     None,
                 ));
                 if !shadow {
-                    return Verdict::Deny;
+                    return None;
                 }
-                agents.active.insert(call.agent.to_owned(), 1);
-                return Verdict::Allow;
+                return Some(agents.activate(call.agent));
             }
-            agents.active.insert(call.agent.to_owned(), 1);
-        }
+            agents.activate(call.agent)
+        };
         out.vote(Vote::allow(
             GuardKind::Concurrency,
             Arc::clone(&agents.name),
@@ -382,61 +430,58 @@ impl Concurrency {
                 max,
             },
         ));
-        Verdict::Allow
+        Some(agent)
     }
 
     /// Puts back what a check took when a later rule of the same check denies:
     /// nothing else ran in between, so no waiter can have gained room.
     fn give_back_quietly(&mut self, permits: &mut Permits) {
-        for (name, key) in permits.keys.drain(..) {
-            if let Some(rule) = self.rules.iter_mut().find(|r| r.name == name) {
-                if let Some(slot) = rule.slots.get_mut(&key) {
+        for (id, at) in permits.keys.drain(..) {
+            if let Some(rule) = self.rules.iter_mut().find(|r| r.id == id) {
+                if let Some(slot) = rule.slots.get_mut(at as usize) {
                     slot.in_flight -= 1;
                     rule.in_flight -= 1;
-                    if slot.is_empty() {
-                        rule.slots.remove(&key);
-                    }
+                    rule.forget_if_empty(at);
                 }
             }
         }
         if let Some(agent) = permits.agent.take() {
-            if let Some(n) = self.agents.active.get_mut(&agent) {
-                *n -= 1;
-                if *n == 0 {
-                    self.agents.active.remove(&agent);
-                }
-            }
+            self.agents.deactivate(agent);
         }
     }
 
     /// Gives back what `permits` holds (once: the lists are drained) and wakes
     /// the waiters that may now pass.
     fn give_back(&mut self, permits: &mut Permits) {
-        for (name, key) in permits.keys.drain(..).rev() {
-            let Some(rule) = self.rules.iter_mut().find(|r| r.name == name) else {
+        for (id, at) in permits.keys.drain(..).rev() {
+            let Some(rule) = self.rules.iter_mut().find(|r| r.id == id) else {
                 // Its bulkhead was removed by a reload.
                 continue;
             };
-            let Some(slot) = rule.slots.get_mut(&key) else {
+            let Some(slot) = rule.slots.get_mut(at as usize) else {
                 continue;
             };
-            slot.in_flight = slot.in_flight.saturating_sub(1);
+            if slot.in_flight == 0 {
+                // Given back twice: a bug elsewhere, but not one to count twice.
+                continue;
+            }
+            slot.in_flight -= 1;
             rule.in_flight = rule.in_flight.saturating_sub(1);
             wake(slot, rule.spec.max_in_flight, &self.waiters);
-            if slot.is_empty() {
-                rule.slots.remove(&key);
-            }
+            rule.forget_if_empty(at);
         }
         if let Some(agent) = permits.agent.take() {
-            if let Some(n) = self.agents.active.get_mut(&agent) {
-                *n -= 1;
-                if *n == 0 {
-                    self.agents.active.remove(&agent);
-                    self.agents.wake(&self.waiters);
-                }
+            if self.agents.deactivate(agent) {
+                self.agents.wake(&self.waiters);
             }
         }
     }
+}
+
+/// How a key reads in replies and `status` (`agent/service` for pairs).
+fn shown(key: &BucketKey) -> String {
+    let bytes: &[u8] = std::borrow::Borrow::borrow(key);
+    String::from_utf8_lossy(bytes).replace('\0', "/")
 }
 
 fn count(n: usize) -> u32 {
@@ -459,11 +504,11 @@ impl super::Guard for Concurrency {
             return Verdict::Allow;
         }
         let mut permits = Permits::default();
-        if self.agents.max.is_some() && self.check_agent(call, out) == Verdict::Deny {
-            return Verdict::Deny;
-        }
         if self.agents.max.is_some() {
-            permits.agent = Some(call.agent.to_owned());
+            let Some(agent) = self.check_agent(call, out) else {
+                return Verdict::Deny;
+            };
+            permits.agent = Some(agent);
         }
         for rule in &mut self.rules {
             if !rule.applies(call) {
@@ -471,8 +516,9 @@ impl super::Guard for Concurrency {
             }
             let shadow = call.shadow_all || rule.spec.shadow;
             let max = rule.spec.max_in_flight;
-            let key = scope_key(rule.spec.scope, call.agent, call.service);
-            let (in_flight, waiting, ahead) = rule.slots.get(&key).map_or((0, 0, 0), |slot| {
+            let found = rule.find(call);
+            let slot = found.map(|at| &rule.slots[at as usize]);
+            let (in_flight, waiting, ahead) = slot.map_or((0, 0, 0), |slot| {
                 (
                     slot.in_flight,
                     slot.queue.len(),
@@ -496,7 +542,7 @@ impl super::Guard for Concurrency {
                     Arc::clone(&rule.name),
                     shadow,
                     ConcurrencyDenial::Full {
-                        key: display_key(&key),
+                        key: shown(&BucketKey::of(rule.spec.scope, call.agent, call.service)),
                         in_flight,
                         max,
                         waiting: count(waiting),
@@ -511,20 +557,10 @@ impl super::Guard for Concurrency {
                 // A shadow bulkhead counts the call anyway, so its gauges show
                 // what enforcing it would face.
             }
-            match rule.slots.get_mut(&key) {
-                Some(slot) => slot.in_flight += 1,
-                None => {
-                    rule.slots.insert(
-                        key.clone(),
-                        Slot {
-                            in_flight: 1,
-                            queue: VecDeque::new(),
-                        },
-                    );
-                }
-            }
+            let at = found.unwrap_or_else(|| rule.add(call));
+            rule.slots[at as usize].in_flight += 1;
             rule.in_flight += 1;
-            permits.keys.push((Arc::clone(&rule.name), key));
+            permits.keys.push((rule.id, at));
         }
         if !permits.keys.is_empty() || permits.agent.is_some() {
             out.take(permits);
@@ -568,11 +604,17 @@ fn ahead(queue: &VecDeque<u64>, waiter: Option<u64>) -> usize {
 // === impl Rule ===
 
 impl Rule {
-    fn new(spec: BulkheadSpec) -> Rule {
+    /// A new bulkhead, numbered from `next`.
+    fn new(spec: BulkheadSpec, next: &mut RuleId) -> Rule {
+        let id = *next;
+        *next += 1;
         Rule {
+            id,
             name: Arc::from(spec.name.as_str()),
             spec,
-            slots: Map::default(),
+            keys: Map::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
             in_flight: 0,
             waiting: 0,
         }
@@ -581,6 +623,59 @@ impl Rule {
     fn applies(&self, call: &Call<'_>) -> bool {
         filter_matches(&self.spec.services, call.service)
             && filter_matches(&self.spec.agents, call.agent)
+    }
+
+    /// The entry of the key `call` falls under, when it is busy: looked up by
+    /// the call's own bytes (a pair's built on the stack).
+    fn find(&self, call: &Call<'_>) -> Option<SlotId> {
+        let found = match self.spec.scope {
+            Scope::Global => self.keys.get(&b""[..]),
+            Scope::Agent => self.keys.get(call.agent.as_bytes()),
+            Scope::Service => self.keys.get(call.service.as_bytes()),
+            Scope::AgentService => self.keys.get(&BucketKey::of(
+                Scope::AgentService,
+                call.agent,
+                call.service,
+            )),
+        };
+        found.copied()
+    }
+
+    /// An entry for the key `call` falls under, not busy yet (an emptied one
+    /// when there is one).
+    fn add(&mut self, call: &Call<'_>) -> SlotId {
+        let key = BucketKey::of(self.spec.scope, call.agent, call.service);
+        let at = match self.free.pop() {
+            Some(at) => {
+                let slot = &mut self.slots[at as usize];
+                slot.key = key.clone();
+                slot.in_flight = 0;
+                at
+            }
+            None => {
+                let at = SlotId::try_from(self.slots.len())
+                    .expect("fewer keys are busy at once than u32::MAX");
+                self.slots.push(Slot {
+                    key: key.clone(),
+                    in_flight: 0,
+                    queue: VecDeque::new(),
+                });
+                at
+            }
+        };
+        self.keys.insert(key, at);
+        at
+    }
+
+    /// Forgets entry `at`'s key when nothing is in flight or waiting there.
+    fn forget_if_empty(&mut self, at: SlotId) {
+        let Some(slot) = self.slots.get(at as usize) else {
+            return;
+        };
+        if slot.is_empty() && self.keys.get(&slot.key) == Some(&at) {
+            self.keys.remove(&slot.key);
+            self.free.push(at);
+        }
     }
 }
 
@@ -591,6 +686,48 @@ impl Slot {
 }
 
 impl AgentCap {
+    /// Counts the first call of an agent not active yet, in an idle entry when
+    /// there is one.
+    fn activate(&mut self, agent: &str) -> AgentId {
+        let key = BucketKey::of(Scope::Agent, agent, "");
+        let entry = Active {
+            agent: key.clone(),
+            calls: 1,
+        };
+        let id = match self.idle.pop() {
+            Some(id) => {
+                self.entries[id as usize] = entry;
+                id
+            }
+            None => {
+                let id = AgentId::try_from(self.entries.len())
+                    .expect("fewer agents are active at once than u32::MAX");
+                self.entries.push(entry);
+                id
+            }
+        };
+        self.active.insert(key, id);
+        id
+    }
+
+    /// Counts one call of entry `id` less; true when it was its agent's last.
+    fn deactivate(&mut self, id: AgentId) -> bool {
+        let Some(entry) = self.entries.get_mut(id as usize) else {
+            return false;
+        };
+        if entry.calls == 0 {
+            // Given back twice: a bug elsewhere, but not one to count twice.
+            return false;
+        }
+        entry.calls -= 1;
+        if entry.calls > 0 {
+            return false;
+        }
+        self.active.remove(&entry.agent);
+        self.idle.push(id);
+        true
+    }
+
     fn wake(&self, waiters: &Map<u64, Waiter>) {
         let Some(max) = self.max else { return };
         let free = (max as usize).saturating_sub(self.active.len());

@@ -17,12 +17,20 @@
 //! Time to live is checked lazily against the `now` each request brings (the
 //! guard reads no clock): an expired lease is free to the next asker, and
 //! `purge` forgets expired ones so the counts stay honest.
+//!
+//! Cost. An admission naming a lease its session holds looks it up once and
+//! allocates nothing. One that takes it reuses the name and holder of the last
+//! lease an admission gave back when it is the same lease (an agent naming one
+//! lease call after call), and a session's list of names is inline for the
+//! usual one or two.
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
+
+use smallvec::SmallVec;
 
 use super::{Call, Checked, GuardKind, Keep, Reason, Report, Settled, Verdict, Vote};
 
@@ -55,9 +63,15 @@ pub struct Leases {
     limits: LeaseLimits,
     by_name: Map<Arc<str>, Held>,
     /// Names held per session, so a session's end is O(its leases).
-    by_session: Map<u64, Vec<Arc<str>>>,
+    by_session: Map<u64, Names>,
     next_grant: u64,
+    /// The name and holder of the last lease an admission gave back, for the
+    /// next admission that takes the same lease (their allocations reused).
+    spare: Option<(Arc<str>, Holder)>,
 }
+
+/// A session's leases: inline for the usual one or two.
+type Names = SmallVec<[Arc<str>; 2]>;
 
 struct Held {
     holder: Holder,
@@ -140,6 +154,7 @@ impl Leases {
             by_name: Map::default(),
             by_session: Map::default(),
             next_grant: 1,
+            spare: None,
         }
     }
 
@@ -249,7 +264,7 @@ impl Leases {
     }
 
     fn room_for(&self, session: u64) -> Result<(), LeaseError> {
-        let mine = self.by_session.get(&session).map_or(0, Vec::len);
+        let mine = self.by_session.get(&session).map_or(0, |names| names.len());
         if mine >= self.limits.max_per_connection as usize {
             return Err(LeaseError::PerConnection(self.limits.max_per_connection));
         }
@@ -291,16 +306,16 @@ impl Leases {
         }
     }
 
-    fn remove(&mut self, name: &str) {
-        let Some(held) = self.by_name.remove(name) else {
-            return;
-        };
+    /// Forgets `name`; returns its key and what it was.
+    fn remove(&mut self, name: &str) -> Option<(Arc<str>, Held)> {
+        let (key, held) = self.by_name.remove_entry(name)?;
         if let Some(names) = self.by_session.get_mut(&held.holder.session) {
             names.retain(|n| &**n != name);
             if names.is_empty() {
                 self.by_session.remove(&held.holder.session);
             }
         }
+        Some((key, held))
     }
 
     /// Ends an admission's hold, if it is still the one it took.
@@ -313,7 +328,33 @@ impl Leases {
             .get(&grant.name)
             .is_some_and(|held| held.grant == number && held.by_admission)
         {
-            self.remove(&grant.name.clone());
+            if let Some((name, held)) = self.remove(&grant.name.clone()) {
+                self.spare = Some((name, held.holder));
+            }
+        }
+    }
+
+    /// The name and holder for a lease `call` takes: the spare ones when they
+    /// are for the same lease, made afresh otherwise.
+    fn name_and_holder(&mut self, name: &str, call: &Call<'_>) -> (Arc<str>, Holder) {
+        match self.spare.take() {
+            Some((spare, mut holder)) if *spare == *name => {
+                holder.session = call.session;
+                holder.agent.clear();
+                holder.agent.push_str(call.agent);
+                holder.pid = call.pid;
+                holder.uid = call.uid;
+                (spare, holder)
+            }
+            _ => (
+                Arc::from(name),
+                Holder {
+                    session: call.session,
+                    agent: call.agent.to_owned(),
+                    pid: call.pid,
+                    uid: call.uid,
+                },
+            ),
         }
     }
 }
@@ -325,42 +366,47 @@ impl super::Guard for Leases {
         };
         let now = call.now.mono;
         let shadow = call.shadow_all;
-        self.expire(name, now);
+        // One lookup: an expired lease is dropped here, a live one answers.
         // The held lease's own name is the vote's rule: no copy of it per call.
-        if let Some((rule, held)) = self.by_name.get_key_value(name) {
-            let rule = Arc::clone(rule);
-            if held.holder.session == call.session {
-                out.vote(Vote::allow(
+        match self.by_name.get_key_value(name) {
+            Some((rule, held)) if held.expires > now => {
+                let rule = Arc::clone(rule);
+                if held.holder.session == call.session {
+                    out.vote(Vote::allow(
+                        GuardKind::Lease,
+                        rule,
+                        shadow,
+                        Reason::Fixed("held by this connection"),
+                    ));
+                    return Verdict::Allow;
+                }
+                let expires_in = held.expires.saturating_sub(now);
+                out.vote(Vote::deny(
                     GuardKind::Lease,
                     rule,
                     shadow,
-                    Reason::Fixed("held by this connection"),
+                    LeaseDenial::Held {
+                        name: name.to_owned(),
+                        holder: held.holder.clone(),
+                        expires_in,
+                    },
+                    Some(expires_in),
                 ));
-                return Verdict::Allow;
+                return if shadow {
+                    Verdict::Allow
+                } else {
+                    Verdict::Deny
+                };
             }
-            let expires_in = held.expires.saturating_sub(now);
-            out.vote(Vote::deny(
-                GuardKind::Lease,
-                rule,
-                shadow,
-                LeaseDenial::Held {
-                    name: name.to_owned(),
-                    holder: held.holder.clone(),
-                    expires_in,
-                },
-                Some(expires_in),
-            ));
-            return if shadow {
-                Verdict::Allow
-            } else {
-                Verdict::Deny
-            };
+            Some(_) => {
+                self.remove(name);
+            }
+            None => {}
         }
-        let rule: Arc<str> = Arc::from(name);
         if let Err(err) = self.room_for(call.session) {
             out.vote(Vote::deny(
                 GuardKind::Lease,
-                rule,
+                Arc::from(name),
                 shadow,
                 LeaseDenial::TooMany(err),
                 None,
@@ -371,12 +417,7 @@ impl super::Guard for Leases {
                 Verdict::Deny
             };
         }
-        let holder = Holder {
-            session: call.session,
-            agent: call.agent.to_owned(),
-            pid: call.pid,
-            uid: call.uid,
-        };
+        let (rule, holder) = self.name_and_holder(name, call);
         let grant = self.insert(
             Arc::clone(&rule),
             holder,
@@ -474,6 +515,71 @@ mod tests {
     }
 
     const T0: Duration = Duration::from_secs(1000);
+
+    fn call(session: u64, agent: &str, at: Duration) -> Call<'_> {
+        Call {
+            agent,
+            service: "s",
+            model: None,
+            units: std::num::NonZeroU32::MIN,
+            estimate: crate::money::Usd::ZERO,
+            now: crate::clock::Moment { mono: at, unix: 0 },
+            shadow_all: false,
+            content: None,
+            attempt: 1,
+            session,
+            pid: 100 + session as u32,
+            uid: 1000,
+            lease: Some("repo"),
+            waiter: None,
+        }
+    }
+
+    /// An admission's check of lease `repo`; what it took, if it took anything.
+    fn admit(l: &mut Leases, call: &Call<'_>) -> Result<Option<super::super::Stash>, Vec<Vote>> {
+        use crate::guard::Guard;
+        let mut out = Checked::new();
+        match l.check(call, &mut out) {
+            Verdict::Allow => Ok(out.taken.pop().map(|t| t.what)),
+            Verdict::Deny => Err(out.votes.into_vec()),
+        }
+    }
+
+    #[test]
+    fn an_admission_takes_the_lease_again_for_whoever_asks_next() {
+        use crate::guard::Guard;
+        let mut l = leases();
+        let mut first = admit(&mut l, &call(1, "a", T0)).unwrap().expect("taken");
+        assert!(
+            admit(&mut l, &call(1, "a", T0)).unwrap().is_none(),
+            "its own session's next call takes nothing"
+        );
+        l.release(&mut *first);
+        assert_eq!(l.held(T0), 0);
+        let _second = admit(&mut l, &call(2, "bee", T0)).unwrap().expect("taken");
+        let refused = admit(&mut l, &call(3, "c", T0)).unwrap_err();
+        let denial: &LeaseDenial = refused[0].reason.denial().unwrap();
+        assert_eq!(
+            denial,
+            &LeaseDenial::Held {
+                name: "repo".into(),
+                holder: Holder {
+                    session: 2,
+                    agent: "bee".into(),
+                    pid: 102,
+                    uid: 1000
+                },
+                expires_in: Duration::from_secs(30),
+            },
+            "the new holder, not the last one"
+        );
+        // Past its TTL the hold is dropped on the next look and taken anew.
+        let later = T0 + Duration::from_secs(30);
+        let _third = admit(&mut l, &call(3, "c", later)).unwrap().expect("taken");
+        assert_eq!(l.held(later), 1);
+        assert_eq!(l.end_session(2), 0, "session 2's expired hold is gone");
+        assert_eq!(l.end_session(3), 1);
+    }
 
     #[test]
     fn a_held_lease_names_its_holder_and_frees_itself_at_its_ttl() {

@@ -332,3 +332,84 @@ fn a_shadow_bulkhead_counts_but_never_denies() {
     assert!(out.votes[0].shadow && !out.votes[0].allow);
     assert_eq!(in_flight(&c), vec![("svc".into(), "s".into(), 2, 0)]);
 }
+
+#[test]
+fn names_too_long_to_keep_inline_count_like_short_ones() {
+    let agent = "an-agent-whose-name-is-longer-than-thirty-bytes";
+    let service = "a-service-whose-name-is-also-rather-long";
+    let mut c = Concurrency::new(vec![spec("pair", Scope::AgentService, 1)], Some(1));
+    let mut held = check(&mut c, &call(agent, service, None)).unwrap();
+    let denied = check(&mut c, &call(agent, service, None)).unwrap_err();
+    assert_eq!(
+        denied.last().unwrap().reason.to_string(),
+        format!("bulkhead full for {agent}/{service}: 1 of 1 calls in flight, 0 waiting")
+    );
+    c.release(&mut *held);
+    assert!(in_flight(&c).is_empty());
+    check(&mut c, &call(agent, service, None)).unwrap();
+}
+
+#[test]
+fn a_bulkhead_removed_and_added_again_ignores_the_old_ones_permits() {
+    let mut c = Concurrency::new(vec![spec("svc", Scope::Service, 1)], None);
+    let mut old = check(&mut c, &call("a", "s", None)).unwrap();
+    c.reconfigure(Vec::new(), None);
+    c.reconfigure(vec![spec("svc", Scope::Service, 1)], None);
+    let _new = check(&mut c, &call("b", "s", None)).unwrap();
+    c.release(&mut *old);
+    assert_eq!(
+        in_flight(&c),
+        vec![("svc".into(), "s".into(), 1, 0)],
+        "the new bulkhead's permit is not given back by the old one's"
+    );
+    assert!(check(&mut c, &call("c", "s", None)).is_err());
+}
+
+#[test]
+fn active_agents_reuse_their_entries() {
+    let mut c = Concurrency::new(Vec::new(), Some(2));
+    let mut steady = check(&mut c, &call("steady", "s", None)).unwrap();
+    for n in 0..1_000 {
+        let agent = format!("agent-{n}");
+        let mut a = check(&mut c, &call(&agent, "s", None)).unwrap();
+        let mut b = check(&mut c, &call(&agent, "t", None)).unwrap();
+        assert!(check(&mut c, &call("other", "s", None)).is_err());
+        c.settle(&mut *a, &dummy_report(), &mut Settled::default());
+        c.release(&mut *b);
+    }
+    assert_eq!(c.agents.entries.len(), 2, "the most agents active at once");
+    assert_eq!(c.totals()[0].in_flight, 1, "only steady is active");
+    c.release(&mut *steady);
+    assert_eq!(c.totals()[0].in_flight, 0);
+    // A permit given back twice counts once.
+    c.release(&mut *steady);
+    for agent in ["p", "q"] {
+        check(&mut c, &call(agent, "s", None)).unwrap();
+    }
+    assert!(check(&mut c, &call("r", "s", None)).is_err());
+}
+
+#[test]
+fn emptied_keys_leave_their_entries_for_the_next_keys() {
+    let mut c = Concurrency::new(vec![spec("pair", Scope::AgentService, 1)], None);
+    let bell: Arc<dyn Wake> = Arc::new(Bell::default());
+    for n in 0..500 {
+        let agent = format!("agent-{n}");
+        let mut held = check(&mut c, &call(&agent, "s", None)).unwrap();
+        let ticket = c.enqueue(None, &bell, &call(&agent, "s", None));
+        assert_eq!(
+            in_flight(&c),
+            vec![("pair".into(), format!("{agent}/s"), 1, 1)]
+        );
+        c.release(&mut *held);
+        let mut next = check(&mut c, &call(&agent, "s", Some(ticket))).unwrap();
+        c.leave(ticket);
+        c.release(&mut *next);
+        // Already given back: a no-op.
+        c.abort(&mut *held);
+    }
+    assert_eq!(c.rules[0].slots.len(), 1, "the most keys busy at once");
+    assert!(in_flight(&c).is_empty());
+    check(&mut c, &call("a", "s", None)).unwrap();
+    assert!(check(&mut c, &call("a", "s", None)).is_err());
+}
