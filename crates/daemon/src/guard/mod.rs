@@ -146,9 +146,10 @@ pub(crate) const fn fits_inline<T>() -> bool {
 /// breaker's and one rate limit's).
 pub type Votes = smallvec::SmallVec<[Vote; 2]>;
 
-/// What every guard of one admission took, in pipeline order: inline for the
-/// usual few.
-pub type TakenList = smallvec::SmallVec<[Taken; 4]>;
+/// What every guard of one admission took, in pipeline order: inline up to
+/// six (the breaker, a retry count, a lease, bulkhead permits, rate cells and
+/// a budget hold, when all of them are configured).
+pub type TakenList = smallvec::SmallVec<[Taken; 6]>;
 
 /// What a guard's check hands back to the admission.
 pub struct Checked {
@@ -282,8 +283,12 @@ impl Checked {
         });
     }
 
-    /// Records a vote.
+    /// Records a vote. Past the inline two, room for eight is made at once
+    /// (bulkheads and leases add three), so the list grows on the heap once.
     pub fn vote(&mut self, vote: Vote) {
+        if self.votes.len() == self.votes.inline_size() {
+            self.votes.reserve_exact(8 - self.votes.len());
+        }
         self.votes.push(vote);
     }
 }
