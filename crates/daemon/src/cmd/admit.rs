@@ -32,14 +32,17 @@ use crate::guard::concurrency::Wake;
 use crate::guard::content::Scanned;
 use crate::money::Usd;
 use crate::names::{check_name, shown};
-use crate::protocol::{AdmitReply, AdmitRequest, ErrorReply, GuardKind, Response, Vote};
+use crate::protocol::{
+    AdmitReply, AdmitRequest, ErrorReply, GuardKind, Name, Response, Vote, Votes,
+};
 use crate::state::{Limit, Session, State};
 
 /// Who asked, as the decision and its log line need it; owned, because with a
-/// payload the decision is made in a future, after the scan.
+/// payload the decision is made in a future, after the scan. The agent's name
+/// is a `Name`: a short one is copied in place, not onto the heap.
 struct Asker {
     session: u64,
-    agent: String,
+    agent: Name,
     peer_uid: u32,
     peer_pid: i32,
 }
@@ -330,7 +333,7 @@ fn validate(
     }
     let asker = Asker {
         session: session.id,
-        agent: agent.to_owned(),
+        agent: Name::from(agent),
         peer_uid: session.peer.uid,
         peer_pid: session.peer.pid,
     };
@@ -411,7 +414,7 @@ fn record(decision: &Decision) {
 /// The wire form of a decision: the engine's typed votes become text here,
 /// after the engine lock was released.
 fn into_reply(decision: Decision) -> AdmitReply {
-    let votes: Vec<Vote> = decision
+    let votes: Votes = decision
         .votes
         .iter()
         .map(|v| Vote {
@@ -438,10 +441,10 @@ fn into_reply(decision: Decision) -> AdmitReply {
         }
         let mut reason = v.reason.to_string();
         for (service, vote) in &decision.skipped {
-            reason.push_str(&format!(
-                "; {service} skipped: {}",
-                reason_text(&vote.reason)
-            ));
+            reason.push_str("; ");
+            reason.push_str(service);
+            reason.push_str(" skipped: ");
+            reason.push_str(&reason_text(&vote.reason));
         }
         reason
     });
