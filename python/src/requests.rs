@@ -53,18 +53,18 @@ pub fn admit(
         }
     };
     Ok(Request::Admit(AdmitRequest {
-        agent,
-        service,
+        agent: agent.map(Into::into),
+        service: service.into(),
         units: units.unwrap_or(1),
         cost,
-        model,
+        model: model.map(Into::into),
         input_units: input_units.unwrap_or(0),
         output_units: output_units.unwrap_or(0),
         payload,
         attempt,
         wait_ms: millis(py, "wait", wait)?,
-        lease,
-        route,
+        lease: lease.map(Into::into),
+        route: route.map(Into::into),
     }))
 }
 
@@ -226,7 +226,7 @@ pub fn report(
     };
     Ok(Request::Report(ReportRequest {
         reservation,
-        service,
+        service: service.map(Into::into),
         outcome: if success {
             Outcome::Success
         } else {
@@ -237,8 +237,8 @@ pub fn report(
         cost,
         input_units,
         output_units,
-        idempotency_key,
-        agent,
+        idempotency_key: idempotency_key.map(Into::into),
+        agent: agent.map(Into::into),
         retryable,
         attempt,
         retry_after_ms: millis(py, "retry_after", retry_after)?,

@@ -134,7 +134,7 @@ impl From<WireVote> for Vote {
             rule: vote.rule.to_string(),
             allow: vote.allow,
             shadow: vote.shadow,
-            reason: vote.reason.into_owned(),
+            reason: vote.reason.into_string(),
             retry_after: seconds(vote.retry_after_ms),
         }
     }

@@ -227,7 +227,7 @@ async fn fill(socket: &Path, keys: usize) -> anyhow::Result<()> {
                 for chunk in mine.chunks(FILL_BATCH) {
                     let admits = chunk.iter().map(|k| {
                         Request::Admit(AdmitRequest {
-                            agent: Some(format!("bench-{k}")),
+                            agent: Some(format!("bench-{k}").into()),
                             service: "bench".into(),
                             ..AdmitRequest::default()
                         })

@@ -333,17 +333,17 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
             let reply = client
                 .admit(AdmitRequest {
                     agent: None,
-                    service: service.unwrap_or_default(),
-                    route,
+                    service: service.unwrap_or_default().into(),
+                    route: route.map(Into::into),
                     attempt,
                     units,
                     cost,
-                    model,
+                    model: model.map(Into::into),
                     input_units: 0,
                     output_units: 0,
                     payload,
                     wait_ms,
-                    lease,
+                    lease: lease.map(Into::into),
                 })
                 .await?;
             render::admit(&reply, json);
@@ -374,14 +374,14 @@ async fn run(cli: Cli) -> anyhow::Result<Verdict> {
                 .await?
                 .report(ReportRequest {
                     reservation,
-                    service,
+                    service: service.map(Into::into),
                     outcome,
                     units,
                     latency_ms,
                     cost,
                     input_units: None,
                     output_units: None,
-                    idempotency_key: key,
+                    idempotency_key: key.map(Into::into),
                     agent: None,
                     retryable,
                     attempt,

@@ -20,7 +20,7 @@ async fn admit_many(client: &mut Client, prefix: &str, n: usize, cost: f64) -> V
         .map(|i| {
             Request::Admit(AdmitRequest {
                 service: "llm".into(),
-                agent: Some(format!("{prefix}-{i}")),
+                agent: Some(format!("{prefix}-{i}").into()),
                 cost: Some(cost),
                 ..Default::default()
             })

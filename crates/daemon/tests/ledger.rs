@@ -117,7 +117,7 @@ async fn a_charge_without_reservation_needs_a_key_and_counts_once() {
     let charge = |key: Option<&str>| ReportRequest {
         service: Some("llm".into()),
         cost: Some(0.25),
-        idempotency_key: key.map(str::to_owned),
+        idempotency_key: key.map(Into::into),
         ..Default::default()
     };
     match client.report(charge(None)).await {

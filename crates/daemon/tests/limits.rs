@@ -15,7 +15,7 @@ use crate::util::{eventually, InProcess};
 fn report(service: String) -> Request {
     Request::Report(ReportRequest {
         reservation: None,
-        service: Some(service),
+        service: Some(service.into()),
         outcome: Outcome::Success,
         units: None,
         latency_ms: None,

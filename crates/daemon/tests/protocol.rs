@@ -216,7 +216,7 @@ async fn invalid_arguments_are_typed_errors_that_change_nothing() {
         }),
         Request::Admit(AdmitRequest {
             agent: None,
-            service: String::new(),
+            service: "".into(),
             units: 1,
             ..Default::default()
         }),

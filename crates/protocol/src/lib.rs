@@ -10,6 +10,7 @@ pub mod handshake;
 pub mod message;
 pub mod names;
 pub mod paths;
+pub mod text;
 
 /// bincode's error, as the encoding functions return it (a frame too large for its
 /// limit is `EncodeErrorKind::SizeLimit`).
@@ -20,3 +21,4 @@ pub use frame::{
 };
 pub use handshake::{Hello, PeerIdentity, Welcome, MAX_HELLO_LEN, PROTOCOL_VERSION};
 pub use message::*;
+pub use text::Text;

@@ -10,6 +10,18 @@
 use serde::{Deserialize, Serialize};
 
 use super::handshake::{Hello, Welcome};
+use super::text::Text;
+
+/// A name a request carries (agent, service, model, lease, route, idempotency
+/// key): up to 24 bytes in place, longer on the heap. Decoded from a frame, a
+/// short name costs no allocation (`deserialize_str` lends the bytes and
+/// `CompactString` copies them in place); on the wire it is a plain string.
+/// Made from a `&str` or a `String` with `.into()`.
+pub type Name = compact_str::CompactString;
+
+/// The votes of an admission: the usual one or two in place. On the wire the
+/// same bytes as a `Vec` (u64 count, then the votes); `.into()` from a `Vec`.
+pub type Votes = smallvec::SmallVec<[Vote; 2]>;
 
 /// Everything a client may send.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,8 +41,13 @@ impl ClientFrame {
 }
 
 /// Everything the daemon may send.
+///
+/// A `Reply` is a few hundred bytes because an admission's votes are held in
+/// place (`Votes`); boxing it would be the heap allocation per reply that holding
+/// them in place avoids, so the size difference between variants is accepted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[allow(clippy::large_enum_variant)]
 pub enum ServerFrame {
     Welcome(Welcome),
     Reply(ReplyEnvelope),
@@ -176,11 +193,11 @@ pub struct Pong {
 pub struct AdmitRequest {
     /// Agent the call is made for; `None` means the session's agent.
     #[serde(default)]
-    pub agent: Option<String>,
+    pub agent: Option<Name>,
     /// The upstream service (breakers are per service; limits may be). Empty when
     /// `route` names a route instead.
     #[serde(default)]
-    pub service: String,
+    pub service: Name,
     /// Weight of the call for rate limits and quotas counted in units (e.g.
     /// estimated tokens); those counted in requests take 1. Must be at least 1.
     #[serde(default = "one")]
@@ -191,7 +208,7 @@ pub struct AdmitRequest {
     pub cost: Option<f64>,
     /// Selects the price entry `"service/model"` before the service's own.
     #[serde(default)]
-    pub model: Option<String>,
+    pub model: Option<Name>,
     /// Estimated input and output units, priced per input/output unit.
     #[serde(default)]
     pub input_units: u32,
@@ -213,12 +230,12 @@ pub struct AdmitRequest {
     /// A lease the call needs: denied while another session holds it; when free,
     /// the admission holds it until reported (with the lease's default TTL).
     #[serde(default)]
-    pub lease: Option<String>,
+    pub lease: Option<Name>,
     /// A route (a chain of services in the config) to admit against instead of
     /// `service`: the first service of the chain that would be admitted is, and
     /// the reply's `service` names it.
     #[serde(default)]
-    pub route: Option<String>,
+    pub route: Option<Name>,
 }
 
 /// A text for the content scanner: the body of a `Check`, or an `Admit`'s payload.
@@ -285,7 +302,13 @@ pub struct AdmitReply {
     /// When denied: how long until the same request can succeed, if it ever can.
     pub retry_after_ms: Option<u64>,
     /// Every guard that looked at the call, in the order they ran.
-    pub votes: Vec<Vote>,
+    #[cfg_attr(
+        test,
+        proptest(
+            strategy = "proptest::strategy::Strategy::prop_map(proptest::collection::vec(proptest::prelude::any::<Vote>(), 0..4), Votes::from_vec)"
+        )
+    )]
+    pub votes: Votes,
     /// The estimate reserved against the budgets, in USD (when allowed).
     pub cost: Option<f64>,
     /// The service the admission was decided for: the one a route chose, or
@@ -296,9 +319,10 @@ pub struct AdmitReply {
 /// One guard's opinion on an admission.
 ///
 /// On the wire both texts are plain strings. In memory the rule is shared with
-/// the daemon's rule (an `Arc` clone, not a copy) and a fixed reason is a
-/// `&'static str`: every admission carries a vote per guard, and copying their
-/// texts was the largest part of building a reply.
+/// the daemon's rule (an `Arc` clone, not a copy) and the reason is a [`Text`]:
+/// a fixed reason is a `&'static str`, a formatted one ("1 of burst 100
+/// taken") is held in place. Every admission carries a vote per guard, and
+/// copying or allocating their texts was the largest part of building a reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Vote {
@@ -316,10 +340,10 @@ pub struct Vote {
     #[cfg_attr(
         test,
         proptest(
-            strategy = "proptest::strategy::Strategy::prop_map(proptest::prelude::any::<String>(), std::borrow::Cow::Owned)"
+            strategy = "proptest::strategy::Strategy::prop_map(proptest::prelude::any::<String>(), |s| Text::from(s.as_str()))"
         )
     )]
-    pub reason: std::borrow::Cow<'static, str>,
+    pub reason: Text,
     pub retry_after_ms: Option<u64>,
 }
 
@@ -387,7 +411,7 @@ pub struct ReportRequest {
     pub reservation: Option<u64>,
     /// The service, for an outcome without a reservation.
     #[serde(default)]
-    pub service: Option<String>,
+    pub service: Option<Name>,
     pub outcome: Outcome,
     /// Units actually used; fewer than admitted gives the difference back to
     /// unit-counted rate limits, more takes the excess.
@@ -409,10 +433,10 @@ pub struct ReportRequest {
     /// acknowledged and counted once, across reconnects and restarts. Defaults to
     /// the reservation id; required for a charge without a reservation.
     #[serde(default)]
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<Name>,
     /// The agent a charge without reservation is made for (default: the session's).
     #[serde(default)]
-    pub agent: Option<String>,
+    pub agent: Option<Name>,
     /// The failure may succeed if tried again (a timeout, a 429 or 5xx): the reply
     /// then carries retry advice.
     #[serde(default)]
@@ -855,7 +879,7 @@ impl Default for AdmitRequest {
     fn default() -> Self {
         AdmitRequest {
             agent: None,
-            service: String::new(),
+            service: Name::default(),
             units: 1,
             cost: None,
             model: None,

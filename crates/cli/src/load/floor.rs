@@ -157,7 +157,7 @@ impl Replies {
             rule: rule.into(),
             allow: true,
             shadow: false,
-            reason: reason.to_owned().into(),
+            reason: reason.into(),
             retry_after_ms: None,
         };
         Ok(Replies {
@@ -184,10 +184,11 @@ impl Replies {
                 rule: None,
                 reason: None,
                 retry_after_ms: None,
-                votes: vec![
+                votes: [
                     vote(GuardKind::Breaker, "bench", "circuit closed"),
                     vote(GuardKind::Rate, "bench", "1 of burst 100000000 taken"),
-                ],
+                ]
+                .into(),
                 cost: Some(0.0),
                 service: None,
             }))?,

@@ -176,9 +176,9 @@ impl Frames {
         let admits = (0..ask.keys.max(1))
             .map(|k| {
                 request(Request::Admit(AdmitRequest {
-                    agent: Some(format!("bench-{k}")),
-                    service: ask.service.clone(),
-                    lease: ask.lease.clone(),
+                    agent: Some(format!("bench-{k}").into()),
+                    service: ask.service.as_str().into(),
+                    lease: ask.lease.as_deref().map(Into::into),
                     ..AdmitRequest::default()
                 }))
             })
@@ -455,7 +455,7 @@ mod tests {
                     rule: None,
                     reason: None,
                     retry_after_ms: None,
-                    votes: Vec::new(),
+                    votes: Default::default(),
                     cost: None,
                     service: None,
                 }),

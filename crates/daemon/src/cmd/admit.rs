@@ -32,11 +32,12 @@ use crate::guard::concurrency::Wake;
 use crate::guard::content::Scanned;
 use crate::money::Usd;
 use crate::names::{check_name, shown};
-use crate::protocol::{AdmitReply, AdmitRequest, ErrorReply, GuardKind, Response, Vote};
+use crate::protocol::{AdmitReply, AdmitRequest, ErrorReply, GuardKind, Response, Vote, Votes};
 use crate::state::{Limit, Session, State};
 
 /// Who asked, as the decision and its log line need it; owned, because with a
-/// payload the decision is made in a future, after the scan.
+/// payload the decision is made in a future, after the scan. The agent's name
+/// is a `Name`: a short one is copied in place, not onto the heap.
 struct Asker {
     session: u64,
     /// The session's own name unless the request names another: shared, not copied.
@@ -412,7 +413,7 @@ fn record(decision: &Decision) {
 /// The wire form of a decision: the engine's typed votes become text here,
 /// after the engine lock was released.
 fn into_reply(decision: Decision) -> AdmitReply {
-    let votes: Vec<Vote> = decision
+    let votes: Votes = decision
         .votes
         .iter()
         .map(|v| Vote {
@@ -439,10 +440,10 @@ fn into_reply(decision: Decision) -> AdmitReply {
         }
         let mut reason = v.reason.to_string();
         for (service, vote) in &decision.skipped {
-            reason.push_str(&format!(
-                "; {service} skipped: {}",
-                reason_text(&vote.reason)
-            ));
+            reason.push_str("; ");
+            reason.push_str(service);
+            reason.push_str(" skipped: ");
+            reason.push_str(&reason_text(&vote.reason));
         }
         reason
     });

@@ -39,6 +39,10 @@ use crate::store::StoreError;
 pub type ReplyFuture = Pin<Box<dyn Future<Output = Response> + Send + 'static>>;
 
 /// The answer to a request: now, or once the ledger has made it durable.
+///
+/// `Ready` is large (an admission's votes are held in place, `protocol::Votes`)
+/// and not boxed: most replies are ready, and a box would be an allocation each.
+#[allow(clippy::large_enum_variant)]
 pub enum Reply {
     Ready(Response),
     Pending(ReplyFuture),

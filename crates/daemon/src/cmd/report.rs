@@ -7,7 +7,7 @@ use super::{dollars, invalid, log_transition, unavailable, Reply};
 use crate::admission::{Moment, Outcome, Reporting, Settlement};
 use crate::guard::retry::{Advice, Why};
 use crate::names::{check_name, shown};
-use crate::protocol::{ErrorReply, ReportReply, ReportRequest, Response, RetryAdvice};
+use crate::protocol::{ErrorReply, Name, ReportReply, ReportRequest, Response, RetryAdvice};
 use crate::state::{Session, State};
 
 /// Longest idempotency key, in bytes.
@@ -75,6 +75,8 @@ fn start(
         attempt: req.attempt,
         upstream_after: req.retry_after_ms.map(Duration::from_millis),
     };
+    // The admission keeps the key (in the reservation, then the ledger).
+    let key = req.idempotency_key.map(Name::into_string);
     let admission = state.admission();
     let result = match (req.reservation, req.service.as_deref()) {
         (Some(id), None) => {
@@ -87,7 +89,7 @@ fn start(
                     || state.access().check_agent(&session.peer, owner).is_ok()
                     || state.is_admin(&session.peer)
             };
-            let result = admission.report_by(id, may_settle, req.idempotency_key, outcome, now);
+            let result = admission.report_by(id, may_settle, key, outcome, now);
             if let Err(crate::admission::AdmissionError::NotOwner { owner, .. }) = &result {
                 let peer = &session.peer;
                 log::warn!(
@@ -107,7 +109,7 @@ fn start(
                 }
             }
             check_name(agent).map_err(|e| invalid(format!("agent name {} {e}", shown(agent))))?;
-            admission.report_unreserved(agent, service, req.idempotency_key, outcome, now)
+            admission.report_unreserved(agent, service, key, outcome, now)
         }
         (Some(_), Some(_)) => {
             return Err(invalid("give either reservation (for an admitted call) or service (for a call made without admission), not both",

@@ -106,7 +106,7 @@ fn route(
         .map(|(service, vote)| RouteSkip {
             service: service.clone(),
             guard: vote.guard,
-            reason: reason_text(&vote.reason).into_owned(),
+            reason: reason_text(&vote.reason).into_string(),
             retry_after_ms: vote.retry_after.map(millis_up),
         })
         .collect();

@@ -2,27 +2,37 @@
 //! duration whole milliseconds. Shared by `admit` and `route`, which both turn
 //! the engine's typed votes into replies.
 
-use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::admission::Reason;
+use crate::protocol::Text;
 
-/// A vote's reason as text: a fixed reason is not copied, and the reasons an
-/// allowed admission carries with numbers (rate cells taken, calls in flight)
-/// are built without the `fmt` machinery, which cost more than the checks.
-pub(super) fn reason_text(reason: &Reason) -> Cow<'static, str> {
+/// A vote's reason as text, without a heap allocation for the usual ones: a
+/// fixed reason is referred to, not copied; the reasons an allowed admission
+/// carries with numbers (rate cells taken, calls in flight) are built in place
+/// (at most 36 bytes, within `Text::INLINE`) and without the `fmt` machinery,
+/// which cost more than the checks. Other reasons go through `Display`, still
+/// in place when short.
+pub(super) fn reason_text(reason: &Reason) -> Text {
     match reason {
-        Reason::Burst { taken, burst } => Cow::Owned(taken_of_burst(*taken, *burst)),
-        Reason::Fixed(text) => Cow::Borrowed(text),
-        Reason::InFlight { n, max } => Cow::Owned(in_flight_of(*n, *max)),
-        other => Cow::Owned(other.to_string()),
+        Reason::Burst { taken, burst } => taken_of_burst(*taken, *burst),
+        Reason::Fixed(text) => Text::fixed(text),
+        Reason::InFlight { n, max } => in_flight_of(*n, *max),
+        other => {
+            let mut text = Text::new();
+            // Writing into a `Text` cannot fail; only a `Display` that reports
+            // an error could, and then the text is what was written.
+            let _ = write!(text, "{other}");
+            text
+        }
     }
 }
 
 /// "`taken` of burst `burst` taken", without `format!`.
-fn taken_of_burst(taken: u32, burst: u32) -> String {
+fn taken_of_burst(taken: u32, burst: u32) -> Text {
     let mut numbers = itoa::Buffer::new();
-    let mut reason = String::with_capacity(40);
+    let mut reason = Text::new();
     reason.push_str(numbers.format(taken));
     reason.push_str(" of burst ");
     reason.push_str(numbers.format(burst));
@@ -31,9 +41,9 @@ fn taken_of_burst(taken: u32, burst: u32) -> String {
 }
 
 /// "`n` of `max` in flight", without `format!`.
-fn in_flight_of(n: u32, max: u32) -> String {
+fn in_flight_of(n: u32, max: u32) -> Text {
     let mut numbers = itoa::Buffer::new();
-    let mut reason = String::with_capacity(32);
+    let mut reason = Text::new();
     reason.push_str(numbers.format(n));
     reason.push_str(" of ");
     reason.push_str(numbers.format(max));
@@ -52,16 +62,17 @@ mod tests {
 
     #[test]
     fn the_allowed_rate_reason_reads_as_the_display_form() {
-        for (taken, burst) in [(1, 100), (u32::MAX, 7)] {
-            assert_eq!(
-                taken_of_burst(taken, burst),
-                Reason::Burst { taken, burst }.to_string()
-            );
+        for (taken, burst) in [(1, 100), (u32::MAX, 7), (u32::MAX, u32::MAX)] {
+            let text = taken_of_burst(taken, burst);
+            assert_eq!(text, Reason::Burst { taken, burst }.to_string().as_str());
+            assert!(!text.is_heap_allocated(), "{text:?} is on the heap");
         }
+        let most = in_flight_of(u32::MAX, u32::MAX);
+        assert!(!most.is_heap_allocated(), "{most:?} is on the heap");
         assert_eq!(taken_of_burst(1, 100), "1 of burst 100 taken");
         assert_eq!(
             in_flight_of(3, 4),
-            Reason::InFlight { n: 3, max: 4 }.to_string()
+            Reason::InFlight { n: 3, max: 4 }.to_string().as_str()
         );
     }
 }

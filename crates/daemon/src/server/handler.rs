@@ -288,7 +288,7 @@ impl Handler {
             Some(Some(ready)) => Some(ready),
             _ => None,
         };
-        if !self.write(first, next_ready).await {
+        if !self.write(&first, next_ready).await {
             return Flow::Close;
         }
         self.last_active = coarse_now();
@@ -298,7 +298,7 @@ impl Handler {
     /// [`replies::write`] on this connection.
     async fn write(
         &mut self,
-        first: ServerFrame,
+        first: &ServerFrame,
         more: impl FnMut(&mut ReplyQueue) -> Option<ServerFrame>,
     ) -> bool {
         replies::write(
@@ -402,7 +402,7 @@ impl Handler {
         match reply {
             // Nothing queued ahead of it: write it now, without the queue.
             Queued::Ready(Some(frame)) if self.replies.is_empty() => {
-                if !self.write(frame, |_| None).await {
+                if !self.write(&frame, |_| None).await {
                     return Flow::Close;
                 }
             }

@@ -27,7 +27,9 @@ pub(super) const MAX_IN_FLIGHT: usize = 256;
 type PendingFrame = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
 
 /// A reply in the connection's queue: ready (most are: only what waits for the
-/// ledger is not), or still pending. Ready ones cost no allocation of their own.
+/// ledger is not), or still pending. Ready ones cost no allocation of their own
+/// (hence the large variant, not boxed).
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Queued {
     /// Taken when polled; `None` after that.
     Ready(Option<ServerFrame>),
@@ -102,22 +104,14 @@ pub(super) async fn write(
     state: &State,
     session: &Session,
     idle: Duration,
-    first: ServerFrame,
+    first: &ServerFrame,
     in_flight: &mut ReplyQueue,
     mut more: impl FnMut(&mut ReplyQueue) -> Option<ServerFrame>,
 ) -> bool {
     let write_ready = async {
-        let mut next = Some(first);
-        while let Some(frame) = next.take() {
-            if let Err(WriteError::TooLarge) = conn.feed_frame(&frame).await {
-                state.counters().hit(Limit::ReplyTooLarge);
-                log::info!(
-                    session = session.id, peer_uid = session.peer.uid, peer_pid = session.peer.pid;
-                    "session {}: a reply exceeded {MAX_FRAME_LEN} bytes; answered with frame_too_large errors", session.id
-                );
-                conn.feed_frame(&fit(frame)).await?;
-            }
-            next = more(in_flight);
+        feed(conn, state, session, first).await?;
+        while let Some(frame) = more(in_flight) {
+            feed(conn, state, session, &frame).await?;
         }
         conn.flush_unless_busy().await.map_err(WriteError::Io)
     };
@@ -145,12 +139,33 @@ pub(super) async fn write(
     }
 }
 
+/// Queues one reply frame, encoded from where it lies: a reply is a few hundred
+/// bytes (an admission's votes are held in place), and every move of it on the
+/// way to the socket was a copy. One that would not fit in a frame is answered
+/// with errors instead ([`fit`]).
+async fn feed(
+    conn: &mut Connection,
+    state: &State,
+    session: &Session,
+    frame: &ServerFrame,
+) -> Result<(), WriteError> {
+    if let Err(WriteError::TooLarge) = conn.feed_frame(frame).await {
+        state.counters().hit(Limit::ReplyTooLarge);
+        log::info!(
+            session = session.id, peer_uid = session.peer.uid, peer_pid = session.peer.pid;
+            "session {}: a reply exceeded {MAX_FRAME_LEN} bytes; answered with frame_too_large errors", session.id
+        );
+        conn.feed_frame(&fit(frame)).await?;
+    }
+    Ok(())
+}
+
 /// Makes a reply that did not fit in a frame fit, by answering its largest
 /// responses with `FrameTooLarge` errors instead. The requests were carried out;
 /// only their answers are lost (the large ones are the read-only `status` and
 /// `breakers` with thousands of services; an admission's reservation stays held by
 /// the session until it is reported or the connection closes).
-fn fit(reply: ServerFrame) -> ServerFrame {
+fn fit(reply: &ServerFrame) -> ServerFrame {
     let too_large = |id: u64| {
         Response::Error(ErrorReply::new(
             ErrorCode::FrameTooLarge,
@@ -162,7 +177,8 @@ fn fit(reply: ServerFrame) -> ServerFrame {
             id: envelope.id,
             response: too_large(envelope.id),
         }),
-        ServerFrame::Batch(mut replies) => {
+        ServerFrame::Batch(replies) => {
+            let mut replies = replies.clone();
             // The frame variant and the vector's length prefix.
             let overhead = 4 + 8;
             let sizes: Vec<u64> = replies
@@ -183,7 +199,7 @@ fn fit(reply: ServerFrame) -> ServerFrame {
             }
             ServerFrame::Batch(replies)
         }
-        other => other,
+        other => other.clone(),
     }
 }
 
@@ -244,7 +260,7 @@ mod tests {
         ];
         let frame = ServerFrame::Batch(replies);
         assert!(encoded_len(&frame).is_err(), "the test reply must not fit");
-        let fitted = fit(frame);
+        let fitted = fit(&frame);
         assert!(encoded_len(&fitted).is_ok(), "it fits now");
         let ServerFrame::Batch(replies) = fitted else {
             panic!("still a batch");

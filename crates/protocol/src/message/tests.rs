@@ -656,3 +656,115 @@ mod the_document {
         out
     }
 }
+
+/// Issue 15: a request's names up to 24 bytes decode into place, without a heap
+/// allocation per name; longer ones still decode (onto the heap).
+#[test]
+fn short_names_decode_without_a_heap_allocation() {
+    let long = "a-service-name-longer-than-24-bytes";
+    let admit = ClientFrame::Request(Envelope {
+        id: 1,
+        request: Request::Admit(AdmitRequest {
+            agent: Some("bench-0".into()),
+            service: "x".repeat(24).into(),
+            model: Some(String::from(long).into()),
+            lease: Some("nightly-import".into()),
+            route: Some("chat".into()),
+            ..AdmitRequest::default()
+        }),
+    });
+    let Ok(ClientFrame::Request(Envelope {
+        request: Request::Admit(req),
+        ..
+    })) = decode_client_frame(&encode(&admit).unwrap())
+    else {
+        panic!("an admit decodes as one");
+    };
+    assert_eq!(req.service, "x".repeat(24));
+    for short in [
+        Some(&req.service),
+        req.agent.as_ref(),
+        req.lease.as_ref(),
+        req.route.as_ref(),
+    ] {
+        let short = short.expect("given");
+        assert!(!short.is_heap_allocated(), "{short:?} is on the heap");
+    }
+    let model = req.model.expect("given");
+    assert_eq!(model, long);
+    assert!(model.is_heap_allocated());
+
+    let report = ClientFrame::Request(Envelope {
+        id: 2,
+        request: Request::Report(ReportRequest {
+            service: Some("openai".into()),
+            idempotency_key: Some("reservation:4294967297".into()),
+            agent: Some("bench-1".into()),
+            ..ReportRequest::default()
+        }),
+    });
+    let Ok(ClientFrame::Request(Envelope {
+        request: Request::Report(req),
+        ..
+    })) = decode_client_frame(&encode(&report).unwrap())
+    else {
+        panic!("a report decodes as one");
+    };
+    for short in [&req.service, &req.idempotency_key, &req.agent] {
+        let short = short.as_ref().expect("given");
+        assert!(!short.is_heap_allocated(), "{short:?} is on the heap");
+    }
+}
+
+/// The votes of a reply (a `SmallVec` of votes with `Text` reasons) are the
+/// bytes a `Vec` of votes with `String` texts was, and the usual two votes with
+/// their formatted reasons decode in place.
+#[test]
+fn votes_encode_as_a_vec_of_strings_and_two_decode_in_place() {
+    #[derive(Serialize)]
+    struct StringVote {
+        guard: GuardKind,
+        rule: String,
+        allow: bool,
+        shadow: bool,
+        reason: String,
+        retry_after_ms: Option<u64>,
+    }
+    let texts = [
+        ("open", "1 of burst 100000000 taken"),
+        ("openai", "closed"),
+        ("daily", &"long ".repeat(20)),
+    ];
+    for n in 0..=texts.len() {
+        let votes: Votes = texts[..n]
+            .iter()
+            .map(|&(rule, reason)| Vote {
+                guard: GuardKind::Rate,
+                rule: rule.into(),
+                allow: true,
+                shadow: false,
+                reason: reason.into(),
+                retry_after_ms: Some(3),
+            })
+            .collect();
+        let strings: Vec<StringVote> = texts[..n]
+            .iter()
+            .map(|&(rule, reason)| StringVote {
+                guard: GuardKind::Rate,
+                rule: rule.into(),
+                allow: true,
+                shadow: false,
+                reason: reason.into(),
+                retry_after_ms: Some(3),
+            })
+            .collect();
+        let bytes = encode(&votes).unwrap();
+        assert_eq!(bytes, encode(&strings).unwrap(), "{n} votes");
+        let back: Votes = decode(&bytes).unwrap();
+        assert_eq!(back, votes);
+        assert_eq!(back.spilled(), n > 2, "{n} votes");
+        for vote in back.iter().take(2) {
+            assert!(!vote.reason.is_heap_allocated(), "{:?}", vote.reason);
+        }
+    }
+}
