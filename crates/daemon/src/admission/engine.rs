@@ -21,6 +21,7 @@ use crate::guard::quota::QuotaDenial;
 use crate::guard::retry::{Advice, Ask, BreakerView};
 use crate::guard::{Call, Checked, GuardKind, Keep, Report, Settled, Taken, TakenList, Verdict};
 use crate::money::Usd;
+use crate::protocol::Name;
 use crate::store::{Entry, Outcome as LedgerOutcome, StoreError};
 
 use super::reservation::{hold, holds_money};
@@ -235,7 +236,7 @@ impl Engine {
                 uid: Some(caller.uid),
                 settle_alone: false,
                 orphaned_at: None,
-                agent: Arc::clone(caller.agent),
+                agent: Name::from(caller.agent),
                 service: name,
                 model: plan.model.map(str::to_owned),
                 units: plan.units.get(),

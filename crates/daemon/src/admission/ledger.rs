@@ -12,6 +12,7 @@ use crate::guard::display_key;
 use crate::guard::quota::Counter;
 use crate::guard::Taken;
 use crate::money::Usd;
+use crate::protocol::Name;
 use crate::store::{Entry, Outcome as LedgerOutcome, Snapshot};
 
 /// One budget as the `budget` request shows it.
@@ -131,7 +132,7 @@ impl Engine {
                     uid: None,
                     settle_alone: false,
                     orphaned_at: Some(now.mono),
-                    agent: Arc::from(stored.agent.as_str()),
+                    agent: Name::from(stored.agent.as_str()),
                     service: Arc::from(stored.service.as_str()),
                     model: stored.model.clone(),
                     units: 1,

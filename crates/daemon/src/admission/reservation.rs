@@ -11,6 +11,8 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+
+use crate::protocol::Name;
 use std::time::Duration;
 
 use super::pipeline::BUDGET_STAGE;
@@ -33,8 +35,10 @@ pub(super) struct Reservation {
     /// batch back): it is settled alone from now on.
     pub(super) settle_alone: bool,
     pub(super) orphaned_at: Option<Duration>,
-    /// Shared with the session (or the service's breaker): no copy per admission.
-    pub(super) agent: Arc<str>,
+    /// Kept inline (up to 24 bytes), so an agent named per request costs no
+    /// allocation either.
+    pub(super) agent: Name,
+    /// Shared with the service's breaker: no copy per admission.
     pub(super) service: Arc<str>,
     pub(super) model: Option<String>,
     pub(super) units: u32,

@@ -74,11 +74,9 @@ fn failure(retryable: bool) -> Outcome {
 }
 
 fn caller(session: u64) -> Caller<'static> {
-    static AGENT: std::sync::LazyLock<std::sync::Arc<str>> =
-        std::sync::LazyLock::new(|| "a".into());
     Caller {
         session,
-        agent: &AGENT,
+        agent: "a",
         pid: 0,
         uid: 0,
     }

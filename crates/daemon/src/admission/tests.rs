@@ -103,11 +103,10 @@ impl Fixture {
         agent: &str,
         plan: Plan<'_>,
     ) -> Result<Decision, String> {
-        let agent: std::sync::Arc<str> = agent.into();
         let caller = Caller {
             session,
             uid,
-            agent: &agent,
+            agent,
             pid: 0,
         };
         let admitted = self

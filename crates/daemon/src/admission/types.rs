@@ -16,8 +16,7 @@ pub struct Caller<'a> {
     /// The connection's kernel uid: open reservations are capped per uid, and
     /// a lease's holder is named by it.
     pub uid: u32,
-    /// Shared, so a reservation holds the name without copying it.
-    pub agent: &'a Arc<str>,
+    pub agent: &'a str,
     /// The peer's pid (from the kernel), to name a lease's holder.
     pub pid: u32,
 }

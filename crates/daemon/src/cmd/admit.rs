@@ -32,7 +32,9 @@ use crate::guard::concurrency::Wake;
 use crate::guard::content::Scanned;
 use crate::money::Usd;
 use crate::names::{check_name, shown};
-use crate::protocol::{AdmitReply, AdmitRequest, ErrorReply, GuardKind, Response, Vote, Votes};
+use crate::protocol::{
+    AdmitReply, AdmitRequest, ErrorReply, GuardKind, Name, Response, Vote, Votes,
+};
 use crate::state::{Limit, Session, State};
 
 /// Who asked, as the decision and its log line need it; owned, because with a
@@ -40,8 +42,9 @@ use crate::state::{Limit, Session, State};
 /// is a `Name`: a short one is copied in place, not onto the heap.
 struct Asker {
     session: u64,
-    /// The session's own name unless the request names another: shared, not copied.
-    agent: Arc<str>,
+    /// The session's own name unless the request names another (inline up to
+    /// 24 bytes).
+    agent: Name,
     peer_uid: u32,
     peer_pid: i32,
 }

@@ -31,7 +31,7 @@ use crate::alerts::Alert;
 use crate::clock::Moment;
 use crate::guard::breaker::Phase;
 use crate::money::Usd;
-use crate::protocol::{BreakerState, ErrorCode, ErrorReply, Request, Response};
+use crate::protocol::{BreakerState, ErrorCode, ErrorReply, Name, Request, Response};
 use crate::state::{Limit, Session, State};
 use crate::store::StoreError;
 
@@ -180,8 +180,9 @@ fn dollars(field: &str, value: f64) -> Result<Usd, ErrorReply> {
 /// The fields `admit` and `route` share, checked alike: the agent the call is
 /// for (a per-request agent must pass the same `[[agents]]` binding as the
 /// handshake's, or the override would be a way around it), the model's name,
-/// `units` ≥ 1 and the cost estimate. The agent comes back shared: the
-/// session's own name is not copied.
+/// `units` ≥ 1 and the cost estimate. The agent comes back as a [`Name`],
+/// inline up to 24 bytes: no allocation, whether it is the session's or the
+/// request's.
 fn call_fields(
     state: &State,
     session: &Session,
@@ -189,7 +190,7 @@ fn call_fields(
     model: Option<&str>,
     units: u32,
     cost: Option<f64>,
-) -> Result<(std::sync::Arc<str>, std::num::NonZeroU32, Option<Usd>), ErrorReply> {
+) -> Result<(Name, std::num::NonZeroU32, Option<Usd>), ErrorReply> {
     let name = agent.unwrap_or(&session.agent);
     crate::names::check_name(name)
         .map_err(|e| invalid(format!("agent name {} {e}", crate::names::shown(name))))?;
@@ -205,11 +206,7 @@ fn call_fields(
     let units = std::num::NonZeroU32::new(units)
         .ok_or_else(|| invalid("units must be at least 1, got 0"))?;
     let cost = cost.map(|c| dollars("cost", c)).transpose()?;
-    let name = match agent {
-        Some(name) => std::sync::Arc::from(name),
-        None => std::sync::Arc::clone(&session.agent),
-    };
-    Ok((name, units, cost))
+    Ok((Name::from(name), units, cost))
 }
 
 fn invalid(message: impl Into<String>) -> ErrorReply {
