@@ -619,16 +619,14 @@ impl Engine {
     }
 
     pub(super) fn forget_session_link(&mut self, id: u64, session: u64) {
+        // An emptied set is kept (with its room) until the session ends: a
+        // connection that admits and reports one call at a time would
+        // otherwise allocate a new one per admission.
         if let Some(ids) = self.by_session.get_mut(&session) {
             ids.remove(&id);
-            if ids.is_empty() {
-                self.by_session.remove(&session);
-            }
         }
     }
 
-    /// Makes sure `service` has its breaker and its retry budget (created on
-    /// first use, with their settings from the config).
     /// Makes sure `service` is known and has its breaker and retry state;
     /// its name, shared by every reservation made against it.
     pub(super) fn service(&mut self, service: &str) -> Result<Arc<str>, AdmissionError> {
