@@ -64,6 +64,25 @@ pub struct Hot {
     /// Waits for a bulkhead permit that ended admitted (or refused by another
     /// guard), and that timed out.
     waits: [metrics::Counter; 2],
+    /// Denials by rate limit and by bulkhead, labelled by the rule's name.
+    rate_limit_hits: ByRule,
+    bulkhead_denials: ByRule,
+}
+
+/// A counter per rule name, registered with the recorder at the rule's first
+/// denial and looked up by name after that: registering builds the label and
+/// its key (three allocations and the registry's own lookup), which a client
+/// hammering a limit it exceeds would otherwise pay on every request.
+struct ByRule {
+    name: &'static str,
+    label: &'static str,
+    counters: std::sync::RwLock<
+        std::collections::HashMap<
+            std::sync::Arc<str>,
+            metrics::Counter,
+            foldhash::fast::RandomState,
+        >,
+    >,
 }
 
 /// Outcomes of a guard's vote, as the `outcome` label says them.
@@ -97,6 +116,8 @@ pub fn hot() -> &'static Hot {
                 .collect(),
             waits: ["served", "timed_out"]
                 .map(|outcome| metrics::counter!(BULKHEAD_WAITS, "outcome" => outcome)),
+            rate_limit_hits: ByRule::new(RATE_LIMIT_HITS, "rule"),
+            bulkhead_denials: ByRule::new(BULKHEAD_DENIALS, "bulkhead"),
         }
     })
 }
@@ -126,6 +147,45 @@ impl Hot {
     /// time ran out.
     pub fn waited(&self, served: bool) {
         self.waits[usize::from(!served)].increment(1);
+    }
+
+    /// The rate limit `rule` denied a call.
+    pub fn rate_limit_hit(&self, rule: &std::sync::Arc<str>) {
+        self.rate_limit_hits.increment(rule);
+    }
+
+    /// The bulkhead `rule` denied a call.
+    pub fn bulkhead_denial(&self, rule: &std::sync::Arc<str>) {
+        self.bulkhead_denials.increment(rule);
+    }
+}
+
+impl ByRule {
+    fn new(name: &'static str, label: &'static str) -> ByRule {
+        ByRule {
+            name,
+            label,
+            counters: std::sync::RwLock::default(),
+        }
+    }
+
+    fn increment(&self, rule: &std::sync::Arc<str>) {
+        use std::sync::PoisonError;
+        if let Some(counter) = self
+            .counters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(rule)
+        {
+            counter.increment(1);
+            return;
+        }
+        let counter = metrics::counter!(self.name, self.label => String::from(&**rule));
+        counter.increment(1);
+        self.counters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(std::sync::Arc::clone(rule), counter);
     }
 }
 

@@ -403,12 +403,10 @@ fn record(decision: &Decision) {
         };
         hot.decision(vote.guard.index(), outcome);
         if !vote.allow && vote.guard == GuardKind::Rate {
-            metrics::counter!(crate::metrics::RATE_LIMIT_HITS, "rule" => String::from(&*vote.rule))
-                .increment(1);
+            hot.rate_limit_hit(&vote.rule);
         }
         if !vote.allow && vote.guard == GuardKind::Concurrency {
-            metrics::counter!(crate::metrics::BULKHEAD_DENIALS, "bulkhead" => String::from(&*vote.rule))
-                .increment(1);
+            hot.bulkhead_denial(&vote.rule);
         }
     }
 }

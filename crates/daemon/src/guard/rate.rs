@@ -93,7 +93,7 @@ const NO_BUCKET: u64 = u64::MAX;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RateDenial {
     /// Not now: the bucket is short; the same request fits after `retry_after`.
-    #[error("rate limit of {rate} per {per:?} (burst {burst}) exceeded")]
+    #[error("rate limit of {rate} per {} (burst {burst}) exceeded", Per(*per))]
     NotUntil {
         rate: u32,
         per: Duration,
@@ -103,6 +103,28 @@ pub enum RateDenial {
     /// Never: the request asks for more cells than the bucket can ever hold.
     #[error("a weight of {asked} can never pass a limit with burst {burst}; split the call or raise the burst")]
     Never { asked: u32, burst: u32 },
+}
+
+/// A rule's period as `Duration`'s `Debug` writes it ("1s", "3600s", "100ms"),
+/// without its general formatting for the usual whole seconds or milliseconds:
+/// every denial's reason names it, and a client hammering a limit it exceeds
+/// must not cost more per request than one that is let through.
+struct Per(Duration);
+
+impl std::fmt::Display for Per {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (secs, nanos) = (self.0.as_secs(), self.0.subsec_nanos());
+        let mut digits = itoa::Buffer::new();
+        if nanos == 0 {
+            f.write_str(digits.format(secs))?;
+            f.write_str("s")
+        } else if secs == 0 && nanos % 1_000_000 == 0 {
+            f.write_str(digits.format(nanos / 1_000_000))?;
+            f.write_str("ms")
+        } else {
+            write!(f, "{:?}", self.0)
+        }
+    }
 }
 
 /// The keyed GCRA state: theoretical arrival time per key, in nanoseconds since the

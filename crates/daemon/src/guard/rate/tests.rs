@@ -244,3 +244,16 @@ fn bucket_keys_are_the_scope_keys_built_in_place() {
     let held: Held = smallvec::smallvec![(Arc::new(rule), cells)];
     assert!(!crate::guard::stash(held).is_heap());
 }
+
+#[test]
+fn a_denial_names_its_period_as_duration_debug_does() {
+    for per in [
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+        Duration::from_millis(100),
+        Duration::from_millis(1500),
+        Duration::from_micros(250),
+    ] {
+        assert_eq!(Per(per).to_string(), format!("{per:?}"));
+    }
+}
