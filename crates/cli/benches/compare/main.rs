@@ -1,6 +1,8 @@
 //! The comparison run of issue 6: the floor (socket and codec alone), the daemon,
 //! and Redis doing a GCRA check in Lua, under the same closed-loop load, plus the
-//! daemon with durable budget enforcement, memory and start-up time.
+//! daemon with durable budget enforcement, the daemon with a bulkhead and a lease
+//! (`--only guards`: one connection, as a lease is one holder's), memory and
+//! start-up time.
 //!
 //! ```sh
 //! crates/cli/benches/install-redis                # Debian's redis-server, if absent
@@ -44,12 +46,28 @@ const BUDGET: &str = "[daemon]\nmax_connections_per_uid = 1024\n\
 [[rate_limits]]\nname = \"open\"\nrate = 100000000\nburst = 100000000\n\
 [budget]\nlimit = 1000000.0\n";
 
+/// The no-budget daemon plus a bulkhead and the active-agent cap, for cells
+/// whose admissions also name a lease (issue 11: a bulkhead and a lease may
+/// cost at most 10 % more). Limits that never deny, so every admission takes
+/// a permit, counts its agent and holds the lease until its report.
+const GUARDS: &str = "[daemon]\nmax_connections_per_uid = 1024\n\
+[services.bench]\n\
+[[rate_limits]]\nname = \"open\"\nrate = 100000000\nburst = 100000000\n\
+[[bulkheads]]\nname = \"llm\"\nscope = \"service\"\nmax_in_flight = 100000\n\
+[concurrency]\nmax_active_agents = 1000\n\
+[budget]\nenabled = false\n";
+
+/// The lease every admission of a guards cell names. A lease is held by one
+/// connection at a time, so the guards cells run on one connection.
+const LEASE: &str = "bench";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Target {
     Floor,
     Daemon,
     Redis,
     Budget,
+    Guards,
 }
 
 impl Target {
@@ -59,6 +77,7 @@ impl Target {
             Target::Daemon => "daemon",
             Target::Redis => "redis",
             Target::Budget => "daemon+budget",
+            Target::Guards => "daemon+bulkhead+lease",
         }
     }
 }
@@ -91,7 +110,7 @@ impl Options {
                 "--reps" => options.reps = args.next().context("--reps N")?.parse()?,
                 "--secs" => options.secs = args.next().context("--secs S")?.parse()?,
                 other => anyhow::bail!(
-                    "unknown argument {other:?}; use --quick, --only floor,daemon,redis,budget,memory, --reps N, --secs S"
+                    "unknown argument {other:?}; use --quick, --only floor,daemon,redis,budget,guards,memory, --reps N, --secs S"
                 ),
             }
         }
@@ -141,6 +160,10 @@ fn main() -> anyhow::Result<()> {
         .wants("budget")
         .then(|| Daemon::start(BUDGET))
         .transpose()?;
+    let guards = options
+        .wants("guards")
+        .then(|| Daemon::start(GUARDS))
+        .transpose()?;
     // None when redis-server is not installed: the table shows "—".
     let redis = if options.wants("redis") {
         redis::RedisServer::start()?
@@ -187,13 +210,22 @@ fn main() -> anyhow::Result<()> {
                         .or_default()
                         .push(summary);
                 }
+                // Bulkhead and lease cells on one connection (see LEASE).
+                if let (Some(guards), 1) = (&guards, c) {
+                    let summary =
+                        runtime.block_on(cell(&guards.socket, load(c, p), Target::Guards))?;
+                    figures
+                        .entry((c, p, Target::Guards))
+                        .or_default()
+                        .push(summary);
+                }
             }
         }
         eprintln!("repetition {} of {} done", rep + 1, options.reps);
     }
     print!("{}", table(&figures, connections, pipelines));
     // Daemons and servers of the table stop first, so they cost no memory or CPU.
-    drop((floor, daemon, budget, redis));
+    drop((floor, daemon, budget, guards, redis));
     if options.wants("memory") {
         let (keys, starts) = if options.quick {
             (20_000, 2)
@@ -214,7 +246,7 @@ async fn cell(socket: &Path, load: Load, target: Target) -> anyhow::Result<Figur
         service: "bench".into(),
         keys: 1,
         agent: "bench".into(),
-        lease: None,
+        lease: (target == Target::Guards).then(|| LEASE.to_owned()),
     });
     let frames = Arc::new(Frames::new(&ask)?);
     let tally = load_gen::run(&load, |index, window| {
@@ -304,6 +336,30 @@ fn table(
             ))
         })
         .collect();
+    let guard_rows: Vec<String> = pipelines
+        .iter()
+        .filter_map(|&p| {
+            let with = get(1, p, Target::Guards, |f| f.ops_per_sec)?;
+            let without = get(1, p, Target::Daemon, |f| f.ops_per_sec);
+            Some(format!(
+                "| 1 | {p} | {} | {} | {} | {} | {} |\n",
+                fmt(Some(with)),
+                fmt(without),
+                ratio(Some(with), without),
+                us(get(1, p, Target::Guards, |f| f.p50_us)),
+                us(get(1, p, Target::Daemon, |f| f.p50_us)),
+            ))
+        })
+        .collect();
+    if !guard_rows.is_empty() {
+        out.push_str(
+            "\na bulkhead, the active-agent cap and a lease vs none (the lease is one connection's)\n\n\
+             | conns | pipeline | with | without | ratio | p50 with µs | p50 without µs |\n|---|---|---|---|---|---|---|\n",
+        );
+        for row in guard_rows {
+            out.push_str(&row);
+        }
+    }
     if !budget_rows.is_empty() {
         out.push_str(
             "\nbudget enforcement with durable group commit vs none\n\n\
