@@ -287,7 +287,8 @@ impl Checked {
     /// (bulkheads and leases add three), so the list grows on the heap once.
     pub fn vote(&mut self, vote: Vote) {
         if self.votes.len() == self.votes.inline_size() {
-            self.votes.reserve_exact(8 - self.votes.len());
+            self.votes
+                .reserve_exact(8_usize.saturating_sub(self.votes.len()));
         }
         self.votes.push(vote);
     }

@@ -151,6 +151,23 @@ std::thread_local! {
 #[derive(Debug, Clone)]
 struct CallClock(SharedClock);
 
+/// [`CALL_NOW`] set for as long as this lives, cleared however the check
+/// ends (a panic included), so a later purge on the thread reads the clock.
+struct CallNow;
+
+impl CallNow {
+    fn set(now: Duration) -> CallNow {
+        CALL_NOW.with(|call_now| call_now.set(Some(now)));
+        CallNow
+    }
+}
+
+impl Drop for CallNow {
+    fn drop(&mut self) {
+        CALL_NOW.with(|call_now| call_now.set(None));
+    }
+}
+
 impl governor::clock::Clock for CallClock {
     type Instant = Duration;
 
@@ -263,9 +280,10 @@ impl RateRule {
     ) -> Result<Cells, RateDenial> {
         let key = key.into();
         FOUND.with(|found| found.set(None));
-        CALL_NOW.with(|call_now| call_now.set(Some(now)));
-        let checked = self.limiter.check_key_n(&key, n);
-        CALL_NOW.with(|call_now| call_now.set(None));
+        let checked = {
+            let _now = CallNow::set(now);
+            self.limiter.check_key_n(&key, n)
+        };
         match checked {
             Ok(Ok(())) => Ok(Cells {
                 key,
