@@ -2,10 +2,10 @@
 //! the whole admission (every guard, one lock), on a manual clock and a real
 //! ledger in a temp dir.
 
-use std::num::NonZeroU32;
 use std::sync::Barrier;
 use std::time::Duration;
 
+use super::tests::{outcome, plan};
 use super::*;
 use crate::clock::{Clock, ManualClock};
 use crate::guard::breaker::Phase;
@@ -43,33 +43,10 @@ fn fixture(toml: &str) -> Fixture {
     }
 }
 
-fn plan(service: &str) -> Plan<'_> {
-    Plan {
-        service,
-        units: NonZeroU32::MIN,
-        input_units: 0,
-        output_units: 0,
-        cost: None,
-        model: None,
-        content: None,
-        attempt: 1,
-        route: None,
-        lease: None,
-        wait: None,
-    }
-}
-
 fn failure(retryable: bool) -> Outcome {
     Outcome {
-        failure: true,
-        units: None,
-        input_units: None,
-        output_units: None,
-        cost: None,
-        latency: None,
         retryable,
-        attempt: None,
-        upstream_after: None,
+        ..outcome(true)
     }
 }
 

@@ -47,7 +47,8 @@ fn fixture(toml: &str) -> Fixture {
     }
 }
 
-fn plan(service: &str) -> Plan<'_> {
+/// A plain call to `service` (shared with `retry_route_tests.rs`).
+pub(super) fn plan(service: &str) -> Plan<'_> {
     Plan {
         service,
         units: NonZeroU32::MIN,
@@ -63,7 +64,8 @@ fn plan(service: &str) -> Plan<'_> {
     }
 }
 
-fn outcome(failure: bool) -> Outcome {
+/// An outcome with nothing but `failure` (shared with `retry_route_tests.rs`).
+pub(super) fn outcome(failure: bool) -> Outcome {
     Outcome {
         failure,
         units: None,
