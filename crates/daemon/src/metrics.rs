@@ -49,6 +49,8 @@ pub const LEASES_HELD: &str = "automation_framework_leases_held";
 pub const STORE_UP: &str = "automation_framework_store_up";
 pub const STORE_COMMIT_DURATION: &str = "automation_framework_store_commit_duration_seconds";
 pub const STORE_COMMIT_JOBS: &str = "automation_framework_store_commit_jobs";
+pub const STORE_SYNC_DURATION: &str = "automation_framework_store_sync_duration_seconds";
+pub const STORE_SYNC_JOBS: &str = "automation_framework_store_sync_jobs";
 pub const BUDGET_CLOCK_STEPS_BACK: &str = "automation_framework_budget_clock_steps_back_total";
 
 /// Handles of the metrics every request touches, registered once: looking a
@@ -201,7 +203,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)?
         .set_buckets_for_metric(
-            Matcher::Full(STORE_COMMIT_JOBS.into()),
+            Matcher::Suffix("_jobs".into()),
             &[
                 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0,
             ],
@@ -355,5 +357,15 @@ fn describe() {
         STORE_COMMIT_JOBS,
         Unit::Count,
         "Jobs (reservations, charges, …) made durable by one group commit"
+    );
+    describe_histogram!(
+        STORE_SYNC_DURATION,
+        Unit::Seconds,
+        "Time of one fdatasync of the ledger's write-ahead log by the syncer thread, which charges, refunds and admin changes wait for"
+    );
+    describe_histogram!(
+        STORE_SYNC_JOBS,
+        Unit::Count,
+        "Jobs (charges, refunds, admin changes, durable quota counts) answered after one fsync"
     );
 }

@@ -229,11 +229,8 @@ fn checked_balance(
 }
 
 pub(super) fn is_charged(conn: &Connection, key: &str) -> rusqlite::Result<bool> {
-    conn.query_row("SELECT 1 FROM charges WHERE key = ?1", params![key], |_| {
-        Ok(())
-    })
-    .optional()
-    .map(|found| found.is_some())
+    conn.prepare_cached("SELECT 1 FROM charges WHERE key = ?1")?
+        .exists(params![key])
 }
 
 /// Applies one job's entries (inside its savepoint when it has several).

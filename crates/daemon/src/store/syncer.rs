@@ -41,7 +41,10 @@ impl Inner {
             self.set_syncing(true);
             let synced = wal.sync_data();
             self.set_syncing(false);
-            self.stats.record_sync(started.elapsed().as_micros());
+            let took = started.elapsed();
+            self.stats.record_sync(took.as_micros());
+            metrics::histogram!(crate::metrics::STORE_SYNC_DURATION).record(took.as_secs_f64());
+            metrics::histogram!(crate::metrics::STORE_SYNC_JOBS).record(waiting.len() as f64);
             // Synced into a file that was deleted meanwhile is not durable.
             let result = match synced {
                 Ok(()) => self.check_identity(),
