@@ -561,24 +561,28 @@ impl Engine {
         charged: Option<Usd>,
         now: Moment,
     ) -> Settlement {
-        let mut reservation = self
+        let report = report_of(outcome, now);
+        let pipeline = self.guards.stages();
+        // Settled where it lies (`Reservations::close_with`): no copy of it.
+        let (session, service, attempt, settled) = self
             .reservations
-            .remove(&id)
+            .close_with(&id, |reservation| {
+                let mut settled = Settled::default();
+                for t in &mut reservation.taken {
+                    pipeline[t.guard].settle(&mut *t.what, &report, &mut settled);
+                }
+                let service = Arc::clone(&reservation.service);
+                (reservation.session, service, reservation.attempt, settled)
+            })
             .expect("caller checked the reservation exists");
-        if let Some(session) = reservation.session {
+        if let Some(session) = session {
             self.forget_session_link(id, session);
         }
         self.recently_closed.insert(id, Closed::Reported);
-        let report = report_of(outcome, now);
-        let mut settled = Settled::default();
-        let pipeline = self.guards.stages();
-        for t in &mut reservation.taken {
-            pipeline[t.guard].settle(&mut *t.what, &report, &mut settled);
-        }
-        let mut settlement = settlement(&reservation.service, settled, charged);
-        settlement.advice = self.advise(&reservation.service, outcome, reservation.attempt, now);
+        let mut settlement = settlement(&service, settled, charged);
+        settlement.advice = self.advise(&service, outcome, attempt, now);
         if settlement.advice.is_some() {
-            settlement.advised_service = reservation.service.to_string();
+            settlement.advised_service = service.to_string();
         }
         settlement
     }

@@ -5,9 +5,11 @@
 //! in O(1); and the bounded memory of recently closed ones that tells a repeated
 //! report from an unknown one.
 //!
-//! Memory: an open reservation costs about 700 bytes (the map slot with what
-//! each guard took kept inline, the shared names), an orphan the same; the
-//! caps' defaults (8,192 per uid, 32,768 in all) keep the table under 24 MiB.
+//! Memory: an open reservation costs about 700 bytes (its slot, with what each
+//! guard took kept inline, and the shared names), an orphan the same; the caps'
+//! defaults (8,192 per uid, 32,768 in all) keep the table under 24 MiB. Slots
+//! are reused, not given back: the table keeps the room of its busiest moment,
+//! as a hash map does.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -61,9 +63,17 @@ pub(super) enum Stage {
 }
 
 /// The open reservations by id, with how many each uid holds.
+///
+/// A reservation lives in one slot from its admission to its close and is
+/// closed where it lies ([`Reservations::close_with`]): at ~700 bytes, each
+/// move of it in and out of a hash map's buckets was a copy, four of them per
+/// admit and report. The map holds only where each one is.
 #[derive(Default)]
 pub(super) struct Reservations {
-    by_id: FastMap<u64, Reservation>,
+    by_id: FastMap<u64, u32>,
+    slots: Vec<Option<Reservation>>,
+    /// Slots free for reuse.
+    vacant: Vec<u32>,
     per_uid: FastMap<u32, usize>,
 }
 
@@ -86,18 +96,54 @@ pub(super) struct RecentlyClosed {
 impl Reservations {
     pub(super) fn insert(&mut self, id: u64, reservation: Reservation) {
         let uid = reservation.uid;
-        if let Some(old) = self.by_id.insert(id, reservation) {
-            self.uncount(old.uid);
+        if let Some(old) = self.remove(&id) {
+            drop(old); // ids are never reused within an epoch; defensive
         }
+        let slot = match self.vacant.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(reservation);
+                slot
+            }
+            None => {
+                self.slots.push(Some(reservation));
+                u32::try_from(self.slots.len() - 1).expect("at most daemon.max_reservations slots")
+            }
+        };
+        self.by_id.insert(id, slot);
         if let Some(uid) = uid {
             *self.per_uid.entry(uid).or_default() += 1;
         }
     }
 
+    /// Takes a reservation out of the table.
     pub(super) fn remove(&mut self, id: &u64) -> Option<Reservation> {
-        let reservation = self.by_id.remove(id)?;
+        let slot = self.by_id.remove(id)?;
+        let reservation = self.slots[slot as usize]
+            .take()
+            .expect("an indexed slot holds its reservation");
+        self.vacant.push(slot);
         self.uncount(reservation.uid);
         Some(reservation)
+    }
+
+    /// Runs `close` on a reservation where it lies, then drops it there: the
+    /// usual end of a reservation, without moving it.
+    pub(super) fn close_with<R>(
+        &mut self,
+        id: &u64,
+        close: impl FnOnce(&mut Reservation) -> R,
+    ) -> Option<R> {
+        let slot = self.by_id.remove(id)?;
+        let held = &mut self.slots[slot as usize];
+        let reservation = held
+            .as_mut()
+            .expect("an indexed slot holds its reservation");
+        let uid = reservation.uid;
+        let closed = close(reservation);
+        *held = None;
+        self.vacant.push(slot);
+        self.uncount(uid);
+        Some(closed)
     }
 
     fn uncount(&mut self, uid: Option<u32>) {
@@ -111,7 +157,8 @@ impl Reservations {
     }
 
     pub(super) fn get_mut(&mut self, id: &u64) -> Option<&mut Reservation> {
-        self.by_id.get_mut(id)
+        let slot = *self.by_id.get(id)?;
+        self.slots[slot as usize].as_mut()
     }
 
     pub(super) fn contains_key(&self, id: &u64) -> bool {
@@ -128,11 +175,15 @@ impl Reservations {
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (&u64, &Reservation)> {
-        self.by_id.iter()
+        self.by_id.iter().filter_map(|(id, &slot)| {
+            self.slots[slot as usize]
+                .as_ref()
+                .map(|reservation| (id, reservation))
+        })
     }
 
     pub(super) fn values(&self) -> impl Iterator<Item = &Reservation> {
-        self.by_id.values()
+        self.slots.iter().flatten()
     }
 }
 
@@ -174,4 +225,55 @@ pub(super) fn hold(reservation: &Reservation) -> Option<&Hold> {
 /// $0 estimate) is released.
 pub(super) fn holds_money(reservation: &Reservation) -> bool {
     hold(reservation).is_some_and(|h| h.estimate > Usd::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reservation(uid: u32) -> Reservation {
+        Reservation {
+            session: Some(1),
+            uid: Some(uid),
+            settle_alone: false,
+            orphaned_at: None,
+            agent: Name::from("a"),
+            service: Arc::from("svc"),
+            model: None,
+            units: 1,
+            input_units: 0,
+            output_units: 0,
+            attempt: 1,
+            taken: TakenList::new(),
+            stage: Stage::Open,
+        }
+    }
+
+    #[test]
+    fn a_closed_slot_is_reused_and_the_counts_follow() {
+        let mut table = Reservations::default();
+        table.insert(10, reservation(7));
+        table.insert(11, reservation(7));
+        table.insert(12, reservation(8));
+        assert_eq!((table.len(), table.held_by(7), table.held_by(8)), (3, 2, 1));
+
+        let attempt = table.close_with(&11, |r| r.attempt);
+        assert_eq!(attempt, Some(1));
+        assert_eq!(table.close_with(&11, |r| r.attempt), None, "closed once");
+        assert_eq!((table.len(), table.held_by(7)), (2, 1));
+        assert_eq!(table.values().count(), 2, "the closed slot holds nothing");
+
+        table.insert(13, reservation(7));
+        assert_eq!(table.slots.len(), 3, "the freed slot was reused");
+        assert!(table.get_mut(&13).is_some() && table.contains_key(&10));
+        let mut ids: Vec<u64> = table.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [10, 12, 13]);
+
+        assert!(table.remove(&10).is_some());
+        assert!(table.remove(&12).is_some());
+        assert!(table.remove(&13).is_some());
+        assert_eq!((table.len(), table.held_by(7), table.held_by(8)), (0, 0, 0));
+        assert!(table.per_uid.is_empty());
+    }
 }
