@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The moment a request is decided at: monotonic time for intervals, wall time
 /// (Unix seconds) for calendar periods. Read once per request.
@@ -27,10 +27,12 @@ pub trait Clock: Send + Sync + 'static {
     fn unix(&self) -> u64;
 }
 
-/// The process's monotonic clock (`CLOCK_MONOTONIC` via `std::time::Instant`).
+/// The process's monotonic clock (`CLOCK_MONOTONIC`, the clock of
+/// `std::time::Instant` and tokio's timers), as time since the daemon started.
 #[derive(Debug, Clone, Copy)]
 pub struct SystemClock {
-    epoch: Instant,
+    /// `CLOCK_MONOTONIC` at start, in nanoseconds.
+    epoch: u64,
 }
 
 /// A clock that moves only when told to; for tests. Its wall time starts at
@@ -63,7 +65,7 @@ impl Moment {
 impl SystemClock {
     pub fn new() -> SystemClock {
         SystemClock {
-            epoch: Instant::now(),
+            epoch: monotonic_nanos(),
         }
     }
 }
@@ -75,8 +77,11 @@ impl Default for SystemClock {
 }
 
 impl Clock for SystemClock {
+    /// Read twice per request (its moment, then its duration): plain
+    /// nanoseconds, without `Instant::elapsed`'s normalising subtraction, cost
+    /// half as much.
     fn now(&self) -> Duration {
-        self.epoch.elapsed()
+        Duration::from_nanos(monotonic_nanos().saturating_sub(self.epoch))
     }
 
     /// The coarse wall clock (`CLOCK_REALTIME_COARSE`, the time of the last
@@ -89,6 +94,17 @@ impl Clock for SystemClock {
             .and_then(|t| u64::try_from(t.tv_sec()).ok())
             .unwrap_or(0)
     }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (u64 nanoseconds last 584 years of uptime).
+fn monotonic_nanos() -> u64 {
+    use nix::time::{clock_gettime, ClockId};
+    // Never fails for CLOCK_MONOTONIC on Linux; 0 would read as the epoch.
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        let secs = u64::try_from(t.tv_sec()).unwrap_or(0);
+        let nanos = u64::try_from(t.tv_nsec()).unwrap_or(0);
+        secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+    })
 }
 
 // === impl ManualClock ===
