@@ -14,7 +14,10 @@
 //! machine underneath keeps its state while forced.
 
 use std::any::Any;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use hashbrown::hash_map::EntryRef;
+use hashbrown::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -477,13 +480,16 @@ impl Breakers {
         service: &str,
         config: impl FnOnce(usize) -> Result<BreakerConfig, E>,
     ) -> Result<(&Arc<str>, &mut Breaker), E> {
-        if !self.by_service.contains_key(service) {
-            let breaker = Breaker::new(config(self.by_service.len())?);
-            let service: Arc<str> = Arc::from(service);
-            self.by_service
-                .insert(Arc::clone(&service), Named { service, breaker });
-        }
-        let named = self.by_service.get_mut(service).expect("inserted above");
+        // One lookup, and the name is copied only for a new service.
+        let existing = self.by_service.len();
+        let named = match self.by_service.entry_ref(service) {
+            EntryRef::Occupied(named) => named.into_mut(),
+            EntryRef::Vacant(vacant) => {
+                let breaker = Breaker::new(config(existing)?);
+                let service: Arc<str> = Arc::from(service);
+                vacant.insert_with_key(Arc::clone(&service), Named { service, breaker })
+            }
+        };
         Ok((&named.service, &mut named.breaker))
     }
 

@@ -23,7 +23,10 @@
 
 use std::any::Any;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use hashbrown::hash_map::EntryRef;
+use hashbrown::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -247,12 +250,15 @@ impl Retries {
         service: &str,
         config: impl FnOnce() -> RetryConfig,
     ) -> &mut ServiceRetries {
-        if !self.by_service.contains_key(service) {
-            let service: Arc<str> = Arc::from(service);
-            let budget = ServiceRetries::new(Arc::clone(&service), config());
-            self.by_service.insert(service, budget);
+        // One lookup, and the name is copied only for a new service.
+        match self.by_service.entry_ref(service) {
+            EntryRef::Occupied(budget) => budget.into_mut(),
+            EntryRef::Vacant(vacant) => {
+                let service: Arc<str> = Arc::from(service);
+                let budget = ServiceRetries::new(Arc::clone(&service), config());
+                vacant.insert_with_key(service, budget)
+            }
         }
-        self.by_service.get_mut(service).expect("inserted above")
     }
 
     pub fn get(&self, service: &str) -> Option<&ServiceRetries> {
