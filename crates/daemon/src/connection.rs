@@ -5,6 +5,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
+use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use tokio::net::UnixStream;
@@ -118,11 +119,33 @@ impl Connection {
     /// # Errors
     /// A [`ReadError`]; after `TooLarge`, `Truncated` or `Io` the stream is unusable.
     pub async fn read_frame(&mut self) -> Result<Option<ClientFrame>, ReadError> {
+        match self.read_body().await? {
+            None => Ok(None),
+            Some(body) => Ok(Some(Self::decode(&body)?)),
+        }
+    }
+
+    /// Reads the next frame's body, to be decoded with [`Self::decode`] where
+    /// it is answered: a decoded request (a few hundred bytes) returned
+    /// through the connection's future is copied at every step on the way.
+    /// Cancel-safe, as [`Self::read_frame`].
+    ///
+    /// # Errors
+    /// As [`Self::read_frame`], decoding aside.
+    pub async fn read_body(&mut self) -> Result<Option<BytesMut>, ReadError> {
         match self.framed.next().await {
             None => Ok(None),
-            Some(Ok(body)) => Ok(Some(decode_client_frame(&body)?)),
+            Some(Ok(body)) => Ok(Some(body)),
             Some(Err(err)) => Err(classify(err, self.framed.codec().max_frame_length())),
         }
+    }
+
+    /// Decodes a body [`Self::read_body`] returned.
+    ///
+    /// # Errors
+    /// [`ReadError::Decode`].
+    pub fn decode(body: &[u8]) -> Result<ClientFrame, ReadError> {
+        Ok(decode_client_frame(body)?)
     }
 
     /// Queues a frame without flushing (the codec flushes by itself when its
@@ -132,11 +155,36 @@ impl Connection {
     /// [`WriteError::TooLarge`] before anything is written, when the frame does not
     /// fit in [`MAX_FRAME_LEN`]; socket write errors.
     pub async fn feed_frame(&mut self, frame: &ServerFrame) -> Result<(), WriteError> {
-        // What `Framed::feed` does first: past the boundary, write out before adding.
-        if self.framed.write_buffer().len() >= self.framed.backpressure_boundary() {
+        self.make_room().await?;
+        self.encode_frame(frame)
+    }
+
+    /// What `Framed::feed` does first: past the backpressure boundary, writes
+    /// out what is queued before more is added.
+    ///
+    /// # Errors
+    /// Socket write errors.
+    pub async fn make_room(&mut self) -> io::Result<()> {
+        if self.needs_room() {
             SinkExt::<bytes::Bytes>::flush(&mut self.framed).await?;
         }
-        // Encoded straight into the socket's write buffer, length prefix included.
+        Ok(())
+    }
+
+    /// Is the write buffer past its backpressure boundary?
+    pub fn needs_room(&self) -> bool {
+        self.framed.write_buffer().len() >= self.framed.backpressure_boundary()
+    }
+
+    /// Encodes a frame straight into the socket's write buffer, length prefix
+    /// included, without waiting: a reply encoded before any `.await` is not
+    /// kept (and copied) in the connection's future. Call [`Self::make_room`]
+    /// first.
+    ///
+    /// # Errors
+    /// [`WriteError::TooLarge`] before anything is written, when the frame does
+    /// not fit in [`MAX_FRAME_LEN`].
+    pub fn encode_frame<F: serde::Serialize>(&mut self, frame: &F) -> Result<(), WriteError> {
         encode_frame_into(self.framed.write_buffer_mut(), frame).map_err(|err| match *err {
             crate::protocol::EncodeErrorKind::SizeLimit => WriteError::TooLarge,
             _ => WriteError::Io(io::Error::new(io::ErrorKind::InvalidInput, err)),

@@ -270,6 +270,38 @@ async fn a_client_that_never_reads_is_disconnected_after_the_idle_timeout() {
     firehose.abort();
 }
 
+/// The same with single requests, whose ready replies are encoded the moment
+/// they are decided: once the write buffer is full, making room for the next
+/// reply waits under the idle timeout too, so the deaf client is still cut off.
+#[tokio::test]
+async fn a_client_that_never_reads_single_replies_is_disconnected_after_the_idle_timeout() {
+    let daemon = Daemon::start("[daemon]\nidle_timeout = \"500ms\"\n");
+    let mut raw = daemon.raw().await;
+    raw.hello("deaf").await;
+    // Sends until the daemon hangs up: the connection stays open until then.
+    let firehose = tokio::spawn(async move {
+        for id in 0.. {
+            let frame = ClientFrame::Request(Envelope {
+                id,
+                request: Request::Ping,
+            });
+            if !raw.try_send(&frame).await {
+                break;
+            }
+        }
+    });
+    let mut probe = daemon.client("probe").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while probe.status().await.unwrap().connections != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deaf client was never disconnected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    firehose.abort();
+}
+
 /// Thousands of single requests pipelined and never read: the daemon answers into
 /// the socket until the kernel's buffers are full, then stops reading this client
 /// (backpressure). Its memory does not grow with the number of requests sent.

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures_util::stream::StreamExt;
 use futures_util::FutureExt;
 use tokio::net::UnixStream;
@@ -19,10 +20,11 @@ use super::handshake::{self, Refusal};
 use super::replies::{self, answer, unknown_request, Queued, ReplyQueue, MAX_IN_FLIGHT};
 use super::slots::{PerUid, UidSlot};
 use super::{close, refuse};
+use crate::cmd;
 use crate::connection::{Connection, ReadError, WriteError};
 use crate::protocol::{
-    ClientFrame, DecodeError, ErrorCode, PeerIdentity, ServerFrame, Welcome, MAX_FRAME_LEN,
-    MAX_HELLO_LEN, PROTOCOL_VERSION,
+    ClientFrame, DecodeError, Envelope, ErrorCode, PeerIdentity, ServerFrame, Welcome,
+    MAX_FRAME_LEN, MAX_HELLO_LEN, PROTOCOL_VERSION,
 };
 use crate::state::{Limit, Session, State};
 
@@ -199,12 +201,27 @@ struct Handler {
     last_active: Duration,
 }
 
-/// What woke the loop.
+/// What woke the loop. A reply that waited (for the ledger, or behind one
+/// that did) comes by value: boxing it would allocate per such reply.
+#[allow(clippy::large_enum_variant)]
 enum Event {
     ShuttingDown,
     Reply(ServerFrame),
     IdleTimer,
-    Read(Result<Option<ClientFrame>, ReadError>),
+    Read(Result<Option<BytesMut>, ReadError>),
+}
+
+/// What became of a frame's body ([`Handler::take`]).
+enum Took {
+    /// Queued behind replies still waiting, or waiting itself.
+    Queued,
+    /// Its reply is encoded; write it out.
+    Encoded,
+    /// The connection ends with this error frame.
+    Close(ErrorCode, String),
+    /// The body did not decode.
+    Unreadable(ReadError),
+    WriteFailed(WriteError),
 }
 
 /// Whether the connection goes on.
@@ -257,7 +274,7 @@ impl Handler {
                 _ = &mut cancelled, if !self.draining => Event::ShuttingDown,
                 Some(frame) = self.replies.next(), if !self.replies.is_empty() => Event::Reply(frame),
                 () = &mut idle_timer, if reading && self.replies.is_empty() => Event::IdleTimer,
-                read = self.conn.read_frame(), if reading => Event::Read(read),
+                read = self.conn.read_body(), if reading => Event::Read(read),
             };
             let flow = match event {
                 Event::ShuttingDown => {
@@ -288,7 +305,7 @@ impl Handler {
             Some(Some(ready)) => Some(ready),
             _ => None,
         };
-        if !self.write(&first, next_ready).await {
+        if !self.write(Some(&first), next_ready).await {
             return Flow::Close;
         }
         self.last_active = coarse_now();
@@ -298,7 +315,7 @@ impl Handler {
     /// [`replies::write`] on this connection.
     async fn write(
         &mut self,
-        first: &ServerFrame,
+        first: Option<&ServerFrame>,
         more: impl FnMut(&mut ReplyQueue) -> Option<ServerFrame>,
     ) -> bool {
         replies::write(
@@ -334,10 +351,10 @@ impl Handler {
 
     /// A read finished: a frame to answer, the end of the client's requests, or an
     /// error that ends the connection (an unknown request kind does not).
-    async fn read(&mut self, read: Result<Option<ClientFrame>, ReadError>) -> Flow {
+    async fn read(&mut self, read: Result<Option<BytesMut>, ReadError>) -> Flow {
         self.last_active = coarse_now();
         match read {
-            Ok(Some(frame)) => self.frame(frame).await,
+            Ok(Some(body)) => self.body(body).await,
             Ok(None) => {
                 // Gone for good: nobody will read the replies still waiting
                 // (an admission in a bulkhead's line would otherwise wait out
@@ -348,12 +365,18 @@ impl Handler {
                 self.eof = true;
                 Flow::Continue
             }
-            Err(ReadError::Decode(DecodeError::UnknownRequest { id, kind })) => {
+            Err(err) => self.unreadable(err).await,
+        }
+    }
+
+    async fn unreadable(&mut self, err: ReadError) -> Flow {
+        match err {
+            ReadError::Decode(DecodeError::UnknownRequest { id, kind }) => {
                 self.replies
                     .push_back(Queued::Ready(Some(unknown_request(id, kind))));
                 Flow::Continue
             }
-            Err(ReadError::Decode(DecodeError::VersionMismatch { .. })) => {
+            ReadError::Decode(DecodeError::VersionMismatch { .. }) => {
                 // Only a Hello carries a version; after the handshake this is garbage.
                 self.state.counters().hit(Limit::Malformed);
                 self.close(
@@ -363,17 +386,56 @@ impl Handler {
                 .await;
                 Flow::Close
             }
-            Err(err) => {
+            err => {
                 read_failed(&mut self.conn, &self.state, &self.session, err).await;
                 Flow::Close
             }
         }
     }
 
-    /// Decides the requests of `frame` now and writes or queues the reply.
-    async fn frame(&mut self, frame: ClientFrame) -> Flow {
+    /// Answers a frame's body, writing a ready reply at once when nothing is
+    /// queued ahead of it.
+    async fn body(&mut self, body: BytesMut) -> Flow {
+        if self.replies.is_empty()
+            && !replies::make_room(&mut self.conn, &self.state, &self.session, self.idle).await
+        {
+            return Flow::Close;
+        }
+        match self.take(&body) {
+            Took::Queued => Flow::Continue,
+            Took::Encoded => {
+                if self.write(None, |_| None).await {
+                    Flow::Continue
+                } else {
+                    Flow::Close
+                }
+            }
+            Took::Close(code, message) => {
+                self.close(code, message).await;
+                Flow::Close
+            }
+            Took::Unreadable(err) => self.unreadable(err).await,
+            Took::WriteFailed(err) => {
+                log::debug!(session = self.session.id; "session {}: write failed: {err}", self.session.id);
+                Flow::Close
+            }
+        }
+    }
+
+    /// Decodes a frame and decides its requests now; a ready reply with
+    /// nothing queued ahead of it is encoded into the write buffer, any other
+    /// is queued. Not async, and kept out of the connection's future on
+    /// purpose: a request or a reply (a few hundred bytes each) that passes
+    /// through an async function's body is copied in and out of the future's
+    /// state at each step — eight copies per request.
+    #[inline(never)]
+    fn take(&mut self, body: &[u8]) -> Took {
+        let frame = match Connection::decode(body) {
+            Ok(frame) => frame,
+            Err(err) => return Took::Unreadable(err),
+        };
         let max_batch = self.max_batch;
-        let reply = match frame {
+        match frame {
             // Refused whole, none of it run, and the connection closed: answering
             // each envelope could not fit in one reply frame (a 1 MiB batch holds
             // ~87,000 requests), and running part of it would leave the client
@@ -382,33 +444,55 @@ impl Handler {
                 let n_requests = envelopes.len();
                 drop(envelopes);
                 self.state.counters().hit(Limit::MaxBatch);
-                self.close(
+                Took::Close(
                     ErrorCode::InvalidArgument,
                     format!("a batch of {n_requests} requests exceeds daemon.max_batch = {max_batch}; none of it was run; send at most {max_batch} requests per batch"),
                 )
-                .await;
-                return Flow::Close;
             }
-            ClientFrame::Hello(_) => {
-                self.close(
-                    ErrorCode::HandshakeRequired,
-                    "a second Hello on one connection; the handshake happens once".into(),
-                )
-                .await;
-                return Flow::Close;
+            ClientFrame::Hello(_) => Took::Close(
+                ErrorCode::HandshakeRequired,
+                "a second Hello on one connection; the handshake happens once".into(),
+            ),
+            frame if !self.replies.is_empty() => {
+                // Behind replies still waiting: in line, whatever it is.
+                self.replies
+                    .push_back(answer(&self.state, &self.session, frame));
+                Took::Queued
             }
-            frame => answer(&self.state, &self.session, frame),
-        };
-        match reply {
-            // Nothing queued ahead of it: write it now, without the queue.
-            Queued::Ready(Some(frame)) if self.replies.is_empty() => {
-                if !self.write(&frame, |_| None).await {
-                    return Flow::Close;
+            ClientFrame::Request(Envelope { id, request }) => {
+                match cmd::dispatch(&self.state, &self.session, request) {
+                    cmd::Reply::Ready(response) => {
+                        let encoded = replies::encode_reply(
+                            &mut self.conn,
+                            &self.state,
+                            &self.session,
+                            id,
+                            &response,
+                        );
+                        match encoded {
+                            Ok(()) => Took::Encoded,
+                            Err(err) => Took::WriteFailed(err),
+                        }
+                    }
+                    cmd::Reply::Pending(future) => {
+                        self.replies.push_back(replies::pending(id, future));
+                        Took::Queued
+                    }
                 }
             }
-            reply => self.replies.push_back(reply),
+            frame => match answer(&self.state, &self.session, frame) {
+                Queued::Ready(Some(reply)) => {
+                    match replies::encode(&mut self.conn, &self.state, &self.session, &reply) {
+                        Ok(()) => Took::Encoded,
+                        Err(err) => Took::WriteFailed(err),
+                    }
+                }
+                pending => {
+                    self.replies.push_back(pending);
+                    Took::Queued
+                }
+            },
         }
-        Flow::Continue
     }
 
     async fn close(&mut self, code: ErrorCode, message: String) {

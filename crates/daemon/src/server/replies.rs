@@ -15,8 +15,8 @@ use futures_util::stream::FuturesOrdered;
 use crate::cmd;
 use crate::connection::{Connection, WriteError};
 use crate::protocol::{
-    encoded_len, ClientFrame, ErrorCode, ErrorReply, ReplyEnvelope, Response, ServerFrame,
-    MAX_FRAME_LEN, PROTOCOL_VERSION,
+    encoded_len, ClientFrame, ErrorCode, ErrorReply, ReplyEnvelope, ReplyRef, Response,
+    ServerFrame, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 use crate::state::{Limit, Session, State};
 
@@ -78,12 +78,7 @@ pub(super) fn answer(state: &State, session: &Session, frame: ClientFrame) -> Qu
                 cmd::Reply::Ready(response) => {
                     Queued::Ready(Some(ServerFrame::Reply(ReplyEnvelope { id, response })))
                 }
-                cmd::Reply::Pending(future) => Queued::Pending(Box::pin(async move {
-                    ServerFrame::Reply(ReplyEnvelope {
-                        id,
-                        response: future.await,
-                    })
-                })),
+                cmd::Reply::Pending(future) => pending(id, future),
             }
         }
         ClientFrame::Hello(_) => Queued::Ready(Some(ServerFrame::Error(ErrorReply::new(
@@ -93,34 +88,75 @@ pub(super) fn answer(state: &State, session: &Session, frame: ClientFrame) -> Qu
     }
 }
 
-/// Writes `first` and every further frame `more` hands out, then flushes unless
-/// another request is already buffered (its reply will follow, and one write can
-/// carry both). Returns false when the connection is to be closed: a write failed,
-/// or the client did not read its replies for the idle timeout (a client that stops
-/// reading gets backpressure, then is disconnected: it must not hold its slot
-/// forever).
+/// The reply to request `id`, when `future` has it.
+pub(super) fn pending(id: u64, future: cmd::ReplyFuture) -> Queued {
+    Queued::Pending(Box::pin(async move {
+        ServerFrame::Reply(ReplyEnvelope {
+            id,
+            response: future.await,
+        })
+    }))
+}
+
+/// Writes `first` (when there is one: a reply already encoded by [`encode`]
+/// has none) and every further frame `more` hands out, then flushes unless
+/// another request is already buffered (its reply will follow, and one write
+/// can carry both). Returns false when the connection is to be closed: a write
+/// failed, or the client did not read its replies for the idle timeout (a
+/// client that stops reading gets backpressure, then is disconnected: it must
+/// not hold its slot forever).
 pub(super) async fn write(
     conn: &mut Connection,
     state: &State,
     session: &Session,
     idle: Duration,
-    first: &ServerFrame,
+    first: Option<&ServerFrame>,
     in_flight: &mut ReplyQueue,
     mut more: impl FnMut(&mut ReplyQueue) -> Option<ServerFrame>,
 ) -> bool {
     let write_ready = async {
-        feed(conn, state, session, first).await?;
+        if let Some(first) = first {
+            feed(conn, state, session, first).await?;
+        }
         while let Some(frame) = more(in_flight) {
             feed(conn, state, session, &frame).await?;
         }
         conn.flush_unless_busy().await.map_err(WriteError::Io)
     };
+    within_idle(state, session, idle, write_ready).await
+}
+
+/// Writes out what is queued when the write buffer is past its boundary
+/// (before a reply is encoded into it), under the same idle timeout as every
+/// write. Returns false when the connection is to be closed.
+pub(super) async fn make_room(
+    conn: &mut Connection,
+    state: &State,
+    session: &Session,
+    idle: Duration,
+) -> bool {
+    if !conn.needs_room() {
+        return true;
+    }
+    let room = async { conn.make_room().await.map_err(WriteError::Io) };
+    within_idle(state, session, idle, room).await
+}
+
+/// Runs a write, giving up after `idle` (a client that stops reading gets
+/// backpressure, then is disconnected). False when the connection is to be
+/// closed.
+async fn within_idle(
+    state: &State,
+    session: &Session,
+    idle: Duration,
+    write: impl Future<Output = Result<(), WriteError>>,
+) -> bool {
     // Almost always the socket takes the bytes at once: try that before arming a
     // timer (building the timeout costs more than the write).
-    let mut write_ready = std::pin::pin!(write_ready);
-    let written = match futures_util::poll!(write_ready.as_mut()) {
+    let mut write = std::pin::pin!(write);
+    let written = match futures_util::poll!(write.as_mut()) {
         std::task::Poll::Ready(result) => Ok(result),
-        std::task::Poll::Pending => tokio::time::timeout(idle, write_ready).await,
+        std::task::Poll::Pending => tokio::time::timeout(idle, write).await,
     };
     match written {
         Ok(Ok(())) => true,
@@ -149,15 +185,61 @@ async fn feed(
     session: &Session,
     frame: &ServerFrame,
 ) -> Result<(), WriteError> {
-    if let Err(WriteError::TooLarge) = conn.feed_frame(frame).await {
+    conn.make_room().await.map_err(WriteError::Io)?;
+    encode(conn, state, session, frame)
+}
+
+/// [`feed`] without making room first (the caller did, with
+/// [`Connection::make_room`]): the usual reply, ready when it is decided, is
+/// encoded before the connection's future awaits anything, so it is never
+/// stored in (and copied through) that future.
+pub(super) fn encode(
+    conn: &mut Connection,
+    state: &State,
+    session: &Session,
+    frame: &ServerFrame,
+) -> Result<(), WriteError> {
+    if let Err(WriteError::TooLarge) = conn.encode_frame(frame) {
         state.counters().hit(Limit::ReplyTooLarge);
         log::info!(
             session = session.id, peer_uid = session.peer.uid, peer_pid = session.peer.pid;
             "session {}: a reply exceeded {MAX_FRAME_LEN} bytes; answered with frame_too_large errors", session.id
         );
-        conn.feed_frame(&fit(frame)).await?;
+        conn.encode_frame(&fit(frame))?;
     }
     Ok(())
+}
+
+/// Encodes the reply to request `id` from where it lies ([`ReplyRef`]), as
+/// [`encode`] does a frame: the usual reply, ready when it is decided, is not
+/// moved into a frame first.
+pub(super) fn encode_reply(
+    conn: &mut Connection,
+    state: &State,
+    session: &Session,
+    id: u64,
+    response: &Response,
+) -> Result<(), WriteError> {
+    if let Err(WriteError::TooLarge) = conn.encode_frame(&ReplyRef { id, response }) {
+        state.counters().hit(Limit::ReplyTooLarge);
+        log::info!(
+            session = session.id, peer_uid = session.peer.uid, peer_pid = session.peer.pid;
+            "session {}: a reply exceeded {MAX_FRAME_LEN} bytes; answered with a frame_too_large error", session.id
+        );
+        conn.encode_frame(&ServerFrame::Reply(ReplyEnvelope {
+            id,
+            response: too_large(id),
+        }))?;
+    }
+    Ok(())
+}
+
+/// The answer to request `id` when its reply does not fit in a frame.
+fn too_large(id: u64) -> Response {
+    Response::Error(ErrorReply::new(
+        ErrorCode::FrameTooLarge,
+        format!("the reply to request {id} does not fit in a {MAX_FRAME_LEN}-byte frame; it was carried out, but ask for less (e.g. breakers --service) or split the batch"),
+    ))
 }
 
 /// Makes a reply that did not fit in a frame fit, by answering its largest
@@ -166,12 +248,6 @@ async fn feed(
 /// `breakers` with thousands of services; an admission's reservation stays held by
 /// the session until it is reported or the connection closes).
 fn fit(reply: &ServerFrame) -> ServerFrame {
-    let too_large = |id: u64| {
-        Response::Error(ErrorReply::new(
-            ErrorCode::FrameTooLarge,
-            format!("the reply to request {id} does not fit in a {MAX_FRAME_LEN}-byte frame; it was carried out, but ask for less (e.g. breakers --service) or split the batch"),
-        ))
-    };
     match reply {
         ServerFrame::Reply(envelope) => ServerFrame::Reply(ReplyEnvelope {
             id: envelope.id,

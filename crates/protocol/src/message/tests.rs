@@ -98,6 +98,13 @@ proptest! {
     fn server_frames_round_trip(frame in any::<ServerFrame>()) {
         prop_assert_eq!(through_codec(&frame), frame);
     }
+
+    #[test]
+    fn a_borrowed_reply_encodes_as_the_owned_frame(id in any::<u64>(), response in any::<Response>()) {
+        let borrowed = encode(&ReplyRef { id, response: &response }).unwrap();
+        let owned = encode(&ServerFrame::Reply(ReplyEnvelope { id, response })).unwrap();
+        prop_assert_eq!(borrowed, owned);
+    }
 }
 
 #[test]
