@@ -396,7 +396,10 @@ impl Handler {
     /// Answers a frame's body, writing a ready reply at once when nothing is
     /// queued ahead of it.
     async fn body(&mut self, body: BytesMut) -> Flow {
+        // Checked here, not in `make_room`: an await on the usual path (room
+        // enough) costs the connection's future a state of its own.
         if self.replies.is_empty()
+            && self.conn.needs_room()
             && !replies::make_room(&mut self.conn, &self.state, &self.session, self.idle).await
         {
             return Flow::Close;

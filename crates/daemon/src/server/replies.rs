@@ -123,7 +123,7 @@ pub(super) async fn write(
         }
         conn.flush_unless_busy().await.map_err(WriteError::Io)
     };
-    within_idle(state, session, idle, write_ready).await
+    within_idle(state, session, idle, std::pin::pin!(write_ready)).await
 }
 
 /// Writes out what is queued when the write buffer is past its boundary
@@ -135,25 +135,22 @@ pub(super) async fn make_room(
     session: &Session,
     idle: Duration,
 ) -> bool {
-    if !conn.needs_room() {
-        return true;
-    }
     let room = async { conn.make_room().await.map_err(WriteError::Io) };
-    within_idle(state, session, idle, room).await
+    within_idle(state, session, idle, std::pin::pin!(room)).await
 }
 
 /// Runs a write, giving up after `idle` (a client that stops reading gets
 /// backpressure, then is disconnected). False when the connection is to be
-/// closed.
+/// closed. The write is pinned where the caller built it: moving a write's
+/// future (it holds the reply being written) was a copy per request.
 async fn within_idle(
     state: &State,
     session: &Session,
     idle: Duration,
-    write: impl Future<Output = Result<(), WriteError>>,
+    mut write: Pin<&mut impl Future<Output = Result<(), WriteError>>>,
 ) -> bool {
     // Almost always the socket takes the bytes at once: try that before arming a
     // timer (building the timeout costs more than the write).
-    let mut write = std::pin::pin!(write);
     let written = match futures_util::poll!(write.as_mut()) {
         std::task::Poll::Ready(result) => Ok(result),
         std::task::Poll::Pending => tokio::time::timeout(idle, write).await,
