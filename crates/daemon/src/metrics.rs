@@ -51,6 +51,8 @@ pub const STORE_COMMIT_DURATION: &str = "automation_framework_store_commit_durat
 pub const STORE_COMMIT_JOBS: &str = "automation_framework_store_commit_jobs";
 pub const STORE_SYNC_DURATION: &str = "automation_framework_store_sync_duration_seconds";
 pub const STORE_SYNC_JOBS: &str = "automation_framework_store_sync_jobs";
+pub const ENGINE_LOCK_WAITS: &str = "automation_framework_engine_lock_waits_total";
+pub const ENGINE_LOCK_WAITED: &str = "automation_framework_engine_lock_waited_seconds";
 pub const BUDGET_CLOCK_STEPS_BACK: &str = "automation_framework_budget_clock_steps_back_total";
 
 /// Handles of the metrics every request touches, registered once: looking a
@@ -342,6 +344,16 @@ fn describe() {
     describe_gauge!(
         STORE_UP,
         "1 when the ledger's last transaction succeeded, 0 when it is failing"
+    );
+    describe_counter!(
+        ENGINE_LOCK_WAITS,
+        Unit::Count,
+        "Times a request or a ledger completion found the admission engine's lock held and waited for it"
+    );
+    describe_gauge!(
+        ENGINE_LOCK_WAITED,
+        Unit::Seconds,
+        "Time spent waiting for the admission engine's lock since start, in all (a gauge that only grows: the exporter's counters are whole numbers); its rate near 0 means the one lock is not the bottleneck"
     );
     describe_counter!(
         BUDGET_CLOCK_STEPS_BACK,

@@ -105,6 +105,16 @@ async fn metrics_after_traffic_have_the_expected_series_and_values() {
         ),
         "latency is a histogram with buckets"
     );
+    // Whether the one engine lock is contended: present from the first scrape.
+    for series in [
+        "automation_framework_engine_lock_waits_total",
+        "automation_framework_engine_lock_waited_seconds",
+    ] {
+        assert!(
+            sample(&metrics, series).is_some_and(|v| v >= 0.0),
+            "{series} in:\n{metrics}"
+        );
+    }
     promtool_check(&metrics);
     daemon.assert_memory_matches_ledger().await;
 }

@@ -34,8 +34,9 @@ mod reservation;
 mod types;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::{Duration, Instant};
 
 use crate::alerts::Alerts;
 use crate::clock::SharedClock;
@@ -46,6 +47,12 @@ use crate::store::Snapshot;
 /// The admission engine: guards, breakers, budgets and open reservations.
 pub struct Admission {
     engine: Mutex<Engine>,
+    /// How often a caller found the engine locked, and how long it waited:
+    /// what tells whether the one lock (ARCHITECTURE.md: "Sharding the
+    /// engine lock") has become the bottleneck. Counted only when it was
+    /// held, so an uncontended lock costs nothing more.
+    waits: AtomicU64,
+    waited_nanos: AtomicU64,
 }
 
 pub use crate::clock::Moment;
@@ -110,13 +117,35 @@ impl Admission {
         engine.restore(snapshot, Moment::read(clock));
         Ok(Admission {
             engine: Mutex::new(engine),
+            waits: AtomicU64::new(0),
+            waited_nanos: AtomicU64::new(0),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Engine> {
         // Every mutation under this lock completes or is undone before unlock, so a
         // poisoned lock (a panic elsewhere) holds consistent state.
-        self.engine.lock().unwrap_or_else(PoisonError::into_inner)
+        match self.engine.try_lock() {
+            Ok(engine) => engine,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                let started = Instant::now();
+                let engine = self.engine.lock().unwrap_or_else(PoisonError::into_inner);
+                let waited = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.waits.fetch_add(1, Ordering::Relaxed);
+                self.waited_nanos.fetch_add(waited, Ordering::Relaxed);
+                engine
+            }
+        }
+    }
+
+    /// How many times a caller found the engine locked, and the time they
+    /// waited in all, since start.
+    pub fn lock_waits(&self) -> (u64, Duration) {
+        (
+            self.waits.load(Ordering::Relaxed),
+            Duration::from_nanos(self.waited_nanos.load(Ordering::Relaxed)),
+        )
     }
 
     /// Runs every applicable guard for `plan`, all or nothing.

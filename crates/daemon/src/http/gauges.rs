@@ -12,8 +12,8 @@ use metrics::gauge;
 use crate::guard::breaker::Phase;
 use crate::metrics::{
     ACTIVE_AGENTS, BREAKER_STATE, BUDGET_LIMIT, BUDGET_RESERVED, BUDGET_SPENT, BULKHEAD_IN_FLIGHT,
-    BULKHEAD_WAITING, CONNECTIONS, LEASES_HELD, LIMIT_HITS, OPEN_RESERVATIONS, QUOTA_USAGE,
-    STORE_UP,
+    BULKHEAD_WAITING, CONNECTIONS, ENGINE_LOCK_WAITED, ENGINE_LOCK_WAITS, LEASES_HELD, LIMIT_HITS,
+    OPEN_RESERVATIONS, QUOTA_USAGE, STORE_UP,
 };
 use crate::state::{Limit, State};
 
@@ -48,6 +48,9 @@ pub fn refresh(state: &State) {
         metrics::counter!(LIMIT_HITS, "limit" => limit.name())
             .absolute(state.counters().get(limit));
     }
+    let (waits, waited) = state.admission().lock_waits();
+    metrics::counter!(ENGINE_LOCK_WAITS).absolute(waits);
+    gauge!(ENGINE_LOCK_WAITED).set(waited.as_secs_f64());
     gauge!(STORE_UP).set(if state.store().health().is_none() {
         1.0
     } else {
