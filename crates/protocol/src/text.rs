@@ -40,15 +40,18 @@ impl Text {
     pub const INLINE: usize = 40;
 
     /// The empty text, ready to be pushed to in place.
+    #[inline]
     pub const fn new() -> Text {
         Text(Repr::Inline(ArrayString::new_const()))
     }
 
     /// A fixed text, referred to and never copied.
+    #[inline]
     pub const fn fixed(text: &'static str) -> Text {
         Text(Repr::Fixed(text))
     }
 
+    #[inline]
     pub fn as_str(&self) -> &str {
         match &self.0 {
             Repr::Fixed(text) => text,
@@ -59,6 +62,7 @@ impl Text {
 
     /// Appends `more`, moving to the heap only when the whole no longer fits
     /// in [`Text::INLINE`] bytes.
+    #[inline]
     pub fn push_str(&mut self, more: &str) {
         let grown = match &mut self.0 {
             Repr::Heap(text) => return text.push_str(more),
@@ -73,6 +77,7 @@ impl Text {
 
     /// Whether the text is on the heap (only a text longer than
     /// [`Text::INLINE`] bytes that is not a fixed one is).
+    #[inline]
     pub fn is_heap_allocated(&self) -> bool {
         matches!(self.0, Repr::Heap(_))
     }
@@ -86,6 +91,7 @@ impl Text {
 }
 
 /// `head` then `tail`, in place when it fits.
+#[cold]
 fn concat(head: &str, tail: &str) -> Repr {
     let mut inline = ArrayString::new();
     if inline.try_push_str(head).is_ok() && inline.try_push_str(tail).is_ok() {
