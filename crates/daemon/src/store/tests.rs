@@ -420,6 +420,176 @@ async fn a_stuck_commit_times_out_and_an_abandoned_write_is_never_applied() {
     assert!(store.write(vec![charge("k3", 1.0)]).await.is_ok());
 }
 
+/// A syncer's WAL whose fsyncs say when they start and end as the test says.
+struct CuedWal {
+    slot: usize,
+    started: std::sync::mpsc::Sender<usize>,
+    results: Mutex<std::sync::mpsc::Receiver<std::io::Result<()>>>,
+}
+
+impl syncer::Wal for CuedWal {
+    fn sync(&self) -> std::io::Result<()> {
+        self.started.send(self.slot).unwrap();
+        lock(&self.results).recv().unwrap()
+    }
+}
+
+/// A group's tag and how it was answered.
+type Answered = (u32, Result<Outcome, StoreError>);
+
+/// Two syncer threads on cued WALs, the writer's end of their queue, where
+/// each fsync's start is told, and how to end the fsync of each slot.
+struct Syncers {
+    inner: std::sync::Arc<inner::Inner>,
+    to_sync: Option<std::sync::mpsc::Sender<syncer::Committed>>,
+    started: std::sync::mpsc::Receiver<usize>,
+    end: Vec<std::sync::mpsc::Sender<std::io::Result<()>>>,
+    answers: (
+        std::sync::mpsc::Sender<Answered>,
+        std::sync::mpsc::Receiver<Answered>,
+    ),
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Syncers {
+    fn start(dir: &std::path::Path) -> Syncers {
+        use std::sync::{mpsc, Arc};
+        let inner = Arc::new(inner::Inner::new(
+            None,
+            None,
+            None,
+            DEFAULT_COMMIT_TIMEOUT,
+            dir.join(LEDGER_FILE),
+        ));
+        let (to_sync, committed) = mpsc::channel();
+        let queue = Arc::new(syncer::SyncQueue::new(committed));
+        let (started_tx, started) = mpsc::channel();
+        let mut end = Vec::new();
+        let mut threads = Vec::new();
+        for slot in 0..syncer::SYNCERS {
+            let (end_tx, results) = mpsc::channel();
+            end.push(end_tx);
+            let wal = CuedWal {
+                slot,
+                started: started_tx.clone(),
+                results: Mutex::new(results),
+            };
+            let (inner, queue) = (Arc::clone(&inner), Arc::clone(&queue));
+            threads.push(std::thread::spawn(move || {
+                inner.sync_loop(slot, &wal, &queue);
+            }));
+        }
+        Syncers {
+            inner,
+            to_sync: Some(to_sync),
+            started,
+            end,
+            answers: mpsc::channel(),
+            threads,
+        }
+    }
+
+    /// Hands a committed group of one job, `tag`, to the syncers; returns the
+    /// slot whose fsync took it up.
+    fn commit(&self, tag: u32) -> usize {
+        let answers = self.answers.0.clone();
+        let (done, _) = completion::Completion::new(Box::new(move |result, _| {
+            answers.send((tag, result)).unwrap();
+        }));
+        self.to_sync
+            .as_ref()
+            .unwrap()
+            .send(vec![(done, Outcome::Done)])
+            .unwrap();
+        self.started.recv().unwrap()
+    }
+
+    fn answer(&self) -> Answered {
+        self.answers
+            .1
+            .recv_timeout(Duration::from_secs(10))
+            .expect("answered")
+    }
+
+    fn stop(mut self) {
+        self.to_sync.take();
+        for thread in self.threads.drain(..) {
+            thread.join().unwrap();
+        }
+    }
+}
+
+/// Issue 15: with two fsyncs at a time, groups are still answered in commit
+/// order, and once an fsync failed no group is answered Ok by either syncer:
+/// not the later group whose own fsync succeeded first, nor any after it.
+#[test]
+fn once_any_fsync_failed_no_syncer_answers_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let syncers = Syncers::start(dir.path());
+    let first = syncers.commit(1);
+    let second = syncers.commit(2);
+    assert_ne!(
+        first, second,
+        "the second group's fsync overlaps the first's"
+    );
+    // The second fsync ends first, and well: its syncer parks the group and
+    // takes the next one (group 3 starts on it), but answers nothing yet.
+    syncers.end[second].send(Ok(())).unwrap();
+    assert_eq!(syncers.commit(3), second);
+    assert!(
+        syncers.answers.1.try_recv().is_err(),
+        "group 2 answered before group 1"
+    );
+    // The first fails: both are answered with the error, in order.
+    syncers.end[first]
+        .send(Err(std::io::Error::other("EIO")))
+        .unwrap();
+    for tag in [1, 2] {
+        let (answered, result) = syncers.answer();
+        assert_eq!(answered, tag);
+        let err = result.unwrap_err();
+        assert!(err.to_string().contains("fsync"), "{err}");
+    }
+    // A later fsync that succeeds is not believed either: the ledger is lost.
+    syncers.end[second].send(Ok(())).unwrap();
+    let (answered, result) = syncers.answer();
+    assert_eq!(answered, 3);
+    assert!(result.is_err());
+    assert!(lock(&syncers.inner.lost).is_some());
+    assert_eq!(
+        syncers
+            .inner
+            .stats
+            .syncs
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+    syncers.stop();
+}
+
+/// Overlapping fsyncs that succeed answer their groups in commit order, each
+/// Ok, whichever ends first.
+#[test]
+fn overlapping_fsyncs_answer_in_commit_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let syncers = Syncers::start(dir.path());
+    let first = syncers.commit(1);
+    let second = syncers.commit(2);
+    syncers.end[second].send(Ok(())).unwrap();
+    assert_eq!(syncers.commit(3), second);
+    assert!(
+        syncers.answers.1.try_recv().is_err(),
+        "group 2 answered before group 1"
+    );
+    syncers.end[first].send(Ok(())).unwrap();
+    syncers.end[second].send(Ok(())).unwrap();
+    for tag in [1, 2, 3] {
+        assert_eq!(syncers.answer(), (tag, Ok(Outcome::Done)));
+    }
+    assert!(lock(&syncers.inner.lost).is_none());
+    syncers.stop();
+}
+
 /// Polls for a condition the writer thread brings about (an event, not time
 /// passing), for at most ten seconds.
 async fn until(condition: impl Fn() -> bool) {
