@@ -9,15 +9,15 @@
 use std::future::Future;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::{mpsc, Arc, PoisonError};
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::completion::{Completion, Late};
 use super::inner::{Inner, Job, Stats};
-use super::syncer::{SyncQueue, SYNCERS};
 use super::{
     lock, schema, watch, Entry, Outcome, Snapshot, StoreError, DEFAULT_COMMIT_TIMEOUT, LEDGER_FILE,
     LEDGER_MARKER,
@@ -101,33 +101,31 @@ impl Store {
         // (truncating it at most) while the connection is open.
         let mut wal_path = path.clone().into_os_string();
         wal_path.push("-wal");
-        // One descriptor per syncer: see `syncer.rs` for why not a shared one.
-        let wals = (0..SYNCERS)
-            .map(|_| std::fs::File::open(&wal_path))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                fail(format!(
-                    "opening the write-ahead log {}: {e}",
-                    Path::new(&wal_path).display()
-                ))
-            })?;
+        let wal = std::fs::File::open(&wal_path).map_err(|e| {
+            fail(format!(
+                "opening the write-ahead log {}: {e}",
+                Path::new(&wal_path).display()
+            ))
+        })?;
         let (tx, rx) = mpsc::channel();
-        let inner = Arc::new(Inner::new(
-            Some(tx),
-            None,
-            Some(identity),
-            options.commit_timeout,
+        let inner = Arc::new(Inner {
+            jobs: Mutex::new(Some(tx)),
+            health: Mutex::new(None),
+            lost: Mutex::new(None),
+            identity: Some(identity),
+            busy_since: AtomicU64::new(0),
+            syncing_since: AtomicU64::new(0),
+            born: Instant::now(),
+            commit_timeout: options.commit_timeout,
+            stats: Stats::default(),
             path,
-        ));
+        });
         let (to_sync, committed) = mpsc::channel();
-        let queue = Arc::new(SyncQueue::new(committed));
-        for (slot, wal) in wals.into_iter().enumerate() {
-            let (syncer, queue) = (Arc::clone(&inner), Arc::clone(&queue));
-            std::thread::Builder::new()
-                .name("af-ledger-sync".into())
-                .spawn(move || syncer.sync_loop(slot, &wal, &queue))
-                .map_err(|e| fail(format!("starting a syncer thread: {e}")))?;
-        }
+        let syncer = Arc::clone(&inner);
+        std::thread::Builder::new()
+            .name("af-ledger-sync".into())
+            .spawn(move || syncer.sync_loop(&wal, &committed))
+            .map_err(|e| fail(format!("starting the syncer thread: {e}")))?;
         let writer = Arc::clone(&inner);
         std::thread::Builder::new()
             .name("af-ledger".into())
@@ -140,13 +138,18 @@ impl Store {
     /// says so, and so every budget-governed request is refused (fail closed) while
     /// the daemon keeps serving everything else.
     pub fn unavailable(path: &Path, reason: String) -> Store {
-        let inner = Inner::new(
-            None,
-            Some(reason),
-            None,
-            DEFAULT_COMMIT_TIMEOUT,
-            path.to_owned(),
-        );
+        let inner = Inner {
+            jobs: Mutex::new(None),
+            health: Mutex::new(Some(reason)),
+            lost: Mutex::new(None),
+            identity: None,
+            busy_since: AtomicU64::new(0),
+            syncing_since: AtomicU64::new(0),
+            born: Instant::now(),
+            commit_timeout: DEFAULT_COMMIT_TIMEOUT,
+            stats: Stats::default(),
+            path: path.to_owned(),
+        };
         Store {
             inner: Arc::new(inner),
         }

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::completion::Completion;
-use super::syncer::SYNCERS;
 use super::{Entry, StoreError};
 
 /// What the handles and the writer thread share.
@@ -32,39 +31,12 @@ pub(super) struct Inner {
     /// Milliseconds after `born` (plus one) at which the running batch started;
     /// 0 when the writer is not in a transaction.
     pub(super) busy_since: AtomicU64,
-    /// The same for each syncer thread's fsync of the WAL.
-    pub(super) syncing_since: [AtomicU64; SYNCERS],
+    /// The same for the syncer's fsync of the WAL.
+    pub(super) syncing_since: AtomicU64,
     pub(super) born: Instant,
     pub(super) commit_timeout: Duration,
     pub(super) stats: Stats,
     pub(super) path: PathBuf,
-}
-
-// === impl Inner ===
-
-impl Inner {
-    /// Shared state with nothing running yet: `jobs` is the writer's queue
-    /// (`None` for a store that could not be opened), `identity` the file's.
-    pub(super) fn new(
-        jobs: Option<mpsc::Sender<Job>>,
-        health: Option<String>,
-        identity: Option<(u64, u64)>,
-        commit_timeout: Duration,
-        path: PathBuf,
-    ) -> Inner {
-        Inner {
-            jobs: Mutex::new(jobs),
-            health: Mutex::new(health),
-            lost: Mutex::new(None),
-            identity,
-            busy_since: AtomicU64::new(0),
-            syncing_since: std::array::from_fn(|_| AtomicU64::new(0)),
-            born: Instant::now(),
-            commit_timeout,
-            stats: Stats::default(),
-            path,
-        }
-    }
 }
 
 /// What the handles ask of the writer thread.

@@ -47,10 +47,10 @@ impl Inner {
         self.mark(&self.busy_since, busy);
     }
 
-    /// Marks the start or the end of an fsync of the WAL by syncer `slot`
-    /// (`syncer.rs`), which a frozen or dying disk holds up as it would a commit.
-    pub(super) fn set_syncing(&self, slot: usize, syncing: bool) {
-        self.mark(&self.syncing_since[slot], syncing);
+    /// Marks the start or the end of an fsync of the WAL (`syncer.rs`), which
+    /// a frozen or dying disk holds up as it would a commit.
+    pub(super) fn set_syncing(&self, syncing: bool) {
+        self.mark(&self.syncing_since, syncing);
     }
 
     fn mark(&self, since: &AtomicU64, busy: bool) {
@@ -123,8 +123,8 @@ impl Inner {
     /// longer than the commit timeout.
     pub(super) fn stuck(&self) -> Option<String> {
         // The one that started first (0: not running).
-        let since = std::iter::once(&self.busy_since)
-            .chain(&self.syncing_since)
+        let since = [&self.busy_since, &self.syncing_since]
+            .iter()
             .map(|at| at.load(Ordering::Acquire))
             .filter(|&at| at != 0)
             .min()?;
