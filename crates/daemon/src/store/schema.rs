@@ -228,6 +228,16 @@ fn checked_balance(
     })
 }
 
+/// A charge refused by the balance check, unless its key is already filed: a
+/// repeat of a filed charge is a duplicate, not a refusal.
+fn refused_or_duplicate(sp: &Connection, key: &str, why: String) -> rusqlite::Result<Outcome> {
+    Ok(if is_charged(sp, key)? {
+        Outcome::Duplicate
+    } else {
+        Outcome::Refused(why)
+    })
+}
+
 pub(super) fn is_charged(conn: &Connection, key: &str) -> rusqlite::Result<bool> {
     conn.prepare_cached("SELECT 1 FROM charges WHERE key = ?1")?
         .exists(params![key])
@@ -235,8 +245,10 @@ pub(super) fn is_charged(conn: &Connection, key: &str) -> rusqlite::Result<bool>
 
 /// Applies one job's entries (inside its savepoint when it has several).
 ///
-/// Invariant: an entry that answers `Duplicate` or `NotFound` does so before it
-/// writes anything, so a single-entry job needs no savepoint to be rolled back.
+/// Invariant: an entry that answers `Duplicate`, `NotFound` or `Refused` leaves
+/// the ledger as it found it (it answers before it writes anything, or takes
+/// back the one row it inserted), so a single-entry job needs no savepoint to
+/// be rolled back.
 pub(super) fn apply(sp: &Connection, entries: &[Entry]) -> rusqlite::Result<Outcome> {
     let mut outcome = Outcome::Done;
     for entry in entries {
@@ -264,15 +276,18 @@ pub(super) fn apply(sp: &Connection, entries: &[Entry]) -> rusqlite::Result<Outc
                 budgets,
                 at,
             } => {
-                // Checked before anything is written, so a refusal needs no
-                // rollback (the invariant above). A duplicate key is told apart
-                // first: a repeat of a filed charge is a duplicate, not a refusal.
-                if is_charged(sp, key)? {
-                    return Ok(Outcome::Duplicate);
-                }
-                for (budget, period_start) in budgets {
-                    if let Err(why) = checked_balance(sp, budget, *period_start, *amount)? {
-                        return Ok(Outcome::Refused(why));
+                // Three statements for the usual charge of one budget: the
+                // insert tells a duplicate key apart (it inserts nothing), and
+                // the balance's update carries its own bound (it changes
+                // nothing past it). A charge of several budgets checks them
+                // all first, since one refused after another was added would
+                // leave a row behind.
+                let single = budgets.len() == 1 && *amount <= MAX_BALANCE;
+                if !single {
+                    for (budget, period_start) in budgets {
+                        if let Err(why) = checked_balance(sp, budget, *period_start, *amount)? {
+                            return refused_or_duplicate(sp, key, why);
+                        }
                     }
                 }
                 let inserted = sp
@@ -291,16 +306,36 @@ pub(super) fn apply(sp: &Connection, entries: &[Entry]) -> rusqlite::Result<Outc
                 if inserted == 0 {
                     return Ok(Outcome::Duplicate);
                 }
+                for (budget, period_start) in budgets {
+                    let added = sp
+                        .prepare_cached(
+                            "INSERT INTO balances (budget, period_start, spent) VALUES (?1, ?2, ?3)
+                             ON CONFLICT (budget, period_start) DO UPDATE SET spent = spent + excluded.spent
+                             WHERE typeof(spent) = 'integer' AND spent BETWEEN 0 AND ?4 - excluded.spent",
+                        )?
+                        .execute(params![
+                            budget,
+                            to_i64(*period_start),
+                            amount.micros(),
+                            MAX_BALANCE.micros()
+                        ])?;
+                    if added == 0 {
+                        // Only a single budget gets here (the others were
+                        // checked): its charge row goes, and the ledger is as
+                        // it was. Why, in words, is the check's.
+                        sp.prepare_cached("DELETE FROM charges WHERE key = ?1")?
+                            .execute(params![key])?;
+                        let why = checked_balance(sp, budget, *period_start, *amount)?
+                            .err()
+                            .unwrap_or_else(|| format!(
+                                "budget {budget}'s balance in the ledger is not an amount a charge of {amount} can be added to; an admin must reset the budget (automation-framework budget reset)"
+                            ));
+                        return Ok(Outcome::Refused(why));
+                    }
+                }
                 if let Some(id) = reservation {
                     sp.prepare_cached("DELETE FROM reservations WHERE id = ?1")?
                         .execute(params![to_i64(*id)])?;
-                }
-                for (budget, period_start) in budgets {
-                    sp.prepare_cached(
-                        "INSERT INTO balances (budget, period_start, spent) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (budget, period_start) DO UPDATE SET spent = spent + excluded.spent",
-                    )?
-                    .execute(params![budget, to_i64(*period_start), amount.micros()])?;
                 }
             }
             Entry::Unreserve { id } => {

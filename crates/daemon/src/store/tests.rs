@@ -321,6 +321,58 @@ async fn a_charge_that_would_overflow_a_balance_is_refused_and_writes_nothing() 
     );
 }
 
+/// A charge is refused with its budgets full, and a repeat of a filed one is
+/// a duplicate all the same, whether it is filed under one budget (whose bound
+/// is the balance's update's) or several (checked first); a refusal leaves
+/// nothing behind.
+#[tokio::test]
+async fn full_budgets_refuse_new_charges_and_repeats_stay_duplicates() {
+    let two = |key: &str| {
+        let mut entry = charge(key, 1.0);
+        if let Entry::Charge { budgets, .. } = &mut entry {
+            budgets.push(("agent:a".into(), 100));
+        }
+        entry
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.write(vec![charge("one", 1.0)]).await,
+        Ok(Outcome::Done)
+    );
+    assert_eq!(store.write(vec![two("two")]).await, Ok(Outcome::Done));
+    drop(store);
+    let conn = Connection::open(dir.path().join(LEDGER_FILE)).unwrap();
+    conn.execute(
+        "UPDATE balances SET spent = ?1",
+        [crate::money::MAX_BALANCE.micros()],
+    )
+    .unwrap();
+    drop(conn);
+    let (store, _) = Store::open(dir.path()).unwrap();
+    for repeat in [charge("one", 1.0), two("two"), charge("two", 1.0)] {
+        assert_eq!(store.write(vec![repeat]).await, Ok(Outcome::Duplicate));
+    }
+    for new in [charge("three", 1.0), two("four")] {
+        let refused = store.write(vec![new]).await.unwrap();
+        assert!(
+            matches!(&refused, Outcome::Refused(why) if why.contains("maximum")),
+            "{refused:?}"
+        );
+    }
+    assert!(!store.is_charged("three").await.unwrap());
+    assert!(!store.is_charged("four").await.unwrap());
+    drop(store);
+    let (_, snapshot) = Store::open(dir.path()).unwrap();
+    let max = crate::money::MAX_BALANCE;
+    let mut balances = snapshot.balances;
+    balances.sort();
+    assert_eq!(
+        balances,
+        vec![("agent:a".into(), 100, max), ("global".into(), 100, max)]
+    );
+}
+
 #[tokio::test]
 async fn a_balance_that_is_not_an_amount_is_reported_and_the_ledger_still_opens() {
     let dir = tempfile::tempdir().unwrap();
