@@ -1,7 +1,7 @@
 //! The handshake's decision, apart from the socket: from the first frame a client
 //! sent and the peer the kernel reported, either the `Hello` to open a session with,
 //! or the refusal to send before closing. Pure, so it is tested table-driven and
-//! fuzzed (`fuzz/fuzz_targets/handshake.rs`); `handler.rs` does the reading, the
+//! fuzzed (`fuzz/fuzz_targets/handshake.rs`); `opening.rs` does the reading, the
 //! timeout, the writing and the logging.
 //!
 //! The peer was already let in by `Policy::check_connect` before any byte was read;

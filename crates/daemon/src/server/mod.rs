@@ -9,12 +9,14 @@
 //! its `Hello` is decided by the pure [`handshake::accept`].
 //!
 //! Files: this one accepts and caps connections and says why one is turned away;
-//! `slots.rs` holds the per-uid caps, `handler.rs` one connection's life (peer
-//! check, handshake, request loop), `replies.rs` the ordered reply queue and the
-//! writes, `handshake.rs` the handshake's pure decision.
+//! `slots.rs` holds the per-uid caps, `opening.rs` a connection up to its
+//! session (peer check, slot, handshake), `handler.rs` its request loop,
+//! `replies.rs` the ordered reply queue and the writes, `handshake.rs` the
+//! handshake's pure decision.
 
 mod handler;
 pub mod handshake;
+mod opening;
 mod replies;
 mod slots;
 
@@ -62,7 +64,7 @@ pub async fn run(listener: UnixListener, state: State, shutdown: CancellationTok
                 let shutdown = shutdown.clone();
                 let per_uid = Arc::clone(&per_uid);
                 tracker.spawn(async move {
-                    handler::serve(stream, state, shutdown, permit, per_uid).await
+                    opening::serve(stream, state, shutdown, permit, per_uid).await
                 });
             }
             Err(_) => {
