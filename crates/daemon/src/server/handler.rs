@@ -324,13 +324,8 @@ impl Handler {
                 ErrorCode::HandshakeRequired,
                 "a second Hello on one connection; the handshake happens once".into(),
             ),
-            frame if !self.replies.is_empty() => {
-                // Behind replies still waiting: in line, whatever it is.
-                self.replies
-                    .push_back(answer(&self.state, &self.session, frame));
-                Took::Queued
-            }
-            ClientFrame::Request(Envelope { id, request }) => {
+            // Nothing queued ahead: decided and, when ready, encoded now.
+            ClientFrame::Request(Envelope { id, request }) if self.replies.is_empty() => {
                 match cmd::dispatch(&self.state, &self.session, request) {
                     cmd::Reply::Ready(response) => {
                         let encoded = replies::encode_reply(
@@ -351,18 +346,13 @@ impl Handler {
                     }
                 }
             }
-            frame => match answer(&self.state, &self.session, frame) {
-                Queued::Ready(Some(reply)) => {
-                    match replies::encode(&mut self.conn, &self.state, &self.session, &reply) {
-                        Ok(()) => Took::Encoded,
-                        Err(err) => Took::WriteFailed(err),
-                    }
-                }
-                pending => {
-                    self.replies.push_back(pending);
-                    Took::Queued
-                }
-            },
+            // Behind replies still waiting, or a batch (answered when all its
+            // requests are): in line.
+            frame => {
+                self.replies
+                    .push_back(answer(&self.state, &self.session, frame));
+                Took::Queued
+            }
         }
     }
 

@@ -183,33 +183,17 @@ async fn feed(
     frame: &ServerFrame,
 ) -> Result<(), WriteError> {
     conn.make_room().await.map_err(WriteError::Io)?;
-    encode(conn, state, session, frame)
-}
-
-/// [`feed`] without making room first (the caller did, with
-/// [`Connection::make_room`]): the usual reply, ready when it is decided, is
-/// encoded before the connection's future awaits anything, so it is never
-/// stored in (and copied through) that future.
-pub(super) fn encode(
-    conn: &mut Connection,
-    state: &State,
-    session: &Session,
-    frame: &ServerFrame,
-) -> Result<(), WriteError> {
     if let Err(WriteError::TooLarge) = conn.encode_frame(frame) {
-        state.counters().hit(Limit::ReplyTooLarge);
-        log::info!(
-            session = session.id, peer_uid = session.peer.uid, peer_pid = session.peer.pid;
-            "session {}: a reply exceeded {MAX_FRAME_LEN} bytes; answered with frame_too_large errors", session.id
-        );
+        too_large_counted(state, session);
         conn.encode_frame(&fit(frame))?;
     }
     Ok(())
 }
 
-/// Encodes the reply to request `id` from where it lies ([`ReplyRef`]), as
-/// [`encode`] does a frame: the usual reply, ready when it is decided, is not
-/// moved into a frame first.
+/// Encodes the reply to request `id` from where it lies ([`ReplyRef`]),
+/// without waiting (the caller made room, [`make_room`]): the usual reply,
+/// ready when it is decided, is not moved into a frame first. One that would
+/// not fit in a frame is answered with an error instead, as [`feed`] does.
 pub(super) fn encode_reply(
     conn: &mut Connection,
     state: &State,
@@ -218,17 +202,27 @@ pub(super) fn encode_reply(
     response: &Response,
 ) -> Result<(), WriteError> {
     if let Err(WriteError::TooLarge) = conn.encode_frame(&ReplyRef { id, response }) {
-        state.counters().hit(Limit::ReplyTooLarge);
-        log::info!(
-            session = session.id, peer_uid = session.peer.uid, peer_pid = session.peer.pid;
-            "session {}: a reply exceeded {MAX_FRAME_LEN} bytes; answered with a frame_too_large error", session.id
-        );
-        conn.encode_frame(&ServerFrame::Reply(ReplyEnvelope {
-            id,
-            response: too_large(id),
-        }))?;
+        too_large_counted(state, session);
+        conn.encode_frame(&too_large_reply(id))?;
     }
     Ok(())
+}
+
+/// A reply did not fit in a frame: counted and logged, however it was written.
+fn too_large_counted(state: &State, session: &Session) {
+    state.counters().hit(Limit::ReplyTooLarge);
+    log::info!(
+        session = session.id, peer_uid = session.peer.uid, peer_pid = session.peer.pid;
+        "session {}: a reply exceeded {MAX_FRAME_LEN} bytes; answered with frame_too_large errors", session.id
+    );
+}
+
+/// The reply to request `id` when its own does not fit in a frame.
+fn too_large_reply(id: u64) -> ServerFrame {
+    ServerFrame::Reply(ReplyEnvelope {
+        id,
+        response: too_large(id),
+    })
 }
 
 /// The answer to request `id` when its reply does not fit in a frame.
@@ -246,10 +240,7 @@ fn too_large(id: u64) -> Response {
 /// the session until it is reported or the connection closes).
 fn fit(reply: &ServerFrame) -> ServerFrame {
     match reply {
-        ServerFrame::Reply(envelope) => ServerFrame::Reply(ReplyEnvelope {
-            id: envelope.id,
-            response: too_large(envelope.id),
-        }),
+        ServerFrame::Reply(envelope) => too_large_reply(envelope.id),
         ServerFrame::Batch(replies) => {
             let mut replies = replies.clone();
             // The frame variant and the vector's length prefix.
