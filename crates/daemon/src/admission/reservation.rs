@@ -96,9 +96,6 @@ pub(super) struct RecentlyClosed {
 impl Reservations {
     pub(super) fn insert(&mut self, id: u64, reservation: Reservation) {
         let uid = reservation.uid;
-        if let Some(old) = self.remove(&id) {
-            drop(old); // ids are never reused within an epoch; defensive
-        }
         let slot = match self.vacant.pop() {
             Some(slot) => {
                 self.slots[slot as usize] = Some(reservation);
@@ -109,7 +106,14 @@ impl Reservations {
                 u32::try_from(self.slots.len() - 1).expect("at most daemon.max_reservations slots")
             }
         };
-        self.by_id.insert(id, slot);
+        if let Some(replaced) = self.by_id.insert(id, slot) {
+            // Ids are never reused within an epoch; should one be, the
+            // reservation it named is dropped, not leaked in its slot.
+            if let Some(old) = self.slots[replaced as usize].take() {
+                self.vacant.push(replaced);
+                self.uncount(old.uid);
+            }
+        }
         if let Some(uid) = uid {
             *self.per_uid.entry(uid).or_default() += 1;
         }
@@ -275,5 +279,20 @@ mod tests {
         assert!(table.remove(&13).is_some());
         assert_eq!((table.len(), table.held_by(7), table.held_by(8)), (0, 0, 0));
         assert!(table.per_uid.is_empty());
+    }
+
+    #[test]
+    fn an_id_filed_twice_keeps_one_reservation_and_one_count() {
+        let mut table = Reservations::default();
+        table.insert(5, reservation(7));
+        table.insert(5, reservation(8));
+        assert_eq!((table.len(), table.held_by(7), table.held_by(8)), (1, 0, 1));
+        assert_eq!(
+            table.values().count(),
+            1,
+            "the replaced one is not left in its slot"
+        );
+        table.insert(6, reservation(7));
+        assert_eq!(table.slots.len(), 2, "the replaced one's slot was reused");
     }
 }
