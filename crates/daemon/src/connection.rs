@@ -12,7 +12,8 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError};
 
 use crate::protocol::frame::{decode_client_frame, encode_frame_into, length_codec};
-use crate::protocol::{ClientFrame, DecodeError, ServerFrame, MAX_FRAME_LEN};
+use crate::protocol::hot::encode_reply_into;
+use crate::protocol::{ClientFrame, DecodeError, Response, ServerFrame, MAX_FRAME_LEN};
 
 /// The kernel's identity of the process at the other end (SO_PEERCRED and
 /// SO_PEERGROUPS), read once at accept: it cannot be forged by the client and does
@@ -185,10 +186,17 @@ impl Connection {
     /// [`WriteError::TooLarge`] before anything is written, when the frame does
     /// not fit in [`MAX_FRAME_LEN`].
     pub fn encode_frame<F: serde::Serialize>(&mut self, frame: &F) -> Result<(), WriteError> {
-        encode_frame_into(self.framed.write_buffer_mut(), frame).map_err(|err| match *err {
-            crate::protocol::EncodeErrorKind::SizeLimit => WriteError::TooLarge,
-            _ => WriteError::Io(io::Error::new(io::ErrorKind::InvalidInput, err)),
-        })
+        encode_frame_into(self.framed.write_buffer_mut(), frame).map_err(encode_error)
+    }
+
+    /// [`Self::encode_frame`] for `ServerFrame::Reply(ReplyEnvelope { id,
+    /// response })`, the response borrowed: admit and report replies, the
+    /// ones every call gets, are encoded by hand (`protocol::hot`).
+    ///
+    /// # Errors
+    /// As [`Self::encode_frame`].
+    pub fn encode_reply(&mut self, id: u64, response: &Response) -> Result<(), WriteError> {
+        encode_reply_into(self.framed.write_buffer_mut(), id, response).map_err(encode_error)
     }
 
     /// Flushes queued frames unless another complete request is already buffered
@@ -300,6 +308,15 @@ fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
             Some(libc::ENOPROTOOPT) => return Ok(Vec::new()),
             _ => return Err(err),
         }
+    }
+}
+
+/// A frame too large for its limit is [`WriteError::TooLarge`]; anything else
+/// bincode refuses is an invalid-input error.
+fn encode_error(err: crate::protocol::EncodeError) -> WriteError {
+    match *err {
+        crate::protocol::EncodeErrorKind::SizeLimit => WriteError::TooLarge,
+        _ => WriteError::Io(io::Error::new(io::ErrorKind::InvalidInput, err)),
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod frame;
 pub mod handshake;
+pub mod hot;
 pub mod message;
 pub mod names;
 pub mod paths;
@@ -20,5 +21,6 @@ pub use frame::{
     MAX_PAYLOAD_LEN,
 };
 pub use handshake::{Hello, PeerIdentity, Welcome, MAX_HELLO_LEN, PROTOCOL_VERSION};
+pub use hot::encode_reply_into;
 pub use message::*;
 pub use text::Text;

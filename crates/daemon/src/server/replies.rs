@@ -15,8 +15,8 @@ use futures_util::stream::FuturesOrdered;
 use crate::cmd;
 use crate::connection::{Connection, WriteError};
 use crate::protocol::{
-    encoded_len, ClientFrame, ErrorCode, ErrorReply, ReplyEnvelope, ReplyRef, Response,
-    ServerFrame, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    encoded_len, ClientFrame, ErrorCode, ErrorReply, ReplyEnvelope, Response, ServerFrame,
+    MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 use crate::state::{Limit, Session, State};
 
@@ -183,14 +183,18 @@ async fn feed(
     frame: &ServerFrame,
 ) -> Result<(), WriteError> {
     conn.make_room().await.map_err(WriteError::Io)?;
-    if let Err(WriteError::TooLarge) = conn.encode_frame(frame) {
+    let encoded = match frame {
+        ServerFrame::Reply(envelope) => conn.encode_reply(envelope.id, &envelope.response),
+        frame => conn.encode_frame(frame),
+    };
+    if let Err(WriteError::TooLarge) = encoded {
         too_large_counted(state, session);
         conn.encode_frame(&fit(frame))?;
     }
     Ok(())
 }
 
-/// Encodes the reply to request `id` from where it lies ([`ReplyRef`]),
+/// Encodes the reply to request `id` from where it lies (`Connection::encode_reply`),
 /// without waiting (the caller made room, [`make_room`]): the usual reply,
 /// ready when it is decided, is not moved into a frame first. One that would
 /// not fit in a frame is answered with an error instead, as [`feed`] does.
@@ -201,7 +205,7 @@ pub(super) fn encode_reply(
     id: u64,
     response: &Response,
 ) -> Result<(), WriteError> {
-    if let Err(WriteError::TooLarge) = conn.encode_frame(&ReplyRef { id, response }) {
+    if let Err(WriteError::TooLarge) = conn.encode_reply(id, response) {
         too_large_counted(state, session);
         conn.encode_frame(&too_large_reply(id))?;
     }

@@ -105,6 +105,56 @@ proptest! {
         let owned = encode(&ServerFrame::Reply(ReplyEnvelope { id, response })).unwrap();
         prop_assert_eq!(borrowed, owned);
     }
+
+    #[test]
+    fn hot_replies_encode_as_serde_does(id in any::<u64>(), response in any::<Response>()) {
+        // Mostly other kinds (serde's own path); a share of admit and report
+        // replies, the hand-written one.
+        let mut hot = BytesMut::new();
+        crate::hot::encode_reply_into(&mut hot, id, &response).unwrap();
+        let mut serde = BytesMut::new();
+        crate::frame::encode_frame_into(&mut serde, &ServerFrame::Reply(ReplyEnvelope { id, response })).unwrap();
+        prop_assert_eq!(hot, serde);
+    }
+
+    #[test]
+    fn hot_admit_replies_encode_as_serde_does(id in any::<u64>(), reply in any::<AdmitReply>()) {
+        let response = Response::Admit(reply);
+        let mut hot = BytesMut::from(&b"before"[..]);
+        crate::hot::encode_reply_into(&mut hot, id, &response).unwrap();
+        let mut serde = BytesMut::from(&b"before"[..]);
+        crate::frame::encode_frame_into(&mut serde, &ServerFrame::Reply(ReplyEnvelope { id, response })).unwrap();
+        prop_assert_eq!(hot, serde);
+    }
+
+    #[test]
+    fn hot_report_replies_encode_as_serde_does(id in any::<u64>(), reply in any::<ReportReply>()) {
+        let response = Response::Report(reply);
+        let mut hot = BytesMut::new();
+        crate::hot::encode_reply_into(&mut hot, id, &response).unwrap();
+        let mut serde = BytesMut::new();
+        crate::frame::encode_frame_into(&mut serde, &ServerFrame::Reply(ReplyEnvelope { id, response })).unwrap();
+        prop_assert_eq!(hot, serde);
+    }
+}
+
+#[test]
+fn a_hot_reply_too_large_for_a_frame_is_refused_and_leaves_the_buffer_alone() {
+    let reply = AdmitReply {
+        allowed: false,
+        reservation: None,
+        guard: None,
+        rule: None,
+        reason: Some("x".repeat(crate::MAX_FRAME_LEN)),
+        retry_after_ms: None,
+        votes: Votes::new(),
+        cost: None,
+        service: None,
+    };
+    let mut buf = BytesMut::from(&b"queued"[..]);
+    let err = crate::hot::encode_reply_into(&mut buf, 7, &Response::Admit(reply)).unwrap_err();
+    assert!(matches!(*err, bincode::ErrorKind::SizeLimit), "{err}");
+    assert_eq!(&buf[..], b"queued");
 }
 
 #[test]
