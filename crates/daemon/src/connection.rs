@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use bytes::BytesMut;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError};
@@ -139,6 +139,22 @@ impl Connection {
             Some(Ok(body)) => Ok(Some(body)),
             Some(Err(err)) => Err(classify(err, self.framed.codec().max_frame_length())),
         }
+    }
+
+    /// The next frame's body when a whole frame is already in the read buffer,
+    /// without touching the socket or registering a waker: `None` when the
+    /// next read would have to wait. A pipelining client's frames arrive many
+    /// to a read, and taking them this way skips what a wait costs (polling
+    /// the shutdown signal and the idle timer, about 300 instructions a frame).
+    ///
+    /// # Errors
+    /// As [`Self::read_body`].
+    pub fn buffered_body(&mut self) -> Option<Result<Option<BytesMut>, ReadError>> {
+        if !self.has_buffered_frame() {
+            return None;
+        }
+        // A whole frame is buffered, so the codec answers without reading.
+        self.read_body().now_or_never()
     }
 
     /// Decodes a body [`Self::read_body`] returned.

@@ -303,3 +303,65 @@ fn notifies_systemd_ready_watchdog_and_stopping() {
     while !next(&mut seen).contains("STOPPING=1") {}
     assert!(child.wait().unwrap().success(), "{seen:?}");
 }
+
+/// A client whose pipelined requests are always already buffered (the daemon
+/// takes those without waiting on its shutdown signal) still gets the goodbye
+/// on SIGTERM, and the daemon still exits.
+#[tokio::test]
+async fn sigterm_reaches_a_client_that_never_stops_pipelining() {
+    use automation_framework::protocol::frame::{decode, encode, length_codec};
+    use automation_framework::protocol::{ClientFrame, Envelope, ErrorCode, Request, ServerFrame};
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::FramedRead;
+
+    let mut daemon = Daemon::start("");
+    let mut raw = daemon.raw().await;
+    raw.hello("flood").await;
+    let (read, mut write) = raw.framed.into_inner().into_split();
+    // A thousand pings to a write, for as long as the daemon reads them.
+    let mut chunk = Vec::new();
+    for id in 0..1000u64 {
+        let body = encode(&ClientFrame::Request(Envelope {
+            id,
+            request: Request::Ping,
+        }))
+        .unwrap();
+        chunk.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+        chunk.extend_from_slice(&body);
+    }
+    let flood = tokio::spawn(async move { while write.write_all(&chunk).await.is_ok() {} });
+    let mut replies = FramedRead::new(read, length_codec());
+    let mut answered = 0u64;
+    let mut goodbye = None;
+    let reading = async {
+        while let Some(Ok(body)) = replies.next().await {
+            match decode::<ServerFrame>(&body).expect("a valid frame") {
+                ServerFrame::Error(err) => {
+                    goodbye = Some(err);
+                    break;
+                }
+                _ => {
+                    answered += 1;
+                    if answered == 5_000 {
+                        kill(Pid::from_raw(daemon.pid()), Signal::SIGTERM).unwrap();
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), reading)
+        .await
+        .expect("the daemon says goodbye while the client floods");
+    let goodbye =
+        goodbye.unwrap_or_else(|| panic!("closed without a reason after {answered} replies"));
+    assert_eq!(goodbye.code, ErrorCode::ShuttingDown, "{goodbye:?}");
+    assert!(answered >= 5_000);
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+    flood.abort();
+}

@@ -137,12 +137,23 @@ impl Handler {
                 return;
             }
             let reading = !self.draining && !self.eof && self.replies.len() < MAX_IN_FLIGHT;
-            let event = tokio::select! {
-                biased;
-                _ = &mut cancelled, if !self.draining => Event::ShuttingDown,
-                Some(frame) = self.replies.next(), if !self.replies.is_empty() => Event::Reply(frame),
-                () = &mut idle_timer, if reading && self.replies.is_empty() => Event::IdleTimer,
-                read = self.conn.read_body(), if reading => Event::Read(read),
+            // A frame already buffered is taken at once, as the biased select
+            // below would take it, without polling the branches ahead of it: a
+            // cheap look at the signal stands in for the first, and the other two
+            // wait only when no reply is queued, which is checked here too.
+            let buffered = (reading && self.replies.is_empty() && !shutdown.is_cancelled())
+                .then(|| self.conn.buffered_body())
+                .flatten();
+            let event = if let Some(read) = buffered {
+                Event::Read(read)
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = &mut cancelled, if !self.draining => Event::ShuttingDown,
+                    Some(frame) = self.replies.next(), if !self.replies.is_empty() => Event::Reply(frame),
+                    () = &mut idle_timer, if reading && self.replies.is_empty() => Event::IdleTimer,
+                    read = self.conn.read_body(), if reading => Event::Read(read),
+                }
             };
             let flow = match event {
                 Event::ShuttingDown => {
