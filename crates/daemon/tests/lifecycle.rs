@@ -365,3 +365,55 @@ async fn sigterm_reaches_a_client_that_never_stops_pipelining() {
     );
     flood.abort();
 }
+
+/// `--threads` sets the runtime's worker threads (named `af-worker`), and a
+/// count out of range is refused before anything starts.
+#[tokio::test]
+async fn threads_sets_the_runtime_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let start = |threads: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_automation-frameworkd"))
+            .args(["--threads", threads, "--http", "off", "--socket"])
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .env_remove("LISTEN_FDS")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let refused = start("0").wait_with_output().unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--threads"), "{stderr}");
+
+    let daemon = start("3");
+    // Answering a ping: serving, its signal handlers in place.
+    crate::util::eventually(Duration::from_secs(20), || async {
+        let mut client = automation_framework_client::Client::connect(&socket, "t", "test")
+            .await
+            .ok()?;
+        client.ping().await.ok()
+    })
+    .await;
+    let workers = std::fs::read_dir(format!("/proc/{}/task", daemon.id()))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).ok())
+        .filter(|comm| comm.trim() == "af-worker")
+        .count();
+    kill(
+        Pid::from_raw(i32::try_from(daemon.id()).unwrap()),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let exit = daemon.wait_with_output().unwrap();
+    assert!(
+        exit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exit.stderr)
+    );
+    assert_eq!(workers, 3);
+}

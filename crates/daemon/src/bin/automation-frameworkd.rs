@@ -61,6 +61,12 @@ struct Args {
     #[arg(long)]
     init_ledger: bool,
 
+    /// Worker threads of the async runtime [default: one per CPU]. Every
+    /// connection's requests are decided on these; more threads than cores
+    /// only adds waits on the engine lock (docs/PERFORMANCE.md).
+    #[arg(long, value_name = "N", env = "AUTOMATION_FRAMEWORK_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
+
     /// Log level on stderr: error, warn, info, debug, trace.
     #[arg(
         long,
@@ -138,11 +144,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             url,
         )?);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("af-worker")
-        .build()
-        .context("starting the async runtime")?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name("af-worker");
+    if let Some(threads) = args.threads {
+        runtime.worker_threads(usize::from(threads));
+    }
+    let runtime = runtime.build().context("starting the async runtime")?;
     let result = runtime.block_on(serve(args, config));
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
