@@ -56,10 +56,13 @@ pub fn dispatch(state: &State, session: &Session, request: Request) -> Reply {
     let kind = request.kind();
     let now = state.moment();
     crate::metrics::hot().request(kind);
-    match decide(state, session, request, now) {
-        Reply::Ready(response) => {
+    // A ready reply is handed on as it is: taking it apart and building it
+    // again would copy its few hundred bytes.
+    let reply = decide(state, session, request, now);
+    match reply {
+        Reply::Ready(_) => {
             record_duration(state, kind, now);
-            Reply::Ready(response)
+            reply
         }
         Reply::Pending(future) => {
             let state = state.clone();
