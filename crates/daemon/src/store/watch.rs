@@ -29,9 +29,16 @@ use super::{lock, schema, StoreError};
 /// the last write failed) probes whether writes work again.
 pub(super) const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// The WAL is checkpointed (copied into the database) once it holds this many
-/// pages (SQLite's default) ...
-const WAL_PAGES_MAX: u64 = 1000;
+/// The WAL is checkpointed (copied into the database) by the writer once it
+/// holds this many pages (32 MiB; the checkpoint thread copies it a quarter at
+/// a time before that, `checkpoint.rs`) ...
+///
+/// Eight times SQLite's default: a checkpoint copies each page changed since
+/// the last once, however often it changed, and fsyncs both files, so fewer,
+/// larger ones cost the disk less (at 16 connections × pipeline 1 with a
+/// budget, 1,000 pages meant several checkpoints a second, whose fsyncs slowed
+/// the syncer's; docs/PERFORMANCE.md).
+const WAL_PAGES_MAX: u64 = 8192;
 
 /// ... or an eighth of the state filesystem, whichever is less, and cut back to
 /// that size after each checkpoint (`journal_size_limit`): on a small filesystem
@@ -172,7 +179,7 @@ pub(super) fn write_marker(marker: &Path) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// How many pages the WAL may hold before a checkpoint: SQLite's default, or an
+/// How many pages the WAL may hold before the writer checkpoints: 8,192, or an
 /// eighth of the filesystem under `dir` when that is less (at least 16).
 pub(super) fn wal_pages(dir: &Path) -> u64 {
     let share = nix::sys::statvfs::statvfs(dir).map_or(u64::MAX, |fs| {
