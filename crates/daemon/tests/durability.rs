@@ -25,8 +25,9 @@ use crate::util::{eventually, KillOnDrop, PROMPTLY};
 
 /// Admits per measured window. Each is its own batch (one client, one request
 /// in flight) and appends a frame or two to the WAL; 2 × 64 of them stay far
-/// below the 1,000 pages at which SQLite checkpoints (and a checkpoint syncs
-/// even under `synchronous=NORMAL`). The test checks that no checkpoint ran
+/// below the 2,048 pages (a quarter of the WAL's limit) at which the ledger's
+/// checkpoint thread first checkpoints (and a checkpoint syncs even under
+/// `synchronous=NORMAL`). The test checks that no checkpoint ran
 /// rather than trusting this arithmetic: a checkpoint syncs the database file.
 const ADMITS: usize = 64;
 

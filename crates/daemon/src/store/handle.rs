@@ -19,8 +19,8 @@ use tokio::sync::oneshot;
 use super::completion::{Completion, Late};
 use super::inner::{Inner, Job, Stats};
 use super::{
-    lock, schema, watch, Entry, Outcome, Snapshot, StoreError, DEFAULT_COMMIT_TIMEOUT, LEDGER_FILE,
-    LEDGER_MARKER,
+    checkpoint, lock, schema, watch, Entry, Outcome, Snapshot, StoreError, DEFAULT_COMMIT_TIMEOUT,
+    LEDGER_FILE, LEDGER_MARKER,
 };
 
 /// How the ledger is opened.
@@ -68,6 +68,15 @@ impl Store {
     /// As [`Store::open`]; also when the ledger is missing from a directory
     /// that held one (its marker is there) and `options.init` is false.
     pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<(Store, Snapshot), StoreError> {
+        Store::open_at(dir, options, watch::wal_pages(dir))
+    }
+
+    /// [`Store::open_with`] with the WAL's limit in pages (tests: a small one).
+    pub(super) fn open_at(
+        dir: &Path,
+        options: &StoreOptions,
+        wal_pages: u64,
+    ) -> Result<(Store, Snapshot), StoreError> {
         let path = dir.join(LEDGER_FILE);
         let shown = path.display().to_string();
         let fail = |message: String| StoreError::Failed {
@@ -87,7 +96,7 @@ impl Store {
         let mut conn = Connection::open(&path).map_err(|e| fail(e.to_string()))?;
         // Every statement the writer runs stays prepared (about 15 of them).
         conn.set_prepared_statement_cache_capacity(32);
-        schema::prepare(&mut conn, watch::wal_pages(dir)).map_err(fail)?;
+        schema::prepare(&mut conn, wal_pages).map_err(fail)?;
         let mut snapshot = schema::load(&mut conn).map_err(|e| fail(e.to_string()))?;
         snapshot.created = !existed;
         if !marker.exists() {
@@ -120,6 +129,20 @@ impl Store {
             stats: Stats::default(),
             path,
         });
+        // Its own connection: a checkpoint there runs while the writer commits.
+        // Its syncs (synchronous=FULL, the default) put the database on disk
+        // before the WAL may start over.
+        let copier = Connection::open(&inner.path)
+            .and_then(|c| c.pragma_update(None, "synchronous", "FULL").map(|()| c))
+            .map_err(|e| fail(format!("opening the ledger for checkpoints: {e}")))?;
+        let (nudge, nudges) = checkpoint::channel();
+        checkpoint::install(&mut conn, wal_pages, nudge, Arc::clone(&inner))
+            .map_err(|e| fail(format!("setting the ledger's checkpoint hook: {e}")))?;
+        let checkpointer = Arc::clone(&inner);
+        std::thread::Builder::new()
+            .name("af-ledger-ckpt".into())
+            .spawn(move || checkpoint::run(&copier, &nudges, &checkpointer.stats))
+            .map_err(|e| fail(format!("starting the checkpoint thread: {e}")))?;
         let (to_sync, committed) = mpsc::channel();
         let syncer = Arc::clone(&inner);
         std::thread::Builder::new()

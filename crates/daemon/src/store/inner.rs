@@ -66,6 +66,11 @@ pub struct Stats {
     /// fsyncs of the WAL by the syncer thread, and the time they took.
     pub syncs: AtomicU64,
     pub sync_micros: AtomicU64,
+    /// Checkpoints by the checkpoint thread (`checkpoint.rs`), and their time.
+    pub checkpoints: AtomicU64,
+    pub checkpoint_micros: AtomicU64,
+    /// Checkpoints the writer ran itself, the WAL at its limit.
+    pub writer_checkpoints: AtomicU64,
 }
 
 // === impl Stats ===
@@ -74,6 +79,12 @@ impl Stats {
     pub(super) fn record_sync(&self, micros: u128) {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.sync_micros
+            .fetch_add(u64::try_from(micros).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub(super) fn record_checkpoint(&self, micros: u128) {
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.checkpoint_micros
             .fetch_add(u64::try_from(micros).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 

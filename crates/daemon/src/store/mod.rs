@@ -20,10 +20,13 @@
 //! - `writer.rs`: the writer thread: batching, one transaction per group commit;
 //! - `syncer.rs`: the syncer thread: the fsync that charges wait for, and
 //!   reservations do not;
+//! - `checkpoint.rs`: the checkpoint thread: the WAL copied into the database
+//!   off the writer thread;
 //! - `watch.rs`: the disk watch: file identity, marker, WAL size, stuck commits,
 //!   the probe after a failure (the ledger fails closed, and says so);
 //! - `schema.rs`: tables, migrations, the startup load, how each entry is written.
 
+mod checkpoint;
 mod completion;
 mod handle;
 mod inner;

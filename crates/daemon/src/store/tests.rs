@@ -1,5 +1,7 @@
 //! The ledger on a real SQLite file in a temp dir.
 
+use std::sync::atomic::Ordering;
+
 use super::*;
 
 fn usd(dollars: f64) -> Usd {
@@ -480,4 +482,86 @@ async fn until(condition: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "not within 10 s");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The WAL's size on disk in frames (a frame is a page and its 24-byte header,
+/// after the file's 32-byte header).
+fn wal_frames(dir: &std::path::Path) -> u64 {
+    let wal = dir.join(format!("{LEDGER_FILE}-wal"));
+    std::fs::metadata(wal).map_or(0, |m| m.len().saturating_sub(32) / (4096 + 24))
+}
+
+/// Under a stream of commits the checkpoint thread copies the WAL into the
+/// database, and the writer keeps the WAL within its limit: the file never grows
+/// past it by more than the commits made while a checkpoint held the lock,
+/// however much is written (here about twenty times the limit).
+#[tokio::test]
+async fn the_wal_is_copied_by_its_own_thread_and_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = 64;
+    let (store, _) = Store::open_at(dir.path(), &StoreOptions::default(), limit).unwrap();
+    for i in 0..400 {
+        assert_eq!(
+            store.write(vec![charge(&format!("k{i}"), 0.5)]).await,
+            Ok(Outcome::Done)
+        );
+        let frames = wal_frames(dir.path());
+        assert!(
+            frames <= 2 * limit,
+            "the WAL holds {frames} frames after {i} commits"
+        );
+    }
+    until(|| store.stats().checkpoints.load(Ordering::Relaxed) > 0).await;
+    store.close();
+    // Every commit is there, whoever copied it where.
+    let (_, snapshot) = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        snapshot.balances,
+        vec![("global".to_owned(), 100, usd(200.0))]
+    );
+}
+
+/// Below its limit the WAL is checkpointed by the thread alone: the writer,
+/// which answers every commit, never stops for one.
+#[tokio::test]
+async fn below_its_limit_the_wal_is_never_checkpointed_by_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = 1000;
+    let (store, _) = Store::open_at(dir.path(), &StoreOptions::default(), limit).unwrap();
+    // A charge's commit writes a few frames: past a quarter of the limit
+    // (a nudge to the thread), far from the limit.
+    let mut i = 0;
+    while wal_frames(dir.path()) < limit / 2 {
+        store
+            .write(vec![charge(&format!("k{i}"), 0.5)])
+            .await
+            .unwrap();
+        i += 1;
+        assert!(
+            i < 1000,
+            "1,000 commits and the WAL holds under {} frames",
+            limit / 2
+        );
+    }
+    until(|| store.stats().checkpoints.load(Ordering::Relaxed) > 0).await;
+    assert_eq!(store.stats().writer_checkpoints.load(Ordering::Relaxed), 0);
+    // The copied pages are in the database file: it grew past the few pages
+    // it held when created.
+    let db = std::fs::metadata(dir.path().join(LEDGER_FILE))
+        .unwrap()
+        .len();
+    assert!(db > 8 * 4096, "the database file holds {db} bytes");
+}
+
+/// Closing the store ends the checkpoint thread with the writer: with the
+/// last connection closed, SQLite folds the WAL into the database and removes
+/// it.
+#[tokio::test]
+async fn closing_the_store_ends_the_checkpoint_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    store.write(vec![charge("k1", 1.0)]).await.unwrap();
+    store.close();
+    let wal = dir.path().join(format!("{LEDGER_FILE}-wal"));
+    until(|| !wal.exists()).await;
 }

@@ -2,8 +2,9 @@
 //! misbehaves, and what it keeps from happening.
 //!
 //! Architecture Invariant: the ledger fails closed, and says so. The writer thread
-//! checks the file's identity (device and inode) before and after every batch and
-//! once a second: a ledger deleted or replaced under the daemon fails every later
+//! checks the file's identity (device and inode) before and after every batch
+//! (under load the look after one serves as the look before the next) and once a
+//! second: a ledger deleted or replaced under the daemon fails every later
 //! write (a commit into an unlinked file would be lost at the next start). A
 //! commit that takes longer than `daemon.commit_timeout` (a frozen or dying
 //! disk) is answered [`StoreError::TimedOut`] and health turns unhealthy while it
@@ -29,9 +30,23 @@ use super::{lock, schema, StoreError};
 /// the last write failed) probes whether writes work again.
 pub(super) const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// The WAL is checkpointed (copied into the database) once it holds this many
-/// pages (SQLite's default) ...
-const WAL_PAGES_MAX: u64 = 1000;
+/// How long a look at the ledger file that found it the one opened stands for
+/// the look before the writer's next transaction. A file replaced meanwhile is
+/// still found by the look after that transaction, and its jobs fail; what this
+/// allows is that one transaction into the old file, as a replacement during a
+/// transaction always could.
+pub(super) const IDENTITY_FRESH_FOR: Duration = Duration::from_millis(1);
+
+/// The WAL is checkpointed (copied into the database) by the writer once it
+/// holds this many pages (32 MiB; the checkpoint thread copies it a quarter at
+/// a time before that, `checkpoint.rs`) ...
+///
+/// Eight times SQLite's default: a checkpoint copies each page changed since
+/// the last once, however often it changed, and fsyncs both files, so fewer,
+/// larger ones cost the disk less (at 16 connections × pipeline 1 with a
+/// budget, 1,000 pages meant several checkpoints a second, whose fsyncs slowed
+/// the syncer's; docs/PERFORMANCE.md).
+const WAL_PAGES_MAX: u64 = 8192;
 
 /// ... or an eighth of the state filesystem, whichever is less, and cut back to
 /// that size after each checkpoint (`journal_size_limit`): on a small filesystem
@@ -79,16 +94,21 @@ impl Inner {
         }
     }
 
+    /// Whether the ledger was found lost (without looking at the file).
+    pub(super) fn check_lost(&self) -> Result<(), StoreError> {
+        match lock(&self.lost).clone() {
+            Some(message) => Err(StoreError::Failed {
+                path: self.path.display().to_string(),
+                message,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Whether the ledger file is still the one opened; once it is not, it never
     /// is again for this process (health says so until a restart).
     pub(super) fn check_identity(&self) -> Result<(), StoreError> {
-        let fail = |message: String| StoreError::Failed {
-            path: self.path.display().to_string(),
-            message,
-        };
-        if let Some(lost) = lock(&self.lost).clone() {
-            return Err(fail(lost));
-        }
+        self.check_lost()?;
         let Some(expected) = self.identity else {
             return Ok(());
         };
@@ -172,7 +192,7 @@ pub(super) fn write_marker(marker: &Path) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// How many pages the WAL may hold before a checkpoint: SQLite's default, or an
+/// How many pages the WAL may hold before the writer checkpoints: 8,192, or an
 /// eighth of the filesystem under `dir` when that is less (at least 16).
 pub(super) fn wal_pages(dir: &Path) -> u64 {
     let share = nix::sys::statvfs::statvfs(dir).map_or(u64::MAX, |fs| {

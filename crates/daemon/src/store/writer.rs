@@ -22,7 +22,7 @@ use rusqlite::Connection;
 use super::completion::Completion;
 use super::inner::{Inner, Job};
 use super::syncer::{self, Committed};
-use super::watch::{self, CHECK_EVERY};
+use super::watch::{self, CHECK_EVERY, IDENTITY_FRESH_FOR};
 use super::{schema, Entry, Outcome, StoreError};
 
 /// Most jobs applied in one transaction.
@@ -45,6 +45,7 @@ impl Inner {
         if let Err(e) = conn.execute_batch("PRAGMA synchronous = NORMAL") {
             log::warn!("the ledger stays at synchronous=FULL: {e}");
         }
+        let mut checked = None;
         loop {
             let first = match jobs.recv_timeout(CHECK_EVERY) {
                 Ok(job) => job,
@@ -82,20 +83,31 @@ impl Inner {
             if writes.is_empty() {
                 continue;
             }
-            self.commit_batch(&mut conn, syncer, writes);
+            self.commit_batch(&mut conn, syncer, writes, &mut checked);
         }
     }
 
     /// Applies one batch and answers its jobs, or hands them to the syncer:
     /// failed as a whole when the ledger file is not the one opened, before or
     /// after the transaction.
+    ///
+    /// Under load, one look at the file (a `statx`) per batch, not two: the
+    /// look after the last batch, if it was less than [`IDENTITY_FRESH_FOR`]
+    /// ago, serves as the look before this one. `checked` is when the last
+    /// look found the file ours.
     fn commit_batch(
         &self,
         conn: &mut Connection,
         syncer: &mpsc::Sender<Committed>,
         writes: Vec<(Vec<Entry>, Completion)>,
+        checked: &mut Option<Instant>,
     ) {
-        if let Err(error) = self.check_identity() {
+        let before = if checked.is_some_and(|at| at.elapsed() < IDENTITY_FRESH_FOR) {
+            self.check_lost()
+        } else {
+            self.check_identity()
+        };
+        if let Err(error) = before {
             for (_, done) in writes {
                 done.run(Err(error.clone()));
             }
@@ -116,7 +128,9 @@ impl Inner {
         metrics::histogram!(crate::metrics::STORE_COMMIT_JOBS).record(writes.len() as f64);
         // Committed into a file that was deleted meanwhile is not durable: the
         // next start would not see it.
-        let result = match (result, self.check_identity()) {
+        let identity = self.check_identity();
+        *checked = identity.is_ok().then(Instant::now);
+        let result = match (result, identity) {
             (Ok(_), Err(lost)) => Err(lost),
             (Ok(outcomes), Ok(())) => Ok(outcomes),
             (Err(err), _) => {
