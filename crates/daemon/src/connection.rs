@@ -205,6 +205,19 @@ impl Connection {
         encode_frame_into(self.framed.write_buffer_mut(), frame).map_err(encode_error)
     }
 
+    /// [`Self::encode_frame`] for a frame a caller writes itself: `encode`
+    /// appends one whole frame to the write buffer, or fails leaving it as it
+    /// was.
+    ///
+    /// # Errors
+    /// As [`Self::encode_frame`].
+    pub fn encode_with(
+        &mut self,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), crate::protocol::EncodeError>,
+    ) -> Result<(), WriteError> {
+        encode(self.framed.write_buffer_mut()).map_err(encode_error)
+    }
+
     /// [`Self::encode_frame`] for `ServerFrame::Reply(ReplyEnvelope { id,
     /// response })`, the response borrowed: admit and report replies, the
     /// ones every call gets, are encoded by hand (`protocol::hot`).

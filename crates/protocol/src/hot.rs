@@ -316,3 +316,136 @@ impl Hot for ReportReply {
         retry.put(buf);
     }
 }
+
+/// An admission's reply frame written as its parts are at hand, for a server
+/// that holds the decision in its own types: the votes are written one by one
+/// from borrowed text, with no `AdmitReply` (its votes, their shared rule
+/// names, their texts) built first. Byte for byte what
+/// [`encode_reply_into`] writes for the same `Response::Admit` (the property
+/// test `an_admit_written_in_parts_encodes_as_serde_does`).
+///
+/// Dropped before [`AdmitWriter::finish`], the buffer is left as it was.
+pub struct AdmitWriter<'b> {
+    buf: &'b mut BytesMut,
+    /// Where the frame starts in `buf` (its length prefix).
+    start: usize,
+    /// Votes announced in [`AdmitHead::votes`] and not written yet.
+    votes_left: usize,
+    finished: bool,
+}
+
+/// An admission's fields before its votes; the strings borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmitHead<'a> {
+    pub allowed: bool,
+    pub reservation: Option<u64>,
+    pub guard: Option<super::message::GuardKind>,
+    pub rule: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub retry_after_ms: Option<u64>,
+    /// How many votes follow: exactly this many [`AdmitWriter::vote`] calls.
+    pub votes: usize,
+}
+
+/// One vote, its texts borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct VoteRef<'a> {
+    pub guard: super::message::GuardKind,
+    pub rule: &'a str,
+    pub allow: bool,
+    pub shadow: bool,
+    pub reason: &'a str,
+    pub retry_after_ms: Option<u64>,
+}
+
+impl<'b> AdmitWriter<'b> {
+    /// Starts the frame of the reply to request `id`.
+    pub fn begin(buf: &'b mut BytesMut, id: u64, head: &AdmitHead<'_>) -> AdmitWriter<'b> {
+        let start = buf.len();
+        // The usual reply is a few hundred bytes; one reservation serves it.
+        buf.reserve(512);
+        // The length is written once it is known (`finish`).
+        buf.put_u32(0);
+        buf.put_u32_le(SERVER_FRAME_REPLY);
+        buf.put_u64_le(id);
+        buf.put_u32_le(RESPONSE_ADMIT);
+        head.allowed.put(buf);
+        head.reservation.put(buf);
+        head.guard.put(buf);
+        put_opt_str(buf, head.rule);
+        put_opt_str(buf, head.reason);
+        head.retry_after_ms.put(buf);
+        buf.put_u64_le(head.votes as u64);
+        AdmitWriter {
+            buf,
+            start,
+            votes_left: head.votes,
+            finished: false,
+        }
+    }
+
+    /// Writes the next vote.
+    ///
+    /// # Panics
+    /// When more votes are written than [`AdmitHead::votes`] announced.
+    #[inline]
+    pub fn vote(&mut self, vote: &VoteRef<'_>) {
+        assert!(self.votes_left > 0, "more votes than AdmitHead::votes");
+        self.votes_left -= 1;
+        let buf = &mut *self.buf;
+        vote.guard.put(buf);
+        vote.rule.put(buf);
+        vote.allow.put(buf);
+        vote.shadow.put(buf);
+        vote.reason.put(buf);
+        vote.retry_after_ms.put(buf);
+    }
+
+    /// Writes the fields after the votes and the frame's length.
+    ///
+    /// # Errors
+    /// Fails, leaving the buffer as it was before [`AdmitWriter::begin`], when
+    /// the frame exceeds [`MAX_FRAME_LEN`] (`EncodeErrorKind::SizeLimit`).
+    ///
+    /// # Panics
+    /// When fewer votes were written than [`AdmitHead::votes`] announced.
+    pub fn finish(
+        mut self,
+        cost: Option<f64>,
+        service: Option<&str>,
+    ) -> Result<(), bincode::Error> {
+        assert_eq!(self.votes_left, 0, "fewer votes than AdmitHead::votes");
+        cost.put(self.buf);
+        put_opt_str(self.buf, service);
+        let len = self.buf.len() - self.start - 4;
+        if len > MAX_FRAME_LEN {
+            // Drop truncates.
+            return Err(Box::new(bincode::ErrorKind::SizeLimit));
+        }
+        let len = u32::try_from(len)
+            .expect("at most MAX_FRAME_LEN")
+            .to_be_bytes();
+        self.buf[self.start..self.start + 4].copy_from_slice(&len);
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl Drop for AdmitWriter<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.buf.truncate(self.start);
+        }
+    }
+}
+
+#[inline]
+fn put_opt_str(buf: &mut BytesMut, text: Option<&str>) {
+    match text {
+        None => buf.put_u8(0),
+        Some(text) => {
+            buf.put_u8(1);
+            text.put(buf);
+        }
+    }
+}

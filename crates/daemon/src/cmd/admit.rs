@@ -33,7 +33,8 @@ use crate::guard::content::Scanned;
 use crate::money::Usd;
 use crate::names::{check_name, shown};
 use crate::protocol::{
-    AdmitReply, AdmitRequest, ErrorReply, GuardKind, Name, Response, Vote, Votes,
+    AdmitHead, AdmitReply, AdmitRequest, AdmitWriter, ErrorReply, GuardKind, Name, Response, Text,
+    Vote, VoteRef, Votes,
 };
 use crate::state::{Limit, Session, State};
 
@@ -273,8 +274,11 @@ impl Admit {
         }
         let durable = match admitted {
             Admitted::Decided(decision) => {
+                let Some(waited) = waited else {
+                    return Ok(Reply::Admitted(decision));
+                };
                 let mut reply = into_reply(decision);
-                if let (Some(waited), Some(reason)) = (waited, reply.reason.as_mut()) {
+                if let Some(reason) = reply.reason.as_mut() {
                     reason.push_str(&format!(
                         "; waited {} ms for a permit (wait_ms, at most concurrency.max_wait)",
                         waited.as_millis()
@@ -411,9 +415,61 @@ fn record(decision: &Decision) {
     }
 }
 
+/// [`into_reply`]'s frame, written straight from the decision
+/// (`protocol::AdmitWriter`): no `AdmitReply` is built, and each vote's text
+/// is made as it is written. The usual admission carries a vote per guard,
+/// and building and dropping their wire forms cost more than encoding them.
+/// A route's decision with services passed over, whose reason is composed,
+/// goes through `into_reply`.
+pub(super) fn encode(
+    buf: &mut bytes::BytesMut,
+    id: u64,
+    decision: &Decision,
+) -> Result<(), crate::protocol::EncodeError> {
+    if !decision.skipped.is_empty() {
+        let response = Response::Admit(into_reply_ref(decision));
+        return crate::protocol::encode_reply_into(buf, id, &response);
+    }
+    let decisive = decision.decisive.and_then(|idx| decision.votes.get(idx));
+    let decisive_reason = decisive.map(|v| reason_text(&v.reason));
+    let head = AdmitHead {
+        allowed: decision.allowed,
+        reservation: decision.reservation,
+        guard: decisive.map(|v| v.guard),
+        rule: decisive.map(|v| &*v.rule),
+        reason: decisive_reason.as_ref().map(Text::as_str),
+        retry_after_ms: if decision.allowed {
+            None
+        } else {
+            decisive.and_then(|v| v.retry_after.map(millis_up))
+        },
+        votes: decision.votes.len(),
+    };
+    let mut writer = AdmitWriter::begin(buf, id, &head);
+    for vote in &decision.votes {
+        writer.vote(&VoteRef {
+            guard: vote.guard,
+            rule: &vote.rule,
+            allow: vote.allow,
+            shadow: vote.shadow,
+            reason: reason_text(&vote.reason).as_str(),
+            retry_after_ms: vote.retry_after.map(millis_up),
+        });
+    }
+    writer.finish(
+        decision.allowed.then(|| decision.estimate.dollars()),
+        decision.service.as_deref(),
+    )
+}
+
 /// The wire form of a decision: the engine's typed votes become text here,
 /// after the engine lock was released.
-fn into_reply(decision: Decision) -> AdmitReply {
+pub(super) fn into_reply(decision: Decision) -> AdmitReply {
+    into_reply_ref(&decision)
+}
+
+/// [`into_reply`] of a borrowed decision.
+fn into_reply_ref(decision: &Decision) -> AdmitReply {
     let votes: Votes = decision
         .votes
         .iter()
@@ -461,6 +517,150 @@ fn into_reply(decision: Decision) -> AdmitReply {
         },
         cost: decision.allowed.then(|| decision.estimate.dollars()),
         votes,
-        service: decision.service,
+        service: decision.service.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+
+    use super::{encode, into_reply, Decision, GuardKind, Response, Usd};
+    use crate::admission::Reason;
+    use crate::guard::Votes;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("3 of 3 in flight; 1 waiting")]
+    struct Full;
+
+    fn vote(guard: GuardKind, rule: &str, reason: Reason) -> crate::admission::Vote {
+        crate::admission::Vote::allow(guard, Arc::from(rule), false, reason)
+    }
+
+    /// Decisions as the engine makes them: allowed with the usual votes, one
+    /// spilling past the inline two, a shadow denial, a denial with a wait, a
+    /// route's choice, and one with services passed over (the composed path).
+    fn decisions() -> Vec<Decision> {
+        let usual = || {
+            let mut votes = Votes::new();
+            votes.push(vote(GuardKind::Breaker, "llm", Reason::Fixed("closed")));
+            votes.push(vote(
+                GuardKind::Rate,
+                "open",
+                Reason::Burst {
+                    taken: 1,
+                    burst: 100,
+                },
+            ));
+            votes
+        };
+        let decision = |allowed, votes, decisive| Decision {
+            allowed,
+            reservation: allowed.then_some(42),
+            votes,
+            decisive,
+            transitions: Vec::new(),
+            estimate: Usd::from_micros(1_500),
+            service: None,
+            skipped: Vec::new(),
+            waiting: None,
+        };
+        let mut many = usual();
+        many.push(vote(
+            GuardKind::Concurrency,
+            "llm",
+            Reason::InFlight { n: 3, max: 4 },
+        ));
+        many.push(vote(
+            GuardKind::Lease,
+            "index",
+            Reason::Fixed("taken until the call is reported"),
+        ));
+        many.push(vote(
+            GuardKind::Budget,
+            "global",
+            Reason::Reserved {
+                estimate: Usd::from_micros(1_500),
+                left: Usd::from_micros(7_000_000),
+                limit: Usd::from_micros(10_000_000),
+            },
+        ));
+        let mut shadowed = usual();
+        shadowed.push(crate::admission::Vote::deny(
+            GuardKind::Concurrency,
+            Arc::from("llm"),
+            true,
+            Full,
+            None,
+        ));
+        let mut denied = usual();
+        denied.push(crate::admission::Vote::deny(
+            GuardKind::Concurrency,
+            Arc::from("llm"),
+            false,
+            Full,
+            Some(Duration::from_micros(2_500)),
+        ));
+        let mut routed = decision(true, usual(), None);
+        routed.service = Some("backup".into());
+        let mut passed_over = decision(false, denied_votes(), Some(2));
+        passed_over.skipped = vec![(
+            "primary".into(),
+            crate::admission::Vote::deny(
+                GuardKind::Breaker,
+                Arc::from("primary"),
+                false,
+                Full,
+                None,
+            ),
+        )];
+        fn denied_votes() -> Votes {
+            let mut votes = Votes::new();
+            votes.push(vote(GuardKind::Breaker, "llm", Reason::Fixed("closed")));
+            votes.push(vote(
+                GuardKind::Rate,
+                "open",
+                Reason::Burst {
+                    taken: 1,
+                    burst: 100,
+                },
+            ));
+            votes.push(crate::admission::Vote::deny(
+                GuardKind::Rate,
+                Arc::from("tight"),
+                false,
+                Full,
+                Some(Duration::from_millis(20)),
+            ));
+            votes
+        }
+        vec![
+            decision(true, usual(), None),
+            decision(true, many, None),
+            decision(true, shadowed, None),
+            decision(false, denied, Some(2)),
+            decision(true, Votes::new(), None),
+            routed,
+            passed_over,
+        ]
+    }
+
+    #[test]
+    fn an_admission_written_from_its_decision_encodes_as_its_response() {
+        for (i, decision) in decisions().into_iter().enumerate() {
+            let mut direct = BytesMut::from(&b"queued"[..]);
+            encode(&mut direct, 7, &decision).unwrap();
+            let mut response = BytesMut::from(&b"queued"[..]);
+            crate::protocol::encode_reply_into(
+                &mut response,
+                7,
+                &Response::Admit(into_reply(decision)),
+            )
+            .unwrap();
+            assert_eq!(direct, response, "decision {i}");
+        }
     }
 }

@@ -83,9 +83,11 @@ mod tests {
         let dispatch =
             |state: &State, session: &crate::state::Session, request: Request| match dispatch(
                 state, session, request,
-            ) {
-                crate::cmd::Reply::Ready(response) => response,
-                crate::cmd::Reply::Pending(_) => panic!("forcing a breaker needs no ledger write"),
+            )
+            .now_or_later()
+            {
+                Ok(response) => response,
+                Err(_) => panic!("forcing a breaker needs no ledger write"),
             };
         let agent = state.open_session("a".into(), peer(1001));
         match dispatch(&state, &agent, force(BreakerForce::Open)) {

@@ -26,7 +26,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::access::AccessDenied;
-use crate::admission::AdmissionError;
+use crate::admission::{AdmissionError, Decision};
 use crate::alerts::Alert;
 use crate::clock::Moment;
 use crate::guard::breaker::Phase;
@@ -45,6 +45,10 @@ pub type ReplyFuture = Pin<Box<dyn Future<Output = Response> + Send + 'static>>;
 #[allow(clippy::large_enum_variant)]
 pub enum Reply {
     Ready(Response),
+    /// An admission decided now, in the engine's types: the handler writes
+    /// its frame straight from them ([`Reply::encode_admitted`]), its votes
+    /// made text as they are written; anywhere else it becomes a `Response`.
+    Admitted(Decision),
     Pending(ReplyFuture),
 }
 
@@ -60,7 +64,7 @@ pub fn dispatch(state: &State, session: &Session, request: Request) -> Reply {
     // again would copy its few hundred bytes.
     let reply = decide(state, session, request, now);
     match reply {
-        Reply::Ready(_) => {
+        Reply::Ready(_) | Reply::Admitted(_) => {
             record_duration(state, kind, now);
             reply
         }
@@ -151,10 +155,36 @@ fn not_permitted(state: &State, session: &Session, denied: &AccessDenied) -> Err
 impl Reply {
     /// The response, waiting for the ledger if needed.
     pub async fn into_response(self) -> Response {
-        match self {
-            Reply::Ready(response) => response,
-            Reply::Pending(future) => future.await,
+        match self.now_or_later() {
+            Ok(response) => response,
+            Err(future) => future.await,
         }
+    }
+
+    /// The response when it is ready, else the wait for it.
+    ///
+    /// # Errors
+    /// The future of a reply waiting for the ledger (or a permit, or a scan).
+    pub fn now_or_later(self) -> Result<Response, ReplyFuture> {
+        match self {
+            Reply::Ready(response) => Ok(response),
+            Reply::Admitted(decision) => Ok(Response::Admit(admit::into_reply(decision))),
+            Reply::Pending(future) => Err(future),
+        }
+    }
+
+    /// Appends the frame of an admission's reply to request `id` to `buf`,
+    /// byte for byte the frame of its `Response` (see [`Reply::Admitted`]).
+    ///
+    /// # Errors
+    /// Fails, leaving `buf` as it was, when the frame would exceed the frame
+    /// limit.
+    pub fn encode_admitted(
+        buf: &mut bytes::BytesMut,
+        id: u64,
+        decision: &Decision,
+    ) -> Result<(), crate::protocol::EncodeError> {
+        admit::encode(buf, id, decision)
     }
 }
 

@@ -351,6 +351,19 @@ impl Handler {
                             Err(err) => Took::WriteFailed(err),
                         }
                     }
+                    cmd::Reply::Admitted(decision) => {
+                        let encoded = replies::encode_admitted(
+                            &mut self.conn,
+                            &self.state,
+                            &self.session,
+                            id,
+                            &decision,
+                        );
+                        match encoded {
+                            Ok(()) => Took::Encoded,
+                            Err(err) => Took::WriteFailed(err),
+                        }
+                    }
                     cmd::Reply::Pending(future) => {
                         self.replies.push_back(replies::pending(id, future));
                         Took::Queued

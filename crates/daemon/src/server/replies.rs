@@ -74,11 +74,11 @@ pub(super) fn answer(state: &State, session: &Session, frame: ClientFrame) -> Qu
         }
         ClientFrame::Request(envelope) => {
             let id = envelope.id;
-            match cmd::dispatch(state, session, envelope.request) {
-                cmd::Reply::Ready(response) => {
+            match cmd::dispatch(state, session, envelope.request).now_or_later() {
+                Ok(response) => {
                     Queued::Ready(Some(ServerFrame::Reply(ReplyEnvelope { id, response })))
                 }
-                cmd::Reply::Pending(future) => pending(id, future),
+                Err(future) => pending(id, future),
             }
         }
         ClientFrame::Hello(_) => Queued::Ready(Some(ServerFrame::Error(ErrorReply::new(
@@ -190,6 +190,24 @@ async fn feed(
     if let Err(WriteError::TooLarge) = encoded {
         too_large_counted(state, session);
         conn.encode_frame(&fit(frame))?;
+    }
+    Ok(())
+}
+
+/// [`encode_reply`] for an admission decided now, written straight from the
+/// engine's decision (`cmd::Reply::Admitted`).
+pub(super) fn encode_admitted(
+    conn: &mut Connection,
+    state: &State,
+    session: &Session,
+    id: u64,
+    decision: &crate::admission::Decision,
+) -> Result<(), WriteError> {
+    if let Err(WriteError::TooLarge) =
+        conn.encode_with(|buf| cmd::Reply::encode_admitted(buf, id, decision))
+    {
+        too_large_counted(state, session);
+        conn.encode_frame(&too_large_reply(id))?;
     }
     Ok(())
 }

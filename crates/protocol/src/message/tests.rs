@@ -128,6 +128,36 @@ proptest! {
     }
 
     #[test]
+    fn an_admit_written_in_parts_encodes_as_serde_does(id in any::<u64>(), reply in any::<AdmitReply>()) {
+        use crate::hot::{AdmitHead, AdmitWriter, VoteRef};
+        let mut parts = BytesMut::from(&b"before"[..]);
+        let head = AdmitHead {
+            allowed: reply.allowed,
+            reservation: reply.reservation,
+            guard: reply.guard,
+            rule: reply.rule.as_deref(),
+            reason: reply.reason.as_deref(),
+            retry_after_ms: reply.retry_after_ms,
+            votes: reply.votes.len(),
+        };
+        let mut writer = AdmitWriter::begin(&mut parts, id, &head);
+        for vote in &reply.votes {
+            writer.vote(&VoteRef {
+                guard: vote.guard,
+                rule: &vote.rule,
+                allow: vote.allow,
+                shadow: vote.shadow,
+                reason: vote.reason.as_str(),
+                retry_after_ms: vote.retry_after_ms,
+            });
+        }
+        writer.finish(reply.cost, reply.service.as_deref()).unwrap();
+        let mut serde = BytesMut::from(&b"before"[..]);
+        crate::frame::encode_frame_into(&mut serde, &ServerFrame::Reply(ReplyEnvelope { id, response: Response::Admit(reply) })).unwrap();
+        prop_assert_eq!(parts, serde);
+    }
+
+    #[test]
     fn hot_report_replies_encode_as_serde_does(id in any::<u64>(), reply in any::<ReportReply>()) {
         let response = Response::Report(reply);
         let mut hot = BytesMut::new();
@@ -824,4 +854,27 @@ fn votes_encode_as_a_vec_of_strings_and_two_decode_in_place() {
             assert!(!vote.reason.is_heap_allocated(), "{:?}", vote.reason);
         }
     }
+}
+
+#[test]
+fn an_admit_writer_dropped_or_too_large_leaves_the_buffer_alone() {
+    use crate::hot::{AdmitHead, AdmitWriter};
+    let head = AdmitHead {
+        allowed: true,
+        reservation: Some(1),
+        guard: None,
+        rule: None,
+        reason: None,
+        retry_after_ms: None,
+        votes: 0,
+    };
+    let mut buf = BytesMut::from(&b"queued"[..]);
+    drop(AdmitWriter::begin(&mut buf, 7, &head));
+    assert_eq!(&buf[..], b"queued");
+    let huge = "x".repeat(crate::MAX_FRAME_LEN);
+    let err = AdmitWriter::begin(&mut buf, 7, &head)
+        .finish(None, Some(&huge))
+        .unwrap_err();
+    assert!(matches!(*err, bincode::ErrorKind::SizeLimit), "{err}");
+    assert_eq!(&buf[..], b"queued");
 }
