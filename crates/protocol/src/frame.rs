@@ -128,6 +128,10 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
 /// # Errors
 /// As [`decode`], plus [`DecodeError::UnknownRequest`].
 pub fn decode_client_frame(body: &[u8]) -> Result<ClientFrame, DecodeError> {
+    // The usual requests by hand (`hot`); anything else, and every error, serde's.
+    if let Some(frame) = super::hot::decode_request(body) {
+        return Ok(frame);
+    }
     decode::<ClientFrame>(body).map_err(|err| {
         if let Some((id, kind)) = unknown_request(body) {
             return DecodeError::UnknownRequest { id, kind };

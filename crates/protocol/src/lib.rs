@@ -21,6 +21,6 @@ pub use frame::{
     MAX_PAYLOAD_LEN,
 };
 pub use handshake::{Hello, PeerIdentity, Welcome, MAX_HELLO_LEN, PROTOCOL_VERSION};
-pub use hot::{encode_reply_into, AdmitHead, AdmitWriter, VoteRef};
+pub use hot::{decode_request, encode_reply_into, AdmitHead, AdmitWriter, VoteRef};
 pub use message::*;
 pub use text::Text;

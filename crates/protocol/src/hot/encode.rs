@@ -17,8 +17,8 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::frame::{encode_frame_into, MAX_FRAME_LEN};
-use super::message::{AdmitReply, ReplyRef, ReportReply, Response, RetryAdvice, Vote};
+use crate::frame::{encode_frame_into, MAX_FRAME_LEN};
+use crate::message::{AdmitReply, ReplyRef, ReportReply, Response, RetryAdvice, Vote};
 
 /// `ServerFrame::Reply`'s variant index.
 const SERVER_FRAME_REPLY: u32 = 1;
@@ -175,7 +175,7 @@ macro_rules! hot_unit_enum {
     )*};
 }
 
-hot_unit_enum!(super::message::GuardKind, super::message::BreakerState);
+hot_unit_enum!(crate::message::GuardKind, crate::message::BreakerState);
 
 impl Hot for Vote {
     #[inline]
@@ -339,7 +339,7 @@ pub struct AdmitWriter<'b> {
 pub struct AdmitHead<'a> {
     pub allowed: bool,
     pub reservation: Option<u64>,
-    pub guard: Option<super::message::GuardKind>,
+    pub guard: Option<crate::message::GuardKind>,
     pub rule: Option<&'a str>,
     pub reason: Option<&'a str>,
     pub retry_after_ms: Option<u64>,
@@ -350,7 +350,7 @@ pub struct AdmitHead<'a> {
 /// One vote, its texts borrowed.
 #[derive(Debug, Clone, Copy)]
 pub struct VoteRef<'a> {
-    pub guard: super::message::GuardKind,
+    pub guard: crate::message::GuardKind,
     pub rule: &'a str,
     pub allow: bool,
     pub shadow: bool,
