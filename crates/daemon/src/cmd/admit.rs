@@ -540,23 +540,25 @@ mod tests {
         crate::admission::Vote::allow(guard, Arc::from(rule), false, reason)
     }
 
+    /// A breaker's and a rate limit's votes, as most admissions carry.
+    fn usual_votes() -> Votes {
+        let mut votes = Votes::new();
+        votes.push(vote(GuardKind::Breaker, "llm", Reason::Fixed("closed")));
+        votes.push(vote(
+            GuardKind::Rate,
+            "open",
+            Reason::Burst {
+                taken: 1,
+                burst: 100,
+            },
+        ));
+        votes
+    }
+
     /// Decisions as the engine makes them: allowed with the usual votes, one
     /// spilling past the inline two, a shadow denial, a denial with a wait, a
     /// route's choice, and one with services passed over (the composed path).
     fn decisions() -> Vec<Decision> {
-        let usual = || {
-            let mut votes = Votes::new();
-            votes.push(vote(GuardKind::Breaker, "llm", Reason::Fixed("closed")));
-            votes.push(vote(
-                GuardKind::Rate,
-                "open",
-                Reason::Burst {
-                    taken: 1,
-                    burst: 100,
-                },
-            ));
-            votes
-        };
         let decision = |allowed, votes, decisive| Decision {
             allowed,
             reservation: allowed.then_some(42),
@@ -568,7 +570,7 @@ mod tests {
             skipped: Vec::new(),
             waiting: None,
         };
-        let mut many = usual();
+        let mut many = usual_votes();
         many.push(vote(
             GuardKind::Concurrency,
             "llm",
@@ -588,7 +590,7 @@ mod tests {
                 limit: Usd::from_micros(10_000_000),
             },
         ));
-        let mut shadowed = usual();
+        let mut shadowed = usual_votes();
         shadowed.push(crate::admission::Vote::deny(
             GuardKind::Concurrency,
             Arc::from("llm"),
@@ -596,7 +598,7 @@ mod tests {
             Full,
             None,
         ));
-        let mut denied = usual();
+        let mut denied = usual_votes();
         denied.push(crate::admission::Vote::deny(
             GuardKind::Concurrency,
             Arc::from("llm"),
@@ -604,7 +606,7 @@ mod tests {
             Full,
             Some(Duration::from_micros(2_500)),
         ));
-        let mut routed = decision(true, usual(), None);
+        let mut routed = decision(true, usual_votes(), None);
         routed.service = Some("backup".into());
         let mut passed_over = decision(false, denied_votes(), Some(2));
         passed_over.skipped = vec![(
@@ -618,16 +620,7 @@ mod tests {
             ),
         )];
         fn denied_votes() -> Votes {
-            let mut votes = Votes::new();
-            votes.push(vote(GuardKind::Breaker, "llm", Reason::Fixed("closed")));
-            votes.push(vote(
-                GuardKind::Rate,
-                "open",
-                Reason::Burst {
-                    taken: 1,
-                    burst: 100,
-                },
-            ));
+            let mut votes = usual_votes();
             votes.push(crate::admission::Vote::deny(
                 GuardKind::Rate,
                 Arc::from("tight"),
@@ -638,7 +631,7 @@ mod tests {
             votes
         }
         vec![
-            decision(true, usual(), None),
+            decision(true, usual_votes(), None),
             decision(true, many, None),
             decision(true, shadowed, None),
             decision(false, denied, Some(2)),

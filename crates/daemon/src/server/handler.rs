@@ -92,6 +92,16 @@ enum Took {
     WriteFailed(WriteError),
 }
 
+impl Took {
+    /// A reply encoded at once, or the write error that ends the connection.
+    fn written(encoded: Result<(), WriteError>) -> Took {
+        match encoded {
+            Ok(()) => Took::Encoded,
+            Err(err) => Took::WriteFailed(err),
+        }
+    }
+}
+
 /// Whether the connection goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
@@ -338,32 +348,20 @@ impl Handler {
             // Nothing queued ahead: decided and, when ready, encoded now.
             ClientFrame::Request(Envelope { id, request }) if self.replies.is_empty() => {
                 match cmd::dispatch(&self.state, &self.session, request) {
-                    cmd::Reply::Ready(response) => {
-                        let encoded = replies::encode_reply(
-                            &mut self.conn,
-                            &self.state,
-                            &self.session,
-                            id,
-                            &response,
-                        );
-                        match encoded {
-                            Ok(()) => Took::Encoded,
-                            Err(err) => Took::WriteFailed(err),
-                        }
-                    }
-                    cmd::Reply::Admitted(decision) => {
-                        let encoded = replies::encode_admitted(
-                            &mut self.conn,
-                            &self.state,
-                            &self.session,
-                            id,
-                            &decision,
-                        );
-                        match encoded {
-                            Ok(()) => Took::Encoded,
-                            Err(err) => Took::WriteFailed(err),
-                        }
-                    }
+                    cmd::Reply::Ready(response) => Took::written(replies::encode_reply(
+                        &mut self.conn,
+                        &self.state,
+                        &self.session,
+                        id,
+                        &response,
+                    )),
+                    cmd::Reply::Admitted(decision) => Took::written(replies::encode_admitted(
+                        &mut self.conn,
+                        &self.state,
+                        &self.session,
+                        id,
+                        &decision,
+                    )),
                     cmd::Reply::Pending(future) => {
                         self.replies.push_back(replies::pending(id, future));
                         Took::Queued

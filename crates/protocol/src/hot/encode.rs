@@ -86,38 +86,23 @@ impl Hot for bool {
     }
 }
 
-impl Hot for u32 {
-    #[inline]
-    fn len(&self) -> usize {
-        4
-    }
-    #[inline]
-    fn put(&self, buf: &mut BytesMut) {
-        buf.put_u32_le(*self);
-    }
+/// A fixed-width number is its little-endian bytes.
+macro_rules! hot_number {
+    ($($ty:ty => $put:ident),*) => {$(
+        impl Hot for $ty {
+            #[inline]
+            fn len(&self) -> usize {
+                std::mem::size_of::<$ty>()
+            }
+            #[inline]
+            fn put(&self, buf: &mut BytesMut) {
+                buf.$put(*self);
+            }
+        }
+    )*};
 }
 
-impl Hot for u64 {
-    #[inline]
-    fn len(&self) -> usize {
-        8
-    }
-    #[inline]
-    fn put(&self, buf: &mut BytesMut) {
-        buf.put_u64_le(*self);
-    }
-}
-
-impl Hot for f64 {
-    #[inline]
-    fn len(&self) -> usize {
-        8
-    }
-    #[inline]
-    fn put(&self, buf: &mut BytesMut) {
-        buf.put_f64_le(*self);
-    }
-}
+hot_number!(u32 => put_u32_le, u64 => put_u64_le, f64 => put_f64_le);
 
 impl Hot for str {
     #[inline]
