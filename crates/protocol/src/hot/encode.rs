@@ -162,144 +162,70 @@ macro_rules! hot_unit_enum {
 
 hot_unit_enum!(crate::message::GuardKind, crate::message::BreakerState);
 
-impl Hot for Vote {
+impl Hot for std::sync::Arc<str> {
     #[inline]
     fn len(&self) -> usize {
-        let Vote {
-            guard,
-            rule,
-            allow,
-            shadow,
-            reason,
-            retry_after_ms,
-        } = self;
-        Hot::len(guard)
-            + Hot::len(&**rule)
-            + Hot::len(allow)
-            + Hot::len(shadow)
-            + Hot::len(reason.as_str())
-            + Hot::len(retry_after_ms)
+        Hot::len(&**self)
     }
     #[inline]
     fn put(&self, buf: &mut BytesMut) {
-        let Vote {
-            guard,
-            rule,
-            allow,
-            shadow,
-            reason,
-            retry_after_ms,
-        } = self;
-        guard.put(buf);
-        (**rule).put(buf);
-        allow.put(buf);
-        shadow.put(buf);
-        reason.as_str().put(buf);
-        retry_after_ms.put(buf);
+        (**self).put(buf);
     }
 }
 
-impl Hot for AdmitReply {
+impl Hot for crate::text::Text {
+    #[inline]
     fn len(&self) -> usize {
-        // Destructured, so a new field is a compile error here first.
-        let AdmitReply {
-            allowed,
-            reservation,
-            guard,
-            rule,
-            reason,
-            retry_after_ms,
-            votes,
-            cost,
-            service,
-        } = self;
-        Hot::len(allowed)
-            + Hot::len(reservation)
-            + Hot::len(guard)
-            + Hot::len(rule)
-            + Hot::len(reason)
-            + Hot::len(retry_after_ms)
-            + 8
-            + votes.iter().map(Hot::len).sum::<usize>()
-            + Hot::len(cost)
-            + Hot::len(service)
+        Hot::len(self.as_str())
     }
+    #[inline]
     fn put(&self, buf: &mut BytesMut) {
-        let AdmitReply {
-            allowed,
-            reservation,
-            guard,
-            rule,
-            reason,
-            retry_after_ms,
-            votes,
-            cost,
-            service,
-        } = self;
-        allowed.put(buf);
-        reservation.put(buf);
-        guard.put(buf);
-        rule.put(buf);
-        reason.put(buf);
-        retry_after_ms.put(buf);
-        buf.put_u64_le(votes.len() as u64);
-        for vote in votes {
+        self.as_str().put(buf);
+    }
+}
+
+/// A sequence is its length as a `u64`, then its elements.
+impl Hot for crate::message::Votes {
+    #[inline]
+    fn len(&self) -> usize {
+        8 + self.iter().map(Hot::len).sum::<usize>()
+    }
+    #[inline]
+    fn put(&self, buf: &mut BytesMut) {
+        buf.put_u64_le(self.len() as u64);
+        for vote in self {
             vote.put(buf);
         }
-        cost.put(buf);
-        service.put(buf);
     }
 }
 
-impl Hot for RetryAdvice {
-    fn len(&self) -> usize {
-        let RetryAdvice {
-            retry,
-            after_ms,
-            attempt,
-            reason,
-        } = self;
-        Hot::len(retry) + Hot::len(after_ms) + Hot::len(attempt) + Hot::len(reason)
-    }
-    fn put(&self, buf: &mut BytesMut) {
-        let RetryAdvice {
-            retry,
-            after_ms,
-            attempt,
-            reason,
-        } = self;
-        retry.put(buf);
-        after_ms.put(buf);
-        attempt.put(buf);
-        reason.put(buf);
-    }
+/// A struct is its fields in declaration order. Each is listed here and
+/// destructured without `..`, so a field added to one of these messages is a
+/// compile error until it is listed too.
+macro_rules! hot_struct {
+    ($($ty:ident { $($field:ident),* $(,)? })*) => {$(
+        impl Hot for $ty {
+            #[inline]
+            fn len(&self) -> usize {
+                let $ty { $($field),* } = self;
+                0 $(+ Hot::len($field))*
+            }
+            #[inline]
+            fn put(&self, buf: &mut BytesMut) {
+                let $ty { $($field),* } = self;
+                $($field.put(buf);)*
+            }
+        }
+    )*};
 }
 
-impl Hot for ReportReply {
-    fn len(&self) -> usize {
-        let ReportReply {
-            ok,
-            duplicate,
-            breaker,
-            charged,
-            retry,
-        } = self;
-        Hot::len(ok) + Hot::len(duplicate) + Hot::len(breaker) + Hot::len(charged) + Hot::len(retry)
+hot_struct! {
+    Vote { guard, rule, allow, shadow, reason, retry_after_ms }
+    AdmitReply {
+        allowed, reservation, guard, rule, reason, retry_after_ms, votes, cost, service,
     }
-    fn put(&self, buf: &mut BytesMut) {
-        let ReportReply {
-            ok,
-            duplicate,
-            breaker,
-            charged,
-            retry,
-        } = self;
-        ok.put(buf);
-        duplicate.put(buf);
-        breaker.put(buf);
-        charged.put(buf);
-        retry.put(buf);
-    }
+    RetryAdvice { retry, after_ms, attempt, reason }
+    ReportReply { ok, duplicate, breaker, charged, retry }
 }
 
 /// An admission's reply frame written as its parts are at hand, for a server
