@@ -116,16 +116,23 @@ impl Hot for str {
     }
 }
 
-impl Hot for String {
-    #[inline]
-    fn len(&self) -> usize {
-        Hot::len(self.as_str())
-    }
-    #[inline]
-    fn put(&self, buf: &mut BytesMut) {
-        self.as_str().put(buf);
-    }
+/// Text held as `String` or `Text` is a `str` on the wire.
+macro_rules! hot_text {
+    ($($ty:ty),*) => {$(
+        impl Hot for $ty {
+            #[inline]
+            fn len(&self) -> usize {
+                Hot::len(self.as_str())
+            }
+            #[inline]
+            fn put(&self, buf: &mut BytesMut) {
+                self.as_str().put(buf);
+            }
+        }
+    )*};
 }
+
+hot_text!(String, crate::text::Text);
 
 impl<T: Hot> Hot for Option<T> {
     #[inline]
@@ -170,17 +177,6 @@ impl Hot for std::sync::Arc<str> {
     #[inline]
     fn put(&self, buf: &mut BytesMut) {
         (**self).put(buf);
-    }
-}
-
-impl Hot for crate::text::Text {
-    #[inline]
-    fn len(&self) -> usize {
-        Hot::len(self.as_str())
-    }
-    #[inline]
-    fn put(&self, buf: &mut BytesMut) {
-        self.as_str().put(buf);
     }
 }
 
