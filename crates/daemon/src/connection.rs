@@ -11,7 +11,8 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError};
 
-use crate::protocol::frame::{decode_client_frame, encode_frame_into, length_codec};
+use crate::protocol::decode_client_frame;
+use crate::protocol::frame::{encode_frame_into, length_codec};
 use crate::protocol::hot::encode_reply_into;
 use crate::protocol::{ClientFrame, DecodeError, Response, ServerFrame, MAX_FRAME_LEN};
 

@@ -10,8 +10,6 @@ use bincode::Options;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
-use super::message::{ClientFrame, Request};
-
 /// Largest frame body, in bytes, that either side accepts or sends: 1 MiB plus
 /// 64 KiB, so a request carrying a payload of [`MAX_PAYLOAD_LEN`] (the content
 /// guard's largest `max_payload`) still fits with its names and fields around it.
@@ -122,64 +120,11 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
         .map_err(|source| DecodeError::Malformed { source })
 }
 
-/// Decodes a client frame, telling an unknown request kind (a newer client; the
-/// connection survives) apart from garbage (the connection is closed).
-///
-/// # Errors
-/// As [`decode`], plus [`DecodeError::UnknownRequest`].
-pub fn decode_client_frame(body: &[u8]) -> Result<ClientFrame, DecodeError> {
-    // The usual requests by hand (`hot`); anything else, and every error, serde's.
-    if let Some(frame) = super::hot::decode_request(body) {
-        return Ok(frame);
-    }
-    decode::<ClientFrame>(body).map_err(|err| {
-        if let Some((id, kind)) = unknown_request(body) {
-            return DecodeError::UnknownRequest { id, kind };
-        }
-        match super::handshake::peek_hello_version(body) {
-            Some(version) if version != super::PROTOCOL_VERSION => {
-                DecodeError::VersionMismatch { version }
-            }
-            _ => err,
-        }
-    })
-}
-
-/// Reads the fixed prefix of a `ClientFrame::Request`: frame variant (u32 = 1),
-/// request id (u64), request variant (u32). Returns the id and kind when the kind is
-/// beyond the ones this build knows.
-fn unknown_request(body: &[u8]) -> Option<(u64, u32)> {
-    let frame_kind = u32::from_le_bytes(body.get(0..4)?.try_into().ok()?);
-    if frame_kind != ClientFrame::REQUEST_VARIANT {
-        return None;
-    }
-    let id = u64::from_le_bytes(body.get(4..12)?.try_into().ok()?);
-    let kind = u32::from_le_bytes(body.get(12..16)?.try_into().ok()?);
-    (kind >= Request::KIND_COUNT).then_some((id, kind))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Envelope, Request};
-
-    #[test]
-    fn unknown_request_kind_is_told_apart_from_garbage() {
-        let mut body = encode(&ClientFrame::Request(Envelope {
-            id: 7,
-            request: Request::Ping,
-        }))
-        .unwrap();
-        body[12..16].copy_from_slice(&999u32.to_le_bytes());
-        match decode_client_frame(&body) {
-            Err(DecodeError::UnknownRequest { id: 7, kind: 999 }) => {}
-            other => panic!("expected unknown request, got {other:?}"),
-        }
-        assert!(matches!(
-            decode_client_frame(&[1, 2, 3]),
-            Err(DecodeError::Malformed { .. })
-        ));
-    }
+    use crate::inbound::decode_client_frame;
+    use crate::message::{ClientFrame, Envelope, Request};
 
     #[test]
     fn a_frame_encoded_in_place_is_what_the_codec_would_send() {

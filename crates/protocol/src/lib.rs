@@ -8,6 +8,7 @@
 pub mod frame;
 pub mod handshake;
 pub mod hot;
+pub mod inbound;
 pub mod message;
 pub mod names;
 pub mod paths;
@@ -17,10 +18,10 @@ pub mod text;
 /// limit is `EncodeErrorKind::SizeLimit`).
 pub use bincode::{Error as EncodeError, ErrorKind as EncodeErrorKind};
 pub use frame::{
-    decode, decode_client_frame, encode, encoded_len, length_codec, DecodeError, MAX_FRAME_LEN,
-    MAX_PAYLOAD_LEN,
+    decode, encode, encoded_len, length_codec, DecodeError, MAX_FRAME_LEN, MAX_PAYLOAD_LEN,
 };
 pub use handshake::{Hello, PeerIdentity, Welcome, MAX_HELLO_LEN, PROTOCOL_VERSION};
 pub use hot::{decode_request, encode_reply_into, AdmitHead, AdmitWriter, VoteRef};
+pub use inbound::decode_client_frame;
 pub use message::*;
 pub use text::Text;

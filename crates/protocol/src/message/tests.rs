@@ -6,7 +6,8 @@ use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::*;
-use crate::frame::{decode, decode_client_frame, encode, length_codec};
+use crate::frame::{decode, encode, length_codec};
+use crate::inbound::decode_client_frame;
 
 /// Encodes `message` into a length-delimited frame and decodes it back.
 fn through_codec<T>(message: &T) -> T
