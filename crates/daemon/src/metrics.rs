@@ -51,6 +51,9 @@ pub const STORE_COMMIT_DURATION: &str = "automation_framework_store_commit_durat
 pub const STORE_COMMIT_JOBS: &str = "automation_framework_store_commit_jobs";
 pub const STORE_SYNC_DURATION: &str = "automation_framework_store_sync_duration_seconds";
 pub const STORE_SYNC_JOBS: &str = "automation_framework_store_sync_jobs";
+pub const STORE_CHECKPOINT_DURATION: &str =
+    "automation_framework_store_checkpoint_duration_seconds";
+pub const STORE_WRITER_CHECKPOINTS: &str = "automation_framework_store_writer_checkpoints_total";
 pub const ENGINE_LOCK_WAITS: &str = "automation_framework_engine_lock_waits_total";
 pub const ENGINE_LOCK_WAITED: &str = "automation_framework_engine_lock_waited_seconds";
 pub const BUDGET_CLOCK_STEPS_BACK: &str = "automation_framework_budget_clock_steps_back_total";
@@ -374,6 +377,16 @@ fn describe() {
         STORE_SYNC_DURATION,
         Unit::Seconds,
         "Time of one fdatasync of the ledger's write-ahead log by the syncer thread, which charges, refunds and admin changes wait for"
+    );
+    describe_histogram!(
+        STORE_CHECKPOINT_DURATION,
+        Unit::Seconds,
+        "Time of one checkpoint of the ledger's write-ahead log into the database by the checkpoint thread, which no request waits for"
+    );
+    describe_counter!(
+        STORE_WRITER_CHECKPOINTS,
+        Unit::Count,
+        "Checkpoints the ledger's writer thread ran itself because the write-ahead log reached its limit (the commits queued meanwhile waited); rising steadily means the checkpoint thread does not keep up"
     );
     describe_histogram!(
         STORE_SYNC_JOBS,

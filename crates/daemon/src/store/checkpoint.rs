@@ -58,6 +58,7 @@ pub(super) fn install(
                     .stats
                     .writer_checkpoints
                     .fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::STORE_WRITER_CHECKPOINTS).increment(1);
             }
         } else if frames >= nudged_at + step {
             nudged_at = frames;
@@ -81,7 +82,12 @@ pub(super) fn run(conn: &Connection, nudges: &mpsc::Receiver<()>, stats: &Stats)
         // Busy (the writer is checkpointing at the limit) or failed: the
         // writer's own checkpoint keeps the WAL bounded all the same.
         match passive(conn) {
-            Ok(true) => stats.record_checkpoint(started.elapsed().as_micros()),
+            Ok(true) => {
+                let took = started.elapsed();
+                stats.record_checkpoint(took.as_micros());
+                metrics::histogram!(crate::metrics::STORE_CHECKPOINT_DURATION)
+                    .record(took.as_secs_f64());
+            }
             Ok(false) => {}
             Err(e) => log::debug!("a checkpoint of the ledger's WAL failed: {e}"),
         }
