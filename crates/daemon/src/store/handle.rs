@@ -68,14 +68,17 @@ impl Store {
     /// As [`Store::open`]; also when the ledger is missing from a directory
     /// that held one (its marker is there) and `options.init` is false.
     pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<(Store, Snapshot), StoreError> {
-        Store::open_at(dir, options, watch::wal_pages(dir))
+        Store::open_at(dir, options, None)
     }
 
-    /// [`Store::open_with`] with the WAL's limit in pages (tests: a small one).
+    /// [`Store::open_with`] with the WAL's limit in pages (tests: a small one);
+    /// `None`: the limit for the state directory's filesystem, measured once
+    /// the directory exists (before, `statvfs` fails and the limit would be
+    /// the largest, too large for a small filesystem).
     pub(super) fn open_at(
         dir: &Path,
         options: &StoreOptions,
-        wal_pages: u64,
+        wal_pages: Option<u64>,
     ) -> Result<(Store, Snapshot), StoreError> {
         let path = dir.join(LEDGER_FILE);
         let shown = path.display().to_string();
@@ -85,6 +88,7 @@ impl Store {
         };
         std::fs::create_dir_all(dir)
             .map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
+        let wal_pages = wal_pages.unwrap_or_else(|| watch::wal_pages(dir));
         let marker = dir.join(LEDGER_MARKER);
         let existed = path.symlink_metadata().is_ok();
         if !existed && marker.exists() && !options.init {

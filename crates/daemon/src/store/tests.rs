@@ -499,7 +499,7 @@ fn wal_frames(dir: &std::path::Path) -> u64 {
 async fn the_wal_is_copied_by_its_own_thread_and_stays_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let limit = 64;
-    let (store, _) = Store::open_at(dir.path(), &StoreOptions::default(), limit).unwrap();
+    let (store, _) = Store::open_at(dir.path(), &StoreOptions::default(), Some(limit)).unwrap();
     for i in 0..400 {
         assert_eq!(
             store.write(vec![charge(&format!("k{i}"), 0.5)]).await,
@@ -527,7 +527,7 @@ async fn the_wal_is_copied_by_its_own_thread_and_stays_bounded() {
 async fn below_its_limit_the_wal_is_never_checkpointed_by_the_writer() {
     let dir = tempfile::tempdir().unwrap();
     let limit = 1000;
-    let (store, _) = Store::open_at(dir.path(), &StoreOptions::default(), limit).unwrap();
+    let (store, _) = Store::open_at(dir.path(), &StoreOptions::default(), Some(limit)).unwrap();
     // A charge's commit writes a few frames: past a quarter of the limit
     // (a nudge to the thread), far from the limit.
     let mut i = 0;
