@@ -4,21 +4,25 @@
 //! Through serde, bincode walks a reply twice (once to measure it against the
 //! frame limit, once to write it) and writes every field through `io::Write`
 //! into the buffer: about 700 instructions per vote, and an admission with a
-//! bulkhead, an active-agent cap and a lease carries five votes. Here the size
-//! is summed in one pass over the lengths and the bytes are put straight into
-//! the reserved buffer. Every other reply still goes through serde
-//! (`frame::encode_frame_into`): they are rare, and one encoder is less to keep
-//! in step than two.
+//! bulkhead, an active-agent cap and a lease carries five votes. Here the bytes
+//! are put straight into the buffer in one pass, and the frame's length is
+//! written (and checked against the limit) once they are all there. Every
+//! other reply still goes through serde (`frame::encode_frame_into`): they are
+//! rare, and one encoder is less to keep in step than two.
 //!
-//! Kept in step by the property test `hot_replies_encode_as_serde_does`
-//! (`message/tests.rs`): arbitrary admit and report replies, this encoding
-//! against serde's. A field added to `AdmitReply`, `ReportReply`, `Vote` or
-//! `RetryAdvice` fails it until it is added here too.
+//! An admission's layout is written in one place, [`AdmitWriter`]: the daemon
+//! writes its decisions with it, and [`encode_reply_into`] an `AdmitReply`.
+//! Kept in step by the property tests in `message/tests.rs` (arbitrary admit
+//! and report replies, this encoding against serde's); a field added to
+//! `AdmitReply`, `ReportReply`, `Vote` or `RetryAdvice` is a compile error
+//! here (each is destructured without `..`) until it is written too.
 
 use bytes::{BufMut, BytesMut};
 
 use crate::frame::{encode_frame_into, MAX_FRAME_LEN};
-use crate::message::{AdmitReply, ReplyRef, ReportReply, Response, RetryAdvice, Vote};
+use crate::message::{
+    AdmitReply, BreakerState, GuardKind, ReplyRef, ReportReply, Response, RetryAdvice, Vote,
+};
 
 /// `ServerFrame::Reply`'s variant index.
 const SERVER_FRAME_REPLY: u32 = 1;
@@ -39,47 +43,102 @@ pub fn encode_reply_into(
     response: &Response,
 ) -> Result<(), bincode::Error> {
     match response {
-        Response::Admit(reply) => put_frame(buf, id, RESPONSE_ADMIT, reply),
-        Response::Report(reply) => put_frame(buf, id, RESPONSE_REPORT, reply),
+        Response::Admit(reply) => put_admit(buf, id, reply),
+        Response::Report(reply) => {
+            let start = begin_reply(buf, id, RESPONSE_REPORT);
+            reply.put(buf);
+            end_frame(buf, start)
+        }
         _ => encode_frame_into(buf, &ReplyRef { id, response }),
     }
 }
 
-fn put_frame<T: Hot>(
-    buf: &mut BytesMut,
-    id: u64,
-    variant: u32,
-    reply: &T,
-) -> Result<(), bincode::Error> {
-    // Frame variant, id, response variant, then the reply.
-    let len = 4 + 8 + 4 + Hot::len(reply);
-    if len > MAX_FRAME_LEN {
-        return Err(Box::new(bincode::ErrorKind::SizeLimit));
+/// An `AdmitReply` through [`AdmitWriter`], the one place its layout is written.
+fn put_admit(buf: &mut BytesMut, id: u64, reply: &AdmitReply) -> Result<(), bincode::Error> {
+    let AdmitReply {
+        allowed,
+        reservation,
+        guard,
+        rule,
+        reason,
+        retry_after_ms,
+        votes,
+        cost,
+        service,
+    } = reply;
+    let head = AdmitHead {
+        allowed: *allowed,
+        reservation: *reservation,
+        guard: *guard,
+        rule: rule.as_deref(),
+        reason: reason.as_deref(),
+        retry_after_ms: *retry_after_ms,
+        votes: votes.len(),
+    };
+    let mut writer = AdmitWriter::begin(buf, id, &head);
+    for vote in votes {
+        let Vote {
+            guard,
+            rule,
+            allow,
+            shadow,
+            reason,
+            retry_after_ms,
+        } = vote;
+        writer.vote(&VoteRef {
+            guard: *guard,
+            rule,
+            allow: *allow,
+            shadow: *shadow,
+            reason: reason.as_str(),
+            retry_after_ms: *retry_after_ms,
+        });
     }
-    buf.reserve(4 + len);
+    writer.finish(*cost, service.as_deref())
+}
+
+/// Starts a reply frame: a length prefix to be filled in by [`end_frame`], the
+/// frame's and the response's variants and the request id. Returns where the
+/// frame starts.
+#[inline]
+fn begin_reply(buf: &mut BytesMut, id: u64, response_variant: u32) -> usize {
     let start = buf.len();
-    buf.put_u32(u32::try_from(len).expect("at most MAX_FRAME_LEN"));
+    // The usual reply is a few hundred bytes; one reservation serves it.
+    buf.reserve(512);
+    buf.put_u32(0);
     buf.put_u32_le(SERVER_FRAME_REPLY);
     buf.put_u64_le(id);
-    buf.put_u32_le(variant);
-    reply.put(buf);
-    debug_assert_eq!(buf.len() - start, 4 + len);
+    buf.put_u32_le(response_variant);
+    start
+}
+
+/// Writes the length of the frame begun at `start`, or takes the frame back
+/// out when it exceeds the limit.
+#[inline]
+fn end_frame(buf: &mut BytesMut, start: usize) -> Result<(), bincode::Error> {
+    let len = buf.len() - start - 4;
+    if len > MAX_FRAME_LEN {
+        buf.truncate(start);
+        return Err(Box::new(bincode::ErrorKind::SizeLimit));
+    }
+    let len = u32::try_from(len).expect("at most MAX_FRAME_LEN");
+    buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
     Ok(())
 }
 
-/// A value's bincode encoding (fixed-width integers, little-endian): its
-/// length, and the bytes. Called as `Hot::len(x)`: for a `String` field,
-/// `x.len()` would be the string's own length, without its 8-byte prefix.
+/// A value's bincode encoding (fixed-width integers, little-endian).
 trait Hot {
-    fn len(&self) -> usize;
     fn put(&self, buf: &mut BytesMut);
 }
 
-impl Hot for bool {
+impl<T: Hot + ?Sized> Hot for &T {
     #[inline]
-    fn len(&self) -> usize {
-        1
+    fn put(&self, buf: &mut BytesMut) {
+        (**self).put(buf);
     }
+}
+
+impl Hot for bool {
     #[inline]
     fn put(&self, buf: &mut BytesMut) {
         buf.put_u8(u8::from(*self));
@@ -91,10 +150,6 @@ macro_rules! hot_number {
     ($($ty:ty => $put:ident),*) => {$(
         impl Hot for $ty {
             #[inline]
-            fn len(&self) -> usize {
-                std::mem::size_of::<$ty>()
-            }
-            #[inline]
             fn put(&self, buf: &mut BytesMut) {
                 buf.$put(*self);
             }
@@ -104,11 +159,8 @@ macro_rules! hot_number {
 
 hot_number!(u32 => put_u32_le, u64 => put_u64_le, f64 => put_f64_le);
 
+/// A string is its length as a `u64`, then its bytes.
 impl Hot for str {
-    #[inline]
-    fn len(&self) -> usize {
-        8 + self.len()
-    }
     #[inline]
     fn put(&self, buf: &mut BytesMut) {
         buf.put_u64_le(self.len() as u64);
@@ -116,29 +168,15 @@ impl Hot for str {
     }
 }
 
-/// Text held as `String` or `Text` is a `str` on the wire.
-macro_rules! hot_text {
-    ($($ty:ty),*) => {$(
-        impl Hot for $ty {
-            #[inline]
-            fn len(&self) -> usize {
-                Hot::len(self.as_str())
-            }
-            #[inline]
-            fn put(&self, buf: &mut BytesMut) {
-                self.as_str().put(buf);
-            }
-        }
-    )*};
+impl Hot for String {
+    #[inline]
+    fn put(&self, buf: &mut BytesMut) {
+        self.as_str().put(buf);
+    }
 }
 
-hot_text!(String, crate::text::Text);
-
+/// An option is a tag byte, 0 or 1, then the value when there is one.
 impl<T: Hot> Hot for Option<T> {
-    #[inline]
-    fn len(&self) -> usize {
-        1 + self.as_ref().map_or(0, Hot::len)
-    }
     #[inline]
     fn put(&self, buf: &mut BytesMut) {
         match self {
@@ -156,10 +194,6 @@ macro_rules! hot_unit_enum {
     ($($ty:ty),*) => {$(
         impl Hot for $ty {
             #[inline]
-            fn len(&self) -> usize {
-                4
-            }
-            #[inline]
             fn put(&self, buf: &mut BytesMut) {
                 buf.put_u32_le(*self as u32);
             }
@@ -167,33 +201,7 @@ macro_rules! hot_unit_enum {
     )*};
 }
 
-hot_unit_enum!(crate::message::GuardKind, crate::message::BreakerState);
-
-impl Hot for std::sync::Arc<str> {
-    #[inline]
-    fn len(&self) -> usize {
-        Hot::len(&**self)
-    }
-    #[inline]
-    fn put(&self, buf: &mut BytesMut) {
-        (**self).put(buf);
-    }
-}
-
-/// A sequence is its length as a `u64`, then its elements.
-impl Hot for crate::message::Votes {
-    #[inline]
-    fn len(&self) -> usize {
-        8 + self.iter().map(Hot::len).sum::<usize>()
-    }
-    #[inline]
-    fn put(&self, buf: &mut BytesMut) {
-        buf.put_u64_le(self.len() as u64);
-        for vote in self {
-            vote.put(buf);
-        }
-    }
-}
+hot_unit_enum!(GuardKind, BreakerState);
 
 /// A struct is its fields in declaration order. Each is listed here and
 /// destructured without `..`, so a field added to one of these messages is a
@@ -201,11 +209,6 @@ impl Hot for crate::message::Votes {
 macro_rules! hot_struct {
     ($($ty:ident { $($field:ident),* $(,)? })*) => {$(
         impl Hot for $ty {
-            #[inline]
-            fn len(&self) -> usize {
-                let $ty { $($field),* } = self;
-                0 $(+ Hot::len($field))*
-            }
             #[inline]
             fn put(&self, buf: &mut BytesMut) {
                 let $ty { $($field),* } = self;
@@ -216,10 +219,6 @@ macro_rules! hot_struct {
 }
 
 hot_struct! {
-    Vote { guard, rule, allow, shadow, reason, retry_after_ms }
-    AdmitReply {
-        allowed, reservation, guard, rule, reason, retry_after_ms, votes, cost, service,
-    }
     RetryAdvice { retry, after_ms, attempt, reason }
     ReportReply { ok, duplicate, breaker, charged, retry }
 }
@@ -227,9 +226,9 @@ hot_struct! {
 /// An admission's reply frame written as its parts are at hand, for a server
 /// that holds the decision in its own types: the votes are written one by one
 /// from borrowed text, with no `AdmitReply` (its votes, their shared rule
-/// names, their texts) built first. Byte for byte what
-/// [`encode_reply_into`] writes for the same `Response::Admit` (the property
-/// test `an_admit_written_in_parts_encodes_as_serde_does`).
+/// names, their texts) built first. Byte for byte what serde writes for the
+/// same `Response::Admit` (the property test
+/// `an_admit_written_in_parts_encodes_as_serde_does`).
 ///
 /// Dropped before [`AdmitWriter::finish`], the buffer is left as it was.
 pub struct AdmitWriter<'b> {
@@ -246,7 +245,7 @@ pub struct AdmitWriter<'b> {
 pub struct AdmitHead<'a> {
     pub allowed: bool,
     pub reservation: Option<u64>,
-    pub guard: Option<crate::message::GuardKind>,
+    pub guard: Option<GuardKind>,
     pub rule: Option<&'a str>,
     pub reason: Option<&'a str>,
     pub retry_after_ms: Option<u64>,
@@ -257,7 +256,7 @@ pub struct AdmitHead<'a> {
 /// One vote, its texts borrowed.
 #[derive(Debug, Clone, Copy)]
 pub struct VoteRef<'a> {
-    pub guard: crate::message::GuardKind,
+    pub guard: GuardKind,
     pub rule: &'a str,
     pub allow: bool,
     pub shadow: bool,
@@ -268,25 +267,27 @@ pub struct VoteRef<'a> {
 impl<'b> AdmitWriter<'b> {
     /// Starts the frame of the reply to request `id`.
     pub fn begin(buf: &'b mut BytesMut, id: u64, head: &AdmitHead<'_>) -> AdmitWriter<'b> {
-        let start = buf.len();
-        // The usual reply is a few hundred bytes; one reservation serves it.
-        buf.reserve(512);
-        // The length is written once it is known (`finish`).
-        buf.put_u32(0);
-        buf.put_u32_le(SERVER_FRAME_REPLY);
-        buf.put_u64_le(id);
-        buf.put_u32_le(RESPONSE_ADMIT);
-        head.allowed.put(buf);
-        head.reservation.put(buf);
-        head.guard.put(buf);
-        put_opt_str(buf, head.rule);
-        put_opt_str(buf, head.reason);
-        head.retry_after_ms.put(buf);
-        buf.put_u64_le(head.votes as u64);
+        let AdmitHead {
+            allowed,
+            reservation,
+            guard,
+            rule,
+            reason,
+            retry_after_ms,
+            votes,
+        } = head;
+        let start = begin_reply(buf, id, RESPONSE_ADMIT);
+        allowed.put(buf);
+        reservation.put(buf);
+        guard.put(buf);
+        rule.put(buf);
+        reason.put(buf);
+        retry_after_ms.put(buf);
+        buf.put_u64_le(*votes as u64);
         AdmitWriter {
             buf,
             start,
-            votes_left: head.votes,
+            votes_left: *votes,
             finished: false,
         }
     }
@@ -299,13 +300,21 @@ impl<'b> AdmitWriter<'b> {
     pub fn vote(&mut self, vote: &VoteRef<'_>) {
         assert!(self.votes_left > 0, "more votes than AdmitHead::votes");
         self.votes_left -= 1;
+        let VoteRef {
+            guard,
+            rule,
+            allow,
+            shadow,
+            reason,
+            retry_after_ms,
+        } = vote;
         let buf = &mut *self.buf;
-        vote.guard.put(buf);
-        vote.rule.put(buf);
-        vote.allow.put(buf);
-        vote.shadow.put(buf);
-        vote.reason.put(buf);
-        vote.retry_after_ms.put(buf);
+        guard.put(buf);
+        rule.put(buf);
+        allow.put(buf);
+        shadow.put(buf);
+        reason.put(buf);
+        retry_after_ms.put(buf);
     }
 
     /// Writes the fields after the votes and the frame's length.
@@ -323,18 +332,11 @@ impl<'b> AdmitWriter<'b> {
     ) -> Result<(), bincode::Error> {
         assert_eq!(self.votes_left, 0, "fewer votes than AdmitHead::votes");
         cost.put(self.buf);
-        put_opt_str(self.buf, service);
-        let len = self.buf.len() - self.start - 4;
-        if len > MAX_FRAME_LEN {
-            // Drop truncates.
-            return Err(Box::new(bincode::ErrorKind::SizeLimit));
-        }
-        let len = u32::try_from(len)
-            .expect("at most MAX_FRAME_LEN")
-            .to_be_bytes();
-        self.buf[self.start..self.start + 4].copy_from_slice(&len);
+        service.put(self.buf);
+        // Taken back out by `end_frame` when too large, written otherwise:
+        // either way, nothing for `Drop` to undo.
         self.finished = true;
-        Ok(())
+        end_frame(self.buf, self.start)
     }
 }
 
@@ -342,17 +344,6 @@ impl Drop for AdmitWriter<'_> {
     fn drop(&mut self) {
         if !self.finished {
             self.buf.truncate(self.start);
-        }
-    }
-}
-
-#[inline]
-fn put_opt_str(buf: &mut BytesMut, text: Option<&str>) {
-    match text {
-        None => buf.put_u8(0),
-        Some(text) => {
-            buf.put_u8(1);
-            text.put(buf);
         }
     }
 }
