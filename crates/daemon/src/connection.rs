@@ -13,8 +13,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError}
 
 use crate::protocol::decode_client_frame;
 use crate::protocol::frame::{encode_frame_into, length_codec};
-use crate::protocol::hot::encode_reply_into;
-use crate::protocol::{ClientFrame, DecodeError, Response, ServerFrame, MAX_FRAME_LEN};
+use crate::protocol::{ClientFrame, DecodeError, ServerFrame, MAX_FRAME_LEN};
 
 /// The kernel's identity of the process at the other end (SO_PEERCRED and
 /// SO_PEERGROUPS), read once at accept: it cannot be forged by the client and does
@@ -208,7 +207,7 @@ impl Connection {
 
     /// [`Self::encode_frame`] for a frame a caller writes itself: `encode`
     /// appends one whole frame to the write buffer, or fails leaving it as it
-    /// was.
+    /// was (the admit and report replies, written by hand: `protocol::hot`).
     ///
     /// # Errors
     /// As [`Self::encode_frame`].
@@ -217,16 +216,6 @@ impl Connection {
         encode: impl FnOnce(&mut BytesMut) -> Result<(), crate::protocol::EncodeError>,
     ) -> Result<(), WriteError> {
         encode(self.framed.write_buffer_mut()).map_err(encode_error)
-    }
-
-    /// [`Self::encode_frame`] for `ServerFrame::Reply(ReplyEnvelope { id,
-    /// response })`, the response borrowed: admit and report replies, the
-    /// ones every call gets, are encoded by hand (`protocol::hot`).
-    ///
-    /// # Errors
-    /// As [`Self::encode_frame`].
-    pub fn encode_reply(&mut self, id: u64, response: &Response) -> Result<(), WriteError> {
-        encode_reply_into(self.framed.write_buffer_mut(), id, response).map_err(encode_error)
     }
 
     /// Flushes queued frames unless another complete request is already buffered

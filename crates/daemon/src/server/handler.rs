@@ -19,7 +19,9 @@ use super::handshake::{self, Refusal};
 use super::replies::{self, answer, unknown_request, Queued, ReplyQueue, MAX_IN_FLIGHT};
 use crate::cmd;
 use crate::connection::{Connection, ReadError, WriteError};
-use crate::protocol::{ClientFrame, DecodeError, Envelope, ErrorCode, ServerFrame};
+use crate::protocol::{
+    encode_reply_into, ClientFrame, DecodeError, EncodeError, Envelope, ErrorCode, ServerFrame,
+};
 use crate::state::{Limit, Session, State};
 
 /// The error frame for a read failure, when the stream can still carry one.
@@ -90,16 +92,6 @@ enum Took {
     /// The body did not decode.
     Unreadable(ReadError),
     WriteFailed(WriteError),
-}
-
-impl Took {
-    /// A reply encoded at once, or the write error that ends the connection.
-    fn written(encoded: Result<(), WriteError>) -> Took {
-        match encoded {
-            Ok(()) => Took::Encoded,
-            Err(err) => Took::WriteFailed(err),
-        }
-    }
 }
 
 /// Whether the connection goes on.
@@ -348,20 +340,12 @@ impl Handler {
             // Nothing queued ahead: decided and, when ready, encoded now.
             ClientFrame::Request(Envelope { id, request }) if self.replies.is_empty() => {
                 match cmd::dispatch(&self.state, &self.session, request) {
-                    cmd::Reply::Ready(response) => Took::written(replies::encode_reply(
-                        &mut self.conn,
-                        &self.state,
-                        &self.session,
-                        id,
-                        &response,
-                    )),
-                    cmd::Reply::Admitted(decision) => Took::written(replies::encode_admitted(
-                        &mut self.conn,
-                        &self.state,
-                        &self.session,
-                        id,
-                        &decision,
-                    )),
+                    cmd::Reply::Ready(response) => {
+                        self.encode_now(id, |buf| encode_reply_into(buf, id, &response))
+                    }
+                    cmd::Reply::Admitted(decision) => {
+                        self.encode_now(id, |buf| cmd::Reply::encode_admitted(buf, id, &decision))
+                    }
                     cmd::Reply::Pending(future) => {
                         self.replies.push_back(replies::pending(id, future));
                         Took::Queued
@@ -375,6 +359,19 @@ impl Handler {
                     .push_back(answer(&self.state, &self.session, frame));
                 Took::Queued
             }
+        }
+    }
+
+    /// [`replies::encode_now`] on this connection.
+    fn encode_now(
+        &mut self,
+        id: u64,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), EncodeError>,
+    ) -> Took {
+        let encoded = replies::encode_now(&mut self.conn, &self.state, &self.session, id, encode);
+        match encoded {
+            Ok(()) => Took::Encoded,
+            Err(err) => Took::WriteFailed(err),
         }
     }
 

@@ -10,13 +10,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures_util::stream::FuturesOrdered;
 
 use crate::cmd;
 use crate::connection::{Connection, WriteError};
 use crate::protocol::{
-    encoded_len, ClientFrame, ErrorCode, ErrorReply, ReplyEnvelope, Response, ServerFrame,
-    MAX_FRAME_LEN, PROTOCOL_VERSION,
+    encode_reply_into, encoded_len, ClientFrame, EncodeError, ErrorCode, ErrorReply, ReplyEnvelope,
+    Response, ServerFrame, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 use crate::state::{Limit, Session, State};
 
@@ -184,7 +185,9 @@ async fn feed(
 ) -> Result<(), WriteError> {
     conn.make_room().await.map_err(WriteError::Io)?;
     let encoded = match frame {
-        ServerFrame::Reply(envelope) => conn.encode_reply(envelope.id, &envelope.response),
+        ServerFrame::Reply(envelope) => {
+            conn.encode_with(|buf| encode_reply_into(buf, envelope.id, &envelope.response))
+        }
         frame => conn.encode_frame(frame),
     };
     if let Err(WriteError::TooLarge) = encoded {
@@ -194,36 +197,19 @@ async fn feed(
     Ok(())
 }
 
-/// [`encode_reply`] for an admission decided now, written straight from the
-/// engine's decision (`cmd::Reply::Admitted`).
-pub(super) fn encode_admitted(
-    conn: &mut Connection,
-    state: &State,
-    session: &Session,
-    id: u64,
-    decision: &crate::admission::Decision,
-) -> Result<(), WriteError> {
-    if let Err(WriteError::TooLarge) =
-        conn.encode_with(|buf| cmd::Reply::encode_admitted(buf, id, decision))
-    {
-        too_large_counted(state, session);
-        conn.encode_frame(&too_large_reply(id))?;
-    }
-    Ok(())
-}
-
-/// Encodes the reply to request `id` from where it lies (`Connection::encode_reply`),
-/// without waiting (the caller made room, [`make_room`]): the usual reply,
-/// ready when it is decided, is not moved into a frame first. One that would
+/// Encodes the reply to request `id` with `encode` (which appends one whole
+/// frame, or fails leaving the buffer as it was) without waiting (the caller
+/// made room, [`make_room`]): the usual reply, ready when it is decided, is
+/// written from where it lies, not moved into a frame first. One that would
 /// not fit in a frame is answered with an error instead, as [`feed`] does.
-pub(super) fn encode_reply(
+pub(super) fn encode_now(
     conn: &mut Connection,
     state: &State,
     session: &Session,
     id: u64,
-    response: &Response,
+    encode: impl FnOnce(&mut BytesMut) -> Result<(), EncodeError>,
 ) -> Result<(), WriteError> {
-    if let Err(WriteError::TooLarge) = conn.encode_reply(id, response) {
+    if let Err(WriteError::TooLarge) = conn.encode_with(encode) {
         too_large_counted(state, session);
         conn.encode_frame(&too_large_reply(id))?;
     }
