@@ -415,44 +415,107 @@ fn record(decision: &Decision) {
     }
 }
 
+/// What an admission's reply says above its votes, for both of its forms
+/// ([`encode`], [`into_reply`]): the vote that denied, why, and when the
+/// same call could pass.
+struct Verdict<'d> {
+    /// The deciding vote and its place among the votes.
+    decisive: Option<(usize, &'d crate::admission::Vote)>,
+    /// The deciding vote's reason, followed by why each service a route
+    /// passed over was skipped.
+    reason: Option<Text>,
+    /// How much of `reason` is the deciding vote's own text: made once, for
+    /// the reply's reason and its vote alike (a denial's text goes through
+    /// `Display`, the dearest part of a denial's reply).
+    own: usize,
+    retry_after_ms: Option<u64>,
+}
+
+impl<'d> Verdict<'d> {
+    fn of(decision: &'d Decision) -> Verdict<'d> {
+        let decisive = decision
+            .decisive
+            .and_then(|idx| Some((idx, decision.votes.get(idx)?)));
+        let mut own = 0;
+        let reason = decisive.map(|(_, v)| {
+            let mut reason = reason_text(&v.reason);
+            own = reason.len();
+            for (service, vote) in &decision.skipped {
+                reason.push_str("; ");
+                reason.push_str(service);
+                reason.push_str(" skipped: ");
+                reason.push_str(&reason_text(&vote.reason));
+            }
+            reason
+        });
+        // A route that fits nowhere may fit again when the soonest of its
+        // services does.
+        let retry_after_ms = if decision.allowed {
+            None
+        } else {
+            decisive
+                .map(|(_, v)| v)
+                .into_iter()
+                .chain(decision.skipped.iter().map(|(_, v)| v))
+                .filter_map(|v| v.retry_after.map(millis_up))
+                .min()
+        };
+        Verdict {
+            decisive,
+            reason,
+            own,
+            retry_after_ms,
+        }
+    }
+
+    fn vote(&self) -> Option<&'d crate::admission::Vote> {
+        self.decisive.map(|(_, v)| v)
+    }
+
+    /// The text of vote `idx` when it is the deciding one (already made).
+    fn own_text(&self, idx: usize) -> Option<&str> {
+        match (self.decisive, &self.reason) {
+            (Some((at, _)), Some(reason)) if at == idx => Some(&reason[..self.own]),
+            _ => None,
+        }
+    }
+}
+
 /// [`into_reply`]'s frame, written straight from the decision
 /// (`protocol::AdmitWriter`): no `AdmitReply` is built, and each vote's text
 /// is made as it is written. The usual admission carries a vote per guard,
 /// and building and dropping their wire forms cost more than encoding them.
-/// A route's decision with services passed over, whose reason is composed,
-/// goes through `into_reply`.
 pub(super) fn encode(
     buf: &mut bytes::BytesMut,
     id: u64,
     decision: &Decision,
 ) -> Result<(), crate::protocol::EncodeError> {
-    if !decision.skipped.is_empty() {
-        let response = Response::Admit(into_reply_ref(decision));
-        return crate::protocol::encode_reply_into(buf, id, &response);
-    }
-    let decisive = decision.decisive.and_then(|idx| decision.votes.get(idx));
-    let decisive_reason = decisive.map(|v| reason_text(&v.reason));
+    let verdict = Verdict::of(decision);
     let head = AdmitHead {
         allowed: decision.allowed,
         reservation: decision.reservation,
-        guard: decisive.map(|v| v.guard),
-        rule: decisive.map(|v| &*v.rule),
-        reason: decisive_reason.as_ref().map(Text::as_str),
-        retry_after_ms: if decision.allowed {
-            None
-        } else {
-            decisive.and_then(|v| v.retry_after.map(millis_up))
-        },
+        guard: verdict.vote().map(|v| v.guard),
+        rule: verdict.vote().map(|v| &*v.rule),
+        reason: verdict.reason.as_ref().map(Text::as_str),
+        retry_after_ms: verdict.retry_after_ms,
         votes: decision.votes.len(),
     };
     let mut writer = AdmitWriter::begin(buf, id, &head);
-    for vote in &decision.votes {
+    for (idx, vote) in decision.votes.iter().enumerate() {
+        let made;
+        let reason = match verdict.own_text(idx) {
+            Some(own) => own,
+            None => {
+                made = reason_text(&vote.reason);
+                made.as_str()
+            }
+        };
         writer.vote(&VoteRef {
             guard: vote.guard,
             rule: &vote.rule,
             allow: vote.allow,
             shadow: vote.shadow,
-            reason: reason_text(&vote.reason).as_str(),
+            reason,
             retry_after_ms: vote.retry_after.map(millis_up),
         });
     }
@@ -465,56 +528,29 @@ pub(super) fn encode(
 /// The wire form of a decision: the engine's typed votes become text here,
 /// after the engine lock was released.
 pub(super) fn into_reply(decision: Decision) -> AdmitReply {
-    into_reply_ref(&decision)
-}
-
-/// [`into_reply`] of a borrowed decision.
-fn into_reply_ref(decision: &Decision) -> AdmitReply {
+    let verdict = Verdict::of(&decision);
     let votes: Votes = decision
         .votes
         .iter()
-        .map(|v| Vote {
+        .enumerate()
+        .map(|(idx, v)| Vote {
             guard: v.guard,
             rule: Arc::clone(&v.rule),
             allow: v.allow,
             shadow: v.shadow,
-            reason: reason_text(&v.reason),
+            reason: verdict
+                .own_text(idx)
+                .map_or_else(|| reason_text(&v.reason), Text::from),
             retry_after_ms: v.retry_after.map(millis_up),
         })
         .collect();
-    let decisive = decision.decisive.and_then(|idx| votes.get(idx));
-    // A route that fits nowhere may fit again when the soonest of its
-    // services does.
-    let retry_after_ms = decisive.and_then(|v| v.retry_after_ms).into_iter().chain(
-        decision
-            .skipped
-            .iter()
-            .filter_map(|(_, v)| v.retry_after.map(millis_up)),
-    );
-    let reason = decisive.map(|v| {
-        if decision.skipped.is_empty() {
-            return v.reason.to_string();
-        }
-        let mut reason = v.reason.to_string();
-        for (service, vote) in &decision.skipped {
-            reason.push_str("; ");
-            reason.push_str(service);
-            reason.push_str(" skipped: ");
-            reason.push_str(&reason_text(&vote.reason));
-        }
-        reason
-    });
     AdmitReply {
         allowed: decision.allowed,
         reservation: decision.reservation,
-        guard: decisive.map(|v| v.guard),
-        rule: decisive.map(|v| v.rule.to_string()),
-        reason,
-        retry_after_ms: if decision.allowed {
-            None
-        } else {
-            retry_after_ms.min()
-        },
+        guard: verdict.vote().map(|v| v.guard),
+        rule: verdict.vote().map(|v| v.rule.to_string()),
+        reason: verdict.reason.map(Text::into_string),
+        retry_after_ms: verdict.retry_after_ms,
         cost: decision.allowed.then(|| decision.estimate.dollars()),
         votes,
         service: decision.service.clone(),
