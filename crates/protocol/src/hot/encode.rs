@@ -267,27 +267,18 @@ pub struct VoteRef<'a> {
 impl<'b> AdmitWriter<'b> {
     /// Starts the frame of the reply to request `id`.
     pub fn begin(buf: &'b mut BytesMut, id: u64, head: &AdmitHead<'_>) -> AdmitWriter<'b> {
-        let AdmitHead {
-            allowed,
-            reservation,
-            guard,
-            rule,
-            reason,
-            retry_after_ms,
-            votes,
-        } = head;
         let start = begin_reply(buf, id, RESPONSE_ADMIT);
-        allowed.put(buf);
-        reservation.put(buf);
-        guard.put(buf);
-        rule.put(buf);
-        reason.put(buf);
-        retry_after_ms.put(buf);
-        buf.put_u64_le(*votes as u64);
+        head.allowed.put(buf);
+        head.reservation.put(buf);
+        head.guard.put(buf);
+        head.rule.put(buf);
+        head.reason.put(buf);
+        head.retry_after_ms.put(buf);
+        buf.put_u64_le(head.votes as u64);
         AdmitWriter {
             buf,
             start,
-            votes_left: *votes,
+            votes_left: head.votes,
             finished: false,
         }
     }
@@ -300,21 +291,13 @@ impl<'b> AdmitWriter<'b> {
     pub fn vote(&mut self, vote: &VoteRef<'_>) {
         assert!(self.votes_left > 0, "more votes than AdmitHead::votes");
         self.votes_left -= 1;
-        let VoteRef {
-            guard,
-            rule,
-            allow,
-            shadow,
-            reason,
-            retry_after_ms,
-        } = vote;
         let buf = &mut *self.buf;
-        guard.put(buf);
-        rule.put(buf);
-        allow.put(buf);
-        shadow.put(buf);
-        reason.put(buf);
-        retry_after_ms.put(buf);
+        vote.guard.put(buf);
+        vote.rule.put(buf);
+        vote.allow.put(buf);
+        vote.shadow.put(buf);
+        vote.reason.put(buf);
+        vote.retry_after_ms.put(buf);
     }
 
     /// Writes the fields after the votes and the frame's length.
