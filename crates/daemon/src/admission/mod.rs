@@ -22,6 +22,7 @@
 //! that holds money becomes an orphan, still reportable after a reconnect, and is
 //! settled by `budget.orphan_policy` after `budget.orphan_timeout`.
 
+mod closed;
 mod commit;
 mod engine;
 mod ledger;
@@ -335,13 +336,14 @@ impl Admission {
     }
 }
 
+use closed::{Closed, RecentlyClosed};
 pub use commit::{Durable, Pending, PendingAdmit, PendingReport};
 pub use ledger::{AdminAction, AdminKind, BudgetView, PendingAdmin, QuotaView};
 pub use operator::{BudgetGauge, Gauges, ListedQuota, QuotaListing};
 pub use orphans::PendingOrphans;
 pub use reconfigure::{Reconfigured, ReloadError};
 pub use reservation::reservation_key;
-use reservation::{Closed, RecentlyClosed, Reservation, Reservations, Stage};
+use reservation::{Reservation, Reservations, Stage};
 pub use types::{
     AdmissionError, Admitted, Caller, Decision, Outcome, Plan, Reason, Reporting, Routed,
     Settlement, Vote, Wait,

@@ -2,8 +2,7 @@
 //! moment it was decided until it is reported, released or settled as an
 //! orphan; the table of open ones, which counts them per uid so that the caps
 //! (`daemon.max_reservations_per_uid`, `daemon.max_reservations`) are checked
-//! in O(1); and the bounded memory of recently closed ones that tells a repeated
-//! report from an unknown one.
+//! in O(1). How closed ones are remembered is `closed.rs`.
 //!
 //! Memory: an open reservation costs about 700 bytes (its slot, with what each
 //! guard took kept inline, and the shared names), an orphan the same; the caps'
@@ -11,7 +10,6 @@
 //! are reused, not given back: the table keeps the room of its busiest moment,
 //! as a hash map does.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::protocol::Name;
@@ -22,9 +20,6 @@ use super::FastMap;
 use crate::guard::budget::Hold;
 use crate::guard::TakenList;
 use crate::money::Usd;
-
-/// How many closed reservation ids are remembered to recognise a repeated report.
-const RECENTLY_CLOSED: usize = 65_536;
 
 /// What an allowed admission took, held until its outcome is known.
 pub(super) struct Reservation {
@@ -75,20 +70,6 @@ pub(super) struct Reservations {
     /// Slots free for reuse.
     vacant: Vec<u32>,
     per_uid: FastMap<u32, usize>,
-}
-
-/// How a closed reservation ended, to answer a late report correctly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Closed {
-    Reported,
-    Released,
-}
-
-/// A bounded memory of closed reservation ids (FIFO eviction).
-#[derive(Default)]
-pub(super) struct RecentlyClosed {
-    order: VecDeque<u64>,
-    ids: FastMap<u64, Closed>,
 }
 
 // === impl Reservations ===
@@ -188,25 +169,6 @@ impl Reservations {
 
     pub(super) fn values(&self) -> impl Iterator<Item = &Reservation> {
         self.slots.iter().flatten()
-    }
-}
-
-// === impl RecentlyClosed ===
-
-impl RecentlyClosed {
-    pub(super) fn insert(&mut self, id: u64, how: Closed) {
-        if self.ids.insert(id, how).is_none() {
-            self.order.push_back(id);
-            if self.order.len() > RECENTLY_CLOSED {
-                if let Some(old) = self.order.pop_front() {
-                    self.ids.remove(&old);
-                }
-            }
-        }
-    }
-
-    pub(super) fn get(&self, id: u64) -> Option<Closed> {
-        self.ids.get(&id).copied()
     }
 }
 
