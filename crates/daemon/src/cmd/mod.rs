@@ -24,6 +24,7 @@ mod text;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use crate::access::AccessDenied;
 use crate::admission::{AdmissionError, Decision};
@@ -59,28 +60,41 @@ pub enum Reply {
 pub fn dispatch(state: &State, session: &Session, request: Request) -> Reply {
     let kind = request.kind();
     let now = state.moment();
+    let reply = decide_at(state, session, request, now);
+    if !matches!(reply, Reply::Pending(_)) {
+        record_duration(kind, now, state.now());
+    }
+    reply
+}
+
+/// Decides one request at `now`, a reading the caller took. A reply that
+/// waits records its own duration when it is ready; a ready one is the
+/// caller's to record ([`record_duration`]), with the reading it takes when
+/// it is done with the reply: a connection answering pipelined requests
+/// takes one reading per request, the end of one standing as the start of
+/// the next (`server::handler`), instead of a start and an end each.
+pub fn decide_at(state: &State, session: &Session, request: Request, now: Moment) -> Reply {
+    let kind = request.kind();
     crate::metrics::hot().request(kind);
     // A ready reply is handed on as it is: taking it apart and building it
     // again would copy its few hundred bytes.
-    let reply = decide(state, session, request, now);
-    match reply {
-        Reply::Ready(_) | Reply::Admitted(_) => {
-            record_duration(state, kind, now);
-            reply
-        }
+    match decide(state, session, request, now) {
         Reply::Pending(future) => {
             let state = state.clone();
             Reply::Pending(Box::pin(async move {
                 let response = future.await;
-                record_duration(&state, kind, now);
+                record_duration(kind, now, state.now());
                 response
             }))
         }
+        ready => ready,
     }
 }
 
-fn record_duration(state: &State, kind: usize, started: Moment) {
-    let took = state.now().saturating_sub(started.mono);
+/// Counts a request of `kind` (`Request::kind`) decided at `started` and
+/// answered at `ended` (the state clock's monotonic time).
+pub fn record_duration(kind: usize, started: Moment, ended: Duration) {
+    let took = ended.saturating_sub(started.mono);
     crate::metrics::hot().duration(kind, took.as_secs_f64());
 }
 

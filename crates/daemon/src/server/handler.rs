@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::close;
 use super::handshake::{self, Refusal};
 use super::replies::{self, answer, unknown_request, Queued, ReplyQueue, MAX_IN_FLIGHT};
+use crate::clock::Moment;
 use crate::cmd;
 use crate::connection::{Connection, ReadError, WriteError};
 use crate::protocol::{
@@ -69,6 +70,12 @@ pub(super) struct Handler {
     eof: bool,
     /// When the connection last read a request or wrote replies ([`coarse_now`]).
     last_active: Duration,
+    /// The clock reading taken when the last request's reply was done with:
+    /// the next request's start when it was already buffered (nothing was
+    /// awaited, nothing written to the socket, in between), so a pipelined
+    /// request costs one reading instead of a start and an end. Cleared by
+    /// anything that may wait.
+    reading: Option<Moment>,
 }
 
 /// What woke the loop. A reply that waited (for the ledger, or behind one
@@ -79,6 +86,8 @@ enum Event {
     Reply(ServerFrame),
     IdleTimer,
     Read(Result<Option<BytesMut>, ReadError>),
+    /// A frame that was already in the read buffer.
+    Buffered(Result<Option<BytesMut>, ReadError>),
 }
 
 /// What became of a frame's body ([`Handler::take`]).
@@ -116,6 +125,7 @@ impl Handler {
             draining: false,
             eof: false,
             last_active: coarse_now(),
+            reading: None,
         }
     }
 
@@ -147,8 +157,9 @@ impl Handler {
                 .then(|| self.conn.buffered_body())
                 .flatten();
             let event = if let Some(read) = buffered {
-                Event::Read(read)
+                Event::Buffered(read)
             } else {
+                self.reading = None;
                 tokio::select! {
                     biased;
                     _ = &mut cancelled, if !self.draining => Event::ShuttingDown,
@@ -172,7 +183,12 @@ impl Handler {
                     }
                     None => self.idle_timeout().await,
                 },
-                Event::Read(read) => self.read(read).await,
+                Event::Read(read) => {
+                    self.last_active = coarse_now();
+                    self.read(read).await
+                }
+                // Read a moment ago (the last read stamped `last_active`).
+                Event::Buffered(read) => self.read(read).await,
             };
             if flow == Flow::Close {
                 return;
@@ -233,7 +249,6 @@ impl Handler {
     /// A read finished: a frame to answer, the end of the client's requests, or an
     /// error that ends the connection (an unknown request kind does not).
     async fn read(&mut self, read: Result<Option<BytesMut>, ReadError>) -> Flow {
-        self.last_active = coarse_now();
         match read {
             Ok(Some(body)) => self.body(body).await,
             Ok(None) => {
@@ -279,11 +294,11 @@ impl Handler {
     async fn body(&mut self, body: BytesMut) -> Flow {
         // Checked here, not in `make_room`: an await on the usual path (room
         // enough) costs the connection's future a state of its own.
-        if self.replies.is_empty()
-            && self.conn.needs_room()
-            && !replies::make_room(&mut self.conn, &self.state, &self.session, self.idle).await
-        {
-            return Flow::Close;
+        if self.replies.is_empty() && self.conn.needs_room() {
+            self.reading = None;
+            if !replies::make_room(&mut self.conn, &self.state, &self.session, self.idle).await {
+                return Flow::Close;
+            }
         }
         match self.take(&body) {
             Took::Queued => Flow::Continue,
@@ -339,7 +354,9 @@ impl Handler {
             ),
             // Nothing queued ahead: decided and, when ready, encoded now.
             ClientFrame::Request(Envelope { id, request }) if self.replies.is_empty() => {
-                match cmd::dispatch(&self.state, &self.session, request) {
+                let kind = request.kind();
+                let started = self.reading.take().unwrap_or_else(|| self.state.moment());
+                let took = match cmd::decide_at(&self.state, &self.session, request, started) {
                     cmd::Reply::Ready(response) => {
                         self.encode_now(id, |buf| encode_reply_into(buf, id, &response))
                     }
@@ -348,9 +365,13 @@ impl Handler {
                     }
                     cmd::Reply::Pending(future) => {
                         self.replies.push_back(replies::pending(id, future));
-                        Took::Queued
+                        return Took::Queued;
                     }
-                }
+                };
+                let ended = self.state.moment();
+                cmd::record_duration(kind, started, ended.mono);
+                self.reading = Some(ended);
+                took
             }
             // Behind replies still waiting, or a batch (answered when all its
             // requests are): in line.
