@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::{
-    reservation_key, AdmissionError, Admitted, Caller, Closed, Decision, Durable, Engine, Moment,
+    reservation_key, AdmissionError, Caller, Closed, Decision, Durable, Engine, Filed, Moment,
     Outcome, PendingAdmit, PendingReport, Plan, Reporting, Reservation, Routed, Settlement, Stage,
 };
 use crate::alerts::Alert;
@@ -27,12 +27,16 @@ use crate::store::{Entry, Outcome as LedgerOutcome, StoreError};
 use super::reservation::{hold, holds_money};
 
 impl Engine {
+    /// Admits `plan`, writing the decision into `out` (the caller's, so that
+    /// the few hundred bytes of it are not moved through every layer between
+    /// the engine and the reply's encoder). `out` is overwritten whole.
     pub(super) fn admit(
         &mut self,
         caller: Caller<'_>,
         plan: Plan<'_>,
         now: Moment,
-    ) -> Result<Admitted, AdmissionError> {
+        out: &mut Decision,
+    ) -> Result<Filed, AdmissionError> {
         let held = self.by_session.get(&caller.session).map_or(0, HashSet::len);
         let cap = self.config.daemon.max_reservations_per_connection;
         if held >= cap {
@@ -54,7 +58,7 @@ impl Engine {
             ));
         }
         let Some(route) = plan.route else {
-            return self.admit_to(caller, &plan, plan.service, now);
+            return self.admit_to(caller, &plan, plan.service, now, out);
         };
         // The chain is decided under this one lock: each service is admitted in
         // turn, a denial undone before the next is tried, so the choice and the
@@ -64,26 +68,24 @@ impl Engine {
         let mut skipped = Vec::new();
         let mut transitions = Vec::new();
         for (idx, service) in chain.iter().enumerate() {
-            let mut admitted = self.admit_to(caller, &plan, service, now)?;
-            let decision = match &mut admitted {
-                Admitted::Decided(decision) => decision,
-                Admitted::Durable(durable) => &mut durable.pending.decision,
+            let mut filed = self.admit_to(caller, &plan, service, now, out)?;
+            let decision = match &mut filed {
+                Filed::Decided => &mut *out,
+                Filed::Durable(durable) => &mut durable.pending.decision,
             };
             transitions.append(&mut decision.transitions);
             decision.service = Some(service.clone());
             if decision.allowed || idx + 1 == chain.len() {
                 decision.transitions = transitions;
                 decision.skipped = skipped;
-                return Ok(admitted);
+                return Ok(filed);
             }
-            let Admitted::Decided(decision) = admitted else {
-                unreachable!("a denial is decided at once");
-            };
-            if let Some(vote) = decision
-                .decisive
-                .and_then(|i| decision.votes.into_iter().nth(i))
-            {
-                skipped.push((service.clone(), vote));
+            debug_assert!(
+                matches!(filed, Filed::Decided),
+                "a denial is decided at once"
+            );
+            if let Some(i) = out.decisive.filter(|&i| i < out.votes.len()) {
+                skipped.push((service.clone(), out.votes.swap_remove(i)));
             }
         }
         unreachable!("a route's chain is not empty (validated with the config)")
@@ -189,14 +191,16 @@ impl Engine {
         }
     }
 
-    /// Admits `plan` against `service`: all of the pipeline, or nothing.
+    /// Admits `plan` against `service`: all of the pipeline, or nothing; the
+    /// decision is written into `out`.
     fn admit_to(
         &mut self,
         caller: Caller<'_>,
         plan: &Plan<'_>,
         service: &str,
         now: Moment,
-    ) -> Result<Admitted, AdmissionError> {
+        out: &mut Decision,
+    ) -> Result<Filed, AdmissionError> {
         let name = self.service(service)?;
         let call = self.call(caller, plan, service, now);
         self.check_charge("the call's estimate", call.estimate)?;
@@ -206,9 +210,9 @@ impl Engine {
         if denied {
             self.raise_exhausted_quotas(&checked.votes);
             self.undo(&mut checked.taken);
-            let mut decision = Decision::denied(checked.votes, checked.transitions);
-            decision.waiting = self.wait_in_line(plan, &call, &decision);
-            return Ok(Admitted::Decided(decision));
+            out.deny(checked.votes, checked.transitions);
+            out.waiting = self.wait_in_line(plan, &call, out);
+            return Ok(Filed::Decided);
         }
         if let Some(ticket) = call.waiter {
             // Its turn came: out of every line, holding its permits now.
@@ -251,24 +255,17 @@ impl Engine {
             .entry(caller.session)
             .or_default()
             .insert(id);
-        let decision = Decision {
-            allowed: true,
-            reservation: Some(id),
-            votes: checked.votes,
-            decisive: None,
-            transitions: checked.transitions,
-            estimate: call.estimate,
-            service: None,
-            skipped: Vec::new(),
-            waiting: None,
-        };
+        out.allow(id, checked.votes, checked.transitions, call.estimate);
         if entries.is_empty() {
-            return Ok(Admitted::Decided(decision));
+            return Ok(Filed::Decided);
         }
-        Ok(Admitted::Durable(Durable {
+        Ok(Filed::Durable(Box::new(Durable {
             entries,
-            pending: PendingAdmit { id, decision },
-        }))
+            pending: PendingAdmit {
+                id,
+                decision: std::mem::take(out),
+            },
+        })))
     }
 
     /// A call refused only for want of a bulkhead permit, whose caller will

@@ -159,7 +159,27 @@ impl Admission {
         plan: Plan<'_>,
         now: Moment,
     ) -> Result<Admitted, AdmissionError> {
-        self.lock().admit(caller, plan, now)
+        let mut decision = Decision::default();
+        Ok(match self.admit_into(caller, plan, now, &mut decision)? {
+            Filed::Decided => Admitted::Decided(decision),
+            Filed::Durable(durable) => Admitted::Durable(*durable),
+        })
+    }
+
+    /// [`Admission::admit`], the decision written into `out` (overwritten
+    /// whole) rather than returned: the hot path's form, which moves no
+    /// decision between the engine and the reply's encoder.
+    ///
+    /// # Errors
+    /// [`AdmissionError`] when the request cannot be decided at all.
+    pub fn admit_into(
+        &self,
+        caller: Caller<'_>,
+        plan: Plan<'_>,
+        now: Moment,
+        out: &mut Decision,
+    ) -> Result<Filed, AdmissionError> {
+        self.lock().admit(caller, plan, now, out)
     }
 
     /// Which service of a chain (`chain`, or the route `plan.route`) would admit
@@ -345,7 +365,7 @@ pub use reconfigure::{Reconfigured, ReloadError};
 pub use reservation::reservation_key;
 use reservation::{Reservation, Reservations, Stage};
 pub use types::{
-    AdmissionError, Admitted, Caller, Decision, Outcome, Plan, Reason, Reporting, Routed,
+    AdmissionError, Admitted, Caller, Decision, Filed, Outcome, Plan, Reason, Reporting, Routed,
     Settlement, Vote, Wait,
 };
 

@@ -62,7 +62,7 @@ impl std::fmt::Debug for Wait<'_> {
 }
 
 /// The verdict on a planned call.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Decision {
     pub allowed: bool,
     pub reservation: Option<u64>,
@@ -97,6 +97,21 @@ pub struct Routed {
     pub skipped: Vec<(String, Vote)>,
     /// Breaker state changes looking caused (Open → HalfOpen by time).
     pub transitions: Vec<(Arc<str>, Phase, Phase)>,
+}
+
+/// Where an admission's decision is, once made into the caller's
+/// [`Decision`] ([`Admission::admit_into`]).
+#[derive(Debug)]
+pub enum Filed {
+    /// In the caller's decision: denied, or allowed with nothing to write;
+    /// answer now.
+    Decided,
+    /// Allowed, holding money or durable quota usage: the decision moved into
+    /// the pending commit; [`Admission::commit`] it, and answer with what the
+    /// commit yields. Boxed: inline, the decision in it would make every
+    /// `Filed` (and each `Result` it passes through) as large as a decision,
+    /// and this path writes to the ledger, which costs far more than a box.
+    Durable(Box<Durable<PendingAdmit>>),
 }
 
 /// A decision, and whether it must be made durable before it may be
@@ -201,18 +216,37 @@ pub enum AdmissionError {
 // === impl Decision ===
 
 impl Decision {
-    pub(super) fn denied(votes: Votes, transitions: Vec<(Arc<str>, Phase, Phase)>) -> Decision {
-        Decision {
-            allowed: false,
-            reservation: None,
-            decisive: Some(votes.len() - 1),
-            votes,
-            transitions,
-            estimate: Usd::ZERO,
-            service: None,
-            skipped: Vec::new(),
-            waiting: None,
-        }
+    /// Overwrites this with a denial by the last of `votes`.
+    pub(super) fn deny(&mut self, votes: Votes, transitions: Vec<(Arc<str>, Phase, Phase)>) {
+        self.allowed = false;
+        self.reservation = None;
+        self.decisive = Some(votes.len() - 1);
+        self.votes = votes;
+        self.transitions = transitions;
+        self.estimate = Usd::ZERO;
+        self.service = None;
+        self.skipped.clear();
+        self.waiting = None;
+    }
+
+    /// Overwrites this with an admission holding reservation `id`. Field by
+    /// field: a struct expression assigned whole is built aside and copied.
+    pub(super) fn allow(
+        &mut self,
+        id: u64,
+        votes: Votes,
+        transitions: Vec<(Arc<str>, Phase, Phase)>,
+        estimate: Usd,
+    ) {
+        self.allowed = true;
+        self.reservation = Some(id);
+        self.votes = votes;
+        self.decisive = None;
+        self.transitions = transitions;
+        self.estimate = estimate;
+        self.service = None;
+        self.skipped.clear();
+        self.waiting = None;
     }
 
     /// The vote that denied, if any.

@@ -25,9 +25,7 @@ use tokio::sync::Notify;
 use super::check::Job;
 use super::text::{millis_up, reason_text};
 use super::{invalid, log_transition, unavailable, Reply};
-use crate::admission::{
-    AdmissionError, Admitted, Caller, Decision, Moment, Plan, Wait as AdmitWait,
-};
+use crate::admission::{AdmissionError, Caller, Decision, Filed, Moment, Plan, Wait as AdmitWait};
 use crate::guard::concurrency::Wake;
 use crate::guard::content::Scanned;
 use crate::money::Usd;
@@ -57,7 +55,13 @@ struct Valid {
     cost: Option<Usd>,
 }
 
-pub(super) fn apply(state: &State, session: &Session, mut req: AdmitRequest, now: Moment) -> Reply {
+pub(super) fn apply(
+    state: &State,
+    session: &Session,
+    mut req: AdmitRequest,
+    now: Moment,
+    decision: &mut Decision,
+) -> Reply {
     let payload = req.payload.take();
     let (asker, valid) = match validate(state, session, &req) {
         Ok(checked) => checked,
@@ -77,7 +81,7 @@ pub(super) fn apply(state: &State, session: &Session, mut req: AdmitRequest, now
     };
     // Without the guard a payload is not looked at: no scan, no content vote.
     let Some(payload) = payload.filter(|_| config.content.enabled) else {
-        return admit.run(state, now, None);
+        return admit.run(state, now, None, decision);
     };
     let job = match Job::new(&config.content, payload) {
         Ok(job) => job,
@@ -91,12 +95,12 @@ pub(super) fn apply(state: &State, session: &Session, mut req: AdmitRequest, now
         };
         // The scan took time: the admission happens now.
         let now = state.moment();
-        admit.run(&state, now, Some(scanned)).into_response().await
+        let mut decision = Decision::default();
+        admit
+            .run(&state, now, Some(scanned), &mut decision)
+            .into_response(&mut decision)
+            .await
     }))
-}
-
-fn decided(result: Result<Reply, ErrorReply>) -> Reply {
-    result.unwrap_or_else(|err| Reply::Ready(Response::Error(err)))
 }
 
 /// A validated admission, owned: with a payload or a wait it is decided in a
@@ -138,10 +142,18 @@ impl Admit {
     /// permit gets a pending reply that stands in line (first come, first
     /// served) and tries again each time it may have room, until admitted,
     /// refused by another guard, or its wait is up.
-    fn run(self, state: &State, now: Moment, content: Option<Scanned>) -> Reply {
+    fn run(
+        self,
+        state: &State,
+        now: Moment,
+        content: Option<Scanned>,
+        decision: &mut Decision,
+    ) -> Reply {
         let Some(wait) = self.wait else {
-            let admitted = self.admit(state, now, content.as_ref(), None);
-            return decided(admitted.and_then(|a| self.finish(state, a, None)));
+            return match self.admit(state, now, content.as_ref(), None, decision) {
+                Ok(filed) => self.finish(state, filed, decision, None),
+                Err(err) => Reply::Ready(Response::Error(err)),
+            };
         };
         let notify = Arc::new(Notify::new());
         let wake: Arc<dyn Wake> = Arc::clone(&notify) as Arc<dyn Wake>;
@@ -153,13 +165,17 @@ impl Admit {
                 ticket: None,
                 wake: &wake,
             }),
+            decision,
         );
-        let (ticket, mut last) = match first {
-            Ok(Admitted::Decided(decision)) if decision.waiting.is_some() => {
-                (decision.waiting.unwrap_or_default(), decision)
+        let ticket = match first {
+            Ok(Filed::Decided) if decision.waiting.is_some() => {
+                decision.waiting.unwrap_or_default()
             }
-            other => return decided(other.and_then(|a| self.finish(state, a, None))),
+            Ok(filed) => return self.finish(state, filed, decision, None),
+            Err(err) => return Reply::Ready(Response::Error(err)),
         };
+        // The wait owns its decision from here: each try writes into it.
+        let mut last = std::mem::take(decision);
         let line = InLine {
             state: state.clone(),
             ticket,
@@ -175,37 +191,39 @@ impl Admit {
                     // Out of line before answering: it took nothing.
                     drop(line);
                     crate::metrics::hot().waited(false);
-                    let reply = self.finish(&state, Admitted::Decided(last), Some(wait));
-                    return decided(reply).into_response().await;
+                    let reply = self.finish(&state, Filed::Decided, &mut last, Some(wait));
+                    return reply.into_response(&mut last).await;
                 }
                 let now = state.moment();
                 let wait = AdmitWait {
                     ticket: Some(ticket),
                     wake: &wake,
                 };
-                match self.admit(&state, now, content.as_ref(), Some(wait)) {
-                    Ok(Admitted::Decided(decision)) if decision.waiting.is_some() => {
-                        last = decision;
-                    }
+                match self.admit(&state, now, content.as_ref(), Some(wait), &mut last) {
+                    Ok(Filed::Decided) if last.waiting.is_some() => {}
                     other => {
                         drop(line);
                         crate::metrics::hot().waited(true);
-                        let reply = other.and_then(|a| self.finish(&state, a, None));
-                        return decided(reply).into_response().await;
+                        let reply = match other {
+                            Ok(filed) => self.finish(&state, filed, &mut last, None),
+                            Err(err) => Reply::Ready(Response::Error(err)),
+                        };
+                        return reply.into_response(&mut last).await;
                     }
                 }
             }
         }))
     }
 
-    /// Runs the admission once.
+    /// Runs the admission once, into `out`.
     fn admit(
         &self,
         state: &State,
         now: Moment,
         content: Option<&Scanned>,
         wait: Option<AdmitWait<'_>>,
-    ) -> Result<Admitted, ErrorReply> {
+        out: &mut Decision,
+    ) -> Result<Filed, ErrorReply> {
         let (asker, req, valid) = (&self.asker, &self.req, self.valid);
         let plan = Plan {
             service: &req.service,
@@ -226,77 +244,80 @@ impl Admit {
             pid: u32::try_from(asker.peer_pid).unwrap_or(0),
             uid: asker.peer_uid,
         };
-        let admitted = state.admission().admit(caller, plan, now).map_err(|err| {
-            let hit = match err {
-                AdmissionError::TooManyReservationsForUid { .. } => {
-                    Some(Limit::MaxReservationsPerUid)
+        let filed = state
+            .admission()
+            .admit_into(caller, plan, now, out)
+            .map_err(|err| {
+                let hit = match err {
+                    AdmissionError::TooManyReservationsForUid { .. } => {
+                        Some(Limit::MaxReservationsPerUid)
+                    }
+                    AdmissionError::TooManyOpenReservations(_) => Some(Limit::MaxReservations),
+                    _ => None,
+                };
+                if let Some(limit) = hit {
+                    state.counters().hit(limit);
                 }
-                AdmissionError::TooManyOpenReservations(_) => Some(Limit::MaxReservations),
-                _ => None,
-            };
-            if let Some(limit) = hit {
-                state.counters().hit(limit);
-            }
-            ErrorReply::from(err)
-        })?;
-        let decision = match &admitted {
-            Admitted::Decided(decision) => decision,
-            Admitted::Durable(durable) => durable.pending.decision(),
+                ErrorReply::from(err)
+            })?;
+        let decision = match &filed {
+            Filed::Decided => &*out,
+            Filed::Durable(durable) => durable.pending.decision(),
         };
         // Logged on every try: a waiting admission may move a breaker too.
         for (service, from, to) in &decision.transitions {
             log_transition(state, service, *from, *to);
         }
-        Ok(admitted)
+        Ok(filed)
     }
 
-    /// The final decision: logged, counted, made durable when it must be, and
-    /// answered. `waited`: a waiting admission whose wait ran out.
+    /// The final decision (in `out` or moved into the pending commit):
+    /// logged, counted, made durable when it must be, and answered.
+    /// `waited`: a waiting admission whose wait ran out.
     fn finish(
         &self,
         state: &State,
-        admitted: Admitted,
+        filed: Filed,
+        out: &mut Decision,
         waited: Option<Duration>,
-    ) -> Result<Reply, ErrorReply> {
-        let decision = match &admitted {
-            Admitted::Decided(decision) => decision,
-            Admitted::Durable(durable) => durable.pending.decision(),
+    ) -> Reply {
+        let decision = match &filed {
+            Filed::Decided => &*out,
+            Filed::Durable(durable) => durable.pending.decision(),
         };
         let service = decision.service.as_deref().unwrap_or(&self.req.service);
         log_decision(&self.asker, service, decision);
         if let Some(route) = &self.req.route {
             super::route::count_choice(route, decision.allowed.then_some(service));
         }
-        if let Admitted::Decided(decision) = &admitted {
-            if let Some(refusal) = fail_closed_without_a_write(state, decision) {
-                return Ok(Reply::Ready(refusal));
-            }
-        }
-        let durable = match admitted {
-            Admitted::Decided(decision) => {
+        let durable = match filed {
+            Filed::Decided => {
+                if let Some(refusal) = fail_closed_without_a_write(state, out) {
+                    return Reply::Ready(refusal);
+                }
                 let Some(waited) = waited else {
-                    return Ok(Reply::Admitted(decision));
+                    return Reply::Admitted;
                 };
-                let mut reply = into_reply(decision);
+                let mut reply = into_reply(std::mem::take(out));
                 if let Some(reason) = reply.reason.as_mut() {
                     reason.push_str(&format!(
                         "; waited {} ms for a permit (wait_ms, at most concurrency.max_wait)",
                         waited.as_millis()
                     ));
                 }
-                return Ok(Reply::Ready(Response::Admit(reply)));
+                return Reply::Ready(Response::Admit(reply));
             }
-            Admitted::Durable(durable) => durable,
+            Filed::Durable(durable) => *durable,
         };
         // The commit opens the reservation (or gives back what it took) when the
         // ledger answers, whether or not this reply is still wanted then.
         let committed = state.commit(durable);
-        Ok(Reply::Pending(Box::pin(async move {
+        Reply::Pending(Box::pin(async move {
             match committed.await {
                 Ok(decision) => Response::Admit(into_reply(decision)),
                 Err(err) => unavailable(&err),
             }
-        })))
+        }))
     }
 }
 

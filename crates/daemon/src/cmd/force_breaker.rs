@@ -83,9 +83,7 @@ mod tests {
         let dispatch =
             |state: &State, session: &crate::state::Session, request: Request| match dispatch(
                 state, session, request,
-            )
-            .now_or_later()
-            {
+            ) {
                 Ok(response) => response,
                 Err(_) => panic!("forcing a breaker needs no ledger write"),
             };

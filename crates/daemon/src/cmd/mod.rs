@@ -46,39 +46,57 @@ pub type ReplyFuture = Pin<Box<dyn Future<Output = Response> + Send + 'static>>;
 #[allow(clippy::large_enum_variant)]
 pub enum Reply {
     Ready(Response),
-    /// An admission decided now, in the engine's types: the handler writes
-    /// its frame straight from them ([`Reply::encode_admitted`]), its votes
-    /// made text as they are written; anywhere else it becomes a `Response`.
-    Admitted(Decision),
+    /// An admission decided now, into the caller's [`Decision`] (the one it
+    /// gave [`decide_at`]), in the engine's types: the handler writes its
+    /// frame straight from it ([`Reply::encode_admitted`]), its votes made
+    /// text as they are written; anywhere else it becomes a `Response`. The
+    /// decision stays where the engine wrote it: a few hundred bytes, which
+    /// were copied at each of the eight layers a returned value crossed.
+    Admitted,
     Pending(ReplyFuture),
 }
 
-/// Decides one request now; returns its reply or the wait for it.
+/// Decides one request now; returns its response, or the wait for it.
 ///
 /// The clock is read once to decide (the request's [`Moment`], which its
 /// duration is also measured from) and once when the reply is ready.
-pub fn dispatch(state: &State, session: &Session, request: Request) -> Reply {
+///
+/// # Errors
+/// The future of a reply waiting for the ledger (or a permit, or a scan).
+pub fn dispatch(
+    state: &State,
+    session: &Session,
+    request: Request,
+) -> Result<Response, ReplyFuture> {
     let kind = request.kind();
     let now = state.moment();
-    let reply = decide_at(state, session, request, now);
+    let mut decision = Decision::default();
+    let reply = decide_at(state, session, request, now, &mut decision);
     if !matches!(reply, Reply::Pending(_)) {
         record_duration(kind, now, state.now());
     }
-    reply
+    reply.now_or_later(&mut decision)
 }
 
-/// Decides one request at `now`, a reading the caller took. A reply that
+/// Decides one request at `now`, a reading the caller took; an admission's
+/// decision is written into `decision` ([`Reply::Admitted`]). A reply that
 /// waits records its own duration when it is ready; a ready one is the
 /// caller's to record ([`record_duration`]), with the reading it takes when
 /// it is done with the reply: a connection answering pipelined requests
 /// takes one reading per request, the end of one standing as the start of
 /// the next (`server::handler`), instead of a start and an end each.
-pub fn decide_at(state: &State, session: &Session, request: Request, now: Moment) -> Reply {
+pub fn decide_at(
+    state: &State,
+    session: &Session,
+    request: Request,
+    now: Moment,
+    decision: &mut Decision,
+) -> Reply {
     let kind = request.kind();
     crate::metrics::hot().request(kind);
     // A ready reply is handed on as it is: taking it apart and building it
     // again would copy its few hundred bytes.
-    match decide(state, session, request, now) {
+    match decide(state, session, request, now, decision) {
         Reply::Pending(future) => {
             let state = state.clone();
             Reply::Pending(Box::pin(async move {
@@ -103,7 +121,13 @@ pub fn health(state: &State) -> crate::protocol::StatusReport {
     status::report(state, state.moment())
 }
 
-fn decide(state: &State, session: &Session, request: Request, now: Moment) -> Reply {
+fn decide(
+    state: &State,
+    session: &Session,
+    request: Request,
+    now: Moment,
+    decision: &mut Decision,
+) -> Reply {
     if needs_admin(&request) {
         if let Err(denied) = state.require_admin(&session.peer) {
             return Reply::Ready(Response::Error(not_permitted(state, session, &denied)));
@@ -112,7 +136,7 @@ fn decide(state: &State, session: &Session, request: Request, now: Moment) -> Re
     match request {
         Request::Ping => Reply::Ready(ping::apply(state, session)),
         Request::Status => Reply::Ready(Response::Status(status::report(state, now))),
-        Request::Admit(req) => admit::apply(state, session, req, now),
+        Request::Admit(req) => admit::apply(state, session, req, now, decision),
         Request::Report(req) => report::apply(state, session, req, now),
         Request::Breakers(req) => Reply::Ready(breakers::apply(state, req, now.mono)),
         Request::Budget(req) => Reply::Ready(budget::apply(state, req, now)),
@@ -167,22 +191,24 @@ fn not_permitted(state: &State, session: &Session, denied: &AccessDenied) -> Err
 // === impl Reply ===
 
 impl Reply {
-    /// The response, waiting for the ledger if needed.
-    pub async fn into_response(self) -> Response {
-        match self.now_or_later() {
+    /// The response, waiting for the ledger if needed; `decision` is the one
+    /// the reply was decided into.
+    pub async fn into_response(self, decision: &mut Decision) -> Response {
+        match self.now_or_later(decision) {
             Ok(response) => response,
             Err(future) => future.await,
         }
     }
 
-    /// The response when it is ready, else the wait for it.
+    /// The response when it is ready, else the wait for it; `decision` is the
+    /// one the reply was decided into.
     ///
     /// # Errors
     /// The future of a reply waiting for the ledger (or a permit, or a scan).
-    pub fn now_or_later(self) -> Result<Response, ReplyFuture> {
+    pub fn now_or_later(self, decision: &mut Decision) -> Result<Response, ReplyFuture> {
         match self {
             Reply::Ready(response) => Ok(response),
-            Reply::Admitted(decision) => Ok(Response::Admit(admit::into_reply(decision))),
+            Reply::Admitted => Ok(Response::Admit(admit::into_reply(std::mem::take(decision)))),
             Reply::Pending(future) => Err(future),
         }
     }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::close;
 use super::handshake::{self, Refusal};
 use super::replies::{self, answer, unknown_request, Queued, ReplyQueue, MAX_IN_FLIGHT};
+use crate::admission::Decision;
 use crate::clock::Moment;
 use crate::cmd;
 use crate::connection::{Connection, ReadError, WriteError};
@@ -76,6 +77,9 @@ pub(super) struct Handler {
     /// request costs one reading instead of a start and an end. Cleared by
     /// anything that may wait.
     reading: Option<Moment>,
+    /// Where an admission's decision is written, reused request after
+    /// request: its frame is encoded from here (`cmd::Reply::Admitted`).
+    decision: Decision,
 }
 
 /// What woke the loop. A reply that waited (for the ledger, or behind one
@@ -110,6 +114,15 @@ enum Flow {
     Close,
 }
 
+impl Took {
+    fn encoded(encoded: Result<(), WriteError>) -> Took {
+        match encoded {
+            Ok(()) => Took::Encoded,
+            Err(err) => Took::WriteFailed(err),
+        }
+    }
+}
+
 // === impl Handler ===
 
 impl Handler {
@@ -126,6 +139,7 @@ impl Handler {
             eof: false,
             last_active: coarse_now(),
             reading: None,
+            decision: Decision::default(),
         }
     }
 
@@ -356,12 +370,27 @@ impl Handler {
             ClientFrame::Request(Envelope { id, request }) if self.replies.is_empty() => {
                 let kind = request.kind();
                 let started = self.reading.take().unwrap_or_else(|| self.state.moment());
-                let took = match cmd::decide_at(&self.state, &self.session, request, started) {
+                let reply = cmd::decide_at(
+                    &self.state,
+                    &self.session,
+                    request,
+                    started,
+                    &mut self.decision,
+                );
+                let took = match reply {
                     cmd::Reply::Ready(response) => {
                         self.encode_now(id, |buf| encode_reply_into(buf, id, &response))
                     }
-                    cmd::Reply::Admitted(decision) => {
-                        self.encode_now(id, |buf| cmd::Reply::encode_admitted(buf, id, &decision))
+                    cmd::Reply::Admitted => {
+                        let decision = &self.decision;
+                        let encoded = replies::encode_now(
+                            &mut self.conn,
+                            &self.state,
+                            &self.session,
+                            id,
+                            |buf| cmd::Reply::encode_admitted(buf, id, decision),
+                        );
+                        Took::encoded(encoded)
                     }
                     cmd::Reply::Pending(future) => {
                         self.replies.push_back(replies::pending(id, future));
@@ -390,10 +419,7 @@ impl Handler {
         encode: impl FnOnce(&mut BytesMut) -> Result<(), EncodeError>,
     ) -> Took {
         let encoded = replies::encode_now(&mut self.conn, &self.state, &self.session, id, encode);
-        match encoded {
-            Ok(()) => Took::Encoded,
-            Err(err) => Took::WriteFailed(err),
-        }
+        Took::encoded(encoded)
     }
 
     async fn close(&mut self, code: ErrorCode, message: String) {

@@ -58,7 +58,7 @@ pub(super) type ReplyQueue = FuturesOrdered<Queued>;
 pub(super) fn answer(state: &State, session: &Session, frame: ClientFrame) -> Queued {
     match frame {
         ClientFrame::Batch(envelopes) => {
-            let replies: Vec<(u64, cmd::Reply)> = envelopes
+            let replies: Vec<(u64, Result<Response, cmd::ReplyFuture>)> = envelopes
                 .into_iter()
                 .map(|envelope| (envelope.id, cmd::dispatch(state, session, envelope.request)))
                 .collect();
@@ -67,7 +67,10 @@ pub(super) fn answer(state: &State, session: &Session, frame: ClientFrame) -> Qu
                 for (id, reply) in replies {
                     out.push(ReplyEnvelope {
                         id,
-                        response: reply.into_response().await,
+                        response: match reply {
+                            Ok(response) => response,
+                            Err(future) => future.await,
+                        },
                     });
                 }
                 ServerFrame::Batch(out)
@@ -75,7 +78,7 @@ pub(super) fn answer(state: &State, session: &Session, frame: ClientFrame) -> Qu
         }
         ClientFrame::Request(envelope) => {
             let id = envelope.id;
-            match cmd::dispatch(state, session, envelope.request).now_or_later() {
+            match cmd::dispatch(state, session, envelope.request) {
                 Ok(response) => {
                     Queued::Ready(Some(ServerFrame::Reply(ReplyEnvelope { id, response })))
                 }
