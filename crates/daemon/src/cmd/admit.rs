@@ -16,6 +16,7 @@
 //! its reply. Its place in line is an [`InLine`] owned by that future, so a
 //! timeout or a dropped connection removes it by construction.
 
+use std::borrow::Borrow;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,15 +56,18 @@ struct Valid {
     cost: Option<Usd>,
 }
 
+/// Decides `req` where it lies (the usual call: no payload, no wait): a
+/// request is a couple of hundred bytes, and each layer it was passed down
+/// by value copied it.
 pub(super) fn apply(
     state: &State,
     session: &Session,
-    mut req: AdmitRequest,
+    req: &mut AdmitRequest,
     now: Moment,
     decision: &mut Decision,
 ) -> Reply {
     let payload = req.payload.take();
-    let (asker, valid) = match validate(state, session, &req) {
+    let (asker, valid) = match validate(state, session, req) {
         Ok(checked) => checked,
         Err(err) => return Reply::Ready(Response::Error(err)),
     };
@@ -73,14 +77,25 @@ pub(super) fn apply(
         .filter(|&ms| ms > 0)
         .map(|ms| Duration::from_millis(ms).min(config.concurrency.max_wait))
         .filter(|wait| !wait.is_zero());
+    // Without the guard a payload is not looked at: no scan, no content vote.
+    let payload = payload.filter(|_| config.content.enabled);
+    if payload.is_none() && wait.is_none() {
+        let admit = Admit {
+            asker,
+            req: &*req,
+            valid,
+            wait,
+        };
+        return admit.now(state, now, None, decision);
+    }
+    // Decided later, in a future that owns what it needs.
     let admit = Admit {
         asker,
-        req,
+        req: req.clone(),
         valid,
         wait,
     };
-    // Without the guard a payload is not looked at: no scan, no content vote.
-    let Some(payload) = payload.filter(|_| config.content.enabled) else {
+    let Some(payload) = payload else {
         return admit.run(state, now, None, decision);
     };
     let job = match Job::new(&config.content, payload) {
@@ -103,11 +118,12 @@ pub(super) fn apply(
     }))
 }
 
-/// A validated admission, owned: with a payload or a wait it is decided in a
-/// future, after the scan or when a permit frees.
-struct Admit {
+/// A validated admission: borrowing its request when decided at once, owning
+/// it when decided in a future (with a payload, after the scan; with a wait,
+/// when a permit frees).
+struct Admit<R> {
     asker: Asker,
-    req: AdmitRequest,
+    req: R,
     valid: Valid,
     /// How long it may wait for a bulkhead permit (`wait_ms`, at most
     /// `concurrency.max_wait`); `None`: refused at once.
@@ -137,7 +153,7 @@ impl Drop for InLine {
     }
 }
 
-impl Admit {
+impl Admit<AdmitRequest> {
     /// Decides now. A caller that may wait and is refused only for want of a
     /// permit gets a pending reply that stands in line (first come, first
     /// served) and tries again each time it may have room, until admitted,
@@ -150,10 +166,7 @@ impl Admit {
         decision: &mut Decision,
     ) -> Reply {
         let Some(wait) = self.wait else {
-            return match self.admit(state, now, content.as_ref(), None, decision) {
-                Ok(filed) => self.finish(state, filed, decision, None),
-                Err(err) => Reply::Ready(Response::Error(err)),
-            };
+            return self.now(state, now, content.as_ref(), decision);
         };
         let notify = Arc::new(Notify::new());
         let wake: Arc<dyn Wake> = Arc::clone(&notify) as Arc<dyn Wake>;
@@ -214,6 +227,22 @@ impl Admit {
             }
         }))
     }
+}
+
+impl<R: Borrow<AdmitRequest>> Admit<R> {
+    /// Decides once, into `decision`, and answers.
+    fn now(
+        &self,
+        state: &State,
+        now: Moment,
+        content: Option<&Scanned>,
+        decision: &mut Decision,
+    ) -> Reply {
+        match self.admit(state, now, content, None, decision) {
+            Ok(filed) => self.finish(state, filed, decision, None),
+            Err(err) => Reply::Ready(Response::Error(err)),
+        }
+    }
 
     /// Runs the admission once, into `out`.
     fn admit(
@@ -224,7 +253,7 @@ impl Admit {
         wait: Option<AdmitWait<'_>>,
         out: &mut Decision,
     ) -> Result<Filed, ErrorReply> {
-        let (asker, req, valid) = (&self.asker, &self.req, self.valid);
+        let (asker, req, valid) = (&self.asker, self.req.borrow(), self.valid);
         let plan = Plan {
             service: &req.service,
             units: valid.units,
@@ -285,9 +314,10 @@ impl Admit {
             Filed::Decided => &*out,
             Filed::Durable(durable) => durable.pending.decision(),
         };
-        let service = decision.service.as_deref().unwrap_or(&self.req.service);
+        let req = self.req.borrow();
+        let service = decision.service.as_deref().unwrap_or(&req.service);
         log_decision(&self.asker, service, decision);
-        if let Some(route) = &self.req.route {
+        if let Some(route) = &req.route {
             super::route::count_choice(route, decision.allowed.then_some(service));
         }
         let durable = match filed {

@@ -71,7 +71,8 @@ pub fn dispatch(
     let kind = request.kind();
     let now = state.moment();
     let mut decision = Decision::default();
-    let reply = decide_at(state, session, request, now, &mut decision);
+    let mut request = request;
+    let reply = decide_at(state, session, &mut request, now, &mut decision);
     if !matches!(reply, Reply::Pending(_)) {
         record_duration(kind, now, state.now());
     }
@@ -79,7 +80,9 @@ pub fn dispatch(
 }
 
 /// Decides one request at `now`, a reading the caller took; an admission's
-/// decision is written into `decision` ([`Reply::Admitted`]). A reply that
+/// decision is written into `decision` ([`Reply::Admitted`]). An admit or a
+/// report is decided where it lies (its fields may be taken); the other
+/// kinds take the request whole. A reply that
 /// waits records its own duration when it is ready; a ready one is the
 /// caller's to record ([`record_duration`]), with the reading it takes when
 /// it is done with the reply: a connection answering pipelined requests
@@ -88,7 +91,7 @@ pub fn dispatch(
 pub fn decide_at(
     state: &State,
     session: &Session,
-    request: Request,
+    request: &mut Request,
     now: Moment,
     decision: &mut Decision,
 ) -> Reply {
@@ -121,7 +124,26 @@ pub fn health(state: &State) -> crate::protocol::StatusReport {
     status::report(state, state.moment())
 }
 
+/// The two kinds every call sends are decided where they lie: passed down
+/// by value, a request (a couple of hundred bytes) was copied at each layer.
 fn decide(
+    state: &State,
+    session: &Session,
+    request: &mut Request,
+    now: Moment,
+    decision: &mut Decision,
+) -> Reply {
+    match request {
+        Request::Admit(req) => admit::apply(state, session, req, now, decision),
+        Request::Report(req) => report::apply(state, session, req, now),
+        other => {
+            let request = std::mem::replace(other, Request::Ping);
+            decide_owned(state, session, request, now, decision)
+        }
+    }
+}
+
+fn decide_owned(
     state: &State,
     session: &Session,
     request: Request,
@@ -136,8 +158,8 @@ fn decide(
     match request {
         Request::Ping => Reply::Ready(ping::apply(state, session)),
         Request::Status => Reply::Ready(Response::Status(status::report(state, now))),
-        Request::Admit(req) => admit::apply(state, session, req, now, decision),
-        Request::Report(req) => report::apply(state, session, req, now),
+        Request::Admit(mut req) => admit::apply(state, session, &mut req, now, decision),
+        Request::Report(mut req) => report::apply(state, session, &mut req, now),
         Request::Breakers(req) => Reply::Ready(breakers::apply(state, req, now.mono)),
         Request::Budget(req) => Reply::Ready(budget::apply(state, req, now)),
         Request::Quotas(req) => Reply::Ready(quotas::apply(state, req, now)),

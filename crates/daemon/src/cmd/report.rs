@@ -13,7 +13,13 @@ use crate::state::{Session, State};
 /// Longest idempotency key, in bytes.
 const MAX_KEY_LEN: usize = 256;
 
-pub(super) fn apply(state: &State, session: &Session, req: ReportRequest, now: Moment) -> Reply {
+/// Decides `req` where it lies (its idempotency key is taken).
+pub(super) fn apply(
+    state: &State,
+    session: &Session,
+    req: &mut ReportRequest,
+    now: Moment,
+) -> Reply {
     match start(state, session, req, now) {
         Ok(Reporting::Settled(settlement)) => Reply::Ready(reply(state, settlement)),
         Ok(Reporting::Durable(durable)) => {
@@ -49,7 +55,7 @@ pub(super) fn apply(state: &State, session: &Session, req: ReportRequest, now: M
 fn start(
     state: &State,
     session: &Session,
-    req: ReportRequest,
+    req: &mut ReportRequest,
     now: Moment,
 ) -> Result<Reporting, ErrorReply> {
     if let Some(key) = &req.idempotency_key {
@@ -76,7 +82,7 @@ fn start(
         upstream_after: req.retry_after_ms.map(Duration::from_millis),
     };
     // The admission keeps the key (in the reservation, then the ledger).
-    let key = req.idempotency_key.map(Name::into_string);
+    let key = req.idempotency_key.take().map(Name::into_string);
     let admission = state.admission();
     let result = match (req.reservation, req.service.as_deref()) {
         (Some(id), None) => {

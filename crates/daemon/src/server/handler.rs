@@ -22,7 +22,8 @@ use crate::clock::Moment;
 use crate::cmd;
 use crate::connection::{Connection, ReadError, WriteError};
 use crate::protocol::{
-    encode_reply_into, ClientFrame, DecodeError, EncodeError, Envelope, ErrorCode, ServerFrame,
+    encode_reply_into, ClientFrame, DecodeError, EncodeError, Envelope, ErrorCode, Request,
+    ServerFrame,
 };
 use crate::state::{Limit, Session, State};
 
@@ -343,10 +344,17 @@ impl Handler {
     /// state at each step — eight copies per request.
     #[inline(never)]
     fn take(&mut self, body: &[u8]) -> Took {
-        let frame = match Connection::decode(body) {
+        let mut frame = match Connection::decode(body) {
             Ok(frame) => frame,
             Err(err) => return Took::Unreadable(err),
         };
+        // Nothing queued ahead: decided where it lies and, when ready,
+        // encoded now.
+        if let ClientFrame::Request(Envelope { id, request }) = &mut frame {
+            if self.replies.is_empty() {
+                return self.decide_now(*id, request);
+            }
+        }
         let max_batch = self.max_batch;
         match frame {
             // Refused whole, none of it run, and the connection closed: answering
@@ -366,42 +374,6 @@ impl Handler {
                 ErrorCode::HandshakeRequired,
                 "a second Hello on one connection; the handshake happens once".into(),
             ),
-            // Nothing queued ahead: decided and, when ready, encoded now.
-            ClientFrame::Request(Envelope { id, request }) if self.replies.is_empty() => {
-                let kind = request.kind();
-                let started = self.reading.take().unwrap_or_else(|| self.state.moment());
-                let reply = cmd::decide_at(
-                    &self.state,
-                    &self.session,
-                    request,
-                    started,
-                    &mut self.decision,
-                );
-                let took = match reply {
-                    cmd::Reply::Ready(response) => {
-                        self.encode_now(id, |buf| encode_reply_into(buf, id, &response))
-                    }
-                    cmd::Reply::Admitted => {
-                        let decision = &self.decision;
-                        let encoded = replies::encode_now(
-                            &mut self.conn,
-                            &self.state,
-                            &self.session,
-                            id,
-                            |buf| cmd::Reply::encode_admitted(buf, id, decision),
-                        );
-                        Took::encoded(encoded)
-                    }
-                    cmd::Reply::Pending(future) => {
-                        self.replies.push_back(replies::pending(id, future));
-                        return Took::Queued;
-                    }
-                };
-                let ended = self.state.moment();
-                cmd::record_duration(kind, started, ended.mono);
-                self.reading = Some(ended);
-                took
-            }
             // Behind replies still waiting, or a batch (answered when all its
             // requests are): in line.
             frame => {
@@ -410,6 +382,42 @@ impl Handler {
                 Took::Queued
             }
         }
+    }
+
+    /// Decides a request with nothing queued ahead of it and, when its reply
+    /// is ready, encodes it; the clock reading it ends with is the start of
+    /// the next request if that one is already buffered.
+    fn decide_now(&mut self, id: u64, request: &mut Request) -> Took {
+        let kind = request.kind();
+        let started = self.reading.take().unwrap_or_else(|| self.state.moment());
+        let reply = cmd::decide_at(
+            &self.state,
+            &self.session,
+            request,
+            started,
+            &mut self.decision,
+        );
+        let took = match reply {
+            cmd::Reply::Ready(response) => {
+                self.encode_now(id, |buf| encode_reply_into(buf, id, &response))
+            }
+            cmd::Reply::Admitted => {
+                let decision = &self.decision;
+                let encoded =
+                    replies::encode_now(&mut self.conn, &self.state, &self.session, id, |buf| {
+                        cmd::Reply::encode_admitted(buf, id, decision)
+                    });
+                Took::encoded(encoded)
+            }
+            cmd::Reply::Pending(future) => {
+                self.replies.push_back(replies::pending(id, future));
+                return Took::Queued;
+            }
+        };
+        let ended = self.state.moment();
+        cmd::record_duration(kind, started, ended.mono);
+        self.reading = Some(ended);
+        took
     }
 
     /// [`replies::encode_now`] on this connection.
