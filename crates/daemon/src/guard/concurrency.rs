@@ -650,6 +650,7 @@ impl Rule {
     /// one found when it is that key's (every entry's key is in `keys`, so a
     /// match there is the table's answer), looked up by the call's own bytes
     /// otherwise (a pair's built on the stack).
+    #[inline(always)]
     fn find(&mut self, call: &Call<'_>) -> Option<SlotId> {
         let pair;
         let wanted: &[u8] = match self.spec.scope {
