@@ -24,10 +24,12 @@
 //! Cost. An admission under a bulkhead allocates nothing in the usual case,
 //! and giving its permits back looks nothing up by name: a key's count is an
 //! entry of a table, found by the key's bytes (borrowed from the call, or built
-//! on the stack for an `agent/service` pair), and a permit holds the entry's
-//! number, kept inline with the others. The agents' counts are kept the same
-//! way. Entries of emptied keys are reused, so a table is as long as the most
-//! keys ever busy at once.
+//! on the stack for an `agent/service` pair; the entry found last is tried
+//! first), and a permit holds the entry's number, kept inline with the others.
+//! The agents' counts are kept the same way. An emptied key keeps its entry,
+//! and its name in the table, until another key needs the entry: a key (or an
+//! agent) busy every few calls is then neither added nor removed each time,
+//! and a table is still as long as the most keys ever busy at once.
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
@@ -86,11 +88,18 @@ struct Rule {
     spec: BulkheadSpec,
     id: RuleId,
     name: Arc<str>,
-    /// Only keys with a call in flight or a waiter: emptied keys are removed.
+    /// Every entry's key: the busy ones' and the emptied ones' not reused yet
+    /// (as [`AgentCap::named`], a key busy every few calls is not removed and
+    /// added again each time).
     keys: Map<BucketKey, SlotId>,
     /// The keys' counts; an emptied key's entry waits in `free` for the next.
     slots: Vec<Slot>,
-    free: Vec<SlotId>,
+    /// Entries that emptied, oldest first; one busy again stays listed (taking
+    /// it skips it), so each is listed at most once.
+    free: VecDeque<SlotId>,
+    /// The entry found last: tried first, by its key's bytes, before the
+    /// table (a bulkhead over one service finds it there every time).
+    last: SlotId,
     in_flight: u64,
     waiting: u64,
 }
@@ -103,35 +112,45 @@ struct Slot {
     in_flight: u32,
     /// Waiter ids, first come first.
     queue: VecDeque<u64>,
+    /// In [`Rule::free`].
+    listed: bool,
 }
 
 /// Agents with at least one admission in flight, and how many each has.
 ///
-/// An agent's count is an entry of `entries`, found by name through `active`;
+/// An agent's count is an entry of `entries`, found by name through `named`;
 /// a permit holds the entry's number, so giving it back needs no lookup by
-/// name, and neither the permit nor the table copies the name to the heap (an
-/// agent becomes active, and idle again, every few calls when it has few in
-/// flight). Entries of idle agents are reused; the table is as long as the
-/// most agents ever active at once.
+/// name, and neither the permit nor the table copies the name to the heap. An
+/// agent with few calls in flight becomes active, and idle again, every few
+/// calls, so an idle agent's entry keeps its name (and its place in `named`)
+/// until another agent needs the entry: an agent coming back finds its entry
+/// as an active one would, and nothing is added to or removed from the table.
+/// The table is as long as the most agents ever active at once.
 struct AgentCap {
     /// `None`: no cap (`concurrency.max_active_agents = 0`).
     max: Option<u32>,
     name: Arc<str>,
-    /// Active agents' entries, by name.
-    active: Map<BucketKey, AgentId>,
+    /// Every entry's agent: the active ones' and the idle ones' not reused yet.
+    named: Map<BucketKey, AgentId>,
     entries: Vec<Active>,
-    /// Entries of agents no longer active, for the next to become active.
-    idle: Vec<AgentId>,
+    /// Agents with a call in flight (entries with `calls > 0`).
+    active: u32,
+    /// Entries that went idle, oldest first, for the next agent to become
+    /// active. An entry active again stays listed (taking it skips it), so
+    /// each is listed at most once and the list is no longer than the table.
+    idle: VecDeque<AgentId>,
     queue: VecDeque<u64>,
 }
 
 /// An entry of [`AgentCap::entries`].
 type AgentId = u32;
 
-/// One active agent (or an idle entry: `calls == 0`).
+/// One agent's count (`calls == 0`: idle).
 struct Active {
     agent: BucketKey,
     calls: u32,
+    /// In [`AgentCap::idle`].
+    listed: bool,
 }
 
 struct Waiter {
@@ -207,9 +226,10 @@ impl Concurrency {
             agents: AgentCap {
                 max: max_active_agents,
                 name: Arc::from(AGENTS_RULE),
-                active: Map::default(),
+                named: Map::default(),
                 entries: Vec::new(),
-                idle: Vec::new(),
+                active: 0,
+                idle: VecDeque::new(),
                 queue: VecDeque::new(),
             },
             waiters: Map::default(),
@@ -273,7 +293,7 @@ impl Concurrency {
             places: Vec::new(),
         });
         if self.agents.max.is_some()
-            && !self.agents.active.contains_key(call.agent.as_bytes())
+            && !self.agents.is_active(call.agent)
             && !waiter.places.contains(&Place::Agents)
         {
             self.agents.queue.push_back(id);
@@ -325,7 +345,7 @@ impl Concurrency {
                     slot.queue.retain(|w| *w != id);
                     rule.waiting -= (before - slot.queue.len()) as u64;
                     wake(slot, rule.spec.max_in_flight, &self.waiters);
-                    rule.forget_if_empty(at);
+                    rule.retire(at);
                 }
             }
         }
@@ -341,22 +361,21 @@ impl Concurrency {
     pub fn occupancy(&self, cap: usize) -> Vec<KeyOccupancy> {
         let mut out = Vec::new();
         if let Some(max) = self.agents.max {
-            if !self.agents.active.is_empty() || !self.agents.queue.is_empty() {
+            if self.agents.active > 0 || !self.agents.queue.is_empty() {
                 out.push(KeyOccupancy {
                     bulkhead: AGENTS_RULE.to_owned(),
                     key: String::new(),
-                    in_flight: count(self.agents.active.len()),
+                    in_flight: self.agents.active,
                     limit: max,
                     waiting: count(self.agents.queue.len()),
                 });
             }
         }
         'rules: for rule in &self.rules {
-            for &at in rule.keys.values() {
+            for slot in rule.slots.iter().filter(|slot| !slot.is_empty()) {
                 if out.len() >= cap {
                     break 'rules;
                 }
-                let slot = &rule.slots[at as usize];
                 out.push(KeyOccupancy {
                     bulkhead: rule.spec.name.clone(),
                     key: shown(&slot.key),
@@ -383,7 +402,7 @@ impl Concurrency {
         if self.agents.max.is_some() {
             out.push(BulkheadTotals {
                 bulkhead: AGENTS_RULE.to_owned(),
-                in_flight: self.agents.active.len() as u64,
+                in_flight: u64::from(self.agents.active),
                 waiting: self.agents.queue.len() as u64,
             });
         }
@@ -396,11 +415,12 @@ impl Concurrency {
         let agents = &mut self.agents;
         let max = agents.max?;
         let shadow = call.shadow_all;
-        let agent = if let Some(&id) = agents.active.get(call.agent.as_bytes()) {
+        let found = agents.named.get(call.agent.as_bytes()).copied();
+        let agent = if let Some(id) = found.filter(|&id| agents.entries[id as usize].calls > 0) {
             agents.entries[id as usize].calls += 1;
             id
         } else {
-            let active = count(agents.active.len());
+            let active = agents.active;
             let ahead = ahead(&agents.queue, call.waiter);
             if (u64::from(active) + ahead as u64) >= u64::from(max) {
                 out.vote(Vote::deny(
@@ -417,16 +437,16 @@ impl Concurrency {
                 if !shadow {
                     return None;
                 }
-                return Some(agents.activate(call.agent));
+                return Some(agents.activate(found, call.agent));
             }
-            agents.activate(call.agent)
+            agents.activate(found, call.agent)
         };
         out.vote(Vote::allow(
             GuardKind::Concurrency,
             Arc::clone(&agents.name),
             shadow,
             Reason::InFlight {
-                n: count(agents.active.len()),
+                n: agents.active,
                 max,
             },
         ));
@@ -441,7 +461,7 @@ impl Concurrency {
                 if let Some(slot) = rule.slots.get_mut(at as usize) {
                     slot.in_flight -= 1;
                     rule.in_flight -= 1;
-                    rule.forget_if_empty(at);
+                    rule.retire(at);
                 }
             }
         }
@@ -468,7 +488,7 @@ impl Concurrency {
             slot.in_flight -= 1;
             rule.in_flight = rule.in_flight.saturating_sub(1);
             wake(slot, rule.spec.max_in_flight, &self.waiters);
-            rule.forget_if_empty(at);
+            rule.retire(at);
         }
         if let Some(agent) = permits.agent.take() {
             if self.agents.deactivate(agent) {
@@ -614,7 +634,8 @@ impl Rule {
             spec,
             keys: Map::default(),
             slots: Vec::new(),
-            free: Vec::new(),
+            free: VecDeque::new(),
+            last: 0,
             in_flight: 0,
             waiting: 0,
         }
@@ -625,56 +646,72 @@ impl Rule {
             && filter_matches(&self.spec.agents, call.agent)
     }
 
-    /// The entry of the key `call` falls under, when it is busy: looked up by
-    /// the call's own bytes (a pair's built on the stack).
-    fn find(&self, call: &Call<'_>) -> Option<SlotId> {
-        let found = match self.spec.scope {
-            Scope::Global => self.keys.get(&b""[..]),
-            Scope::Agent => self.keys.get(call.agent.as_bytes()),
-            Scope::Service => self.keys.get(call.service.as_bytes()),
-            Scope::AgentService => self.keys.get(&BucketKey::of(
-                Scope::AgentService,
-                call.agent,
-                call.service,
-            )),
+    /// The entry of the key `call` falls under, when it has one: the last
+    /// one found when it is that key's (every entry's key is in `keys`, so a
+    /// match there is the table's answer), looked up by the call's own bytes
+    /// otherwise (a pair's built on the stack).
+    #[inline(always)]
+    fn find(&mut self, call: &Call<'_>) -> Option<SlotId> {
+        let pair;
+        let wanted: &[u8] = match self.spec.scope {
+            Scope::Global => b"",
+            Scope::Agent => call.agent.as_bytes(),
+            Scope::Service => call.service.as_bytes(),
+            Scope::AgentService => {
+                pair = BucketKey::of(Scope::AgentService, call.agent, call.service);
+                std::borrow::Borrow::borrow(&pair)
+            }
         };
-        found.copied()
+        if let Some(slot) = self.slots.get(self.last as usize) {
+            let key: &[u8] = std::borrow::Borrow::borrow(&slot.key);
+            if key == wanted {
+                return Some(self.last);
+            }
+        }
+        let at = *self.keys.get(wanted)?;
+        self.last = at;
+        Some(at)
     }
 
-    /// An entry for the key `call` falls under, not busy yet (an emptied one
-    /// when there is one).
+    /// An entry for the key `call` falls under, which has none: an emptied
+    /// one when there is one (its old key forgotten), a new one otherwise.
     fn add(&mut self, call: &Call<'_>) -> SlotId {
         let key = BucketKey::of(self.spec.scope, call.agent, call.service);
-        let at = match self.free.pop() {
-            Some(at) => {
-                let slot = &mut self.slots[at as usize];
-                slot.key = key.clone();
-                slot.in_flight = 0;
-                at
+        while let Some(at) = self.free.pop_front() {
+            let slot = &mut self.slots[at as usize];
+            slot.listed = false;
+            if !slot.is_empty() {
+                // Busy again since it was listed.
+                continue;
             }
-            None => {
-                let at = SlotId::try_from(self.slots.len())
-                    .expect("fewer keys are busy at once than u32::MAX");
-                self.slots.push(Slot {
-                    key: key.clone(),
-                    in_flight: 0,
-                    queue: VecDeque::new(),
-                });
-                at
-            }
-        };
+            self.keys.remove(&slot.key);
+            slot.key = key.clone();
+            self.keys.insert(key, at);
+            self.last = at;
+            return at;
+        }
+        let at =
+            SlotId::try_from(self.slots.len()).expect("fewer keys are busy at once than u32::MAX");
+        self.slots.push(Slot {
+            key: key.clone(),
+            in_flight: 0,
+            queue: VecDeque::new(),
+            listed: false,
+        });
         self.keys.insert(key, at);
+        self.last = at;
         at
     }
 
-    /// Forgets entry `at`'s key when nothing is in flight or waiting there.
-    fn forget_if_empty(&mut self, at: SlotId) {
-        let Some(slot) = self.slots.get(at as usize) else {
+    /// Lists entry `at` for reuse when nothing is in flight or waiting there.
+    /// Its key stays in `keys` until the entry is reused.
+    fn retire(&mut self, at: SlotId) {
+        let Some(slot) = self.slots.get_mut(at as usize) else {
             return;
         };
-        if slot.is_empty() && self.keys.get(&slot.key) == Some(&at) {
-            self.keys.remove(&slot.key);
-            self.free.push(at);
+        if slot.is_empty() && !slot.listed {
+            slot.listed = true;
+            self.free.push_back(at);
         }
     }
 }
@@ -686,27 +723,44 @@ impl Slot {
 }
 
 impl AgentCap {
-    /// Counts the first call of an agent not active yet, in an idle entry when
-    /// there is one.
-    fn activate(&mut self, agent: &str) -> AgentId {
+    /// Whether `agent` has a call in flight.
+    fn is_active(&self, agent: &str) -> bool {
+        self.named
+            .get(agent.as_bytes())
+            .is_some_and(|&id| self.entries[id as usize].calls > 0)
+    }
+
+    /// Counts the first call of an agent not active now: in its own entry when
+    /// it still has one (`found`, idle), else in an idle entry another agent
+    /// left (which takes the new name), else in a new one.
+    fn activate(&mut self, found: Option<AgentId>, agent: &str) -> AgentId {
+        self.active += 1;
+        if let Some(id) = found {
+            self.entries[id as usize].calls = 1;
+            return id;
+        }
         let key = BucketKey::of(Scope::Agent, agent, "");
-        let entry = Active {
+        while let Some(id) = self.idle.pop_front() {
+            let entry = &mut self.entries[id as usize];
+            entry.listed = false;
+            if entry.calls > 0 {
+                // Active again since it was listed.
+                continue;
+            }
+            self.named.remove(&entry.agent);
+            entry.agent = key.clone();
+            entry.calls = 1;
+            self.named.insert(key, id);
+            return id;
+        }
+        let id = AgentId::try_from(self.entries.len())
+            .expect("fewer agents are active at once than u32::MAX");
+        self.entries.push(Active {
             agent: key.clone(),
             calls: 1,
-        };
-        let id = match self.idle.pop() {
-            Some(id) => {
-                self.entries[id as usize] = entry;
-                id
-            }
-            None => {
-                let id = AgentId::try_from(self.entries.len())
-                    .expect("fewer agents are active at once than u32::MAX");
-                self.entries.push(entry);
-                id
-            }
-        };
-        self.active.insert(key, id);
+            listed: false,
+        });
+        self.named.insert(key, id);
         id
     }
 
@@ -723,14 +777,17 @@ impl AgentCap {
         if entry.calls > 0 {
             return false;
         }
-        self.active.remove(&entry.agent);
-        self.idle.push(id);
+        self.active -= 1;
+        if !entry.listed {
+            entry.listed = true;
+            self.idle.push_back(id);
+        }
         true
     }
 
     fn wake(&self, waiters: &Map<u64, Waiter>) {
         let Some(max) = self.max else { return };
-        let free = (max as usize).saturating_sub(self.active.len());
+        let free = max.saturating_sub(self.active) as usize;
         for id in self.queue.iter().take(free) {
             if let Some(waiter) = waiters.get(id) {
                 waiter.wake.wake();

@@ -19,7 +19,8 @@
 //! `purge` forgets expired ones so the counts stay honest.
 //!
 //! Cost. An admission naming a lease its session holds looks it up once and
-//! allocates nothing. One that takes it reuses the name and holder of the last
+//! allocates nothing; when it is the lease such an admission found last (an
+//! agent naming one lease call after call), it compares names instead. One that takes it reuses the name and holder of the last
 //! lease an admission gave back when it is the same lease (an agent naming one
 //! lease call after call), and a session's list of names is inline for the
 //! usual one or two.
@@ -68,6 +69,18 @@ pub struct Leases {
     /// The name and holder of the last lease an admission gave back, for the
     /// next admission that takes the same lease (their allocations reused).
     spare: Option<(Arc<str>, Holder)>,
+    /// The lease an admission last found held by its own session, as it was
+    /// then: answers the next admission of that session naming it without a
+    /// lookup. Forgotten whenever any lease is taken, renewed or let go, so it
+    /// never answers for a hold that has changed.
+    recent: Option<Recent>,
+}
+
+/// [`Leases::recent`]: a lease, its holder's session and its expiry.
+struct Recent {
+    name: Arc<str>,
+    session: u64,
+    expires: Duration,
 }
 
 /// A session's leases: inline for the usual one or two.
@@ -155,6 +168,7 @@ impl Leases {
             by_session: Map::default(),
             next_grant: 1,
             spare: None,
+            recent: None,
         }
     }
 
@@ -220,6 +234,7 @@ impl Leases {
         let ttl = self.ttl(ttl)?;
         if mine {
             let next_grant = &mut self.next_grant;
+            self.recent = None;
             if let Some(held) = self.by_name.get_mut(name) {
                 // A renewal. A lease an admission took becomes the session's:
                 // it now outlives the call, and the call's end (holding the
@@ -245,6 +260,7 @@ impl Leases {
         let Some(names) = self.by_session.remove(&session) else {
             return 0;
         };
+        self.recent = None;
         for name in &names {
             self.by_name.remove(name);
         }
@@ -283,6 +299,7 @@ impl Leases {
     ) -> u64 {
         let grant = self.next_grant;
         self.next_grant += 1;
+        self.recent = None;
         self.by_session
             .entry(holder.session)
             .or_default()
@@ -309,6 +326,7 @@ impl Leases {
     /// Forgets `name`; returns its key and what it was.
     fn remove(&mut self, name: &str) -> Option<(Arc<str>, Held)> {
         let (key, held) = self.by_name.remove_entry(name)?;
+        self.recent = None;
         if let Some(names) = self.by_session.get_mut(&held.holder.session) {
             names.retain(|n| &**n != name);
             if names.is_empty() {
@@ -366,12 +384,28 @@ impl super::Guard for Leases {
         };
         let now = call.now.mono;
         let shadow = call.shadow_all;
+        if let Some(recent) = &self.recent {
+            if recent.session == call.session && recent.expires > now && *recent.name == *name {
+                out.vote(Vote::allow(
+                    GuardKind::Lease,
+                    Arc::clone(&recent.name),
+                    shadow,
+                    Reason::Fixed("held by this connection"),
+                ));
+                return Verdict::Allow;
+            }
+        }
         // One lookup: an expired lease is dropped here, a live one answers.
         // The held lease's own name is the vote's rule: no copy of it per call.
         match self.by_name.get_key_value(name) {
             Some((rule, held)) if held.expires > now => {
                 let rule = Arc::clone(rule);
                 if held.holder.session == call.session {
+                    self.recent = Some(Recent {
+                        name: Arc::clone(&rule),
+                        session: call.session,
+                        expires: held.expires,
+                    });
                     out.vote(Vote::allow(
                         GuardKind::Lease,
                         rule,
@@ -579,6 +613,64 @@ mod tests {
         assert_eq!(l.held(later), 1);
         assert_eq!(l.end_session(2), 0, "session 2's expired hold is gone");
         assert_eq!(l.end_session(3), 1);
+    }
+
+    #[test]
+    fn a_lease_found_held_before_answers_again_only_while_that_hold_lasts() {
+        let mut l = leases();
+        assert!(
+            l.request("repo", acquire(10), holder(1), T0)
+                .unwrap()
+                .granted
+        );
+        // Found by lookup, then (the same hold) without one.
+        for _ in 0..2 {
+            assert!(admit(&mut l, &call(1, "a", T0)).unwrap().is_none());
+        }
+        assert!(
+            admit(&mut l, &call(2, "b", T0)).is_err(),
+            "another session is refused"
+        );
+        // Renewed: still this session's, now until the new expiry.
+        let renewed = T0 + Duration::from_secs(5);
+        assert!(
+            l.request("repo", acquire(10), holder(1), renewed)
+                .unwrap()
+                .granted
+        );
+        let past_first_ttl = T0 + Duration::from_secs(12);
+        assert!(admit(&mut l, &call(1, "a", past_first_ttl))
+            .unwrap()
+            .is_none());
+        // Past the renewed TTL the hold is gone: taken afresh by the admission.
+        let expired = renewed + Duration::from_secs(10);
+        assert!(admit(&mut l, &call(1, "a", expired)).unwrap().is_some());
+        // Released, then taken by another session: the first is refused.
+        let mut l = leases();
+        assert!(
+            l.request("repo", acquire(10), holder(1), T0)
+                .unwrap()
+                .granted
+        );
+        assert!(admit(&mut l, &call(1, "a", T0)).unwrap().is_none());
+        assert!(
+            l.request("repo", LeaseOp::Release, holder(1), T0)
+                .unwrap()
+                .released
+        );
+        assert!(
+            l.request("repo", acquire(10), holder(2), T0)
+                .unwrap()
+                .granted
+        );
+        assert!(
+            admit(&mut l, &call(1, "a", T0)).is_err(),
+            "session 2 holds it"
+        );
+        // Session 2's connection ends; session 1's admission takes it.
+        assert!(admit(&mut l, &call(2, "b", T0)).unwrap().is_none());
+        assert_eq!(l.end_session(2), 1);
+        assert!(admit(&mut l, &call(1, "a", T0)).unwrap().is_some());
     }
 
     #[test]

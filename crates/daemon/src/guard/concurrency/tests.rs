@@ -413,3 +413,54 @@ fn emptied_keys_leave_their_entries_for_the_next_keys() {
     check(&mut c, &call("a", "s", None)).unwrap();
     assert!(check(&mut c, &call("a", "s", None)).is_err());
 }
+
+#[test]
+fn an_idle_agent_keeps_its_entry_until_another_agent_needs_it() {
+    let mut c = Concurrency::new(Vec::new(), Some(2));
+    let mut a = check(&mut c, &call("a", "s", None)).unwrap();
+    c.release(&mut *a);
+    // Back again: its own entry, still named, counted as a newcomer.
+    let mut a = check(&mut c, &call("a", "s", None)).unwrap();
+    let mut b = check(&mut c, &call("b", "s", None)).unwrap();
+    assert_eq!(c.agents.entries.len(), 2);
+    assert!(check(&mut c, &call("x", "s", None)).is_err());
+    c.release(&mut *a);
+    // `c` takes the entry `a` left: `a` is no longer known by name.
+    let mut cc = check(&mut c, &call("c", "s", None)).unwrap();
+    assert_eq!(c.agents.entries.len(), 2, "the idle entry was reused");
+    assert!(
+        check(&mut c, &call("a", "s", None)).is_err(),
+        "a is a newcomer again, and b and c fill the cap"
+    );
+    let _c2 = check(&mut c, &call("c", "t", None)).unwrap();
+    assert_eq!(c.totals()[0].in_flight, 2);
+    c.release(&mut *b);
+    c.release(&mut *cc);
+    assert_eq!(c.totals()[0].in_flight, 1, "c still has a call in flight");
+    let _a = check(&mut c, &call("a", "s", None)).unwrap();
+    assert!(check(&mut c, &call("b", "s", None)).is_err());
+}
+
+#[test]
+fn an_emptied_key_is_found_again_and_a_reused_entry_counts_only_its_new_key() {
+    let mut c = Concurrency::new(vec![spec("pair", Scope::AgentService, 1)], None);
+    let mut x = check(&mut c, &call("x", "s", None)).unwrap();
+    c.release(&mut *x);
+    // Found again in its own entry (the last found).
+    let mut x = check(&mut c, &call("x", "s", None)).unwrap();
+    assert!(check(&mut c, &call("x", "s", None)).is_err());
+    c.release(&mut *x);
+    // `y` takes the entry `x` left; `x` then needs (and gets) one of its own.
+    let _y = check(&mut c, &call("y", "s", None)).unwrap();
+    let _x = check(&mut c, &call("x", "s", None)).unwrap();
+    assert_eq!(c.rules[0].slots.len(), 2);
+    assert!(check(&mut c, &call("y", "s", None)).is_err());
+    assert!(check(&mut c, &call("x", "s", None)).is_err());
+    assert_eq!(
+        in_flight(&c),
+        vec![
+            ("pair".into(), "x/s".into(), 1, 0),
+            ("pair".into(), "y/s".into(), 1, 0)
+        ]
+    );
+}
