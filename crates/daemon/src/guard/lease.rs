@@ -20,10 +20,10 @@
 //!
 //! Cost. An admission naming a lease its session holds looks it up once and
 //! allocates nothing; when it is the lease such an admission found last (an
-//! agent naming one lease call after call), it compares names instead. One that takes it reuses the name and holder of the last
-//! lease an admission gave back when it is the same lease (an agent naming one
-//! lease call after call), and a session's list of names is inline for the
-//! usual one or two.
+//! agent naming one lease call after call), it compares names instead. One
+//! that takes it reuses the name and holder of the last lease an admission
+//! gave back when it is the same lease, and a session's list of names is
+//! inline for the usual one or two.
 
 use std::any::Any;
 use std::collections::HashMap;
