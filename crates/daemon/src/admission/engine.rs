@@ -19,7 +19,9 @@ use crate::config::{Config, Mode, Price};
 use crate::guard::breaker::{Breaker, Phase};
 use crate::guard::quota::QuotaDenial;
 use crate::guard::retry::{Advice, Ask, BreakerView};
-use crate::guard::{Call, Checked, GuardKind, Keep, Report, Settled, Taken, TakenList, Verdict};
+use crate::guard::{
+    Call, Checked, GuardKind, Keep, Report, Settled, Taken, TakenList, Verdict, Votes,
+};
 use crate::money::Usd;
 use crate::protocol::Name;
 use crate::store::{Entry, Outcome as LedgerOutcome, StoreError};
@@ -119,7 +121,8 @@ impl Engine {
         for service in chain {
             self.service(service)?;
             let call = self.call(caller, &plan, service, now);
-            let mut checked = Checked::new();
+            let mut votes = Votes::new();
+            let mut checked = Checked::new(&mut votes);
             let denied = self.run_pipeline(&call, &mut checked);
             routed.transitions.append(&mut checked.transitions);
             self.undo(&mut checked.taken);
@@ -127,7 +130,7 @@ impl Engine {
                 routed.service = Some(service.clone());
                 return Ok(routed);
             }
-            if let Some(vote) = checked.votes.into_iter().last() {
+            if let Some(vote) = votes.pop() {
                 routed.skipped.push((service.clone(), vote));
             }
         }
@@ -204,13 +207,17 @@ impl Engine {
         let name = self.service(service)?;
         let call = self.call(caller, plan, service, now);
         self.check_charge("the call's estimate", call.estimate)?;
-        let mut checked = Checked::new();
+        let mut checked = Checked::new(&mut out.votes);
         let denied = self.run_pipeline(&call, &mut checked);
+        let Checked {
+            transitions, taken, ..
+        } = checked;
         self.note_clock_steps();
         if denied {
-            self.raise_exhausted_quotas(&checked.votes);
-            self.undo(&mut checked.taken);
-            out.deny(checked.votes, checked.transitions);
+            self.raise_exhausted_quotas(&out.votes);
+            let mut taken = taken;
+            self.undo(&mut taken);
+            out.deny(transitions);
             out.waiting = self.wait_in_line(plan, &call, out);
             return Ok(Filed::Decided);
         }
@@ -224,7 +231,7 @@ impl Engine {
         let mut entries = Vec::new();
         {
             let pipeline = self.guards.stages();
-            for t in &checked.taken {
+            for t in &taken {
                 pipeline[t.guard].entries(&*t.what, id, &call, &mut entries);
             }
         }
@@ -247,7 +254,7 @@ impl Engine {
                 input_units: plan.input_units,
                 output_units: plan.output_units,
                 attempt: plan.attempt,
-                taken: checked.taken,
+                taken,
                 stage,
             },
         );
@@ -255,7 +262,7 @@ impl Engine {
             .entry(caller.session)
             .or_default()
             .insert(id);
-        out.allow(id, checked.votes, checked.transitions, call.estimate);
+        out.allow(id, transitions, call.estimate);
         if entries.is_empty() {
             return Ok(Filed::Decided);
         }

@@ -216,12 +216,12 @@ pub enum AdmissionError {
 // === impl Decision ===
 
 impl Decision {
-    /// Overwrites this with a denial by the last of `votes`.
-    pub(super) fn deny(&mut self, votes: Votes, transitions: Vec<(Arc<str>, Phase, Phase)>) {
+    /// Overwrites this with a denial by the last of its votes (the pipeline
+    /// wrote them in place).
+    pub(super) fn deny(&mut self, transitions: Vec<(Arc<str>, Phase, Phase)>) {
         self.allowed = false;
         self.reservation = None;
-        self.decisive = Some(votes.len() - 1);
-        self.votes = votes;
+        self.decisive = Some(self.votes.len().saturating_sub(1));
         self.transitions = transitions;
         self.estimate = Usd::ZERO;
         self.service = None;
@@ -229,18 +229,17 @@ impl Decision {
         self.waiting = None;
     }
 
-    /// Overwrites this with an admission holding reservation `id`. Field by
-    /// field: a struct expression assigned whole is built aside and copied.
+    /// Overwrites this with an admission holding reservation `id`, by its
+    /// votes (the pipeline wrote them in place). Field by field: a struct
+    /// expression assigned whole is built aside and copied.
     pub(super) fn allow(
         &mut self,
         id: u64,
-        votes: Votes,
         transitions: Vec<(Arc<str>, Phase, Phase)>,
         estimate: Usd,
     ) {
         self.allowed = true;
         self.reservation = Some(id);
-        self.votes = votes;
         self.decisive = None;
         self.transitions = transitions;
         self.estimate = estimate;

@@ -179,9 +179,9 @@ mod tests {
     }
 
     fn vote(scan: Option<&Scanned>, shadow_all: bool) -> (Verdict, Vec<Vote>) {
-        let mut out = Checked::new();
-        let verdict = Content.check(&call(scan, shadow_all), &mut out);
-        (verdict, out.votes.into_vec())
+        let mut votes = crate::guard::Votes::new();
+        let verdict = Content.check(&call(scan, shadow_all), &mut Checked::new(&mut votes));
+        (verdict, votes.into_vec())
     }
 
     #[test]

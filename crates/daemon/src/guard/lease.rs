@@ -572,10 +572,11 @@ mod tests {
     /// An admission's check of lease `repo`; what it took, if it took anything.
     fn admit(l: &mut Leases, call: &Call<'_>) -> Result<Option<super::super::Stash>, Vec<Vote>> {
         use crate::guard::Guard;
-        let mut out = Checked::new();
+        let mut votes = super::super::Votes::new();
+        let mut out = Checked::new(&mut votes);
         match l.check(call, &mut out) {
             Verdict::Allow => Ok(out.taken.pop().map(|t| t.what)),
-            Verdict::Deny => Err(out.votes.into_vec()),
+            Verdict::Deny => Err(votes.into_vec()),
         }
     }
 

@@ -142,18 +142,21 @@ pub(crate) const fn fits_inline<T>() -> bool {
     std::mem::size_of::<T>() <= INLINE_TAKE && std::mem::align_of::<T>() <= 8
 }
 
-/// Every rule's vote on one admission: inline for the usual two (the
-/// breaker's and one rate limit's).
-pub type Votes = smallvec::SmallVec<[Vote; 2]>;
+/// Every rule's vote on one admission: inline for up to five (the breaker's,
+/// a rate limit's, and a bulkhead's, the active-agent cap's and a lease's
+/// when those are configured). Written where the decision lies
+/// ([`Checked::new`] borrows it), so its size is not copied per admission.
+pub type Votes = smallvec::SmallVec<[Vote; 5]>;
 
 /// What every guard of one admission took, in pipeline order: inline up to
 /// six (the breaker, a retry count, a lease, bulkhead permits, rate cells and
 /// a budget hold, when all of them are configured).
 pub type TakenList = smallvec::SmallVec<[Taken; 6]>;
 
-/// What a guard's check hands back to the admission.
-pub struct Checked {
-    pub votes: Votes,
+/// What a guard's check hands back to the admission. The votes go straight
+/// into the list the caller lends (an admission's decision's own).
+pub struct Checked<'v> {
+    pub votes: &'v mut Votes,
     /// Breaker phase changes the check caused (Open → HalfOpen by time).
     pub transitions: Vec<(Arc<str>, breaker::Phase, breaker::Phase)>,
     pub taken: TakenList,
@@ -265,10 +268,12 @@ impl Vote {
 
 // === impl Checked ===
 
-impl Checked {
-    pub(crate) fn new() -> Checked {
+impl<'v> Checked<'v> {
+    /// A check whose votes are pushed onto `votes` (emptied first).
+    pub(crate) fn new(votes: &'v mut Votes) -> Checked<'v> {
+        votes.clear();
         Checked {
-            votes: Votes::new(),
+            votes,
             transitions: Vec::new(),
             taken: TakenList::new(),
             current: 0,
@@ -283,8 +288,8 @@ impl Checked {
         });
     }
 
-    /// Records a vote. Past the inline two, room for eight is made at once
-    /// (bulkheads and leases add three), so the list grows on the heap once.
+    /// Records a vote. Past the inline five, room for eight is made at once,
+    /// so the list grows on the heap once.
     pub fn vote(&mut self, vote: Vote) {
         if self.votes.len() == self.votes.inline_size() {
             self.votes

@@ -1,7 +1,7 @@
 //! Unit tests of the bulkheads: permits counted exactly through every way a
 //! call ends, the line's order, and who is woken when.
 
-use crate::guard::{stash, Stash};
+use crate::guard::{stash, Stash, Votes};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -63,12 +63,13 @@ fn call<'a>(agent: &'a str, service: &'a str, waiter: Option<u64>) -> Call<'a> {
 
 /// Checks `call`; the permits taken when allowed.
 fn check(c: &mut Concurrency, call: &Call<'_>) -> Result<Stash, Vec<Vote>> {
-    let mut out = Checked::new();
+    let mut votes = Votes::new();
+    let mut out = Checked::new(&mut votes);
     match c.check(call, &mut out) {
         Verdict::Allow => Ok(out.taken.pop().map_or_else(|| stash(()), |t| t.what)),
         Verdict::Deny => {
             assert!(out.taken.is_empty(), "a denial takes nothing");
-            Err(out.votes.into_vec())
+            Err(votes.into_vec())
         }
     }
 }
@@ -327,9 +328,12 @@ fn a_shadow_bulkhead_counts_but_never_denies() {
     s.shadow = true;
     let mut c = Concurrency::new(vec![s], None);
     let _a = check(&mut c, &call("a", "s", None)).unwrap();
-    let mut out = Checked::new();
-    assert_eq!(c.check(&call("b", "s", None), &mut out), Verdict::Allow);
-    assert!(out.votes[0].shadow && !out.votes[0].allow);
+    let mut votes = Votes::new();
+    assert_eq!(
+        c.check(&call("b", "s", None), &mut Checked::new(&mut votes)),
+        Verdict::Allow
+    );
+    assert!(votes[0].shadow && !votes[0].allow);
     assert_eq!(in_flight(&c), vec![("svc".into(), "s".into(), 2, 0)]);
 }
 

@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 
 use super::*;
 use crate::clock::Moment;
-use crate::guard::Guard;
+use crate::guard::{Guard, TakenList, Votes};
 use crate::money::Usd;
 
 const MS: Duration = Duration::from_millis(1);
@@ -48,11 +48,19 @@ fn retries() -> Retries {
     retries
 }
 
+/// What a check voted and took.
+struct Out {
+    votes: Votes,
+    taken: TakenList,
+}
+
 /// Runs the guard's check alone: the verdict, the votes, what it took.
-fn check(retries: &mut Retries, attempt: u32, now: Duration) -> (Verdict, Checked) {
-    let mut out = Checked::new();
+fn check(retries: &mut Retries, attempt: u32, now: Duration) -> (Verdict, Out) {
+    let mut votes = Votes::new();
+    let mut out = Checked::new(&mut votes);
     let verdict = retries.check(&call(attempt, now), &mut out);
-    (verdict, out)
+    let taken = std::mem::take(&mut out.taken);
+    (verdict, Out { votes, taken })
 }
 
 fn admit(retries: &mut Retries, attempt: u32, now: Duration) -> Verdict {
