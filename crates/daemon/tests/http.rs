@@ -257,3 +257,62 @@ async fn a_storm_of_denials_is_logged_at_a_bounded_rate() {
         "every denial is either logged or counted as suppressed"
     );
 }
+
+/// Requests written in one go are taken from the read buffer one after
+/// another, each one's start the clock reading its predecessor ended with:
+/// every one is still counted and timed, and answered in order.
+#[tokio::test]
+async fn requests_pipelined_in_one_write_are_each_counted_and_timed() {
+    use automation_framework::protocol::frame::encode;
+    use automation_framework::protocol::{ClientFrame, Envelope, Request, Response, ServerFrame};
+
+    const PAIRS: u64 = 40;
+    let daemon = Daemon::start("");
+    let mut raw = daemon.raw().await;
+    raw.hello("pipeliner").await;
+    let mut bytes = Vec::new();
+    for id in 1..=2 * PAIRS {
+        let request = if id % 2 == 1 {
+            Request::Admit(AdmitRequest {
+                service: "svc".into(),
+                ..Default::default()
+            })
+        } else {
+            Request::Report(ReportRequest {
+                service: Some("svc".into()),
+                ..Default::default()
+            })
+        };
+        let body = encode(&ClientFrame::Request(Envelope { id, request })).expect("encode");
+        bytes.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+        bytes.extend_from_slice(&body);
+    }
+    raw.write_bytes(&bytes).await;
+    for id in 1..=2 * PAIRS {
+        match raw.recv().await {
+            Some(ServerFrame::Reply(reply)) => {
+                assert_eq!(reply.id, id, "in order");
+                match (id % 2, &reply.response) {
+                    (1, Response::Admit(admit)) => assert!(admit.allowed, "{admit:?}"),
+                    (0, Response::Report(_)) => {}
+                    (_, other) => panic!("request {id}: {other:?}"),
+                }
+            }
+            other => panic!("request {id}: {other:?}"),
+        }
+    }
+    let (_, metrics) = daemon.http_get("/metrics");
+    for op in ["admit", "report"] {
+        for series in [
+            format!("automation_framework_requests_total{{op=\"{op}\"}}"),
+            format!("automation_framework_request_duration_seconds_count{{op=\"{op}\"}}"),
+        ] {
+            assert_eq!(
+                sample(&metrics, &series),
+                Some(PAIRS as f64),
+                "{series} in:\n{metrics}"
+            );
+        }
+    }
+    daemon.assert_memory_matches_ledger().await;
+}
