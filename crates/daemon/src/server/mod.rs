@@ -61,7 +61,11 @@ pub async fn run(listener: UnixListener, state: State, shutdown: CancellationTok
         match Arc::clone(&limit).try_acquire_owned() {
             Ok(permit) => {
                 let state = state.clone();
-                let shutdown = shutdown.clone();
+                // A token of the connection's own: a handler looks at it before
+                // each buffered frame, and a look locks the token's node, which
+                // all connections shared (a mutex every request took). A
+                // child is cancelled with its parent, in the same call.
+                let shutdown = shutdown.child_token();
                 let per_uid = Arc::clone(&per_uid);
                 tracker.spawn(async move {
                     opening::serve(stream, state, shutdown, permit, per_uid).await
