@@ -81,13 +81,13 @@ pub fn dispatch(
 
 /// Decides one request at `now`, a reading the caller took; an admission's
 /// decision is written into `decision` ([`Reply::Admitted`]). An admit or a
-/// report is decided where it lies (its fields may be taken); the other
-/// kinds take the request whole. A reply that
-/// waits records its own duration when it is ready; a ready one is the
-/// caller's to record ([`record_duration`]), with the reading it takes when
-/// it is done with the reply: a connection answering pipelined requests
-/// takes one reading per request, the end of one standing as the start of
-/// the next (`server::handler`), instead of a start and an end each.
+/// report is decided where it lies (its fields may be taken); the other kinds
+/// take the request whole. A reply that waits records its own duration when
+/// it is ready; a ready one is the caller's to record ([`record_duration`]),
+/// with the reading it takes when it is done with the reply: a connection
+/// answering pipelined requests takes one reading per request, the end of one
+/// standing as the start of the next (`server::handler`), instead of a start
+/// and an end each.
 pub fn decide_at(
     state: &State,
     session: &Session,
