@@ -23,9 +23,7 @@
 //! closes. A report of a forgotten id is looked up in the ledger, as it
 //! always was once the old map evicted it.
 
-use std::collections::VecDeque;
-
-use super::FastMap;
+use std::collections::{HashMap, VecDeque};
 
 /// How many later ids, or later out-of-window closes, a close is remembered
 /// for (at least).
@@ -75,11 +73,12 @@ pub(super) struct RecentlyClosed {
     late: Late,
 }
 
-/// Closes outside the ring: bounded FIFO eviction.
+/// Closes outside the ring: bounded FIFO eviction. Rare (see the module
+/// doc), so the standard map serves.
 #[derive(Default)]
 struct Late {
     order: VecDeque<u64>,
-    ids: FastMap<u64, Closed>,
+    ids: HashMap<u64, Closed>,
 }
 
 impl Default for RecentlyClosed {
