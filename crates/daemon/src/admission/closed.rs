@@ -98,6 +98,12 @@ impl RecentlyClosed {
         if id > self.newest {
             self.advance(id);
         } else if self.newest - id > WINDOW - REMEMBERED {
+            // Its cell, if the ring still covers it, must not answer for it
+            // with what an earlier close of the same id wrote there.
+            if self.newest - id < WINDOW {
+                let (word, shift) = place(id);
+                self.ring[word] &= !(0b11 << shift);
+            }
             self.late.insert(id, how);
             return;
         }
@@ -255,5 +261,52 @@ mod tests {
             "same cell, never closed"
         );
         assert_eq!(closed.get(id(1, 10) + 2 * WINDOW), Some(Closed::Released));
+    }
+
+    proptest::proptest! {
+        /// Against a record of every close: `get` never answers wrongly, and
+        /// answers for as long as promised (a close in the ring until the
+        /// ring moves `WINDOW` past its id; a late one for `REMEMBERED` later
+        /// late closes, more than any run here makes).
+        #[test]
+        fn never_wrong_and_remembered_as_promised(
+            ops in proptest::collection::vec((0u8..5, 1u64..300_000, proptest::bool::ANY), 1..200)
+        ) {
+            let mut closed = RecentlyClosed::default();
+            let mut truth: HashMap<u64, Closed> = HashMap::new();
+            // The newest id closed so far when each id was last closed.
+            let mut kept_in_ring: HashMap<u64, bool> = HashMap::new();
+            let mut top = id(9, 1);
+            let mut order: Vec<u64> = Vec::new();
+            for (kind, n, released) in ops {
+                let how = if released { Closed::Released } else { Closed::Reported };
+                let at = match kind {
+                    // Newer ids closing in order, or after a jump.
+                    0 => { top += n % 64 + 1; top }
+                    1 => { top += n; top }
+                    // An older id closing late.
+                    2 => top.saturating_sub(n % 70_000),
+                    3 => top.saturating_sub(n),
+                    // One closed before, closed again (its last close counts).
+                    _ => order.get(n as usize % order.len().max(1)).copied().unwrap_or(top),
+                };
+                order.push(at);
+                let newest_before = closed.newest;
+                closed.insert(at, how);
+                truth.insert(at, how);
+                kept_in_ring.insert(
+                    at,
+                    at > newest_before || newest_before - at <= WINDOW - REMEMBERED,
+                );
+                for (&k, &v) in &truth {
+                    let got = closed.get(k);
+                    proptest::prop_assert!(got.is_none() || got == Some(v), "{k}: {got:?}, closed {v:?}");
+                    let in_ring = kept_in_ring[&k];
+                    if !in_ring || closed.newest - k < WINDOW {
+                        proptest::prop_assert_eq!(got, Some(v), "{} forgotten too soon", k);
+                    }
+                }
+            }
+        }
     }
 }
