@@ -22,8 +22,7 @@ use crate::clock::Moment;
 use crate::cmd;
 use crate::connection::{Connection, ReadError, WriteError};
 use crate::protocol::{
-    encode_reply_into, ClientFrame, DecodeError, EncodeError, Envelope, ErrorCode, Request,
-    ServerFrame,
+    encode_reply_into, ClientFrame, DecodeError, Envelope, ErrorCode, Request, ServerFrame,
 };
 use crate::state::{Limit, Session, State};
 
@@ -113,15 +112,6 @@ enum Took {
 enum Flow {
     Continue,
     Close,
-}
-
-impl Took {
-    fn encoded(encoded: Result<(), WriteError>) -> Took {
-        match encoded {
-            Ok(()) => Took::Encoded,
-            Err(err) => Took::WriteFailed(err),
-        }
-    }
 }
 
 // === impl Handler ===
@@ -397,37 +387,27 @@ impl Handler {
             started,
             &mut self.decision,
         );
-        let took = match reply {
-            cmd::Reply::Ready(response) => {
-                self.encode_now(id, |buf| encode_reply_into(buf, id, &response))
-            }
-            cmd::Reply::Admitted => {
-                let decision = &self.decision;
-                let encoded =
-                    replies::encode_now(&mut self.conn, &self.state, &self.session, id, |buf| {
-                        cmd::Reply::encode_admitted(buf, id, decision)
-                    });
-                Took::encoded(encoded)
-            }
+        let (conn, state, session) = (&mut self.conn, &self.state, &self.session);
+        let encoded = match reply {
+            cmd::Reply::Ready(response) => replies::encode_now(conn, state, session, id, |buf| {
+                encode_reply_into(buf, id, &response)
+            }),
+            cmd::Reply::Admitted => replies::encode_now(conn, state, session, id, |buf| {
+                cmd::Reply::encode_admitted(buf, id, &self.decision)
+            }),
             cmd::Reply::Pending(future) => {
                 self.replies.push_back(replies::pending(id, future));
                 return Took::Queued;
             }
         };
+        let took = match encoded {
+            Ok(()) => Took::Encoded,
+            Err(err) => Took::WriteFailed(err),
+        };
         let ended = self.state.moment();
         cmd::record_duration(kind, started, ended.mono);
         self.reading = Some(ended);
         took
-    }
-
-    /// [`replies::encode_now`] on this connection.
-    fn encode_now(
-        &mut self,
-        id: u64,
-        encode: impl FnOnce(&mut BytesMut) -> Result<(), EncodeError>,
-    ) -> Took {
-        let encoded = replies::encode_now(&mut self.conn, &self.state, &self.session, id, encode);
-        Took::encoded(encoded)
     }
 
     async fn close(&mut self, code: ErrorCode, message: String) {
