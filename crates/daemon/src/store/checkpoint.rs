@@ -59,6 +59,11 @@ pub(super) fn install(
                     .writer_checkpoints
                     .fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(crate::metrics::STORE_WRITER_CHECKPOINTS).increment(1);
+            } else {
+                inner
+                    .stats
+                    .writer_checkpoints_busy
+                    .fetch_add(1, Ordering::Relaxed);
             }
         } else if frames >= nudged_at + step {
             nudged_at = frames;

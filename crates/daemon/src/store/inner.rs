@@ -71,6 +71,10 @@ pub struct Stats {
     pub checkpoint_micros: AtomicU64,
     /// Checkpoints the writer ran itself, the WAL at its limit.
     pub writer_checkpoints: AtomicU64,
+    /// Commits after which the writer, the WAL at its limit, found the
+    /// checkpoint thread copying and could not checkpoint: each lets the WAL
+    /// grow past its limit by one commit's frames.
+    pub writer_checkpoints_busy: AtomicU64,
 }
 
 // === impl Stats ===
