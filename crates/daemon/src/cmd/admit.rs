@@ -71,7 +71,7 @@ pub(super) fn apply(
         Ok(checked) => checked,
         Err(err) => return Reply::Ready(Response::Error(err)),
     };
-    let config = state.config();
+    let config = session.config();
     let wait = req
         .wait_ms
         .filter(|&ms| ms > 0)

@@ -20,7 +20,7 @@ pub(super) fn apply(state: &State, session: &Session, req: LeaseRequest, now: Mo
     }
     // As for `admit`: a per-request agent passes the `[[agents]]` binding.
     if req.agent.is_some() {
-        if let Err(denied) = state.access().check_agent(&session.peer, agent) {
+        if let Err(denied) = session.access().check_agent(&session.peer, agent) {
             return Response::Error(super::not_permitted(state, session, &denied));
         }
     }

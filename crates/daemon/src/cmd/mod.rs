@@ -290,7 +290,7 @@ fn call_fields(
     crate::names::check_name(name)
         .map_err(|e| invalid(format!("agent name {} {e}", crate::names::shown(name))))?;
     if agent.is_some() {
-        if let Err(denied) = state.access().check_agent(&session.peer, name) {
+        if let Err(denied) = session.access().check_agent(&session.peer, name) {
             return Err(not_permitted(state, session, &denied));
         }
     }

@@ -92,7 +92,7 @@ fn start(
             // agent override can report what it admitted. Admins may settle any.
             let may_settle = |owner: &str| {
                 *owner == *session.agent
-                    || state.access().check_agent(&session.peer, owner).is_ok()
+                    || session.access().check_agent(&session.peer, owner).is_ok()
                     || state.is_admin(&session.peer)
             };
             let result = admission.report_by(id, may_settle, key, outcome, now);
@@ -110,7 +110,7 @@ fn start(
             check_name(service).map_err(|e| invalid(format!("service name {} {e}", shown(service))))?;
             let agent = req.agent.as_deref().unwrap_or(&session.agent);
             if req.agent.is_some() {
-                if let Err(denied) = state.access().check_agent(&session.peer, agent) {
+                if let Err(denied) = session.access().check_agent(&session.peer, agent) {
                     return Err(super::not_permitted(state, session, &denied));
                 }
             }

@@ -338,6 +338,9 @@ impl Handler {
             Ok(frame) => frame,
             Err(err) => return Took::Unreadable(err),
         };
+        // A reload since the last frame: this one is decided with the new
+        // config and policy.
+        self.session.refresh();
         // Nothing queued ahead: decided where it lies and, when ready,
         // encoded now.
         if let ClientFrame::Request(Envelope { id, request }) = &mut frame {

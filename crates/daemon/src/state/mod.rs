@@ -21,7 +21,7 @@ mod session;
 mod trim;
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -35,8 +35,8 @@ use crate::store::{Snapshot, Store};
 
 pub use counters::{Counters, Limit};
 pub use reload::ReloadSummary;
-pub use session::Session;
 use session::SessionTable;
+pub use session::{Current, Session};
 
 /// The handle every connection task holds.
 #[derive(Clone)]
@@ -58,6 +58,9 @@ struct Shared {
     alerts: Alerts,
     started: Duration,
     next_session: AtomicU64,
+    /// Bumped after every swap of `config` and `access`: what a session
+    /// compares its own copies against (`session.rs`, `Views`).
+    generation: AtomicU64,
     sessions: Mutex<SessionTable>,
     counters: Counters,
 }
@@ -112,6 +115,7 @@ impl State {
                 alerts,
                 started,
                 next_session: AtomicU64::new(1),
+                generation: AtomicU64::new(0),
                 sessions: Mutex::new(SessionTable::default()),
                 counters: Counters::default(),
             }),
@@ -127,6 +131,13 @@ impl State {
                 .read()
                 .unwrap_or_else(PoisonError::into_inner),
         )
+    }
+
+    /// How many times `config` and `access` were swapped; read before them
+    /// (`Acquire`, paired with the reload's `Release`), a copy taken after
+    /// reading a generation is at least that new.
+    pub(crate) fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
     }
 
     /// The guards' `now`; read once per request.

@@ -136,6 +136,12 @@ impl State {
             .config
             .write()
             .unwrap_or_else(PoisonError::into_inner) = new;
+        // After both swaps: a session that sees this generation reads both
+        // new, and one that saw the last keeps its copies until its next
+        // request looks.
+        self.shared
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(ReloadSummary {
             guards,
             restart_only,
