@@ -179,6 +179,10 @@ impl Admission {
         now: Moment,
         out: &mut Decision,
     ) -> Result<Filed, AdmissionError> {
+        // The last decision's votes go before the lock is taken: each holds
+        // its rule's shared name, and giving one back is an atomic write to a
+        // line every worker writes.
+        out.votes.clear();
         self.lock().admit(caller, plan, now, out)
     }
 
