@@ -30,6 +30,20 @@ pub struct Peer {
     pub groups: Vec<u32>,
 }
 
+#[cfg(test)]
+impl Peer {
+    /// A peer with `uid` as its uid and primary group, no other groups, for
+    /// tests of what a uid may do.
+    pub(crate) fn of_uid(uid: u32) -> Peer {
+        Peer {
+            uid,
+            gid: uid,
+            pid: 7,
+            groups: Vec::new(),
+        }
+    }
+}
+
 pub struct Connection {
     framed: Framed<UnixStream, LengthDelimitedCodec>,
     peer: Peer,

@@ -64,15 +64,6 @@ mod tests {
         })
     }
 
-    fn peer(uid: u32) -> Peer {
-        Peer {
-            uid,
-            gid: uid,
-            pid: 7,
-            groups: Vec::new(),
-        }
-    }
-
     #[test]
     fn only_admins_may_force_a_breaker() {
         let config = Config::from_toml("[access]\nagent_uids = [1001]\nadmin_uids = [1002]\n")
@@ -87,7 +78,7 @@ mod tests {
                 Ok(response) => response,
                 Err(_) => panic!("forcing a breaker needs no ledger write"),
             };
-        let agent = state.open_session("a".into(), peer(1001));
+        let agent = state.open_session("a".into(), Peer::of_uid(1001));
         match dispatch(&state, &agent, force(BreakerForce::Open)) {
             Response::Error(err) => {
                 assert_eq!(err.code, ErrorCode::NotPermitted);
@@ -104,7 +95,7 @@ mod tests {
         assert!(state.admission().breakers(None, state.now()).is_empty());
         assert_eq!(state.counters().get(crate::state::Limit::AdminOnly), 1);
 
-        let admin = state.open_session("ops".into(), peer(1002));
+        let admin = state.open_session("ops".into(), Peer::of_uid(1002));
         match dispatch(&state, &admin, force(BreakerForce::Open)) {
             Response::ForceBreaker(info) => assert_eq!(info.state, BreakerState::ForcedOpen),
             other => panic!("expected the breaker, got {other:?}"),

@@ -120,15 +120,6 @@ mod tests {
         Policy::new(&config.access, &config.agents, 0)
     }
 
-    fn peer(uid: u32) -> Peer {
-        Peer {
-            uid,
-            gid: uid,
-            pid: 1,
-            groups: Vec::new(),
-        }
-    }
-
     fn hello(version: u16, client: &str, agent: &str) -> Vec<u8> {
         encode(&ClientFrame::Hello(Hello {
             version,
@@ -179,7 +170,7 @@ mod tests {
         ];
         let policy = policy();
         for (body, uid, expected) in cases {
-            let got = accept_bytes(&body, &peer(uid), &policy);
+            let got = accept_bytes(&body, &Peer::of_uid(uid), &policy);
             let got = got.as_ref().map(|h| h.agent.as_str()).map_err(|r| r.code);
             assert_eq!(got, expected, "uid {uid}, body {body:?}");
         }
@@ -189,7 +180,7 @@ mod tests {
     fn an_impersonation_refusal_names_the_uid_and_the_rule() {
         let refusal = accept_bytes(
             &hello(PROTOCOL_VERSION, "c", "planner"),
-            &peer(1002),
+            &Peer::of_uid(1002),
             &policy(),
         )
         .unwrap_err();

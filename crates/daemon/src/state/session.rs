@@ -193,15 +193,6 @@ mod tests {
     use super::*;
     use crate::clock::SharedClock;
 
-    fn peer(uid: u32) -> Peer {
-        Peer {
-            uid,
-            gid: uid,
-            pid: 7,
-            groups: Vec::new(),
-        }
-    }
-
     /// A session decides with its own copies of the config and the policy,
     /// and a reload reaches it: at once through the state (before it looks
     /// again), and as its own copies after `refresh`.
@@ -211,7 +202,7 @@ mod tests {
         let (store, snapshot) = crate::store::Store::open(dir.path()).expect("ledger");
         let config = Config::from_toml("[concurrency]\nmax_wait = \"2s\"\n").expect("valid");
         let state = State::new(config, SharedClock::system(), store, &snapshot).expect("state");
-        let mut session = state.open_session("a".into(), peer(1001));
+        let mut session = state.open_session("a".into(), Peer::of_uid(1001));
         assert!(matches!(session.config(), Current::Kept(_)));
         assert!(session
             .access()
@@ -244,7 +235,7 @@ mod tests {
             .check_agent(&session.peer, "planner")
             .is_err());
         // A session opened after the reload starts with them.
-        let later = state.open_session("b".into(), peer(1001));
+        let later = state.open_session("b".into(), Peer::of_uid(1001));
         assert!(matches!(later.config(), Current::Kept(_)));
         assert!(later.access().check_agent(&later.peer, "planner").is_err());
     }
