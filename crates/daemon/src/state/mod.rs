@@ -59,7 +59,9 @@ struct Shared {
     started: Duration,
     next_session: AtomicU64,
     /// Bumped after every swap of `config` and `access`: what a session
-    /// compares its own copies against (`session.rs`, `Views`).
+    /// compares its own copies against (`session.rs`, `Views`). Whatever
+    /// swaps either (today only `reload.rs`) must bump it after the swap, or
+    /// sessions keep deciding with the old ones.
     generation: AtomicU64,
     sessions: Mutex<SessionTable>,
     counters: Counters,
