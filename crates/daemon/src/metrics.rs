@@ -54,6 +54,8 @@ pub const STORE_SYNC_JOBS: &str = "automation_framework_store_sync_jobs";
 pub const STORE_CHECKPOINT_DURATION: &str =
     "automation_framework_store_checkpoint_duration_seconds";
 pub const STORE_WRITER_CHECKPOINTS: &str = "automation_framework_store_writer_checkpoints_total";
+pub const STORE_WRITER_CHECKPOINTS_BUSY: &str =
+    "automation_framework_store_writer_checkpoints_busy_total";
 pub const ENGINE_LOCK_WAITS: &str = "automation_framework_engine_lock_waits_total";
 pub const ENGINE_LOCK_WAITED: &str = "automation_framework_engine_lock_waited_seconds";
 pub const BUDGET_CLOCK_STEPS_BACK: &str = "automation_framework_budget_clock_steps_back_total";
@@ -387,6 +389,11 @@ fn describe() {
         STORE_WRITER_CHECKPOINTS,
         Unit::Count,
         "Checkpoints the ledger's writer thread ran itself because the write-ahead log reached its limit (the commits queued meanwhile waited); rising steadily means the checkpoint thread does not keep up"
+    );
+    describe_counter!(
+        STORE_WRITER_CHECKPOINTS_BUSY,
+        Unit::Count,
+        "Commits after which the write-ahead log was at its limit but the writer could not checkpoint, the checkpoint thread copying: each lets the log grow past its limit by one commit's pages"
     );
     describe_histogram!(
         STORE_SYNC_JOBS,

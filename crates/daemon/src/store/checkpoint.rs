@@ -64,6 +64,7 @@ pub(super) fn install(
                     .stats
                     .writer_checkpoints_busy
                     .fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::STORE_WRITER_CHECKPOINTS_BUSY).increment(1);
             }
         } else if frames >= nudged_at + step {
             nudged_at = frames;
