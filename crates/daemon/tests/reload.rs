@@ -133,3 +133,60 @@ fn the_session_op_reload_answers_ok_and_a_message() {
         "{reply}"
     );
 }
+
+/// A connection opened before a reload decides its next request with the
+/// new config: each session keeps its own copies of the config and the
+/// access policy (`state/session.rs`), and a reload must reach them. Here a
+/// reload binds an agent name to another uid, and the same connection's
+/// next per-request use of that name is refused, as a new connection's is.
+#[tokio::test]
+async fn a_live_connection_follows_a_reload_of_the_access_policy() {
+    use automation_framework::protocol::{ErrorCode, Request, Response};
+    let daemon = Daemon::start("");
+    let mut client = daemon.client("helper").await;
+    let as_planner = || {
+        Request::Admit(AdmitRequest {
+            agent: Some("planner".into()),
+            service: "openai".into(),
+            units: 1,
+            ..Default::default()
+        })
+    };
+    match client.call(as_planner()).await.unwrap() {
+        Response::Admit(reply) => assert!(reply.allowed, "{reply:?}"),
+        other => panic!("an unbound name is free: {other:?}"),
+    }
+
+    let other_uid = nix::unistd::getuid().as_raw() + 1;
+    daemon.write_config(&format!(
+        "[[agents]]\nname = \"planner\"\nuids = [{other_uid}]\n"
+    ));
+    let log = daemon.sighup_and_wait();
+    assert!(log.contains("configuration reloaded from"), "{log}");
+
+    for (who, response) in [
+        (
+            "the connection from before",
+            client.call(as_planner()).await.unwrap(),
+        ),
+        (
+            "a new connection",
+            daemon
+                .client("helper")
+                .await
+                .call(as_planner())
+                .await
+                .unwrap(),
+        ),
+    ] {
+        match response {
+            Response::Error(err) => {
+                assert_eq!(err.code, ErrorCode::NotPermitted, "{who}: {err:?}");
+                assert!(err.message.contains("agents[0]"), "{who}: {}", err.message);
+            }
+            other => panic!("{who}: expected NotPermitted, got {other:?}"),
+        }
+    }
+    // The session goes on under its own name.
+    assert!(admit(&mut client, "openai").await.allowed);
+}
