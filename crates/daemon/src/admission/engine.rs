@@ -638,11 +638,19 @@ impl Engine {
     /// Makes sure `service` is known and has its breaker and retry state;
     /// its name, shared by every reservation made against it.
     pub(super) fn service(&mut self, service: &str) -> Result<Arc<str>, AdmissionError> {
+        if let Some(last) = self
+            .last_service
+            .as_ref()
+            .filter(|last| ***last == *service)
+        {
+            return Ok(Arc::clone(last));
+        }
         let name = Arc::clone(self.named_breaker(service)?.0);
         let config = &self.config;
         self.guards
             .retries
             .get_or_insert(service, || config.retry_for(service).clone());
+        self.last_service = Some(Arc::clone(&name));
         Ok(name)
     }
 

@@ -79,6 +79,12 @@ struct Engine {
     reservations: Reservations,
     by_session: FastMap<u64, FastSet<u64>>,
     recently_closed: RecentlyClosed,
+    /// The service of the last admission, whose breaker and retry budget
+    /// exist (`Engine::service` makes both before it sets this, and only a
+    /// reload removes either, clearing it): the next admission is usually
+    /// for the same service, and comparing two names costs a fraction of the
+    /// two lookups under the lock.
+    last_service: Option<Arc<str>>,
     /// Reservation ids are `epoch << 32 | counter`, so they never repeat across
     /// restarts and a stale id can never close a new reservation.
     epoch: u64,
@@ -112,6 +118,7 @@ impl Admission {
             reservations: Reservations::default(),
             by_session: FastMap::default(),
             recently_closed: RecentlyClosed::default(),
+            last_service: None,
             epoch: snapshot.epoch,
             next_reservation: 1,
         };

@@ -147,6 +147,7 @@ impl Engine {
 
         // A service the new config no longer accepts is refused from now on, as if
         // never seen (its breaker would otherwise keep admitting it).
+        self.last_service = None;
         self.guards
             .breakers
             .retain(|service| config.knows_service(service));

@@ -1116,3 +1116,47 @@ async fn a_service_the_reloaded_config_no_longer_accepts_is_refused() {
     assert!(err.contains("unknown service \"gone\""), "{err}");
     assert!(f.admit(1, "a", "kept").await.allowed);
 }
+
+/// Admissions to two services, interleaved and repeated, each land on their
+/// own service's breaker: the engine remembers the last admission's service
+/// to skip its lookups, and must never hand one service's name to another.
+#[tokio::test]
+async fn interleaved_services_keep_their_own_breakers() {
+    let f = fixture("");
+    // Until a's breaker opens (the default trips within a few failures).
+    for round in 0.. {
+        assert!(round < 20, "a's breaker never opened");
+        let a = f.admit(1, "x", "a").await;
+        let again = f.admit(1, "x", "a").await;
+        let b = f.admit(1, "x", "b").await;
+        assert!(b.allowed, "round {round}: {b:?}");
+        f.report(b.reservation.unwrap(), false).await;
+        let (Some(a), Some(again)) = (a.reservation, again.reservation) else {
+            break;
+        };
+        f.report(a, true).await;
+        f.report(again, true).await;
+    }
+    let denied = f.admit(1, "x", "a").await;
+    assert_eq!(
+        denied.decisive_vote().map(|v| v.guard),
+        Some(GuardKind::Breaker)
+    );
+    assert!(
+        f.admit(1, "x", "b").await.allowed,
+        "b's breaker heard only successes"
+    );
+    let phases: Vec<_> = f
+        .admission
+        .breakers(None, f.now().mono)
+        .into_iter()
+        .map(|(service, snapshot)| (service, snapshot.phase))
+        .collect();
+    assert_eq!(
+        phases,
+        vec![
+            ("a".to_owned(), Phase::Open),
+            ("b".to_owned(), Phase::Closed)
+        ]
+    );
+}
