@@ -97,9 +97,19 @@ pub fn decide_at(
 ) -> Reply {
     let kind = request.kind();
     crate::metrics::hot().request(kind);
+    // The two kinds every call sends are decided where they lie: passed down
+    // by value, a request (a couple of hundred bytes) was copied at each layer.
+    let reply = match request {
+        Request::Admit(req) => admit::apply(state, session, req, now, decision),
+        Request::Report(req) => report::apply(state, session, req, now),
+        other => {
+            let request = std::mem::replace(other, Request::Ping);
+            decide_owned(state, session, request, now, decision)
+        }
+    };
     // A ready reply is handed on as it is: taking it apart and building it
     // again would copy its few hundred bytes.
-    match decide(state, session, request, now, decision) {
+    match reply {
         Reply::Pending(future) => {
             let state = state.clone();
             Reply::Pending(Box::pin(async move {
@@ -124,25 +134,8 @@ pub fn health(state: &State) -> crate::protocol::StatusReport {
     status::report(state, state.moment())
 }
 
-/// The two kinds every call sends are decided where they lie: passed down
-/// by value, a request (a couple of hundred bytes) was copied at each layer.
-fn decide(
-    state: &State,
-    session: &Session,
-    request: &mut Request,
-    now: Moment,
-    decision: &mut Decision,
-) -> Reply {
-    match request {
-        Request::Admit(req) => admit::apply(state, session, req, now, decision),
-        Request::Report(req) => report::apply(state, session, req, now),
-        other => {
-            let request = std::mem::replace(other, Request::Ping);
-            decide_owned(state, session, request, now, decision)
-        }
-    }
-}
-
+/// Every other request, taken whole: none of them is on a call's path, and
+/// the admin check is made here, once.
 fn decide_owned(
     state: &State,
     session: &Session,
