@@ -20,7 +20,7 @@ use crate::guard::breaker::{Breaker, Phase};
 use crate::guard::quota::QuotaDenial;
 use crate::guard::retry::{Advice, Ask, BreakerView};
 use crate::guard::{
-    Call, Checked, GuardKind, Keep, Report, Settled, Taken, TakenList, Verdict, Votes,
+    Call, Checked, GuardKind, Keep, Places, Report, Settled, Taken, TakenList, Verdict, Votes,
 };
 use crate::money::Usd;
 use crate::protocol::Name;
@@ -119,8 +119,8 @@ impl Engine {
         }
         let mut routed = Routed::default();
         for service in chain {
-            self.service(service)?;
-            let call = self.call(caller, &plan, service, now);
+            let (_, places) = self.service(service)?;
+            let call = self.call(caller, &plan, service, places, now);
             let mut votes = Votes::new();
             let mut checked = Checked::new(&mut votes);
             let denied = self.run_pipeline(&call, &mut checked);
@@ -143,6 +143,7 @@ impl Engine {
         caller: Caller<'a>,
         plan: &Plan<'a>,
         service: &'a str,
+        places: Places,
         now: Moment,
     ) -> Call<'a> {
         let estimate = plan.cost.unwrap_or_else(|| {
@@ -168,6 +169,7 @@ impl Engine {
             uid: caller.uid,
             lease: plan.lease,
             waiter: plan.wait.and_then(|w| w.ticket),
+            places,
         }
     }
 
@@ -204,8 +206,10 @@ impl Engine {
         now: Moment,
         out: &mut Decision,
     ) -> Result<Filed, AdmissionError> {
-        let name = self.service(service)?;
-        let call = self.call(caller, plan, service, now);
+        let (name, places) = self.service(service)?;
+        // Named by the tables' shared name: the guards check their places
+        // by its address.
+        let call = self.call(caller, plan, &name, places, now);
         self.check_charge("the call's estimate", call.estimate)?;
         let mut checked = Checked::new(&mut out.votes);
         let denied = self.run_pipeline(&call, &mut checked);
@@ -226,6 +230,7 @@ impl Engine {
             self.guards.concurrency.leave(ticket);
         }
 
+        let estimate = call.estimate;
         let id = (self.epoch << 32) | self.next_reservation;
         self.next_reservation += 1;
         let mut entries = Vec::new();
@@ -262,7 +267,7 @@ impl Engine {
             .entry(caller.session)
             .or_default()
             .insert(id);
-        out.allow(id, transitions, call.estimate);
+        out.allow(id, transitions, estimate);
         if entries.is_empty() {
             return Ok(Filed::Decided);
         }
@@ -636,22 +641,29 @@ impl Engine {
     }
 
     /// Makes sure `service` is known and has its breaker and retry state;
-    /// its name, shared by every reservation made against it.
-    pub(super) fn service(&mut self, service: &str) -> Result<Arc<str>, AdmissionError> {
-        if let Some(last) = self
+    /// its name, shared by every reservation made against it, and where the
+    /// two are (for the call's guards).
+    pub(super) fn service(&mut self, service: &str) -> Result<(Arc<str>, Places), AdmissionError> {
+        if let Some((last, places)) = self
             .last_service
             .as_ref()
-            .filter(|last| ***last == *service)
+            .filter(|(last, _)| **last == *service)
         {
-            return Ok(Arc::clone(last));
+            return Ok((Arc::clone(last), *places));
         }
-        let name = Arc::clone(self.named_breaker(service)?.0);
+        let (breaker, name, _) = self.named_breaker(service)?;
+        let name = Arc::clone(name);
         let config = &self.config;
-        self.guards
+        let (retry, _) = self
+            .guards
             .retries
             .get_or_insert(service, || config.retry_for(service).clone());
-        self.last_service = Some(Arc::clone(&name));
-        Ok(name)
+        let places = Places {
+            breaker: Some(breaker),
+            retry: Some(retry),
+        };
+        self.last_service = Some((Arc::clone(&name), places));
+        Ok((name, places))
     }
 
     /// The advice for a reported failure, when it was reported retryable: the
@@ -693,7 +705,7 @@ impl Engine {
 
     /// The breaker of `service`, created on first use.
     pub(super) fn breaker(&mut self, service: &str) -> Result<&mut Breaker, AdmissionError> {
-        self.named_breaker(service).map(|(_, breaker)| breaker)
+        self.named_breaker(service).map(|(_, _, breaker)| breaker)
     }
 
     /// [`Engine::breaker`] with the service's shared name; one lookup when
@@ -701,7 +713,7 @@ impl Engine {
     fn named_breaker(
         &mut self,
         service: &str,
-    ) -> Result<(&Arc<str>, &mut Breaker), AdmissionError> {
+    ) -> Result<(usize, &Arc<str>, &mut Breaker), AdmissionError> {
         let config = &self.config;
         self.guards.breakers.named(service, |existing| {
             if !config.knows_service(service) {

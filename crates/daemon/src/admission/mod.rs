@@ -81,10 +81,10 @@ struct Engine {
     recently_closed: RecentlyClosed,
     /// The service of the last admission, whose breaker and retry budget
     /// exist (`Engine::service` makes both before it sets this, and only a
-    /// reload removes either, clearing it): the next admission is usually
-    /// for the same service, and comparing two names costs a fraction of the
-    /// two lookups under the lock.
-    last_service: Option<Arc<str>>,
+    /// reload removes either, clearing it), and where they are: the next
+    /// admission is usually for the same service, and comparing two names
+    /// costs a fraction of the two lookups under the lock.
+    last_service: Option<(Arc<str>, crate::guard::Places)>,
     /// Reservation ids are `epoch << 32 | counter`, so they never repeat across
     /// restarts and a stale id can never close a new reservation.
     epoch: u64,

@@ -1160,3 +1160,50 @@ async fn interleaved_services_keep_their_own_breakers() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_report_after_a_reload_moved_its_services_breaker_reaches_that_breaker() {
+    // Three services in the tables' order a, b, c; b's reservations remember
+    // b's places (the second). A reload that forgets a moves b and c up one,
+    // so the second place now holds c.
+    let services = "[daemon]\nallow_unknown_services = false\n\
+        [services.a]\n[services.b]\n[services.c]\n";
+    let f = fixture(services);
+    for service in ["a", "b", "c"] {
+        let admitted = f.admit(1, "x", service).await;
+        f.report(admitted.reservation.unwrap(), false).await;
+    }
+    let held: Vec<u64> = {
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            held.push(f.admit(1, "x", "b").await.reservation.unwrap());
+        }
+        held
+    };
+    f.reconfigure("[daemon]\nallow_unknown_services = false\n[services.b]\n[services.c]\n")
+        .unwrap();
+    for id in held {
+        f.report(id, true).await;
+    }
+    let phases: Vec<_> = f
+        .admission
+        .breakers(None, f.now().mono)
+        .into_iter()
+        .map(|(service, snapshot)| (service, snapshot.phase))
+        .collect();
+    assert_eq!(
+        phases,
+        vec![
+            ("b".to_owned(), Phase::Open),
+            ("c".to_owned(), Phase::Closed)
+        ],
+        "b's five failures opened b's breaker, not c's"
+    );
+    // And an admission after the reload finds each service where it is now.
+    assert!(f.admit(1, "x", "c").await.allowed);
+    let denied = f.admit(1, "x", "b").await;
+    assert_eq!(
+        denied.decisive_vote().map(|v| v.guard),
+        Some(GuardKind::Breaker)
+    );
+}

@@ -16,8 +16,7 @@
 use std::any::Any;
 use std::collections::VecDeque;
 
-use hashbrown::hash_map::EntryRef;
-use hashbrown::HashMap;
+use indexmap::IndexMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -430,7 +429,11 @@ impl Breaker {
 /// every agent.
 #[derive(Debug, Default)]
 pub struct Breakers {
-    by_service: HashMap<Arc<str>, Named, foldhash::fast::RandomState>,
+    /// In a map with places (`IndexMap`): the engine finds a service once per
+    /// admission and hands its place on in the [`super::Call`], and a
+    /// reservation keeps it for the report; each checks the place still
+    /// holds its service (a reload's `retain` moves them) before using it.
+    by_service: IndexMap<Arc<str>, Named, foldhash::fast::RandomState>,
 }
 
 /// A breaker with its service's name, so that a vote can name it without a
@@ -444,6 +447,8 @@ struct Named {
 /// What an admission holds from its service's breaker.
 struct Held {
     service: Arc<str>,
+    /// Where its breaker was at the admission (a hint; see `Breakers`).
+    place: usize,
     pass: Pass,
 }
 
@@ -460,6 +465,21 @@ impl Breakers {
             .map(|named| &mut named.breaker)
     }
 
+    /// The breaker at `place` if it is still `service`'s, else found by name:
+    /// the usual case costs a comparison of the shared names, not a hash.
+    fn at(&mut self, place: usize, service: &Arc<str>) -> Option<&mut Named> {
+        let still = self
+            .by_service
+            .get_index(place)
+            .is_some_and(|(_, named)| Arc::ptr_eq(&named.service, service));
+        let place = if still {
+            place
+        } else {
+            self.by_service.get_index_of(&**service)?
+        };
+        self.by_service.get_index_mut(place).map(|(_, named)| named)
+    }
+
     /// The breaker of `service`, made with `config` on first use.
     pub fn get_or_insert(
         &mut self,
@@ -468,29 +488,37 @@ impl Breakers {
     ) -> &mut Breaker {
         let made: Result<_, std::convert::Infallible> = self.named(service, |_| Ok(config()));
         match made {
-            Ok((_, breaker)) => breaker,
+            Ok((_, _, breaker)) => breaker,
         }
     }
 
-    /// The breaker of `service` with the service's shared name, made from
-    /// `config` (which is told how many breakers exist, and may refuse) when
-    /// it has none yet.
+    /// The breaker of `service` with the service's shared name and its place
+    /// (the admission's hint to [`Breakers::check`]), made from `config`
+    /// (which is told how many breakers exist, and may refuse) when it has
+    /// none yet.
     pub fn named<E>(
         &mut self,
         service: &str,
         config: impl FnOnce(usize) -> Result<BreakerConfig, E>,
-    ) -> Result<(&Arc<str>, &mut Breaker), E> {
-        // One lookup, and the name is copied only for a new service.
-        let existing = self.by_service.len();
-        let named = match self.by_service.entry_ref(service) {
-            EntryRef::Occupied(named) => named.into_mut(),
-            EntryRef::Vacant(vacant) => {
-                let breaker = Breaker::new(config(existing)?);
+    ) -> Result<(usize, &Arc<str>, &mut Breaker), E> {
+        // One lookup for a known service; the name is copied only for a new one.
+        let place = match self.by_service.get_index_of(service) {
+            Some(place) => place,
+            None => {
+                let breaker = Breaker::new(config(self.by_service.len())?);
                 let service: Arc<str> = Arc::from(service);
-                vacant.insert_with_key(Arc::clone(&service), Named { service, breaker })
+                let named = Named {
+                    service: Arc::clone(&service),
+                    breaker,
+                };
+                self.by_service.insert_full(service, named).0
             }
         };
-        Ok((&named.service, &mut named.breaker))
+        let (_, named) = self
+            .by_service
+            .get_index_mut(place)
+            .expect("the place just found or filed");
+        Ok((place, &named.service, &mut named.breaker))
     }
 
     pub fn len(&self) -> usize {
@@ -523,9 +551,17 @@ impl Breakers {
         pass: Option<Pass>,
         report: &super::Report,
     ) -> super::Settled {
-        let Some(breaker) = self.get_mut(service) else {
-            return super::Settled::default();
-        };
+        match self.get_mut(service) {
+            Some(breaker) => Breakers::record_on(breaker, pass, report),
+            None => super::Settled::default(),
+        }
+    }
+
+    fn record_on(
+        breaker: &mut Breaker,
+        pass: Option<Pass>,
+        report: &super::Report,
+    ) -> super::Settled {
         breaker.advance(report.now.mono);
         let transition = breaker.record(pass, report.failure, report.latency, report.now.mono);
         super::Settled {
@@ -536,7 +572,7 @@ impl Breakers {
 
     fn release_pass(&mut self, held: &mut Held) {
         let pass = std::mem::replace(&mut held.pass, Pass::Free);
-        if let Some(breaker) = self.get_mut(&held.service) {
+        if let Some(Named { breaker, .. }) = self.at(held.place, &held.service) {
             breaker.release(pass);
         }
     }
@@ -546,9 +582,22 @@ impl super::Guard for Breakers {
     fn check(&mut self, call: &super::Call<'_>, out: &mut super::Checked) -> super::Verdict {
         // The engine made the breaker before the pipeline ran (it knows the
         // config); a service without one is not governed by a breaker.
-        let Some(Named { service, breaker }) = self.by_service.get_mut(call.service) else {
+        let place = call
+            .places
+            .breaker
+            .filter(|&place| {
+                self.by_service
+                    .get_index(place)
+                    .is_some_and(|(name, _)| std::ptr::eq(&**name, call.service))
+            })
+            .or_else(|| self.by_service.get_index_of(call.service));
+        let Some(place) = place else {
             return super::Verdict::Allow;
         };
+        let (_, Named { service, breaker }) = self
+            .by_service
+            .get_index_mut(place)
+            .expect("a place just checked");
         let service = Arc::clone(service);
         if let Some(t) = breaker.advance(call.now.mono) {
             out.transitions.push((Arc::clone(&service), t.from, t.to));
@@ -586,7 +635,11 @@ impl super::Guard for Breakers {
             }
         };
         // Taken even when free: the outcome is recorded at report time.
-        out.take(Held { service, pass });
+        out.take(Held {
+            service,
+            place,
+            pass,
+        });
         super::Verdict::Allow
     }
 
@@ -606,7 +659,10 @@ impl super::Guard for Breakers {
     ) {
         let held: &mut Held = super::own(taken);
         let pass = std::mem::replace(&mut held.pass, Pass::Free);
-        *out = self.record(&held.service, Some(pass), report);
+        *out = match self.at(held.place, &held.service) {
+            Some(Named { breaker, .. }) => Breakers::record_on(breaker, Some(pass), report),
+            None => super::Settled::default(),
+        };
     }
 
     fn release(&mut self, taken: &mut (dyn Any + Send)) {

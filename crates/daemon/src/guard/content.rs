@@ -166,6 +166,7 @@ mod tests {
             uid: 0,
             lease: None,
             waiter: None,
+            places: crate::guard::Places::default(),
         }
     }
 

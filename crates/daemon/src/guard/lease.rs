@@ -566,6 +566,7 @@ mod tests {
             uid: 1000,
             lease: Some("repo"),
             waiter: None,
+            places: crate::guard::Places::default(),
         }
     }
 

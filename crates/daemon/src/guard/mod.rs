@@ -65,6 +65,20 @@ pub struct Call<'a> {
     pub lease: Option<&'a str>,
     /// The caller's place in the bulkheads' lines, when it already waits.
     pub waiter: Option<u64>,
+    /// Where the service's breaker and retry budget are.
+    pub places: Places,
+}
+
+/// Where the engine found the call's service in the breakers' and the retry
+/// budgets' tables, when it made sure both exist: so the service's name is
+/// hashed once per admission, not once per guard. The engine's call names its
+/// service by the tables' own shared name, so a guard checks a place holds
+/// the call's service by comparing pointers; it looks the name up when the
+/// place does not (a call the engine did not prepare, as in the guards' tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Places {
+    pub breaker: Option<usize>,
+    pub retry: Option<usize>,
 }
 
 /// A guard's answer to a call.

@@ -25,8 +25,7 @@ use std::any::Any;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use hashbrown::hash_map::EntryRef;
-use hashbrown::HashMap;
+use indexmap::IndexMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -128,7 +127,9 @@ pub struct Jitter(u64);
 /// Every service's retry budget: a stage of the admission pipeline.
 #[derive(Debug)]
 pub struct Retries {
-    by_service: HashMap<Arc<str>, ServiceRetries, foldhash::fast::RandomState>,
+    /// With places, as the breakers are (see `Breakers`): a call's place
+    /// comes from the engine, a retry's is kept until it ends.
+    by_service: IndexMap<Arc<str>, ServiceRetries, foldhash::fast::RandomState>,
     jitter: Jitter,
 }
 
@@ -155,6 +156,8 @@ struct Slot {
 /// What an admission took from its service's budget.
 struct Counted {
     service: Arc<str>,
+    /// Where its budget was at the admission (a hint, checked before use).
+    place: usize,
     slot: u64,
     retry: bool,
     /// The promise a retry redeemed.
@@ -239,26 +242,48 @@ impl Jitter {
 impl Retries {
     pub fn new(jitter: Jitter) -> Retries {
         Retries {
-            by_service: HashMap::default(),
+            by_service: IndexMap::default(),
             jitter,
         }
     }
 
-    /// The budget of `service`, made with `config` on first use.
+    /// The budget of `service`, made with `config` on first use, and its
+    /// place (the admission's hint to the check).
     pub fn get_or_insert(
         &mut self,
         service: &str,
         config: impl FnOnce() -> RetryConfig,
-    ) -> &mut ServiceRetries {
-        // One lookup, and the name is copied only for a new service.
-        match self.by_service.entry_ref(service) {
-            EntryRef::Occupied(budget) => budget.into_mut(),
-            EntryRef::Vacant(vacant) => {
+    ) -> (usize, &mut ServiceRetries) {
+        // One lookup for a known service; the name is copied only for a new one.
+        let place = match self.by_service.get_index_of(service) {
+            Some(place) => place,
+            None => {
                 let service: Arc<str> = Arc::from(service);
                 let budget = ServiceRetries::new(Arc::clone(&service), config());
-                vacant.insert_with_key(service, budget)
+                self.by_service.insert_full(service, budget).0
             }
-        }
+        };
+        let (_, budget) = self
+            .by_service
+            .get_index_mut(place)
+            .expect("the place just found or filed");
+        (place, budget)
+    }
+
+    /// The budget a retry took from, at its place if that still holds it.
+    fn at(&mut self, counted: &Counted) -> Option<&mut ServiceRetries> {
+        let still = self
+            .by_service
+            .get_index(counted.place)
+            .is_some_and(|(_, budget)| Arc::ptr_eq(&budget.service, &counted.service));
+        let place = if still {
+            counted.place
+        } else {
+            self.by_service.get_index_of(&*counted.service)?
+        };
+        self.by_service
+            .get_index_mut(place)
+            .map(|(_, budget)| budget)
     }
 
     pub fn get(&self, service: &str) -> Option<&ServiceRetries> {
@@ -478,7 +503,7 @@ impl Retries {
     /// A retry ended (reported, released, disconnected): it is no longer in flight.
     fn end(&mut self, counted: &mut Counted) {
         if std::mem::take(&mut counted.in_flight) {
-            if let Some(budget) = self.by_service.get_mut(&counted.service) {
+            if let Some(budget) = self.at(counted) {
                 budget.in_flight = budget.in_flight.saturating_sub(1);
             }
         }
@@ -488,7 +513,7 @@ impl Retries {
     /// promise it redeemed.
     fn give_back(&mut self, counted: &mut Counted) {
         self.end(counted);
-        let Some(budget) = self.by_service.get_mut(&counted.service) else {
+        let Some(budget) = self.at(counted) else {
             return;
         };
         budget.uncount(counted);
@@ -502,9 +527,22 @@ impl super::Guard for Retries {
     fn check(&mut self, call: &Call<'_>, out: &mut Checked) -> Verdict {
         // The engine made the budget before the pipeline ran; a service without
         // one is not governed by it.
-        let Some(budget) = self.by_service.get_mut(call.service) else {
+        let place = call
+            .places
+            .retry
+            .filter(|&place| {
+                self.by_service
+                    .get_index(place)
+                    .is_some_and(|(name, _)| std::ptr::eq(&**name, call.service))
+            })
+            .or_else(|| self.by_service.get_index_of(call.service));
+        let Some(place) = place else {
             return Verdict::Allow;
         };
+        let (_, budget) = self
+            .by_service
+            .get_index_mut(place)
+            .expect("a place just checked");
         let now = call.now.mono;
         budget.expire(now);
         let retry = call.attempt > 1;
@@ -551,6 +589,7 @@ impl super::Guard for Retries {
         let slot = slot.id;
         out.take(Counted {
             service: Arc::clone(&budget.service),
+            place,
             slot,
             retry,
             promise,

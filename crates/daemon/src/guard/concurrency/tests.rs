@@ -58,6 +58,7 @@ fn call<'a>(agent: &'a str, service: &'a str, waiter: Option<u64>) -> Call<'a> {
         uid: 0,
         lease: None,
         waiter,
+        places: crate::guard::Places::default(),
     }
 }
 

@@ -39,6 +39,7 @@ fn call(attempt: u32, now: Duration) -> Call<'static> {
         uid: 0,
         lease: None,
         waiter: None,
+        places: crate::guard::Places::default(),
     }
 }
 
