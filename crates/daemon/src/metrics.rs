@@ -76,6 +76,10 @@ pub struct Hot {
     /// Denials by rate limit and by bulkhead, labelled by the rule's name.
     rate_limit_hits: ByRule,
     bulkhead_denials: ByRule,
+    /// Log lines the log budget dropped: a client hammering a limit it
+    /// exceeds drops one per request, and the macro's registry lookup cost
+    /// more than the rest of the budget's check.
+    log_suppressed: metrics::Counter,
 }
 
 /// A counter per rule name, registered with the recorder at the rule's first
@@ -127,11 +131,17 @@ pub fn hot() -> &'static Hot {
                 .map(|outcome| metrics::counter!(BULKHEAD_WAITS, "outcome" => outcome)),
             rate_limit_hits: ByRule::new(RATE_LIMIT_HITS, "rule"),
             bulkhead_denials: ByRule::new(BULKHEAD_DENIALS, "bulkhead"),
+            log_suppressed: metrics::counter!(LOG_SUPPRESSED),
         }
     })
 }
 
 impl Hot {
+    /// The log budget dropped a line.
+    pub fn log_suppressed(&self) {
+        self.log_suppressed.increment(1);
+    }
+
     /// A request of kind `kind` (its variant index) arrived.
     pub fn request(&self, kind: usize) {
         self.requests[kind].increment(1);

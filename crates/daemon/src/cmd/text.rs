@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::admission::Reason;
+use crate::guard::rate::Per;
 use crate::protocol::Text;
 
 /// A vote's reason as text, without a heap allocation for the usual ones: a
@@ -19,6 +20,7 @@ pub(super) fn reason_text(reason: &Reason) -> Text {
         Reason::Burst { taken, burst } => taken_of_burst(*taken, *burst),
         Reason::Fixed(text) => Text::fixed(text),
         Reason::InFlight { n, max } => in_flight_of(*n, *max),
+        Reason::RateExceeded { rate, per, burst } => rate_exceeded(*rate, *per, *burst),
         other => {
             let mut text = Text::new();
             // Writing into a `Text` cannot fail; only a `Display` that reports
@@ -51,6 +53,31 @@ fn in_flight_of(n: u32, max: u32) -> Text {
     reason
 }
 
+/// "rate limit of `rate` per `per` (burst `burst`) exceeded", without
+/// `format!`, written once: past `Text::INLINE` for most limits, so built in
+/// a `String` of its final size and handed over.
+fn rate_exceeded(rate: u32, per: Duration, burst: u32) -> Text {
+    let mut numbers = itoa::Buffer::new();
+    let mut reason = String::with_capacity(64);
+    reason.push_str("rate limit of ");
+    reason.push_str(numbers.format(rate));
+    reason.push_str(" per ");
+    let per = Per(per);
+    match per.whole() {
+        Some((n, unit)) => {
+            reason.push_str(numbers.format(n));
+            reason.push_str(unit);
+        }
+        None => {
+            let _ = write!(reason, "{per}");
+        }
+    }
+    reason.push_str(" (burst ");
+    reason.push_str(numbers.format(burst));
+    reason.push_str(") exceeded");
+    Text::from(reason)
+}
+
 /// Whole milliseconds, rounded up: coming back after the advertised wait must work.
 pub(super) fn millis_up(d: Duration) -> u64 {
     u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
@@ -59,6 +86,41 @@ pub(super) fn millis_up(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_denial_reads_as_the_typed_denial_does() {
+        use crate::guard::RateDenial;
+        let periods = [
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+            Duration::from_millis(100),
+            Duration::from_millis(1500),
+            Duration::from_nanos(1_000_001),
+        ];
+        for per in periods {
+            for (rate, burst) in [(1, 1), (100, 7), (u32::MAX, u32::MAX)] {
+                let typed = RateDenial::NotUntil {
+                    rate,
+                    per,
+                    burst,
+                    retry_after: Duration::from_secs(1),
+                }
+                .to_string();
+                let reason = Reason::RateExceeded { rate, per, burst };
+                assert_eq!(rate_exceeded(rate, per, burst), typed.as_str());
+                assert_eq!(reason_text(&reason), typed.as_str());
+                assert_eq!(reason.to_string(), typed);
+            }
+        }
+        assert_eq!(
+            rate_exceeded(1, Duration::from_secs(3600), 1),
+            "rate limit of 1 per 3600s (burst 1) exceeded"
+        );
+        assert_eq!(
+            rate_exceeded(5, Duration::from_millis(1500), 2),
+            "rate limit of 5 per 1.5s (burst 2) exceeded"
+        );
+    }
 
     #[test]
     fn the_allowed_rate_reason_reads_as_the_display_form() {

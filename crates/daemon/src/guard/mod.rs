@@ -130,6 +130,16 @@ pub enum Reason {
         n: u32,
         max: u32,
     },
+    /// A rate limit of `rate` per `per` (burst `burst`) had no room now: the
+    /// usual denial, typed here rather than boxed (no allocation, and no
+    /// `fmt` machinery for its text), as a client hammering a limit it
+    /// exceeds meets it on every request. Reads as
+    /// [`rate::RateDenial::NotUntil`] does.
+    RateExceeded {
+        rate: u32,
+        per: Duration,
+        burst: u32,
+    },
     /// The guard's typed denial.
     Denied(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -261,6 +271,24 @@ impl Vote {
         }
     }
 
+    /// A rule's "no" with a reason of numbers, and when the same call could pass.
+    pub fn deny_for(
+        guard: GuardKind,
+        rule: Arc<str>,
+        shadow: bool,
+        reason: Reason,
+        retry_after: Option<Duration>,
+    ) -> Vote {
+        Vote {
+            guard,
+            rule,
+            allow: false,
+            shadow,
+            reason,
+            retry_after,
+        }
+    }
+
     /// A rule's "no" with its typed denial, and when the same call could pass.
     pub fn deny(
         guard: GuardKind,
@@ -337,6 +365,11 @@ impl fmt::Display for Reason {
                 limit,
             } => write!(f, "{estimate} reserved, {left} left of {limit}"),
             Reason::InFlight { n, max } => write!(f, "{n} of {max} in flight"),
+            Reason::RateExceeded { rate, per, burst } => write!(
+                f,
+                "rate limit of {rate} per {} (burst {burst}) exceeded",
+                rate::Per(*per)
+            ),
             Reason::Denied(denial) => write!(f, "{denial}"),
         }
     }

@@ -109,20 +109,32 @@ pub enum RateDenial {
 /// without its general formatting for the usual whole seconds or milliseconds:
 /// every denial's reason names it, and a client hammering a limit it exceeds
 /// must not cost more per request than one that is let through.
-struct Per(Duration);
+pub struct Per(pub Duration);
+
+impl Per {
+    /// The period as a whole number and its unit ("3600", "s"), when it is
+    /// whole seconds or whole milliseconds (every period a config can give
+    /// but the odd one).
+    pub fn whole(&self) -> Option<(u64, &'static str)> {
+        let (secs, nanos) = (self.0.as_secs(), self.0.subsec_nanos());
+        if nanos == 0 {
+            Some((secs, "s"))
+        } else if secs == 0 && nanos % 1_000_000 == 0 {
+            Some((u64::from(nanos / 1_000_000), "ms"))
+        } else {
+            None
+        }
+    }
+}
 
 impl std::fmt::Display for Per {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (secs, nanos) = (self.0.as_secs(), self.0.subsec_nanos());
-        let mut digits = itoa::Buffer::new();
-        if nanos == 0 {
-            f.write_str(digits.format(secs))?;
-            f.write_str("s")
-        } else if secs == 0 && nanos % 1_000_000 == 0 {
-            f.write_str(digits.format(nanos / 1_000_000))?;
-            f.write_str("ms")
-        } else {
-            write!(f, "{:?}", self.0)
+        match self.whole() {
+            Some((n, unit)) => {
+                f.write_str(itoa::Buffer::new().format(n))?;
+                f.write_str(unit)
+            }
+            None => write!(f, "{:?}", self.0),
         }
     }
 }
@@ -433,17 +445,28 @@ impl super::Guard for RateLimits {
                     held.push((Arc::clone(rule), cells));
                 }
                 Err(denial) => {
-                    let retry_after = match denial {
-                        RateDenial::NotUntil { retry_after, .. } => Some(retry_after),
-                        RateDenial::Never { .. } => None,
+                    let vote = match denial {
+                        RateDenial::NotUntil {
+                            rate,
+                            per,
+                            burst,
+                            retry_after,
+                        } => super::Vote::deny_for(
+                            super::GuardKind::Rate,
+                            Arc::clone(&rule.name),
+                            shadow,
+                            super::Reason::RateExceeded { rate, per, burst },
+                            Some(retry_after),
+                        ),
+                        never @ RateDenial::Never { .. } => super::Vote::deny(
+                            super::GuardKind::Rate,
+                            Arc::clone(&rule.name),
+                            shadow,
+                            never,
+                            None,
+                        ),
                     };
-                    out.vote(super::Vote::deny(
-                        super::GuardKind::Rate,
-                        Arc::clone(&rule.name),
-                        shadow,
-                        denial,
-                        retry_after,
-                    ));
+                    out.vote(vote);
                     if !shadow {
                         for (rule, cells) in held.iter().rev() {
                             rule.undo(cells);

@@ -68,7 +68,7 @@ impl LogBudget {
         }
         self.suppressed.fetch_add(1, Ordering::Relaxed);
         self.suppressed_total.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(crate::metrics::LOG_SUPPRESSED).increment(1);
+        crate::metrics::hot().log_suppressed();
         Verdict::Drop
     }
 
