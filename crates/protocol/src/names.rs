@@ -60,6 +60,12 @@ pub fn check_name(name: &str) -> Result<(), NameError> {
     if name.len() > MAX_NAME_LEN {
         return Err(NameError::TooLong(name.len()));
     }
+    // Names are printable ASCII as a rule: checked a byte at a time (every
+    // admission checks its agent's name, and a lease's), the characters
+    // decoded only for the rest.
+    if name.bytes().all(|b| matches!(b, 0x20..=0x7e)) {
+        return Ok(());
+    }
     if let Some(c) = name.chars().find(|c| c.is_control()) {
         return Err(NameError::Control(c));
     }
@@ -77,6 +83,29 @@ mod tests {
         assert_eq!(check_name(""), Err(NameError::Empty));
         assert_eq!(check_name("a\0b"), Err(NameError::Control('\0')));
         assert_eq!(check_name(&"x".repeat(129)), Err(NameError::TooLong(129)));
+        // Past the printable-ASCII fast path: DEL, C1 controls, a tab.
+        assert_eq!(check_name("a\u{7f}"), Err(NameError::Control('\u{7f}')));
+        assert_eq!(check_name("é\u{85}"), Err(NameError::Control('\u{85}')));
+        assert_eq!(check_name("a\tb"), Err(NameError::Control('\t')));
+        assert_eq!(check_name("~ !"), Ok(()));
+    }
+
+    proptest::proptest! {
+        /// The fast path decides as the character-by-character check does.
+        #[test]
+        fn the_ascii_fast_path_agrees_with_the_characters(name in "\\PC{0,8}[\\x00-\\x7f\\u{80}-\\u{a0}]{0,4}") {
+            let by_chars = if name.is_empty() {
+                Err(NameError::Empty)
+            } else if name.len() > MAX_NAME_LEN {
+                Err(NameError::TooLong(name.len()))
+            } else {
+                match name.chars().find(|c| c.is_control()) {
+                    Some(c) => Err(NameError::Control(c)),
+                    None => Ok(()),
+                }
+            };
+            proptest::prop_assert_eq!(check_name(&name), by_chars);
+        }
     }
 
     #[test]
