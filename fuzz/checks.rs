@@ -14,24 +14,36 @@ use automation_framework::connection::Peer;
 use automation_framework::names::check_name;
 use automation_framework::protocol::{
     decode, decode_client_frame, decode_request, encode, length_codec, ClientFrame, ErrorCode,
-    PROTOCOL_VERSION,
+    FrameCodec, PROTOCOL_VERSION,
 };
 use automation_framework::server::handshake::accept_bytes;
 use automation_framework::state::State;
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
-/// The daemon's read path on arbitrary bytes: the length-delimited codec splits the
-/// stream into frames (the 1 MiB limit checked before allocation), each frame is
-/// decoded as a `ClientFrame`. Nothing may panic, and whatever decodes must
-/// re-encode to exactly the same bytes (the wire format has one encoding per
-/// message, so a daemon and a client can never disagree about what was sent).
+/// The daemon's read path on arbitrary bytes: its frame codec splits the stream
+/// into frames (the 1 MiB limit checked before allocation), each frame is
+/// decoded as a `ClientFrame`. Nothing may panic, the daemon's codec must split
+/// exactly as the clients' (`length_codec`) does, frames and where it fails,
+/// and whatever decodes must re-encode to exactly the same bytes (the wire
+/// format has one encoding per message, so a daemon and a client can never
+/// disagree about what was sent).
 pub fn decode_client_frame_target(data: &[u8]) {
     check_body(data);
-    let mut codec = length_codec();
-    let mut stream = BytesMut::from(data);
-    while let Ok(Some(frame)) = codec.decode(&mut stream) {
-        check_body(&frame);
+    let mut daemon = FrameCodec::new();
+    let mut client = length_codec();
+    let mut ours = BytesMut::from(data);
+    let mut theirs = BytesMut::from(data);
+    loop {
+        let (frame, same) = (daemon.decode(&mut ours), client.decode(&mut theirs));
+        match (frame, same) {
+            (Ok(Some(frame)), Ok(Some(same))) => {
+                assert_eq!(frame, same, "both codecs take the same frame");
+                check_body(&frame);
+            }
+            (Ok(None), Ok(None)) | (Err(_), Err(_)) => break,
+            (frame, same) => panic!("the codecs disagree: {frame:?} against {same:?}"),
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! language-neutral description of the same bytes.
 
 pub mod frame;
+pub mod frame_codec;
 pub mod handshake;
 pub mod hot;
 pub mod inbound;
@@ -20,6 +21,7 @@ pub use bincode::{Error as EncodeError, ErrorKind as EncodeErrorKind};
 pub use frame::{
     decode, encode, encoded_len, length_codec, DecodeError, MAX_FRAME_LEN, MAX_PAYLOAD_LEN,
 };
+pub use frame_codec::{split_frame, FrameCodec, FrameTooLong};
 pub use handshake::{Hello, PeerIdentity, Welcome, MAX_HELLO_LEN, PROTOCOL_VERSION};
 pub use hot::{decode_request, encode_reply_into, AdmitHead, AdmitWriter, VoteRef};
 pub use inbound::decode_client_frame;
