@@ -14,7 +14,8 @@ use tokio_util::codec::Framed;
 use crate::protocol::decode_client_frame;
 use crate::protocol::frame::encode_frame_into;
 use crate::protocol::{
-    split_frame, ClientFrame, DecodeError, FrameCodec, FrameTooLong, ServerFrame, MAX_FRAME_LEN,
+    buffered_frame, consume_frame, split_frame, ClientFrame, DecodeError, FrameCodec, FrameTooLong,
+    ServerFrame, FRAME_HEAD, MAX_FRAME_LEN,
 };
 
 /// The kernel's identity of the process at the other end (SO_PEERCRED and
@@ -177,6 +178,35 @@ impl Connection {
         }
     }
 
+    /// The length of the next frame's body when the whole frame is in the
+    /// read buffer, to be read where it lies ([`Self::buffered`]) and then
+    /// taken off ([`Self::consume`]): the usual way a pipelining client's
+    /// requests are read, with no buffer of their own.
+    ///
+    /// # Errors
+    /// [`ReadError::TooLarge`].
+    #[inline]
+    pub fn buffered_len(&self) -> Option<Result<usize, ReadError>> {
+        let limit = self.framed.codec().max_frame_length();
+        match buffered_frame(self.framed.read_buffer(), limit) {
+            Ok(Some(body)) => Some(Ok(body.len())),
+            Ok(None) => None,
+            Err(FrameTooLong { .. }) => Some(Err(ReadError::TooLarge { limit })),
+        }
+    }
+
+    /// The body [`Self::buffered_len`] measured.
+    #[inline]
+    pub fn buffered(&self, len: usize) -> &[u8] {
+        &self.framed.read_buffer()[FRAME_HEAD..FRAME_HEAD + len]
+    }
+
+    /// Takes the frame [`Self::buffered_len`] measured off the read buffer.
+    #[inline]
+    pub fn consume(&mut self, len: usize) {
+        consume_frame(self.framed.read_buffer_mut(), len);
+    }
+
     /// Decodes a body [`Self::read_body`] returned.
     ///
     /// # Errors
@@ -283,14 +313,7 @@ impl Connection {
 
     /// Is a whole frame already waiting in the read buffer?
     fn has_buffered_frame(&self) -> bool {
-        let buf = self.framed.read_buffer();
-        match buf.get(..4) {
-            Some(prefix) => {
-                let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
-                buf.len() >= 4 + len
-            }
-            None => false,
-        }
+        matches!(self.buffered_len(), Some(Ok(_)))
     }
 }
 

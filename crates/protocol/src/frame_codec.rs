@@ -20,8 +20,8 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::frame::MAX_FRAME_LEN;
 
-/// The bytes of a frame's length.
-const HEAD: usize = 4;
+/// The bytes of a frame's length, before its body.
+pub const HEAD: usize = 4;
 
 /// A frame announced longer than the reader accepts: the stream cannot be
 /// read further (its next frame's start is unknown without reading the body).
@@ -69,13 +69,9 @@ impl Default for FrameCodec {
 /// it was.
 #[inline]
 pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, FrameTooLong> {
-    let Some(head) = buf.get(..HEAD) else {
+    let Some(len) = frame_len(buf, max)? else {
         return Ok(None);
     };
-    let len = u32::from_be_bytes(head.try_into().expect("HEAD bytes")) as usize;
-    if len > max {
-        return Err(FrameTooLong { len, max });
-    }
     let whole = HEAD + len;
     if buf.len() < whole {
         buf.reserve(whole - buf.len());
@@ -83,6 +79,40 @@ pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, F
     }
     buf.advance(HEAD);
     Ok(Some(buf.split_to(len)))
+}
+
+/// The body of the next frame when the whole frame is in `buf`, where it
+/// lies, to be read in place and then taken off with [`consume_frame`]
+/// (no `BytesMut` of its own: splitting one off costs a reference count
+/// and its drop).
+///
+/// # Errors
+/// As [`split_frame`].
+#[inline]
+pub fn buffered_frame(buf: &[u8], max: usize) -> Result<Option<&[u8]>, FrameTooLong> {
+    match frame_len(buf, max)? {
+        Some(len) => Ok(buf.get(HEAD..HEAD + len)),
+        None => Ok(None),
+    }
+}
+
+/// Takes off `buf` the frame whose body [`buffered_frame`] gave, `len` bytes.
+#[inline]
+pub fn consume_frame(buf: &mut BytesMut, len: usize) {
+    buf.advance(HEAD + len);
+}
+
+/// The next frame's length, once its head is in `buf`.
+#[inline]
+fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, FrameTooLong> {
+    let Some(head) = buf.get(..HEAD) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(head.try_into().expect("HEAD bytes")) as usize;
+    if len > max {
+        return Err(FrameTooLong { len, max });
+    }
+    Ok(Some(len))
 }
 
 impl Decoder for FrameCodec {
@@ -198,6 +228,25 @@ mod tests {
         assert_eq!(split_frame(&mut buf, 8), Ok(None));
         assert_eq!(buf.len(), 4);
         assert!(buf.capacity() >= 7, "room for the body was reserved");
+    }
+
+    #[test]
+    fn a_buffered_frame_is_read_in_place_then_taken_off() {
+        let mut buf = BytesMut::from(&b"\0\0\0\x02ab\0\0\0\x03cd"[..]);
+        let body = buffered_frame(&buf, 8).unwrap().unwrap();
+        assert_eq!(body, b"ab");
+        let len = body.len();
+        consume_frame(&mut buf, len);
+        assert_eq!(
+            buffered_frame(&buf, 8),
+            Ok(None),
+            "the next one is short a byte"
+        );
+        assert_eq!(
+            buffered_frame(&buf, 2),
+            Err(FrameTooLong { len: 3, max: 2 })
+        );
+        assert_eq!(buf.len(), 6, "looking takes nothing off");
     }
 
     #[test]

@@ -158,9 +158,18 @@ impl Handler {
             // below would take it, without polling the branches ahead of it: a
             // cheap look at the signal stands in for the first, and the other two
             // wait only when no reply is queued, which is checked here too.
-            let buffered = (reading && self.replies.is_empty() && !shutdown.is_cancelled())
-                .then(|| self.conn.buffered_body())
-                .flatten();
+            let at_once = reading && self.replies.is_empty() && !shutdown.is_cancelled();
+            // Usually decoded where it lies in the read buffer; when the write
+            // buffer needs room first, taken off whole and answered below.
+            if at_once && !self.conn.needs_room() {
+                if let Some(took) = self.take_buffered() {
+                    if self.after(took).await == Flow::Close {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let buffered = at_once.then(|| self.conn.buffered_body()).flatten();
             let event = if let Some(read) = buffered {
                 Event::Buffered(read)
             } else {
@@ -305,7 +314,14 @@ impl Handler {
                 return Flow::Close;
             }
         }
-        match self.take(&body) {
+        let took = self.take(&body);
+        self.after(took).await
+    }
+
+    /// What follows a frame's decision: its reply written, the connection
+    /// closed, or the frame found unreadable.
+    async fn after(&mut self, took: Took) -> Flow {
+        match took {
             Took::Queued => Flow::Continue,
             Took::Encoded => {
                 if self.write(None, |_| None).await {
@@ -334,10 +350,33 @@ impl Handler {
     /// state at each step — eight copies per request.
     #[inline(never)]
     fn take(&mut self, body: &[u8]) -> Took {
-        let mut frame = match Connection::decode(body) {
-            Ok(frame) => frame,
-            Err(err) => return Took::Unreadable(err),
+        match Connection::decode(body) {
+            Ok(frame) => self.take_frame(frame),
+            Err(err) => Took::Unreadable(err),
+        }
+    }
+
+    /// [`Self::take`] of the next frame when it is all in the read buffer,
+    /// decoded where it lies in the read buffer (`Connection::buffered_len`); `None` when it
+    /// is not. One function, as `take` is, so the decoded frame is not moved
+    /// from one to the next.
+    #[inline(never)]
+    fn take_buffered(&mut self) -> Option<Took> {
+        let len = match self.conn.buffered_len()? {
+            Ok(len) => len,
+            Err(err) => return Some(Took::Unreadable(err)),
         };
+        let decoded = Connection::decode(self.conn.buffered(len));
+        self.conn.consume(len);
+        Some(match decoded {
+            Ok(frame) => self.take_frame(frame),
+            Err(err) => Took::Unreadable(err),
+        })
+    }
+
+    /// [`Self::take`] of a decoded frame.
+    #[inline(always)]
+    fn take_frame(&mut self, mut frame: ClientFrame) -> Took {
         // A reload since the last frame: this one is decided with the new
         // config and policy.
         self.session.refresh();
