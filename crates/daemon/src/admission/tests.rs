@@ -986,6 +986,15 @@ async fn an_operator_forces_a_breaker_for_every_agent() {
 
 impl Fixture {
     /// Applies `toml` as a reload does.
+    /// Every breaker's service and phase, now.
+    fn phases(&self) -> Vec<(String, Phase)> {
+        self.admission
+            .breakers(None, self.now().mono)
+            .into_iter()
+            .map(|(service, snapshot)| (service, snapshot.phase))
+            .collect()
+    }
+
     fn reconfigure(&self, toml: &str) -> Result<Reconfigured, ReloadError> {
         let config = Arc::new(Config::from_toml(toml).expect("test config is valid"));
         self.admission
@@ -1146,14 +1155,8 @@ async fn interleaved_services_keep_their_own_breakers() {
         f.admit(1, "x", "b").await.allowed,
         "b's breaker heard only successes"
     );
-    let phases: Vec<_> = f
-        .admission
-        .breakers(None, f.now().mono)
-        .into_iter()
-        .map(|(service, snapshot)| (service, snapshot.phase))
-        .collect();
     assert_eq!(
-        phases,
+        f.phases(),
         vec![
             ("a".to_owned(), Phase::Open),
             ("b".to_owned(), Phase::Closed)
@@ -1185,14 +1188,8 @@ async fn a_report_after_a_reload_moved_its_services_breaker_reaches_that_breaker
     for id in held {
         f.report(id, true).await;
     }
-    let phases: Vec<_> = f
-        .admission
-        .breakers(None, f.now().mono)
-        .into_iter()
-        .map(|(service, snapshot)| (service, snapshot.phase))
-        .collect();
     assert_eq!(
-        phases,
+        f.phases(),
         vec![
             ("b".to_owned(), Phase::Open),
             ("c".to_owned(), Phase::Closed)

@@ -16,7 +16,6 @@
 use std::any::Any;
 use std::collections::VecDeque;
 
-use indexmap::IndexMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -433,7 +432,7 @@ pub struct Breakers {
     /// admission and hands its place on in the [`super::Call`], and a
     /// reservation keeps it for the report; each checks the place still
     /// holds its service (a reload's `retain` moves them) before using it.
-    by_service: IndexMap<Arc<str>, Named, foldhash::fast::RandomState>,
+    by_service: super::ServiceMap<Named>,
 }
 
 /// A breaker with its service's name, so that a vote can name it without a
@@ -582,15 +581,7 @@ impl super::Guard for Breakers {
     fn check(&mut self, call: &super::Call<'_>, out: &mut super::Checked) -> super::Verdict {
         // The engine made the breaker before the pipeline ran (it knows the
         // config); a service without one is not governed by a breaker.
-        let place = call
-            .places
-            .breaker
-            .filter(|&place| {
-                self.by_service
-                    .get_index(place)
-                    .is_some_and(|(name, _)| std::ptr::eq(&**name, call.service))
-            })
-            .or_else(|| self.by_service.get_index_of(call.service));
+        let place = super::place_of(&self.by_service, call.places.breaker, call.service);
         let Some(place) = place else {
             return super::Verdict::Allow;
         };

@@ -81,6 +81,24 @@ pub struct Places {
     pub retry: Option<usize>,
 }
 
+/// A per-service map with places (the breakers', the retry budgets').
+pub(crate) type ServiceMap<V> = indexmap::IndexMap<Arc<str>, V, foldhash::fast::RandomState>;
+
+/// Where `service` is in `map`: at `hint` when the entry there is the one
+/// the engine named the call by (the same shared name), else by lookup.
+#[inline]
+pub(crate) fn place_of<V>(
+    map: &ServiceMap<V>,
+    hint: Option<usize>,
+    service: &str,
+) -> Option<usize> {
+    hint.filter(|&place| {
+        map.get_index(place)
+            .is_some_and(|(name, _)| std::ptr::eq(&**name, service))
+    })
+    .or_else(|| map.get_index_of(service))
+}
+
 /// A guard's answer to a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -297,14 +315,13 @@ impl Vote {
         denial: impl std::error::Error + Send + Sync + 'static,
         retry_after: Option<Duration>,
     ) -> Vote {
-        Vote {
+        Vote::deny_for(
             guard,
             rule,
-            allow: false,
             shadow,
-            reason: Reason::Denied(Box::new(denial)),
+            Reason::Denied(Box::new(denial)),
             retry_after,
-        }
+        )
     }
 }
 

@@ -25,7 +25,6 @@ use std::any::Any;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use indexmap::IndexMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,7 +128,7 @@ pub struct Jitter(u64);
 pub struct Retries {
     /// With places, as the breakers are (see `Breakers`): a call's place
     /// comes from the engine, a retry's is kept until it ends.
-    by_service: IndexMap<Arc<str>, ServiceRetries, foldhash::fast::RandomState>,
+    by_service: super::ServiceMap<ServiceRetries>,
     jitter: Jitter,
 }
 
@@ -242,7 +241,7 @@ impl Jitter {
 impl Retries {
     pub fn new(jitter: Jitter) -> Retries {
         Retries {
-            by_service: IndexMap::default(),
+            by_service: super::ServiceMap::default(),
             jitter,
         }
     }
@@ -527,15 +526,7 @@ impl super::Guard for Retries {
     fn check(&mut self, call: &Call<'_>, out: &mut Checked) -> Verdict {
         // The engine made the budget before the pipeline ran; a service without
         // one is not governed by it.
-        let place = call
-            .places
-            .retry
-            .filter(|&place| {
-                self.by_service
-                    .get_index(place)
-                    .is_some_and(|(name, _)| std::ptr::eq(&**name, call.service))
-            })
-            .or_else(|| self.by_service.get_index_of(call.service));
+        let place = super::place_of(&self.by_service, call.places.retry, call.service);
         let Some(place) = place else {
             return Verdict::Allow;
         };
