@@ -88,6 +88,46 @@ async fn a_four_gib_length_prefix_is_refused_before_allocation() {
     daemon.assert_rss_bounded("after two 4 GiB length prefixes");
 }
 
+/// Requests pipelined in one write with what follows them: each whole frame
+/// is answered from the read buffer, in order, before what cannot be read
+/// ends the connection with its reason.
+#[tokio::test]
+async fn pipelined_frames_then_an_oversized_length_or_garbage_in_the_same_write() {
+    let daemon = Daemon::start("");
+    let mut bystander = Bystander::new(&daemon).await;
+    let ping = |id| {
+        framed(&ClientFrame::Request(Envelope {
+            id,
+            request: Request::Ping,
+        }))
+    };
+    let mut garbage_body = 1u32.to_le_bytes().to_vec();
+    garbage_body.extend_from_slice(&9u64.to_le_bytes());
+    garbage_body.extend_from_slice(&2u32.to_le_bytes());
+    garbage_body.extend_from_slice(&1u8.to_le_bytes());
+    garbage_body.extend_from_slice(&u64::MAX.to_le_bytes());
+    let mut garbage = (garbage_body.len() as u32).to_be_bytes().to_vec();
+    garbage.extend_from_slice(&garbage_body);
+    for (tail, code) in [
+        (vec![0xFF, 0xFF, 0xFF, 0xFF, 1, 2], ErrorCode::FrameTooLarge),
+        (garbage, ErrorCode::Malformed),
+    ] {
+        let mut raw = daemon.raw().await;
+        raw.hello("pipeliner").await;
+        let mut bytes: Vec<u8> = (1..=5).flat_map(ping).collect();
+        bytes.extend_from_slice(&tail);
+        raw.write_bytes(&bytes).await;
+        for id in 1..=5 {
+            match raw.recv().await {
+                Some(ServerFrame::Reply(reply)) => assert_eq!(reply.id, id),
+                other => panic!("expected the reply to {id}, got {other:?}"),
+            }
+        }
+        expect_error_then_close(&mut raw, code).await;
+        bystander.still_served().await;
+    }
+}
+
 #[tokio::test]
 async fn a_truncated_frame_then_hang_up() {
     let daemon = Daemon::start("");
