@@ -356,10 +356,10 @@ impl Handler {
         }
     }
 
-    /// [`Self::take`] of the next frame when it is all in the read buffer,
-    /// decoded where it lies in the read buffer (`Connection::buffered_len`); `None` when it
-    /// is not. One function, as `take` is, so the decoded frame is not moved
-    /// from one to the next.
+    /// [`Self::take`] of the next frame when all of it is in the read
+    /// buffer, decoded where it lies (`Connection::buffered_len`); `None`
+    /// when it is not. One function, as `take` is, so the decoded frame is
+    /// not moved from one to the next.
     #[inline(never)]
     fn take_buffered(&mut self) -> Option<Took> {
         let len = match self.conn.buffered_len()? {
