@@ -81,7 +81,8 @@ pub(super) fn channel() -> (mpsc::SyncSender<()>, mpsc::Receiver<()>) {
 }
 
 /// The thread: a `PASSIVE` checkpoint per nudge, until the writer's connection
-/// (whose hook holds the sender) is gone.
+/// is closed (its hook holds one sender, the writer thread another until the
+/// connection is closed), so this connection closes last.
 pub(super) fn run(conn: &Connection, nudges: &mpsc::Receiver<()>, stats: &Stats) {
     while nudges.recv().is_ok() {
         let started = Instant::now();

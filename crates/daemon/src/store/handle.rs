@@ -140,6 +140,13 @@ impl Store {
             .and_then(|c| c.pragma_update(None, "synchronous", "FULL").map(|()| c))
             .map_err(|e| fail(format!("opening the ledger for checkpoints: {e}")))?;
         let (nudge, nudges) = checkpoint::channel();
+        // Held by the writer thread until its connection is closed. SQLite
+        // frees the hook (the other sender: rusqlite keeps it as the
+        // connection's client data) in `sqlite3_close` before it closes the
+        // database, so the checkpoint thread could close its connection at
+        // the same time as the writer, and then neither would be the last,
+        // the one that folds the WAL into the database and removes it.
+        let writer_closed = nudge.clone();
         checkpoint::install(&mut conn, wal_pages, nudge, Arc::clone(&inner))
             .map_err(|e| fail(format!("setting the ledger's checkpoint hook: {e}")))?;
         let checkpointer = Arc::clone(&inner);
@@ -156,7 +163,10 @@ impl Store {
         let writer = Arc::clone(&inner);
         std::thread::Builder::new()
             .name("af-ledger".into())
-            .spawn(move || writer.run(conn, &rx, &to_sync))
+            .spawn(move || {
+                writer.run(conn, &rx, &to_sync);
+                drop(writer_closed);
+            })
             .map_err(|e| fail(format!("starting the writer thread: {e}")))?;
         Ok((Store { inner }, snapshot))
     }
