@@ -44,6 +44,15 @@ pub fn encode_reply_into(
 ) -> Result<(), bincode::Error> {
     match response {
         Response::Admit(reply) => put_admit(buf, id, reply),
+        Response::Report(reply) if reply.retry.is_none() => {
+            // ok, duplicate, an optional breaker state and charge, no advice.
+            let start = buf.len();
+            in_one_piece::<{ REPLY_HEAD + 1 + 1 + 5 + 9 + 1 }>(buf, |w| {
+                put_reply_head(w, id, RESPONSE_REPORT);
+                reply.put(w);
+            });
+            end_frame(buf, start)
+        }
         Response::Report(reply) => {
             let start = begin_reply(buf, id, RESPONSE_REPORT);
             reply.put(buf);
@@ -105,11 +114,33 @@ fn begin_reply(buf: &mut BytesMut, id: u64, response_variant: u32) -> usize {
     let start = buf.len();
     // The usual reply is a few hundred bytes; one reservation serves it.
     buf.reserve(512);
+    put_reply_head(buf, id, response_variant);
+    start
+}
+
+/// The bytes [`begin_reply`] writes (`REPLY_HEAD` of them).
+#[inline]
+fn put_reply_head<B: BufMut>(buf: &mut B, id: u64, response_variant: u32) {
     buf.put_u32(0);
     buf.put_u32_le(SERVER_FRAME_REPLY);
     buf.put_u64_le(id);
     buf.put_u32_le(response_variant);
-    start
+}
+
+/// A reply's length prefix, frame variant, id and response variant.
+const REPLY_HEAD: usize = 4 + 4 + 8 + 4;
+
+/// Writes what `write` puts into a stack buffer of `N` bytes first, then
+/// into `buf` in one piece: for the fixed-width parts of the usual replies,
+/// where a write per field into the `BytesMut` (each with its capacity
+/// check) cost more than the fields. `write` must fit in `N` bytes.
+#[inline]
+fn in_one_piece<const N: usize>(buf: &mut BytesMut, write: impl FnOnce(&mut &mut [u8])) {
+    let mut stack = [0u8; N];
+    let mut rest = &mut stack[..];
+    write(&mut rest);
+    let used = N - rest.len();
+    buf.put_slice(&stack[..used]);
 }
 
 /// Writes the length of the frame begun at `start`, or takes the frame back
@@ -128,19 +159,19 @@ fn end_frame(buf: &mut BytesMut, start: usize) -> Result<(), bincode::Error> {
 
 /// A value's bincode encoding (fixed-width integers, little-endian).
 trait Hot {
-    fn put(&self, buf: &mut BytesMut);
+    fn put<B: BufMut>(&self, buf: &mut B);
 }
 
 impl<T: Hot + ?Sized> Hot for &T {
     #[inline]
-    fn put(&self, buf: &mut BytesMut) {
+    fn put<B: BufMut>(&self, buf: &mut B) {
         (**self).put(buf);
     }
 }
 
 impl Hot for bool {
     #[inline]
-    fn put(&self, buf: &mut BytesMut) {
+    fn put<B: BufMut>(&self, buf: &mut B) {
         buf.put_u8(u8::from(*self));
     }
 }
@@ -150,7 +181,7 @@ macro_rules! hot_number {
     ($($ty:ty => $put:ident),*) => {$(
         impl Hot for $ty {
             #[inline]
-            fn put(&self, buf: &mut BytesMut) {
+            fn put<B: BufMut>(&self, buf: &mut B) {
                 buf.$put(*self);
             }
         }
@@ -162,7 +193,7 @@ hot_number!(u32 => put_u32_le, u64 => put_u64_le, f64 => put_f64_le);
 /// A string is its length as a `u64`, then its bytes.
 impl Hot for str {
     #[inline]
-    fn put(&self, buf: &mut BytesMut) {
+    fn put<B: BufMut>(&self, buf: &mut B) {
         buf.put_u64_le(self.len() as u64);
         buf.put_slice(self.as_bytes());
     }
@@ -170,7 +201,7 @@ impl Hot for str {
 
 impl Hot for String {
     #[inline]
-    fn put(&self, buf: &mut BytesMut) {
+    fn put<B: BufMut>(&self, buf: &mut B) {
         self.as_str().put(buf);
     }
 }
@@ -178,7 +209,7 @@ impl Hot for String {
 /// An option is a tag byte, 0 or 1, then the value when there is one.
 impl<T: Hot> Hot for Option<T> {
     #[inline]
-    fn put(&self, buf: &mut BytesMut) {
+    fn put<B: BufMut>(&self, buf: &mut B) {
         match self {
             None => buf.put_u8(0),
             Some(value) => {
@@ -194,7 +225,7 @@ macro_rules! hot_unit_enum {
     ($($ty:ty),*) => {$(
         impl Hot for $ty {
             #[inline]
-            fn put(&self, buf: &mut BytesMut) {
+            fn put<B: BufMut>(&self, buf: &mut B) {
                 buf.put_u32_le(*self as u32);
             }
         }
@@ -210,7 +241,7 @@ macro_rules! hot_struct {
     ($($ty:ident { $($field:ident),* $(,)? })*) => {$(
         impl Hot for $ty {
             #[inline]
-            fn put(&self, buf: &mut BytesMut) {
+            fn put<B: BufMut>(&self, buf: &mut B) {
                 let $ty { $($field),* } = self;
                 $($field.put(buf);)*
             }
@@ -253,6 +284,20 @@ pub struct AdmitHead<'a> {
     pub votes: usize,
 }
 
+impl AdmitHead<'_> {
+    /// The fields, in declaration order.
+    #[inline]
+    fn put_fields<B: BufMut>(&self, buf: &mut B) {
+        self.allowed.put(buf);
+        self.reservation.put(buf);
+        self.guard.put(buf);
+        self.rule.put(buf);
+        self.reason.put(buf);
+        self.retry_after_ms.put(buf);
+        buf.put_u64_le(self.votes as u64);
+    }
+}
+
 /// One vote, its texts borrowed.
 #[derive(Debug, Clone, Copy)]
 pub struct VoteRef<'a> {
@@ -268,13 +313,12 @@ impl<'b> AdmitWriter<'b> {
     /// Starts the frame of the reply to request `id`.
     pub fn begin(buf: &'b mut BytesMut, id: u64, head: &AdmitHead<'_>) -> AdmitWriter<'b> {
         let start = begin_reply(buf, id, RESPONSE_ADMIT);
-        head.allowed.put(buf);
-        head.reservation.put(buf);
-        head.guard.put(buf);
-        head.rule.put(buf);
-        head.reason.put(buf);
-        head.retry_after_ms.put(buf);
-        buf.put_u64_le(head.votes as u64);
+        if head.rule.is_none() && head.reason.is_none() {
+            // Fixed width without the denial's texts (the usual, allowed reply).
+            in_one_piece::<{ 1 + 9 + 5 + 1 + 1 + 9 + 8 }>(buf, |w| head.put_fields(w));
+        } else {
+            head.put_fields(buf);
+        }
         AdmitWriter {
             buf,
             start,
@@ -333,8 +377,16 @@ impl<'b> AdmitWriter<'b> {
         service: Option<&str>,
     ) -> Result<(), bincode::Error> {
         assert_eq!(self.votes_left, 0, "fewer votes than AdmitHead::votes");
-        cost.put(self.buf);
-        service.put(self.buf);
+        match service {
+            None => in_one_piece::<{ 9 + 1 }>(self.buf, |w| {
+                cost.put(w);
+                service.put(w);
+            }),
+            Some(_) => {
+                cost.put(self.buf);
+                service.put(self.buf);
+            }
+        }
         // Taken back out by `end_frame` when too large, written otherwise:
         // either way, nothing for `Drop` to undo.
         self.finished = true;
