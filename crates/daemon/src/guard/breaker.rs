@@ -466,16 +466,8 @@ impl Breakers {
 
     /// The breaker at `place` if it is still `service`'s, else found by name:
     /// the usual case costs a comparison of the shared names, not a hash.
-    fn at(&mut self, place: usize, service: &Arc<str>) -> Option<&mut Named> {
-        let still = self
-            .by_service
-            .get_index(place)
-            .is_some_and(|(_, named)| Arc::ptr_eq(&named.service, service));
-        let place = if still {
-            place
-        } else {
-            self.by_service.get_index_of(&**service)?
-        };
+    fn at(&mut self, place: usize, service: &str) -> Option<&mut Named> {
+        let place = super::place_of(&self.by_service, Some(place), service)?;
         self.by_service.get_index_mut(place).map(|(_, named)| named)
     }
 

@@ -85,7 +85,8 @@ pub struct Places {
 pub(crate) type ServiceMap<V> = indexmap::IndexMap<Arc<str>, V, foldhash::fast::RandomState>;
 
 /// Where `service` is in `map`: at `hint` when the entry there is the one
-/// the engine named the call by (the same shared name), else by lookup.
+/// named by the same shared name (the engine's call, a reservation's take),
+/// else by lookup.
 #[inline]
 pub(crate) fn place_of<V>(
     map: &ServiceMap<V>,
@@ -382,11 +383,14 @@ impl fmt::Display for Reason {
                 limit,
             } => write!(f, "{estimate} reserved, {left} left of {limit}"),
             Reason::InFlight { n, max } => write!(f, "{n} of {max} in flight"),
-            Reason::RateExceeded { rate, per, burst } => write!(
-                f,
-                "rate limit of {rate} per {} (burst {burst}) exceeded",
-                rate::Per(*per)
-            ),
+            // The typed denial's words, once.
+            Reason::RateExceeded { rate, per, burst } => rate::RateDenial::NotUntil {
+                rate: *rate,
+                per: *per,
+                burst: *burst,
+                retry_after: Duration::ZERO,
+            }
+            .fmt(f),
             Reason::Denied(denial) => write!(f, "{denial}"),
         }
     }

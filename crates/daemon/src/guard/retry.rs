@@ -271,15 +271,7 @@ impl Retries {
 
     /// The budget a retry took from, at its place if that still holds it.
     fn at(&mut self, counted: &Counted) -> Option<&mut ServiceRetries> {
-        let still = self
-            .by_service
-            .get_index(counted.place)
-            .is_some_and(|(_, budget)| Arc::ptr_eq(&budget.service, &counted.service));
-        let place = if still {
-            counted.place
-        } else {
-            self.by_service.get_index_of(&*counted.service)?
-        };
+        let place = super::place_of(&self.by_service, Some(counted.place), &counted.service)?;
         self.by_service
             .get_index_mut(place)
             .map(|(_, budget)| budget)
