@@ -14,8 +14,8 @@ use tokio_util::codec::Framed;
 use crate::protocol::decode_client_frame;
 use crate::protocol::frame::encode_frame_into;
 use crate::protocol::{
-    buffered_frame, consume_frame, split_frame, ClientFrame, DecodeError, FrameCodec, FrameTooLong,
-    ServerFrame, FRAME_HEAD, MAX_FRAME_LEN,
+    buffered_frame, consume_frame, ClientFrame, DecodeError, FrameCodec, FrameTooLong, ServerFrame,
+    MAX_FRAME_LEN,
 };
 
 /// The kernel's identity of the process at the other end (SO_PEERCRED and
@@ -158,50 +158,30 @@ impl Connection {
         }
     }
 
-    /// The next frame's body when a whole frame is already in the read buffer,
-    /// without touching the socket or registering a waker: `None` when the
-    /// next read would have to wait. A pipelining client's frames arrive many
-    /// to a read, and taking them this way skips what a wait costs (polling
-    /// the shutdown signal and the idle timer, about 300 instructions a frame)
-    /// and the stream's poll (about 250 more). The codec never holds a frame's
+    /// The next frame's body when the whole frame is already in the read
+    /// buffer, where it lies, to be decoded there and then taken off
+    /// ([`Self::consume`]); `None` when the next read would have to wait. A
+    /// pipelining client's frames arrive many to a read, and taking them
+    /// this way skips what a wait costs (polling the shutdown signal and the
+    /// idle timer, about 300 instructions a frame), the stream's poll (about
+    /// 250 more) and a buffer of their own. The codec never holds a frame's
     /// length apart from the buffer ([`FrameCodec`]), so the buffer alone says
     /// where the next frame starts.
     ///
     /// # Errors
-    /// As [`Self::read_body`].
-    pub fn buffered_body(&mut self) -> Option<Result<Option<BytesMut>, ReadError>> {
-        let limit = self.framed.codec().max_frame_length();
-        match split_frame(self.framed.read_buffer_mut(), limit) {
-            Ok(Some(body)) => Some(Ok(Some(body))),
-            Ok(None) => None,
-            Err(FrameTooLong { .. }) => Some(Err(ReadError::TooLarge { limit })),
-        }
-    }
-
-    /// The length of the next frame's body when the whole frame is in the
-    /// read buffer, to be read where it lies ([`Self::buffered`]) and then
-    /// taken off ([`Self::consume`]): the usual way a pipelining client's
-    /// requests are read, with no buffer of their own.
-    ///
-    /// # Errors
     /// [`ReadError::TooLarge`].
     #[inline]
-    pub fn buffered_len(&self) -> Option<Result<usize, ReadError>> {
+    pub fn buffered(&self) -> Option<Result<&[u8], ReadError>> {
         let limit = self.framed.codec().max_frame_length();
         match buffered_frame(self.framed.read_buffer(), limit) {
-            Ok(Some(body)) => Some(Ok(body.len())),
+            Ok(Some(body)) => Some(Ok(body)),
             Ok(None) => None,
             Err(FrameTooLong { .. }) => Some(Err(ReadError::TooLarge { limit })),
         }
     }
 
-    /// The body [`Self::buffered_len`] measured.
-    #[inline]
-    pub fn buffered(&self, len: usize) -> &[u8] {
-        &self.framed.read_buffer()[FRAME_HEAD..FRAME_HEAD + len]
-    }
-
-    /// Takes the frame [`Self::buffered_len`] measured off the read buffer.
+    /// Takes the frame whose body [`Self::buffered`] gave (`len` bytes) off
+    /// the read buffer.
     #[inline]
     pub fn consume(&mut self, len: usize) {
         consume_frame(self.framed.read_buffer_mut(), len);
@@ -312,8 +292,8 @@ impl Connection {
     }
 
     /// Is a whole frame already waiting in the read buffer?
-    fn has_buffered_frame(&self) -> bool {
-        matches!(self.buffered_len(), Some(Ok(_)))
+    pub fn has_buffered_frame(&self) -> bool {
+        matches!(self.buffered(), Some(Ok(_)))
     }
 }
 

@@ -3,11 +3,12 @@
 //! frame's length off the buffer before its body has arrived.
 //!
 //! `LengthDelimitedCodec` consumes a length as soon as it is read and keeps
-//! "a body of n bytes is due" in its own state. The daemon takes a
-//! pipelining client's frames straight from the read buffer when they are
-//! all there ([`split_frame`]), without a trip through the stream's poll
-//! (about 250 instructions a frame): that needs the buffer alone to say
-//! where the next frame starts, whatever the codec read before. Both split
+//! "a body of n bytes is due" in its own state. The daemon reads a
+//! pipelining client's frames where they lie in the read buffer when they
+//! are all there ([`buffered_frame`], [`consume_frame`]), without a trip
+//! through the stream's poll (about 250 instructions a frame): that needs
+//! the buffer alone to say where the next frame starts, whatever the codec
+//! read before. Both split
 //! any stream into the same frames and fail at the same length (a
 //! proptest holds them to it, and the `decode_client_frame` fuzz target
 //! compares them); the length is checked against the limit before any room
@@ -21,7 +22,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::frame::MAX_FRAME_LEN;
 
 /// The bytes of a frame's length, before its body.
-pub const HEAD: usize = 4;
+const HEAD: usize = 4;
 
 /// A frame announced longer than the reader accepts: the stream cannot be
 /// read further (its next frame's start is unknown without reading the body).

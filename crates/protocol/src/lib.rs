@@ -21,9 +21,7 @@ pub use bincode::{Error as EncodeError, ErrorKind as EncodeErrorKind};
 pub use frame::{
     decode, encode, encoded_len, length_codec, DecodeError, MAX_FRAME_LEN, MAX_PAYLOAD_LEN,
 };
-pub use frame_codec::{
-    buffered_frame, consume_frame, split_frame, FrameCodec, FrameTooLong, HEAD as FRAME_HEAD,
-};
+pub use frame_codec::{buffered_frame, consume_frame, FrameCodec, FrameTooLong};
 pub use handshake::{Hello, PeerIdentity, Welcome, MAX_HELLO_LEN, PROTOCOL_VERSION};
 pub use hot::{decode_request, encode_reply_into, AdmitHead, AdmitWriter, VoteRef};
 pub use inbound::decode_client_frame;

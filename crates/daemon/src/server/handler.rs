@@ -90,8 +90,6 @@ enum Event {
     Reply(ServerFrame),
     IdleTimer,
     Read(Result<Option<BytesMut>, ReadError>),
-    /// A frame that was already in the read buffer.
-    Buffered(Result<Option<BytesMut>, ReadError>),
 }
 
 /// What became of a frame's body ([`Handler::take`]).
@@ -159,9 +157,18 @@ impl Handler {
             // cheap look at the signal stands in for the first, and the other two
             // wait only when no reply is queued, which is checked here too.
             let at_once = reading && self.replies.is_empty() && !shutdown.is_cancelled();
-            // Usually decoded where it lies in the read buffer; when the write
-            // buffer needs room first, taken off whole and answered below.
-            if at_once && !self.conn.needs_room() {
+            // A frame already whole in the read buffer is decoded where it
+            // lies; when its reply will need room in the write buffer, the room
+            // is made first, as `body` makes it for a frame read from the socket.
+            if at_once {
+                if self.conn.needs_room() && self.conn.has_buffered_frame() {
+                    self.reading = None;
+                    if !replies::make_room(&mut self.conn, &self.state, &self.session, self.idle)
+                        .await
+                    {
+                        return;
+                    }
+                }
                 if let Some(took) = self.take_buffered() {
                     if self.after(took).await == Flow::Close {
                         return;
@@ -169,18 +176,13 @@ impl Handler {
                     continue;
                 }
             }
-            let buffered = at_once.then(|| self.conn.buffered_body()).flatten();
-            let event = if let Some(read) = buffered {
-                Event::Buffered(read)
-            } else {
-                self.reading = None;
-                tokio::select! {
-                    biased;
-                    _ = &mut cancelled, if !self.draining => Event::ShuttingDown,
-                    Some(frame) = self.replies.next(), if !self.replies.is_empty() => Event::Reply(frame),
-                    () = &mut idle_timer, if reading && self.replies.is_empty() => Event::IdleTimer,
-                    read = self.conn.read_body(), if reading => Event::Read(read),
-                }
+            self.reading = None;
+            let event = tokio::select! {
+                biased;
+                _ = &mut cancelled, if !self.draining => Event::ShuttingDown,
+                Some(frame) = self.replies.next(), if !self.replies.is_empty() => Event::Reply(frame),
+                () = &mut idle_timer, if reading && self.replies.is_empty() => Event::IdleTimer,
+                read = self.conn.read_body(), if reading => Event::Read(read),
             };
             let flow = match event {
                 Event::ShuttingDown => {
@@ -201,8 +203,6 @@ impl Handler {
                     self.last_active = coarse_now();
                     self.read(read).await
                 }
-                // Read a moment ago (the last read stamped `last_active`).
-                Event::Buffered(read) => self.read(read).await,
             };
             if flow == Flow::Close {
                 return;
@@ -357,16 +357,17 @@ impl Handler {
     }
 
     /// [`Self::take`] of the next frame when all of it is in the read
-    /// buffer, decoded where it lies (`Connection::buffered_len`); `None`
+    /// buffer, decoded where it lies (`Connection::buffered`); `None`
     /// when it is not. One function, as `take` is, so the decoded frame is
     /// not moved from one to the next.
     #[inline(never)]
     fn take_buffered(&mut self) -> Option<Took> {
-        let len = match self.conn.buffered_len()? {
-            Ok(len) => len,
+        let body = match self.conn.buffered()? {
+            Ok(body) => body,
             Err(err) => return Some(Took::Unreadable(err)),
         };
-        let decoded = Connection::decode(self.conn.buffered(len));
+        let len = body.len();
+        let decoded = Connection::decode(body);
         self.conn.consume(len);
         Some(match decoded {
             Ok(frame) => self.take_frame(frame),
