@@ -263,11 +263,25 @@ async fn a_storm_of_denials_is_logged_at_a_bounded_rate() {
 /// every one is still counted and timed, and answered in order.
 #[tokio::test]
 async fn requests_pipelined_in_one_write_are_each_counted_and_timed() {
+    pipelined_requests_are_each_counted_and_timed("").await;
+}
+
+/// As above with a budget: the replies wait for the ledger, and each waiting
+/// reply is timed when it is ready (`cmd::timed`).
+#[tokio::test]
+async fn requests_pipelined_against_a_budget_are_each_counted_and_timed() {
+    pipelined_requests_are_each_counted_and_timed(
+        "[budget]\nlimit = 100.0\n[prices.svc]\nper_request = 0.01\n",
+    )
+    .await;
+}
+
+async fn pipelined_requests_are_each_counted_and_timed(config: &str) {
     use automation_framework::protocol::frame::encode;
     use automation_framework::protocol::{ClientFrame, Envelope, Request, Response, ServerFrame};
 
     const PAIRS: u64 = 40;
-    let daemon = Daemon::start("");
+    let daemon = Daemon::start(config);
     let mut raw = daemon.raw().await;
     raw.hello("pipeliner").await;
     let mut bytes = Vec::new();
@@ -278,8 +292,11 @@ async fn requests_pipelined_in_one_write_are_each_counted_and_timed() {
                 ..Default::default()
             })
         } else {
+            // Keyed: with a budget, a report without its reservation is a
+            // charge of its own.
             Request::Report(ReportRequest {
                 service: Some("svc".into()),
+                idempotency_key: Some(format!("call-{id}").into()),
                 ..Default::default()
             })
         };

@@ -73,17 +73,20 @@ pub fn dispatch(
     let mut decision = Decision::default();
     let mut request = request;
     let reply = decide_at(state, session, &mut request, now, &mut decision);
-    if !matches!(reply, Reply::Pending(_)) {
-        record_duration(kind, now, state.now());
+    match reply.now_or_later(&mut decision) {
+        Ok(response) => {
+            record_duration(kind, now, state.now());
+            Ok(response)
+        }
+        Err(future) => Err(timed(state, kind, now, future)),
     }
-    reply.now_or_later(&mut decision)
 }
 
 /// Decides one request at `now`, a reading the caller took; an admission's
 /// decision is written into `decision` ([`Reply::Admitted`]). An admit or a
 /// report is decided where it lies (its fields may be taken); the other kinds
-/// take the request whole. A reply that waits records its own duration when
-/// it is ready; a ready one is the caller's to record ([`record_duration`]),
+/// take the request whole. The caller records the request's duration: a
+/// waiting reply's through [`timed`], a ready one's ([`record_duration`])
 /// with the reading it takes when it is done with the reply: a connection
 /// answering pipelined requests takes one reading per request, the end of one
 /// standing as the start of the next (`server::handler`), instead of a start
@@ -95,31 +98,30 @@ pub fn decide_at(
     now: Moment,
     decision: &mut Decision,
 ) -> Reply {
-    let kind = request.kind();
-    crate::metrics::hot().request(kind);
+    crate::metrics::hot().request(request.kind());
     // The two kinds every call sends are decided where they lie: passed down
     // by value, a request (a couple of hundred bytes) was copied at each layer.
-    let reply = match request {
+    match request {
         Request::Admit(req) => admit::apply(state, session, req, now, decision),
         Request::Report(req) => report::apply(state, session, req, now),
         other => {
             let request = std::mem::replace(other, Request::Ping);
             decide_owned(state, session, request, now, decision)
         }
-    };
-    // A ready reply is handed on as it is: taking it apart and building it
-    // again would copy its few hundred bytes.
-    match reply {
-        Reply::Pending(future) => {
-            let state = state.clone();
-            Reply::Pending(Box::pin(async move {
-                let response = future.await;
-                record_duration(kind, now, state.now());
-                response
-            }))
-        }
-        ready => ready,
     }
+}
+
+/// A waiting reply's future, made to record the request's duration when it
+/// is ready. The caller's to apply: [`decide_at`] returns its reply as each
+/// kind made it, where a reply taken apart and built again to wrap the
+/// future was copied whole (a few hundred bytes) on every request.
+pub fn timed(state: &State, kind: usize, started: Moment, future: ReplyFuture) -> ReplyFuture {
+    let state = state.clone();
+    Box::pin(async move {
+        let response = future.await;
+        record_duration(kind, started, state.now());
+        response
+    })
 }
 
 /// Counts a request of `kind` (`Request::kind`) decided at `started` and

@@ -432,13 +432,17 @@ impl Handler {
         );
         let (conn, state, session) = (&mut self.conn, &self.state, &self.session);
         let encoded = match reply {
-            cmd::Reply::Ready(response) => replies::encode_now(conn, state, session, id, |buf| {
-                encode_reply_into(buf, id, &response)
-            }),
+            // By reference: a response is a few hundred bytes.
+            cmd::Reply::Ready(ref response) => {
+                replies::encode_now(conn, state, session, id, |buf| {
+                    encode_reply_into(buf, id, response)
+                })
+            }
             cmd::Reply::Admitted => replies::encode_now(conn, state, session, id, |buf| {
                 cmd::Reply::encode_admitted(buf, id, &self.decision)
             }),
             cmd::Reply::Pending(future) => {
+                let future = cmd::timed(&self.state, kind, started, future);
                 self.replies.push_back(replies::pending(id, future));
                 return Took::Queued;
             }
