@@ -14,9 +14,12 @@ use crate::message::{ClientFrame, Request};
 /// As [`decode`], plus [`DecodeError::UnknownRequest`].
 pub fn decode_client_frame(body: &[u8]) -> Result<ClientFrame, DecodeError> {
     // The usual requests by hand (`hot`); anything else, and every error, serde's.
-    if let Some(frame) = crate::hot::decode_request(body) {
-        return Ok(frame);
-    }
+    crate::hot::decode_request_or(body, decode_by_serde)
+}
+
+/// A frame the hand-written decoder does not take.
+#[inline(never)]
+fn decode_by_serde(body: &[u8]) -> Result<ClientFrame, DecodeError> {
     decode::<ClientFrame>(body).map_err(|err| {
         if let Some((id, kind)) = unknown_request(body) {
             return DecodeError::UnknownRequest { id, kind };

@@ -38,6 +38,13 @@ pub enum ClientFrame {
 impl ClientFrame {
     /// Variant index of `ClientFrame::Request` on the wire.
     pub const REQUEST_VARIANT: u32 = 1;
+
+    /// A frame that stands where one was taken out (`std::mem::replace`): a
+    /// `Ping`, cheap to make and to drop.
+    pub const PLACEHOLDER: ClientFrame = ClientFrame::Request(Envelope {
+        id: 0,
+        request: Request::Ping,
+    });
 }
 
 /// Everything the daemon may send.

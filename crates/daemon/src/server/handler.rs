@@ -22,7 +22,8 @@ use crate::clock::Moment;
 use crate::cmd;
 use crate::connection::{Connection, ReadError, WriteError};
 use crate::protocol::{
-    encode_reply_into, ClientFrame, DecodeError, Envelope, ErrorCode, Request, ServerFrame,
+    decode_client_frame, encode_reply_into, ClientFrame, DecodeError, Envelope, ErrorCode, Request,
+    ServerFrame,
 };
 use crate::state::{Limit, Session, State};
 
@@ -351,7 +352,7 @@ impl Handler {
     #[inline(never)]
     fn take(&mut self, body: &[u8]) -> Took {
         match Connection::decode(body) {
-            Ok(frame) => self.take_frame(frame),
+            Ok(mut frame) => self.take_frame(&mut frame),
             Err(err) => Took::Unreadable(err),
         }
     }
@@ -367,29 +368,37 @@ impl Handler {
             Err(err) => return Some(Took::Unreadable(err)),
         };
         let len = body.len();
-        let decoded = Connection::decode(body);
+        // The protocol's own decoder, its error made the connection's only
+        // when there is one: the frame is decided where it was decoded to,
+        // not moved from one `Result` to another, or out of it, first (a
+        // couple of hundred bytes each time).
+        let mut decoded = decode_client_frame(body);
         self.conn.consume(len);
-        Some(match decoded {
+        Some(match &mut decoded {
             Ok(frame) => self.take_frame(frame),
-            Err(err) => Took::Unreadable(err),
+            Err(_) => match decoded {
+                Err(err) => Took::Unreadable(err.into()),
+                Ok(_) => unreachable!("matched an error above"),
+            },
         })
     }
 
-    /// [`Self::take`] of a decoded frame.
+    /// [`Self::take`] of a decoded frame, borrowed: the usual request is
+    /// decided where it lies, any other frame taken whole.
     #[inline(always)]
-    fn take_frame(&mut self, mut frame: ClientFrame) -> Took {
+    fn take_frame(&mut self, frame: &mut ClientFrame) -> Took {
         // A reload since the last frame: this one is decided with the new
         // config and policy.
         self.session.refresh();
         // Nothing queued ahead: decided where it lies and, when ready,
         // encoded now.
-        if let ClientFrame::Request(Envelope { id, request }) = &mut frame {
+        if let ClientFrame::Request(Envelope { id, request }) = frame {
             if self.replies.is_empty() {
                 return self.decide_now(*id, request);
             }
         }
         let max_batch = self.max_batch;
-        match frame {
+        match std::mem::replace(frame, ClientFrame::PLACEHOLDER) {
             // Refused whole, none of it run, and the connection closed: answering
             // each envelope could not fit in one reply frame (a 1 MiB batch holds
             // ~87,000 requests), and running part of it would leave the client

@@ -15,68 +15,93 @@ use crate::message::{AdmitRequest, ClientFrame, Envelope, Name, Outcome, ReportR
 /// which the caller hands to serde.
 #[inline]
 pub fn decode_request(body: &[u8]) -> Option<ClientFrame> {
+    decode_request_or(body, |_| Err(())).ok()
+}
+
+/// [`decode_request`], with `otherwise` deciding every frame it does not
+/// take (`inbound::decode_client_frame` hands them to serde).
+///
+/// Each answer is made where it is returned: the request read field by field
+/// straight into the frame, or `otherwise`'s answer passed on. A request is a
+/// couple of hundred bytes; built in a function of its own and then wrapped
+/// (`Request`, `ClientFrame`, `Option`, `Result`), it was copied at each
+/// wrapping.
+#[inline(always)]
+pub fn decode_request_or<E>(
+    body: &[u8],
+    otherwise: impl FnOnce(&[u8]) -> Result<ClientFrame, E>,
+) -> Result<ClientFrame, E> {
     let mut r = Reader { rest: body };
-    if r.u32()? != ClientFrame::REQUEST_VARIANT {
-        return None;
+    // A field serde would refuse, or the end of the request when bytes are
+    // left after it (bincode rejects trailing bytes): `otherwise`'s.
+    macro_rules! read {
+        ($field:expr) => {
+            match $field {
+                Some(value) => value,
+                None => return otherwise(body),
+            }
+        };
     }
-    let id = r.u64()?;
-    let request = match r.u32()? {
-        2 => Request::Admit(admit(&mut r)?),
-        3 => Request::Report(report(&mut r)?),
-        _ => return None,
-    };
-    // bincode rejects trailing bytes.
-    if !r.rest.is_empty() {
-        return None;
+    macro_rules! last {
+        ($field:expr) => {{
+            let value = read!($field);
+            if !r.rest.is_empty() {
+                return otherwise(body);
+            }
+            value
+        }};
     }
-    Some(ClientFrame::Request(Envelope { id, request }))
-}
-
-/// The fields in the order they are declared, which is the wire's: a struct
-/// expression is evaluated in the order it is written, and one missing a
-/// field does not compile.
-fn admit(r: &mut Reader<'_>) -> Option<AdmitRequest> {
-    Some(AdmitRequest {
-        agent: r.option(Reader::name)?,
-        service: r.name()?,
-        units: r.u32()?,
-        cost: r.option(Reader::f64)?,
-        model: r.option(Reader::name)?,
-        input_units: r.u32()?,
-        output_units: r.u32()?,
-        // A payload: serde's.
-        payload: match r.u8()? {
-            0 => None,
-            _ => return None,
+    if read!(r.u32()) != ClientFrame::REQUEST_VARIANT {
+        return otherwise(body);
+    }
+    let id = read!(r.u64());
+    // The fields in the order they are declared, which is the wire's: a
+    // struct expression is evaluated in the order it is written, and one
+    // missing a field does not compile.
+    let kind = read!(r.u32());
+    Ok(ClientFrame::Request(Envelope {
+        id,
+        request: match kind {
+            2 => Request::Admit(AdmitRequest {
+                agent: read!(r.option(Reader::name)),
+                service: read!(r.name()),
+                units: read!(r.u32()),
+                cost: read!(r.option(Reader::f64)),
+                model: read!(r.option(Reader::name)),
+                input_units: read!(r.u32()),
+                output_units: read!(r.u32()),
+                // A payload: serde's.
+                payload: match read!(r.u8()) {
+                    0 => None,
+                    _ => return otherwise(body),
+                },
+                attempt: read!(r.u32()),
+                wait_ms: read!(r.option(Reader::u64)),
+                lease: read!(r.option(Reader::name)),
+                route: last!(r.option(Reader::name)),
+            }),
+            3 => Request::Report(ReportRequest {
+                reservation: read!(r.option(Reader::u64)),
+                service: read!(r.option(Reader::name)),
+                outcome: match read!(r.u32()) {
+                    0 => Outcome::Success,
+                    1 => Outcome::Failure,
+                    _ => return otherwise(body),
+                },
+                units: read!(r.option(Reader::u32)),
+                latency_ms: read!(r.option(Reader::u64)),
+                cost: read!(r.option(Reader::f64)),
+                input_units: read!(r.option(Reader::u32)),
+                output_units: read!(r.option(Reader::u32)),
+                idempotency_key: read!(r.option(Reader::name)),
+                agent: read!(r.option(Reader::name)),
+                retryable: read!(r.bool()),
+                attempt: read!(r.option(Reader::u32)),
+                retry_after_ms: last!(r.option(Reader::u64)),
+            }),
+            _ => return otherwise(body),
         },
-        attempt: r.u32()?,
-        wait_ms: r.option(Reader::u64)?,
-        lease: r.option(Reader::name)?,
-        route: r.option(Reader::name)?,
-    })
-}
-
-/// As [`admit`].
-fn report(r: &mut Reader<'_>) -> Option<ReportRequest> {
-    Some(ReportRequest {
-        reservation: r.option(Reader::u64)?,
-        service: r.option(Reader::name)?,
-        outcome: match r.u32()? {
-            0 => Outcome::Success,
-            1 => Outcome::Failure,
-            _ => return None,
-        },
-        units: r.option(Reader::u32)?,
-        latency_ms: r.option(Reader::u64)?,
-        cost: r.option(Reader::f64)?,
-        input_units: r.option(Reader::u32)?,
-        output_units: r.option(Reader::u32)?,
-        idempotency_key: r.option(Reader::name)?,
-        agent: r.option(Reader::name)?,
-        retryable: r.bool()?,
-        attempt: r.option(Reader::u32)?,
-        retry_after_ms: r.option(Reader::u64)?,
-    })
+    }))
 }
 
 /// bincode's fixed-width little-endian encoding, read from a slice; `None` at

@@ -14,5 +14,5 @@
 mod decode;
 mod encode;
 
-pub use decode::decode_request;
+pub use decode::{decode_request, decode_request_or};
 pub use encode::{encode_reply_into, AdmitHead, AdmitWriter, VoteRef};

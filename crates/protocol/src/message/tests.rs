@@ -204,6 +204,22 @@ proptest! {
         }
     }
 
+    /// A byte after a whole admit or report: serde refuses the frame, and so
+    /// does the hand-written decoder (the bytes are not ignored).
+    #[test]
+    fn a_byte_after_a_whole_request_is_refused_by_both_decoders(
+        admit in any::<AdmitRequest>(),
+        report in any::<ReportRequest>(),
+        byte in any::<u8>(),
+    ) {
+        for request in [Request::Admit(admit.clone()), Request::Report(report.clone())] {
+            let mut body = encode(&ClientFrame::Request(Envelope { id: 9, request })).unwrap();
+            body.push(byte);
+            prop_assert_eq!(crate::hot::decode_request(&body), None);
+            prop_assert!(decode_client_frame(&body).is_err());
+        }
+    }
+
     #[test]
     fn hot_report_replies_encode_as_serde_does(id in any::<u64>(), reply in any::<ReportReply>()) {
         prop_assert_hot_encodes_as_serde(id, Response::Report(reply))?;
