@@ -351,9 +351,22 @@ impl Handler {
     /// state at each step — eight copies per request.
     #[inline(never)]
     fn take(&mut self, body: &[u8]) -> Took {
-        match Connection::decode(body) {
-            Ok(mut frame) => self.take_frame(&mut frame),
-            Err(err) => Took::Unreadable(err),
+        let mut decoded = decode_client_frame(body);
+        self.take_decoded(&mut decoded)
+    }
+
+    /// A decoded frame decided where it was decoded to: the protocol's own
+    /// decoder's `Result`, its error made the connection's only when there
+    /// is one, so the frame is not moved from one `Result` to another, or
+    /// out of it, first (a couple of hundred bytes each time).
+    #[inline(always)]
+    fn take_decoded(&mut self, decoded: &mut Result<ClientFrame, DecodeError>) -> Took {
+        match decoded {
+            Ok(frame) => self.take_frame(frame),
+            Err(_) => match std::mem::replace(decoded, Ok(ClientFrame::PLACEHOLDER)) {
+                Err(err) => Took::Unreadable(err.into()),
+                Ok(_) => unreachable!("matched an error above"),
+            },
         }
     }
 
@@ -368,19 +381,9 @@ impl Handler {
             Err(err) => return Some(Took::Unreadable(err)),
         };
         let len = body.len();
-        // The protocol's own decoder, its error made the connection's only
-        // when there is one: the frame is decided where it was decoded to,
-        // not moved from one `Result` to another, or out of it, first (a
-        // couple of hundred bytes each time).
         let mut decoded = decode_client_frame(body);
         self.conn.consume(len);
-        Some(match &mut decoded {
-            Ok(frame) => self.take_frame(frame),
-            Err(_) => match decoded {
-                Err(err) => Took::Unreadable(err.into()),
-                Ok(_) => unreachable!("matched an error above"),
-            },
-        })
+        Some(self.take_decoded(&mut decoded))
     }
 
     /// [`Self::take`] of a decoded frame, borrowed: the usual request is
