@@ -324,6 +324,10 @@ impl Handler {
     async fn after(&mut self, took: Took) -> Flow {
         match took {
             Took::Queued => Flow::Continue,
+            // The next request is already here: its reply will follow this
+            // one in the same write (`flush_unless_busy` would wait for it),
+            // so no write is started for this one.
+            Took::Encoded if self.conn.has_buffered_frame() => Flow::Continue,
             Took::Encoded => {
                 if self.write(None, |_| None).await {
                     Flow::Continue
