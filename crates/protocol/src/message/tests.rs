@@ -951,3 +951,71 @@ fn an_admit_writer_dropped_or_too_large_leaves_the_buffer_alone() {
     assert!(matches!(*err, bincode::ErrorKind::SizeLimit), "{err}");
     assert_eq!(&buf[..], b"queued");
 }
+
+/// Every byte of an admit and of a report (all options present, then none)
+/// replaced by every value: whatever the hand-written decoder takes, serde
+/// takes and reads alike. The corrupting proptest samples positions and
+/// values; this walks them all, so each check of the decoder (a tag, a bool,
+/// an outcome, the frame's variant, a payload handed to serde) has a byte
+/// that fails without it.
+#[test]
+fn every_single_byte_change_reads_as_serde_reads_it() {
+    let full_admit = AdmitRequest {
+        agent: Some("planner".into()),
+        service: "openai".into(),
+        units: 3,
+        cost: Some(0.25),
+        model: Some("gpt-4o".into()),
+        input_units: 10,
+        output_units: 20,
+        payload: None,
+        attempt: 2,
+        wait_ms: Some(50),
+        lease: Some("repo".into()),
+        route: Some("chat".into()),
+    };
+    let full_report = ReportRequest {
+        reservation: Some(42),
+        service: Some("openai".into()),
+        outcome: Outcome::Failure,
+        units: Some(3),
+        latency_ms: Some(120),
+        cost: Some(0.5),
+        input_units: Some(10),
+        output_units: Some(20),
+        idempotency_key: Some("k-1".into()),
+        agent: Some("planner".into()),
+        retryable: true,
+        attempt: Some(2),
+        retry_after_ms: Some(1_000),
+    };
+    let requests = [
+        Request::Admit(full_admit),
+        Request::Admit(AdmitRequest {
+            service: "s".into(),
+            ..AdmitRequest::default()
+        }),
+        Request::Report(full_report),
+        Request::Report(ReportRequest::default()),
+    ];
+    for request in requests {
+        let body = encode(&ClientFrame::Request(Envelope { id: 7, request })).unwrap();
+        for at in 0..body.len() {
+            for value in 0..=u8::MAX {
+                let mut changed = body.clone();
+                changed[at] = value;
+                if let Some(hot) = crate::hot::decode_request(&changed) {
+                    let serde = decode::<ClientFrame>(&changed).unwrap_or_else(|err| {
+                        panic!("byte {at} set to {value}: taken by hand ({hot:?}), refused by serde ({err})")
+                    });
+                    // Compared by their encodings: a NaN cost is not equal to itself.
+                    assert_eq!(
+                        encode(&hot).unwrap(),
+                        encode(&serde).unwrap(),
+                        "byte {at} set to {value}"
+                    );
+                }
+            }
+        }
+    }
+}
