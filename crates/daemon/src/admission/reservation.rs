@@ -245,6 +245,13 @@ mod tests {
         assert!(table.remove(&13).is_some());
         assert_eq!((table.len(), table.held_by(7), table.held_by(8)), (0, 0, 0));
         assert!(table.per_uid.is_empty());
+
+        // Slots freed by `remove` (a release, an abort) are reused as well:
+        // churn through them does not grow the table.
+        for id in 20..23 {
+            table.insert(id, reservation(7));
+        }
+        assert_eq!(table.slots.len(), 3, "the removed ones' slots were reused");
     }
 
     #[test]
