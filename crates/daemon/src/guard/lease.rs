@@ -617,6 +617,35 @@ mod tests {
         assert_eq!(l.end_session(3), 1);
     }
 
+    /// The session's last hold, remembered to spare a lookup, is forgotten
+    /// when the lease is released: the session's next call takes the lease
+    /// again (a hold another session is refused by), not a pass on a hold
+    /// that no longer exists.
+    #[test]
+    fn a_released_lease_is_taken_again_not_remembered_as_held() {
+        let mut l = leases();
+        assert!(
+            l.request("repo", acquire(30), holder(1), T0)
+                .unwrap()
+                .granted
+        );
+        assert!(admit(&mut l, &call(1, "a", T0)).unwrap().is_none(), "held");
+        assert!(
+            l.request("repo", LeaseOp::Release, holder(1), T0)
+                .unwrap()
+                .released
+        );
+        assert!(
+            admit(&mut l, &call(1, "a", T0)).unwrap().is_some(),
+            "free again: this call takes it"
+        );
+        assert_eq!(l.held(T0), 1);
+        assert!(
+            admit(&mut l, &call(2, "b", T0)).is_err(),
+            "and another session is refused while it does"
+        );
+    }
+
     #[test]
     fn a_lease_found_held_before_answers_again_only_while_that_hold_lasts() {
         let mut l = leases();
