@@ -338,12 +338,15 @@ mod tests {
     }
 
     #[test]
-    fn charges_of_another_period_do_not_touch_this_one() {
+    fn charges_and_refunds_of_another_period_do_not_touch_this_one() {
         let mut b = daily(10.0);
         b.charge(usd(3.0), MON - 86_400);
         assert_eq!(b.spent(), Usd::ZERO);
         b.charge(usd(3.0), MON);
         b.refund(usd(1.0), MON);
+        assert_eq!(b.spent(), usd(2.0));
+        // Yesterday's charge refunded today: today's spending stays.
+        b.refund(usd(1.0), MON - 86_400);
         assert_eq!(b.spent(), usd(2.0));
     }
 
