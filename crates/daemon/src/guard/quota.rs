@@ -652,6 +652,22 @@ mod tests {
     }
 
     #[test]
+    fn a_take_given_back_after_its_window_rolled_leaves_the_new_window_alone() {
+        let mut q = quota(2, Period::Daily);
+        let yesterday = q.check("a".into(), 1, MON).unwrap();
+        let tomorrow = MON + 86_400;
+        q.check("a".into(), 2, tomorrow).unwrap();
+        // Yesterday's call ends badly (its admission's commit failed, its
+        // connection went) today: today's count stays as it is.
+        q.give_back(&yesterday);
+        assert_eq!(q.counters(tomorrow).map(|(_, used)| used).sum::<u64>(), 2);
+        assert!(
+            q.check("a".into(), 1, tomorrow).is_err(),
+            "still full today"
+        );
+    }
+
+    #[test]
     fn undo_is_exact() {
         let mut q = quota(2, Period::Daily);
         let first = q.check("a".into(), 1, MON).unwrap();
