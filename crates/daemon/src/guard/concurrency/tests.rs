@@ -211,34 +211,21 @@ fn a_waiter_leaving_the_front_wakes_the_one_it_was_blocking() {
 /// own wait ran out.
 #[test]
 fn a_woken_waiter_that_leaves_passes_the_free_permit_on() {
-    let mut c = Concurrency::new(vec![spec("one", Scope::Service, 1)], None);
-    let mut held = check(&mut c, &call("a", "s", None)).unwrap();
-    let (first_bell, second_bell) = (Arc::new(Bell::default()), Arc::new(Bell::default()));
-    let first_wake: Arc<dyn Wake> = Arc::clone(&first_bell) as Arc<dyn Wake>;
-    let second_wake: Arc<dyn Wake> = Arc::clone(&second_bell) as Arc<dyn Wake>;
-    let first = c.enqueue(None, &first_wake, &call("b", "s", None));
-    let second = c.enqueue(None, &second_wake, &call("c", "s", None));
-    c.settle(&mut *held, &dummy_report(), &mut Settled::default());
-    assert_eq!(
-        (first_bell.rings(), second_bell.rings()),
-        (1, 0),
-        "one permit free: the first in line is woken"
-    );
-    c.leave(first);
-    assert_eq!(
-        second_bell.rings(),
-        1,
-        "the permit passes to the next in line"
-    );
-    let _taken = check(&mut c, &call("c", "s", Some(second))).unwrap();
-    c.leave(second);
-    assert_eq!(c.waiters(), 0);
+    woken_waiter_leaves_and_the_next_is_woken(Concurrency::new(
+        vec![spec("one", Scope::Service, 1)],
+        None,
+    ));
 }
 
 /// The same for the active-agent cap's line.
 #[test]
 fn a_woken_agent_that_leaves_passes_the_free_place_on() {
-    let mut c = Concurrency::new(Vec::new(), Some(1));
+    woken_waiter_leaves_and_the_next_is_woken(Concurrency::new(Vec::new(), Some(1)));
+}
+
+/// Room for one call (of agents `a`, `b`, `c` to service `s`): `a` holds it,
+/// `b` and `c` wait, `a` ends, `b` is woken and leaves, `c` must be woken.
+fn woken_waiter_leaves_and_the_next_is_woken(mut c: Concurrency) {
     let mut held = check(&mut c, &call("a", "s", None)).unwrap();
     let (first_bell, second_bell) = (Arc::new(Bell::default()), Arc::new(Bell::default()));
     let first_wake: Arc<dyn Wake> = Arc::clone(&first_bell) as Arc<dyn Wake>;
@@ -249,13 +236,13 @@ fn a_woken_agent_that_leaves_passes_the_free_place_on() {
     assert_eq!(
         (first_bell.rings(), second_bell.rings()),
         (1, 0),
-        "one place free: the first agent in line is woken"
+        "room for one: the first in line is woken"
     );
     c.leave(first);
     assert_eq!(
         second_bell.rings(),
         1,
-        "the place passes to the next agent in line"
+        "the room passes to the next in line"
     );
     let _taken = check(&mut c, &call("c", "s", Some(second))).unwrap();
     c.leave(second);
