@@ -715,6 +715,72 @@ async fn the_release_policy_forgets_the_estimate() {
     assert_eq!((global.spent, global.reserved), (Usd::ZERO, Usd::ZERO));
 }
 
+/// Two reservations reported under one idempotency key: the second report
+/// is a duplicate, counted once, and its reservation is closed with it (it
+/// held its estimate, and no later report could close it).
+#[tokio::test]
+async fn a_duplicate_report_closes_its_reservation_too() {
+    let f = fixture("[budget]\nlimit = 10.0\n");
+    let first = f.admit_cost(1, "a", "s", 2.0).await.reservation.unwrap();
+    let second = f.admit_cost(1, "a", "s", 3.0).await.reservation.unwrap();
+    let key = || Some("call-7".to_owned());
+    let charged = f
+        .finish(f.admission.report(first, key(), outcome(false), f.now()))
+        .await
+        .unwrap();
+    assert!(!charged.duplicate);
+    let again = f
+        .finish(f.admission.report(second, key(), outcome(false), f.now()))
+        .await
+        .unwrap();
+    assert!(again.duplicate, "the key was charged already");
+    let global = f.budget("global");
+    assert_eq!(
+        (global.spent, global.reserved),
+        (usd(2.0), Usd::ZERO),
+        "charged once, and the second estimate is no longer held"
+    );
+    assert!(
+        f.report(second, false).await.duplicate,
+        "closed: a further report finds it reported"
+    );
+}
+
+/// An admission's reservation written after its caller was already told
+/// `Unavailable` (the commit outlived `daemon.commit_timeout`): the caller
+/// makes no call, so the reservation goes from memory, and from the ledger
+/// too, or a restart would bring it back as an orphan holding its estimate.
+#[tokio::test]
+async fn a_reservation_written_after_its_caller_gave_up_is_undone_in_the_ledger_too() {
+    let f = fixture("[budget]\nlimit = 10.0\norphan_timeout = \"1h\"\n");
+    let caller = Caller {
+        session: 1,
+        uid: 1000,
+        agent: "a",
+        pid: 0,
+    };
+    let plan = Plan {
+        cost: Some(usd(2.0)),
+        ..plan("s")
+    };
+    let Admitted::Durable(durable) = f.admission.admit(caller, plan, f.now()).unwrap() else {
+        panic!("a budgeted admission is written first");
+    };
+    let Durable { entries, pending } = durable;
+    // The ledger writes it, but too late for the waiter.
+    let written = f.store.write(entries).await;
+    let undo = pending.complete_late(&f.admission, written, f.now());
+    f.store.write(undo).await.unwrap();
+    assert_eq!(f.budget("global").reserved, Usd::ZERO, "gone from memory");
+    let f = f.restart();
+    let global = f.budget("global");
+    assert_eq!(
+        (global.reserved, global.orphaned),
+        (Usd::ZERO, 0),
+        "and from the ledger"
+    );
+}
+
 #[tokio::test]
 async fn a_restart_recovers_open_reservations_as_orphans_that_can_still_be_reported() {
     let f = fixture("[budget]\nlimit = 10.0\n");
