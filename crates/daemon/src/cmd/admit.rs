@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::check::Job;
-use super::text::{millis_up, reason_text};
+use super::text::{millis_up, reason_text, with_reason_pieces};
 use super::{invalid, log_transition, unavailable, Reply};
 use crate::admission::{AdmissionError, Caller, Decision, Filed, Moment, Plan, Wait as AdmitWait};
 use crate::guard::concurrency::Wake;
@@ -553,22 +553,20 @@ pub(super) fn encode(
     };
     let mut writer = AdmitWriter::begin(buf, id, &head);
     for (idx, vote) in decision.votes.iter().enumerate() {
-        let made;
-        let reason = match verdict.own_text(idx) {
-            Some(own) => own,
-            None => {
-                made = reason_text(&vote.reason);
-                made.as_str()
-            }
+        let mut write = |reason: &[&str]| {
+            writer.vote(&VoteRef {
+                guard: vote.guard,
+                rule: &vote.rule,
+                allow: vote.allow,
+                shadow: vote.shadow,
+                reason,
+                retry_after_ms: vote.retry_after.map(millis_up),
+            });
         };
-        writer.vote(&VoteRef {
-            guard: vote.guard,
-            rule: &vote.rule,
-            allow: vote.allow,
-            shadow: vote.shadow,
-            reason,
-            retry_after_ms: vote.retry_after.map(millis_up),
-        });
+        match verdict.own_text(idx) {
+            Some(own) => write(&[own]),
+            None => with_reason_pieces(&vote.reason, write),
+        }
     }
     writer.finish(
         decision.allowed.then(|| decision.estimate.dollars()),

@@ -31,6 +31,29 @@ pub(super) fn reason_text(reason: &Reason) -> Text {
     }
 }
 
+/// Hands `write` a vote's reason in pieces that make its text when written
+/// one after the other: the usual allowed reasons (rate cells taken, calls in
+/// flight) as their numbers' digits and the words between them, so no text is
+/// built for them at all (every admission's reply carries one per guard);
+/// other reasons as [`reason_text`] makes them.
+#[inline(always)]
+pub(super) fn with_reason_pieces<R>(reason: &Reason, write: impl FnOnce(&[&str]) -> R) -> R {
+    let (mut first, mut second) = (itoa::Buffer::new(), itoa::Buffer::new());
+    match reason {
+        Reason::Burst { taken, burst } => write(&[
+            first.format(*taken),
+            " of burst ",
+            second.format(*burst),
+            " taken",
+        ]),
+        Reason::InFlight { n, max } => {
+            write(&[first.format(*n), " of ", second.format(*max), " in flight"])
+        }
+        Reason::Fixed(text) => write(&[text]),
+        other => write(&[reason_text(other).as_str()]),
+    }
+}
+
 /// "`taken` of burst `burst` taken", without `format!`.
 fn taken_of_burst(taken: u32, burst: u32) -> Text {
     let mut numbers = itoa::Buffer::new();
@@ -120,6 +143,32 @@ mod tests {
             rate_exceeded(5, Duration::from_millis(1500), 2),
             "rate limit of 5 per 1.5s (burst 2) exceeded"
         );
+    }
+
+    #[test]
+    fn a_reason_in_pieces_reads_as_its_text() {
+        let reasons = [
+            Reason::Burst {
+                taken: 0,
+                burst: u32::MAX,
+            },
+            Reason::InFlight { n: 3, max: 4 },
+            Reason::InFlight {
+                n: u32::MAX,
+                max: 1,
+            },
+            Reason::Fixed("held by this session"),
+            Reason::RateExceeded {
+                rate: 5,
+                per: Duration::from_millis(1500),
+                burst: 2,
+            },
+        ];
+        for reason in reasons {
+            let joined = with_reason_pieces(&reason, |pieces| pieces.concat());
+            assert_eq!(joined, reason.to_string());
+            assert_eq!(reason_text(&reason), joined.as_str());
+        }
     }
 
     #[test]

@@ -99,7 +99,7 @@ fn put_admit(buf: &mut BytesMut, id: u64, reply: &AdmitReply) -> Result<(), binc
             rule,
             allow: *allow,
             shadow: *shadow,
-            reason: reason.as_str(),
+            reason: &[reason.as_str()],
             retry_after_ms: *retry_after_ms,
         });
     }
@@ -305,7 +305,10 @@ pub struct VoteRef<'a> {
     pub rule: &'a str,
     pub allow: bool,
     pub shadow: bool,
-    pub reason: &'a str,
+    /// The reason's text in pieces, written one after the other: a reason
+    /// with numbers ("3 of 4 in flight") is written from its numbers' digits
+    /// and the words between them, with no text of its own built first.
+    pub reason: &'a [&'a str],
     pub retry_after_ms: Option<u64>,
 }
 
@@ -339,7 +342,8 @@ impl<'b> AdmitWriter<'b> {
         // the two strings written as one piece each: five writes a vote, not
         // nine (every admission's reply carries a vote per guard).
         let buf = &mut *self.buf;
-        buf.reserve(4 + 8 + vote.rule.len() + 2 + 8 + vote.reason.len() + 9);
+        let reason_len: usize = vote.reason.iter().map(|piece| piece.len()).sum();
+        buf.reserve(4 + 8 + vote.rule.len() + 2 + 8 + reason_len + 9);
         let mut head = [0u8; 12];
         head[..4].copy_from_slice(&(vote.guard as u32).to_le_bytes());
         head[4..].copy_from_slice(&(vote.rule.len() as u64).to_le_bytes());
@@ -348,9 +352,11 @@ impl<'b> AdmitWriter<'b> {
         let mut middle = [0u8; 10];
         middle[0] = u8::from(vote.allow);
         middle[1] = u8::from(vote.shadow);
-        middle[2..].copy_from_slice(&(vote.reason.len() as u64).to_le_bytes());
+        middle[2..].copy_from_slice(&(reason_len as u64).to_le_bytes());
         buf.put_slice(&middle);
-        buf.put_slice(vote.reason.as_bytes());
+        for piece in vote.reason {
+            buf.put_slice(piece.as_bytes());
+        }
         let mut tail = [0u8; 9];
         let tail = match vote.retry_after_ms {
             None => &tail[..1],

@@ -134,12 +134,15 @@ proptest! {
         };
         let mut writer = AdmitWriter::begin(&mut parts, id, &head);
         for vote in &reply.votes {
+            // In two pieces (the first maybe empty), as a reason with numbers is written.
+            let reason = vote.reason.as_str();
+            let cut = (0..=reason.len() / 2).rev().find(|&at| reason.is_char_boundary(at)).unwrap_or(0);
             writer.vote(&VoteRef {
                 guard: vote.guard,
                 rule: &vote.rule,
                 allow: vote.allow,
                 shadow: vote.shadow,
-                reason: vote.reason.as_str(),
+                reason: &[&reason[..cut], &reason[cut..]],
                 retry_after_ms: vote.retry_after_ms,
             });
         }
