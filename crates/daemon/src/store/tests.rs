@@ -303,6 +303,8 @@ async fn a_charge_that_would_overflow_a_balance_is_refused_and_writes_nothing() 
     let mut keys = 0;
     let refused = loop {
         keys += 1;
+        // Bounded: without the balance's bound this would never be refused.
+        assert!(keys <= 2_000, "no refusal after {keys} charges of $1e9");
         match store.write(vec![charge(&format!("k{keys}"), 1e9)]).await {
             Ok(Outcome::Done) => continue,
             other => break other,
@@ -457,9 +459,15 @@ async fn a_stuck_commit_times_out_and_an_abandoned_write_is_never_applied() {
         init: false,
     };
     let (store, _) = Store::open_with(dir.path(), &options).unwrap();
+    // On time, a completion is told so.
+    let on_time = store.commit_late(vec![charge("k0", 1.0)], |result, late| (result, late));
+    assert_eq!(on_time.await, Ok((Ok(Outcome::Done), Late::No)));
     let blocker = Connection::open(dir.path().join(LEDGER_FILE)).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let first = store.write(vec![charge("k1", 1.0)]);
+    let (told, late) = std::sync::mpsc::channel();
+    let first = store.commit_late(vec![charge("k1", 1.0)], move |result, late| {
+        let _ = told.send((result, late));
+    });
     // Stuck in its transaction: health says so.
     until(|| store.health().is_some_and(|h| h.contains("commit_timeout"))).await;
     let second = store.write(vec![charge("k2", 1.0)]);
@@ -468,8 +476,14 @@ async fn a_stuck_commit_times_out_and_an_abandoned_write_is_never_applied() {
     assert!(matches!(second.await, Err(StoreError::TimedOut { .. })));
     blocker.execute_batch("ROLLBACK").unwrap();
     // The first was in its transaction: it is written all the same, late (the
-    // busy handler waits 5 s). The second was never taken up.
+    // busy handler waits 5 s), and its completion is told it is late (the
+    // admission undoes in the ledger what its caller was told did not happen).
+    // The second was never taken up.
     until(|| store.health().is_none()).await;
+    assert_eq!(
+        late.recv_timeout(Duration::from_secs(10)),
+        Ok((Ok(Outcome::Done), Late::Yes))
+    );
     assert!(!store.is_charged("k2").await.unwrap());
     assert!(store.write(vec![charge("k3", 1.0)]).await.is_ok());
 }
@@ -582,4 +596,226 @@ async fn closing_the_store_ends_the_checkpoint_thread() {
     store.close();
     let wal = dir.path().join(format!("{LEDGER_FILE}-wal"));
     until(|| !wal.exists()).await;
+}
+
+/// The rows of one of the ledger's tables, read from the file itself.
+fn rows(dir: &std::path::Path, table: &str) -> i64 {
+    let conn = Connection::open(dir.join(LEDGER_FILE)).unwrap();
+    conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+        row.get(0)
+    })
+    .unwrap()
+}
+
+/// A charge filed under several budgets is refused as a whole when any one of
+/// them would pass the maximum, the first one included: its budgets are all
+/// checked before any balance is added to (a charge is one entry, applied
+/// without a savepoint of its own). Otherwise the first budget's balance kept
+/// a charge the ledger refused, and a restart would load a spend memory never
+/// had.
+#[tokio::test]
+async fn a_charge_refused_by_its_second_budget_adds_nothing_to_its_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let two = |key: &str| {
+        let mut entry = charge(key, 1.0);
+        if let Entry::Charge { budgets, .. } = &mut entry {
+            budgets.push(("agent:a".into(), 100));
+        }
+        entry
+    };
+    assert_eq!(store.write(vec![two("one")]).await, Ok(Outcome::Done));
+    drop(store);
+    let conn = Connection::open(dir.path().join(LEDGER_FILE)).unwrap();
+    conn.execute(
+        "UPDATE balances SET spent = ?1 WHERE budget = 'agent:a'",
+        [crate::money::MAX_BALANCE.micros()],
+    )
+    .unwrap();
+    drop(conn);
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let refused = store.write(vec![two("two")]).await.unwrap();
+    assert!(
+        matches!(&refused, Outcome::Refused(why) if why.contains("agent:a")),
+        "{refused:?}"
+    );
+    assert!(!store.is_charged("two").await.unwrap());
+    drop(store);
+    let (_, snapshot) = Store::open(dir.path()).unwrap();
+    let mut balances = snapshot.balances;
+    balances.sort();
+    assert_eq!(
+        balances,
+        vec![
+            ("agent:a".into(), 100, crate::money::MAX_BALANCE),
+            ("global".into(), 100, usd(1.0)),
+        ]
+    );
+}
+
+/// A job of several entries answered Refused, NotFound or Duplicate changes
+/// nothing, whatever its entries before the one that answered did: they are
+/// rolled back with the job's savepoint, and the batch's other jobs stay.
+#[tokio::test]
+async fn a_job_that_does_not_apply_leaves_nothing_of_its_earlier_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    store.write(vec![charge("filed", 1.0)]).await.unwrap();
+    drop(store);
+    let conn = Connection::open(dir.path().join(LEDGER_FILE)).unwrap();
+    conn.execute(
+        "INSERT INTO balances (budget, period_start, spent) VALUES ('full', 100, ?1)",
+        [crate::money::MAX_BALANCE.micros()],
+    )
+    .unwrap();
+    drop(conn);
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let count = Entry::QuotaAdd {
+        quota: "q".into(),
+        key: "a".into(),
+        window_start: 0,
+        n: 1,
+    };
+    let audit = Entry::Audit {
+        uid: 0,
+        pid: 1,
+        action: "refund key=nothing".into(),
+        at: 100,
+    };
+    let mut too_much = charge("too-much", 1.0);
+    if let Entry::Charge { budgets, .. } = &mut too_much {
+        budgets[0].0 = "full".into();
+    }
+    let jobs = [
+        (
+            vec![count.clone(), charge("filed", 1.0)],
+            Outcome::Duplicate,
+        ),
+        (
+            vec![
+                audit,
+                Entry::Refund {
+                    key: "nothing".into(),
+                },
+            ],
+            Outcome::NotFound,
+        ),
+        (
+            vec![count.clone(), too_much],
+            Outcome::Refused(String::new()),
+        ),
+        (vec![count, charge("new", 1.0)], Outcome::Done),
+    ];
+    for (entries, expected) in jobs {
+        let outcome = store.write(entries).await.unwrap();
+        match expected {
+            Outcome::Refused(_) => assert!(matches!(outcome, Outcome::Refused(_)), "{outcome:?}"),
+            expected => assert_eq!(outcome, expected),
+        }
+    }
+    drop(store);
+    let (_, snapshot) = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        snapshot.quotas,
+        vec![("q".to_owned(), "a".to_owned(), 0, 1)],
+        "only the job that applied counted"
+    );
+    assert_eq!(
+        rows(dir.path(), "audit"),
+        0,
+        "no audit of a refund of nothing"
+    );
+    let mut balances = snapshot.balances;
+    balances.sort();
+    assert_eq!(
+        balances,
+        vec![
+            ("full".into(), 100, crate::money::MAX_BALANCE),
+            ("global".into(), 100, usd(2.0)),
+        ]
+    );
+}
+
+/// A statement that fails inside a batch (here a reservation id already in the
+/// ledger) fails that batch, and the transaction it left open is rolled back:
+/// the next write starts a transaction of its own and is applied.
+#[tokio::test]
+async fn a_failed_batch_does_not_wedge_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let reserve = || Entry::Reserve {
+        id: 7,
+        agent: "a".into(),
+        service: "s".into(),
+        model: None,
+        estimate: usd(1.0),
+        budgets: vec!["global".into()],
+        at: 100,
+    };
+    assert_eq!(store.write(vec![reserve()]).await, Ok(Outcome::Done));
+    assert!(store.write(vec![reserve()]).await.is_err());
+    assert_eq!(
+        store.write(vec![charge("after", 1.0)]).await,
+        Ok(Outcome::Done)
+    );
+    assert_eq!(store.health(), None, "a later transaction succeeded");
+    assert!(store.is_charged("after").await.unwrap());
+}
+
+/// A job waits for the fsync when any of its entries needs it: an admission
+/// that reserves and counts a durable quota is answered after the fsync, as a
+/// charge is; only a job of reservations alone is answered at once.
+#[test]
+fn a_job_waits_for_the_fsync_when_any_entry_needs_it() {
+    let reserve = Entry::Reserve {
+        id: 1,
+        agent: "a".into(),
+        service: "s".into(),
+        model: None,
+        estimate: usd(1.0),
+        budgets: vec![],
+        at: 100,
+    };
+    let count = Entry::QuotaAdd {
+        quota: "q".into(),
+        key: "a".into(),
+        window_start: 0,
+        n: 1,
+    };
+    assert!(!syncer::needs_sync(std::slice::from_ref(&reserve)));
+    assert!(syncer::needs_sync(&[reserve.clone(), count.clone()]));
+    assert!(syncer::needs_sync(&[count, reserve]));
+}
+
+/// Resetting a budget zeroes its current period's balance and leaves the
+/// spend recorded for earlier periods as it was: the ledger's history.
+#[tokio::test]
+async fn a_budget_reset_leaves_earlier_periods_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let in_period = |key: &str, start: u64| {
+        let mut entry = charge(key, 1.0);
+        if let Entry::Charge { budgets, .. } = &mut entry {
+            budgets[0].1 = start;
+        }
+        entry
+    };
+    store.write(vec![in_period("then", 100)]).await.unwrap();
+    store.write(vec![in_period("now", 200)]).await.unwrap();
+    let reset = Entry::ResetBudget {
+        budget: "global".into(),
+        period_start: 200,
+    };
+    assert_eq!(store.write(vec![reset]).await, Ok(Outcome::Done));
+    drop(store);
+    let (_, snapshot) = Store::open(dir.path()).unwrap();
+    let mut balances = snapshot.balances;
+    balances.sort();
+    assert_eq!(
+        balances,
+        vec![
+            ("global".into(), 100, usd(1.0)),
+            ("global".into(), 200, Usd::ZERO),
+        ]
+    );
 }

@@ -210,13 +210,9 @@ fn apply_jobs(
             continue;
         }
         run(conn, "SAVEPOINT job")?;
-        let outcome = match schema::apply(conn, entries) {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                let _ = run(conn, "ROLLBACK TO job");
-                return Err(e);
-            }
-        };
+        // A failed statement fails the whole batch, whose transaction
+        // `apply_batch` rolls back, savepoint and all.
+        let outcome = schema::apply(conn, entries)?;
         if matches!(
             outcome,
             Outcome::Duplicate | Outcome::NotFound | Outcome::Refused(_)
