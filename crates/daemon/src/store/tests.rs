@@ -20,6 +20,35 @@ fn charge(key: &str, amount: f64) -> Entry {
     }
 }
 
+/// A charge of `amount` filed under the global budget and `agent:a`'s.
+fn charge_two(key: &str, amount: f64) -> Entry {
+    let mut entry = charge(key, amount);
+    if let Entry::Charge { budgets, .. } = &mut entry {
+        budgets.push(("agent:a".into(), 100));
+    }
+    entry
+}
+
+/// Sets a budget's balance for period 100 in the ledger file, as a long life
+/// of charges would have (the store must be closed).
+fn set_spent(dir: &std::path::Path, budget: &str, spent: Usd) {
+    let conn = Connection::open(dir.join(LEDGER_FILE)).unwrap();
+    conn.execute(
+        "INSERT INTO balances (budget, period_start, spent) VALUES (?1, 100, ?2)
+         ON CONFLICT (budget, period_start) DO UPDATE SET spent = excluded.spent",
+        rusqlite::params![budget, spent.micros()],
+    )
+    .unwrap();
+}
+
+/// The balances a start loads, in order.
+fn balances_at_start(dir: &std::path::Path) -> Vec<(String, u64, Usd)> {
+    let (_, snapshot) = Store::open(dir).unwrap();
+    let mut balances = snapshot.balances;
+    balances.sort();
+    balances
+}
+
 #[tokio::test]
 async fn charges_are_durable_idempotent_and_refundable() {
     let dir = tempfile::tempdir().unwrap();
@@ -331,33 +360,29 @@ async fn a_charge_that_would_overflow_a_balance_is_refused_and_writes_nothing() 
 /// nothing behind.
 #[tokio::test]
 async fn full_budgets_refuse_new_charges_and_repeats_stay_duplicates() {
-    let two = |key: &str| {
-        let mut entry = charge(key, 1.0);
-        if let Entry::Charge { budgets, .. } = &mut entry {
-            budgets.push(("agent:a".into(), 100));
-        }
-        entry
-    };
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path()).unwrap();
     assert_eq!(
         store.write(vec![charge("one", 1.0)]).await,
         Ok(Outcome::Done)
     );
-    assert_eq!(store.write(vec![two("two")]).await, Ok(Outcome::Done));
+    assert_eq!(
+        store.write(vec![charge_two("two", 1.0)]).await,
+        Ok(Outcome::Done)
+    );
     drop(store);
-    let conn = Connection::open(dir.path().join(LEDGER_FILE)).unwrap();
-    conn.execute(
-        "UPDATE balances SET spent = ?1",
-        [crate::money::MAX_BALANCE.micros()],
-    )
-    .unwrap();
-    drop(conn);
+    let max = crate::money::MAX_BALANCE;
+    set_spent(dir.path(), "global", max);
+    set_spent(dir.path(), "agent:a", max);
     let (store, _) = Store::open(dir.path()).unwrap();
-    for repeat in [charge("one", 1.0), two("two"), charge("two", 1.0)] {
+    for repeat in [
+        charge("one", 1.0),
+        charge_two("two", 1.0),
+        charge("two", 1.0),
+    ] {
         assert_eq!(store.write(vec![repeat]).await, Ok(Outcome::Duplicate));
     }
-    for new in [charge("three", 1.0), two("four")] {
+    for new in [charge("three", 1.0), charge_two("four", 1.0)] {
         let refused = store.write(vec![new]).await.unwrap();
         assert!(
             matches!(&refused, Outcome::Refused(why) if why.contains("maximum")),
@@ -367,12 +392,8 @@ async fn full_budgets_refuse_new_charges_and_repeats_stay_duplicates() {
     assert!(!store.is_charged("three").await.unwrap());
     assert!(!store.is_charged("four").await.unwrap());
     drop(store);
-    let (_, snapshot) = Store::open(dir.path()).unwrap();
-    let max = crate::money::MAX_BALANCE;
-    let mut balances = snapshot.balances;
-    balances.sort();
     assert_eq!(
-        balances,
+        balances_at_start(dir.path()),
         vec![("agent:a".into(), 100, max), ("global".into(), 100, max)]
     );
 }
@@ -617,35 +638,22 @@ fn rows(dir: &std::path::Path, table: &str) -> i64 {
 async fn a_charge_refused_by_its_second_budget_adds_nothing_to_its_first() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path()).unwrap();
-    let two = |key: &str| {
-        let mut entry = charge(key, 1.0);
-        if let Entry::Charge { budgets, .. } = &mut entry {
-            budgets.push(("agent:a".into(), 100));
-        }
-        entry
-    };
-    assert_eq!(store.write(vec![two("one")]).await, Ok(Outcome::Done));
+    assert_eq!(
+        store.write(vec![charge_two("one", 1.0)]).await,
+        Ok(Outcome::Done)
+    );
     drop(store);
-    let conn = Connection::open(dir.path().join(LEDGER_FILE)).unwrap();
-    conn.execute(
-        "UPDATE balances SET spent = ?1 WHERE budget = 'agent:a'",
-        [crate::money::MAX_BALANCE.micros()],
-    )
-    .unwrap();
-    drop(conn);
+    set_spent(dir.path(), "agent:a", crate::money::MAX_BALANCE);
     let (store, _) = Store::open(dir.path()).unwrap();
-    let refused = store.write(vec![two("two")]).await.unwrap();
+    let refused = store.write(vec![charge_two("two", 1.0)]).await.unwrap();
     assert!(
         matches!(&refused, Outcome::Refused(why) if why.contains("agent:a")),
         "{refused:?}"
     );
     assert!(!store.is_charged("two").await.unwrap());
     drop(store);
-    let (_, snapshot) = Store::open(dir.path()).unwrap();
-    let mut balances = snapshot.balances;
-    balances.sort();
     assert_eq!(
-        balances,
+        balances_at_start(dir.path()),
         vec![
             ("agent:a".into(), 100, crate::money::MAX_BALANCE),
             ("global".into(), 100, usd(1.0)),
@@ -662,13 +670,7 @@ async fn a_job_that_does_not_apply_leaves_nothing_of_its_earlier_entries() {
     let (store, _) = Store::open(dir.path()).unwrap();
     store.write(vec![charge("filed", 1.0)]).await.unwrap();
     drop(store);
-    let conn = Connection::open(dir.path().join(LEDGER_FILE)).unwrap();
-    conn.execute(
-        "INSERT INTO balances (budget, period_start, spent) VALUES ('full', 100, ?1)",
-        [crate::money::MAX_BALANCE.micros()],
-    )
-    .unwrap();
-    drop(conn);
+    set_spent(dir.path(), "full", crate::money::MAX_BALANCE);
     let (store, _) = Store::open(dir.path()).unwrap();
     let count = Entry::QuotaAdd {
         quota: "q".into(),
@@ -714,6 +716,13 @@ async fn a_job_that_does_not_apply_leaves_nothing_of_its_earlier_entries() {
         }
     }
     drop(store);
+    assert_eq!(
+        balances_at_start(dir.path()),
+        vec![
+            ("full".into(), 100, crate::money::MAX_BALANCE),
+            ("global".into(), 100, usd(2.0)),
+        ]
+    );
     let (_, snapshot) = Store::open(dir.path()).unwrap();
     assert_eq!(
         snapshot.quotas,
@@ -724,15 +733,6 @@ async fn a_job_that_does_not_apply_leaves_nothing_of_its_earlier_entries() {
         rows(dir.path(), "audit"),
         0,
         "no audit of a refund of nothing"
-    );
-    let mut balances = snapshot.balances;
-    balances.sort();
-    assert_eq!(
-        balances,
-        vec![
-            ("full".into(), 100, crate::money::MAX_BALANCE),
-            ("global".into(), 100, usd(2.0)),
-        ]
     );
 }
 
@@ -808,11 +808,8 @@ async fn a_budget_reset_leaves_earlier_periods_alone() {
     };
     assert_eq!(store.write(vec![reset]).await, Ok(Outcome::Done));
     drop(store);
-    let (_, snapshot) = Store::open(dir.path()).unwrap();
-    let mut balances = snapshot.balances;
-    balances.sort();
     assert_eq!(
-        balances,
+        balances_at_start(dir.path()),
         vec![
             ("global".into(), 100, usd(1.0)),
             ("global".into(), 200, Usd::ZERO),
