@@ -12,14 +12,20 @@ use crate::protocol::Text;
 /// A vote's reason as text, without a heap allocation for the usual ones: a
 /// fixed reason is referred to, not copied; the reasons an allowed admission
 /// carries with numbers (rate cells taken, calls in flight) are built in place
+/// from [`with_reason_pieces`], the one place their words are written
 /// (at most 36 bytes, within `Text::INLINE`) and without the `fmt` machinery,
 /// which cost more than the checks. Other reasons go through `Display`, still
 /// in place when short.
 pub(super) fn reason_text(reason: &Reason) -> Text {
     match reason {
-        Reason::Burst { taken, burst } => taken_of_burst(*taken, *burst),
         Reason::Fixed(text) => Text::fixed(text),
-        Reason::InFlight { n, max } => in_flight_of(*n, *max),
+        Reason::Burst { .. } | Reason::InFlight { .. } => with_reason_pieces(reason, |pieces| {
+            let mut text = Text::new();
+            for piece in pieces {
+                text.push_str(piece);
+            }
+            text
+        }),
         Reason::RateExceeded { rate, per, burst } => rate_exceeded(*rate, *per, *burst),
         other => {
             let mut text = Text::new();
@@ -52,28 +58,6 @@ pub(super) fn with_reason_pieces<R>(reason: &Reason, write: impl FnOnce(&[&str])
         Reason::Fixed(text) => write(&[text]),
         other => write(&[reason_text(other).as_str()]),
     }
-}
-
-/// "`taken` of burst `burst` taken", without `format!`.
-fn taken_of_burst(taken: u32, burst: u32) -> Text {
-    let mut numbers = itoa::Buffer::new();
-    let mut reason = Text::new();
-    reason.push_str(numbers.format(taken));
-    reason.push_str(" of burst ");
-    reason.push_str(numbers.format(burst));
-    reason.push_str(" taken");
-    reason
-}
-
-/// "`n` of `max` in flight", without `format!`.
-fn in_flight_of(n: u32, max: u32) -> Text {
-    let mut numbers = itoa::Buffer::new();
-    let mut reason = Text::new();
-    reason.push_str(numbers.format(n));
-    reason.push_str(" of ");
-    reason.push_str(numbers.format(max));
-    reason.push_str(" in flight");
-    reason
 }
 
 /// "rate limit of `rate` per `per` (burst `burst`) exceeded", without
@@ -174,15 +158,24 @@ mod tests {
     #[test]
     fn the_allowed_rate_reason_reads_as_the_display_form() {
         for (taken, burst) in [(1, 100), (u32::MAX, 7), (u32::MAX, u32::MAX)] {
-            let text = taken_of_burst(taken, burst);
+            let text = reason_text(&Reason::Burst { taken, burst });
             assert_eq!(text, Reason::Burst { taken, burst }.to_string().as_str());
             assert!(!text.is_heap_allocated(), "{text:?} is on the heap");
         }
-        let most = in_flight_of(u32::MAX, u32::MAX);
+        let most = reason_text(&Reason::InFlight {
+            n: u32::MAX,
+            max: u32::MAX,
+        });
         assert!(!most.is_heap_allocated(), "{most:?} is on the heap");
-        assert_eq!(taken_of_burst(1, 100), "1 of burst 100 taken");
         assert_eq!(
-            in_flight_of(3, 4),
+            reason_text(&Reason::Burst {
+                taken: 1,
+                burst: 100
+            }),
+            "1 of burst 100 taken"
+        );
+        assert_eq!(
+            reason_text(&Reason::InFlight { n: 3, max: 4 }),
             Reason::InFlight { n: 3, max: 4 }.to_string().as_str()
         );
     }
