@@ -81,6 +81,10 @@ impl Daemon {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         let mut text = String::new();
         if let Ok(mut file) = std::fs::File::open(self.dir.path().join("daemon.log")) {
@@ -88,6 +92,19 @@ impl Daemon {
         }
         text
     }
+}
+
+/// The CPU time all the threads of process `pid` have had so far (the first
+/// field of each `/proc/<pid>/task/*/schedstat`, in nanoseconds): what a cell
+/// costs a daemon, read apart from the load generator's share of the same
+/// cores. `None` where the kernel keeps no schedstat.
+pub fn cpu_of(pid: u32) -> Option<Duration> {
+    let mut nanos = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        nanos += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(nanos))
 }
 
 impl Drop for Daemon {

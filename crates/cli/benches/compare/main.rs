@@ -9,6 +9,7 @@
 //! cargo bench --bench compare          # the full run, a few minutes
 //! cargo bench --bench compare -- --quick   # seconds: CI's smoke run, no thresholds
 //! cargo bench --bench compare -- --only floor,daemon --reps 5 --secs 2
+//! cargo bench --bench compare -- --only daemon,guards --connections 1 --reps 9
 //! ```
 //!
 //! Every cell runs each target once per repetition, the targets in an order that
@@ -46,11 +47,19 @@ const BUDGET: &str = "[daemon]\nmax_connections_per_uid = 1024\n\
 [[rate_limits]]\nname = \"open\"\nrate = 100000000\nburst = 100000000\n\
 [budget]\nlimit = 1000000.0\n";
 
-/// The no-budget daemon plus a bulkhead and the active-agent cap, for cells
-/// whose admissions also name a lease (issue 11: a bulkhead and a lease may
-/// cost at most 10 % more). Limits that never deny, so every admission takes
-/// a permit, counts its agent and holds the lease until its report.
+/// The no-budget daemon plus a bulkhead, for cells whose admissions also name
+/// a lease: issue 11's configuration (a bulkhead and a lease may cost at most
+/// 10 % more). A limit that never denies, so every admission takes a permit
+/// and holds the lease until its report.
 const GUARDS: &str = "[daemon]\nmax_connections_per_uid = 1024\n\
+[services.bench]\n\
+[[rate_limits]]\nname = \"open\"\nrate = 100000000\nburst = 100000000\n\
+[[bulkheads]]\nname = \"llm\"\nscope = \"service\"\nmax_in_flight = 100000\n\
+[budget]\nenabled = false\n";
+
+/// [`GUARDS`] plus the active-agent cap: every concurrency guard at once, the
+/// stricter cell (each admission also counts its agent).
+const GUARDS_AND_CAP: &str = "[daemon]\nmax_connections_per_uid = 1024\n\
 [services.bench]\n\
 [[rate_limits]]\nname = \"open\"\nrate = 100000000\nburst = 100000000\n\
 [[bulkheads]]\nname = \"llm\"\nscope = \"service\"\nmax_in_flight = 100000\n\
@@ -68,6 +77,7 @@ enum Target {
     Redis,
     Budget,
     Guards,
+    GuardsAndCap,
 }
 
 impl Target {
@@ -78,6 +88,7 @@ impl Target {
             Target::Redis => "redis",
             Target::Budget => "daemon+budget",
             Target::Guards => "daemon+bulkhead+lease",
+            Target::GuardsAndCap => "daemon+bulkhead+agent-cap+lease",
         }
     }
 }
@@ -87,6 +98,8 @@ struct Options {
     only: Vec<String>,
     reps: usize,
     secs: f64,
+    /// Connection counts to run instead of the usual ones.
+    connections: Vec<usize>,
 }
 
 impl Options {
@@ -96,6 +109,7 @@ impl Options {
             only: Vec::new(),
             reps: 3,
             secs: 1.5,
+            connections: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -109,8 +123,16 @@ impl Options {
                 }
                 "--reps" => options.reps = args.next().context("--reps N")?.parse()?,
                 "--secs" => options.secs = args.next().context("--secs S")?.parse()?,
+                "--connections" => {
+                    let list = args.next().context("--connections needs a list")?;
+                    options.connections = list
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()
+                        .context("--connections 1,16")?;
+                }
                 other => anyhow::bail!(
-                    "unknown argument {other:?}; use --quick, --only floor,daemon,redis,budget,guards,memory, --reps N, --secs S"
+                    "unknown argument {other:?}; use --quick, --only floor,daemon,redis,budget,guards,memory, --reps N, --secs S, --connections 1,16"
                 ),
             }
         }
@@ -132,6 +154,9 @@ struct Figure {
     ops_per_sec: f64,
     p50_us: f64,
     p99_us: f64,
+    /// The daemon's CPU time per request over the measured window (all its
+    /// threads), when the target is a daemon of this bench.
+    cpu_us: Option<f64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -142,7 +167,9 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     println!("{}", machine());
 
-    let (connections, pipelines): (&[usize], &[usize]) = if options.quick {
+    let (connections, pipelines): (&[usize], &[usize]) = if !options.connections.is_empty() {
+        (&options.connections, &[1, 32])
+    } else if options.quick {
         (&[1, 16], &[1, 32])
     } else {
         (&[1, 4, 16, 64], &[1, 32])
@@ -164,6 +191,10 @@ fn main() -> anyhow::Result<()> {
         .wants("guards")
         .then(|| Daemon::start(GUARDS))
         .transpose()?;
+    let guards_and_cap = options
+        .wants("guards")
+        .then(|| Daemon::start(GUARDS_AND_CAP))
+        .transpose()?;
     // None when redis-server is not installed: the table shows "—".
     let redis = if options.wants("redis") {
         redis::RedisServer::start()?
@@ -171,15 +202,15 @@ fn main() -> anyhow::Result<()> {
         None
     };
 
-    let mut targets: Vec<(Target, &Path)> = Vec::new();
+    let mut targets: Vec<(Target, &Path, Option<u32>)> = Vec::new();
     if let Some(floor) = &floor {
-        targets.push((Target::Floor, floor.socket()));
+        targets.push((Target::Floor, floor.socket(), None));
     }
     if let Some(daemon) = &daemon {
-        targets.push((Target::Daemon, &daemon.socket));
+        targets.push((Target::Daemon, &daemon.socket, Some(daemon.pid())));
     }
     if let Some(redis) = &redis {
-        targets.push((Target::Redis, redis.socket()));
+        targets.push((Target::Redis, redis.socket(), None));
     }
     let load = |connections, pipeline| Load {
         connections,
@@ -192,32 +223,51 @@ fn main() -> anyhow::Result<()> {
     for rep in 0..options.reps {
         for &c in connections {
             for &p in pipelines {
-                let mut order: Vec<(Target, &Path)> = targets.clone();
+                let mut order = targets.clone();
                 if !order.is_empty() {
                     let n = order.len();
                     order.rotate_left(rep % n);
                 }
-                for (target, socket) in order {
-                    let summary = runtime.block_on(cell(socket, load(c, p), target))?;
+                for (target, socket, pid) in order {
+                    let summary = runtime.block_on(cell(socket, load(c, p), target, pid))?;
                     figures.entry((c, p, target)).or_default().push(summary);
                 }
                 // Budget cells only where the target is stated (16 connections).
                 if let (Some(budget), 16) = (&budget, c) {
-                    let summary =
-                        runtime.block_on(cell(&budget.socket, load(c, p), Target::Budget))?;
+                    let summary = runtime.block_on(cell(
+                        &budget.socket,
+                        load(c, p),
+                        Target::Budget,
+                        Some(budget.pid()),
+                    ))?;
                     figures
                         .entry((c, p, Target::Budget))
                         .or_default()
                         .push(summary);
                 }
-                // Bulkhead and lease cells on one connection (see LEASE).
-                if let (Some(guards), 1) = (&guards, c) {
-                    let summary =
-                        runtime.block_on(cell(&guards.socket, load(c, p), Target::Guards))?;
-                    figures
-                        .entry((c, p, Target::Guards))
-                        .or_default()
-                        .push(summary);
+                // Bulkhead and lease cells on one connection (see LEASE), in
+                // an order that rotates like the others'.
+                if c == 1 {
+                    let mut guarded: Vec<(Target, &Daemon)> = Vec::new();
+                    if let Some(guards) = &guards {
+                        guarded.push((Target::Guards, guards));
+                    }
+                    if let Some(guards) = &guards_and_cap {
+                        guarded.push((Target::GuardsAndCap, guards));
+                    }
+                    if !guarded.is_empty() {
+                        let n = guarded.len();
+                        guarded.rotate_left(rep % n);
+                    }
+                    for (target, daemon) in guarded {
+                        let summary = runtime.block_on(cell(
+                            &daemon.socket,
+                            load(c, p),
+                            target,
+                            Some(daemon.pid()),
+                        ))?;
+                        figures.entry((c, p, target)).or_default().push(summary);
+                    }
                 }
             }
         }
@@ -225,7 +275,7 @@ fn main() -> anyhow::Result<()> {
     }
     print!("{}", table(&figures, connections, pipelines));
     // Daemons and servers of the table stop first, so they cost no memory or CPU.
-    drop((floor, daemon, budget, guards, redis));
+    drop((floor, daemon, budget, guards, guards_and_cap, redis));
     if options.wants("memory") {
         let (keys, starts) = if options.quick {
             (20_000, 2)
@@ -238,17 +288,35 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs one load against one target and returns its figures.
-async fn cell(socket: &Path, load: Load, target: Target) -> anyhow::Result<Figure> {
+/// Runs one load against one target and returns its figures; with the
+/// target's process id, also its CPU time per request, read when the
+/// measured window opens and when it closes.
+async fn cell(
+    socket: &Path,
+    load: Load,
+    target: Target,
+    pid: Option<u32>,
+) -> anyhow::Result<Figure> {
     let ask = Arc::new(Ask {
         socket: socket.to_owned(),
         mix: Mix::Pairs,
         service: "bench".into(),
         keys: 1,
         agent: "bench".into(),
-        lease: (target == Target::Guards).then(|| LEASE.to_owned()),
+        lease: matches!(target, Target::Guards | Target::GuardsAndCap).then(|| LEASE.to_owned()),
     });
     let frames = Arc::new(Frames::new(&ask)?);
+    // The window `load_gen::run` measures, as near as a second clock reading
+    // gets: it starts the warm-up right after this.
+    let begin = tokio::time::Instant::now();
+    let cpu = pid.map(|pid| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(begin + load.warmup).await;
+            let start = daemon::cpu_of(pid);
+            tokio::time::sleep_until(begin + load.warmup + load.duration).await;
+            Some(daemon::cpu_of(pid)?.saturating_sub(start?))
+        })
+    });
     let tally = load_gen::run(&load, |index, window| {
         let ask = Arc::clone(&ask);
         let frames = Arc::clone(&frames);
@@ -266,10 +334,17 @@ async fn cell(socket: &Path, load: Load, target: Target) -> anyhow::Result<Figur
     if summary.errors > 0 || summary.denied > 0 {
         anyhow::bail!("{}", summary.render());
     }
+    let cpu = match cpu {
+        Some(sampler) => sampler.await?,
+        None => None,
+    };
     Ok(Figure {
         ops_per_sec: summary.ops_per_sec,
         p50_us: summary.p50_us,
         p99_us: summary.p99_us,
+        cpu_us: cpu
+            .filter(|_| summary.ops > 0)
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / summary.ops as f64),
     })
 }
 
@@ -336,25 +411,59 @@ fn table(
             ))
         })
         .collect();
-    let guard_rows: Vec<String> = pipelines
-        .iter()
-        .filter_map(|&p| {
-            let with = get(1, p, Target::Guards, |f| f.ops_per_sec)?;
+    // Each repetition runs the cells with and without the guards a moment
+    // apart; the median of those paired ratios is steadier than the ratio of
+    // two medians when the machine's speed drifts between repetitions.
+    let paired = |p: usize, with: Target, f: fn(&Figure) -> Option<f64>| -> Option<f64> {
+        let with = figures.get(&(1, p, with))?;
+        let without = figures.get(&(1, p, Target::Daemon))?;
+        let ratios: Vec<f64> = with
+            .iter()
+            .zip(without)
+            .filter_map(|(w, wo)| Some(f(w)? / f(wo)?))
+            .collect();
+        (!ratios.is_empty()).then(|| median(ratios))
+    };
+    let cpu = |c: usize, p: usize, t: Target| -> Option<f64> {
+        let all: Vec<f64> = figures
+            .get(&(c, p, t))?
+            .iter()
+            .filter_map(|f| f.cpu_us)
+            .collect();
+        (!all.is_empty()).then(|| median(all))
+    };
+    let two = |v: Option<f64>| v.map_or_else(|| "—".to_owned(), |v| format!("{v:.2}"));
+    let guard_rows: Vec<String> = [
+        (Target::Guards, "a bulkhead and a lease"),
+        (
+            Target::GuardsAndCap,
+            "a bulkhead, the active-agent cap and a lease",
+        ),
+    ]
+    .into_iter()
+    .flat_map(|(target, what)| {
+        pipelines.iter().filter_map(move |&p| {
+            let with = get(1, p, target, |f| f.ops_per_sec)?;
             let without = get(1, p, Target::Daemon, |f| f.ops_per_sec);
             Some(format!(
-                "| 1 | {p} | {} | {} | {} | {} | {} |\n",
+                "| {what} | {p} | {} | {} | {} | {} | {} | {} | {} |\n",
                 fmt(Some(with)),
                 fmt(without),
-                ratio(Some(with), without),
-                us(get(1, p, Target::Guards, |f| f.p50_us)),
-                us(get(1, p, Target::Daemon, |f| f.p50_us)),
+                two(paired(p, target, |f| Some(f.ops_per_sec))),
+                two(cpu(1, p, target)),
+                two(cpu(1, p, Target::Daemon)),
+                two(paired(p, target, |f| f.cpu_us)),
+                us(get(1, p, target, |f| f.p50_us)),
             ))
         })
-        .collect();
+    })
+    .collect();
     if !guard_rows.is_empty() {
         out.push_str(
-            "\na bulkhead, the active-agent cap and a lease vs none (the lease is one connection's)\n\n\
-             | conns | pipeline | with | without | ratio | p50 with µs | p50 without µs |\n|---|---|---|---|---|---|---|\n",
+            "\nconcurrency guards and a lease vs none, one connection (the lease is one connection's);\n\
+             ratios are medians of each repetition's pair, CPU is the daemon's per request\n\n\
+             | guards | pipeline | with req/s | without req/s | throughput ratio | CPU µs with | CPU µs without | CPU ratio | p50 with µs |\n\
+             |---|---|---|---|---|---|---|---|---|\n",
         );
         for row in guard_rows {
             out.push_str(&row);
