@@ -462,3 +462,27 @@ async fn routes_are_named_in_the_config_and_checked() {
         Duration::from_millis(100)
     );
 }
+
+/// A reload reaches the retry policy of a service already advised.
+#[tokio::test]
+async fn a_reload_applies_new_retry_settings_to_a_service_already_advised() {
+    let f = fixture("[budget]\nenabled = false\n");
+    let d = f.admit(1, plan("svc")).await;
+    let first = f.report(d.reservation.unwrap(), failure(true)).await;
+    assert!(first.advice.unwrap().retry, "three attempts by default");
+    let config = Config::from_toml("[budget]\nenabled = false\n[retry]\nattempts = 1\n").unwrap();
+    f.admission
+        .reconfigure(
+            Arc::new(config),
+            &SharedClock::new(f.clock.clone()),
+            f.now(),
+        )
+        .unwrap();
+    let d = f.admit(1, plan("svc")).await;
+    let advice = f
+        .report(d.reservation.unwrap(), failure(true))
+        .await
+        .advice
+        .unwrap();
+    assert!(!advice.retry, "one attempt now: {advice:?}");
+}

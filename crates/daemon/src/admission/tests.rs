@@ -1270,3 +1270,229 @@ async fn a_report_after_a_reload_moved_its_services_breaker_reaches_that_breaker
         Some(GuardKind::Breaker)
     );
 }
+
+/// Reservations of session 1 for `agent`, one per cost: orphans once the
+/// session ends.
+async fn orphans_of(f: &Fixture, agent: &str, costs: &[f64]) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for &cost in costs {
+        ids.push(f.admit_cost(1, agent, "s", cost).await.reservation.unwrap());
+    }
+    ids
+}
+
+/// An orphan's settling charge files under `reservation:<id>`, a key a client
+/// may also name in a report of its own. When it already did, the orphan's
+/// batch rolls back as a duplicate; from then on its orphans settle one per
+/// job: the duplicate closes without a second charge, the rest are charged
+/// their estimates.
+#[tokio::test]
+async fn an_orphan_batch_with_a_key_charged_before_settles_orphan_by_orphan() {
+    let f = fixture("[budget]\nlimit = 100.0\norphan_timeout = \"1s\"\n");
+    let reported = f.admit_cost(2, "a", "s", 1.0).await.reservation.unwrap();
+    let ids = orphans_of(&f, "a", &[2.0, 3.0, 4.0]).await;
+    let taken = Some(reservation_key(ids[0]));
+    f.finish(f.admission.report(reported, taken, outcome(false), f.now()))
+        .await
+        .unwrap();
+    f.admission.end_session(1, f.now());
+    f.clock.advance(S);
+
+    let batches = f.admission.due_orphans(f.now());
+    assert_eq!(batches.len(), 1, "one batch of three");
+    for durable in batches {
+        let _ = f.commit(durable).await;
+    }
+    let global = f.budget("global");
+    assert_eq!(
+        (global.spent, global.reserved),
+        (usd(1.0), usd(9.0)),
+        "the batch rolled back: nothing charged, the estimates still held"
+    );
+
+    let alone = f.admission.due_orphans(f.now());
+    let sizes: Vec<usize> = alone.iter().map(|d| d.pending.len()).collect();
+    assert_eq!(sizes, [1, 1, 1], "then one orphan per job");
+    for durable in alone {
+        let _ = f.commit(durable).await;
+    }
+    let global = f.budget("global");
+    assert_eq!(
+        (global.spent, global.reserved),
+        (usd(1.0 + 3.0 + 4.0), Usd::ZERO),
+        "the duplicate closed uncharged, the others charged once"
+    );
+    assert_eq!(f.admission.open_reservations(), 0);
+}
+
+/// A batch the ledger refuses (one orphan's charge would take its budget's
+/// balance past the ledger's maximum) writes nothing; its orphans are then
+/// tried one per job, so the one bad charge does not hold up the others.
+#[tokio::test]
+async fn a_refused_orphan_batch_is_tried_orphan_by_orphan() {
+    let f = fixture(
+        "[budget]\nlimit = 100.0\norphan_timeout = \"1s\"\n[budget.agents.a]\nlimit = 50.0\n",
+    );
+    let first = f.admit_cost(2, "a", "s", 1.0).await.reservation.unwrap();
+    f.report(first, false).await;
+    // agent:a's balance in the file, at the ledger's maximum behind the
+    // engine's back: its next charge is refused by the ledger.
+    rusqlite::Connection::open(f.dir.path().join(crate::store::LEDGER_FILE))
+        .unwrap()
+        .execute(
+            "UPDATE balances SET spent = ?1 WHERE budget = 'agent:a'",
+            [crate::money::MAX_BALANCE.micros()],
+        )
+        .unwrap();
+    orphans_of(&f, "a", &[2.0]).await;
+    orphans_of(&f, "b", &[3.0]).await;
+    f.admission.end_session(1, f.now());
+    f.clock.advance(S);
+
+    f.settle_orphans().await;
+    assert_eq!(f.budget("global").spent, usd(1.0), "refused whole");
+    f.settle_orphans().await;
+    let global = f.budget("global");
+    assert_eq!(
+        (global.spent, global.reserved),
+        (usd(1.0 + 3.0), usd(2.0)),
+        "b's orphan charged alone; a's still refused, still held"
+    );
+    assert_eq!(f.admission.open_reservations(), 1);
+}
+
+/// Orphans whose settling the ledger fails stay open and held, nothing
+/// counted in memory that the ledger lacks, and are settled at a later tick
+/// once it writes again.
+#[tokio::test]
+async fn orphans_whose_settling_fails_are_settled_once_the_ledger_writes() {
+    let f = fixture("[budget]\nlimit = 100.0\norphan_timeout = \"1s\"\n");
+    orphans_of(&f, "a", &[2.0, 3.0]).await;
+    f.admission.end_session(1, f.now());
+    f.clock.advance(S);
+    f.store.fail_writes(true);
+    f.settle_orphans().await;
+    let global = f.budget("global");
+    assert_eq!(
+        (global.spent, global.reserved, global.orphaned),
+        (Usd::ZERO, usd(5.0), 2)
+    );
+    assert_eq!(f.admission.open_reservations(), 2);
+    f.store.fail_writes(false);
+    f.settle_orphans().await;
+    let global = f.budget("global");
+    assert_eq!(
+        (global.spent, global.reserved, global.orphaned),
+        (usd(5.0), Usd::ZERO, 0)
+    );
+    let f = f.restart();
+    assert_eq!(f.budget("global").spent, usd(5.0), "as the ledger holds it");
+}
+
+#[tokio::test]
+async fn a_reload_that_removes_a_budget_or_changes_its_period_is_refused() {
+    let config = "[budget]\nlimit = 10.0\n[budget.agents.a]\nlimit = 3.0\n";
+    let f = fixture(config);
+    let err = f
+        .reconfigure("[budget]\nlimit = 10.0\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("budget.agents.a removed") && err.contains("restart"),
+        "{err}"
+    );
+    let err = f
+        .reconfigure(&format!("{config}reset = \"daily\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("budget.agents.a.reset changed") && err.contains("restart"),
+        "{err}"
+    );
+    assert_eq!(f.budget("agent:a").limit, usd(3.0), "nothing changed");
+}
+
+#[tokio::test]
+async fn a_quota_whose_window_changed_starts_counting_afresh() {
+    let quota = "[[quotas]]\nname = \"q\"\nscope = \"agent\"\nlimit = 1\nwindow = \"day\"\n";
+    let f = fixture(quota);
+    assert!(f.admit(1, "a", "s").await.allowed);
+    assert!(!f.admit(1, "a", "s").await.allowed, "the day's one is used");
+    f.reconfigure(&quota.replace("day", "hour")).unwrap();
+    assert!(
+        f.admit(1, "a", "s").await.allowed,
+        "an hourly quota is not the daily one's count"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_applies_new_breaker_settings_to_a_breaker_already_running() {
+    let f = fixture("");
+    let d = f.admit(1, "a", "s").await;
+    f.report(d.reservation.unwrap(), false).await;
+    f.reconfigure("[breaker]\nfailure_threshold = 1\n").unwrap();
+    let d = f.admit(1, "a", "s").await;
+    f.report(d.reservation.unwrap(), true).await;
+    let d = f.admit(1, "a", "s").await;
+    assert!(!d.allowed, "one failure opens it now: {:?}", d.votes);
+    assert_eq!(d.decisive_vote().unwrap().guard, GuardKind::Breaker);
+}
+
+#[tokio::test]
+async fn a_reload_applies_new_bulkhead_and_lease_limits_and_keeps_what_is_held() {
+    let bulkhead = "[[bulkheads]]\nname = \"b\"\nmax_in_flight = 1\n";
+    let leases = "[leases]\nmax_per_connection = 1\n";
+    let f = fixture(&format!("{bulkhead}{leases}"));
+    let held = f.admit(1, "a", "s").await;
+    assert!(held.allowed);
+    assert!(!f.admit(1, "a", "s").await.allowed, "the one slot is held");
+    let holder = |session| crate::guard::lease::Holder {
+        session,
+        agent: "a".into(),
+        pid: 1,
+        uid: 0,
+    };
+    let acquire = |name: &str, session: u64| {
+        f.admission.lease(
+            name,
+            crate::guard::lease::LeaseOp::Acquire { ttl: None },
+            holder(session),
+            f.clock.now(),
+        )
+    };
+    acquire("x", 1).unwrap();
+    assert!(acquire("y", 1).is_err(), "one lease a connection");
+
+    f.reconfigure(&format!(
+        "{}{}",
+        bulkhead.replace('1', "2"),
+        leases.replace('1', "2")
+    ))
+    .unwrap();
+    assert!(f.admit(1, "a", "s").await.allowed, "a second slot");
+    assert!(
+        !f.admit(1, "a", "s").await.allowed,
+        "the first is still counted"
+    );
+    acquire("y", 1).unwrap();
+    assert!(acquire("z", 1).is_err(), "x is still held");
+    f.report(held.reservation.unwrap(), false).await;
+    assert!(f.admit(1, "a", "s").await.allowed, "its slot came back");
+}
+
+/// A half-open trial that timed out before a reload is forgotten, however
+/// long the new `trial_timeout`: it was due under the old one, and its slot
+/// goes to the next caller.
+#[tokio::test]
+async fn a_trial_timed_out_before_a_reload_frees_its_slot() {
+    let config = "[breaker]\nopen_for = \"60s\"\nhalf_open_trials = 1\ntrial_timeout = \"10s\"\n";
+    let f = fixture(config);
+    f.open_breaker("s").await;
+    f.clock.advance(61 * S);
+    assert!(f.admit(1, "a", "s").await.allowed, "the one trial");
+    assert!(!f.admit(1, "a", "s").await.allowed, "its slot is taken");
+    f.clock.advance(11 * S);
+    f.reconfigure(&config.replace("10s", "1m")).unwrap();
+    let d = f.admit(1, "a", "s").await;
+    assert!(d.allowed, "the stale trial's slot: {:?}", d.votes);
+}
