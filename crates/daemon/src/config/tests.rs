@@ -574,3 +574,62 @@ fn enum_values_name_the_key_and_list_the_spellings() {
     assert_eq!(config.budget.orphan_policy, OrphanPolicy::Release);
     assert_eq!(config.rate_limits[0].scope, Scope::AgentService);
 }
+
+#[test]
+fn concurrency_lease_and_content_values_name_the_key() {
+    let err = error_of("[[bulkheads]]\nname = \"max_active_agents\"\nmax_in_flight = 1\n");
+    assert!(
+        err.starts_with("bulkheads[0].name:") && err.contains("concurrency.max_active_agents"),
+        "{err}"
+    );
+    let err = error_of("[leases]\ndefault_ttl = \"2h\"\nmax_ttl = \"1h\"\n");
+    assert!(
+        err.starts_with("leases.default_ttl:") && err.contains("longer than leases.max_ttl"),
+        "{err}"
+    );
+    assert_eq!(
+        error_of("[leases]\nmax_per_connection = 0\n"),
+        "leases.max_per_connection: must be at least 1, got 0"
+    );
+    let err = error_of("[leases]\nmax_total = 1\n");
+    assert!(err.starts_with("leases.max_total: is 1"), "{err}");
+    for size in [0, (1 << 20) + 1] {
+        let err = error_of(&format!("[content]\nmax_payload = {size}\n"));
+        assert!(
+            err.starts_with("content.max_payload: must be 1 to"),
+            "{err}"
+        );
+    }
+    let err = error_of("[budget]\nmax_charge = 0.0\n");
+    assert!(
+        err.starts_with("budget.max_charge: must be more than 0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn limits_on_rates_rule_counts_and_the_http_address() {
+    let err = error_of("[[rate_limits]]\nname = \"x\"\nrate = 2000000000\nper = \"1s\"\n");
+    assert!(
+        err.starts_with("rate_limits[0].rate: 2000000000 per 1s is faster than one per nanosecond"),
+        "{err}"
+    );
+    let many: String = (0..=MAX_RATE_LIMITS)
+        .map(|n| format!("[[rate_limits]]\nname = \"r{n}\"\nrate = 1\n"))
+        .collect();
+    let err = error_of(&many);
+    assert!(
+        err.starts_with(&format!(
+            "rate_limits: {} rate limits, more than the {MAX_RATE_LIMITS}",
+            MAX_RATE_LIMITS + 1
+        )),
+        "{err}"
+    );
+    let err = error_of("[http]\nlisten = \"0.0.0.0:8765\"\n");
+    assert!(
+        err.starts_with("http.listen: 0.0.0.0:8765 is not a loopback address"),
+        "{err}"
+    );
+    Config::from_toml("[http]\nlisten = \"0.0.0.0:8765\"\nallow_remote = true\n")
+        .expect("allowed when asked for");
+}
