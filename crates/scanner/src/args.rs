@@ -116,6 +116,8 @@ mod tests {
             ("\u{FF0E}\u{FF0E}\u{FF0F}etc", "../etc"),
             ("..%5cwindows", "..\\windows"),
             ("caf\u{e9}/men\u{fc}.txt", "caf\u{e9}/men\u{fc}.txt"),
+            // Not hex digits, though `u32::from_str_radix` would take a sign.
+            ("%+e%-1x", "%+e%-1x"),
         ] {
             assert_eq!(normalize_path(value), expect, "{value}");
         }

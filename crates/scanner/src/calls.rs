@@ -781,6 +781,31 @@ mod tests {
         );
     }
 
+    /// What an assignment makes an alias of: a bare reference, not a call's
+    /// result; a name that refers to itself resolves once, not a hop per
+    /// allowed hop; nested lookups stop at the hop limit, however deep.
+    #[test]
+    fn aliases_are_references_resolved_a_bounded_number_of_times() {
+        assert_eq!(names(Lang::Python, "ev = eval(s)\nev(t)\n"), ["eval", "ev"]);
+        assert_eq!(names(Lang::Python, "from e import f as e\ne(x)\n"), ["e.f"]);
+        let deep = format!(
+            "{}builtins{}(x)\n",
+            "getattr(".repeat(100_000),
+            ", \"eval\")".repeat(100_000)
+        );
+        assert!(
+            !names(Lang::Python, &deep).contains(&"eval".to_owned()),
+            "past the hop limit nothing resolves"
+        );
+    }
+
+    #[test]
+    fn arguments_keep_words_apart() {
+        let text = "os.system(cmd if x else y)";
+        let calls = find_calls(Lang::Python, text, &lex(Lang::Python, text), &|_| true);
+        assert_eq!(calls[0].args, "cmd if x else y");
+    }
+
     #[test]
     fn arguments_render_strings_as_placeholders() {
         let text = "subprocess.run('shell=True', shell = True)";

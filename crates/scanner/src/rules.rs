@@ -697,6 +697,77 @@ message = "ACME token"
         );
     }
 
+    /// Each check of a rule failed on its own, from a rule that passes
+    /// every other: the message names the problem.
+    #[test]
+    fn every_rule_check_refuses_with_its_own_message() {
+        let call = GOOD
+            .replace(
+                "kind = \"secret\"",
+                "kind = \"dangerous_call\"\nmatch = \"call\"",
+            )
+            .replace("keywords = [\"acme_\"]\n", "");
+        RuleSet::from_toml("ops.toml", &call).expect("a call rule");
+        let argument = GOOD
+            .replace(
+                "kind = \"secret\"",
+                "kind = \"path_traversal\"\ntarget = \"argument\"",
+            )
+            .replace("languages = [\"*\"]\n", "")
+            .replace("keywords = [\"acme_\"]\n", "");
+        RuleSet::from_toml("ops.toml", &argument).expect("an argument rule");
+        let cases = [
+            (
+                GOOD.replace("message = \"ACME token\"", "message = \" \""),
+                "message is empty",
+            ),
+            (
+                call.replace("kind = \"dangerous_call\"", "kind = \"secret\""),
+                "match = \"call\" is for dangerous_call rules",
+            ),
+            (
+                format!("{call}where = \"strings\"\n"),
+                "a call rule only looks at code",
+            ),
+            (
+                format!("{GOOD}arguments = 'x'\n"),
+                "`arguments` needs match = \"call\"",
+            ),
+            (
+                format!("{GOOD}entropy = 9.0\n"),
+                "entropy 9 is outside 0..=8",
+            ),
+            (
+                format!("{call}entropy = 3.0\n"),
+                "entropy and min_char_classes are for secret rules",
+            ),
+            (
+                format!("{GOOD}min_char_classes = 5\n"),
+                "min_char_classes is at most 4",
+            ),
+            (
+                format!("{argument}languages = [\"python\"]\n"),
+                "an argument rule takes no languages",
+            ),
+            (
+                argument.replace("path_traversal", "secret"),
+                "only path_traversal, shell_injection and sql_injection rules can target arguments",
+            ),
+            (
+                format!("{argument}match = \"call\"\n"),
+                "an argument rule cannot match calls",
+            ),
+            (
+                format!("{GOOD}[allow]\npaths = [\"\"]\n"),
+                "allow path \"\": empty glob",
+            ),
+        ];
+        for (text, problem) in cases {
+            let err = rule_error(&text);
+            assert!(err.contains(problem), "{problem:?} not in {err:?}");
+        }
+    }
+
     #[test]
     fn a_directory_is_rejected_whole_when_one_rule_is_bad() {
         let dir = tempfile::tempdir().unwrap();

@@ -174,3 +174,77 @@ fn argument_checks() {
     let finding = &scanner.scan_argument(ArgKind::Shell, "héllo && id")[0];
     assert_eq!((finding.line, finding.column), (1, 7));
 }
+
+/// A marker inside a string that runs to the end of its line reads like a
+/// real one; it still allows nothing.
+#[test]
+fn a_marker_in_a_string_to_the_end_of_the_line_allows_nothing() {
+    let text = "eval(x); s = \"\"\"automation-framework: allow py-eval\n\"\"\"\n";
+    assert_eq!(ids(Lang::Python, text), ["py-eval"]);
+}
+
+/// The `[allow]` patterns of a rules file reach the argument checks and the
+/// call rules too, not only text rules. A pattern is matched against what
+/// the rule matched: `/../` within a path, `../` at its start.
+#[test]
+fn allow_patterns_reach_argument_checks_and_call_rules() {
+    let rules = RuleSet::builtin_with(&[(
+        "ops.toml",
+        "[allow]\npatterns = ['^/\\.\\./$', '^eval\\(1\\)$']\n",
+    )])
+    .unwrap();
+    let scanner = Scanner::new(rules);
+    let argument = |value| scanner.scan_argument(ArgKind::Path, value).len();
+    assert_eq!(argument("fixtures/../data"), 0, "allowed by pattern");
+    assert_eq!(argument("../etc/passwd"), 1, "still found");
+    let calls = |text| scanner.scan(Some(Lang::Python), text).len();
+    assert_eq!(calls("eval(1)\n"), 0, "allowed by pattern");
+    assert_eq!(calls("eval(x)\n"), 1, "still found");
+}
+
+/// A secret rule without a `secret` group judges its whole match: a
+/// placeholder is not a finding, a random value is.
+#[test]
+fn a_secret_rule_without_a_secret_group_still_skips_placeholders() {
+    let rules = RuleSet::builtin_with(&[(
+        "ops.toml",
+        "[[rule]]\nid = \"tok\"\nkind = \"secret\"\nlanguages = [\"*\"]\n\
+         pattern = 'tok_[A-Za-z0-9]{16}'\nkeywords = [\"tok_\"]\nseverity = \"high\"\nmessage = \"t\"\n",
+    )])
+    .unwrap();
+    let scanner = Scanner::new(rules);
+    let found = |text: &str| -> Vec<String> {
+        scanner
+            .scan(Some(Lang::Text), text)
+            .into_iter()
+            .map(|finding| finding.rule)
+            .collect()
+    };
+    assert_eq!(
+        found(&fake("tok_", "EXAMPLEexample00")),
+        Vec::<String>::new()
+    );
+    assert_eq!(found(&fake("tok_", "q8Lm2Xv0Kp4Tn7Bw")), ["tok"]);
+}
+
+/// An unterminated string ends at its line: the code on the next line is
+/// code again.
+#[test]
+fn an_unterminated_string_ends_at_its_line() {
+    assert_eq!(ids(Lang::JavaScript, "s = 'open\neval(x)\n"), ["js-eval"]);
+}
+
+/// A text rule of an argument kind (`sql_injection` looked for in code)
+/// stays a text rule: argument checks do not run it.
+#[test]
+fn a_text_rule_of_an_argument_kind_is_not_an_argument_check() {
+    let rules = RuleSet::builtin_with(&[(
+        "ops.toml",
+        "[[rule]]\nid = \"raw-sql\"\nkind = \"sql_injection\"\nlanguages = [\"*\"]\n\
+         pattern = 'zzqq'\nseverity = \"high\"\nmessage = \"m\"\n",
+    )])
+    .unwrap();
+    let scanner = Scanner::new(rules);
+    assert_eq!(scanner.scan(Some(Lang::Text), "zzqq").len(), 1);
+    assert!(scanner.scan_argument(ArgKind::Sql, "zzqq").is_empty());
+}
