@@ -38,7 +38,11 @@ fi
 "$work/tools/bin/maturin" --version
 
 step "the daemon binary the tests start"
-cargo build --locked -p automation-framework --bin automation-frameworkd
+# Built as the workspace's integration tests build it (the feature set of the
+# README's `cargo test`), so after that command nothing is compiled again; a
+# plain `cargo build -p automation-framework` resolves features differently
+# and rebuilt the daemon's crates (47 s in CI).
+cargo test --locked --workspace --no-run --test tests
 daemon="$target/debug/automation-frameworkd"
 
 step "wheel ($profile)"
