@@ -57,14 +57,9 @@ const GUARDS: &str = "[daemon]\nmax_connections_per_uid = 1024\n\
 [[bulkheads]]\nname = \"llm\"\nscope = \"service\"\nmax_in_flight = 100000\n\
 [budget]\nenabled = false\n";
 
-/// [`GUARDS`] plus the active-agent cap: every concurrency guard at once, the
-/// stricter cell (each admission also counts its agent).
-const GUARDS_AND_CAP: &str = "[daemon]\nmax_connections_per_uid = 1024\n\
-[services.bench]\n\
-[[rate_limits]]\nname = \"open\"\nrate = 100000000\nburst = 100000000\n\
-[[bulkheads]]\nname = \"llm\"\nscope = \"service\"\nmax_in_flight = 100000\n\
-[concurrency]\nmax_active_agents = 1000\n\
-[budget]\nenabled = false\n";
+/// Added to [`GUARDS`] for the stricter cell: the active-agent cap too, so
+/// each admission also counts its agent.
+const AGENT_CAP: &str = "[concurrency]\nmax_active_agents = 1000\n";
 
 /// The lease every admission of a guards cell names. A lease is held by one
 /// connection at a time, so the guards cells run on one connection.
@@ -193,7 +188,7 @@ fn main() -> anyhow::Result<()> {
         .transpose()?;
     let guards_and_cap = options
         .wants("guards")
-        .then(|| Daemon::start(GUARDS_AND_CAP))
+        .then(|| Daemon::start(&format!("{GUARDS}{AGENT_CAP}")))
         .transpose()?;
     // None when redis-server is not installed: the table shows "—".
     let redis = if options.wants("redis") {
@@ -212,6 +207,14 @@ fn main() -> anyhow::Result<()> {
     if let Some(redis) = &redis {
         targets.push((Target::Redis, redis.socket(), None));
     }
+    // Bulkhead and lease cells run on one connection only (see LEASE).
+    let mut guarded: Vec<(Target, &Path, Option<u32>)> = Vec::new();
+    if let Some(guards) = &guards {
+        guarded.push((Target::Guards, &guards.socket, Some(guards.pid())));
+    }
+    if let Some(guards) = &guards_and_cap {
+        guarded.push((Target::GuardsAndCap, &guards.socket, Some(guards.pid())));
+    }
     let load = |connections, pipeline| Load {
         connections,
         pipeline,
@@ -223,12 +226,7 @@ fn main() -> anyhow::Result<()> {
     for rep in 0..options.reps {
         for &c in connections {
             for &p in pipelines {
-                let mut order = targets.clone();
-                if !order.is_empty() {
-                    let n = order.len();
-                    order.rotate_left(rep % n);
-                }
-                for (target, socket, pid) in order {
+                for (target, socket, pid) in rotated(&targets, rep) {
                     let summary = runtime.block_on(cell(socket, load(c, p), target, pid))?;
                     figures.entry((c, p, target)).or_default().push(summary);
                 }
@@ -245,27 +243,9 @@ fn main() -> anyhow::Result<()> {
                         .or_default()
                         .push(summary);
                 }
-                // Bulkhead and lease cells on one connection (see LEASE), in
-                // an order that rotates like the others'.
                 if c == 1 {
-                    let mut guarded: Vec<(Target, &Daemon)> = Vec::new();
-                    if let Some(guards) = &guards {
-                        guarded.push((Target::Guards, guards));
-                    }
-                    if let Some(guards) = &guards_and_cap {
-                        guarded.push((Target::GuardsAndCap, guards));
-                    }
-                    if !guarded.is_empty() {
-                        let n = guarded.len();
-                        guarded.rotate_left(rep % n);
-                    }
-                    for (target, daemon) in guarded {
-                        let summary = runtime.block_on(cell(
-                            &daemon.socket,
-                            load(c, p),
-                            target,
-                            Some(daemon.pid()),
-                        ))?;
+                    for (target, socket, pid) in rotated(&guarded, rep) {
+                        let summary = runtime.block_on(cell(socket, load(c, p), target, pid))?;
                         figures.entry((c, p, target)).or_default().push(summary);
                     }
                 }
@@ -286,6 +266,17 @@ fn main() -> anyhow::Result<()> {
         print!("{}", memory::render(&memory::measure(keys, starts)?));
     }
     Ok(())
+}
+
+/// `list` in an order that rotates with the repetition, so that drift of the
+/// machine hits every target alike.
+fn rotated<T: Clone>(list: &[T], rep: usize) -> Vec<T> {
+    let mut order = list.to_vec();
+    if !order.is_empty() {
+        let n = order.len();
+        order.rotate_left(rep % n);
+    }
+    order
 }
 
 /// Runs one load against one target and returns its figures; with the
