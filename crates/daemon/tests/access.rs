@@ -8,7 +8,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use automation_framework::protocol::{AdmitRequest, ErrorCode, Request, Response};
+use automation_framework::protocol::{
+    AdmitRequest, ErrorCode, LeaseRequest, Outcome, ReportRequest, Request, Response,
+};
 use automation_framework_client::ClientError;
 
 use crate::util::Daemon;
@@ -63,6 +65,31 @@ async fn a_bound_agent_name_is_refused_per_request_and_the_session_goes_on() {
             assert!(err.message.contains("agents[0]"), "{}", err.message);
         }
         other => panic!("expected NotPermitted, got {other:?}"),
+    }
+    // So are an outcome reported without a reservation and a lease, each
+    // naming the bound agent.
+    let for_planner = [
+        Request::Report(ReportRequest {
+            service: Some("openai".into()),
+            agent: Some("planner".into()),
+            outcome: Outcome::Failure,
+            ..Default::default()
+        }),
+        Request::Lease(LeaseRequest {
+            name: "repo".into(),
+            ttl_ms: None,
+            release: false,
+            agent: Some("planner".into()),
+        }),
+    ];
+    for request in for_planner {
+        match client.call(request.clone()).await.unwrap() {
+            Response::Error(err) => {
+                assert_eq!(err.code, ErrorCode::NotPermitted, "{request:?}");
+                assert!(err.message.contains("agents[0]"), "{}", err.message);
+            }
+            other => panic!("expected NotPermitted for {request:?}, got {other:?}"),
+        }
     }
     // The same request for the session's own (free) agent name is admitted.
     let reply = client
@@ -241,7 +268,7 @@ fn agent_name_impersonation_is_refused() {
 #[test]
 fn an_admin_operation_by_a_non_admin_is_refused() {
     let daemon = Daemon::start(&format!(
-        "{OPEN_SOCKET}[access]\nagent_uids = [{NOBODY}]\nadmin_gids = [4243]\n"
+        "{OPEN_SOCKET}[access]\nagent_uids = [{NOBODY}]\nadmin_gids = [4243]\n[budget]\nlimit = 10.0\n"
     ));
     let test = "an_admin_operation_by_a_non_admin_is_refused";
     let Some(cmd) = as_nobody(test, &daemon, &[]) else {
@@ -264,6 +291,17 @@ fn an_admin_operation_by_a_non_admin_is_refused() {
     let (code, _, stderr) = run(cmd, &["reload"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("may not run admin operations"), "{stderr}");
+    let cmd = as_nobody(test, &daemon, &[]).expect("root");
+    let (code, _, stderr) = run(cmd, &["budget", "--set-limit", "1", "--budget", "global"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("may not run admin operations"), "{stderr}");
+    let cmd = as_nobody(test, &daemon, &[]).expect("root");
+    let (code, stdout, _) = run(cmd, &["--json", "budget"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("\"limit\":10.0"),
+        "the limit stands: {stdout}"
+    );
     // Reading breakers is not an admin operation, and nothing was forced.
     let cmd = as_nobody(test, &daemon, &[]).expect("root");
     let (code, stdout, _) = run(cmd, &["--json", "breakers", "--service", "search"]);
@@ -387,6 +425,110 @@ async fn a_peer_that_may_act_as_the_agent_reports_from_any_of_its_connections() 
         out.contains("\"duplicate\":false") && out.contains("\"charged\":1.0"),
         "{out}"
     );
+}
+
+/// An admin settles any reservation, even one whose agent name is bound to
+/// other users (`[[agents]]` binds the daemon's own uid and root too): the
+/// operator's way to close what a stuck agent left open.
+#[tokio::test]
+async fn an_admin_settles_a_reservation_of_an_agent_it_may_not_act_as() {
+    let daemon = Daemon::start(&format!(
+        "{OPEN_SOCKET}[access]\nagent_uids = [{NOBODY}]\n[budget]\nlimit = 10.0\n\
+         [[agents]]\nname = \"planner\"\nuids = [{NOBODY}]\n"
+    ));
+    let test = "an_admin_settles_a_reservation_of_an_agent_it_may_not_act_as";
+    let Some(mut planner) = as_nobody(test, &daemon, &[]) else {
+        return;
+    };
+    // The daemon's first reservation: epoch 1, counter 1.
+    let first = (1u64 << 32) | 1;
+    planner.args(["--agent", "planner", "session"]);
+    let out = feed(
+        &mut planner,
+        "{\"op\":\"admit\",\"service\":\"svc\",\"cost\":1}\n",
+    );
+    assert!(out.contains(&format!("\"reservation\":{first}")), "{out}");
+
+    // The test runs as root, the daemon's uid: an admin, but not planner.
+    let mut ops = daemon.client("ops").await;
+    let refused = ops
+        .call(Request::Admit(AdmitRequest {
+            service: "svc".into(),
+            agent: Some("planner".into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused, Response::Error(err) if err.code == ErrorCode::NotPermitted),
+        "root may not act as planner: {refused:?}"
+    );
+    let settled = ops
+        .report(ReportRequest {
+            reservation: Some(first),
+            outcome: Outcome::Success,
+            ..Default::default()
+        })
+        .await
+        .expect("an admin settles any reservation");
+    assert_eq!(settled.charged, Some(1.0), "{settled:?}");
+}
+
+/// A session keeps the agent name it shook hands with: a reload that binds
+/// the name to other users turns away new connections claiming it, while
+/// the open session still reports what it admitted (its calls are in flight;
+/// refusing their reports would leave them to the orphan timeout).
+#[tokio::test]
+async fn a_session_reports_its_own_admissions_after_a_reload_binds_its_name_away() {
+    use std::io::{BufRead, BufReader};
+    let config =
+        format!("{OPEN_SOCKET}[access]\nagent_uids = [{NOBODY}]\n[budget]\nlimit = 10.0\n");
+    let daemon = Daemon::start(&config);
+    let test = "a_session_reports_its_own_admissions_after_a_reload_binds_its_name_away";
+    let Some(mut planner) = as_nobody(test, &daemon, &[]) else {
+        return;
+    };
+    let mut child = planner
+        .args(["--agent", "planner", "session"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the CLI");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut ask = |line: &str| {
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        lines.next().expect("a reply line").unwrap()
+    };
+    let first = (1u64 << 32) | 1;
+    let admitted = ask("{\"op\":\"admit\",\"service\":\"svc\",\"cost\":1}");
+    assert!(
+        admitted.contains(&format!("\"reservation\":{first}")),
+        "{admitted}"
+    );
+
+    daemon.write_config(&format!(
+        "{config}[[agents]]\nname = \"planner\"\nuids = [1001]\n"
+    ));
+    let log = daemon.sighup_and_wait();
+    assert!(log.contains("configuration reloaded from"), "{log}");
+    let reported = ask(&format!(
+        "{{\"op\":\"report\",\"reservation\":{first},\"outcome\":\"success\"}}"
+    ));
+    assert!(
+        reported.contains("\"duplicate\":false") && reported.contains("\"charged\":1.0"),
+        "{reported}"
+    );
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+
+    // A new connection claiming the name is refused now.
+    let mut again = as_nobody(test, &daemon, &[]).expect("root");
+    again.args(["--agent", "planner", "ping"]);
+    let (code, _, stderr) = run(again, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("agents[0]"), "{stderr}");
 }
 
 /// A copy of the CLI that `nobody` can run (the build directory may sit under a
