@@ -384,4 +384,77 @@ mod tests {
         let body = client.next().await.expect("a frame").expect("readable");
         assert_eq!(decode::<ServerFrame>(&body).unwrap(), error);
     }
+
+    /// A peer that closes in the middle of a frame is told apart from a
+    /// socket error: the daemon logs it as a truncated frame, not an I/O
+    /// failure.
+    #[tokio::test]
+    async fn a_frame_cut_by_the_peer_closing_is_truncated() {
+        use tokio::io::AsyncWriteExt;
+        let (daemon_side, mut client_side) = UnixStream::pair().unwrap();
+        let mut conn = Connection::new(daemon_side).unwrap();
+        // A prefix announcing 100 bytes, then 10 of them, then the end.
+        client_side.write_all(&100u32.to_be_bytes()).await.unwrap();
+        client_side.write_all(&[0; 10]).await.unwrap();
+        drop(client_side);
+        let err = conn.read_frame().await.expect_err("cut short");
+        assert!(matches!(err, ReadError::Truncated), "{err:?}");
+    }
+
+    /// After a large frame each way, the buffers go back to nothing once
+    /// the frames are handled: a connection that once carried a megabyte
+    /// does not keep it. (The read buffer gets its room back with the next
+    /// frame: the large one's body was split off, and the next read's
+    /// reserve reclaims the allocation once that body is dropped.)
+    #[tokio::test]
+    async fn the_buffers_of_a_large_frame_are_given_back() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (daemon_side, client_side) = UnixStream::pair().unwrap();
+        let (mut from_daemon, mut to_daemon) = client_side.into_split();
+        let mut conn = Connection::new(daemon_side).unwrap();
+        let big = 4 * KEEP_BUFFER;
+        let len = u32::try_from(big).unwrap();
+        let writer = tokio::spawn(async move {
+            to_daemon.write_all(&len.to_be_bytes()).await.unwrap();
+            to_daemon.write_all(&vec![0xff; big]).await.unwrap();
+            // Then a small frame (neither decodes: only their sizes matter).
+            to_daemon.write_all(&[0, 0, 0, 1, 0xff]).await.unwrap();
+            to_daemon
+        });
+        for _ in 0..2 {
+            let read = conn.read_frame().await;
+            assert!(matches!(read, Err(ReadError::Decode(_))), "{read:?}");
+        }
+        let _to_daemon = writer.await.unwrap();
+        assert!(conn.framed.read_buffer().capacity() > KEEP_BUFFER);
+
+        let reply =
+            ServerFrame::Error(ErrorReply::new(ErrorCode::InvalidArgument, "x".repeat(big)));
+        conn.encode_frame(&reply).unwrap();
+        assert!(conn.framed.write_buffer().capacity() > KEEP_BUFFER);
+        let reader = tokio::spawn(async move {
+            let mut sink = vec![0; big + 1024];
+            let mut got = 0;
+            while got < big {
+                got += from_daemon.read(&mut sink[got..]).await.unwrap();
+            }
+        });
+        conn.flush_unless_busy().await.unwrap();
+        reader.await.unwrap();
+        // As with reading: the written frame was advanced past, and the next
+        // frame's reserve takes the allocation back.
+        let small = ServerFrame::Error(ErrorReply::new(ErrorCode::InvalidArgument, "x"));
+        conn.encode_frame(&small).unwrap();
+        assert!(conn.framed.write_buffer().capacity() > KEEP_BUFFER);
+        conn.flush_unless_busy().await.unwrap();
+        for (side, capacity) in [
+            ("read", conn.framed.read_buffer().capacity()),
+            ("write", conn.framed.write_buffer().capacity()),
+        ] {
+            assert!(
+                capacity <= KEEP_BUFFER,
+                "the {side} buffer kept {capacity} bytes"
+            );
+        }
+    }
 }

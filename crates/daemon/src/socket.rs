@@ -314,9 +314,38 @@ mod tests {
                 .contains("is writable by everyone (mode 0777)"),
             "{err}"
         );
+        // Writable by its group only: still others, who could swap the socket.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o770)).unwrap();
+        let err = bind(&shared.join("agent.sock"), &SocketPerms::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is writable by its group (mode 0770)"),
+            "{err}"
+        );
         // Sticky, like /tmp: others cannot remove or rename what is ours.
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
         bind(&shared.join("agent.sock"), &SocketPerms::default()).expect("sticky is fine");
+    }
+
+    /// Needs root, to make a directory belong to someone else: its owner
+    /// could rearrange it whatever its mode.
+    #[tokio::test]
+    async fn refuses_a_directory_another_user_owns() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED refuses_a_directory_another_user_owns: needs root to chown");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).unwrap();
+        nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let err = bind(&theirs.join("agent.sock"), &SocketPerms::default()).unwrap_err();
+        assert!(err.to_string().contains("belongs to uid 65534"), "{err}");
+        assert!(!theirs.join("agent.sock").exists(), "nothing bound there");
+        // Root's own directory is fine for any daemon's uid.
+        nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+        bind(&theirs.join("agent.sock"), &SocketPerms::default()).expect("root's directory");
     }
 
     #[test]
