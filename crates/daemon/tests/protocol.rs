@@ -2,8 +2,9 @@
 
 use automation_framework::protocol::frame::encode;
 use automation_framework::protocol::{
-    AdmitRequest, BreakersRequest, ClientFrame, Envelope, ErrorCode, Hello, Outcome, ReportRequest,
-    Request, Response, ServerFrame,
+    AdmitRequest, BreakerForce, BreakersRequest, BudgetRequest, ClientFrame, Envelope, ErrorCode,
+    ForceBreakerRequest, Hello, LeaseRequest, Outcome, Payload, ReportRequest, Request, Response,
+    RouteRequest, ServerFrame,
 };
 
 use crate::util::Daemon;
@@ -202,48 +203,190 @@ async fn an_unknown_request_kind_is_answered_and_the_connection_goes_on() {
     );
 }
 
+/// Every field a request can get wrong is refused as `InvalidArgument`, with
+/// a message naming it, and nothing is taken: the rate limit's single cell
+/// is still there afterwards, and no breaker heard a failure.
 #[tokio::test]
 async fn invalid_arguments_are_typed_errors_that_change_nothing() {
-    let daemon =
-        Daemon::start("[[rate_limits]]\nname = \"one\"\nrate = 1\nper = \"1h\"\nburst = 1\n");
+    let daemon = Daemon::start(
+        "[[rate_limits]]\nname = \"one\"\nrate = 1\nper = \"1h\"\nburst = 1\n\
+         [content]\nmax_payload = 100\n\
+         [breaker]\nfailure_threshold = 1\n",
+    );
     let mut client = daemon.client("a").await;
-    let bad = [
-        Request::Admit(AdmitRequest {
-            agent: None,
-            service: "openai".into(),
-            units: 0,
-            ..Default::default()
-        }),
-        Request::Admit(AdmitRequest {
-            agent: None,
-            service: "".into(),
-            units: 1,
-            ..Default::default()
-        }),
-        Request::Admit(AdmitRequest {
-            agent: Some("bad\nagent".into()),
+    let admit = |change: fn(&mut AdmitRequest)| {
+        let mut req = AdmitRequest {
             service: "openai".into(),
             units: 1,
             ..Default::default()
-        }),
-        Request::Report(ReportRequest {
-            reservation: None,
-            service: None,
+        };
+        change(&mut req);
+        Request::Admit(req)
+    };
+    let report = |change: fn(&mut ReportRequest)| {
+        let mut req = ReportRequest {
+            service: Some("openai".into()),
             outcome: Outcome::Failure,
-            units: None,
-            latency_ms: None,
             ..Default::default()
-        }),
+        };
+        change(&mut req);
+        Request::Report(req)
+    };
+    let lease = |name: &str, agent: Option<&str>| {
+        Request::Lease(LeaseRequest {
+            name: name.into(),
+            ttl_ms: None,
+            release: false,
+            agent: agent.map(Into::into),
+        })
+    };
+    let route = |route: Option<&str>, chain: Vec<String>| {
+        Request::Route(RouteRequest {
+            route: route.map(Into::into),
+            chain,
+            agent: None,
+            units: 1,
+            cost: None,
+            model: None,
+        })
+    };
+    let bad = [
+        (admit(|r| r.units = 0), "units must be at least 1"),
+        (
+            admit(|r| r.service = "".into()),
+            "service name \"\" is empty",
+        ),
+        (
+            admit(|r| r.agent = Some("bad\nagent".into())),
+            "agent name \"bad\\nagent\" contains the control character",
+        ),
+        (
+            admit(|r| r.model = Some("bad\nmodel".into())),
+            "model name \"bad\\nmodel\" contains the control character",
+        ),
+        (admit(|r| r.attempt = 0), "attempt is 1-based"),
+        (admit(|r| r.cost = Some(-1.0)), "cost: -1 is negative"),
+        (
+            admit(|r| r.cost = Some(f64::NAN)),
+            "cost: NaN is not a finite number",
+        ),
+        (admit(|r| r.cost = Some(2e9)), "larger than the maximum"),
+        (
+            admit(|r| r.lease = Some("bad\nlease".into())),
+            "lease name \"bad\\nlease\" contains the control character",
+        ),
+        (
+            admit(|r| r.route = Some("fallback".into())),
+            "give either service or route",
+        ),
+        (
+            admit(|r| {
+                r.service = "".into();
+                r.route = Some("bad\nroute".into());
+            }),
+            "route name \"bad\\nroute\" contains the control character",
+        ),
+        (report(|r| r.service = None), "missing reservation"),
+        (
+            report(|r| r.reservation = Some(1)),
+            "give either reservation",
+        ),
+        (
+            report(|r| r.service = Some("bad\nservice".into())),
+            "service name \"bad\\nservice\" contains the control character",
+        ),
+        (
+            report(|r| r.agent = Some("bad\nagent".into())),
+            "agent name \"bad\\nagent\" contains the control character",
+        ),
+        (report(|r| r.attempt = Some(0)), "attempt is 1-based"),
+        (report(|r| r.cost = Some(-1.0)), "cost: -1 is negative"),
+        (
+            report(|r| r.idempotency_key = Some("".into())),
+            "idempotency_key must be 1 to 256 printable bytes",
+        ),
+        (
+            report(|r| r.idempotency_key = Some("k".repeat(257).into())),
+            "idempotency_key must be 1 to 256 printable bytes",
+        ),
+        (
+            report(|r| r.idempotency_key = Some("key\u{7}".into())),
+            "idempotency_key must be 1 to 256 printable bytes",
+        ),
+        (
+            lease("bad\nlease", None),
+            "lease name \"bad\\nlease\" contains the control character",
+        ),
+        (
+            lease("repo", Some("bad\nagent")),
+            "agent name \"bad\\nagent\" contains the control character",
+        ),
+        (
+            route(Some("bad\nroute"), Vec::new()),
+            "route name \"bad\\nroute\" contains the control character",
+        ),
+        (
+            route(None, vec!["bad\nservice".into()]),
+            "service name \"bad\\nservice\" contains the control character",
+        ),
+        (
+            route(None, vec!["openai".to_owned(); 33]),
+            "a chain may name at most 32 services, got 33",
+        ),
+        (
+            Request::Budget(BudgetRequest {
+                agent: Some("bad\nagent".into()),
+            }),
+            "agent name \"bad\\nagent\" contains the control character",
+        ),
+        (
+            Request::Breakers(BreakersRequest {
+                service: Some("bad\nservice".into()),
+            }),
+            "service name \"bad\\nservice\" contains the control character",
+        ),
+        (
+            Request::ForceBreaker(ForceBreakerRequest {
+                service: "bad\nservice".into(),
+                force: BreakerForce::Open,
+            }),
+            "service name \"bad\\nservice\" contains the control character",
+        ),
+        (
+            Request::Check(Payload {
+                lang: None,
+                text: "x".repeat(101),
+            }),
+            "the payload is 101 bytes, more than content.max_payload (100 bytes)",
+        ),
     ];
-    for request in bad {
+    for (request, says) in bad {
         let response = client.call(request.clone()).await.unwrap();
+        let Response::Error(err) = &response else {
+            panic!("{request:?} -> {response:?}");
+        };
         assert_eq!(
-            error_code(&response),
-            Some(ErrorCode::InvalidArgument),
-            "{request:?} -> {response:?}"
+            err.code,
+            ErrorCode::InvalidArgument,
+            "{request:?} -> {err:?}"
+        );
+        assert!(
+            err.message.contains(says),
+            "{request:?}: {:?} does not say {says:?}",
+            err.message
         );
     }
-    // Nothing was taken: the single cell of the bucket is still there.
+    // At the limit, a payload is scanned.
+    let at_limit = client
+        .call(Request::Check(Payload {
+            lang: None,
+            text: "x".repeat(100),
+        }))
+        .await
+        .unwrap();
+    assert!(matches!(at_limit, Response::Check(_)), "{at_limit:?}");
+    // Nothing was taken: the single cell of the bucket is still there, and
+    // no failure reached the breaker (one would have opened it).
     let reply = client
         .admit(AdmitRequest {
             agent: None,
