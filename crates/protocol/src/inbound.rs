@@ -69,4 +69,39 @@ mod tests {
             Err(DecodeError::Malformed { .. })
         ));
     }
+
+    /// The first kind past the known ones is unknown; the last known one,
+    /// with a body that does not decode, is garbage.
+    #[test]
+    fn the_first_unknown_kind_is_the_known_count() {
+        let mut body = encode(&ClientFrame::Request(Envelope {
+            id: 7,
+            request: Request::Ping,
+        }))
+        .unwrap();
+        body[12..16].copy_from_slice(&Request::KIND_COUNT.to_le_bytes());
+        assert!(matches!(
+            decode_client_frame(&body),
+            Err(DecodeError::UnknownRequest { id: 7, kind }) if kind == Request::KIND_COUNT
+        ));
+        body[12..16].copy_from_slice(&(Request::KIND_COUNT - 1).to_le_bytes());
+        assert!(matches!(
+            decode_client_frame(&body),
+            Err(DecodeError::Malformed { .. })
+        ));
+    }
+
+    /// Only a request can be of an unknown kind: a `Hello` of this version
+    /// that does not decode is garbage, whatever its bytes where a request's
+    /// kind would be.
+    #[test]
+    fn a_frame_that_is_not_a_request_has_no_kind() {
+        let mut body = vec![0; 16];
+        body[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        body[12..16].copy_from_slice(&999u32.to_le_bytes());
+        assert!(matches!(
+            decode_client_frame(&body),
+            Err(DecodeError::Malformed { .. })
+        ));
+    }
 }
