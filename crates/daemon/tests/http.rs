@@ -119,6 +119,216 @@ async fn metrics_after_traffic_have_the_expected_series_and_values() {
     daemon.assert_memory_matches_ledger().await;
 }
 
+/// The state gauges follow what they count: a bulkhead's call in flight and
+/// its waiter, a held lease, a quota's use, the agents connected, and a
+/// breaker's state as one series set among its states.
+#[tokio::test]
+async fn the_state_gauges_follow_bulkheads_leases_quotas_and_agents() {
+    use automation_framework::protocol::{LeaseRequest, Outcome};
+    let daemon = Daemon::start(
+        "[[bulkheads]]\nname = \"one\"\nscope = \"service\"\nmax_in_flight = 1\n\
+         [[quotas]]\nname = \"calls\"\nscope = \"global\"\nlimit = 10\nwindow = \"day\"\n",
+    );
+    let mut first = daemon.client("a").await;
+    let held = first
+        .admit(AdmitRequest {
+            service: "svc".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(held.allowed, "{held:?}");
+    let lease = first
+        .lease(LeaseRequest {
+            name: "repo".into(),
+            ttl_ms: None,
+            release: false,
+            agent: None,
+        })
+        .await
+        .unwrap();
+    assert!(lease.granted, "{lease:?}");
+    crate::util::fail_five(&mut first, "flaky").await;
+    let mut second = daemon.client("b").await;
+    let waiter = tokio::spawn(async move {
+        let reply = second
+            .admit(AdmitRequest {
+                service: "svc".into(),
+                wait_ms: Some(10_000),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        (second, reply)
+    });
+    let scrape = || daemon.http_get("/metrics").1;
+    crate::util::eventually(crate::util::PROMPTLY, || async {
+        let waiting = "automation_framework_bulkhead_waiting{bulkhead=\"one\"}";
+        (sample(&scrape(), waiting) == Some(1.0)).then_some(())
+    })
+    .await;
+    let metrics = scrape();
+    let expect = [
+        (
+            "automation_framework_bulkhead_in_flight{bulkhead=\"one\"}",
+            1.0,
+        ),
+        (
+            "automation_framework_bulkhead_waiting{bulkhead=\"one\"}",
+            1.0,
+        ),
+        ("automation_framework_leases_held", 1.0),
+        (
+            "automation_framework_quota_max_usage_ratio{quota=\"calls\"}",
+            0.1,
+        ),
+        ("automation_framework_active_agents", 2.0),
+        (
+            "automation_framework_breaker_state{service=\"flaky\",state=\"open\"}",
+            1.0,
+        ),
+        (
+            "automation_framework_breaker_state{service=\"flaky\",state=\"closed\"}",
+            0.0,
+        ),
+        (
+            "automation_framework_breaker_state{service=\"svc\",state=\"open\"}",
+            0.0,
+        ),
+    ];
+    for (series, value) in expect {
+        assert_eq!(
+            sample(&metrics, series),
+            Some(value),
+            "{series} in:\n{metrics}"
+        );
+    }
+
+    // The call in flight reported, the waiter goes through.
+    first
+        .report(ReportRequest {
+            reservation: held.reservation,
+            outcome: Outcome::Success,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (_second, reply) = waiter.await.unwrap();
+    assert!(reply.allowed, "{reply:?}");
+    let metrics = scrape();
+    for (series, value) in [
+        (
+            "automation_framework_bulkhead_in_flight{bulkhead=\"one\"}",
+            1.0,
+        ),
+        (
+            "automation_framework_bulkhead_waiting{bulkhead=\"one\"}",
+            0.0,
+        ),
+        (
+            "automation_framework_quota_max_usage_ratio{quota=\"calls\"}",
+            0.2,
+        ),
+    ] {
+        assert_eq!(
+            sample(&metrics, series),
+            Some(value),
+            "{series} in:\n{metrics}"
+        );
+    }
+}
+
+/// A deleted ledger makes the daemon unhealthy: `/health` answers 503 (what
+/// a load balancer or systemd's watchdog probe acts on) and `store_up` is 0.
+#[tokio::test]
+async fn health_is_503_and_the_store_down_while_the_ledger_is_lost() {
+    let daemon = Daemon::start("[budget]\nlimit = 100.0\n");
+    let mut client = daemon.client("a").await;
+    client
+        .report(ReportRequest {
+            service: Some("svc".into()),
+            cost: Some(1.0),
+            idempotency_key: Some("before".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(daemon.state_dir().join(format!("ledger.sqlite3{suffix}")));
+    }
+    crate::util::eventually(crate::util::PROMPTLY, || async {
+        (daemon.http_get("/health").0 == 503).then_some(())
+    })
+    .await;
+    let (_, body) = daemon.http_get("/health");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["status"], "unhealthy", "{body}");
+    let metrics = daemon.http_get("/metrics").1;
+    assert_eq!(
+        sample(&metrics, "automation_framework_store_up"),
+        Some(0.0),
+        "{metrics}"
+    );
+}
+
+/// Only `GET` (and `HEAD`, its headers alone) is served; anything else is
+/// told so.
+#[tokio::test]
+async fn only_get_and_head_are_served() {
+    let daemon = Daemon::start("");
+    let (code, body) = daemon.http_request("POST", "/metrics");
+    assert_eq!(code, 405, "{body}");
+    assert!(body.contains("only GET is served here"), "{body}");
+    assert_eq!(daemon.http_request("HEAD", "/ready").0, 200);
+}
+
+/// One peer (here: this test's uid) holds at most four HTTP connections: a
+/// fifth is closed at once, unanswered, and counted, so one user's idle or
+/// half-sent requests cannot take the slots everyone's probes need.
+#[tokio::test]
+async fn one_peer_holds_at_most_four_http_connections() {
+    let daemon = Daemon::start("");
+    let addr = daemon.http_addr();
+    // Four connections that send nothing (each held until the 2-s header
+    // timeout or until dropped).
+    let held: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+        .collect();
+    // A fifth asks; it is refused once the four are counted (each is
+    // identified on the blocking pool, so the first tries may race them).
+    crate::util::eventually(crate::util::PROMPTLY, || async {
+        try_get(addr, "/ready").is_none().then_some(())
+    })
+    .await;
+    drop(held);
+    let series = "automation_framework_limit_hits_total{limit=\"http_per_peer\"}";
+    let hits = crate::util::eventually(crate::util::PROMPTLY, || async {
+        try_get(addr, "/metrics").and_then(|metrics| sample(&metrics, series))
+    })
+    .await;
+    assert!(hits >= 1.0, "{hits}");
+}
+
+/// The body of `GET path`, or `None` when the connection was closed
+/// unanswered.
+fn try_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(crate::util::PROMPTLY))
+        .unwrap();
+    // Written before the daemon closes it, or not: either way the answer
+    // is what was read.
+    let _ = write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    Some(body.to_owned())
+}
+
 /// `promtool check metrics` from Debian's `prometheus` package, when present
 /// (.ci/run extracts it); says so when it is not.
 fn promtool_check(metrics: &str) {

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -191,7 +190,9 @@ struct Routes {
 impl Routes {
     /// Answers `request`; on a connection of the probes' reserve
     /// (`probes_only`), only `/health` and `/ready`.
-    fn handle(&self, request: &Request<Incoming>, probes_only: bool) -> Response<Full<Bytes>> {
+    /// Any body type: only the method and the path are read (the tests make
+    /// requests without a connection).
+    fn handle<B>(&self, request: &Request<B>, probes_only: bool) -> Response<Full<Bytes>> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n");
         }
@@ -254,4 +255,63 @@ fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = code;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SharedClock;
+    use crate::config::Config;
+    use crate::store::Store;
+
+    fn routes(dir: &std::path::Path) -> Routes {
+        let (store, snapshot) = Store::open(dir).expect("ledger");
+        let state =
+            State::new(Config::default(), SharedClock::system(), store, &snapshot).expect("state");
+        Routes {
+            state,
+            metrics: None,
+            ready: Readiness::default(),
+        }
+    }
+
+    fn get(routes: &Routes, path: &str, probes_only: bool) -> Response<Full<Bytes>> {
+        let request = Request::get(path).body(()).expect("a request");
+        routes.handle(&request, probes_only)
+    }
+
+    /// `/ready` says "starting" until the agent socket accepts connections.
+    #[test]
+    fn ready_says_starting_until_the_socket_accepts() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let routes = routes(dir.path());
+        assert_eq!(
+            get(&routes, "/ready", false).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        routes.ready.set();
+        assert_eq!(get(&routes, "/ready", false).status(), StatusCode::OK);
+    }
+
+    /// A connection let in on the probes' reserve is answered on `/health`
+    /// and `/ready` only; anything else is told to come back in a second.
+    #[test]
+    fn a_probes_only_connection_is_answered_the_probes_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let routes = routes(dir.path());
+        routes.ready.set();
+        let refused = get(&routes, "/metrics", true);
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            refused.headers().get(hyper::header::RETRY_AFTER),
+            Some(&hyper::header::HeaderValue::from_static("1"))
+        );
+        assert_eq!(get(&routes, "/health", true).status(), StatusCode::OK);
+        assert_eq!(get(&routes, "/ready", true).status(), StatusCode::OK);
+        // On an ordinary connection the same path is routed.
+        assert_eq!(
+            get(&routes, "/metrics", false).status(),
+            StatusCode::NOT_FOUND
+        );
+    }
 }

@@ -176,7 +176,9 @@ mod tests {
 
     #[test]
     fn procfs_lines_are_matched_on_both_ends() {
-        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 0100007F:A2B4 01 00000000:00000000 00:00000000 00000000  1000        0 1 1\n   1: 0100007F:A2B4 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  1001        0 2 1\n";
+        // The first line shares its local end with the third: a connection
+        // of the same port to another remote end (one in TIME_WAIT).
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   2: 0100007F:A2B4 0100007F:0050 06 00000000:00000000 00:00000000 00000000     0        0 0 1\n   0: 0100007F:1F90 0100007F:A2B4 01 00000000:00000000 00:00000000 00000000  1000        0 1 1\n   1: 0100007F:A2B4 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  1001        0 2 1\n";
         assert_eq!(
             owner_in(table, "0100007F:A2B4", "0100007F:1F90"),
             Some(1001)

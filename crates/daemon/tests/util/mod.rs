@@ -109,12 +109,17 @@ impl Daemon {
 
     /// `GET path` on the daemon's HTTP listener: (status code, body).
     pub fn http_get(&self, path: &str) -> (u16, String) {
+        self.http_request("GET", path)
+    }
+
+    /// A `method` request for `path` on the HTTP listener: its status and body.
+    pub fn http_request(&self, method: &str, path: &str) -> (u16, String) {
         use std::io::Write;
         let mut stream = std::net::TcpStream::connect(self.http_addr()).expect("connect to HTTP");
         stream.set_read_timeout(Some(PROMPTLY)).unwrap();
         write!(
             stream,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut response = String::new();
