@@ -108,6 +108,26 @@ async fn a_reply_too_large_for_a_frame_is_an_error_and_the_session_goes_on() {
         other => panic!("expected FrameTooLarge, got a {} reply", other_kind(&other)),
     }
     assert_eq!(server.hits(Limit::ReplyTooLarge), 1);
+    // In a batch (whose reply is written as a whole frame, not as it is
+    // decided), only the large answer is replaced, and it is counted too.
+    let answers = client
+        .batch(vec![
+            Request::Breakers(BreakersRequest { service: None }),
+            Request::Ping,
+        ])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&answers[0], Response::Error(err) if err.code == ErrorCode::FrameTooLarge),
+        "{}",
+        other_kind(&answers[0])
+    );
+    assert!(
+        matches!(answers[1], Response::Pong(_)),
+        "{}",
+        other_kind(&answers[1])
+    );
+    assert_eq!(server.hits(Limit::ReplyTooLarge), 2);
     client.ping().await.expect("the session goes on");
     let one = client.breakers(Some(format!("{:0>100}", 7))).await.unwrap();
     assert_eq!(one.len(), 1);

@@ -399,6 +399,98 @@ async fn invalid_arguments_are_typed_errors_that_change_nothing() {
     assert!(reply.allowed, "{reply:?}");
 }
 
+/// Two frames in one write, with their length prefixes.
+fn two_frames(first: &ClientFrame, second: &ClientFrame) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for frame in [first, second] {
+        let body = encode(frame).unwrap();
+        bytes.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+        bytes.extend_from_slice(&body);
+    }
+    bytes
+}
+
+fn request(id: u64, request: Request) -> ClientFrame {
+    ClientFrame::Request(Envelope { id, request })
+}
+
+/// An admission under a budget waits for the ledger; a ping pipelined
+/// behind it is ready at once, and still answered after it: replies go out
+/// in request order (docs/PROTOCOL.md §4.4).
+#[tokio::test]
+async fn a_ready_reply_waits_behind_one_that_waits_for_the_ledger() {
+    let daemon = Daemon::start("[budget]\nlimit = 10.0\n");
+    let mut raw = daemon.raw().await;
+    raw.hello("a").await;
+    let costly = Request::Admit(AdmitRequest {
+        service: "svc".into(),
+        cost: Some(1.0),
+        ..Default::default()
+    });
+    raw.write_bytes(&two_frames(&request(1, costly), &request(2, Request::Ping)))
+        .await;
+    for (want, kind) in [(1, "admit"), (2, "pong")] {
+        match raw.recv().await {
+            Some(ServerFrame::Reply(reply)) => {
+                assert_eq!(reply.id, want, "{kind} answered out of order: {reply:?}")
+            }
+            other => panic!("expected the {kind} reply, got {other:?}"),
+        }
+    }
+}
+
+/// A client that stops writing (shuts its half down) still reads the replies
+/// to what it sent, the ones that wait for the ledger too, then the end.
+#[tokio::test]
+async fn a_client_that_stops_writing_still_gets_its_waiting_replies() {
+    use tokio::io::AsyncWriteExt;
+    let daemon = Daemon::start("[budget]\nlimit = 10.0\n");
+    let mut raw = daemon.raw().await;
+    raw.hello("a").await;
+    let costly = Request::Admit(AdmitRequest {
+        service: "svc".into(),
+        cost: Some(1.0),
+        ..Default::default()
+    });
+    raw.send(&request(1, costly)).await;
+    raw.framed.get_mut().shutdown().await.unwrap();
+    match raw.recv().await {
+        Some(ServerFrame::Reply(reply)) => {
+            assert_eq!(reply.id, 1);
+            assert!(
+                matches!(&reply.response, Response::Admit(admit) if admit.allowed),
+                "{reply:?}"
+            );
+        }
+        other => panic!("expected the admission's reply, got {other:?}"),
+    }
+    assert!(raw.recv().await.is_none(), "then the end");
+}
+
+/// A `Hello` of another protocol version (one this build cannot decode past
+/// its version) after the handshake is garbage: the connection is closed as
+/// malformed, and counted as such.
+#[tokio::test]
+async fn a_second_hello_of_another_version_is_malformed_and_counted() {
+    let server = crate::util::InProcess::start("").await;
+    let mut raw = server.raw().await;
+    raw.hello("a").await;
+    // `Hello`'s variant, version 99, then fields this build cannot read.
+    let mut body = 0u32.to_le_bytes().to_vec();
+    body.extend_from_slice(&99u16.to_le_bytes());
+    body.extend_from_slice(&[0xff; 3]);
+    raw.send_body(body).await;
+    match raw.recv().await {
+        Some(ServerFrame::Error(err)) => assert_eq!(err.code, ErrorCode::Malformed, "{err:?}"),
+        other => panic!("expected a Malformed error, got {other:?}"),
+    }
+    raw.expect_closed().await;
+    assert_eq!(
+        server.hits(automation_framework::state::Limit::Malformed),
+        1
+    );
+}
+
 #[tokio::test]
 async fn unknown_services_are_refused_when_the_config_says_so() {
     let daemon = Daemon::start("[daemon]\nallow_unknown_services = false\n[services.openai]\n");
