@@ -5,6 +5,8 @@
 //! cannot drift from the daemon.
 
 mod blocking;
+#[cfg(test)]
+mod tests;
 
 pub use blocking::BlockingClient;
 
