@@ -41,6 +41,67 @@ async fn sigterm_closes_sessions_with_a_reason_and_exits_0() {
     );
 }
 
+/// A reply still owed when the daemon starts draining is written before the
+/// goodbye: an admission waiting in a bulkhead's line gets its answer (the
+/// holder's connection, with nothing owed, closes first and gives its permit
+/// back; else the wait runs out), then the `ShuttingDown` frame, then the end.
+#[tokio::test]
+async fn a_reply_owed_at_shutdown_is_written_before_the_goodbye() {
+    use automation_framework::protocol::{
+        ClientFrame, Envelope, ErrorCode, Request, Response, ServerFrame,
+    };
+    let mut daemon =
+        Daemon::start("[[bulkheads]]\nname = \"one\"\nscope = \"service\"\nmax_in_flight = 1\n");
+    let mut holder = daemon.client("holder").await;
+    let held = holder
+        .admit(AdmitRequest {
+            service: "svc".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(held.allowed);
+    let mut waiter = daemon.raw().await;
+    waiter.hello("waiter").await;
+    waiter
+        .send(&ClientFrame::Request(Envelope {
+            id: 7,
+            request: Request::Admit(AdmitRequest {
+                service: "svc".into(),
+                wait_ms: Some(500),
+                ..Default::default()
+            }),
+        }))
+        .await;
+    let series = "automation_framework_bulkhead_waiting{bulkhead=\"one\"}";
+    crate::util::eventually(crate::util::PROMPTLY, || async {
+        let metrics = daemon.http_get("/metrics").1;
+        metrics
+            .lines()
+            .any(|line| line.starts_with(series) && line.ends_with(" 1"))
+            .then_some(())
+    })
+    .await;
+    kill(Pid::from_raw(daemon.pid()), Signal::SIGTERM).unwrap();
+    match waiter.recv().await {
+        Some(ServerFrame::Reply(reply)) => {
+            assert_eq!(reply.id, 7);
+            assert!(matches!(&reply.response, Response::Admit(_)), "{reply:?}");
+        }
+        other => panic!("expected the waiter's reply first, got {other:?}"),
+    }
+    match waiter.recv().await {
+        Some(ServerFrame::Error(err)) => assert_eq!(err.code, ErrorCode::ShuttingDown),
+        other => panic!("expected the goodbye, got {other:?}"),
+    }
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+}
+
 #[tokio::test]
 async fn the_limits_hit_are_logged_at_exit() {
     let mut daemon = Daemon::start("[daemon]\nmax_batch = 1\n");
