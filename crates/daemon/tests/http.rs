@@ -15,6 +15,17 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
         .and_then(|value| value.parse().ok())
 }
 
+/// Each series has its value in `metrics`.
+fn assert_samples(metrics: &str, expect: &[(&str, f64)]) {
+    for &(series, value) in expect {
+        assert_eq!(
+            sample(metrics, series),
+            Some(value),
+            "{series} in:\n{metrics}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn metrics_after_traffic_have_the_expected_series_and_values() {
     let daemon = Daemon::start("[budget]\nlimit = 10.0\n[[rate_limits]]\nname = \"pair\"\nrate = 1\nper = \"1h\"\nburst = 2\n");
@@ -79,13 +90,7 @@ async fn metrics_after_traffic_have_the_expected_series_and_values() {
             0.0,
         ),
     ];
-    for (series, value) in expect {
-        assert_eq!(
-            sample(&metrics, series),
-            Some(value),
-            "{series} in:\n{metrics}"
-        );
-    }
+    assert_samples(&metrics, &expect);
     assert!(metrics.contains("# HELP automation_framework_request_duration_seconds"));
     // Two reservations were made durable, in one or two group commits.
     let jobs = sample(&metrics, "automation_framework_store_commit_jobs_sum")
@@ -196,13 +201,7 @@ async fn the_state_gauges_follow_bulkheads_leases_quotas_and_agents() {
             0.0,
         ),
     ];
-    for (series, value) in expect {
-        assert_eq!(
-            sample(&metrics, series),
-            Some(value),
-            "{series} in:\n{metrics}"
-        );
-    }
+    assert_samples(&metrics, &expect);
 
     // The call in flight reported, the waiter goes through.
     first
@@ -216,26 +215,23 @@ async fn the_state_gauges_follow_bulkheads_leases_quotas_and_agents() {
     let (_second, reply) = waiter.await.unwrap();
     assert!(reply.allowed, "{reply:?}");
     let metrics = scrape();
-    for (series, value) in [
-        (
-            "automation_framework_bulkhead_in_flight{bulkhead=\"one\"}",
-            1.0,
-        ),
-        (
-            "automation_framework_bulkhead_waiting{bulkhead=\"one\"}",
-            0.0,
-        ),
-        (
-            "automation_framework_quota_max_usage_ratio{quota=\"calls\"}",
-            0.2,
-        ),
-    ] {
-        assert_eq!(
-            sample(&metrics, series),
-            Some(value),
-            "{series} in:\n{metrics}"
-        );
-    }
+    assert_samples(
+        &metrics,
+        &[
+            (
+                "automation_framework_bulkhead_in_flight{bulkhead=\"one\"}",
+                1.0,
+            ),
+            (
+                "automation_framework_bulkhead_waiting{bulkhead=\"one\"}",
+                0.0,
+            ),
+            (
+                "automation_framework_quota_max_usage_ratio{quota=\"calls\"}",
+                0.2,
+            ),
+        ],
+    );
 }
 
 /// A deleted ledger makes the daemon unhealthy: `/health` answers 503 (what

@@ -414,6 +414,15 @@ fn request(id: u64, request: Request) -> ClientFrame {
     ClientFrame::Request(Envelope { id, request })
 }
 
+/// An admission with a cost: under a budget, its reply waits for the ledger.
+fn costly() -> Request {
+    Request::Admit(AdmitRequest {
+        service: "svc".into(),
+        cost: Some(1.0),
+        ..Default::default()
+    })
+}
+
 /// An admission under a budget waits for the ledger; a ping pipelined
 /// behind it is ready at once, and still answered after it: replies go out
 /// in request order (docs/PROTOCOL.md §4.4).
@@ -422,13 +431,11 @@ async fn a_ready_reply_waits_behind_one_that_waits_for_the_ledger() {
     let daemon = Daemon::start("[budget]\nlimit = 10.0\n");
     let mut raw = daemon.raw().await;
     raw.hello("a").await;
-    let costly = Request::Admit(AdmitRequest {
-        service: "svc".into(),
-        cost: Some(1.0),
-        ..Default::default()
-    });
-    raw.write_bytes(&two_frames(&request(1, costly), &request(2, Request::Ping)))
-        .await;
+    raw.write_bytes(&two_frames(
+        &request(1, costly()),
+        &request(2, Request::Ping),
+    ))
+    .await;
     for (want, kind) in [(1, "admit"), (2, "pong")] {
         match raw.recv().await {
             Some(ServerFrame::Reply(reply)) => {
@@ -447,12 +454,7 @@ async fn a_client_that_stops_writing_still_gets_its_waiting_replies() {
     let daemon = Daemon::start("[budget]\nlimit = 10.0\n");
     let mut raw = daemon.raw().await;
     raw.hello("a").await;
-    let costly = Request::Admit(AdmitRequest {
-        service: "svc".into(),
-        cost: Some(1.0),
-        ..Default::default()
-    });
-    raw.send(&request(1, costly)).await;
+    raw.send(&request(1, costly())).await;
     raw.framed.get_mut().shutdown().await.unwrap();
     match raw.recv().await {
         Some(ServerFrame::Reply(reply)) => {
