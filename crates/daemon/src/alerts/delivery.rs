@@ -115,8 +115,8 @@ mod tests {
     use crate::alerts::event::samples::opened;
     use crate::alerts::{Alerts, AlertsConfig};
 
-    /// A webhook that answers 500 first: the alert is posted again after the
-    /// backoff, and delivered once.
+    /// A webhook that answers 500 twice: the alert is posted again after the
+    /// backoff, then after twice the backoff, and delivered once.
     #[tokio::test]
     async fn a_failed_post_is_retried() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -126,7 +126,11 @@ mod tests {
         let port = listener.local_addr().expect("addr").port();
         let server = tokio::spawn(async move {
             let mut requests = Vec::new();
-            for status in ["500 Internal Server Error", "200 OK"] {
+            for status in [
+                "500 Internal Server Error",
+                "500 Internal Server Error",
+                "200 OK",
+            ] {
                 let (mut stream, _) = listener.accept().await.expect("accept");
                 let mut buf = vec![0u8; 8192];
                 let mut len = 0;
@@ -153,15 +157,16 @@ mod tests {
         let alert = opened("search");
         let started = Instant::now();
         delivery.deliver(&alert).await;
-        assert!(started.elapsed() >= FIRST_BACKOFF);
+        // The two waits, the second twice the first: never less.
+        assert!(started.elapsed() >= FIRST_BACKOFF * 3);
         let requests = server.await.expect("server");
-        assert_eq!(requests.len(), 2);
+        assert_eq!(requests.len(), 3);
         assert!(
-            requests[1].starts_with("POST /hook HTTP/1.1\r\n"),
+            requests[2].starts_with("POST /hook HTTP/1.1\r\n"),
             "{}",
-            requests[1]
+            requests[2]
         );
-        assert!(requests[1].contains("\"search\""));
+        assert!(requests[2].contains("\"search\""));
         drop(alerts);
     }
 }
