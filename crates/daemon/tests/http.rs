@@ -293,36 +293,21 @@ async fn one_peer_holds_at_most_four_http_connections() {
     // A fifth asks; it is refused once the four are counted (each is
     // identified on the blocking pool, so the first tries may race them).
     crate::util::eventually(crate::util::PROMPTLY, || async {
-        try_get(addr, "/ready").is_none().then_some(())
+        daemon
+            .try_http_request("GET", "/ready")
+            .is_none()
+            .then_some(())
     })
     .await;
     drop(held);
     let series = "automation_framework_limit_hits_total{limit=\"http_per_peer\"}";
     let hits = crate::util::eventually(crate::util::PROMPTLY, || async {
-        try_get(addr, "/metrics").and_then(|metrics| sample(&metrics, series))
+        daemon
+            .try_http_request("GET", "/metrics")
+            .and_then(|(_, metrics)| sample(&metrics, series))
     })
     .await;
     assert!(hits >= 1.0, "{hits}");
-}
-
-/// The body of `GET path`, or `None` when the connection was closed
-/// unanswered.
-fn try_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(crate::util::PROMPTLY))
-        .unwrap();
-    // Written before the daemon closes it, or not: either way the answer
-    // is what was read.
-    let _ = write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let (_, body) = response.split_once("\r\n\r\n")?;
-    Some(body.to_owned())
 }
 
 /// `promtool check metrics` from Debian's `prometheus` package, when present

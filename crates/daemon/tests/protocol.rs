@@ -1,6 +1,6 @@
 //! The wire protocol against the real daemon.
 
-use automation_framework::protocol::frame::encode;
+use automation_framework::protocol::frame::{encode, encode_frame_into};
 use automation_framework::protocol::{
     AdmitRequest, BreakerForce, BreakersRequest, BudgetRequest, ClientFrame, Envelope, ErrorCode,
     ForceBreakerRequest, Hello, LeaseRequest, Outcome, Payload, ReportRequest, Request, Response,
@@ -401,13 +401,11 @@ async fn invalid_arguments_are_typed_errors_that_change_nothing() {
 
 /// Two frames in one write, with their length prefixes.
 fn two_frames(first: &ClientFrame, second: &ClientFrame) -> Vec<u8> {
-    let mut bytes = Vec::new();
+    let mut bytes = bytes::BytesMut::new();
     for frame in [first, second] {
-        let body = encode(frame).unwrap();
-        bytes.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
-        bytes.extend_from_slice(&body);
+        encode_frame_into(&mut bytes, frame).unwrap();
     }
-    bytes
+    bytes.to_vec()
 }
 
 fn request(id: u64, request: Request) -> ClientFrame {
