@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::BytesMut;
-use redis::{Cmd, Value};
+use redis_protocol::resp2::decode::decode;
+use redis_protocol::resp2::encode::encode;
+use redis_protocol::resp2::types::{OwnedFrame as Value, Resp2Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -140,16 +142,16 @@ fn find_binary() -> Option<PathBuf> {
 /// it in one go, wait for one reply, take every reply already read, refill. So
 /// "pipeline D" is D requests outstanding on one socket, refilled one by one as
 /// replies come back, and each request's latency runs from queueing it for the
-/// write to reading its reply. The `redis` crate builds the commands (once, as
+/// write to reading its reply. `redis-protocol` packs the commands (once, as
 /// bytes) and parses the replies; this loop does the socket I/O itself, as the
 /// daemon's driver does, so the two targets are measured with clients of the
-/// same weight. The crate's `MultiplexedConnection` (one writer task fed by a
-/// channel, a oneshot per reply) was tried first: on the 2 cores that the client
-/// shares with the server it cost Redis 10–35% of its measured throughput
-/// (16 connections x 1: 50k/s against 77k/s with this loop). A
-/// `redis::Pipeline` of D commands would not do either: it waits for all D
-/// replies before sending again, so what is in flight drops to zero once per
-/// batch and every request gets the latency of the slowest in its batch.
+/// same weight. The `redis` crate's `MultiplexedConnection` (one writer task
+/// fed by a channel, a oneshot per reply) was tried first: on the 2 cores that
+/// the client shares with the server it cost Redis 10–35% of its measured
+/// throughput (16 connections x 1: 50k/s against 77k/s with this loop). A
+/// pipeline of D commands sent as one batch would not do either: it waits for
+/// all D replies before sending again, so what is in flight drops to zero once
+/// per batch and every request gets the latency of the slowest in its batch.
 ///
 /// # Errors
 /// Connecting, loading the script, or the connection breaking.
@@ -164,7 +166,7 @@ pub async fn drive(
     let pipeline = pipeline.max(1);
     let mut connection = Resp::connect(socket).await?;
     let sha = match connection
-        .call(redis::cmd("SCRIPT").arg("LOAD").arg(GCRA))
+        .call(&command(&["SCRIPT", "LOAD", GCRA])?)
         .await?
     {
         Value::BulkString(sha) => String::from_utf8(sha).context("the script's SHA")?,
@@ -174,18 +176,13 @@ pub async fn drive(
     // Every command packed once: a request costs the client a copy into the
     // write buffer, since it shares the cores with the server.
     let interval_us = (1_000_000.0 / RATE_PER_SECOND).to_string();
+    let burst = BURST.to_string();
     let commands: Vec<Vec<u8>> = (0..keys)
         .map(|k| {
-            redis::cmd("EVALSHA")
-                .arg(&sha)
-                .arg(1)
-                .arg(format!("bench-{k}"))
-                .arg(&interval_us)
-                .arg(BURST)
-                .arg(1)
-                .get_packed_command()
+            let key = format!("bench-{k}");
+            command(&["EVALSHA", &sha, "1", &key, &interval_us, &burst, "1"])
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
 
     let mut tally = Tally::new();
     let mut next_key = index;
@@ -215,14 +212,14 @@ pub async fn drive(
                 .context("a reply to no request in flight")?;
             match reply {
                 Value::Array(fields) => match fields.first() {
-                    Some(Value::Int(allowed @ (0 | 1))) => {
+                    Some(Value::Integer(allowed @ (0 | 1))) => {
                         if tally.record(&window, sent, read_at) && *allowed == 0 {
                             tally.denied += 1;
                         }
                     }
                     _ => tally.error(|| format!("unexpected reply from gcra.lua: {fields:?}")),
                 },
-                Value::ServerError(err) => tally.error(|| format!("EVALSHA: {err}")),
+                Value::Error(err) => tally.error(|| format!("EVALSHA: {err}")),
                 other => tally.error(|| format!("unexpected reply to EVALSHA: {other:?}")),
             }
             match connection.buffered_reply()? {
@@ -252,9 +249,10 @@ impl Resp {
         })
     }
 
-    /// Sends one command and reads its reply (nothing else may be in flight).
-    async fn call(&mut self, command: &Cmd) -> anyhow::Result<Value> {
-        self.stream.write_all(&command.get_packed_command()).await?;
+    /// Sends one packed command and reads its reply (nothing else may be in
+    /// flight).
+    async fn call(&mut self, command: &[u8]) -> anyhow::Result<Value> {
+        self.stream.write_all(command).await?;
         self.next_reply().await
     }
 
@@ -271,51 +269,26 @@ impl Resp {
         }
     }
 
-    /// The next reply if it has been read whole already.
+    /// The next reply if it has been read whole already. (RESP3 types never
+    /// come: the connection does not send HELLO 3.)
     fn buffered_reply(&mut self) -> anyhow::Result<Option<Value>> {
-        let Some(len) = reply_len(&self.read, 0)? else {
+        let Some((reply, len)) = decode(&self.read).context("a reply that is not RESP2")? else {
             return Ok(None);
         };
-        let frame = self.read.split_to(len);
-        Ok(Some(redis::parse_redis_value(&frame)?))
+        let _ = self.read.split_to(len);
+        Ok(Some(reply))
     }
 }
 
-/// Where the RESP2 value starting at `buf[at]` ends, or `None` if it has not
-/// all been read yet. Only finds the frame; `redis::parse_redis_value` reads it.
-/// (RESP3 types never come: the connection does not send HELLO 3.)
-fn reply_len(buf: &[u8], at: usize) -> anyhow::Result<Option<usize>> {
-    let Some(&kind) = buf.get(at) else {
-        return Ok(None);
-    };
-    let Some(line) = buf[at..].windows(2).position(|pair| pair == b"\r\n") else {
-        return Ok(None);
-    };
-    let after_line = at + line + 2;
-    let count = || -> anyhow::Result<i64> {
-        let text = std::str::from_utf8(&buf[at + 1..at + line])?;
-        text.parse()
-            .with_context(|| format!("a RESP length that is not a number: {text:?}"))
-    };
-    Ok(match kind {
-        b'+' | b'-' | b':' => Some(after_line),
-        b'$' => match usize::try_from(count()?) {
-            Err(_) => Some(after_line), // $-1: nil
-            Ok(len) => {
-                let end = after_line + len + 2;
-                (buf.len() >= end).then_some(end)
-            }
-        },
-        b'*' => {
-            let mut end = after_line;
-            for _ in 0..count()?.max(0) {
-                match reply_len(buf, end)? {
-                    Some(next) => end = next,
-                    None => return Ok(None),
-                }
-            }
-            Some(end)
-        }
-        other => bail!("not a RESP2 reply: type byte {other:#04x}"),
-    })
+/// A command as RESP2 sends it: an array of bulk strings.
+fn command(args: &[&str]) -> anyhow::Result<Vec<u8>> {
+    let frame = Value::Array(
+        args.iter()
+            .map(|arg| Value::BulkString(arg.as_bytes().to_vec()))
+            .collect(),
+    );
+    let mut packed = vec![0; frame.encode_len(false)];
+    let len = encode(&mut packed, &frame, false).context("packing a Redis command")?;
+    packed.truncate(len);
+    Ok(packed)
 }
