@@ -18,20 +18,23 @@ fn run(mut cmd: Command) -> (i32, String, String) {
     )
 }
 
+/// The CLI run against `daemon` with `args`.
+fn ask(daemon: &Daemon, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = daemon.cli();
+    cmd.args(args);
+    run(cmd)
+}
+
 #[test]
 fn admit_prints_the_decision_and_exits_1_when_denied() {
     let daemon =
         Daemon::start("[[rate_limits]]\nname = \"pair\"\nrate = 1\nper = \"1h\"\nburst = 2\n");
     for _ in 0..2 {
-        let mut cmd = daemon.cli();
-        cmd.args(["--agent", "a", "admit", "--service", "openai"]);
-        let (code, stdout, _) = run(cmd);
+        let (code, stdout, _) = ask(&daemon, &["--agent", "a", "admit", "--service", "openai"]);
         assert_eq!(code, 0, "{stdout}");
         assert!(stdout.starts_with("allowed"), "{stdout}");
     }
-    let mut cmd = daemon.cli();
-    cmd.args(["--agent", "a", "admit", "--service", "openai"]);
-    let (code, stdout, _) = run(cmd);
+    let (code, stdout, _) = ask(&daemon, &["--agent", "a", "admit", "--service", "openai"]);
     assert_eq!(code, 1, "{stdout}");
     assert!(
         stdout.starts_with("denied by rate \"pair\": rate limit of 1 per 3600s (burst 2) exceeded"),
@@ -39,9 +42,10 @@ fn admit_prints_the_decision_and_exits_1_when_denied() {
     );
     assert!(stdout.contains("retry after"), "{stdout}");
 
-    let mut cmd = daemon.cli();
-    cmd.args(["--json", "--agent", "a", "admit", "--service", "openai"]);
-    let (code, stdout, _) = run(cmd);
+    let (code, stdout, _) = ask(
+        &daemon,
+        &["--json", "--agent", "a", "admit", "--service", "openai"],
+    );
     assert_eq!(code, 1);
     let reply: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(reply["allowed"], false);
@@ -53,30 +57,29 @@ fn admit_prints_the_decision_and_exits_1_when_denied() {
 fn report_and_breakers() {
     let daemon = Daemon::start("");
     for _ in 0..5 {
-        let mut cmd = daemon.cli();
-        cmd.args(["report", "--service", "search", "--outcome", "failure"]);
-        assert_eq!(run(cmd).0, 0);
+        assert_eq!(
+            ask(
+                &daemon,
+                &["report", "--service", "search", "--outcome", "failure"]
+            )
+            .0,
+            0
+        );
     }
-    let mut cmd = daemon.cli();
-    cmd.args(["--json", "breakers"]);
-    let (code, stdout, _) = run(cmd);
+    let (code, stdout, _) = ask(&daemon, &["--json", "breakers"]);
     assert_eq!(code, 0);
     let breakers: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(breakers[0]["service"], "search");
     assert_eq!(breakers[0]["state"], "open");
 
-    let mut cmd = daemon.cli();
-    cmd.args(["admit", "--service", "search"]);
-    let (code, stdout, _) = run(cmd);
+    let (code, stdout, _) = ask(&daemon, &["admit", "--service", "search"]);
     assert_eq!(code, 1);
     assert!(
         stdout.starts_with("denied by breaker \"search\""),
         "{stdout}"
     );
 
-    let mut cmd = daemon.cli();
-    cmd.args(["--json", "status"]);
-    let (code, stdout, _) = run(cmd);
+    let (code, stdout, _) = ask(&daemon, &["--json", "status"]);
     assert_eq!(code, 0);
     let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(status["status"], "degraded");
@@ -86,9 +89,7 @@ fn report_and_breakers() {
 #[test]
 fn ping_and_connection_errors() {
     let daemon = Daemon::start("");
-    let mut cmd = daemon.cli();
-    cmd.arg("ping");
-    let (code, stdout, _) = run(cmd);
+    let (code, stdout, _) = ask(&daemon, &["ping"]);
     assert_eq!(code, 0);
     assert!(
         stdout.starts_with("pong from automation-frameworkd"),
@@ -262,18 +263,17 @@ fn a_session_holds_a_reservation_across_lines() {
 #[test]
 fn breakers_force_open_then_auto() {
     let daemon = Daemon::start("");
-    let mut cmd = daemon.cli();
-    cmd.args(["breakers", "--service", "search", "--force", "open"]);
-    let (code, stdout, stderr) = run(cmd);
+    let (code, stdout, stderr) = ask(
+        &daemon,
+        &["breakers", "--service", "search", "--force", "open"],
+    );
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.starts_with("breaker of \"search\" is now forced_open"),
         "{stdout}"
     );
 
-    let mut cmd = daemon.cli();
-    cmd.args(["admit", "--service", "search"]);
-    let (code, stdout, _) = run(cmd);
+    let (code, stdout, _) = ask(&daemon, &["admit", "--service", "search"]);
     assert_eq!(code, 1);
     assert!(stdout.contains("forced open by the operator"), "{stdout}");
     assert!(
@@ -283,54 +283,38 @@ fn breakers_force_open_then_auto() {
         "the override is logged with who did it"
     );
 
-    let mut cmd = daemon.cli();
-    cmd.args([
-        "--json",
-        "breakers",
-        "--service",
-        "search",
-        "--force",
-        "auto",
-    ]);
-    let (code, stdout, _) = run(cmd);
+    let (code, stdout, _) = ask(
+        &daemon,
+        &[
+            "--json",
+            "breakers",
+            "--service",
+            "search",
+            "--force",
+            "auto",
+        ],
+    );
     assert_eq!(code, 0);
     let info: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(info["state"], "closed");
 
-    let mut cmd = daemon.cli();
-    cmd.args(["breakers", "--force", "open"]);
-    assert_eq!(run(cmd).0, 2, "--force needs --service");
+    assert_eq!(
+        ask(&daemon, &["breakers", "--force", "open"]).0,
+        2,
+        "--force needs --service"
+    );
 }
 
 #[test]
 fn a_session_forces_a_breaker() {
     let daemon = Daemon::start("");
-    let mut child = daemon
-        .cli()
-        .arg("session")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    writeln!(
-        stdin,
-        r#"{{"op":"force_breaker","service":"search","force":"disabled","id":1}}"#
-    )
-    .unwrap();
-    writeln!(
-        stdin,
-        r#"{{"op":"force_breaker","service":"search","force":"sideways"}}"#
-    )
-    .unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = daemon.session(
+        &[],
+        &[
+            r#"{"op":"force_breaker","service":"search","force":"disabled","id":1}"#,
+            r#"{"op":"force_breaker","service":"search","force":"sideways"}"#,
+        ],
+    );
     assert_eq!(lines[0]["id"], 1);
     assert_eq!(lines[0]["op"], "force_breaker");
     assert_eq!(lines[0]["state"], "disabled");
@@ -353,24 +337,25 @@ fn bench_drives_the_daemon_and_leaves_no_reservation_open() {
         ("ping", "4"),
         ("check", "4"),
     ] {
-        let mut cmd = daemon.cli();
-        cmd.args([
-            "--json",
-            "bench",
-            "--mix",
-            mix,
-            "--connections",
-            "3",
-            "--pipeline",
-            pipeline,
-            "--keys",
-            "5",
-            "--warmup",
-            "50ms",
-            "--duration",
-            "300ms",
-        ]);
-        let (code, stdout, stderr) = run(cmd);
+        let (code, stdout, stderr) = ask(
+            &daemon,
+            &[
+                "--json",
+                "bench",
+                "--mix",
+                mix,
+                "--connections",
+                "3",
+                "--pipeline",
+                pipeline,
+                "--keys",
+                "5",
+                "--warmup",
+                "50ms",
+                "--duration",
+                "300ms",
+            ],
+        );
         assert_eq!(code, 0, "{mix}: {stdout}{stderr}");
         let summary: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
         assert_eq!(summary["target"], "daemon");
@@ -392,9 +377,7 @@ fn bench_drives_the_daemon_and_leaves_no_reservation_open() {
             );
         }
     }
-    let mut cmd = daemon.cli();
-    cmd.args(["--json", "status"]);
-    let (code, stdout, _) = run(cmd);
+    let (code, stdout, _) = ask(&daemon, &["--json", "status"]);
     assert_eq!(code, 0);
     let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(status["open_reservations"], 0, "{status}");
@@ -461,27 +444,352 @@ fn a_session_holds_a_lease_and_the_one_shot_command_names_its_holder() {
     assert_eq!(value["granted"], true, "{reply}");
     assert_eq!(value["expires_in_ms"], 600_000);
 
-    let mut cmd = daemon.cli();
-    cmd.args(["--agent", "other", "lease", "prod-db"]);
-    let (code, stdout_text, _) = run(cmd);
+    let (code, stdout_text, _) = ask(&daemon, &["--agent", "other", "lease", "prod-db"]);
     assert_eq!(code, 1, "{stdout_text}");
     assert!(
         stdout_text.contains(&format!("held by agent \"deployer\" (pid {}", child.id())),
         "{stdout_text}"
     );
-    let mut cmd = daemon.cli();
-    cmd.args(["--agent", "other", "status"]);
-    let (_, status, _) = run(cmd);
+    let (_, status, _) = ask(&daemon, &["--agent", "other", "status"]);
     assert!(status.contains("leases:       1 held"), "{status}");
 
     drop(stdin);
     assert!(child.wait().unwrap().success());
-    let mut cmd = daemon.cli();
-    cmd.args([
-        "--json", "--agent", "other", "lease", "prod-db", "--ttl-ms", "5000",
-    ]);
-    let (code, stdout_text, _) = run(cmd);
+    let (code, stdout_text, _) = ask(
+        &daemon,
+        &[
+            "--json", "--agent", "other", "lease", "prod-db", "--ttl-ms", "5000",
+        ],
+    );
     assert_eq!(code, 0, "{stdout_text}");
     let reply: serde_json::Value = serde_json::from_str(&stdout_text).unwrap();
     assert_eq!(reply["granted"], true);
+}
+
+/// `admit`'s options that only change what the daemon decides: each is sent,
+/// or the decision below would differ. A holder (another connection) keeps a
+/// lease and the bulkhead's one permit while the one-shot commands ask.
+#[tokio::test]
+async fn admit_sends_its_lease_wait_and_attempt() {
+    let daemon = Daemon::start(
+        "[[bulkheads]]\nname = \"one\"\nservices = [\"narrow\"]\nmax_in_flight = 1\n",
+    );
+    let mut holder = daemon.client("holder").await;
+    let lease = holder
+        .lease(automation_framework_protocol::LeaseRequest {
+            name: "deploy".into(),
+            ttl_ms: Some(600_000),
+            release: false,
+            agent: None,
+        })
+        .await
+        .unwrap();
+    assert!(lease.granted);
+    let held = holder
+        .admit(automation_framework_protocol::AdmitRequest {
+            service: "narrow".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(held.allowed);
+
+    let (code, stdout, _) = ask(
+        &daemon,
+        &["admit", "--service", "wide", "--lease", "deploy"],
+    );
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.starts_with("denied by lease \"deploy\""), "{stdout}");
+
+    let (_, status, _) = ask(&daemon, &["status"]);
+    assert!(
+        status.contains("in flight:    one narrow: 1 of 1, 0 waiting"),
+        "{status}"
+    );
+
+    let (code, stdout, _) = ask(
+        &daemon,
+        &["admit", "--service", "narrow", "--wait-ms", "20"],
+    );
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.starts_with("denied by concurrency \"one\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ms for a permit (wait_ms"), "{stdout}");
+
+    // A retry (attempt 2) asks the service's retry budget, which votes.
+    let (code, first, _) = ask(&daemon, &["admit", "--service", "wide"]);
+    assert_eq!(code, 0, "{first}");
+    assert!(!first.contains("\n  retry "), "{first}");
+    let (code, retry, _) = ask(&daemon, &["admit", "--service", "wide", "--attempt", "2"]);
+    assert_eq!(code, 0, "{retry}");
+    assert!(retry.contains("\n  retry "), "{retry}");
+}
+
+/// `breakers --force` sends the state asked for, each of the four.
+#[test]
+fn breakers_force_each_state() {
+    let daemon = Daemon::start("");
+    for (force, state) in [
+        ("closed", "forced_closed"),
+        ("disabled", "disabled"),
+        ("open", "forced_open"),
+        ("auto", "closed"),
+    ] {
+        let (code, stdout, stderr) = ask(
+            &daemon,
+            &[
+                "--json",
+                "breakers",
+                "--service",
+                "search",
+                "--force",
+                force,
+            ],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        let info: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(info["state"], state, "--force {force}: {stdout}");
+    }
+}
+
+/// `quota` lists the counters, and with `--reset-key` starts one key's window
+/// over (an admin operation: the daemon's own uid is one).
+#[tokio::test]
+async fn quota_lists_and_resets_a_key() {
+    let daemon = Daemon::start(
+        "[[quotas]]\nname = \"searches\"\nservices = [\"search\"]\nscope = \"agent\"\nlimit = 1\nwindow = \"day\"\n",
+    );
+    let mut client = daemon.client("a").await;
+    let admit = || automation_framework_protocol::AdmitRequest {
+        service: "search".into(),
+        ..Default::default()
+    };
+    let first = client.admit(admit()).await.unwrap();
+    assert!(first.allowed);
+    client
+        .report(automation_framework_protocol::ReportRequest {
+            reservation: first.reservation,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!client.admit(admit()).await.unwrap().allowed);
+
+    let (code, stdout, _) = ask(&daemon, &["--json", "quota", "--quota", "searches"]);
+    assert_eq!(code, 0, "{stdout}");
+    let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(listed[0]["key"], "a", "{stdout}");
+    assert_eq!(listed[0]["used"], 1, "{stdout}");
+
+    let (code, table, _) = ask(&daemon, &["quota"]);
+    assert_eq!(code, 0, "{table}");
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row, ["searches", "a", "1", "1", "day"], "{table}");
+
+    let (code, stdout, stderr) = ask(
+        &daemon,
+        &["quota", "--quota", "searches", "--reset-key", "a"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("ok: "), "{stdout}");
+    assert!(
+        client.admit(admit()).await.unwrap().allowed,
+        "reset: room again"
+    );
+}
+
+/// `admit --units` and `--model` choose the price, and `report --cost --key`
+/// charges without a reservation: what the daemon reserved and charged shows
+/// that each was sent.
+#[test]
+fn admit_and_report_send_units_model_cost_and_key() {
+    let daemon = Daemon::start(
+        "[budget]\nlimit = 100.0\n[prices.llm]\nper_unit = 0.1\n[prices.\"llm/big\"]\nper_request = 2.0\n",
+    );
+    let (code, stdout, _) = ask(&daemon, &["admit", "--service", "llm", "--units", "5"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains(", $0.500000 reserved)"), "{stdout}");
+
+    let (code, stdout, _) = ask(&daemon, &["admit", "--service", "llm", "--model", "big"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains(", $2.000000 reserved)"), "{stdout}");
+
+    let charge = [
+        "report",
+        "--service",
+        "llm",
+        "--outcome",
+        "success",
+        "--cost",
+        "1.5",
+        "--key",
+        "invoice-7",
+    ];
+    let (code, stdout, stderr) = ask(&daemon, &charge);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "ok (charged $1.500000; breaker closed)\n");
+    let (code, stdout, _) = ask(&daemon, &charge);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("ok (already reported"), "{stdout}");
+
+    // An admin starts the period over: the charge's $1.50 is spent no more.
+    let spent = || {
+        let (_, stdout, _) = ask(&daemon, &["--json", "budget"]);
+        let reply: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        reply["budgets"][0]["spent"].as_f64().unwrap()
+    };
+    assert_eq!(spent(), 1.5);
+    let (code, stdout, stderr) = ask(&daemon, &["budget", "--budget", "global", "--reset"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("ok: "), "{stdout}");
+    assert_eq!(spent(), 0.0);
+}
+
+/// A one-shot `lease --release` asks to release (this connection holds none),
+/// it does not take the lease.
+#[test]
+fn a_one_shot_lease_release_takes_nothing() {
+    let daemon = Daemon::start("");
+    let (code, stdout, _) = ask(&daemon, &["lease", "deploy", "--release"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.starts_with("lease \"deploy\" is not held by this connection: nothing released"),
+        "{stdout}"
+    );
+}
+
+/// The human forms of `breakers`, `status`, `route` and `budget` while a
+/// breaker is open: its time left in seconds, the status's reasons, when to
+/// come back, a budget's next reset.
+#[test]
+fn human_listings_while_a_breaker_is_open() {
+    let daemon =
+        Daemon::start("[breaker]\nopen_for = \"10s\"\n[budget]\nlimit = 10.0\nreset = \"daily\"\n");
+    for _ in 0..5 {
+        assert_eq!(
+            ask(
+                &daemon,
+                &["report", "--service", "search", "--outcome", "failure"]
+            )
+            .0,
+            0
+        );
+    }
+    let (code, table, _) = ask(&daemon, &["breakers"]);
+    assert_eq!(code, 0, "{table}");
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..2], ["search", "open"], "{table}");
+    let left: f64 = row[4].strip_suffix('s').unwrap().parse().unwrap();
+    assert!(left > 0.0 && left <= 10.0, "open for 10 s at most: {table}");
+
+    let (_, status, _) = ask(&daemon, &["status"]);
+    assert!(
+        status.starts_with("status:       degraded\n  - "),
+        "the reasons follow: {status}"
+    );
+
+    let (code, stdout, _) = ask(&daemon, &["route", "--chain", "search"]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.starts_with("no service fits now (retry after "),
+        "{stdout}"
+    );
+
+    let (code, table, _) = ask(&daemon, &["budget"]);
+    assert_eq!(code, 0, "{table}");
+    assert!(table.contains("  daily (in "), "{table}");
+}
+
+/// In shadow mode every vote is marked as a shadow's, and one that would deny
+/// says so.
+#[test]
+fn a_shadow_denial_is_marked() {
+    let daemon = Daemon::start(
+        "[daemon]\nmode = \"shadow\"\n[[rate_limits]]\nname = \"one\"\nrate = 1\nper = \"1h\"\nburst = 1\n",
+    );
+    let (code, stdout, _) = ask(&daemon, &["admit", "--service", "llm"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains(" allow (shadow)  1 of burst 1 taken"),
+        "every vote is a shadow's: {stdout}"
+    );
+    let (code, stdout, _) = ask(&daemon, &["admit", "--service", "llm"]);
+    assert_eq!(code, 0, "shadow mode never denies: {stdout}");
+    assert!(stdout.contains(" deny  (shadow)  "), "{stdout}");
+}
+
+/// A session skips blank lines (spaces too), a line that is JSON but not a
+/// request still gets its `"id"` back on the error, a field on a request that
+/// takes none is refused, and the read-only requests are there (`quotas`).
+#[test]
+fn a_session_skips_blank_lines_and_echoes_the_id_of_a_bad_one() {
+    let daemon = Daemon::start("");
+    let lines = daemon.session(
+        &[],
+        &[
+            "",
+            "   \t",
+            r#"{"id":5,"op":7}"#,
+            r#"{"op":"ping","id":"after"}"#,
+            r#"{"op":"ping","extra":1}"#,
+            r#"{"op":"reload","config":"/etc/passwd"}"#,
+            r#"{"op":"quotas","id":"q"}"#,
+        ],
+    );
+    assert_eq!(lines.len(), 5, "one reply per request line: {lines:?}");
+    assert_eq!(lines[0]["id"], 5, "{lines:?}");
+    assert_eq!(lines[0]["error"]["kind"], "malformed");
+    assert_eq!(lines[1]["id"], "after");
+    assert_eq!(lines[1]["ok"], true);
+    // Requests without fields refuse one rather than ignore it.
+    assert_eq!(lines[2]["error"]["kind"], "invalid_argument", "{lines:?}");
+    assert_eq!(
+        lines[2]["error"]["message"],
+        "ping: unknown field `extra`; ping takes no fields"
+    );
+    assert_eq!(lines[3]["error"]["kind"], "invalid_argument", "{lines:?}");
+    assert_eq!(lines[4]["id"], "q");
+    assert_eq!(lines[4]["op"], "quotas");
+    assert_eq!(lines[4]["quotas"], serde_json::json!([]), "{lines:?}");
+}
+
+/// `check` reads at most 64 times the daemon's payload limit and refuses a
+/// larger file rather than scanning its beginning. (A sparse file: nothing is
+/// written to disk.)
+#[test]
+fn check_refuses_a_file_over_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.txt");
+    let limit = 64 * automation_framework_protocol::MAX_PAYLOAD_LEN as u64;
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(limit + 1)
+        .unwrap();
+    let mut cmd = Command::new(crate::util::cli_bin());
+    cmd.arg("check").arg(&path);
+    let (code, _, stderr) = run(cmd);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!("huge.txt is larger than {limit} bytes")),
+        "{stderr}"
+    );
+}
+
+/// `check --lang` names the language a file's name does not tell.
+#[test]
+fn check_scans_in_the_language_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("job.txt");
+    std::fs::write(&path, "import os\nos.system(cmd)\n").unwrap();
+    let mut cmd = Command::new(crate::util::cli_bin());
+    cmd.arg("check").arg(&path);
+    let (code, stdout, _) = run(cmd);
+    assert_eq!(code, 0, "as text, a call is only words: {stdout}");
+    let mut cmd = Command::new(crate::util::cli_bin());
+    cmd.args(["check", "--lang", "python"]).arg(&path);
+    let (code, stdout, _) = run(cmd);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("py-os-system"), "{stdout}");
 }

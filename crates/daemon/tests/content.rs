@@ -384,32 +384,16 @@ fn cli_admit_with_a_payload_file() {
 #[test]
 fn session_checks_and_admits_with_a_payload() {
     let daemon = Daemon::start("");
-    let mut child = daemon
-        .cli()
-        .args(["--agent", "scripted", "session"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = [
-        r#"{"op":"check","lang":"python","text":"pickle.loads(blob)\n","id":1}"#,
-        r#"{"op":"check","text":"hello"}"#,
-        r#"{"op":"check","lang":"python"}"#,
-        r#"{"op":"admit","service":"openai","payload":{"lang":"python","text":"print(1)\n"},"id":2}"#,
-        r#"{"op":"admit","service":"openai","payload":{"text":"eval(input())\n","lang":"py"}}"#,
-    ];
-    let mut stdin = child.stdin.take().unwrap();
-    for line in lines {
-        writeln!(stdin, "{line}").unwrap();
-    }
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let replies: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let replies = daemon.session(
+        &["--agent", "scripted"],
+        &[
+            r#"{"op":"check","lang":"python","text":"pickle.loads(blob)\n","id":1}"#,
+            r#"{"op":"check","text":"hello"}"#,
+            r#"{"op":"check","lang":"python"}"#,
+            r#"{"op":"admit","service":"openai","payload":{"lang":"python","text":"print(1)\n"},"id":2}"#,
+            r#"{"op":"admit","service":"openai","payload":{"text":"eval(input())\n","lang":"py"}}"#,
+        ],
+    );
     assert_eq!(replies[0]["op"], "check");
     assert_eq!(replies[0]["id"], 1);
     assert_eq!(replies[0]["violations"][0]["rule"], "py-pickle-loads");

@@ -107,21 +107,9 @@ async fn the_cli_reload_reports_what_it_did_and_exits_2_on_a_bad_file() {
 
 #[test]
 fn the_session_op_reload_answers_ok_and_a_message() {
-    use std::io::Write;
     let daemon = Daemon::start(TIGHT_S);
-    let mut child = daemon
-        .cli()
-        .arg("session")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    writeln!(stdin, r#"{{"op":"reload","id":"r1"}}"#).unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let replies = daemon.session(&[], &[r#"{"op":"reload","id":"r1"}"#]);
+    let reply = &replies[0];
     assert_eq!(reply["op"], "reload");
     assert_eq!(reply["id"], "r1");
     assert_eq!(reply["ok"], true);

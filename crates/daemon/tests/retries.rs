@@ -394,29 +394,13 @@ async fn the_cli_routes_and_renders_retry_advice() {
         .starts_with("service primary (chosen by the route)\nallowed"));
 
     // The JSON-lines session passes the fields through both ways.
-    let mut session = daemon
-        .cli()
-        .arg("session")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let stdin = session.stdin.as_mut().unwrap();
-        writeln!(stdin, r#"{{"op":"route","route":"llm","cost":0.5}}"#).unwrap();
-        writeln!(
-            stdin,
-            r#"{{"op":"report","service":"secondary","outcome":"failure","retryable":true,"attempt":2}}"#
-        )
-        .unwrap();
-    }
-    drop(session.stdin.take());
-    let out = session.wait_with_output().unwrap();
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = daemon.session(
+        &[],
+        &[
+            r#"{"op":"route","route":"llm","cost":0.5}"#,
+            r#"{"op":"report","service":"secondary","outcome":"failure","retryable":true,"attempt":2}"#,
+        ],
+    );
     assert_eq!(lines[0]["service"], "primary", "{lines:?}");
     assert_eq!(lines[1]["retry"]["retry"], true, "{lines:?}");
     assert_eq!(lines[1]["retry"]["attempt"], 3, "{lines:?}");

@@ -320,6 +320,34 @@ impl Daemon {
             .env_remove("AUTOMATION_FRAMEWORK_AGENT");
         cmd
     }
+
+    /// `automation-framework session` (after the global `args`) with `lines`
+    /// on its stdin, closed after them: its reply lines, parsed, once it has
+    /// exited 0.
+    pub fn session(&self, args: &[&str], lines: &[&str]) -> Vec<serde_json::Value> {
+        use std::io::Write as _;
+        use std::process::Stdio;
+        let mut child = self
+            .cli()
+            .args(args)
+            .arg("session")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the CLI's session");
+        let mut stdin = child.stdin.take().unwrap();
+        for line in lines {
+            writeln!(stdin, "{line}").unwrap();
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
 }
 
 /// The daemon process with the test flags; its log is appended to `log`.
