@@ -55,7 +55,7 @@ pub async fn watchdog(shutdown: tokio_util::sync::CancellationToken) {
     let Some(timeout) = sd_notify::watchdog_enabled() else {
         return;
     };
-    let mut tick = tokio::time::interval(timeout / 2);
+    let mut tick = tokio::time::interval(ping_every(timeout));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -81,13 +81,23 @@ pub fn notify_reloading() {
 /// way), with a status. A config error spans lines (TOML shows the offending
 /// line), and a newline would end the STATUS variable, so it is joined into one.
 pub fn notify_reloaded(status: &str) {
-    let one_line = status
-        .lines()
+    notify_ready(&one_line(status));
+}
+
+/// How often to ping a watchdog of `timeout`: at half of it, as
+/// `sd_watchdog_enabled(3)` advises, so one late ping is not a restart.
+fn ping_every(timeout: std::time::Duration) -> std::time::Duration {
+    timeout / 2
+}
+
+/// `text` on one line: each line trimmed, blank ones dropped, joined by a
+/// space.
+fn one_line(text: &str) -> String {
+    text.lines()
         .map(str::trim)
         .filter(|line| !line.is_empty())
         .collect::<Vec<_>>()
-        .join(" ");
-    notify_ready(&one_line);
+        .join(" ")
 }
 
 /// Tells systemd we are shutting down.
@@ -101,5 +111,31 @@ pub fn notify_stopping() {
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(err) = sd_notify::notify(states) {
         log::warn!("sd_notify failed: {err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{one_line, ping_every};
+
+    #[test]
+    fn a_status_of_several_lines_becomes_one() {
+        let toml_error = "TOML parse error at line 2, column 1\n  |\n2 | mood = \"calm\"\n  | ^^^^\n\nunknown field `mood`\n";
+        assert_eq!(
+            one_line(toml_error),
+            "TOML parse error at line 2, column 1 | 2 | mood = \"calm\" | ^^^^ unknown field `mood`"
+        );
+        assert_eq!(one_line("serving"), "serving");
+    }
+
+    #[test]
+    fn the_watchdog_is_pinged_at_half_its_timeout() {
+        assert_eq!(ping_every(Duration::from_secs(30)), Duration::from_secs(15));
+        assert_eq!(
+            ping_every(Duration::from_millis(200)),
+            Duration::from_millis(100)
+        );
     }
 }

@@ -7,7 +7,7 @@ use nix::unistd::Pid;
 
 use automation_framework::protocol::AdmitRequest;
 
-use crate::util::Daemon;
+use crate::util::{eventually, Daemon, PROMPTLY};
 
 #[tokio::test]
 async fn sigterm_closes_sessions_with_a_reason_and_exits_0() {
@@ -209,6 +209,85 @@ async fn serves_a_socket_passed_by_systemd_socket_activation() {
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A socket systemd passes that is not a Unix stream socket (a unit with
+/// `ListenDatagram=`) is refused at start, with the unit's line to fix.
+#[tokio::test]
+async fn refuses_a_datagram_socket_from_socket_activation() {
+    let Ok(activate) = which("systemd-socket-activate") else {
+        eprintln!("SKIPPED refuses_a_datagram_socket_from_socket_activation: systemd-socket-activate not installed (Debian package systemd); .ci/run installs it");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let datagram = dir.path().join("datagram.sock");
+    let child = crate::util::KillOnDrop(
+        std::process::Command::new(activate)
+            .arg("--datagram")
+            .arg("--listen")
+            .arg(&datagram)
+            .arg(env!("CARGO_BIN_EXE_automation-frameworkd"))
+            .arg("--socket")
+            .arg(dir.path().join("never-bound.sock"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // systemd-socket-activate starts the daemon on the socket's first datagram.
+    let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    let deadline = std::time::Instant::now() + crate::util::PROMPTLY;
+    while sender.send_to(b"wake", &datagram).is_err() {
+        assert!(std::time::Instant::now() < deadline, "no datagram socket");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut child = child;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon must refuse the socket and exit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr
+            .contains("not a Unix stream socket; fix ListenStream= in automation-framework.socket"),
+        "{stderr}"
+    );
+}
+
+/// The status counts the connections and agents open now: one that closed
+/// is counted no more.
+#[tokio::test]
+async fn status_counts_only_open_connections_and_agents() {
+    let daemon = Daemon::start("");
+    // Shared by the checks below, each a status request on this connection.
+    let watcher = tokio::sync::Mutex::new(daemon.client("watcher").await);
+    let counts = || async {
+        let status = watcher.lock().await.status().await.unwrap();
+        (status.connections, status.active_agents)
+    };
+    assert_eq!(counts().await, (1, 1));
+    let first = daemon.client("worker").await;
+    let second = daemon.client("worker").await;
+    assert_eq!(counts().await, (3, 2));
+    drop(first);
+    eventually(PROMPTLY, || async {
+        (counts().await == (2, 2)).then_some(())
+    })
+    .await;
+    drop(second);
+    eventually(PROMPTLY, || async {
+        (counts().await == (1, 1)).then_some(())
+    })
+    .await;
 }
 
 fn which(program: &str) -> Result<std::path::PathBuf, ()> {
