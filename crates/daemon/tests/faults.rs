@@ -16,7 +16,7 @@ use automation_framework::protocol::{
 };
 use automation_framework_client::{Client, ClientError};
 
-use crate::util::{ledger, PROMPTLY};
+use crate::util::{eventually, ledger, PROMPTLY};
 
 /// libfaketime's thread-safe build, as Debian installs it.
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
@@ -155,16 +155,6 @@ fn refused<T: std::fmt::Debug>(
     match result {
         Err(ClientError::Refused(err)) => err,
         other => panic!("expected a refusal, got {other:?}"),
-    }
-}
-
-/// Polls `check` (a state the daemon reaches by itself: a timer's check) for at
-/// most `within`.
-async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -372,7 +362,7 @@ async fn a_deleted_ledger_is_noticed_and_not_silently_recreated() {
     // Noticed by the timer, without a write.
     eventually(PROMPTLY, async || {
         let status = client.status().await.unwrap();
-        status.status == Health::Unhealthy && status.reasons[0].contains("deleted")
+        (status.status == Health::Unhealthy && status.reasons[0].contains("deleted")).then_some(())
     })
     .await;
     let err = refused(client.report(charge("after", 1.0)).await);
@@ -532,7 +522,7 @@ async fn a_small_or_full_state_filesystem_recovers_by_itself() {
     // Room again: health recovers without a budget write.
     std::fs::remove_file(&filler).unwrap();
     eventually(PROMPTLY, async || {
-        client.status().await.unwrap().status == Health::Healthy
+        (client.status().await.unwrap().status == Health::Healthy).then_some(())
     })
     .await;
     client.report(charge("after", 0.01)).await.unwrap();
@@ -593,7 +583,7 @@ async fn a_frozen_state_filesystem_answers_unavailable_and_shutdown_still_ends()
     )
     .unwrap();
     eventually(Duration::from_secs(5), async || {
-        daemon.log().contains("stopped")
+        daemon.log().contains("stopped").then_some(())
     })
     .await;
     assert!(stopping.elapsed() < Duration::from_secs(5));
@@ -601,6 +591,7 @@ async fn a_frozen_state_filesystem_answers_unavailable_and_shutdown_still_ends()
     eventually(Duration::from_secs(5), async || {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .map_or(true, |s| s.contains("State:\tZ"))
+            .then_some(())
     })
     .await;
 

@@ -268,10 +268,9 @@ async fn refuses_a_datagram_socket_from_socket_activation() {
 #[tokio::test]
 async fn status_counts_only_open_connections_and_agents() {
     let daemon = Daemon::start("");
-    // Shared by the checks below, each a status request on this connection.
-    let watcher = tokio::sync::Mutex::new(daemon.client("watcher").await);
-    let counts = || async {
-        let status = watcher.lock().await.status().await.unwrap();
+    let mut watcher = daemon.client("watcher").await;
+    let mut counts = async || {
+        let status = watcher.status().await.unwrap();
         (status.connections, status.active_agents)
     };
     assert_eq!(counts().await, (1, 1));
@@ -279,15 +278,9 @@ async fn status_counts_only_open_connections_and_agents() {
     let second = daemon.client("worker").await;
     assert_eq!(counts().await, (3, 2));
     drop(first);
-    eventually(PROMPTLY, || async {
-        (counts().await == (2, 2)).then_some(())
-    })
-    .await;
+    eventually(PROMPTLY, async || (counts().await == (2, 2)).then_some(())).await;
     drop(second);
-    eventually(PROMPTLY, || async {
-        (counts().await == (1, 1)).then_some(())
-    })
-    .await;
+    eventually(PROMPTLY, async || (counts().await == (1, 1)).then_some(())).await;
 }
 
 fn which(program: &str) -> Result<std::path::PathBuf, ()> {

@@ -576,13 +576,11 @@ pub async fn fail_five(client: &mut Client, service: &str) {
     }
 }
 
-/// Polls `check` until it returns `Some`, for conditions that depend on the
-/// daemon's real clock (a breaker's open period). Panics after `within`.
-pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
+/// Polls `check` until it returns `Some`, for states the daemon reaches by
+/// itself or on its real clock (a breaker's open period, a timer's check, a
+/// connection's end). Panics after `within`. An `async ||` closure may borrow
+/// a client mutably across the polls.
+pub async fn eventually<T>(within: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
     loop {
         if let Some(value) = check().await {
