@@ -177,8 +177,8 @@ async fn a_stale_socket_from_a_killed_daemon_is_replaced() {
 /// (LISTEN_FDS) instead of binding its own path.
 #[tokio::test]
 async fn serves_a_socket_passed_by_systemd_socket_activation() {
-    let Ok(activate) = which("systemd-socket-activate") else {
-        eprintln!("SKIPPED serves_a_socket_passed_by_systemd_socket_activation: systemd-socket-activate not installed (Debian package systemd); .ci/run installs it");
+    let Some(activate) = socket_activate("serves_a_socket_passed_by_systemd_socket_activation")
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -215,13 +215,12 @@ async fn serves_a_socket_passed_by_systemd_socket_activation() {
 /// `ListenDatagram=`) is refused at start, with the unit's line to fix.
 #[tokio::test]
 async fn refuses_a_datagram_socket_from_socket_activation() {
-    let Ok(activate) = which("systemd-socket-activate") else {
-        eprintln!("SKIPPED refuses_a_datagram_socket_from_socket_activation: systemd-socket-activate not installed (Debian package systemd); .ci/run installs it");
+    let Some(activate) = socket_activate("refuses_a_datagram_socket_from_socket_activation") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let datagram = dir.path().join("datagram.sock");
-    let child = crate::util::KillOnDrop(
+    let mut child = crate::util::KillOnDrop(
         std::process::Command::new(activate)
             .arg("--datagram")
             .arg("--listen")
@@ -242,7 +241,6 @@ async fn refuses_a_datagram_socket_from_socket_activation() {
         assert!(std::time::Instant::now() < deadline, "no datagram socket");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut child = child;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
@@ -281,6 +279,15 @@ async fn status_counts_only_open_connections_and_agents() {
     eventually(PROMPTLY, async || (counts().await == (2, 2)).then_some(())).await;
     drop(second);
     eventually(PROMPTLY, async || (counts().await == (1, 1)).then_some(())).await;
+}
+
+/// systemd-socket-activate, or `None` after saying that `test` is skipped.
+fn socket_activate(test: &str) -> Option<std::path::PathBuf> {
+    let found = which("systemd-socket-activate").ok();
+    if found.is_none() {
+        eprintln!("SKIPPED {test}: systemd-socket-activate not installed (Debian package systemd); .ci/run installs it");
+    }
+    found
 }
 
 fn which(program: &str) -> Result<std::path::PathBuf, ()> {
