@@ -2,7 +2,7 @@
 //! re-read the file it was started with; unchanged guards keep their state and a
 //! bad file leaves the old config in force.
 
-use automation_framework::protocol::{AdmitReply, AdmitRequest, GuardKind};
+use automation_framework::protocol::{AdmitReply, AdmitRequest, GuardKind, ReportRequest};
 use automation_framework_client::Client;
 
 use crate::util::Daemon;
@@ -94,15 +94,80 @@ async fn the_cli_reload_reports_what_it_did_and_exits_2_on_a_bad_file() {
         "{stdout}"
     );
 
-    daemon.write_config("[budget.agents.x]\nlimit = 5.0\n");
+    daemon.write_config("[budget.agents.x]\nlimit = \"five\"\n");
     let out = daemon.cli().arg("reload").output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("budget.agents.x added")
-            && stderr.contains("old configuration stays in force"),
+        stderr.contains("limit = \"five\"") && stderr.contains("old configuration stays in force"),
         "{stderr}"
     );
+}
+
+async fn admit_costing(client: &mut Client, cost: f64) -> AdmitReply {
+    client
+        .admit(AdmitRequest {
+            service: "llm".into(),
+            cost: Some(cost),
+            ..Default::default()
+        })
+        .await
+        .expect("admit answered")
+}
+
+async fn report_costing(client: &mut Client, admitted: &AdmitReply, cost: f64) {
+    let reply = client
+        .report(ReportRequest {
+            reservation: admitted.reservation,
+            cost: Some(cost),
+            ..Default::default()
+        })
+        .await
+        .expect("report answered");
+    assert_eq!(reply.charged, Some(cost), "{reply:?}");
+}
+
+/// Reloads that take a budget out and put it back, through the real daemon
+/// and its ledger: put back, the budget has the balance the ledger holds for
+/// it and holds again what a reservation left open across both reloads
+/// holds, and the daemon's memory equals its ledger after each step.
+#[tokio::test]
+async fn a_budget_taken_out_and_put_back_by_reloads_keeps_its_balance_and_holds() {
+    const WITH_A: &str = "[budget]\nlimit = 10.0\n[budget.agents.a]\nlimit = 3.0\n";
+    let daemon = Daemon::start(WITH_A);
+    let mut client = daemon.client("a").await;
+    let spent = admit_costing(&mut client, 2.0).await;
+    report_costing(&mut client, &spent, 2.0).await;
+    let open = admit_costing(&mut client, 0.5).await;
+    assert!(open.allowed, "{open:?}");
+
+    daemon.write_config("[budget]\nlimit = 10.0\n");
+    let out = daemon.cli().arg("reload").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout} {}", daemon.log());
+    assert!(
+        stdout.contains("budgets 0 added (their balances read from the ledger), 1 removed"),
+        "{stdout}"
+    );
+    let elsewhere = admit_costing(&mut client, 2.5).await;
+    assert!(elsewhere.allowed, "only the global budget: {elsewhere:?}");
+    report_costing(&mut client, &elsewhere, 2.5).await;
+    daemon.assert_memory_matches_ledger().await;
+
+    daemon.write_config(WITH_A);
+    let log = daemon.sighup_and_wait();
+    assert!(log.contains("budgets 1 added"), "{log}");
+    let budget = client.budget(None).await.unwrap();
+    let a = budget.budgets.iter().find(|b| b.name == "agent:a").unwrap();
+    assert_eq!((a.spent, a.reserved), (2.0, 0.5), "{a:?}");
+    let denied = admit_costing(&mut client, 0.6).await;
+    assert_eq!(
+        (denied.guard, denied.rule.as_deref()),
+        (Some(GuardKind::Budget), Some("agent:a")),
+        "2 spent + 0.5 held + 0.6 > 3: {denied:?}"
+    );
+    report_costing(&mut client, &open, 0.25).await;
+    daemon.assert_memory_matches_ledger().await;
 }
 
 #[test]

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use super::pipeline::BUDGET_STAGE;
 use super::{AdmissionError, Durable, Engine, Moment, Reservation, Stage};
 use crate::alerts::Alert;
-use crate::guard::budget::Budget;
+use crate::guard::budget::{Budget, BudgetSpec};
 use crate::guard::display_key;
 use crate::guard::quota::Counter;
 use crate::guard::Taken;
 use crate::money::Usd;
 use crate::protocol::Name;
-use crate::store::{Entry, Outcome as LedgerOutcome, Snapshot};
+use crate::store::{Books, Entry, Outcome as LedgerOutcome, Snapshot};
 
 /// One budget as the `budget` request shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,46 +65,9 @@ pub struct PendingAdmin {
 impl Engine {
     /// Rebuilds budgets, quota counters and orphaned reservations from the ledger.
     pub(super) fn restore(&mut self, snapshot: &Snapshot, now: Moment) {
-        let config = &self.config.budget;
-        let specs = config
-            .global
-            .iter()
-            .chain(config.agents.values())
-            .chain(config.services.values())
-            .cloned();
-        for mut spec in specs {
-            if let Some((_, limit)) = snapshot.limits.iter().find(|(name, _)| *name == spec.name) {
-                spec.limit = *limit;
-                self.admin_limited.insert(spec.name.clone());
-            }
-            let balances: Vec<(u64, Usd)> = snapshot
-                .balances
-                .iter()
-                .filter(|(name, _, _)| *name == spec.name)
-                .map(|(_, period, spent)| (*period, *spent))
-                .collect();
-            let unreadable: Vec<(u64, String)> = snapshot
-                .unreadable
-                .iter()
-                .filter(|(name, _, _)| *name == spec.name)
-                .map(|(_, period, why)| (*period, why.clone()))
-                .collect();
-            let budget = Budget::restore(spec, now.unix, &balances, &unreadable);
-            if let Some(why) = budget.unknown() {
-                log::error!(
-                    message_id = crate::logging::message_id::LEDGER_FAILED, budget = budget.name();
-                    "budget {}'s balance for the period starting at {} is unreadable in the ledger ({why}): its calls are refused until an admin resets it (automation-framework budget reset {})",
-                    budget.name(), budget.period_start(), budget.name()
-                );
-            }
-            if budget.period_start() > budget.spec().reset.start(now.unix) {
-                log::warn!(
-                    budget = budget.name();
-                    "the clock ({}) is behind budget {}'s newest period in the ledger (starting at {}): the budget stays in that period until the clock reaches it",
-                    now.unix, budget.name(), budget.period_start()
-                );
-            }
-            self.guards.budgets.insert(budget);
+        let config = Arc::clone(&self.config);
+        for spec in super::reconfigure::budget_specs(&config) {
+            self.open_budget(spec.clone(), &snapshot.books, now);
         }
         for (quota, key, window_start, used) in &snapshot.quotas {
             if let Some(rule) = self.guards.quotas.get_mut(quota) {
@@ -153,6 +116,44 @@ impl Engine {
                 snapshot.reservations.len()
             );
         }
+    }
+
+    /// Puts budget `spec` in place as the ledger's `books` left it: in the
+    /// newest period they hold, with that period's balance, and with the limit
+    /// an admin set, if one did. At start, and for a budget a reload adds.
+    pub(super) fn open_budget(&mut self, mut spec: BudgetSpec, books: &Books, now: Moment) {
+        if let Some((_, limit)) = books.limits.iter().find(|(name, _)| *name == spec.name) {
+            spec.limit = *limit;
+            self.admin_limited.insert(spec.name.clone());
+        }
+        let balances: Vec<(u64, Usd)> = books
+            .balances
+            .iter()
+            .filter(|(name, _, _)| *name == spec.name)
+            .map(|(_, period, spent)| (*period, *spent))
+            .collect();
+        let unreadable: Vec<(u64, String)> = books
+            .unreadable
+            .iter()
+            .filter(|(name, _, _)| *name == spec.name)
+            .map(|(_, period, why)| (*period, why.clone()))
+            .collect();
+        let budget = Budget::restore(spec, now.unix, &balances, &unreadable);
+        if let Some(why) = budget.unknown() {
+            log::error!(
+                message_id = crate::logging::message_id::LEDGER_FAILED, budget = budget.name();
+                "budget {}'s balance for the period starting at {} is unreadable in the ledger ({why}): its calls are refused until an admin resets it (automation-framework budget reset {})",
+                budget.name(), budget.period_start(), budget.name()
+            );
+        }
+        if budget.period_start() > budget.spec().reset.start(now.unix) {
+            log::warn!(
+                budget = budget.name();
+                "the clock ({}) is behind budget {}'s newest period in the ledger (starting at {}): the budget stays in that period until the clock reaches it",
+                now.unix, budget.name(), budget.period_start()
+            );
+        }
+        self.guards.budgets.insert(budget);
     }
 
     /// Each budget with the start of the period a charge now is filed under

@@ -335,20 +335,29 @@ impl Admission {
         self.lock().reservations.len() as u64
     }
 
+    /// The budgets `config` adds or gives another period, whose books
+    /// ([`crate::store::Store::books`]) [`Admission::reconfigure`] needs.
+    pub fn budgets_to_load(&self, config: &Config) -> Vec<String> {
+        self.lock().budgets_to_load(config)
+    }
+
     /// Applies a new validated config to the guards, under the engine lock: equal
     /// rate rules, quotas and breakers keep their state, budgets take the new limits
-    /// unless an admin set theirs. All or nothing: a refused reload changes nothing.
+    /// unless an admin set theirs; a budget added or given another period is
+    /// opened from `loaded`, a removed one taken out. All or nothing: a refused
+    /// reload changes nothing.
     ///
     /// # Errors
-    /// [`ReloadError::Refused`] when the change needs a restart (budgets added,
-    /// removed or with another reset period).
+    /// [`ReloadError::Refused`] when a rate limit cannot be built, or `loaded`
+    /// lacks a budget the config opens.
     pub fn reconfigure(
         &self,
         config: Arc<Config>,
         clock: &SharedClock,
         now: Moment,
+        loaded: &LoadedBooks,
     ) -> Result<Reconfigured, ReloadError> {
-        self.lock().reconfigure(config, clock, now)
+        self.lock().reconfigure(config, clock, now, loaded)
     }
 
     /// Forgets full rate-limit buckets and past quota windows; called periodically.
@@ -372,7 +381,7 @@ pub use commit::{Durable, Pending, PendingAdmit, PendingReport};
 pub use ledger::{AdminAction, AdminKind, BudgetView, PendingAdmin, QuotaView};
 pub use operator::{BudgetGauge, Gauges, ListedQuota, QuotaListing};
 pub use orphans::PendingOrphans;
-pub use reconfigure::{Reconfigured, ReloadError};
+pub use reconfigure::{LoadedBooks, Reconfigured, ReloadError};
 pub use reservation::reservation_key;
 use reservation::{Reservation, Reservations, Stage};
 pub use types::{

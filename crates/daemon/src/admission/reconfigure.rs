@@ -4,20 +4,24 @@
 //! breaker that opened on a failing service, must not be let off by an unrelated
 //! edit. So whatever is unchanged keeps its state (rate buckets, quota counters,
 //! breaker phases and operator forces, budget balances), and only what changed
-//! starts fresh. Budgets are the exception that cannot change live: their balances
-//! come from the ledger at start, so adding, removing or re-periodising one is
-//! refused until a restart. Everything is checked and built before anything is
-//! swapped, so a refused reload changes nothing.
+//! starts fresh. A budget is never started fresh: one the reload adds, or gives
+//! another period, is opened from the ledger's books as at a start
+//! ([`LoadedBooks`], read before the engine is locked), so removing a budget and
+//! adding it back does not forgive what it had spent. Everything is checked and
+//! built before anything is swapped, so a refused reload changes nothing.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::reservation::hold;
 use super::{Engine, Moment};
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
 use crate::guard::budget::BudgetSpec;
 use crate::guard::quota::QuotaRule;
 use crate::guard::rate::RateRule;
+use crate::money::Usd;
+use crate::store::Books;
 
 /// Why a reload left the old configuration in force.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +46,19 @@ pub struct Reconfigured {
     pub breakers: usize,
     /// Budgets whose limit stayed as an admin set it.
     pub admin_limits_kept: usize,
+    /// Budgets opened from the ledger's books, taken out, or reopened for
+    /// another period.
+    pub budgets_added: usize,
+    pub budgets_removed: usize,
+    pub budgets_new_period: usize,
+}
+
+/// The ledger's books of the budgets a reload opens: the names asked for
+/// (`Admission::budgets_to_load`) and what `Store::books` answered.
+#[derive(Debug, Clone, Default)]
+pub struct LoadedBooks {
+    pub names: Vec<String>,
+    pub books: Books,
 }
 
 impl Engine {
@@ -50,28 +67,22 @@ impl Engine {
         config: Arc<Config>,
         clock: &SharedClock,
         now: Moment,
+        loaded: &LoadedBooks,
     ) -> Result<Reconfigured, ReloadError> {
         let mut done = Reconfigured::default();
 
-        // Budgets: the same set with the same periods, or a restart.
+        // Budgets: those the reload adds or gives another period are opened
+        // from books read for them, in the ledger's order of work, just before
+        // the engine was locked. Only a reload changes the set, one at a time,
+        // so the names read are the names needed; should they differ, nothing
+        // is applied.
         let specs: Vec<&BudgetSpec> = budget_specs(&config).collect();
-        let new_names: BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-        let old_names: BTreeSet<&str> = self.guards.budgets.names().map(|n| &**n).collect();
-        if let Some(added) = new_names.difference(&old_names).next() {
-            return Err(budget_refusal(added, "added"));
-        }
-        if let Some(removed) = old_names.difference(&new_names).next() {
-            return Err(budget_refusal(removed, "removed"));
-        }
-        for spec in &specs {
-            if let Some(budget) = self.guards.budgets.get(&spec.name) {
-                if budget.spec().reset != spec.reset {
-                    return Err(ReloadError::Refused(format!(
-                        "{}.reset changed: a budget's period takes effect at restart (its balance is loaded from the ledger then)",
-                        budget_key(&spec.name)
-                    )));
-                }
-            }
+        let to_open = self.budgets_to_load(&config);
+        if let Some(unread) = to_open.iter().find(|n| !loaded.names.contains(n)) {
+            return Err(ReloadError::Refused(format!(
+                "{} changed while the reload read its balance from the ledger; reload again",
+                budget_key(unread)
+            )));
         }
 
         // Rate rules: equal specs keep their Arc (and so their buckets).
@@ -164,7 +175,8 @@ impl Engine {
             budget.reconfigure(config.retry_for(service).clone());
         }
 
-        for spec in specs {
+        self.reopen_budgets(&specs, &to_open, &loaded.books, now, &mut done);
+        for spec in specs.iter().filter(|s| !to_open.contains(&s.name)) {
             if self.admin_limited.contains(&spec.name) {
                 done.admin_limits_kept += 1;
             } else if let Some(budget) = self.guards.budgets.get_mut(&spec.name) {
@@ -176,7 +188,72 @@ impl Engine {
     }
 }
 
-fn budget_specs(config: &Config) -> impl Iterator<Item = &BudgetSpec> {
+impl Engine {
+    /// The budgets of `config` that the engine does not have, or has with
+    /// another period: a reload reads their books before it applies `config`.
+    pub(super) fn budgets_to_load(&self, config: &Config) -> Vec<String> {
+        budget_specs(config)
+            .filter(|spec| {
+                self.guards
+                    .budgets
+                    .get(&spec.name)
+                    .is_none_or(|old| old.spec().reset != spec.reset)
+            })
+            .map(|spec| spec.name.clone())
+            .collect()
+    }
+
+    /// Takes out the budgets `config` removes or gives another period, and
+    /// opens those in `to_open` from `books`. What open reservations hold
+    /// against an opened budget is held again: the holds name it still, and
+    /// give it back when they settle.
+    fn reopen_budgets(
+        &mut self,
+        specs: &[&BudgetSpec],
+        to_open: &[String],
+        books: &Books,
+        now: Moment,
+        done: &mut Reconfigured,
+    ) {
+        let gone: Vec<Arc<str>> = self
+            .guards
+            .budgets
+            .names()
+            .filter(|name| {
+                to_open.iter().any(|n| n == &***name) || !specs.iter().any(|s| s.name == ***name)
+            })
+            .cloned()
+            .collect();
+        for name in &gone {
+            self.guards.budgets.remove(name);
+            self.admin_limited.remove(&**name);
+            self.thresholds_logged.remove(&**name);
+            if to_open.iter().any(|n| n == &**name) {
+                done.budgets_new_period += 1;
+            } else {
+                done.budgets_removed += 1;
+            }
+        }
+        for spec in specs.iter().filter(|s| to_open.contains(&s.name)) {
+            self.open_budget((*spec).clone(), books, now);
+            let held = self
+                .reservations
+                .values()
+                .filter_map(hold)
+                .filter(|h| h.budgets.iter().any(|b| **b == *spec.name))
+                .fold(Usd::ZERO, |sum, h| sum + h.estimate);
+            if let Some(budget) = self.guards.budgets.get_mut(&spec.name) {
+                budget.reserve(held);
+            }
+            if !gone.iter().any(|n| **n == *spec.name) {
+                done.budgets_added += 1;
+            }
+        }
+    }
+}
+
+/// Every budget `config` configures.
+pub(super) fn budget_specs(config: &Config) -> impl Iterator<Item = &BudgetSpec> {
     let budget = &config.budget;
     budget
         .global
@@ -195,11 +272,4 @@ fn budget_key(name: &str) -> String {
     } else {
         "the global budget (budget.enabled)".to_owned()
     }
-}
-
-fn budget_refusal(name: &str, what: &str) -> ReloadError {
-    ReloadError::Refused(format!(
-        "{} {what}: adding or removing budgets takes effect at restart (their balances are loaded from the ledger then)",
-        budget_key(name)
-    ))
 }

@@ -476,6 +476,7 @@ async fn a_reload_applies_new_retry_settings_to_a_service_already_advised() {
             Arc::new(config),
             &SharedClock::new(f.clock.clone()),
             f.now(),
+            &super::LoadedBooks::default(),
         )
         .unwrap();
     let d = f.admit(1, plan("svc")).await;

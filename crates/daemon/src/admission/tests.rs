@@ -213,6 +213,12 @@ impl Fixture {
         }
     }
 
+    /// [`Fixture::restart`] with another config.
+    fn restart_with(mut self, toml: &str) -> Fixture {
+        self.config = Arc::new(Config::from_toml(toml).expect("test config is valid"));
+        self.restart()
+    }
+
     async fn settle_orphans(&self) {
         for durable in self.admission.due_orphans(self.now()) {
             let _ = self.commit(durable).await;
@@ -1061,10 +1067,19 @@ impl Fixture {
             .collect()
     }
 
+    /// A reload as `State::reload` makes it: the books of the budgets it
+    /// opens read from the ledger first.
     fn reconfigure(&self, toml: &str) -> Result<Reconfigured, ReloadError> {
         let config = Arc::new(Config::from_toml(toml).expect("test config is valid"));
-        self.admission
-            .reconfigure(config, &SharedClock::new(self.clock.clone()), self.now())
+        let names = self.admission.budgets_to_load(&config);
+        let books = self.store.books(names.clone()).expect("the ledger answers");
+        let loaded = LoadedBooks { names, books };
+        self.admission.reconfigure(
+            config,
+            &SharedClock::new(self.clock.clone()),
+            self.now(),
+            &loaded,
+        )
     }
 }
 
@@ -1133,25 +1148,104 @@ async fn an_admin_set_limit_survives_a_reload_that_changes_the_configured_limit(
     assert_eq!(f.budget("agent:a").limit, usd(4.0), "the new config limit");
 }
 
+const WITH_A: &str = "[budget]\nlimit = 10.0\n[budget.agents.a]\nlimit = 3.0\n";
+const WITHOUT_A: &str = "[budget]\nlimit = 10.0\n";
+
+fn costing(dollars: f64) -> Outcome {
+    Outcome {
+        cost: Some(usd(dollars)),
+        ..outcome(false)
+    }
+}
+
+/// A budget taken out by one reload and put back by another is opened from
+/// the ledger, as at a start: taking it out forgave nothing it had spent, and
+/// what was spent while it was out was not its spending.
 #[tokio::test]
-async fn a_reload_that_adds_a_budget_is_refused_and_changes_nothing() {
-    let f = fixture(&format!("{TIGHT}[budget]\nlimit = 10.0\n"));
-    assert!(f.admit_cost(1, "a", "s", 1.0).await.allowed);
-    let err = f
-        .reconfigure("[budget]\nlimit = 20.0\n[budget.agents.b]\nlimit = 1.0\n")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("budget.agents.b added") && err.contains("restart"),
-        "{err}"
-    );
-    assert_eq!(f.budget("global").limit, usd(10.0));
-    let d = f.admit_cost(1, "a", "s", 1.0).await;
+async fn a_budget_removed_and_added_back_by_reloads_keeps_what_the_ledger_holds() {
+    let f = fixture(WITH_A);
+    let d = f.admit_cost(1, "a", "s", 2.0).await;
+    f.report_with(d.reservation.unwrap(), costing(2.0))
+        .await
+        .unwrap();
+    admin(
+        &f,
+        AdminKind::SetLimit {
+            budget: "agent:a".into(),
+            limit: usd(3.5),
+        },
+    )
+    .await
+    .unwrap();
+
+    let done = f.reconfigure(WITHOUT_A).unwrap();
+    assert_eq!((done.budgets_added, done.budgets_removed), (0, 1));
+    assert!(f
+        .admission
+        .budgets(None, f.now())
+        .iter()
+        .all(|b| b.name != "agent:a"));
+    let d = f.admit_cost(1, "a", "s", 2.5).await;
+    assert!(d.allowed, "only the global budget applies: {:?}", d.votes);
+    f.report_with(d.reservation.unwrap(), costing(2.5))
+        .await
+        .unwrap();
+
+    let done = f.reconfigure(WITH_A).unwrap();
+    assert_eq!((done.budgets_added, done.budgets_removed), (1, 0));
+    let a = f.budget("agent:a");
     assert_eq!(
-        d.decisive_vote().map(|v| &*v.rule),
-        Some("tight"),
-        "the old rate limit is still in force"
+        (a.spent, a.reserved, a.limit),
+        (usd(2.0), Usd::ZERO, usd(3.5)),
+        "its balance and its admin-set limit, from the ledger"
     );
+    assert_eq!(f.budget("global").spent, usd(4.5));
+    assert!(
+        !f.admit_cost(1, "a", "s", 1.6).await.allowed,
+        "2 spent + 1.6 > 3.5"
+    );
+    let d = f.admit_cost(1, "a", "s", 1.5).await;
+    assert!(d.allowed, "{:?}", d.votes);
+    f.report_with(d.reservation.unwrap(), costing(1.0))
+        .await
+        .unwrap();
+    assert_eq!(f.budget("agent:a").spent, usd(3.0));
+
+    // Memory equals the ledger: a start with the same config opens the same.
+    let f = f.restart();
+    assert_eq!(f.budget("agent:a").spent, usd(3.0));
+    assert_eq!(f.budget("global").spent, usd(5.5));
+}
+
+/// A budget put back by a reload holds again what the open reservations
+/// made against it hold, so their reports give it back exactly; one made
+/// while it was out holds nothing against it.
+#[tokio::test]
+async fn a_budget_added_back_holds_what_open_reservations_hold_against_it() {
+    let f = fixture(WITH_A);
+    let before = f.admit_cost(1, "a", "s", 1.5).await.reservation.unwrap();
+    f.reconfigure(WITHOUT_A).unwrap();
+    let during = f.admit_cost(1, "a", "s", 1.0).await.reservation.unwrap();
+    assert_eq!(f.budget("global").reserved, usd(2.5));
+
+    f.reconfigure(WITH_A).unwrap();
+    assert_eq!(
+        f.budget("agent:a").reserved,
+        usd(1.5),
+        "the hold made before it was taken out"
+    );
+    assert!(
+        !f.admit_cost(1, "a", "s", 1.6).await.allowed,
+        "1.5 held + 1.6 > 3"
+    );
+    f.report_with(before, costing(1.0)).await.unwrap();
+    f.report_with(during, costing(1.0)).await.unwrap();
+    let a = f.budget("agent:a");
+    assert_eq!((a.spent, a.reserved), (usd(1.0), Usd::ZERO));
+    let global = f.budget("global");
+    assert_eq!((global.spent, global.reserved), (usd(2.0), Usd::ZERO));
+    let f = f.restart();
+    assert_eq!(f.budget("agent:a").spent, usd(1.0));
 }
 
 #[tokio::test]
@@ -1389,27 +1483,65 @@ async fn orphans_whose_settling_fails_are_settled_once_the_ledger_writes() {
     assert_eq!(f.budget("global").spent, usd(5.0), "as the ledger holds it");
 }
 
+/// A reload that opens a budget whose books were not read changes nothing:
+/// the engine never opens a budget from nothing.
 #[tokio::test]
-async fn a_reload_that_removes_a_budget_or_changes_its_period_is_refused() {
-    let config = "[budget]\nlimit = 10.0\n[budget.agents.a]\nlimit = 3.0\n";
-    let f = fixture(config);
+async fn a_reload_without_the_books_of_a_budget_it_adds_is_refused() {
+    let f = fixture(WITHOUT_A);
+    let config = Arc::new(Config::from_toml(WITH_A).unwrap());
     let err = f
-        .reconfigure("[budget]\nlimit = 10.0\n")
+        .admission
+        .reconfigure(
+            config,
+            &SharedClock::new(f.clock.clone()),
+            f.now(),
+            &LoadedBooks::default(),
+        )
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("budget.agents.a removed") && err.contains("restart"),
+        err.contains("budget.agents.a changed while the reload read")
+            && err.contains("reload again"),
         "{err}"
     );
-    let err = f
-        .reconfigure(&format!("{config}reset = \"daily\"\n"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("budget.agents.a.reset changed") && err.contains("restart"),
-        "{err}"
+    assert!(f
+        .admission
+        .budgets(None, f.now())
+        .iter()
+        .all(|b| b.name != "agent:a"));
+}
+
+/// A budget given another period by a reload is opened from the ledger as
+/// a start with the new config would open it, holding what its open
+/// reservations hold.
+#[tokio::test]
+async fn a_reload_that_changes_a_budgets_period_opens_it_as_a_restart_would() {
+    let f = fixture(WITH_A);
+    let d = f.admit_cost(1, "a", "s", 1.0).await;
+    f.report_with(d.reservation.unwrap(), costing(1.0))
+        .await
+        .unwrap();
+    let held = f.admit_cost(1, "a", "s", 0.5).await.reservation.unwrap();
+    let daily = format!("{WITH_A}reset = \"daily\"\n");
+    let done = f.reconfigure(&daily).unwrap();
+    assert_eq!(
+        (
+            done.budgets_added,
+            done.budgets_removed,
+            done.budgets_new_period
+        ),
+        (0, 0, 1)
     );
-    assert_eq!(f.budget("agent:a").limit, usd(3.0), "nothing changed");
+    let a = f.budget("agent:a");
+    assert_eq!(a.reserved, usd(0.5));
+    assert!(a.resets_in.is_some(), "daily now: {a:?}");
+    f.clock.advance(DAY);
+    f.report_with(held, costing(0.5)).await.unwrap();
+    let spent = f.budget("agent:a").spent;
+    assert_eq!(spent, usd(0.5), "filed under the new day");
+    let f = f.restart_with(&daily);
+    assert_eq!(f.budget("agent:a").spent, spent);
+    assert_eq!(f.budget("agent:a").reserved, Usd::ZERO);
 }
 
 #[tokio::test]

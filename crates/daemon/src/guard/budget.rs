@@ -467,6 +467,20 @@ impl Budgets {
         self.by_name.insert(name, budget);
     }
 
+    /// Takes a budget out (a reload removed it). The holds that name it keep
+    /// naming it; giving them back skips a budget that is not there.
+    pub fn remove(&mut self, name: &str) -> Option<Budget> {
+        let budget = self.by_name.remove(name)?;
+        if let Some(agent) = name.strip_prefix("agent:") {
+            self.by_agent.remove(agent);
+        } else if let Some(service) = name.strip_prefix("service:") {
+            self.by_service.remove(service);
+        } else {
+            self.global = None;
+        }
+        Some(budget)
+    }
+
     pub fn get(&self, name: &str) -> Option<&Budget> {
         self.by_name.get(name)
     }

@@ -10,9 +10,10 @@ use std::sync::{Arc, PoisonError};
 
 use super::{lock, State};
 use crate::access::Policy;
-use crate::admission::{Reconfigured, ReloadError};
+use crate::admission::{LoadedBooks, Reconfigured, ReloadError};
 use crate::alerts::Alert;
 use crate::config::Config;
+use crate::store::Books;
 
 /// Rules (rate limits and quotas) in the old or the new config from which a
 /// reload ends with a `malloc_trim`: below it the walk of the heap costs more
@@ -121,11 +122,21 @@ impl State {
         }
         let access = Policy::new(&new.access, &new.agents, nix::unistd::geteuid().as_raw());
         let new = Arc::new(new);
-        let guards = self.shared.admission.reconfigure(
-            Arc::clone(&new),
-            &self.shared.clock,
-            self.moment(),
-        )?;
+        let admission = &self.shared.admission;
+        let names = admission.budgets_to_load(&new);
+        let books = if names.is_empty() {
+            Books::default()
+        } else {
+            self.shared.store.books(names.clone()).map_err(|err| {
+                ReloadError::Refused(format!(
+                    "the balances of the budgets it adds or gives another period ({}) could not be read from the ledger: {err}",
+                    names.join(", ")
+                ))
+            })?
+        };
+        let loaded = LoadedBooks { names, books };
+        let guards =
+            admission.reconfigure(Arc::clone(&new), &self.shared.clock, self.moment(), &loaded)?;
         *self
             .shared
             .access
@@ -159,6 +170,13 @@ impl std::fmt::Display for ReloadSummary {
             "rate limits {} kept, {} new; quotas {} kept, {} new; {} breaker(s) reconfigured; {} admin-set budget limit(s) kept",
             g.rate_kept, g.rate_new, g.quotas_kept, g.quotas_new, g.breakers, g.admin_limits_kept
         )?;
+        if g.budgets_added + g.budgets_removed + g.budgets_new_period > 0 {
+            write!(
+                f,
+                "; budgets {} added (their balances read from the ledger), {} removed, {} with a new period",
+                g.budgets_added, g.budgets_removed, g.budgets_new_period
+            )?;
+        }
         if !self.restart_only.is_empty() {
             write!(
                 f,

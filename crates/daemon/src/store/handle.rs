@@ -17,10 +17,10 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::completion::{Completion, Late};
-use super::inner::{Inner, Job, Stats};
+use super::inner::{Inner, Job, Read, Stats};
 use super::{
-    checkpoint, lock, schema, watch, Entry, Outcome, Snapshot, StoreError, DEFAULT_COMMIT_TIMEOUT,
-    LEDGER_FILE, LEDGER_MARKER,
+    checkpoint, lock, schema, watch, Books, Entry, Outcome, Snapshot, StoreError,
+    DEFAULT_COMMIT_TIMEOUT, LEDGER_FILE, LEDGER_MARKER,
 };
 
 /// How the ledger is opened.
@@ -275,13 +275,33 @@ impl Store {
         key: &str,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
-        let sent = self.send(Job::Lookup {
+        let sent = self.send(Job::Read(Read::Lookup {
             key: key.to_owned(),
             reply,
-        });
+        }));
         async move {
             sent?;
             answer.await.map_err(|_| StoreError::Closed)?
+        }
+    }
+
+    /// What the ledger holds for the budgets named: their balances and
+    /// admin-set limits, for budgets a reload adds. Read in the ledger's
+    /// order of work, after every write queued before, and answered only once
+    /// those writes' completions have run: memory then already counts every
+    /// charge these books hold, and no charge still on its way can be counted
+    /// twice. Blocking, up to `daemon.commit_timeout` (a reload runs on the
+    /// blocking pool).
+    ///
+    /// # Errors
+    /// The ledger cannot be read, or did not answer in time.
+    pub fn books(&self, names: Vec<String>) -> Result<Books, StoreError> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.send(Job::Read(Read::Books { names, reply }))?;
+        match answer.recv_timeout(self.inner.commit_timeout) {
+            Ok(books) => books,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(self.inner.timed_out()),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(StoreError::Closed),
         }
     }
 
@@ -310,7 +330,7 @@ impl Store {
     /// disk would: for testing the fail-closed paths.
     #[doc(hidden)]
     pub fn fail_writes(&self, fail: bool) {
-        let _ = self.send(Job::FailWrites(fail));
+        let _ = self.send(Job::Read(Read::FailWrites(fail)));
     }
 
     /// Stops the writer after the jobs already queued; waits for none of them.

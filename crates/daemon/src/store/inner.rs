@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::completion::Completion;
-use super::{Entry, StoreError};
+use super::{Books, Entry, StoreError};
 
 /// What the handles and the writer thread share.
 pub(super) struct Inner {
@@ -45,11 +45,21 @@ pub(super) enum Job {
         entries: Vec<Entry>,
         done: Completion,
     },
-    /// A lookup or a test hook waits for nothing and is never abandoned.
+    /// Answered in its place in the queue, after the writes queued before it.
+    Read(Read),
+}
+
+/// A job that writes nothing; it waits for nothing and is never abandoned.
+pub(super) enum Read {
     /// Is this idempotency key charged?
     Lookup {
         key: String,
         reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    /// What the ledger holds for these budgets ([`super::Store::books`]).
+    Books {
+        names: Vec<String>,
+        reply: std::sync::mpsc::Sender<Result<Books, StoreError>>,
     },
     /// Test hook: make every write fail (SQLite `query_only`) or work again.
     FailWrites(bool),

@@ -14,7 +14,8 @@
 //! admission lock; it queues a job and awaits the answer outside the lock.
 //!
 //! One concept per file:
-//! - `types.rs`: the vocabulary: [`Entry`], [`Outcome`], [`StoreError`], [`Snapshot`];
+//! - `types.rs`: the vocabulary: [`Entry`], [`Outcome`], [`StoreError`], [`Snapshot`],
+//!   [`Books`];
 //! - `handle.rs`: [`Store`], the handle the daemon holds: open, commit, health;
 //! - `completion.rs`: what a write does with its answer, run exactly once ([`Late`]);
 //! - `writer.rs`: the writer thread: batching, one transaction per group commit;
@@ -42,7 +43,7 @@ use std::time::Duration;
 pub use completion::Late;
 pub use handle::{Store, StoreOptions};
 pub use inner::Stats;
-pub use types::{Entry, Outcome, Snapshot, StoreError, StoredReservation};
+pub use types::{Books, Entry, Outcome, Snapshot, StoreError, StoredReservation};
 
 /// The ledger file inside the state directory.
 pub const LEDGER_FILE: &str = "ledger.sqlite3";

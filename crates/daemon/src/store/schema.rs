@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use rusqlite::types::Value;
 
-use super::{Entry, Outcome, Snapshot, StoredReservation};
+use super::{Books, Entry, Outcome, Snapshot, StoredReservation};
 use crate::money::{Usd, MAX_BALANCE};
 
 /// SQLite's page size (the default, which the ledger never changes).
@@ -140,24 +140,6 @@ pub(super) fn load(conn: &mut Connection) -> rusqlite::Result<Snapshot> {
             })
         })?;
         snapshot.reservations = rows.collect::<rusqlite::Result<_>>()?;
-        // Read as any value: a balance that is not a valid amount (a float left
-        // by an overflow in an older version, a hand edit) must not keep the
-        // whole ledger from opening; its budget alone fails closed.
-        let mut stmt = tx.prepare("SELECT budget, period_start, spent FROM balances")?;
-        let rows = stmt.query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                to_u64(row.get(1)?),
-                row.get::<_, Value>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (budget, period, spent) = row?;
-            match balance(&spent) {
-                Ok(amount) => snapshot.balances.push((budget, period, amount)),
-                Err(found) => snapshot.unreadable.push((budget, period, found)),
-            }
-        }
         // The latest window of each counter; older windows are history.
         let mut stmt = tx.prepare(
             "SELECT quota, key, MAX(window_start), used FROM quota_usage GROUP BY quota, key",
@@ -171,12 +153,53 @@ pub(super) fn load(conn: &mut Connection) -> rusqlite::Result<Snapshot> {
             ))
         })?;
         snapshot.quotas = rows.collect::<rusqlite::Result<_>>()?;
-        let mut stmt = tx.prepare("SELECT budget, amount FROM limits")?;
-        let rows = stmt.query_map([], |row| Ok((row.get(0)?, Usd::from_micros(row.get(1)?))))?;
-        snapshot.limits = rows.collect::<rusqlite::Result<_>>()?;
     }
+    snapshot.books = books(&tx, None)?;
     tx.commit()?;
     Ok(snapshot)
+}
+
+/// The books of the budgets named, or of every budget (`None`, at startup).
+pub(super) fn books(conn: &Connection, names: Option<&[String]>) -> rusqlite::Result<Books> {
+    let mut books = Books::default();
+    // Read as any value: a balance that is not a valid amount (a float left by
+    // an overflow in an older version, a hand edit) must not keep the whole
+    // ledger from opening; its budget alone fails closed.
+    let mut add = |budget: String, period: i64, spent: Value| match balance(&spent) {
+        Ok(amount) => books.balances.push((budget, to_u64(period), amount)),
+        Err(found) => books.unreadable.push((budget, to_u64(period), found)),
+    };
+    let mut limits = Vec::new();
+    match names {
+        None => {
+            let mut stmt = conn.prepare("SELECT budget, period_start, spent FROM balances")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                add(row.get(0)?, row.get(1)?, row.get(2)?);
+            }
+            let mut stmt = conn.prepare("SELECT budget, amount FROM limits")?;
+            let rows =
+                stmt.query_map([], |row| Ok((row.get(0)?, Usd::from_micros(row.get(1)?))))?;
+            limits = rows.collect::<rusqlite::Result<_>>()?;
+        }
+        Some(names) => {
+            // By the primary key, one budget at a time: the table holds every
+            // budget's every period.
+            let mut balances =
+                conn.prepare("SELECT period_start, spent FROM balances WHERE budget = ?1")?;
+            let mut limit = conn.prepare("SELECT amount FROM limits WHERE budget = ?1")?;
+            for name in names {
+                let mut rows = balances.query([name])?;
+                while let Some(row) = rows.next()? {
+                    add(name.clone(), row.get(0)?, row.get(1)?);
+                }
+                let amount: Option<i64> = limit.query_row([name], |row| row.get(0)).optional()?;
+                limits.extend(amount.map(|a| (name.clone(), Usd::from_micros(a))));
+            }
+        }
+    }
+    books.limits = limits;
+    Ok(books)
 }
 
 /// A stored balance as an amount, or what was found instead.

@@ -44,7 +44,7 @@ fn set_spent(dir: &std::path::Path, budget: &str, spent: Usd) {
 /// The balances a start loads, in order.
 fn balances_at_start(dir: &std::path::Path) -> Vec<(String, u64, Usd)> {
     let (_, snapshot) = Store::open(dir).unwrap();
-    let mut balances = snapshot.balances;
+    let mut balances = snapshot.books.balances;
     balances.sort();
     balances
 }
@@ -74,7 +74,7 @@ async fn charges_are_durable_idempotent_and_refundable() {
     let (store, snapshot) = Store::open(dir.path()).unwrap();
     assert_eq!(snapshot.epoch, 2, "a new epoch per open");
     assert_eq!(
-        snapshot.balances,
+        snapshot.books.balances,
         vec![("global".to_owned(), 100, usd(3.5))]
     );
     assert_eq!(
@@ -96,7 +96,7 @@ async fn charges_are_durable_idempotent_and_refundable() {
     store.close();
     let (_, snapshot) = Store::open(dir.path()).unwrap();
     assert_eq!(
-        snapshot.balances,
+        snapshot.books.balances,
         vec![("global".to_owned(), 100, usd(1.5))]
     );
 }
@@ -170,7 +170,7 @@ async fn a_duplicate_rolls_back_only_its_own_job() {
     assert_eq!((done, dups), (25, 25));
     store.close();
     let (_, snapshot) = Store::open(dir.path()).unwrap();
-    assert_eq!(snapshot.balances[0].2, usd(26.0));
+    assert_eq!(snapshot.books.balances[0].2, usd(26.0));
     assert_eq!(
         snapshot.quotas,
         vec![("q".to_owned(), "a".to_owned(), 0, 25)],
@@ -210,7 +210,7 @@ async fn single_entry_duplicates_change_nothing_in_a_shared_batch() {
     );
     store.close();
     let (_, snapshot) = Store::open(dir.path()).unwrap();
-    assert_eq!(snapshot.balances[0].2, usd(21.0));
+    assert_eq!(snapshot.books.balances[0].2, usd(21.0));
 }
 
 #[tokio::test]
@@ -258,7 +258,7 @@ async fn quota_windows_and_limits_load() {
         snapshot.quotas,
         vec![("q".to_owned(), "k".to_owned(), 60, 3)]
     );
-    assert_eq!(snapshot.limits, vec![("global".to_owned(), usd(7.0))]);
+    assert_eq!(snapshot.books.limits, vec![("global".to_owned(), usd(7.0))]);
 }
 
 #[test]
@@ -349,7 +349,7 @@ async fn a_charge_that_would_overflow_a_balance_is_refused_and_writes_nothing() 
     drop(store);
     let (_, snapshot) = Store::open(dir.path()).unwrap();
     assert_eq!(
-        snapshot.balances,
+        snapshot.books.balances,
         vec![("global".into(), 100, crate::money::MAX_BALANCE)]
     );
 }
@@ -413,11 +413,16 @@ async fn a_balance_that_is_not_an_amount_is_reported_and_the_ledger_still_opens(
     drop(conn);
     let (store, snapshot) = Store::open(dir.path()).unwrap();
     assert_eq!(
-        snapshot.balances,
+        snapshot.books.balances,
         vec![("agent:a".into(), 100, usd(0.000005))]
     );
-    assert_eq!(snapshot.unreadable.len(), 1, "{:?}", snapshot.unreadable);
-    assert!(snapshot.unreadable[0].2.contains("overflowed"));
+    assert_eq!(
+        snapshot.books.unreadable.len(),
+        1,
+        "{:?}",
+        snapshot.books.unreadable
+    );
+    assert!(snapshot.books.unreadable[0].2.contains("overflowed"));
     let refused = store.write(vec![charge("k", 1.0)]).await.unwrap();
     assert!(matches!(refused, Outcome::Refused(why) if why.contains("reset")));
     // An admin reset makes it an amount again.
@@ -569,7 +574,7 @@ async fn the_wal_is_copied_by_its_own_thread_and_stays_bounded() {
     // Every commit is there, whoever copied it where.
     let (_, snapshot) = Store::open(dir.path()).unwrap();
     assert_eq!(
-        snapshot.balances,
+        snapshot.books.balances,
         vec![("global".to_owned(), 100, usd(200.0))]
     );
 }
@@ -814,5 +819,57 @@ async fn a_budget_reset_leaves_earlier_periods_alone() {
             ("global".into(), 100, usd(1.0)),
             ("global".into(), 200, Usd::ZERO),
         ]
+    );
+}
+
+/// A reload's read of a budget's books comes in the ledger's order of work:
+/// it sees every write queued before it, and is answered only after those
+/// writes' completions ran (so the daemon's memory counts them already).
+#[tokio::test]
+async fn books_see_the_writes_queued_before_and_come_after_their_completions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    store
+        .write(vec![Entry::SetLimit {
+            budget: "agent:a".into(),
+            limit: usd(4.0),
+        }])
+        .await
+        .unwrap();
+    let completed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for key in 0..50 {
+        let completed = std::sync::Arc::clone(&completed);
+        // Queued, not awaited: the books are asked for while these wait.
+        drop(
+            store.commit(vec![charge_two(&format!("k{key}"), 0.5)], move |result| {
+                assert_eq!(result, Ok(Outcome::Done));
+                if key == 0 {
+                    // A slow completion, so that books answered before the
+                    // completions ran would be seen doing so.
+                    let started = std::time::Instant::now();
+                    while started.elapsed() < std::time::Duration::from_millis(20) {
+                        std::hint::spin_loop();
+                    }
+                }
+                completed.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
+    }
+    let books = store
+        .books(vec!["agent:a".into(), "agent:b".into()])
+        .unwrap();
+    assert_eq!(
+        completed.load(Ordering::SeqCst),
+        50,
+        "every completion ran first"
+    );
+    assert_eq!(
+        books,
+        Books {
+            balances: vec![("agent:a".into(), 100, usd(25.0))],
+            limits: vec![("agent:a".into(), usd(4.0))],
+            unreadable: Vec::new(),
+        },
+        "agent:a's alone (not global's), and nothing for agent:b"
     );
 }

@@ -139,18 +139,26 @@ pub struct Snapshot {
     /// across restarts.
     pub epoch: u64,
     pub reservations: Vec<StoredReservation>,
-    /// Spent per budget and period start.
-    pub balances: Vec<(String, u64, Usd)>,
+    /// Every budget's balances and admin-set limits.
+    pub books: Books,
     /// Quota usage per quota, key and window start.
     pub quotas: Vec<(String, String, u64, u64)>,
+    /// The ledger file did not exist and was created by this open.
+    pub created: bool,
+}
+
+/// What the ledger holds for budgets: read whole at startup ([`Snapshot`]),
+/// and for the budgets a reload adds ([`super::Store::books`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Books {
+    /// Spent per budget and period start.
+    pub balances: Vec<(String, u64, Usd)>,
     /// Limits set by an admin, overriding the config.
     pub limits: Vec<(String, Usd)>,
     /// Balances the ledger holds but that are not a valid amount (negative, a
     /// float left by an overflow before checked arithmetic): budget, period start,
     /// what was found. Those budgets fail closed until an admin resets them.
     pub unreadable: Vec<(String, u64, String)>,
-    /// The ledger file did not exist and was created by this open.
-    pub created: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

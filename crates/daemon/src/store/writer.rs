@@ -20,7 +20,7 @@ use std::time::Instant;
 use rusqlite::Connection;
 
 use super::completion::Completion;
-use super::inner::{Inner, Job};
+use super::inner::{Inner, Job, Read};
 use super::syncer::{self, Committed};
 use super::watch::{self, CHECK_EVERY, IDENTITY_FRESH_FOR};
 use super::{schema, Entry, Outcome, StoreError};
@@ -68,12 +68,14 @@ impl Inner {
                             done.run(Err(self.timed_out()));
                         }
                     }
-                    Job::Lookup { key, reply } => {
-                        let _ = reply
-                            .send(schema::is_charged(&conn, &key).map_err(|e| self.failed(&e)));
-                    }
-                    Job::FailWrites(fail) => {
-                        let _ = conn.pragma_update(None, "query_only", fail);
+                    Job::Read(read) => {
+                        // A read sees every write queued before it: those
+                        // gathered so far are committed first.
+                        if !writes.is_empty() {
+                            let gathered = std::mem::take(&mut writes);
+                            self.commit_batch(&mut conn, syncer, gathered, &mut checked);
+                        }
+                        self.read(&conn, read, syncer);
                     }
                 }
                 if writes.len() < MAX_BATCH {
@@ -169,6 +171,37 @@ impl Inner {
                 for (_, done) in writes {
                     done.run(Err(error.clone()));
                 }
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Answers a job that writes nothing, in its place in the queue.
+    fn read(&self, conn: &Connection, read: Read, syncer: &mpsc::Sender<Committed>) {
+        match read {
+            Read::Lookup { key, reply } => {
+                let _ = reply.send(schema::is_charged(conn, &key).map_err(|e| self.failed(&e)));
+            }
+            Read::Books { names, reply } => {
+                let books = match schema::books(conn, Some(&names)) {
+                    Ok(books) => books,
+                    Err(e) => {
+                        let _ = reply.send(Err(self.failed(&e)));
+                        return;
+                    }
+                };
+                // Answered by the syncer, after the completions of every job
+                // committed before: the daemon's memory then counts all that
+                // these books hold (`Store::books`).
+                let (done, _never_given_up) = Completion::new(Box::new(move |result, _late| {
+                    let _ = reply.send(result.map(|_| books));
+                }));
+                // A failed send drops `done`, which answers `Closed`.
+                let _ = syncer.send(vec![(done, Outcome::Done)]);
+            }
+            Read::FailWrites(fail) => {
+                let _ = conn.pragma_update(None, "query_only", fail);
             }
         }
     }
