@@ -187,3 +187,45 @@ impl std::fmt::Display for ReloadSummary {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SharedClock;
+
+    /// A reload that adds a budget needs its balance from the ledger; a
+    /// ledger that cannot answer refuses the reload, and the old config,
+    /// without the budget, stays in force whole.
+    #[test]
+    fn a_reload_adding_a_budget_the_ledger_cannot_read_changes_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, snapshot) = crate::store::Store::open(dir.path()).expect("ledger");
+        let before = "[budget]\nlimit = 10.0\n";
+        let config = Config::from_toml(before).expect("valid");
+        let state =
+            State::new(config, SharedClock::system(), store.clone(), &snapshot).expect("state");
+        store.close();
+        let added = Config::from_toml(&format!(
+            "{before}[budget.agents.a]\nlimit = 1.0\n[concurrency]\nmax_wait = \"3s\"\n"
+        ))
+        .expect("valid");
+        let err = state.reload(added).unwrap_err().to_string();
+        assert!(
+            err.contains("(agent:a) could not be read from the ledger"),
+            "{err}"
+        );
+        assert!(state.config().budget.agents.is_empty(), "the old config");
+        assert_ne!(
+            state.config().concurrency.max_wait,
+            std::time::Duration::from_secs(3)
+        );
+        let names: Vec<String> = state
+            .shared
+            .admission
+            .budgets(None, state.moment())
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
+        assert_eq!(names, ["global"]);
+    }
+}
