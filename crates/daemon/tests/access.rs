@@ -235,27 +235,14 @@ fn agent_name_impersonation_is_refused() {
     // Its own name is fine; claiming "planner" per request is refused, and the
     // session goes on.
     let mut cmd = as_nobody(test, &daemon, &[]).expect("root");
-    let mut child = cmd
-        .args(["--agent", "helper", "session"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    writeln!(
-        stdin,
-        r#"{{"op":"admit","service":"openai","agent":"planner"}}"#
-    )
-    .unwrap();
-    writeln!(stdin, r#"{{"op":"admit","service":"openai"}}"#).unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    cmd.args(["--agent", "helper"]);
+    let lines = crate::util::session(
+        cmd,
+        &[
+            r#"{"op":"admit","service":"openai","agent":"planner"}"#,
+            r#"{"op":"admit","service":"openai"}"#,
+        ],
+    );
     assert_eq!(lines[0]["error"]["kind"], "not_permitted", "{lines:?}");
     assert_eq!(lines[1]["allowed"], true, "{lines:?}");
 

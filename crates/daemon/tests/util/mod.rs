@@ -325,29 +325,35 @@ impl Daemon {
     /// on its stdin, closed after them: its reply lines, parsed, once it has
     /// exited 0.
     pub fn session(&self, args: &[&str], lines: &[&str]) -> Vec<serde_json::Value> {
-        use std::io::Write as _;
-        use std::process::Stdio;
-        let mut child = self
-            .cli()
-            .args(args)
-            .arg("session")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the CLI's session");
-        let mut stdin = child.stdin.take().unwrap();
-        for line in lines {
-            writeln!(stdin, "{line}").unwrap();
-        }
-        drop(stdin);
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect()
+        let mut cmd = self.cli();
+        cmd.args(args);
+        session(cmd, lines)
     }
+}
+
+/// Runs `cmd` (a CLI command against a daemon, as [`Daemon::cli`] or another
+/// user's) as a JSON-lines session: `lines` on stdin, then EOF; the parsed
+/// replies. The session must end with status 0.
+pub fn session(mut cmd: Command, lines: &[&str]) -> Vec<serde_json::Value> {
+    use std::io::Write as _;
+    let mut child = cmd
+        .arg("session")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the CLI's session");
+    let mut stdin = child.stdin.take().unwrap();
+    for line in lines {
+        writeln!(stdin, "{line}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
 }
 
 /// The daemon process with the test flags; its log is appended to `log`.
