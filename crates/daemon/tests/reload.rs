@@ -243,3 +243,55 @@ async fn a_live_connection_follows_a_reload_of_the_access_policy() {
     // The session goes on under its own name.
     assert!(admit(&mut client, "openai").await.allowed);
 }
+
+/// Reloads that take a budget out and put it back while agents charge it
+/// without pause: each put-back reads the budget's balance from the ledger
+/// while charges are queued, committed and completing around it, and none
+/// may be counted twice or lost (`Store::books` answers after the
+/// completions of every write queued before it). Memory equals the ledger
+/// at the end, to the micro-dollar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_taken_out_and_put_back_under_a_stream_of_charges_stay_exact() {
+    use automation_framework::protocol::{Request, Response};
+    const WITH_A: &str = "[daemon]\nmax_connections_per_uid = 64\n[budget]\nlimit = 1000.0\n[budget.agents.a]\nlimit = 1000.0\n";
+    const WITHOUT_A: &str = "[daemon]\nmax_connections_per_uid = 64\n[budget]\nlimit = 1000.0\n";
+    let daemon = Daemon::start(WITH_A);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut agents = Vec::new();
+    for _ in 0..4 {
+        let mut client = daemon.client("a").await;
+        let stop = std::sync::Arc::clone(&stop);
+        agents.push(tokio::spawn(async move {
+            let mut charged = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let admitted = admit_costing(&mut client, 0.02).await;
+                assert!(admitted.allowed, "{admitted:?}");
+                report_costing(&mut client, &admitted, 0.01).await;
+                charged += 1;
+            }
+            charged
+        }));
+    }
+    let mut ops = daemon.client("ops").await;
+    for round in 0..20 {
+        daemon.write_config(if round % 2 == 0 { WITHOUT_A } else { WITH_A });
+        match ops.call(Request::Reload).await.unwrap() {
+            Response::Reload(reply) => assert!(reply.ok, "{reply:?}"),
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut charged = 0;
+    for agent in agents {
+        charged += agent.await.unwrap();
+    }
+    assert!(charged > 0);
+    let budget = ops.budget(None).await.unwrap();
+    let global = budget.budgets.iter().find(|b| b.name == "global").unwrap();
+    assert_eq!(
+        (global.spent * 100.0).round() as u32,
+        charged,
+        "every charge counted once in the global budget: {global:?}"
+    );
+    daemon.assert_memory_matches_ledger().await;
+}
