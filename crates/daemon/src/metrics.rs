@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 
 pub const REQUESTS: &str = "automation_framework_requests_total";
 pub const REQUEST_DURATION: &str = "automation_framework_request_duration_seconds";
@@ -208,6 +209,10 @@ impl ByRule {
     }
 }
 
+/// How long after the last scrape that set it a state gauge is dropped from
+/// `/metrics`: its budget, bulkhead, quota or service is gone.
+const GAUGE_GONE_AFTER: Duration = Duration::from_secs(1);
+
 /// Installs the Prometheus recorder and describes every metric.
 ///
 /// # Errors
@@ -225,6 +230,12 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
                 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0,
             ],
         )?
+        // The state gauges are set at every scrape (`http::gauges`) for what
+        // exists then; one not set since the last scrape names a budget, a
+        // bulkhead, a quota or a service a reload took out, and goes (the
+        // exporter has no other way to drop a series). Counters and
+        // histograms are never dropped.
+        .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_GONE_AFTER))
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)?;

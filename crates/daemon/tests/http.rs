@@ -524,3 +524,54 @@ async fn pipelined_requests_are_each_counted_and_timed(config: &str) {
     }
     daemon.assert_memory_matches_ledger().await;
 }
+
+/// What a reload takes out leaves `/metrics`: the gauges of a removed
+/// budget, bulkhead and quota stop being served (a scrape more than a
+/// second after the one before drops a gauge no scrape set since), while
+/// what stays keeps its series. A stale series would go on showing a
+/// budget's last spend as if it still governed calls.
+#[tokio::test]
+async fn gauges_of_what_a_reload_removed_leave_the_metrics() {
+    const KEPT: &str = "[budget]\nlimit = 10.0\n";
+    const REMOVED: &str = "[budget.agents.a]\nlimit = 3.0\n[[bulkheads]]\nname = \"one\"\nscope = \"service\"\nmax_in_flight = 4\n[[quotas]]\nname = \"calls\"\nlimit = 10\nwindow = \"day\"\n";
+    let series = [
+        "automation_framework_budget_spent_dollars{budget=\"agent:a\"}",
+        "automation_framework_bulkhead_in_flight{bulkhead=\"one\"}",
+        "automation_framework_quota_max_usage_ratio{quota=\"calls\"}",
+    ];
+    let daemon = Daemon::start(&format!("{KEPT}{REMOVED}"));
+    let mut client = daemon.client("a").await;
+    let admitted = client
+        .admit(AdmitRequest {
+            service: "svc".into(),
+            cost: Some(1.0),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(admitted.allowed, "{admitted:?}");
+    let metrics = daemon.http_get("/metrics").1;
+    for name in series {
+        assert!(sample(&metrics, name).is_some(), "{name} before: {metrics}");
+    }
+
+    daemon.write_config(KEPT);
+    assert!(daemon.sighup_and_wait().contains("configuration reloaded"));
+    crate::util::eventually(crate::util::PROMPTLY, || async {
+        let metrics = daemon.http_get("/metrics").1;
+        series
+            .iter()
+            .all(|name| sample(&metrics, name).is_none())
+            .then_some(())
+    })
+    .await;
+    let metrics = daemon.http_get("/metrics").1;
+    assert_eq!(
+        sample(
+            &metrics,
+            "automation_framework_budget_reserved_dollars{budget=\"global\"}"
+        ),
+        Some(1.0),
+        "the global budget stays, holding the open reservation: {metrics}"
+    );
+}
