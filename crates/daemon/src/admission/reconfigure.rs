@@ -230,6 +230,10 @@ impl Engine {
             self.thresholds_logged.remove(&**name);
             if to_open.iter().any(|n| n == &**name) {
                 done.budgets_new_period += 1;
+                log::warn!(
+                    budget = &**name;
+                    "budget {name} has a new reset period: it counts the spending the ledger filed under the new period's start, not what was filed under the old period"
+                );
             } else {
                 done.budgets_removed += 1;
             }
