@@ -3,13 +3,14 @@ requests, denials, budgets, typed errors and reconnecting."""
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import automation_framework as af
-from conftest import PLAIN, Daemon
+from conftest import PLAIN, Daemon, eventually
 
 
 def test_admit_then_report(daemon: Daemon) -> None:
@@ -161,3 +162,31 @@ def test_a_request_times_out_instead_of_hanging(daemon: Daemon) -> None:
         af.Client(daemon.socket, timeout=0)
     client = af.Client(daemon.socket, agent="patient", timeout=None)
     assert client.ping().agent == "patient"
+
+
+def test_leaving_a_client_block_closes_it(daemon: Daemon) -> None:
+    """``with Client(...) as client:`` closes the client on leaving the block: it
+    raises ``ClientClosed`` afterwards and the leases it held end."""
+    observer = af.Client(daemon.socket, agent="observer")
+    with af.Client(daemon.socket, agent="scoped") as client:
+        assert client.lease("tidy").granted
+    with pytest.raises(af.ClientClosed):
+        client.ping()
+    eventually(lambda: True if observer.lease("tidy").granted else None)
+
+
+def test_a_denial_survives_pickling(start_daemon: Callable[[str], Daemon]) -> None:
+    """A ``Denied`` (e.g. sent back from a ``multiprocessing`` worker) pickles as
+    an ``AutomationFrameworkError`` with the same message, not an error about its
+    native ``Decision``."""
+    daemon = start_daemon(
+        '[[rate_limits]]\nname = "slow"\nscope = "agent"\nrate = 1\nper = "1h"\nburst = 1\n'
+    )
+    client = af.Client(daemon.socket, agent="pickled")
+    assert client.admit("search").allowed
+    with pytest.raises(af.Denied) as raised:
+        with client.call("search"):
+            pytest.fail("must not run")
+    copy = pickle.loads(pickle.dumps(raised.value))
+    assert isinstance(copy, af.AutomationFrameworkError)
+    assert str(copy) == str(raised.value) and "retry after" in str(copy)

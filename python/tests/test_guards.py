@@ -302,3 +302,136 @@ def test_async_route(start_daemon: Callable[[str], Daemon]) -> None:
                 assert call.decision is not None and call.decision.service == "fallback"
 
     asyncio.run(main())
+
+
+class PermanentReset(ConnectionResetError):
+    """A connection error its SDK knows is not worth retrying."""
+
+    retryable = False
+
+
+class OddRetryAfter(Exception):
+    retryable = True
+
+    def __init__(self, retry_after: object) -> None:
+        super().__init__("503")
+        self.retry_after = retry_after
+
+
+def test_what_an_exception_says_about_retrying_is_reported(
+    start_daemon: Callable[[str], Daemon],
+) -> None:
+    """An exception's own ``retryable = False`` wins over ``retry_on``;
+    ``retry_on=`` replaces the default classes; a ``retry_after`` that is not a
+    number of seconds >= 0 is left out of the report, which is still made (the
+    reservation closed, the advice the daemon's own backoff)."""
+    daemon = start_daemon(RETRY + "budget_min_retries = 100\n")  # every failure advised
+    client = af.Client(daemon.socket, agent="told")
+
+    with pytest.raises(PermanentReset):
+        with client.call("llm") as call:
+            raise PermanentReset
+    assert call.retryable is False and call.advice is None
+
+    with pytest.raises(KeyError):
+        with client.call("llm", retry_on=(LookupError,)) as call:
+            raise KeyError("a cache miss worth retrying")
+    assert call.retryable is True and call.advice is not None and call.advice.retry
+    with pytest.raises(TimeoutError):
+        with client.call("llm", retry_on=(LookupError,)) as call:
+            raise TimeoutError
+    assert call.retryable is False and call.advice is None
+
+    for odd in (-1.0, True, "7"):
+        with pytest.raises(OddRetryAfter):
+            with client.call("llm") as call:
+                raise OddRetryAfter(odd)
+        assert call.report is not None and call.advice is not None and call.advice.retry
+        assert call.advice.after is not None and call.advice.after <= 0.12  # 100 ms + 20 %
+    assert client.status().open_reservations == 0
+
+
+#: RETRY with a quota per agent, which shows whom each admission was for.
+COUNTED = RETRY + '[[quotas]]\nname = "calls"\nwindow = "day"\nscope = "agent"\nlimit = 1000\n'
+
+
+def test_retrying_admits_with_its_arguments(start_daemon: Callable[[str], Daemon]) -> None:
+    """``retrying()`` admits each attempt with the estimate, the agent and the
+    ``retry_on`` it was given (``Client`` and ``AsyncClient``), and raises a
+    failure that is not retryable as it is, without notes."""
+    daemon = start_daemon(COUNTED)
+    client = af.Client(daemon.socket, agent="retrier")
+    slept: list[float] = []
+    attempts: list[int] = []
+
+    def priced(call: af.Call) -> float | None:
+        assert call.decision is not None
+        return call.decision.cost
+
+    assert client.retrying(priced, service="llm", cost=0.25) == pytest.approx(0.25)
+    assert client.budget().spent == pytest.approx(0.25)  # charged the estimate
+
+    def missing_once(call: af.Call) -> str:
+        attempts.append(call.attempt)
+        if len(attempts) == 1:
+            raise KeyError("not there yet")
+        return "found"
+
+    assert client.retrying(missing_once, service="llm", retry_on=(LookupError,), sleep=slept.append) == "found"
+    assert attempts == [1, 2] and len(slept) == 1
+
+    def bug(call: af.Call) -> str:
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError) as raised:
+        client.retrying(bug, service="llm", sleep=slept.append)
+    assert getattr(raised.value, "__notes__", []) == [] and len(slept) == 1
+
+    async def main() -> None:
+        async with af.AsyncClient(daemon.socket, agent="retrier") as aclient:
+
+            async def ok(call: af.AsyncCall) -> str:
+                return "ok"
+
+            assert await aclient.retrying(ok, service="llm", agent="delegate") == "ok"
+
+    asyncio.run(main())
+    counted = {q.key: q.used for q in client.quotas("calls")}
+    assert counted == {"retrier": 4, "delegate": 1}
+
+
+def test_max_wait_bounds_the_sleeps_together(start_daemon: Callable[[str], Daemon]) -> None:
+    """``max_wait`` bounds the total of one ``retrying()``'s sleeps, not each one."""
+    daemon = start_daemon(RETRY)
+    client = af.Client(daemon.socket, agent="patient")
+    slept: list[float] = []
+
+    def busy(call: af.Call) -> str:
+        raise UpstreamBusy(retry_after=4.0)
+
+    with pytest.raises(UpstreamBusy) as raised:
+        client.retrying(busy, service="llm", max_wait=6.0, sleep=slept.append)
+    assert slept == [pytest.approx(4.0, abs=0.01)]
+    assert any("max_wait=6.0" in note for note in raised.value.__notes__)
+
+
+def test_retrying_does_not_retry_without_the_daemons_advice(
+    start_daemon: Callable[[str], Daemon],
+) -> None:
+    """When the report of a retryable failure fails (here the client is closed in
+    the body), no advice came: the failure is raised at once, with notes saying
+    why."""
+    daemon = start_daemon(RETRY)
+    client = af.Client(daemon.socket, agent="cut-off")
+    slept: list[float] = []
+
+    def closes(call: af.Call) -> str:
+        client.close()
+        raise UpstreamBusy()
+
+    with pytest.raises(UpstreamBusy) as raised:
+        client.retrying(closes, service="llm", sleep=slept.append)
+    assert slept == []
+    notes = raised.value.__notes__
+    assert any("reporting this failure failed" in note for note in notes)
+    assert any("no retry advice" in note for note in notes)

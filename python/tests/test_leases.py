@@ -9,6 +9,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -202,3 +203,101 @@ def test_a_wait_that_runs_out_is_the_denial_it_would_have_had(
         waiter.admit("gpu", wait=float("nan"))
     holder.report(held)
     assert waiter.admit("gpu", wait=0.4).allowed
+
+
+def test_lease_held_gives_the_lease_back_however_the_block_ends(
+    start_daemon: Callable[[str], Daemon],
+) -> None:
+    """``lease_held`` releases the lease also when the block ends with a
+    ``BaseException`` (``KeyboardInterrupt``); when releasing fails (the client
+    was closed in the block), the block's own exception propagates, with a note
+    about the release."""
+    daemon = start_daemon(GUARDS)
+    deployer = af.Client(daemon.socket, agent="deployer")
+    other = af.Client(daemon.socket, agent="other")
+
+    with pytest.raises(KeyboardInterrupt):
+        with deployer.lease_held("deploy"):
+            raise KeyboardInterrupt
+    assert other.lease("deploy").granted
+    assert other.lease("deploy", release=True).released
+
+    with pytest.raises(RuntimeError) as raised:
+        with deployer.lease_held("deploy"):
+            deployer.close()
+            raise RuntimeError("the deployment failed")
+    assert any("releasing lease 'deploy' failed" in note for note in raised.value.__notes__)
+    # The lease ended with the closed connection.
+    eventually(lambda: True if other.lease("deploy").granted else None)
+
+
+def test_async_lease_held_takes_its_ttl_and_gives_the_lease_back_on_errors(
+    start_daemon: Callable[[str], Daemon],
+) -> None:
+    """``AsyncClient.lease_held`` takes the lease for the ``ttl`` given, and gives
+    it back when the block raises or its task is cancelled."""
+    daemon = start_daemon(GUARDS)
+
+    async def main() -> None:
+        async with af.AsyncClient(daemon.socket, agent="a") as a, af.AsyncClient(
+            daemon.socket, agent="b"
+        ) as b:
+            async with a.lease_held("deploy", ttl=20) as lease:
+                assert lease.expires_in is not None and 19 < lease.expires_in <= 20
+
+            with pytest.raises(RuntimeError):
+                async with a.lease_held("deploy"):
+                    raise RuntimeError("the deployment failed")
+            assert (await b.lease("deploy")).granted
+            assert (await b.lease("deploy", release=True)).released
+
+            entered = asyncio.Event()
+
+            async def hold() -> None:
+                async with a.lease_held("deploy"):
+                    entered.set()
+                    await asyncio.Event().wait()  # until cancelled
+
+            task = asyncio.create_task(hold())
+            await entered.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert (await b.lease("deploy")).granted
+
+    asyncio.run(main())
+
+
+def test_a_call_waits_for_a_bulkhead_permit(start_daemon: Callable[[str], Daemon]) -> None:
+    """``call(wait=...)`` waits in line for a permit of a full bulkhead and is
+    admitted when one comes back, instead of being denied at once."""
+    daemon = start_daemon(GUARDS)
+    holder = af.Client(daemon.socket, agent="holder")
+    waiter = af.Client(daemon.socket, agent="waiter")
+    observer = af.Client(daemon.socket, agent="observer")
+    held = holder.admit("gpu")
+    assert held.allowed
+    outcome: list[object] = []
+
+    def wait_in_line() -> None:
+        try:
+            with waiter.call("gpu", wait=PROMPTLY) as call:
+                outcome.append(call.decision)
+        except BaseException as exc:  # reported to the test below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=wait_in_line)
+    thread.start()
+    try:
+
+        def waiting() -> bool | None:
+            if outcome:
+                raise AssertionError(f"the call did not wait: {outcome}")
+            return True if any(f.waiting == 1 for f in observer.status().in_flight) else None
+
+        eventually(waiting)
+        holder.report(held)  # the permit comes back: the waiting call gets it
+    finally:
+        thread.join(PROMPTLY)
+    (decision,) = outcome
+    assert isinstance(decision, af.Decision) and decision.allowed
