@@ -205,8 +205,12 @@ def test_async_requests_time_out_without_blocking_the_loop(daemon: Daemon) -> No
     the requests all wait in the loop, which keeps running; every waiting
     request gets ``RequestTimeout``, and the client works again afterwards."""
 
+    # Long enough that a loaded machine answers the pings before the freeze
+    # and after the thaw in time; every wait during the freeze runs it out.
+    timeout = 1.0
+
     async def main() -> None:
-        client = af.AsyncClient(daemon.socket, agent="stalled", timeout=0.3)
+        client = af.AsyncClient(daemon.socket, agent="stalled", timeout=timeout)
         assert (await client.ping()).agent == "stalled"  # connected and idle
         ticks = 0
         done = asyncio.Event()
@@ -225,7 +229,7 @@ def test_async_requests_time_out_without_blocking_the_loop(daemon: Daemon) -> No
             assert isinstance(stalled[0], TimeoutError) and "timeout=" in str(stalled[0])
             # A new connection to a stopped daemon: the kernel accepts it, the
             # handshake is never answered; the loop goes on meanwhile.
-            fresh = af.AsyncClient(daemon.socket, agent="fresh", timeout=0.3)
+            fresh = af.AsyncClient(daemon.socket, agent="fresh", timeout=timeout)
             with pytest.raises(af.RequestTimeout):
                 await fresh.ping()
             assert ticks > 10
