@@ -263,6 +263,34 @@ mod tests {
         assert_eq!(closed.get(id(1, 10) + 2 * WINDOW), Some(Closed::Released));
     }
 
+    /// A late close exactly a window behind the newest close has the newest's
+    /// cell: it is kept outside the ring without wiping what the newest close
+    /// wrote there (a report of the newest must still be told a duplicate).
+    #[test]
+    fn a_late_close_a_whole_window_behind_leaves_the_newest_alone() {
+        let mut closed = RecentlyClosed::default();
+        let newest = id(6, 1_000_000);
+        closed.insert(newest, Closed::Released);
+        closed.insert(newest - WINDOW, Closed::Reported);
+        assert_eq!(closed.get(newest), Some(Closed::Released));
+        assert_eq!(closed.get(newest - WINDOW), Some(Closed::Reported));
+    }
+
+    /// A jump over ids never closed clears every cell it passes, the first
+    /// one included: an id the ring passed without a close is not answered
+    /// for with what the id a window before it left in its cell.
+    #[test]
+    fn a_jump_clears_the_cells_it_passes_from_the_first() {
+        let mut closed = RecentlyClosed::default();
+        let first = id(7, 1);
+        closed.insert(first, Closed::Released);
+        closed.insert(first + WINDOW - 1, Closed::Reported);
+        closed.insert(first + WINDOW + 5, Closed::Reported);
+        assert_eq!(closed.get(first + WINDOW), None, "passed, never closed");
+        assert_eq!(closed.get(first + WINDOW + 1), None, "passed, never closed");
+        assert_eq!(closed.get(first + WINDOW + 5), Some(Closed::Reported));
+    }
+
     proptest::proptest! {
         /// Against a record of every close: `get` never answers wrongly, and
         /// answers for as long as promised (a close in the ring until the

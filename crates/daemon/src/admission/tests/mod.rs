@@ -11,6 +11,8 @@ use crate::store::Store;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+mod settling;
+
 const S: Duration = Duration::from_secs(1);
 const DAY: Duration = Duration::from_secs(86_400);
 
