@@ -221,6 +221,18 @@ impl Fixture {
         self.restart()
     }
 
+    /// Sets `budget`'s balance in the ledger file to the ledger's maximum,
+    /// behind the engine's back: its next charge is refused by the ledger.
+    fn fill_balance_behind_its_back(&self, budget: &str) {
+        rusqlite::Connection::open(self.dir.path().join(crate::store::LEDGER_FILE))
+            .unwrap()
+            .execute(
+                "UPDATE balances SET spent = ?1 WHERE budget = ?2",
+                rusqlite::params![crate::money::MAX_BALANCE.micros(), budget],
+            )
+            .unwrap();
+    }
+
     async fn settle_orphans(&self) {
         for durable in self.admission.due_orphans(self.now()) {
             let _ = self.commit(durable).await;
@@ -1431,15 +1443,8 @@ async fn a_refused_orphan_batch_is_tried_orphan_by_orphan() {
     );
     let first = f.admit_cost(2, "a", "s", 1.0).await.reservation.unwrap();
     f.report(first, false).await;
-    // agent:a's balance in the file, at the ledger's maximum behind the
-    // engine's back: its next charge is refused by the ledger.
-    rusqlite::Connection::open(f.dir.path().join(crate::store::LEDGER_FILE))
-        .unwrap()
-        .execute(
-            "UPDATE balances SET spent = ?1 WHERE budget = 'agent:a'",
-            [crate::money::MAX_BALANCE.micros()],
-        )
-        .unwrap();
+    // Its next charge is refused by the ledger.
+    f.fill_balance_behind_its_back("agent:a");
     orphans_of(&f, "a", &[2.0]).await;
     orphans_of(&f, "b", &[3.0]).await;
     f.admission.end_session(1, f.now());

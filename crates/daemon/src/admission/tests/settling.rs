@@ -137,14 +137,7 @@ async fn a_charge_the_ledger_refuses_counts_nothing_and_keeps_its_reservation_op
     let f = fixture("[budget]\nlimit = 100.0\n[budget.agents.a]\nlimit = 50.0\n");
     let first = f.admit_cost(1, "a", "s", 1.0).await.reservation.unwrap();
     f.report(first, false).await;
-    // agent:a's balance at the ledger's maximum behind the engine's back.
-    rusqlite::Connection::open(f.dir.path().join(crate::store::LEDGER_FILE))
-        .unwrap()
-        .execute(
-            "UPDATE balances SET spent = ?1 WHERE budget = 'agent:a'",
-            [crate::money::MAX_BALANCE.micros()],
-        )
-        .unwrap();
+    f.fill_balance_behind_its_back("agent:a");
     let id = f.admit_cost(1, "a", "s", 2.0).await.reservation.unwrap();
     let err = f.report_with(id, outcome(false)).await.unwrap_err();
     assert!(err.contains("the ledger refused the charge"), "{err}");
