@@ -322,10 +322,7 @@ async fn a_refusal_sent_before_the_hello_is_read_is_reported() {
         .await
         .err()
         .expect("refused");
-    assert!(
-        matches!(&err, ClientError::Closed(e) if e.code == ErrorCode::NotPermitted && e.message == "uid 7 may not"),
-        "{err:?}"
-    );
+    assert_closed_with(&err, ErrorCode::NotPermitted, "uid 7 may not");
 }
 
 /// An `Error` frame instead of the `Welcome` is the daemon's refusal of the
@@ -344,10 +341,7 @@ async fn an_error_frame_instead_of_the_welcome_is_closed() {
         .await
         .err()
         .expect("refused");
-    assert!(
-        matches!(&err, ClientError::Closed(e) if e.code == ErrorCode::VersionMismatch && e.message == "speak version 3"),
-        "{err:?}"
-    );
+    assert_closed_with(&err, ErrorCode::VersionMismatch, "speak version 3");
 }
 
 /// An `Error` frame instead of a reply (or a batch's reply) means the daemon
@@ -562,4 +556,12 @@ async fn a_missing_socket_is_a_connect_error_with_its_hint() {
         "{err:?}"
     );
     assert!(err.to_string().contains("no socket there"), "{err}");
+}
+
+/// `err` is the daemon closing the connection with `code` and `message`.
+fn assert_closed_with(err: &ClientError, code: ErrorCode, message: &str) {
+    assert!(
+        matches!(err, ClientError::Closed(e) if e.code == code && e.message == message),
+        "{err:?}"
+    );
 }

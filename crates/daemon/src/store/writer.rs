@@ -13,6 +13,9 @@
 //! (an idempotency key already in the ledger) rolls back that job alone and is
 //! reported as such; a job of one entry needs none (it changes nothing when it is a
 //! duplicate).
+//!
+//! A read (an idempotency lookup, a reload's budget books) is answered in its
+//! place in the queue: the writes gathered before it are committed first.
 
 use std::sync::mpsc;
 use std::time::Instant;
@@ -174,9 +177,7 @@ impl Inner {
             }
         }
     }
-}
 
-impl Inner {
     /// Answers a job that writes nothing, in its place in the queue.
     fn read(&self, conn: &Connection, read: Read, syncer: &mpsc::Sender<Committed>) {
         match read {
