@@ -10,7 +10,7 @@
 //! adding it back does not forgive what it had spent. Everything is checked and
 //! built before anything is swapped, so a refused reload changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::reservation::hold;
@@ -78,7 +78,8 @@ impl Engine {
         // is applied.
         let specs: Vec<&BudgetSpec> = budget_specs(&config).collect();
         let to_open = self.budgets_to_load(&config);
-        if let Some(unread) = to_open.iter().find(|n| !loaded.names.contains(n)) {
+        let read: HashSet<&str> = loaded.names.iter().map(String::as_str).collect();
+        if let Some(unread) = to_open.iter().find(|n| !read.contains(n.as_str())) {
             return Err(ReloadError::Refused(format!(
                 "{} changed while the reload read its balance from the ledger; reload again",
                 budget_key(unread)
@@ -175,8 +176,10 @@ impl Engine {
             budget.reconfigure(config.retry_for(service).clone());
         }
 
-        self.reopen_budgets(&specs, &to_open, &loaded.books, now, &mut done);
-        for spec in specs.iter().filter(|s| !to_open.contains(&s.name)) {
+        // Sets, not scans: a config may hold a budget per agent, thousands.
+        let opened: HashSet<&str> = to_open.iter().map(String::as_str).collect();
+        self.reopen_budgets(&specs, &opened, &loaded.books, now, &mut done);
+        for spec in specs.iter().filter(|s| !opened.contains(s.name.as_str())) {
             if self.admin_limited.contains(&spec.name) {
                 done.admin_limits_kept += 1;
             } else if let Some(budget) = self.guards.budgets.get_mut(&spec.name) {
@@ -204,31 +207,30 @@ impl Engine {
     }
 
     /// Takes out the budgets `config` removes or gives another period, and
-    /// opens those in `to_open` from `books`. What open reservations hold
+    /// opens those in `opened` from `books`. What open reservations hold
     /// against an opened budget is held again: the holds name it still, and
     /// give it back when they settle.
     fn reopen_budgets(
         &mut self,
         specs: &[&BudgetSpec],
-        to_open: &[String],
+        opened: &HashSet<&str>,
         books: &Books,
         now: Moment,
         done: &mut Reconfigured,
     ) {
+        let configured: HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         let gone: Vec<Arc<str>> = self
             .guards
             .budgets
             .names()
-            .filter(|name| {
-                to_open.iter().any(|n| n == &***name) || !specs.iter().any(|s| s.name == ***name)
-            })
+            .filter(|name| opened.contains(&***name) || !configured.contains(&***name))
             .cloned()
             .collect();
         for name in &gone {
             self.guards.budgets.remove(name);
             self.admin_limited.remove(&**name);
             self.thresholds_logged.remove(&**name);
-            if to_open.iter().any(|n| n == &**name) {
+            if opened.contains(&**name) {
                 done.budgets_new_period += 1;
                 log::warn!(
                     budget = &**name;
@@ -238,18 +240,24 @@ impl Engine {
                 done.budgets_removed += 1;
             }
         }
-        for spec in specs.iter().filter(|s| to_open.contains(&s.name)) {
-            self.open_budget((*spec).clone(), books, now);
-            let held = self
-                .reservations
-                .values()
-                .filter_map(hold)
-                .filter(|h| h.budgets.iter().any(|b| **b == *spec.name))
-                .fold(Usd::ZERO, |sum, h| sum + h.estimate);
-            if let Some(budget) = self.guards.budgets.get_mut(&spec.name) {
-                budget.reserve(held);
+        // One walk of the open reservations for every budget opened, under
+        // the engine lock: a walk per budget would stall decisions for
+        // budgets × reservations.
+        let mut held: HashMap<&str, Usd> = opened.iter().map(|n| (*n, Usd::ZERO)).collect();
+        for hold in self.reservations.values().filter_map(hold) {
+            for name in &hold.budgets {
+                if let Some(sum) = held.get_mut(&**name) {
+                    *sum += hold.estimate;
+                }
             }
-            if !gone.iter().any(|n| **n == *spec.name) {
+        }
+        let reopened: HashSet<&str> = gone.iter().map(|n| &**n).collect();
+        for spec in specs.iter().filter(|s| opened.contains(s.name.as_str())) {
+            self.open_budget((*spec).clone(), books, now);
+            if let Some(budget) = self.guards.budgets.get_mut(&spec.name) {
+                budget.reserve(held.get(spec.name.as_str()).copied().unwrap_or(Usd::ZERO));
+            }
+            if !reopened.contains(spec.name.as_str()) {
                 done.budgets_added += 1;
             }
         }
