@@ -170,6 +170,50 @@ async fn a_budget_taken_out_and_put_back_by_reloads_keeps_its_balance_and_holds(
     daemon.assert_memory_matches_ledger().await;
 }
 
+/// A reload that changes a budget's reset, through the real daemon: the new
+/// period counts what was charged since it began (here `never`: all of it),
+/// though the ledger had filed it under the old period's days; the log says
+/// what was moved; a restart agrees, and memory equals the ledger.
+#[tokio::test]
+async fn a_reload_that_changes_a_budgets_reset_keeps_what_its_new_period_was_charged() {
+    let daily = "[budget]\nlimit = 100.0\n[budget.agents.a]\nlimit = 10.0\nreset = \"daily\"\n";
+    let never = "[budget]\nlimit = 100.0\n[budget.agents.a]\nlimit = 5.0\nreset = \"never\"\n";
+    let mut daemon = Daemon::start(daily);
+    let mut client = daemon.client("a").await;
+    for cost in [1.5, 2.5] {
+        let admitted = admit_costing(&mut client, cost).await;
+        report_costing(&mut client, &admitted, cost).await;
+    }
+    daemon.write_config(never);
+    let log = daemon.sighup_and_wait();
+    assert!(
+        log.contains(
+            "budgets 0 added (their balances read from the ledger), 0 removed, 1 with a new period"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("budget agent:a's reset changed from daily to never since the ledger last kept it: the 2 charge(s) of $4.00"),
+        "{log}"
+    );
+    let budget = client.budget(None).await.unwrap();
+    let a = budget.budgets.iter().find(|b| b.name == "agent:a").unwrap();
+    assert_eq!(a.spent, 4.0, "{a:?}");
+    let denied = admit_costing(&mut client, 1.5).await;
+    assert_eq!(
+        (denied.guard, denied.rule.as_deref()),
+        (Some(GuardKind::Budget), Some("agent:a")),
+        "4 spent + 1.5 > 5: {denied:?}"
+    );
+    daemon.assert_memory_matches_ledger().await;
+    daemon.restart();
+    let mut client = daemon.client("a").await;
+    let budget = client.budget(None).await.unwrap();
+    let a = budget.budgets.iter().find(|b| b.name == "agent:a").unwrap();
+    assert_eq!(a.spent, 4.0, "as the ledger holds it: {a:?}");
+    daemon.assert_memory_matches_ledger().await;
+}
+
 #[test]
 fn the_session_op_reload_answers_ok_and_a_message() {
     let daemon = Daemon::start(TIGHT_S);

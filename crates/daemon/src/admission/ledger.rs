@@ -139,6 +139,13 @@ impl Engine {
             .map(|(_, period, why)| (*period, why.clone()))
             .collect();
         let budget = Budget::restore(spec, now.unix, &balances, &unreadable);
+        if let Some(moved) = books.refiled.iter().find(|r| r.budget == budget.name()) {
+            log::warn!(
+                budget = budget.name();
+                "budget {}'s reset changed from {} to {} since the ledger last kept it: the {} charge(s) of {} made since its period began (at {}) were moved to that period, which starts at {} spent",
+                budget.name(), moved.from, moved.to, moved.charges, moved.amount, moved.period_start, budget.spent()
+            );
+        }
         if let Some(why) = budget.unknown() {
             log::error!(
                 message_id = crate::logging::message_id::LEDGER_FAILED, budget = budget.name();

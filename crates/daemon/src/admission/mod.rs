@@ -43,7 +43,7 @@ use crate::alerts::Alerts;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::guard::breaker::{Breaker, BreakerSnapshot, Force, Transition};
-use crate::store::Snapshot;
+use crate::store::{Opening, Snapshot};
 
 /// The admission engine: guards, breakers, budgets and open reservations.
 pub struct Admission {
@@ -337,8 +337,8 @@ impl Admission {
 
     /// The budgets `config` adds or gives another period, whose books
     /// ([`crate::store::Store::books`]) [`Admission::reconfigure`] needs.
-    pub fn budgets_to_load(&self, config: &Config) -> Vec<String> {
-        self.lock().budgets_to_load(config)
+    pub fn budgets_to_load(&self, config: &Config, now: Moment) -> Opening {
+        self.lock().budgets_to_load(config, now)
     }
 
     /// Applies a new validated config to the guards, under the engine lock: equal
@@ -381,7 +381,7 @@ pub use commit::{Durable, Pending, PendingAdmit, PendingReport};
 pub use ledger::{AdminAction, AdminKind, BudgetView, PendingAdmin, QuotaView};
 pub use operator::{BudgetGauge, Gauges, ListedQuota, QuotaListing};
 pub use orphans::PendingOrphans;
-pub use reconfigure::{LoadedBooks, Reconfigured, ReloadError};
+pub use reconfigure::{opening, LoadedBooks, Reconfigured, ReloadError};
 pub use reservation::reservation_key;
 use reservation::{Reservation, Reservations, Stage};
 pub use types::{

@@ -7,7 +7,9 @@
 //! starts fresh. A budget is never started fresh: one the reload adds, or gives
 //! another period, is opened from the ledger's books as at a start
 //! ([`LoadedBooks`], read before the engine is locked), so removing a budget and
-//! adding it back does not forgive what it had spent. Everything is checked and
+//! adding it back does not forgive what it had spent, and a new period starts
+//! at what was charged since it began (the ledger re-files those charges:
+//! `store/periods.rs`). Everything is checked and
 //! built before anything is swapped, so a refused reload changes nothing.
 
 use std::collections::{HashMap, HashSet};
@@ -21,7 +23,7 @@ use crate::guard::budget::BudgetSpec;
 use crate::guard::quota::QuotaRule;
 use crate::guard::rate::RateRule;
 use crate::money::Usd;
-use crate::store::Books;
+use crate::store::{Books, Opened, Opening};
 
 /// Why a reload left the old configuration in force.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +79,7 @@ impl Engine {
         // so the names read are the names needed; should they differ, nothing
         // is applied.
         let specs: Vec<&BudgetSpec> = budget_specs(&config).collect();
-        let to_open = self.budgets_to_load(&config);
+        let to_open = self.budgets_to_load(&config, now).names();
         let read: HashSet<&str> = loaded.names.iter().map(String::as_str).collect();
         if let Some(unread) = to_open.iter().find(|n| !read.contains(n.as_str())) {
             return Err(ReloadError::Refused(format!(
@@ -194,16 +196,20 @@ impl Engine {
 impl Engine {
     /// The budgets of `config` that the engine does not have, or has with
     /// another period: a reload reads their books before it applies `config`.
-    pub(super) fn budgets_to_load(&self, config: &Config) -> Vec<String> {
-        budget_specs(config)
-            .filter(|spec| {
-                self.guards
-                    .budgets
-                    .get(&spec.name)
-                    .is_none_or(|old| old.spec().reset != spec.reset)
-            })
-            .map(|spec| spec.name.clone())
-            .collect()
+    pub(super) fn budgets_to_load(&self, config: &Config, now: Moment) -> Opening {
+        Opening {
+            now: now.unix,
+            budgets: budget_specs(config)
+                .filter_map(|spec| {
+                    let filed_as = self.guards.budgets.get(&spec.name).map(|b| b.spec().reset);
+                    (filed_as != Some(spec.reset)).then(|| Opened {
+                        name: spec.name.clone(),
+                        reset: spec.reset,
+                        filed_as,
+                    })
+                })
+                .collect(),
+        }
     }
 
     /// Takes out the budgets `config` removes or gives another period, and
@@ -232,9 +238,9 @@ impl Engine {
             self.thresholds_logged.remove(&**name);
             if opened.contains(&**name) {
                 done.budgets_new_period += 1;
-                log::warn!(
+                log::info!(
                     budget = &**name;
-                    "budget {name} has a new reset period: it counts the spending the ledger filed under the new period's start, not what was filed under the old period"
+                    "budget {name} has a new reset period: it is opened again in the period that contains now"
                 );
             } else {
                 done.budgets_removed += 1;
@@ -261,6 +267,21 @@ impl Engine {
                 done.budgets_added += 1;
             }
         }
+    }
+}
+
+/// Every budget `config` configures, with its reset: what a start opens
+/// ([`crate::store::StoreOptions::opening`]).
+pub fn opening(config: &Config, unix_now: u64) -> Opening {
+    Opening {
+        now: unix_now,
+        budgets: budget_specs(config)
+            .map(|spec| Opened {
+                name: spec.name.clone(),
+                reset: spec.reset,
+                filed_as: None,
+            })
+            .collect(),
     }
 }
 

@@ -182,6 +182,7 @@ async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
     let options = StoreOptions {
         commit_timeout: config.daemon.commit_timeout,
         init: args.init_ledger,
+        opening: automation_framework::admission::opening(&config, SharedClock::system().unix()),
     };
     let (store, snapshot) = match Store::open_with(&state_dir, &options) {
         Ok((store, snapshot)) => {

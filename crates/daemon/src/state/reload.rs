@@ -123,11 +123,12 @@ impl State {
         let access = Policy::new(&new.access, &new.agents, nix::unistd::geteuid().as_raw());
         let new = Arc::new(new);
         let admission = &self.shared.admission;
-        let names = admission.budgets_to_load(&new);
-        let books = if names.is_empty() {
+        let opening = admission.budgets_to_load(&new, self.moment());
+        let names = opening.names();
+        let books = if opening.is_empty() {
             Books::default()
         } else {
-            self.shared.store.books(names.clone()).map_err(|err| {
+            self.shared.store.books(opening).map_err(|err| {
                 ReloadError::Refused(format!(
                     "the balances of the budgets it adds or gives another period ({}) could not be read from the ledger: {err}",
                     names.join(", ")

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use super::completion::{Completion, Late};
 use super::inner::{Inner, Job, Read, Stats};
 use super::{
-    checkpoint, lock, schema, watch, Books, Entry, Outcome, Snapshot, StoreError,
+    checkpoint, lock, schema, watch, Books, Entry, Opening, Outcome, Snapshot, StoreError,
     DEFAULT_COMMIT_TIMEOUT, LEDGER_FILE, LEDGER_MARKER,
 };
 
@@ -32,6 +32,10 @@ pub struct StoreOptions {
     /// Create an empty ledger even where [`LEDGER_MARKER`] says one existed
     /// (`--init-ledger`).
     pub init: bool,
+    /// The budgets the config opens: those whose reset changed since the
+    /// ledger last kept them have their charges re-filed by the load
+    /// (`periods.rs`).
+    pub opening: Opening,
 }
 
 impl Default for StoreOptions {
@@ -39,6 +43,7 @@ impl Default for StoreOptions {
         StoreOptions {
             commit_timeout: DEFAULT_COMMIT_TIMEOUT,
             init: false,
+            opening: Opening::default(),
         }
     }
 }
@@ -101,7 +106,8 @@ impl Store {
         // Every statement the writer runs stays prepared (about 15 of them).
         conn.set_prepared_statement_cache_capacity(32);
         schema::prepare(&mut conn, wal_pages).map_err(fail)?;
-        let mut snapshot = schema::load(&mut conn).map_err(|e| fail(e.to_string()))?;
+        let mut snapshot =
+            schema::load(&mut conn, &options.opening).map_err(|e| fail(e.to_string()))?;
         snapshot.created = !existed;
         if !marker.exists() {
             watch::write_marker(&marker)
@@ -286,7 +292,8 @@ impl Store {
     }
 
     /// What the ledger holds for the budgets named: their balances and
-    /// admin-set limits, for budgets a reload adds. Read in the ledger's
+    /// admin-set limits, for budgets a reload adds or gives another reset
+    /// (whose charges are moved to the new period first: `periods.rs`). Read in the ledger's
     /// order of work, after every write queued before, and answered only once
     /// those writes' completions have run: memory then already counts every
     /// charge these books hold, and no charge still on its way can be counted
@@ -295,9 +302,9 @@ impl Store {
     ///
     /// # Errors
     /// The ledger cannot be read, or did not answer in time.
-    pub fn books(&self, names: Vec<String>) -> Result<Books, StoreError> {
+    pub fn books(&self, opening: Opening) -> Result<Books, StoreError> {
         let (reply, answer) = std::sync::mpsc::channel();
-        self.send(Job::Read(Read::Books { names, reply }))?;
+        self.send(Job::Read(Read::Books { opening, reply }))?;
         match answer.recv_timeout(self.inner.commit_timeout) {
             Ok(books) => books,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(self.inner.timed_out()),

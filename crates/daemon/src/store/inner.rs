@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::completion::Completion;
-use super::{Books, Entry, StoreError};
+use super::{Books, Entry, Opening, StoreError};
 
 /// What the handles and the writer thread share.
 pub(super) struct Inner {
@@ -49,7 +49,9 @@ pub(super) enum Job {
     Read(Read),
 }
 
-/// A job that writes nothing; it waits for nothing and is never abandoned.
+/// A job answered in its place in the queue, never abandoned: a read, which
+/// for a budget whose reset changed also re-files its charges
+/// (`periods.rs`).
 pub(super) enum Read {
     /// Is this idempotency key charged?
     Lookup {
@@ -58,7 +60,7 @@ pub(super) enum Read {
     },
     /// What the ledger holds for these budgets ([`super::Store::books`]).
     Books {
-        names: Vec<String>,
+        opening: Opening,
         reply: std::sync::mpsc::Sender<Result<Books, StoreError>>,
     },
     /// Test hook: make every write fail (SQLite `query_only`) or work again.

@@ -25,12 +25,15 @@
 //!   off the writer thread;
 //! - `watch.rs`: the disk watch: file identity, marker, WAL size, stuck commits,
 //!   the probe after a failure (the ledger fails closed, and says so);
-//! - `schema.rs`: tables, migrations, the startup load, how each entry is written.
+//! - `schema.rs`: tables, migrations, the startup load, how each entry is written;
+//! - `periods.rs`: a budget whose reset changed has what its new period
+//!   counts re-filed under that period.
 
 mod checkpoint;
 mod completion;
 mod handle;
 mod inner;
+mod periods;
 mod schema;
 mod syncer;
 mod types;
@@ -43,6 +46,7 @@ use std::time::Duration;
 pub use completion::Late;
 pub use handle::{Store, StoreOptions};
 pub use inner::Stats;
+pub use periods::{Opened, Opening, Refiled};
 pub use types::{Books, Entry, Outcome, Snapshot, StoreError, StoredReservation};
 
 /// The ledger file inside the state directory.

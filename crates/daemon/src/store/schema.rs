@@ -8,6 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use rusqlite::types::Value;
 
+use super::periods::{self, Opening};
 use super::{Books, Entry, Outcome, Snapshot, StoredReservation};
 use crate::money::{Usd, MAX_BALANCE};
 
@@ -54,6 +55,8 @@ const MIGRATIONS: &[&str] = &[
          uid INTEGER NOT NULL,
          pid INTEGER NOT NULL,
          action TEXT NOT NULL);",
+    // 2: the reset each budget's balances are kept under (`periods.rs`).
+    "CREATE TABLE periods (budget TEXT PRIMARY KEY, reset TEXT NOT NULL);",
 ];
 
 /// Pragmas for durability, then migrations. `wal_pages`: the WAL's size at
@@ -107,8 +110,10 @@ pub(super) fn prepare(conn: &mut Connection, wal_pages: u64) -> Result<(), Strin
     Ok(())
 }
 
-/// Reads what the daemon needs at startup and starts a new epoch.
-pub(super) fn load(conn: &mut Connection) -> rusqlite::Result<Snapshot> {
+/// Reads what the daemon needs at startup and starts a new epoch; the budgets
+/// of `opening` whose reset changed have their charges re-filed first
+/// (`periods.rs`).
+pub(super) fn load(conn: &mut Connection, opening: &Opening) -> rusqlite::Result<Snapshot> {
     let tx = conn.transaction()?;
     let epoch: i64 = tx
         .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |row| {
@@ -154,7 +159,9 @@ pub(super) fn load(conn: &mut Connection) -> rusqlite::Result<Snapshot> {
         })?;
         snapshot.quotas = rows.collect::<rusqlite::Result<_>>()?;
     }
+    let refiled = periods::refile(&tx, opening)?;
     snapshot.books = books(&tx, None)?;
+    snapshot.books.refiled = refiled;
     tx.commit()?;
     Ok(snapshot)
 }
@@ -449,7 +456,7 @@ fn split_names(text: &str) -> Vec<String> {
         .collect()
 }
 
-fn join_filed(budgets: &[(String, u64)]) -> String {
+pub(super) fn join_filed(budgets: &[(String, u64)]) -> String {
     budgets
         .iter()
         .map(|(name, start)| format!("{name}@{start}"))
@@ -457,7 +464,7 @@ fn join_filed(budgets: &[(String, u64)]) -> String {
         .join("\n")
 }
 
-fn split_filed(text: &str) -> Vec<(String, u64)> {
+pub(super) fn split_filed(text: &str) -> Vec<(String, u64)> {
     split_names(text)
         .into_iter()
         .filter_map(|item| {
@@ -468,10 +475,10 @@ fn split_filed(text: &str) -> Vec<(String, u64)> {
 }
 
 /// SQLite integers are signed; our ids, times and counts never reach 2^63.
-fn to_i64(value: u64) -> i64 {
+pub(super) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn to_u64(value: i64) -> u64 {
+pub(super) fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }

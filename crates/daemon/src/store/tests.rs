@@ -3,6 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use super::*;
+use crate::guard::period::Period;
 
 fn usd(dollars: f64) -> Usd {
     Usd::from_dollars(dollars).unwrap()
@@ -482,7 +483,7 @@ async fn a_stuck_commit_times_out_and_an_abandoned_write_is_never_applied() {
     let dir = tempfile::tempdir().unwrap();
     let options = StoreOptions {
         commit_timeout: Duration::from_millis(300),
-        init: false,
+        ..StoreOptions::default()
     };
     let (store, _) = Store::open_with(dir.path(), &options).unwrap();
     // On time, a completion is told so.
@@ -856,7 +857,16 @@ async fn books_see_the_writes_queued_before_and_come_after_their_completions() {
         );
     }
     let books = store
-        .books(vec!["agent:a".into(), "agent:b".into()])
+        .books(Opening {
+            now: 100,
+            budgets: ["agent:a", "agent:b"]
+                .map(|name| Opened {
+                    name: name.into(),
+                    reset: Period::Daily,
+                    filed_as: None,
+                })
+                .into(),
+        })
         .unwrap();
     assert_eq!(
         completed.load(Ordering::SeqCst),
@@ -869,7 +879,175 @@ async fn books_see_the_writes_queued_before_and_come_after_their_completions() {
             balances: vec![("agent:a".into(), 100, usd(25.0))],
             limits: vec![("agent:a".into(), usd(4.0))],
             unreadable: Vec::new(),
+            refiled: Vec::new(),
         },
         "agent:a's alone (not global's), and nothing for agent:b"
+    );
+}
+
+/// 2026-11-23, a Monday, 00:00 UTC, and the first of its month.
+const MON_23: u64 = 1_795_392_000;
+const NOV_1: u64 = MON_23 - 22 * 86_400;
+
+/// A charge of `amount` to `agent:a` at `at`, filed under its day.
+fn daily_charge(key: &str, amount: f64, at: u64) -> Entry {
+    let mut entry = charge(key, amount);
+    if let Entry::Charge {
+        budgets, at: when, ..
+    } = &mut entry
+    {
+        *budgets = vec![("agent:a".into(), at - at % 86_400)];
+        *when = at;
+    }
+    entry
+}
+
+/// `agent:a` opened with `reset`, at a start or added by a reload.
+fn opening(reset: Period, now: u64) -> Opening {
+    Opening {
+        now,
+        budgets: vec![Opened {
+            name: "agent:a".into(),
+            reset,
+            filed_as: None,
+        }],
+    }
+}
+
+fn options(opening: Opening) -> StoreOptions {
+    StoreOptions {
+        opening,
+        ..StoreOptions::default()
+    }
+}
+
+/// A ledger with no reset on record for a budget (written before the record
+/// existed) keeps its balances as they are at the first open; the record is
+/// made then, so the next change of reset is seen.
+#[tokio::test]
+async fn a_budget_without_a_reset_on_record_is_recorded_not_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    store
+        .write(vec![daily_charge("k1", 1.0, MON_23 + 60)])
+        .await
+        .unwrap();
+    store
+        .write(vec![daily_charge("k2", 2.0, MON_23 + 86_400 + 60)])
+        .await
+        .unwrap();
+    store.close();
+    let now = MON_23 + 86_400 + 120;
+    let (store, snapshot) =
+        Store::open_with(dir.path(), &options(opening(Period::Monthly, now))).unwrap();
+    assert!(snapshot.books.refiled.is_empty());
+    store.close();
+    assert_eq!(
+        balances_at_start(dir.path()),
+        vec![
+            ("agent:a".into(), MON_23, usd(1.0)),
+            ("agent:a".into(), MON_23 + 86_400, usd(2.0))
+        ],
+        "left as they were"
+    );
+    let (_, snapshot) =
+        Store::open_with(dir.path(), &options(opening(Period::Weekly, now))).unwrap();
+    assert_eq!(
+        snapshot.books.refiled,
+        vec![Refiled {
+            budget: "agent:a".into(),
+            from: "monthly".into(),
+            to: "weekly".into(),
+            period_start: MON_23,
+            charges: 1,
+            amount: usd(2.0),
+        }],
+        "Tuesday's charge moved to the week that began on Monday"
+    );
+}
+
+/// A reload's books move the charges queued before them (in the writer's
+/// order of work), and a second read with the same reset moves nothing.
+#[tokio::test]
+async fn books_move_the_charges_queued_before_them_to_the_new_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = MON_23 + 2 * 86_400;
+    let (store, _) = Store::open_with(dir.path(), &options(opening(Period::Daily, now))).unwrap();
+    let mut queued = Vec::new();
+    for day in 0..3 {
+        let at = MON_23 + day * 86_400 + 60;
+        queued.push(store.commit(vec![daily_charge(&format!("k{day}"), 1.5, at)], |r| r));
+    }
+    let books = store.books(opening(Period::Monthly, now)).unwrap();
+    for done in queued {
+        assert_eq!(done.await, Ok(Ok(Outcome::Done)));
+    }
+    let spent: Vec<_> = books.balances.iter().filter(|b| b.2 > Usd::ZERO).collect();
+    assert_eq!(spent, vec![&("agent:a".into(), NOV_1, usd(4.5))]);
+    assert_eq!(
+        (books.refiled.len(), books.refiled[0].charges),
+        (1, 3),
+        "{:?}",
+        books.refiled
+    );
+    let again = store.books(opening(Period::Monthly, now)).unwrap();
+    assert!(again.refiled.is_empty(), "{again:?}");
+    assert_eq!(again.balances, books.balances);
+    // A reload refused after the record was made (its answer came too late)
+    // left the daemon filing by day: the next reload's books move what it
+    // filed meanwhile, though the record already says monthly.
+    store
+        .write(vec![daily_charge("late", 0.5, now + 60)])
+        .await
+        .unwrap();
+    let mut from_daily = opening(Period::Monthly, now);
+    from_daily.budgets[0].filed_as = Some(Period::Daily);
+    let healed = store.books(from_daily).unwrap();
+    assert_eq!(
+        (healed.refiled[0].charges, healed.refiled[0].amount),
+        (1, usd(0.5)),
+        "{healed:?}"
+    );
+    store.close();
+    assert_eq!(
+        balances_at_start(dir.path()),
+        vec![
+            ("agent:a".into(), NOV_1, usd(5.0)),
+            ("agent:a".into(), MON_23, Usd::ZERO),
+            ("agent:a".into(), MON_23 + 86_400, Usd::ZERO),
+            ("agent:a".into(), MON_23 + 2 * 86_400, Usd::ZERO),
+        ],
+        "moved, not copied"
+    );
+}
+
+/// A charge a hand edit left unreadable stays where it is; the others move,
+/// and the ledger opens.
+#[tokio::test]
+async fn an_unreadable_charge_is_left_in_place_and_the_ledger_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = MON_23 + 86_400 + 120;
+    let (store, _) = Store::open_with(dir.path(), &options(opening(Period::Daily, now))).unwrap();
+    for (key, at) in [("k1", MON_23 + 60), ("k2", MON_23 + 86_400 + 60)] {
+        store.write(vec![daily_charge(key, 1.0, at)]).await.unwrap();
+    }
+    store.close();
+    Connection::open(dir.path().join(LEDGER_FILE))
+        .unwrap()
+        .execute(
+            "UPDATE charges SET amount = 'one dollar' WHERE key = 'k1'",
+            [],
+        )
+        .unwrap();
+    let (_, snapshot) =
+        Store::open_with(dir.path(), &options(opening(Period::Monthly, now))).unwrap();
+    assert_eq!(
+        (
+            snapshot.books.refiled[0].charges,
+            snapshot.books.refiled[0].amount
+        ),
+        (1, usd(1.0)),
+        "{:?}",
+        snapshot.books.refiled
     );
 }

@@ -159,6 +159,9 @@ pub struct Books {
     /// float left by an overflow before checked arithmetic): budget, period start,
     /// what was found. Those budgets fail closed until an admin resets them.
     pub unreadable: Vec<(String, u64, String)>,
+    /// Budgets whose reset changed since the ledger last kept them, and the
+    /// charges moved to their new period (`periods.rs`).
+    pub refiled: Vec<super::Refiled>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,9 @@
 //! duplicate).
 //!
 //! A read (an idempotency lookup, a reload's budget books) is answered in its
-//! place in the queue: the writes gathered before it are committed first.
+//! place in the queue: the writes gathered before it are committed first. The
+//! books of a budget whose reset changed move its charges to the new period
+//! (`periods.rs`) in their own transaction.
 
 use std::sync::mpsc;
 use std::time::Instant;
@@ -26,7 +28,7 @@ use super::completion::Completion;
 use super::inner::{Inner, Job, Read};
 use super::syncer::{self, Committed};
 use super::watch::{self, CHECK_EVERY, IDENTITY_FRESH_FOR};
-use super::{schema, Entry, Outcome, StoreError};
+use super::{periods, schema, Books, Entry, Opening, Outcome, StoreError};
 
 /// Most jobs applied in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -184,8 +186,8 @@ impl Inner {
             Read::Lookup { key, reply } => {
                 let _ = reply.send(schema::is_charged(conn, &key).map_err(|e| self.failed(&e)));
             }
-            Read::Books { names, reply } => {
-                let books = match schema::books(conn, Some(&names)) {
+            Read::Books { opening, reply } => {
+                let books = match books_of(conn, &opening) {
                     Ok(books) => books,
                     Err(e) => {
                         let _ = reply.send(Err(self.failed(&e)));
@@ -206,6 +208,18 @@ impl Inner {
             }
         }
     }
+}
+
+/// The books of the budgets a reload opens, their charges re-filed first where
+/// their reset changed, in one transaction (committed before the books are
+/// answered, and made durable by the next fsync: the WAL is written in order).
+fn books_of(conn: &Connection, opening: &Opening) -> rusqlite::Result<Books> {
+    let tx = conn.unchecked_transaction()?;
+    let refiled = periods::refile(&tx, opening)?;
+    let mut books = schema::books(&tx, Some(&opening.names()))?;
+    books.refiled = refiled;
+    tx.commit()?;
+    Ok(books)
 }
 
 /// One transaction for the whole batch, a savepoint per job of several entries.

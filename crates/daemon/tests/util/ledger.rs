@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use automation_framework::guard::period::Period;
 use automation_framework::protocol::{AdmitRequest, Outcome, ReportRequest};
 use automation_framework_client::Client;
 use rusqlite::{Connection, OpenFlags};
@@ -84,26 +85,41 @@ pub async fn books(client: &mut Client, state_dir: &Path) -> (Vec<Books>, Vec<Bo
     memory.sort_by(|a, b| a.budget.cmp(&b.budget));
     let ledger = memory
         .iter()
-        .map(|m| ledger_books(state_dir, &m.budget))
+        .map(|m| {
+            let reset = reply
+                .budgets
+                .iter()
+                .find(|b| b.name == m.budget)
+                .map_or("never", |b| b.reset.as_str());
+            ledger_books(state_dir, &m.budget, reset)
+        })
         .collect();
     (memory, ledger)
 }
 
-/// A budget as the ledger file holds it: the latest period's balance, and the
-/// estimates of the reservations still open against it.
-pub fn ledger_books(state_dir: &Path, budget: &str) -> Books {
+/// A budget as the ledger file holds it: the balance of its latest period
+/// that `reset` cuts (a row of an earlier reset's period is not one of its),
+/// and the estimates of the reservations still open against it.
+pub fn ledger_books(state_dir: &Path, budget: &str, reset: &str) -> Books {
     let conn = Connection::open_with_flags(
         state_dir.join("ledger.sqlite3"),
         OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .expect("open the ledger read-only");
-    let spent: i64 = conn
-        .query_row(
-            "SELECT COALESCE((SELECT spent FROM balances WHERE budget = ?1 ORDER BY period_start DESC LIMIT 1), 0)",
-            [budget],
-            |row| row.get(0),
+    let period = period_of(reset);
+    let mut stmt = conn
+        .prepare(
+            "SELECT period_start, spent FROM balances WHERE budget = ?1 ORDER BY period_start DESC",
         )
-        .expect("read the balance");
+        .expect("prepare");
+    let spent: i64 = stmt
+        .query_map([budget], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+        })
+        .expect("read the balances")
+        .map(|row| row.expect("a balance"))
+        .find(|(start, _)| period.start(*start as u64) == *start as u64)
+        .map_or(0, |(_, spent)| spent);
     // Budgets are stored one name a line.
     let reserved: i64 = conn
         .query_row(
@@ -116,6 +132,22 @@ pub fn ledger_books(state_dir: &Path, budget: &str) -> Books {
         budget: budget.to_owned(),
         spent,
         reserved,
+    }
+}
+
+/// A budget's reset as the `budget` answer names it (`Period::name`).
+fn period_of(reset: &str) -> Period {
+    match reset {
+        "never" => Period::Forever,
+        "daily" => Period::Daily,
+        "weekly" => Period::Weekly,
+        "monthly" => Period::Monthly,
+        "minute" => Period::Every(Duration::from_secs(60)),
+        "hour" => Period::Every(Duration::from_secs(3600)),
+        other => Period::Every(
+            humantime::parse_duration(other)
+                .unwrap_or_else(|e| panic!("a reset the daemon named {other:?}: {e}")),
+        ),
     }
 }
 

@@ -11,6 +11,7 @@ use crate::store::Store;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+mod periods;
 mod settling;
 
 const S: Duration = Duration::from_secs(1);
@@ -28,11 +29,24 @@ fn usd(dollars: f64) -> Usd {
     Usd::from_dollars(dollars).unwrap()
 }
 
+/// The ledger as the daemon opens it at a start: told `config`'s budgets.
+fn open_store(
+    dir: &std::path::Path,
+    config: &Config,
+    clock: &ManualClock,
+) -> (Store, crate::store::Snapshot) {
+    let options = crate::store::StoreOptions {
+        opening: opening(config, clock.unix()),
+        ..Default::default()
+    };
+    Store::open_with(dir, &options).unwrap()
+}
+
 fn fixture(toml: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new();
     let config = Arc::new(Config::from_toml(toml).expect("test config is valid"));
-    let (store, snapshot) = Store::open(dir.path()).unwrap();
+    let (store, snapshot) = open_store(dir.path(), &config, &clock);
     let admission = Admission::new(
         Arc::clone(&config),
         &SharedClock::new(clock.clone()),
@@ -200,7 +214,7 @@ impl Fixture {
     /// Closes the ledger and builds a fresh engine from it, as a restart does.
     fn restart(self) -> Fixture {
         self.store.close();
-        let (store, snapshot) = Store::open(self.dir.path()).unwrap();
+        let (store, snapshot) = open_store(self.dir.path(), &self.config, &self.clock);
         let admission = Admission::new(
             Arc::clone(&self.config),
             &SharedClock::new(self.clock.clone()),
@@ -1085,8 +1099,9 @@ impl Fixture {
     /// opens read from the ledger first.
     fn reconfigure(&self, toml: &str) -> Result<Reconfigured, ReloadError> {
         let config = Arc::new(Config::from_toml(toml).expect("test config is valid"));
-        let names = self.admission.budgets_to_load(&config);
-        let books = self.store.books(names.clone()).expect("the ledger answers");
+        let opening = self.admission.budgets_to_load(&config, self.now());
+        let names = opening.names();
+        let books = self.store.books(opening).expect("the ledger answers");
         let loaded = LoadedBooks { names, books };
         self.admission.reconfigure(
             config,

@@ -1,0 +1,202 @@
+//! A budget whose reset changes, by a reload or between two starts: its new
+//! period starts at what was charged since that period began, however the
+//! charges were filed before (`store/periods.rs`), and memory equals the
+//! ledger after every change, as a restart with the same config shows.
+//!
+//! The fixture's clock starts on Monday 2026-11-23, 00:00 UTC.
+
+use super::*;
+
+const HOURS: Duration = Duration::from_secs(3600);
+
+/// `global` never resets; `agent:a` resets as `reset` says, limit $10.
+fn resetting(reset: &str) -> String {
+    format!("[budget]\nlimit = 1000.0\nreset = \"never\"\n[budget.agents.a]\nlimit = 10.0\nreset = \"{reset}\"\n")
+}
+
+/// Admits and reports a call of `dollars` by agent `a`; its reservation id.
+async fn spend(f: &Fixture, dollars: f64) -> u64 {
+    let id = f
+        .admit_cost(1, "a", "s", dollars)
+        .await
+        .reservation
+        .expect("admitted");
+    f.report_with(id, costing(dollars)).await.expect("charged");
+    id
+}
+
+fn spent(f: &Fixture) -> Usd {
+    f.budget("agent:a").spent
+}
+
+/// The balances the ledger holds for `budget`, by period start.
+fn ledger_balances(f: &Fixture, budget: &str) -> Vec<(u64, Usd)> {
+    let conn = rusqlite::Connection::open(f.dir.path().join(crate::store::LEDGER_FILE)).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT period_start, spent FROM balances WHERE budget = ?1 AND spent > 0 ORDER BY period_start")
+        .unwrap();
+    let rows = stmt
+        .query_map([budget], |row| {
+            Ok((row.get::<_, i64>(0)? as u64, Usd::from_micros(row.get(1)?)))
+        })
+        .unwrap();
+    rows.collect::<Result<_, _>>().unwrap()
+}
+
+const NOV_1: u64 = 1_795_392_000 - 22 * 86_400;
+const MON_23: u64 = 1_795_392_000;
+
+/// Daily to monthly by a reload: the month counts the three days' charges,
+/// not only those filed under its first day's start; its limit governs them.
+#[tokio::test]
+async fn a_budget_made_monthly_counts_what_its_days_were_charged_this_month() {
+    let f = fixture(&resetting("daily"));
+    spend(&f, 2.0).await;
+    f.clock.advance(DAY);
+    spend(&f, 3.0).await;
+    f.clock.advance(DAY + 5 * HOURS);
+    spend(&f, 4.0).await;
+    assert_eq!(spent(&f), usd(4.0), "Wednesday's, daily");
+    let done = f.reconfigure(&resetting("monthly")).unwrap();
+    assert_eq!(done.budgets_new_period, 1);
+    assert_eq!(spent(&f), usd(9.0), "the month so far");
+    assert_eq!(
+        ledger_balances(&f, "agent:a"),
+        vec![(NOV_1, usd(9.0))],
+        "moved, not copied: the days' balances gave them back"
+    );
+    let d = f.admit_cost(1, "a", "s", 1.5).await;
+    assert!(
+        !d.allowed,
+        "$9 + $1.50 is past the month's $10: {:?}",
+        d.votes
+    );
+    let f = f.restart_with(&resetting("monthly"));
+    assert_eq!(spent(&f), usd(9.0), "memory equals the ledger");
+}
+
+/// Monthly to daily between two starts, then back and forth by reloads:
+/// each change counts what its period holds, and no charge twice.
+#[tokio::test]
+async fn a_reset_changed_back_and_forth_counts_every_charge_once() {
+    let f = fixture(&resetting("monthly"));
+    spend(&f, 2.0).await;
+    f.clock.advance(DAY);
+    spend(&f, 3.0).await;
+    assert_eq!(spent(&f), usd(5.0));
+    let f = f.restart_with(&resetting("daily"));
+    assert_eq!(
+        spent(&f),
+        usd(3.0),
+        "today's, not nothing and not the month's"
+    );
+    spend(&f, 1.0).await;
+    f.reconfigure(&resetting("monthly")).unwrap();
+    assert_eq!(spent(&f), usd(6.0));
+    f.reconfigure(&resetting("daily")).unwrap();
+    assert_eq!(spent(&f), usd(4.0));
+    f.reconfigure(&resetting("monthly")).unwrap();
+    assert_eq!(
+        spent(&f),
+        usd(6.0),
+        "Tuesday's charges moved back, not added again"
+    );
+    assert_eq!(ledger_balances(&f, "agent:a"), vec![(NOV_1, usd(6.0))]);
+    assert_eq!(
+        f.budget("global").spent,
+        usd(6.0),
+        "global, never reset, untouched"
+    );
+    let f = f.restart_with(&resetting("monthly"));
+    assert_eq!(spent(&f), usd(6.0));
+    let f = f.restart_with(&resetting("weekly"));
+    assert_eq!(spent(&f), usd(6.0), "the week began on Monday");
+    assert_eq!(ledger_balances(&f, "agent:a"), vec![(MON_23, usd(6.0))]);
+}
+
+/// A refund of a charge that was moved takes it out of the period that
+/// counts it now, in memory and in the ledger; one refunded before the
+/// change is not counted again.
+#[tokio::test]
+async fn refunds_before_and_after_a_change_of_reset_count_as_they_should() {
+    let f = fixture(&resetting("daily"));
+    let refunded_before = spend(&f, 1.0).await;
+    admin(
+        &f,
+        AdminKind::Refund {
+            key: reservation_key(refunded_before),
+        },
+    )
+    .await
+    .unwrap();
+    let refunded_after = spend(&f, 2.0).await;
+    f.clock.advance(DAY);
+    spend(&f, 3.0).await;
+    f.reconfigure(&resetting("monthly")).unwrap();
+    assert_eq!(spent(&f), usd(5.0), "the refunded $1 stays out");
+    admin(
+        &f,
+        AdminKind::Refund {
+            key: reservation_key(refunded_after),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        spent(&f),
+        usd(3.0),
+        "refunded from the month it was moved to"
+    );
+    let f = f.restart_with(&resetting("monthly"));
+    assert_eq!(spent(&f), usd(3.0), "memory equals the ledger");
+}
+
+/// A charge made before the new period began stays in its old one: a
+/// budget made daily on Tuesday does not count Monday.
+#[tokio::test]
+async fn charges_before_the_new_period_began_stay_where_they_were() {
+    let f = fixture(&resetting("weekly"));
+    spend(&f, 2.0).await;
+    f.clock.advance(DAY + HOURS);
+    spend(&f, 3.0).await;
+    f.reconfigure(&resetting("daily")).unwrap();
+    assert_eq!(spent(&f), usd(3.0));
+    assert_eq!(
+        ledger_balances(&f, "agent:a"),
+        vec![(MON_23, usd(2.0)), (MON_23 + 86_400, usd(3.0))]
+    );
+    f.clock.advance(DAY);
+    assert_eq!(spent(&f), Usd::ZERO, "Wednesday starts at nothing");
+}
+
+/// Two budgets changed by one reload are moved by one read of the charges,
+/// each its own charges: a charge filed under both `global` and `agent:b`
+/// moves only `agent:b`'s part.
+#[tokio::test]
+async fn budgets_changed_together_each_move_their_own_charges() {
+    let two = |reset: &str| {
+        format!(
+            "{}[budget.agents.b]\nlimit = 10.0\nreset = \"{reset}\"\n",
+            resetting(reset)
+        )
+    };
+    let f = fixture(&two("daily"));
+    spend(&f, 1.0).await;
+    let b = f.admit_cost(2, "b", "s", 2.0).await.reservation.unwrap();
+    f.report_with(b, costing(2.0)).await.unwrap();
+    f.clock.advance(DAY);
+    spend(&f, 3.0).await;
+    let b = f.admit_cost(2, "b", "s", 4.0).await.reservation.unwrap();
+    f.report_with(b, costing(4.0)).await.unwrap();
+    f.reconfigure(&two("monthly")).unwrap();
+    assert_eq!(
+        (
+            spent(&f),
+            f.budget("agent:b").spent,
+            f.budget("global").spent
+        ),
+        (usd(4.0), usd(6.0), usd(10.0))
+    );
+    let f = f.restart_with(&two("monthly"));
+    assert_eq!((spent(&f), f.budget("agent:b").spent), (usd(4.0), usd(6.0)));
+}
