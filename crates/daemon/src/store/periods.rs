@@ -24,12 +24,11 @@
 //! purpose: a change of reset is an operator's rare act, and an index is
 //! written by every charge (1.5-2 us more a charge, measured).
 //!
-//! What it leaves: a charge already refunded stays where it was (its amount
-//! is in no balance); an admin's reset of the old period's balance is not
-//! known to the charges, so a charge it forgave is counted again when it is
-//! moved (the safe direction: the budget is fuller, never emptier, than it
-//! should be). A ledger written before this table existed has no reset on
-//! record: the first open records the config's reset without moving anything.
+//! What stays: a charge already refunded (its amount is in no balance), and
+//! a charge an admin's reset forgave (`filing.rs`: the reset took it out of
+//! the balance, and it is not counted again). A ledger written before this
+//! table existed has no reset on record: the first open records the
+//! config's reset without moving anything.
 //!
 //! It runs where the ledger is read for a budget's opening: the start-up load
 //! (before anything is served) and a reload's books (a job in the writer's
@@ -42,7 +41,8 @@ use std::collections::HashMap;
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::schema::{join_filed, split_filed, to_i64, to_u64};
+use super::filing;
+use super::schema::{to_i64, to_u64};
 use crate::guard::period::Period;
 use crate::money::{Usd, MAX_BALANCE};
 
@@ -195,17 +195,12 @@ fn move_charges(conn: &Connection, refiled: &mut [Refiled]) -> rusqlite::Result<
             continue;
         };
         let amount = Usd::from_micros(amount);
-        let mut filed = split_filed(&filed);
-        let mut moved = false;
-        for (name, start) in &mut filed {
-            let Some(&idx) = index.get(name.as_str()) else {
-                continue;
-            };
+        let text = filing::rewrite(&filed, |name, from| {
+            let idx = *index.get(name)?;
             let to = &mut refiled[idx];
-            if to_u64(at) < to.period_start || *start == to.period_start {
-                continue;
+            if to_u64(at) < to.period_start || from == to.period_start {
+                return None;
             }
-            let from = std::mem::replace(start, to.period_start);
             let back = given_back.entry((idx, from)).or_default();
             *back = back.checked_add(amount).unwrap_or(MAX_BALANCE);
             to.charges += 1;
@@ -214,10 +209,10 @@ fn move_charges(conn: &Connection, refiled: &mut [Refiled]) -> rusqlite::Result<
                 .checked_add(amount)
                 .unwrap_or(MAX_BALANCE)
                 .min(MAX_BALANCE);
-            moved = true;
-        }
-        if moved {
-            charges.push((key, join_filed(&filed)));
+            Some(filing::line(name, to.period_start))
+        });
+        if let Some(text) = text {
+            charges.push((key, text));
         }
     }
     for (key, filed) in &charges {

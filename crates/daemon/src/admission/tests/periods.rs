@@ -200,3 +200,51 @@ async fn budgets_changed_together_each_move_their_own_charges() {
     let f = f.restart_with(&two("monthly"));
     assert_eq!((spent(&f), f.budget("agent:b").spent), (usd(4.0), usd(6.0)));
 }
+
+/// An admin's reset forgives what the period had spent: a later refund of a
+/// charge made before it does not take the refund out of what was spent
+/// after it, and a change of reset does not count the forgiven charges again.
+#[tokio::test]
+async fn what_a_reset_forgave_is_neither_refunded_from_it_nor_moved_again() {
+    let f = fixture(&resetting("daily"));
+    let before = spend(&f, 4.0).await;
+    admin(
+        &f,
+        AdminKind::ResetBudget {
+            budget: "agent:a".into(),
+        },
+    )
+    .await
+    .unwrap();
+    spend(&f, 3.0).await;
+    admin(
+        &f,
+        AdminKind::Refund {
+            key: reservation_key(before),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(spent(&f), usd(3.0), "the $3 after the reset stays spent");
+    assert_eq!(
+        f.budget("global").spent,
+        usd(3.0),
+        "global gave the $4 back"
+    );
+    spend(&f, 2.0).await;
+    admin(
+        &f,
+        AdminKind::ResetBudget {
+            budget: "agent:a".into(),
+        },
+    )
+    .await
+    .unwrap();
+    f.clock.advance(DAY);
+    spend(&f, 1.0).await;
+    f.reconfigure(&resetting("monthly")).unwrap();
+    assert_eq!(spent(&f), usd(1.0), "Monday's were forgiven; Tuesday's $1");
+    let f = f.restart_with(&resetting("monthly"));
+    assert_eq!(spent(&f), usd(1.0), "memory equals the ledger");
+    assert_eq!(f.budget("global").spent, usd(6.0));
+}
