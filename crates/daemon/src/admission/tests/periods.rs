@@ -25,6 +25,18 @@ async fn spend(f: &Fixture, dollars: f64) -> u64 {
     id
 }
 
+/// An admin's `budget --budget agent:a --reset`.
+async fn reset_a(f: &Fixture) {
+    admin(
+        f,
+        AdminKind::ResetBudget {
+            budget: "agent:a".into(),
+        },
+    )
+    .await
+    .unwrap();
+}
+
 fn spent(f: &Fixture) -> Usd {
     f.budget("agent:a").spent
 }
@@ -208,14 +220,7 @@ async fn budgets_changed_together_each_move_their_own_charges() {
 async fn what_a_reset_forgave_is_neither_refunded_from_it_nor_moved_again() {
     let f = fixture(&resetting("daily"));
     let before = spend(&f, 4.0).await;
-    admin(
-        &f,
-        AdminKind::ResetBudget {
-            budget: "agent:a".into(),
-        },
-    )
-    .await
-    .unwrap();
+    reset_a(&f).await;
     spend(&f, 3.0).await;
     admin(
         &f,
@@ -232,14 +237,7 @@ async fn what_a_reset_forgave_is_neither_refunded_from_it_nor_moved_again() {
         "global gave the $4 back"
     );
     spend(&f, 2.0).await;
-    admin(
-        &f,
-        AdminKind::ResetBudget {
-            budget: "agent:a".into(),
-        },
-    )
-    .await
-    .unwrap();
+    reset_a(&f).await;
     f.clock.advance(DAY);
     spend(&f, 1.0).await;
     f.reconfigure(&resetting("monthly")).unwrap();
