@@ -96,4 +96,28 @@ mod tests {
             vec![("agent:b".to_owned(), 5)]
         );
     }
+
+    proptest::proptest! {
+        /// Whatever a ledger holds (a hand edit, a bad disk), reading it
+        /// never panics; changing nothing rewrites nothing; a forgiven line
+        /// stops counting, and a move keeps every counting line's budget.
+        #[test]
+        fn any_text_is_read_and_rewritten_safely(
+            text in "(-?(global|agent:[a-z@]{0,3})@[0-9a-z]{0,4}\n?){0,4}",
+            start in 0u64..100,
+        ) {
+            let counted = split(&text);
+            proptest::prop_assert_eq!(rewrite(&text, |_, _| None), None);
+            for (name, filed) in &counted {
+                let forgiven = forgive(&text, name, *filed).expect("counted, so forgivable");
+                proptest::prop_assert!(!split(&forgiven).contains(&(name.clone(), *filed)));
+            }
+            let moved = rewrite(&text, |name, _| Some(line(name, start)));
+            proptest::prop_assert_eq!(moved.is_some(), !counted.is_empty());
+            if let Some(moved) = moved {
+                let names: Vec<_> = counted.iter().map(|(n, _)| (n.clone(), start)).collect();
+                proptest::prop_assert_eq!(split(&moved), names);
+            }
+        }
+    }
 }
