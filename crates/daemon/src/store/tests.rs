@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 
 use super::*;
 use crate::guard::period::Period;
+use periods::PREFILTER_MOST;
 
 fn usd(dollars: f64) -> Usd {
     Usd::from_dollars(dollars).unwrap()
@@ -1050,4 +1051,35 @@ async fn an_unreadable_charge_is_left_in_place_and_the_ledger_opens() {
         "{:?}",
         snapshot.books.refiled
     );
+}
+
+/// More budgets changed at once than SQLite is asked to find by name: every
+/// charge is parsed, and the same charges move.
+#[tokio::test]
+async fn many_budgets_changed_at_once_move_the_same_charges() {
+    let many = |reset| Opening {
+        now: MON_23 + 86_400,
+        budgets: (0..=PREFILTER_MOST)
+            .map(|n| format!("agent:b{n}"))
+            .chain(["agent:a".to_owned()])
+            .map(|name| Opened {
+                name,
+                reset,
+                filed_as: None,
+            })
+            .collect(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open_with(dir.path(), &options(many(Period::Daily))).unwrap();
+    for (key, at) in [("k1", MON_23 + 60), ("k2", MON_23 + 86_400 + 60)] {
+        store.write(vec![daily_charge(key, 1.0, at)]).await.unwrap();
+    }
+    let books = store.books(many(Period::Monthly)).unwrap();
+    let a = books
+        .refiled
+        .iter()
+        .find(|r| r.budget == "agent:a")
+        .unwrap();
+    assert_eq!((a.charges, a.amount), (2, usd(2.0)));
+    assert_eq!(books.refiled.len(), PREFILTER_MOST + 2);
 }
