@@ -212,6 +212,12 @@ async fn a_reload_that_changes_a_budgets_reset_keeps_what_its_new_period_was_cha
     let a = budget.budgets.iter().find(|b| b.name == "agent:a").unwrap();
     assert_eq!(a.spent, 4.0, "as the ledger holds it: {a:?}");
     daemon.assert_memory_matches_ledger().await;
+    assert_eq!(
+        daemon.log().matches("reset changed").count(),
+        1,
+        "the applied reload recorded the new reset: the start moved nothing\n{}",
+        daemon.log()
+    );
 }
 
 #[test]

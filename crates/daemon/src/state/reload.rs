@@ -13,7 +13,7 @@ use crate::access::Policy;
 use crate::admission::{LoadedBooks, Reconfigured, ReloadError};
 use crate::alerts::Alert;
 use crate::config::Config;
-use crate::store::Books;
+use crate::store::{Books, Opening};
 
 /// Rules (rate limits and quotas) in the old or the new config from which a
 /// reload ends with a `malloc_trim`: below it the walk of the heap costs more
@@ -128,7 +128,7 @@ impl State {
         let books = if opening.is_empty() {
             Books::default()
         } else {
-            self.shared.store.books(opening).map_err(|err| {
+            self.shared.store.books(opening.clone()).map_err(|err| {
                 ReloadError::Refused(format!(
                     "the balances of the budgets it adds or gives another period ({}) could not be read from the ledger: {err}",
                     names.join(", ")
@@ -138,6 +138,7 @@ impl State {
         let loaded = LoadedBooks { names, books };
         let guards =
             admission.reconfigure(Arc::clone(&new), &self.shared.clock, self.moment(), &loaded)?;
+        self.record_resets(&opening);
         *self
             .shared
             .access
@@ -158,6 +159,27 @@ impl State {
             guards,
             restart_only,
         })
+    }
+}
+
+impl State {
+    /// Records, once a reload is applied, the resets of the budgets it
+    /// opened (`store/periods.rs`). Not awaited: the record is queued after
+    /// the switch, so a charge filed under the old reset is queued before it,
+    /// and one lost (a failing disk) only makes the next start move the
+    /// budget's charges again, which moves nothing twice.
+    fn record_resets(&self, opening: &Opening) {
+        let entries = opening.records();
+        if entries.is_empty() {
+            return;
+        }
+        drop(self.shared.store.commit(entries, |result| {
+            if let Err(err) = result {
+                log::warn!(
+                    "the ledger did not record the resets of the budgets a reload opened ({err}); the next start moves their charges again, which changes nothing already moved"
+                );
+            }
+        }));
     }
 }
 

@@ -35,10 +35,14 @@
 //! config's reset without moving anything.
 //!
 //! It runs where the ledger is read for a budget's opening: the start-up load
-//! (before anything is served) and a reload's books (a job in the writer's
-//! queue, after every write queued before it), in the same transaction as the
-//! record of the new reset. A power loss that takes the move also takes the
-//! record, and the next open moves them again.
+//! (before anything is served, in one transaction with the record of the new
+//! reset) and a reload's books (a job in the writer's queue, after every
+//! write queued before it; the reset is recorded once the reload is applied,
+//! `Entry::RecordReset`). Moving is idempotent: a charge already filed under
+//! the new period stays. So whatever is lost or refused between the move
+//! and the record (a power loss, a reload whose books came too late), the
+//! next opening finds the old reset on record and moves again what the
+//! daemon filed meanwhile.
 
 use std::collections::HashMap;
 
@@ -66,8 +70,7 @@ pub struct Opened {
     pub reset: Period,
     /// The reset it has been filed under until now, when the daemon already
     /// has it (a reload that changes its reset): its charges are moved
-    /// whatever the ledger has on record, which a reload refused after the
-    /// record was made (its answer came too late) left ahead of the daemon.
+    /// whatever the ledger has on record.
     pub filed_as: Option<Period>,
 }
 
@@ -78,6 +81,18 @@ impl Opening {
 
     pub fn is_empty(&self) -> bool {
         self.budgets.is_empty()
+    }
+
+    /// What records these budgets' resets once a reload that read their
+    /// books is applied ([`super::Entry::RecordReset`]).
+    pub fn records(&self) -> Vec<super::Entry> {
+        self.budgets
+            .iter()
+            .map(|b| super::Entry::RecordReset {
+                budget: b.name.clone(),
+                reset: b.reset,
+            })
+            .collect()
     }
 }
 
@@ -110,10 +125,37 @@ fn recorded(reset: Period) -> String {
     }
 }
 
-/// Records each budget's reset and, where it differs from the one on record,
-/// moves the charges its new period counts (the module doc). Call inside a
+/// When the resets of the budgets opened are recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Record {
+    /// With the move: a start, which applies what it read.
+    Now,
+    /// By `Entry::RecordReset`, once the reload that read the books is
+    /// applied: a reload refused after the move must leave the record as the
+    /// daemon still files, so that the next opening moves what it files
+    /// meanwhile (moving again what was moved moves nothing).
+    WhenApplied,
+}
+
+/// Records that `budget`'s charges are filed under `reset` from now on.
+pub(super) fn record(conn: &Connection, budget: &str, reset: Period) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO periods (budget, reset) VALUES (?1, ?2)
+         ON CONFLICT (budget) DO UPDATE SET reset = excluded.reset",
+    )?
+    .execute(params![budget, recorded(reset)])?;
+    Ok(())
+}
+
+/// Where a budget's reset differs from the one on record (or from the one
+/// the daemon files it under), moves the charges its new period counts (the
+/// module doc); records the resets as `when` says. Call inside a
 /// transaction; a failure leaves it for the caller to roll back.
-pub(super) fn refile(conn: &Connection, opening: &Opening) -> rusqlite::Result<Vec<Refiled>> {
+pub(super) fn refile(
+    conn: &Connection,
+    opening: &Opening,
+    when: Record,
+) -> rusqlite::Result<Vec<Refiled>> {
     let mut refiled = Vec::new();
     for opened in &opening.budgets {
         let budget = &opened.name;
@@ -122,12 +164,8 @@ pub(super) fn refile(conn: &Connection, opening: &Opening) -> rusqlite::Result<V
             .prepare_cached("SELECT reset FROM periods WHERE budget = ?1")?
             .query_row([budget], |row| row.get(0))
             .optional()?;
-        if on_record.as_deref() != Some(to.as_str()) {
-            conn.prepare_cached(
-                "INSERT INTO periods (budget, reset) VALUES (?1, ?2)
-                 ON CONFLICT (budget) DO UPDATE SET reset = excluded.reset",
-            )?
-            .execute(params![budget, to])?;
+        if when == Record::Now && on_record.as_deref() != Some(to.as_str()) {
+            record(conn, budget, opened.reset)?;
         }
         let from = match opened.filed_as {
             Some(filed_as) if filed_as != opened.reset => recorded(filed_as),

@@ -160,7 +160,7 @@ pub(super) fn load(conn: &mut Connection, opening: &Opening) -> rusqlite::Result
         })?;
         snapshot.quotas = rows.collect::<rusqlite::Result<_>>()?;
     }
-    let refiled = periods::refile(&tx, opening)?;
+    let refiled = periods::refile(&tx, opening, periods::Record::Now)?;
     snapshot.books = books(&tx, None)?;
     snapshot.books.refiled = refiled;
     tx.commit()?;
@@ -406,6 +406,9 @@ pub(super) fn apply(sp: &Connection, entries: &[Entry]) -> rusqlite::Result<Outc
                     params![budget, to_i64(*period_start)],
                 )?;
                 forgive(sp, budget, *period_start)?;
+            }
+            Entry::RecordReset { budget, reset } => {
+                periods::record(sp, budget, *reset)?;
             }
             Entry::Refund { key } => {
                 let charge: Option<(i64, String)> = sp

@@ -968,7 +968,11 @@ async fn a_budget_without_a_reset_on_record_is_recorded_not_moved() {
 }
 
 /// A reload's books move the charges queued before them (in the writer's
-/// order of work), and a second read with the same reset moves nothing.
+/// order of work); moving again moves nothing. They leave the record of the
+/// reset alone: a reload refused after the move (its answer came too late)
+/// keeps the daemon filing by day, and the next start finds "daily" on
+/// record and moves what was filed meanwhile. An applied reload's record
+/// (`Entry::RecordReset`) ends the moving.
 #[tokio::test]
 async fn books_move_the_charges_queued_before_them_to_the_new_period() {
     let dir = tempfile::tempdir().unwrap();
@@ -992,24 +996,36 @@ async fn books_move_the_charges_queued_before_them_to_the_new_period() {
         books.refiled
     );
     let again = store.books(opening(Period::Monthly, now)).unwrap();
-    assert!(again.refiled.is_empty(), "{again:?}");
+    assert_eq!(again.refiled[0].charges, 0, "moved already: {again:?}");
     assert_eq!(again.balances, books.balances);
-    // A reload refused after the record was made (its answer came too late)
-    // left the daemon filing by day: the next reload's books move what it
-    // filed meanwhile, though the record already says monthly.
+    // The reload was refused: the daemon still files by day.
     store
         .write(vec![daily_charge("late", 0.5, now + 60)])
         .await
         .unwrap();
-    let mut from_daily = opening(Period::Monthly, now);
-    from_daily.budgets[0].filed_as = Some(Period::Daily);
-    let healed = store.books(from_daily).unwrap();
-    assert_eq!(
-        (healed.refiled[0].charges, healed.refiled[0].amount),
-        (1, usd(0.5)),
-        "{healed:?}"
-    );
     store.close();
+    let (store, snapshot) =
+        Store::open_with(dir.path(), &options(opening(Period::Monthly, now))).unwrap();
+    assert_eq!(
+        (
+            snapshot.books.refiled[0].charges,
+            snapshot.books.refiled[0].amount
+        ),
+        (1, usd(0.5)),
+        "{:?}",
+        snapshot.books.refiled
+    );
+    // Recorded by that start; and by an applied reload's record.
+    store
+        .write(opening(Period::Weekly, now).records())
+        .await
+        .unwrap();
+    let recorded = store.books(opening(Period::Weekly, now)).unwrap();
+    assert!(recorded.refiled.is_empty(), "{recorded:?}");
+    store.close();
+    let (_, snapshot) =
+        Store::open_with(dir.path(), &options(opening(Period::Weekly, now))).unwrap();
+    assert!(snapshot.books.refiled.is_empty());
     assert_eq!(
         balances_at_start(dir.path()),
         vec![
@@ -1018,7 +1034,7 @@ async fn books_move_the_charges_queued_before_them_to_the_new_period() {
             ("agent:a".into(), MON_23 + 86_400, Usd::ZERO),
             ("agent:a".into(), MON_23 + 2 * 86_400, Usd::ZERO),
         ],
-        "moved, not copied"
+        "moved, not copied; the record moved nothing to the week"
     );
 }
 

@@ -57,6 +57,12 @@ pub enum Entry {
         budget: String,
         period_start: u64,
     },
+    /// The reset a budget's charges are now filed under, recorded once a
+    /// reload that changed or added it is applied (`periods.rs`).
+    RecordReset {
+        budget: String,
+        reset: crate::guard::period::Period,
+    },
     /// Marks a charge refunded and takes it out of its budgets' balances.
     Refund {
         key: String,

@@ -213,9 +213,12 @@ impl Inner {
 /// The books of the budgets a reload opens, their charges re-filed first where
 /// their reset changed, in one transaction (committed before the books are
 /// answered, and made durable by the next fsync: the WAL is written in order).
+/// The new resets are recorded only once the reload is applied
+/// (`Entry::RecordReset`): one refused after this answer leaves the record
+/// as the daemon still files, and the next opening moves again.
 fn books_of(conn: &Connection, opening: &Opening) -> rusqlite::Result<Books> {
     let tx = conn.unchecked_transaction()?;
-    let refiled = periods::refile(&tx, opening)?;
+    let refiled = periods::refile(&tx, opening, periods::Record::WhenApplied)?;
     let mut books = schema::books(&tx, Some(&opening.names()))?;
     books.refiled = refiled;
     tx.commit()?;

@@ -1101,14 +1101,20 @@ impl Fixture {
         let config = Arc::new(Config::from_toml(toml).expect("test config is valid"));
         let opening = self.admission.budgets_to_load(&config, self.now());
         let names = opening.names();
-        let books = self.store.books(opening).expect("the ledger answers");
+        let books = self
+            .store
+            .books(opening.clone())
+            .expect("the ledger answers");
         let loaded = LoadedBooks { names, books };
-        self.admission.reconfigure(
+        let done = self.admission.reconfigure(
             config,
             &SharedClock::new(self.clock.clone()),
             self.now(),
             &loaded,
-        )
+        )?;
+        // As `State::reload` records the resets once applied.
+        drop(self.store.commit(opening.records(), |_| ()));
+        Ok(done)
     }
 }
 
