@@ -26,7 +26,7 @@
 //! - `watch.rs`: the disk watch: file identity, marker, WAL size, stuck commits,
 //!   the probe after a failure (the ledger fails closed, and says so);
 //! - `schema.rs`: tables, migrations, the startup load, how each entry is written;
-//! - `filing.rs`: where a charge is filed, and a reset's forgiving of it;
+//! - `filing.rs`: where a charge is filed, and what an admin's reset forgave;
 //! - `periods.rs`: a budget whose reset changed has what its new period
 //!   counts re-filed under that period.
 

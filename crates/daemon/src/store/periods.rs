@@ -227,7 +227,8 @@ fn move_charges(conn: &Connection, refiled: &mut [Refiled]) -> rusqlite::Result<
     // then never parsed). The exact name is told by parsing: one name can
     // end another (`agent:a` and `a`).
     let mut sql =
-        "SELECT key, amount, budgets, at FROM charges WHERE at >= ?1 AND refunded = 0".to_owned();
+        "SELECT key, amount, budgets, at, rowid FROM charges WHERE at >= ?1 AND refunded = 0"
+            .to_owned();
     let mut args = vec![Value::Integer(to_i64(since))];
     if refiled.len() <= PREFILTER_MOST {
         let candidates: Vec<String> = (0..refiled.len())
@@ -247,13 +248,27 @@ fn move_charges(conn: &Connection, refiled: &mut [Refiled]) -> rusqlite::Result<
     let mut charges = Vec::new();
     // What each budget's old balances give back: (refiled index, start) -> sum.
     let mut given_back: HashMap<(usize, u64), Usd> = HashMap::new();
+    // What a reset of each budget's periods forgave.
+    let mut forgiven: HashMap<(usize, u64), i64> = HashMap::new();
+    for (idx, to) in refiled.iter().enumerate() {
+        for (start, through) in filing::forgiven(conn, &to.budget)? {
+            forgiven.insert((idx, start), through);
+        }
+    }
     while let Some(row) = rows.next()? {
         let (
             Value::Text(key),
             Value::Integer(amount @ 0..),
             Value::Text(filed),
             Value::Integer(at),
-        ) = (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)
+            Value::Integer(rowid),
+        ) = (
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+        )
         else {
             continue;
         };
@@ -262,6 +277,14 @@ fn move_charges(conn: &Connection, refiled: &mut [Refiled]) -> rusqlite::Result<
             let idx = *index.get(name)?;
             let to = &mut refiled[idx];
             if to_u64(at) < to.period_start || from == to.period_start {
+                return None;
+            }
+            // Forgiven by a reset of the period it was filed under: in no
+            // balance, and not to be counted again.
+            if forgiven
+                .get(&(idx, from))
+                .is_some_and(|through| rowid <= *through)
+            {
                 return None;
             }
             let back = given_back.entry((idx, from)).or_default();

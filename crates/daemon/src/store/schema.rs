@@ -58,6 +58,12 @@ const MIGRATIONS: &[&str] = &[
          action TEXT NOT NULL);",
     // 2: the reset each budget's balances are kept under (`periods.rs`).
     "CREATE TABLE periods (budget TEXT PRIMARY KEY, reset TEXT NOT NULL);",
+    // 3: what an admin's reset of a budget's period forgave (`filing.rs`).
+    "CREATE TABLE forgiven (
+         budget TEXT NOT NULL,
+         period_start INTEGER NOT NULL,
+         through INTEGER NOT NULL,
+         PRIMARY KEY (budget, period_start));",
 ];
 
 /// Pragmas for durability, then migrations. `wal_pages`: the WAL's size at
@@ -405,27 +411,36 @@ pub(super) fn apply(sp: &Connection, entries: &[Entry]) -> rusqlite::Result<Outc
                     "UPDATE balances SET spent = 0 WHERE budget = ?1 AND period_start = ?2",
                     params![budget, to_i64(*period_start)],
                 )?;
-                forgive(sp, budget, *period_start)?;
+                filing::forgive(sp, budget, *period_start)?;
             }
             Entry::RecordReset { budget, reset } => {
                 periods::record(sp, budget, *reset)?;
             }
             Entry::Refund { key } => {
-                let charge: Option<(i64, String)> = sp
+                let charge: Option<(i64, i64, String)> = sp
                     .query_row(
-                        "SELECT amount, budgets FROM charges WHERE key = ?1 AND refunded = 0",
+                        "SELECT rowid, amount, budgets FROM charges WHERE key = ?1 AND refunded = 0",
                         params![key],
-                        |row| Ok((row.get(0)?, row.get(1)?)),
+                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
                     )
                     .optional()?;
-                let Some((amount, filed)) = charge else {
+                let Some((rowid, amount, filed)) = charge else {
                     return Ok(Outcome::NotFound);
                 };
                 sp.execute(
                     "UPDATE charges SET refunded = 1 WHERE key = ?1",
                     params![key],
                 )?;
-                let budgets = filing::split(&filed);
+                // A budget whose reset forgave the charge gives nothing back:
+                // its balance holds only what was spent after the reset.
+                let mut budgets = Vec::new();
+                for (budget, period_start) in filing::split(&filed) {
+                    if filing::forgiven_through(sp, &budget, period_start)?
+                        .is_none_or(|through| rowid > through)
+                    {
+                        budgets.push((budget, period_start));
+                    }
+                }
                 for (budget, period_start) in &budgets {
                     sp.execute(
                         "UPDATE balances SET spent = MAX(spent - ?3, 0) WHERE budget = ?1 AND period_start = ?2",
@@ -451,33 +466,6 @@ pub(super) fn apply(sp: &Connection, entries: &[Entry]) -> rusqlite::Result<Outc
         }
     }
     Ok(outcome)
-}
-
-/// Marks `budget`'s line of every unrefunded charge filed under its period
-/// `period_start` forgiven (`filing.rs`): the reset took them out of its
-/// balance. Reads the whole `charges` table (no index on where charges are
-/// filed): an admin's rare act, about 0.1 s a million charges.
-fn forgive(sp: &Connection, budget: &str, period_start: u64) -> rusqlite::Result<()> {
-    let mut forgiven = Vec::new();
-    {
-        let mut stmt = sp.prepare(
-            "SELECT key, budgets FROM charges WHERE refunded = 0 AND instr(budgets, ?1) > 0",
-        )?;
-        let mut rows = stmt.query([filing::line(budget, period_start)])?;
-        while let Some(row) = rows.next()? {
-            let (Value::Text(key), Value::Text(filed)) = (row.get(0)?, row.get(1)?) else {
-                continue;
-            };
-            if let Some(text) = filing::forgive(&filed, budget, period_start) {
-                forgiven.push((key, text));
-            }
-        }
-    }
-    for (key, text) in forgiven {
-        sp.prepare_cached("UPDATE charges SET budgets = ?2 WHERE key = ?1")?
-            .execute(params![key, text])?;
-    }
-    Ok(())
 }
 
 /// Budget names are validated names: no control characters, so a newline separates.

@@ -37,6 +37,18 @@ async fn reset_a(f: &Fixture) {
     .unwrap();
 }
 
+/// An admin's refund of reservation `id`'s charge.
+async fn refund(f: &Fixture, id: u64) {
+    admin(
+        f,
+        AdminKind::Refund {
+            key: reservation_key(id),
+        },
+    )
+    .await
+    .unwrap();
+}
+
 fn spent(f: &Fixture) -> Usd {
     f.budget("agent:a").spent
 }
@@ -133,27 +145,13 @@ async fn a_reset_changed_back_and_forth_counts_every_charge_once() {
 async fn refunds_before_and_after_a_change_of_reset_count_as_they_should() {
     let f = fixture(&resetting("daily"));
     let refunded_before = spend(&f, 1.0).await;
-    admin(
-        &f,
-        AdminKind::Refund {
-            key: reservation_key(refunded_before),
-        },
-    )
-    .await
-    .unwrap();
+    refund(&f, refunded_before).await;
     let refunded_after = spend(&f, 2.0).await;
     f.clock.advance(DAY);
     spend(&f, 3.0).await;
     f.reconfigure(&resetting("monthly")).unwrap();
     assert_eq!(spent(&f), usd(5.0), "the refunded $1 stays out");
-    admin(
-        &f,
-        AdminKind::Refund {
-            key: reservation_key(refunded_after),
-        },
-    )
-    .await
-    .unwrap();
+    refund(&f, refunded_after).await;
     assert_eq!(
         spent(&f),
         usd(3.0),
@@ -222,14 +220,7 @@ async fn what_a_reset_forgave_is_neither_refunded_from_it_nor_moved_again() {
     let before = spend(&f, 4.0).await;
     reset_a(&f).await;
     spend(&f, 3.0).await;
-    admin(
-        &f,
-        AdminKind::Refund {
-            key: reservation_key(before),
-        },
-    )
-    .await
-    .unwrap();
+    refund(&f, before).await;
     assert_eq!(spent(&f), usd(3.0), "the $3 after the reset stays spent");
     assert_eq!(
         f.budget("global").spent,
@@ -245,4 +236,33 @@ async fn what_a_reset_forgave_is_neither_refunded_from_it_nor_moved_again() {
     let f = f.restart_with(&resetting("monthly"));
     assert_eq!(spent(&f), usd(1.0), "memory equals the ledger");
     assert_eq!(f.budget("global").spent, usd(6.0));
+}
+
+/// What is charged after a reset is the period's spending like any other: a
+/// refund of it gives it back. The reset itself rewrites no charge.
+#[tokio::test]
+async fn a_charge_after_a_reset_is_refunded_from_the_budget() {
+    let f = fixture(&resetting("daily"));
+    spend(&f, 4.0).await;
+    reset_a(&f).await;
+    let after = spend(&f, 3.0).await;
+    spend(&f, 1.0).await;
+    refund(&f, after).await;
+    assert_eq!(spent(&f), usd(1.0));
+    let conn = rusqlite::Connection::open(f.dir.path().join(crate::store::LEDGER_FILE)).unwrap();
+    let filed: Vec<String> = conn
+        .prepare("SELECT budgets FROM charges ORDER BY rowid")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        filed
+            .iter()
+            .all(|text| text.contains(&format!("agent:a@{MON_23}"))),
+        "filed as charged: {filed:?}"
+    );
+    let f = f.restart_with(&resetting("daily"));
+    assert_eq!(spent(&f), usd(1.0), "memory equals the ledger");
 }
