@@ -13,7 +13,7 @@ use crate::guard::quota::Counter;
 use crate::guard::Taken;
 use crate::money::Usd;
 use crate::protocol::Name;
-use crate::store::{Books, Entry, Outcome as LedgerOutcome, Snapshot};
+use crate::store::{Books, Entry, Outcome as LedgerOutcome, Refiled, Snapshot};
 
 /// One budget as the `budget` request shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +161,23 @@ impl Engine {
             );
         }
         self.guards.budgets.insert(budget);
+    }
+
+    /// See [`super::Admission::count_refiled`]. A budget that moved on to a
+    /// later period meanwhile counts nothing: the charges are its old
+    /// period's.
+    pub(super) fn count_refiled(&mut self, moved: &[Refiled]) {
+        for refiled in moved.iter().filter(|r| r.charges > 0) {
+            let Some(budget) = self.guards.budgets.get_mut(&refiled.budget) else {
+                continue;
+            };
+            budget.charge(refiled.amount, refiled.period_start);
+            log::info!(
+                budget = budget.name();
+                "budget {}: {} charge(s) of {} filed under its old reset while the reload was applied were moved to its new period",
+                budget.name(), refiled.charges, refiled.amount
+            );
+        }
     }
 
     /// Each budget with the start of the period a charge now is filed under

@@ -43,7 +43,7 @@ use crate::alerts::Alerts;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::guard::breaker::{Breaker, BreakerSnapshot, Force, Transition};
-use crate::store::{Opening, Snapshot};
+use crate::store::{Opening, Refiled, Snapshot};
 
 /// The admission engine: guards, breakers, budgets and open reservations.
 pub struct Admission {
@@ -339,6 +339,14 @@ impl Admission {
     /// ([`crate::store::Store::books`]) [`Admission::reconfigure`] needs.
     pub fn budgets_to_load(&self, config: &Config, now: Moment) -> Opening {
         self.lock().budgets_to_load(config, now)
+    }
+
+    /// Counts in memory the charges a reload's record of the new resets
+    /// moved to the budgets' new periods (those filed under the old reset
+    /// between the reload's read and its switch): the ledger has them there
+    /// now, and the budgets opened from the read did not.
+    pub fn count_refiled(&self, moved: &[Refiled]) {
+        self.lock().count_refiled(moved);
     }
 
     /// Applies a new validated config to the guards, under the engine lock: equal

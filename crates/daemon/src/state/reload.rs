@@ -13,7 +13,7 @@ use crate::access::Policy;
 use crate::admission::{LoadedBooks, Reconfigured, ReloadError};
 use crate::alerts::Alert;
 use crate::config::Config;
-use crate::store::{Books, Opening};
+use crate::store::{Books, Opening, Outcome};
 
 /// Rules (rate limits and quotas) in the old or the new config from which a
 /// reload ends with a `malloc_trim`: below it the walk of the heap costs more
@@ -164,21 +164,23 @@ impl State {
 
 impl State {
     /// Records, once a reload is applied, the resets of the budgets it
-    /// opened (`store/periods.rs`). Not awaited: the record is queued after
-    /// the switch, so a charge filed under the old reset is queued before it,
-    /// and one lost (a failing disk) only makes the next start move the
+    /// opened (`store/periods.rs`). Queued after the switch, so every charge
+    /// filed under an old reset is queued before it: the record moves those
+    /// filed after the read, and memory counts them when it completes. Not
+    /// awaited; one lost (a failing disk) only makes the next start move the
     /// budget's charges again, which moves nothing twice.
     fn record_resets(&self, opening: &Opening) {
         let entries = opening.records();
         if entries.is_empty() {
             return;
         }
-        drop(self.shared.store.commit(entries, |result| {
-            if let Err(err) = result {
-                log::warn!(
-                    "the ledger did not record the resets of the budgets a reload opened ({err}); the next start moves their charges again, which changes nothing already moved"
-                );
-            }
+        let admission = Arc::clone(&self.shared.admission);
+        drop(self.shared.store.commit(entries, move |result| match result {
+            Ok(Outcome::Refiled(moved)) => admission.count_refiled(&moved),
+            Ok(_) => {}
+            Err(err) => log::warn!(
+                "the ledger did not record the resets of the budgets a reload opened ({err}); the next start moves their charges again, which changes nothing already moved"
+            ),
         }));
     }
 }

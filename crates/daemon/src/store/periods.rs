@@ -37,8 +37,9 @@
 //! It runs where the ledger is read for a budget's opening: the start-up load
 //! (before anything is served, in one transaction with the record of the new
 //! reset) and a reload's books (a job in the writer's queue, after every
-//! write queued before it; the reset is recorded once the reload is applied,
-//! `Entry::RecordReset`). Moving is idempotent: a charge already filed under
+//! write queued before it). A reload records the reset once it is applied
+//! (`Entry::RecordReset`), and the record moves again first: what was
+//! filed under the old reset between the read and the switch. Moving is idempotent: a charge already filed under
 //! the new period stays. So whatever is lost or refused between the move
 //! and the record (a power loss, a reload whose books came too late), the
 //! next opening finds the old reset on record and moves again what the
@@ -91,6 +92,7 @@ impl Opening {
             .map(|b| super::Entry::RecordReset {
                 budget: b.name.clone(),
                 reset: b.reset,
+                at: self.now,
             })
             .collect()
     }
@@ -138,7 +140,7 @@ pub(super) enum Record {
 }
 
 /// Records that `budget`'s charges are filed under `reset` from now on.
-pub(super) fn record(conn: &Connection, budget: &str, reset: Period) -> rusqlite::Result<()> {
+fn record(conn: &Connection, budget: &str, reset: Period) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO periods (budget, reset) VALUES (?1, ?2)
          ON CONFLICT (budget) DO UPDATE SET reset = excluded.reset",

@@ -413,8 +413,23 @@ pub(super) fn apply(sp: &Connection, entries: &[Entry]) -> rusqlite::Result<Outc
                 )?;
                 filing::forgive(sp, budget, *period_start)?;
             }
-            Entry::RecordReset { budget, reset } => {
-                periods::record(sp, budget, *reset)?;
+            Entry::RecordReset { budget, reset, at } => {
+                // What was filed under the old reset between the reload's
+                // read and its switch is moved now, in the ledger's order:
+                // everything filed under the old reset is queued before.
+                let opened = Opening {
+                    now: *at,
+                    budgets: vec![periods::Opened {
+                        name: budget.clone(),
+                        reset: *reset,
+                        filed_as: None,
+                    }],
+                };
+                let moved = periods::refile(sp, &opened, periods::Record::Now)?;
+                match &mut outcome {
+                    Outcome::Refiled(all) => all.extend(moved),
+                    other => *other = Outcome::Refiled(moved),
+                }
             }
             Entry::Refund { key } => {
                 let charge: Option<(i64, i64, String)> = sp

@@ -58,10 +58,13 @@ pub enum Entry {
         period_start: u64,
     },
     /// The reset a budget's charges are now filed under, recorded once a
-    /// reload that changed or added it is applied (`periods.rs`).
+    /// reload that changed or added it is applied (`periods.rs`). It moves
+    /// first what was filed under the old reset after the reload read its
+    /// books ([`Outcome::Refiled`]); `at` is the reload's wall time.
     RecordReset {
         budget: String,
         reset: crate::guard::period::Period,
+        at: u64,
     },
     /// Marks a charge refunded and takes it out of its budgets' balances.
     Refund {
@@ -111,6 +114,9 @@ pub enum Outcome {
     },
     /// A refund of a key the ledger does not have (or already refunded).
     NotFound,
+    /// Resets recorded, and the charges moved to the budgets' new periods
+    /// on the way ([`Entry::RecordReset`]).
+    Refiled(Vec<super::Refiled>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -266,3 +266,34 @@ async fn a_charge_after_a_reset_is_refunded_from_the_budget() {
     let f = f.restart_with(&resetting("daily"));
     assert_eq!(spent(&f), usd(1.0), "memory equals the ledger");
 }
+
+/// A charge filed under the old reset between a reload's read and its
+/// switch is moved by the record the applied reload queues, and counted in
+/// memory when that completes: the new period misses nothing.
+#[tokio::test]
+async fn a_charge_between_the_reloads_read_and_its_switch_is_moved_too() {
+    let f = fixture(&resetting("daily"));
+    spend(&f, 2.0).await;
+    f.clock.advance(DAY);
+    spend(&f, 3.0).await;
+    let config = Arc::new(Config::from_toml(&resetting("monthly")).unwrap());
+    let opening = f.admission.budgets_to_load(&config, f.now());
+    let books = f.store.books(opening.clone()).unwrap();
+    spend(&f, 1.5).await;
+    let loaded = LoadedBooks {
+        names: opening.names(),
+        books,
+    };
+    f.admission
+        .reconfigure(config, &SharedClock::new(f.clock.clone()), f.now(), &loaded)
+        .unwrap();
+    assert_eq!(
+        spent(&f),
+        usd(5.0),
+        "the read's: the month without the $1.50"
+    );
+    f.record_resets(&opening).await.unwrap();
+    assert_eq!(spent(&f), usd(6.5), "the $1.50 moved and counted");
+    let f = f.restart_with(&resetting("monthly"));
+    assert_eq!(spent(&f), usd(6.5), "memory equals the ledger");
+}
