@@ -14,7 +14,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::schema::{to_i64, to_u64};
+use super::sql::{to_i64, to_u64};
 
 /// The text a charge filed under `budgets` stores.
 pub(super) fn join(budgets: &[(String, u64)]) -> String {

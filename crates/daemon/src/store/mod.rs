@@ -27,6 +27,7 @@
 //!   the probe after a failure (the ledger fails closed, and says so);
 //! - `schema.rs`: tables, migrations, the startup load, how each entry is written;
 //! - `filing.rs`: where a charge is filed, and what an admin's reset forgave;
+//! - `sql.rs`: SQLite's signed integers and the ledger's unsigned ones;
 //! - `periods.rs`: a budget whose reset changed has what its new period
 //!   counts re-filed under that period.
 
@@ -37,6 +38,7 @@ mod handle;
 mod inner;
 mod periods;
 mod schema;
+mod sql;
 mod syncer;
 mod types;
 mod watch;

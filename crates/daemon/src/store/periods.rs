@@ -51,7 +51,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::filing;
-use super::schema::{to_i64, to_u64};
+use super::sql::{to_i64, to_u64};
 use crate::guard::period::Period;
 use crate::money::{Usd, MAX_BALANCE};
 

@@ -10,6 +10,7 @@ use rusqlite::types::Value;
 
 use super::filing;
 use super::periods::{self, Opening};
+use super::sql::{to_i64, to_u64};
 use super::{Books, Entry, Outcome, Snapshot, StoredReservation};
 use crate::money::{Usd, MAX_BALANCE};
 
@@ -489,13 +490,4 @@ fn split_names(text: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
-}
-
-/// SQLite integers are signed; our ids, times and counts never reach 2^63.
-pub(super) fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-pub(super) fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
 }
