@@ -400,6 +400,19 @@ async fn a_deleted_ledger_is_noticed_and_not_silently_recreated() {
 
 // === 8. a full disk (root: a 1 MiB tmpfs) ===
 
+/// Thaws a frozen filesystem when dropped.
+struct Thaw<'a>(&'a Path);
+
+impl Drop for Thaw<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze")
+            .arg("-u")
+            .arg(self.0)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// A filesystem mounted for one test, unmounted when dropped.
 struct Mounted {
     dir: tempfile::TempDir,
@@ -554,6 +567,10 @@ async fn a_frozen_state_filesystem_answers_unavailable_and_shutdown_still_ends()
         .await
         .unwrap();
     run("fsfreeze", &["-f"], fs.path());
+    // Thawed first should an assertion below fail: dropped before `daemon`,
+    // whose drop waits for a process a frozen filesystem keeps alive (the
+    // run would hang, not fail).
+    let _thaw = Thaw(fs.path());
 
     let asked = Instant::now();
     let err = refused(

@@ -134,6 +134,7 @@ impl Store {
             identity: Some(identity),
             busy_since: AtomicU64::new(0),
             syncing_since: AtomicU64::new(0),
+            gave_up_on: AtomicU64::new(0),
             born: Instant::now(),
             commit_timeout: options.commit_timeout,
             stats: Stats::default(),
@@ -188,6 +189,7 @@ impl Store {
             identity: None,
             busy_since: AtomicU64::new(0),
             syncing_since: AtomicU64::new(0),
+            gave_up_on: AtomicU64::new(0),
             born: Instant::now(),
             commit_timeout: DEFAULT_COMMIT_TIMEOUT,
             stats: Stats::default(),
@@ -240,13 +242,15 @@ impl Store {
         }));
         self.send_write(entries, done);
         let waited = self.inner.commit_timeout;
-        let path = self.inner.path.display().to_string();
+        let inner = Arc::clone(&self.inner);
         async move {
             if let Ok(answered) = tokio::time::timeout(waited, &mut answer).await {
                 return answered.map_err(|_| StoreError::Closed);
             }
             let gave_up = waiter.give_up();
             if gave_up {
+                inner.note_gave_up();
+                let path = inner.path.display().to_string();
                 log::error!(
                     message_id = crate::logging::message_id::LEDGER_FAILED;
                     "a ledger commit took longer than daemon.commit_timeout ({waited:?}); its request was answered Unavailable"
@@ -327,6 +331,12 @@ impl Store {
 
     pub fn stats(&self) -> &Stats {
         &self.inner.stats
+    }
+
+    /// What the handle and the threads share (tests of the watch).
+    #[cfg(test)]
+    pub(super) fn inner(&self) -> &Inner {
+        &self.inner
     }
 
     pub fn path(&self) -> &Path {

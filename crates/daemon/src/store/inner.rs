@@ -33,6 +33,10 @@ pub(super) struct Inner {
     pub(super) busy_since: AtomicU64,
     /// The same for the syncer's fsync of the WAL.
     pub(super) syncing_since: AtomicU64,
+    /// The start (as above) of the batch or fsync that was running when a
+    /// waiter gave up on its commit: while that one runs, health says the
+    /// ledger is stuck, as the waiter's answer did (`watch::stuck`).
+    pub(super) gave_up_on: AtomicU64,
     pub(super) born: Instant,
     pub(super) commit_timeout: Duration,
     pub(super) stats: Stats,

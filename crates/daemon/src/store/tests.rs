@@ -516,6 +516,39 @@ async fn a_stuck_commit_times_out_and_an_abandoned_write_is_never_applied() {
     assert!(store.write(vec![charge("k3", 1.0)]).await.is_ok());
 }
 
+/// A request answered Unavailable because its commit ran past
+/// commit_timeout finds health saying so at once: the timeout counts from
+/// its queueing, the stuck batch's running time from a moment later (a
+/// batch that started 1 ms after the request was queued has run 1 ms less
+/// than the request waited). Until that batch ends: the next one is judged
+/// by its own running time.
+#[test]
+fn health_says_stuck_as_soon_as_a_commit_is_given_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let inner = store.inner();
+    let now_mark = || u64::try_from(inner.born.elapsed().as_millis()).unwrap() + 1;
+    inner
+        .busy_since
+        .store(now_mark(), std::sync::atomic::Ordering::Release);
+    assert_eq!(inner.stuck(), None, "running for less than commit_timeout");
+    inner.note_gave_up();
+    let stuck = inner.stuck().expect("a waiter gave up on it");
+    assert!(
+        stuck.contains("running for 5s") && stuck.contains("commit_timeout (5s)"),
+        "{stuck}"
+    );
+    // The batch ends, and another starts later.
+    inner
+        .busy_since
+        .store(now_mark() + 1, std::sync::atomic::Ordering::Release);
+    assert_eq!(inner.stuck(), None);
+    inner
+        .busy_since
+        .store(0, std::sync::atomic::Ordering::Release);
+    assert_eq!(inner.stuck(), None);
+}
+
 /// Polls for a condition the writer thread brings about (an event, not time
 /// passing), for at most ten seconds.
 async fn until(condition: impl Fn() -> bool) {

@@ -142,21 +142,38 @@ impl Inner {
     /// Why a commit counts as stuck, if the running one has been going for
     /// longer than the commit timeout.
     pub(super) fn stuck(&self) -> Option<String> {
-        // The one that started first (0: not running).
-        let since = [&self.busy_since, &self.syncing_since]
-            .iter()
-            .map(|at| at.load(Ordering::Acquire))
-            .filter(|&at| at != 0)
-            .min()?;
+        let since = self.running_since()?;
         let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
         let running = Duration::from_millis(now.saturating_sub(since - 1));
-        (running > self.commit_timeout).then(|| {
+        // A waiter gave up on this one: its request was answered Unavailable
+        // after commit_timeout from its queueing, which can come a moment
+        // before the batch itself has run that long.
+        let given_up = self.gave_up_on.load(Ordering::Acquire) == since;
+        (given_up || running > self.commit_timeout).then(|| {
             format!(
                 "a ledger commit has been running for {}s, longer than daemon.commit_timeout ({}s): is the state filesystem frozen, full or failing?",
-                running.as_secs(),
+                running.max(self.commit_timeout).as_secs(),
                 self.commit_timeout.as_secs_f64()
             )
         })
+    }
+
+    /// A waiter gave up on its commit: remembers the batch or fsync running
+    /// now, which holds it up ([`Inner::stuck`]).
+    pub(super) fn note_gave_up(&self) {
+        if let Some(since) = self.running_since() {
+            self.gave_up_on.store(since, Ordering::Release);
+        }
+    }
+
+    /// The start of the batch or fsync that started first (none running:
+    /// `None`).
+    fn running_since(&self) -> Option<u64> {
+        [&self.busy_since, &self.syncing_since]
+            .iter()
+            .map(|at| at.load(Ordering::Acquire))
+            .filter(|&at| at != 0)
+            .min()
     }
 
     pub(super) fn timed_out(&self) -> StoreError {

@@ -187,7 +187,12 @@ impl Inner {
                 let _ = reply.send(schema::is_charged(conn, &key).map_err(|e| self.failed(&e)));
             }
             Read::Books { opening, reply } => {
-                let books = match books_of(conn, &opening) {
+                // It may write (a change of reset moves charges): a frozen
+                // or failing disk holds it up as it would a commit.
+                self.set_busy(true);
+                let books = books_of(conn, &opening);
+                self.set_busy(false);
+                let books = match books {
                     Ok(books) => books,
                     Err(e) => {
                         let _ = reply.send(Err(self.failed(&e)));
