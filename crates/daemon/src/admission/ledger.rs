@@ -163,7 +163,7 @@ impl Engine {
         self.guards.budgets.insert(budget);
     }
 
-    /// See [`super::Admission::count_refiled`]. A budget that moved on to a
+    /// Counts in memory what a reload's record moved ([`super::Admission::record_resets`]). A budget that moved on to a
     /// later period meanwhile counts nothing: the charges are its old
     /// period's.
     pub(super) fn count_refiled(&mut self, moved: &[Refiled]) {

@@ -43,7 +43,7 @@ use crate::alerts::Alerts;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::guard::breaker::{Breaker, BreakerSnapshot, Force, Transition};
-use crate::store::{Opening, Refiled, Snapshot};
+use crate::store::{Opening, Outcome as LedgerOutcome, Snapshot, Store, StoreError};
 
 /// The admission engine: guards, breakers, budgets and open reservations.
 pub struct Admission {
@@ -341,12 +341,26 @@ impl Admission {
         self.lock().budgets_to_load(config, now)
     }
 
-    /// Counts in memory the charges a reload's record of the new resets
-    /// moved to the budgets' new periods (those filed under the old reset
-    /// between the reload's read and its switch): the ledger has them there
-    /// now, and the budgets opened from the read did not.
-    pub fn count_refiled(&self, moved: &[Refiled]) {
-        self.lock().count_refiled(moved);
+    /// Records, once a reload is applied, the resets of the budgets it
+    /// opened (`store/periods.rs`). Queued after the switch, so every charge
+    /// filed under an old reset is queued before it: the record moves those
+    /// filed after the reload's read, and memory counts them when it
+    /// completes (the budgets opened from the read did not). One lost (a
+    /// failing disk) only makes the next start move the budget's charges
+    /// again, which moves nothing twice.
+    pub fn record_resets(
+        self: &Arc<Self>,
+        store: &Store,
+        opening: &Opening,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        let admission = Arc::clone(self);
+        store.commit(opening.records(), move |result| match result {
+            Ok(LedgerOutcome::Refiled(moved)) => admission.lock().count_refiled(&moved),
+            Ok(_) => {}
+            Err(err) => log::warn!(
+                "the ledger did not record the resets of the budgets a reload opened ({err}); the next start moves their charges again, which changes nothing already moved"
+            ),
+        })
     }
 
     /// Applies a new validated config to the guards, under the engine lock: equal

@@ -197,19 +197,16 @@ impl Engine {
     /// The budgets of `config` that the engine does not have, or has with
     /// another period: a reload reads their books before it applies `config`.
     pub(super) fn budgets_to_load(&self, config: &Config, now: Moment) -> Opening {
-        Opening {
-            now: now.unix,
-            budgets: budget_specs(config)
-                .filter_map(|spec| {
-                    let filed_as = self.guards.budgets.get(&spec.name).map(|b| b.spec().reset);
-                    (filed_as != Some(spec.reset)).then(|| Opened {
-                        name: spec.name.clone(),
-                        reset: spec.reset,
-                        filed_as,
-                    })
-                })
-                .collect(),
-        }
+        let mut opening = opening(config, now.unix);
+        opening.budgets.retain_mut(|opened| {
+            opened.filed_as = self
+                .guards
+                .budgets
+                .get(&opened.name)
+                .map(|b| b.spec().reset);
+            opened.filed_as != Some(opened.reset)
+        });
+        opening
     }
 
     /// Takes out the budgets `config` removes or gives another period, and

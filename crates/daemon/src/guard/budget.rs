@@ -116,13 +116,13 @@ impl Budget {
         unreadable: &[(u64, String)],
     ) -> Budget {
         let reset = spec.reset;
-        let aligned = |start: &u64| reset.start(*start) == *start;
-        let newest = balances
-            .iter()
-            .map(|(start, _)| *start)
-            .chain(unreadable.iter().map(|(start, _)| *start))
-            .filter(aligned)
-            .fold(reset.start(now), u64::max);
+        let newest = reset.newest_start(
+            now,
+            balances
+                .iter()
+                .map(|(start, _)| *start)
+                .chain(unreadable.iter().map(|(start, _)| *start)),
+        );
         let spent = balances
             .iter()
             .filter(|(start, _)| *start == newest)

@@ -72,6 +72,17 @@ impl Period {
         }
     }
 
+    /// The period a budget is in at `now`: the one containing `now`, or a
+    /// newer one among `starts` (periods the ledger holds a balance for)
+    /// when the clock stepped back. Starts not aligned to this period (left
+    /// by another reset) are not its periods.
+    pub fn newest_start(self, now: u64, starts: impl IntoIterator<Item = u64>) -> u64 {
+        starts
+            .into_iter()
+            .filter(|start| self.start(*start) == *start)
+            .fold(self.start(now), u64::max)
+    }
+
     /// Seconds from `now` until the current period ends.
     pub fn remaining(self, now: u64) -> Option<u64> {
         self.end(self.start(now)).map(|end| end.saturating_sub(now))

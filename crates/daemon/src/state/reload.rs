@@ -13,7 +13,7 @@ use crate::access::Policy;
 use crate::admission::{LoadedBooks, Reconfigured, ReloadError};
 use crate::alerts::Alert;
 use crate::config::Config;
-use crate::store::{Books, Opening, Outcome};
+use crate::store::Books;
 
 /// Rules (rate limits and quotas) in the old or the new config from which a
 /// reload ends with a `malloc_trim`: below it the walk of the heap costs more
@@ -138,7 +138,10 @@ impl State {
         let loaded = LoadedBooks { names, books };
         let guards =
             admission.reconfigure(Arc::clone(&new), &self.shared.clock, self.moment(), &loaded)?;
-        self.record_resets(&opening);
+        if !opening.is_empty() {
+            // Not awaited: its completion does what is left.
+            drop(admission.record_resets(&self.shared.store, &opening));
+        }
         *self
             .shared
             .access
@@ -159,29 +162,6 @@ impl State {
             guards,
             restart_only,
         })
-    }
-}
-
-impl State {
-    /// Records, once a reload is applied, the resets of the budgets it
-    /// opened (`store/periods.rs`). Queued after the switch, so every charge
-    /// filed under an old reset is queued before it: the record moves those
-    /// filed after the read, and memory counts them when it completes. Not
-    /// awaited; one lost (a failing disk) only makes the next start move the
-    /// budget's charges again, which moves nothing twice.
-    fn record_resets(&self, opening: &Opening) {
-        let entries = opening.records();
-        if entries.is_empty() {
-            return;
-        }
-        let admission = Arc::clone(&self.shared.admission);
-        drop(self.shared.store.commit(entries, move |result| match result {
-            Ok(Outcome::Refiled(moved)) => admission.count_refiled(&moved),
-            Ok(_) => {}
-            Err(err) => log::warn!(
-                "the ledger did not record the resets of the budgets a reload opened ({err}); the next start moves their charges again, which changes nothing already moved"
-            ),
-        }));
     }
 }
 

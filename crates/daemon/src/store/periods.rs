@@ -193,9 +193,8 @@ pub(super) fn refile(
     Ok(refiled)
 }
 
-/// The period the budget opens in: the one containing `now`, or a newer one
-/// the ledger holds a balance for (the clock stepped back), as
-/// `guard::budget::Budget::restore` chooses.
+/// The period the budget opens in, as `guard::budget::Budget::restore`
+/// chooses it ([`Period::newest_start`] over the ledger's balances).
 fn opened_period(
     conn: &Connection,
     budget: &str,
@@ -203,15 +202,11 @@ fn opened_period(
     now: u64,
 ) -> rusqlite::Result<u64> {
     let mut stmt = conn.prepare_cached("SELECT period_start FROM balances WHERE budget = ?1")?;
-    let starts = stmt.query_map([budget], |row| row.get::<_, i64>(0))?;
-    let mut newest = reset.start(now);
-    for start in starts {
-        let start = to_u64(start?);
-        if reset.start(start) == start {
-            newest = newest.max(start);
-        }
-    }
-    Ok(newest)
+    let starts = stmt
+        .query_map([budget], |row| row.get::<_, i64>(0))?
+        .map(|start| start.map(to_u64))
+        .collect::<rusqlite::Result<Vec<u64>>>()?;
+    Ok(reset.newest_start(now, starts))
 }
 
 /// Moves each budget's part of every unrefunded charge made at or after its

@@ -1097,20 +1097,6 @@ impl Fixture {
 
     /// A reload as `State::reload` makes it: the books of the budgets it
     /// opens read from the ledger first.
-    /// As `State::record_resets`: the record's write, and memory counting
-    /// what it moved once it completes.
-    fn record_resets(
-        &self,
-        opening: &crate::store::Opening,
-    ) -> impl std::future::Future<Output = Result<(), crate::store::StoreError>> {
-        let admission = Arc::clone(&self.admission);
-        self.store.commit(opening.records(), move |result| {
-            if let Ok(crate::store::Outcome::Refiled(moved)) = result {
-                admission.count_refiled(&moved);
-            }
-        })
-    }
-
     fn reconfigure(&self, toml: &str) -> Result<Reconfigured, ReloadError> {
         let config = Arc::new(Config::from_toml(toml).expect("test config is valid"));
         let opening = self.admission.budgets_to_load(&config, self.now());
@@ -1127,7 +1113,7 @@ impl Fixture {
             &loaded,
         )?;
         // As `State::reload` records the resets once applied.
-        drop(self.record_resets(&opening));
+        drop(self.admission.record_resets(&self.store, &opening));
         Ok(done)
     }
 }

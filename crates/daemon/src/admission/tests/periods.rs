@@ -292,7 +292,7 @@ async fn a_charge_between_the_reloads_read_and_its_switch_is_moved_too() {
         usd(5.0),
         "the read's: the month without the $1.50"
     );
-    f.record_resets(&opening).await.unwrap();
+    f.admission.record_resets(&f.store, &opening).await.unwrap();
     assert_eq!(spent(&f), usd(6.5), "the $1.50 moved and counted");
     let f = f.restart_with(&resetting("monthly"));
     assert_eq!(spent(&f), usd(6.5), "memory equals the ledger");
